@@ -1,0 +1,227 @@
+"""Accelerators: one module per method behind one interface, and the combinations they form.
+
+>>> from accelopt import accelerators
+>>> acc = accelerators.apply(pipe, {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}})
+>>> images = acc(prompt="a red cube", num_inference_steps=25).images
+>>> acc.remove()          # the pipeline is exactly as before: same modules, same outputs
+
+``apply`` validates everything first (names, applicability, parameter ranges) and raises one
+``AccelOptError`` naming the valid choices; nothing is patched when it raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from accelopt._types import Pipeline
+from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference
+from accelopt.accelerators._snapshot import Snapshot
+from accelopt.accelerators.deepcache import DeepCache, DeepCacheConfig
+from accelopt.accelerators.tgate import TGate, TGateConfig, apply_with_deepcache
+from accelopt.accelerators.tome import ToMe, ToMeConfig
+from accelopt.errors import AccelOptError, choices
+
+__all__ = [
+    "ACCELERATORS",
+    "PLANS",
+    "Accelerated",
+    "Accelerator",
+    "DeepCacheConfig",
+    "Param",
+    "PipeTraits",
+    "Reference",
+    "TGateConfig",
+    "ToMeConfig",
+    "active",
+    "applicable",
+    "apply",
+    "generate",
+    "get",
+    "parse_targets",
+    "remove",
+    "search_space",
+]
+
+ACCELERATORS: dict[str, Accelerator[Any]] = {a.name: a for a in (DeepCache(), ToMe(), TGate())}
+
+Configs = Mapping[str, Any]
+Step = Callable[[Pipeline, Configs, PipeTraits], Patch]
+
+
+def _single(name: str) -> Step:
+    return lambda pipe, cfg, traits: ACCELERATORS[name].apply(pipe, cfg[name], traits)
+
+
+def _deepcache_tgate(pipe: Pipeline, cfg: Configs, traits: PipeTraits) -> Patch:
+    return apply_with_deepcache(pipe, cfg["tgate"], cfg["deepcache"], traits)
+
+
+# Every combination, declared: which upstream entry points apply it, in order. DeepCache with
+# T-GATE only works through tgate's combined loaders; ToMe goes first so DeepCache and T-GATE
+# wrap the merged blocks.
+PLANS: dict[frozenset[str], tuple[Step, ...]] = {
+    frozenset({"deepcache"}): (_single("deepcache"),),
+    frozenset({"tome"}): (_single("tome"),),
+    frozenset({"tgate"}): (_single("tgate"),),
+    frozenset({"deepcache", "tgate"}): (_deepcache_tgate,),
+    frozenset({"tome", "tgate"}): (_single("tome"), _single("tgate")),
+    frozenset({"deepcache", "tome"}): (_single("tome"), _single("deepcache")),
+    frozenset({"deepcache", "tome", "tgate"}): (_single("tome"), _deepcache_tgate),
+}
+ORDER = tuple(ACCELERATORS)  # canonical order for names: deepcache, tome, tgate
+
+
+def get(name: str) -> Accelerator[Any]:
+    """An accelerator by name (case-insensitive)."""
+    try:
+        return ACCELERATORS[name.strip().lower()]
+    except KeyError:
+        raise AccelOptError(f"unknown accelerator {name!r}; valid: {choices(ORDER)}") from None
+
+
+def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
+    """``"tgate+deepcache"`` or ``["tgate", "deepcache"]`` -> ``("deepcache", "tgate")``."""
+    names = targets.split("+") if isinstance(targets, str) else list(targets)
+    found = {get(n).name for n in names if n.strip()}
+    if not found:
+        raise AccelOptError(f"no accelerator named; valid: {choices(ORDER)}")
+    return tuple(n for n in ORDER if n in found)
+
+
+def applicable(family_or_traits: str | PipeTraits) -> tuple[str, ...]:
+    """The accelerators a pipeline family can take, in canonical order."""
+    family = getattr(family_or_traits, "family", family_or_traits)
+    return tuple(n for n, a in ACCELERATORS.items() if family in a.families)
+
+
+def search_space(traits: PipeTraits, steps: int, targets: Iterable[str]) -> dict[str, Param]:
+    """The namespaced search space (``"deepcache.cache_interval"`` ...) of some accelerators."""
+    names = _check_applicable(traits, parse_targets(targets))
+    return {f"{n}.{k}": p for n in names for k, p in ACCELERATORS[n].space(traits, steps).items()}
+
+
+def _check_applicable(traits: PipeTraits, names: tuple[str, ...]) -> tuple[str, ...]:
+    valid = applicable(traits)
+    wrong = [n for n in names if n not in valid]
+    if wrong:
+        raise AccelOptError(
+            f"{', '.join(wrong)} cannot accelerate a {traits.family} pipeline; "
+            f"it can take: {choices(valid)}"
+        )
+    return names
+
+
+class Accelerated:
+    """A pipeline with accelerators applied. Call it like the pipeline; ``remove`` undoes all.
+
+    Every call first clears what the previous call left (DeepCache's step counter, T-GATE's
+    caches), so the n-th call gives the same images as the first.
+    """
+
+    def __init__(self, pipe: Pipeline, configs: Mapping[str, Any]) -> None:
+        self.pipe = pipe
+        self.configs = dict(configs)
+        self._patches: list[Patch] = []
+        self._snapshot = Snapshot.take(pipe)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.configs)
+
+    def _apply(self, traits: PipeTraits) -> None:
+        try:
+            for step in PLANS[frozenset(self.configs)]:
+                self._patches.append(step(self.pipe, self.configs, traits))
+        except BaseException:
+            self.remove()
+            raise
+        entries = [p for p in self._patches if p.entry != "__call__"]
+        assert len(entries) <= 1, "two patches fork the pipeline call"
+        self._entry = entries[0] if entries else Patch()
+
+    def call_spec(self) -> tuple[str, dict[str, Any]]:
+        """The pipeline method a generation goes through and the arguments it adds."""
+        return self._entry.entry, dict(self._entry.call_kwargs)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if _ACTIVE.get(self.pipe) is not self:
+            raise RuntimeError("these accelerators were removed from the pipeline")
+        for patch in self._patches:
+            patch.reset()
+        method, extra = self.call_spec()
+        return getattr(self.pipe, method)(**kwargs, **extra)
+
+    def remove(self) -> None:
+        """Undo every patch (upstream's undo, then the snapshot) and check nothing is left."""
+        for patch in reversed(self._patches):
+            patch.remove()
+        self._patches.clear()
+        self._snapshot.restore(self.pipe)
+        if _ACTIVE.get(self.pipe) is self:
+            del _ACTIVE[self.pipe]
+        assert self._snapshot.matches(self.pipe), "pipeline not restored exactly"
+
+    def __enter__(self) -> Accelerated:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"Accelerated({type(self.pipe).__name__}, {self.configs})"
+
+
+_ACTIVE: WeakKeyDictionary[Any, Accelerated] = WeakKeyDictionary()
+
+
+def _configs(configs: Mapping[str, Any], traits: PipeTraits, steps: int | None) -> dict[str, Any]:
+    names = _check_applicable(traits, parse_targets(configs))
+    by_name = {get(k).name: v for k, v in configs.items()}
+    built = {}
+    for name in names:
+        accel, value = ACCELERATORS[name], by_name[name]
+        config = value if isinstance(value, accel.config_cls) else accel.config(value)
+        accel.check(config, traits, steps)
+        built[name] = config
+    return built
+
+
+def apply(pipe: Pipeline, configs: Mapping[str, Any], *, steps: int | None = None) -> Accelerated:
+    """Apply accelerators to ``pipe``; ``configs`` maps names to configs or parameter dicts.
+
+    Applying again replaces what was applied before (twice equals once). ``steps``, when given,
+    bounds step-valued parameters such as T-GATE's ``gate_step``.
+    """
+    traits = PipeTraits.of(pipe)
+    built = _configs(configs, traits, steps)  # validate everything before touching the pipe
+    remove(pipe)
+    accelerated = Accelerated(pipe, built)
+    _ACTIVE[pipe] = accelerated
+    accelerated._apply(traits)
+    return accelerated
+
+
+def active(pipe: Pipeline) -> Accelerated | None:
+    """The accelerators applied to ``pipe``, if any."""
+    return _ACTIVE.get(pipe)
+
+
+def remove(pipe: Pipeline) -> None:
+    """Remove whatever accelerators ``pipe`` has; a plain pipeline is left as it is."""
+    accelerated = _ACTIVE.get(pipe)
+    if accelerated is not None:
+        accelerated.remove()
+
+
+def generate(pipe: Pipeline, **kwargs: Any) -> Any:
+    """Generate through the applied accelerators, or plainly when none are applied."""
+    accelerated = _ACTIVE.get(pipe)
+    return accelerated(**kwargs) if accelerated is not None else pipe(**kwargs)

@@ -1,0 +1,149 @@
+"""The interface every accelerator module implements, and what they share."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from accelopt._types import Pipeline
+from accelopt.errors import AccelOptError, choices
+
+__all__ = ["Accelerator", "Param", "Patch", "PipeTraits", "Reference"]
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Where a method comes from: the paper and the code we wrap."""
+
+    title: str
+    paper: str
+    code: str
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searchable parameter: the values a sampler may draw, in order (grid and TPE alike)."""
+
+    values: tuple[Any, ...]
+
+    @property
+    def is_int(self) -> bool:
+        return all(isinstance(v, int) for v in self.values)
+
+
+@dataclass(frozen=True)
+class PipeTraits:
+    """What accelerators need to know about a pipeline, read from its config, never from a run.
+
+    ``attention_downsamples``: the downsampling factors (1, 2, 4, ...) at which the UNet has
+    transformer blocks; ToMe's ``max_downsample`` only matters through them.
+    """
+
+    family: str
+    down_blocks: int = 0
+    attention_downsamples: tuple[int, ...] = ()
+
+    @property
+    def has_unet(self) -> bool:
+        return self.down_blocks > 0
+
+    @classmethod
+    def of(cls, pipe: Pipeline) -> PipeTraits:
+        from accelopt.pipelines import family_of
+
+        family = family_of(pipe)
+        unet = getattr(pipe, "unet", None)
+        if unet is None:
+            return cls(family)
+        levels = {2**i for i, b in enumerate(unet.down_blocks) if getattr(b, "attentions", None)}
+        levels |= {
+            2**i for i, b in enumerate(reversed(unet.up_blocks)) if hasattr(b, "attentions")
+        }
+        if getattr(unet.mid_block, "attentions", None):
+            levels.add(2 ** (len(unet.down_blocks) - 1))
+        return cls(family, len(unet.down_blocks), tuple(sorted(levels)))
+
+
+class Patch:
+    """What ``apply`` leaves on a pipeline: how to clear it between calls, call it, undo it.
+
+    ``entry`` names the pipeline method a generation must go through (``"__call__"`` unless the
+    method forks the call, as T-GATE does) and ``call_kwargs`` the arguments it adds.
+    """
+
+    entry: str = "__call__"
+    call_kwargs: Mapping[str, Any] = {}
+
+    def reset(self) -> None:
+        """Clear state an earlier generation left, so every call starts clean."""
+
+    def remove(self) -> None:
+        """Undo through upstream's own API where it has one (the snapshot restores the rest)."""
+
+
+class Accelerator(ABC, Generic[C]):
+    """One training-free method: its config, search space, applicability, apply and references.
+
+    Subclasses set the class attributes and implement ``space``, ``check`` and ``apply``.
+    """
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+    families: ClassVar[frozenset[str]]
+    references: ClassVar[tuple[Reference, ...]]
+    aliases: ClassVar[Mapping[str, str]] = {}  # other spellings of parameter names
+
+    @abstractmethod
+    def space(self, traits: PipeTraits, steps: int) -> dict[str, Param]:
+        """The seed system's search ranges, cut to what this pipeline and step count can use."""
+
+    @abstractmethod
+    def off(self, steps: int) -> C:
+        """A config that changes nothing: its output is bit-identical to the baseline."""
+
+    @abstractmethod
+    def check(self, config: C, traits: PipeTraits, steps: int | None) -> None:
+        """Raise ``AccelOptError`` for a value upstream would take but that is wrong here."""
+
+    @abstractmethod
+    def apply(self, pipe: Pipeline, config: C, traits: PipeTraits) -> Patch:
+        """Patch ``pipe`` and return the patch."""
+
+    def config(self, params: Mapping[str, Any] | None = None, **kwargs: Any) -> C:
+        """Build a config from a plain dict of upstream parameter names (aliases accepted)."""
+        given = {self.aliases.get(k, k): v for k, v in {**(params or {}), **kwargs}.items()}
+        fields = {f.name: f for f in dataclasses.fields(self.config_cls)}
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise AccelOptError(
+                f"unknown {self.name} parameter(s) {', '.join(unknown)}; valid: {choices(fields)}"
+            )
+        for key, value in given.items():
+            want = fields[key].type
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if want == "float":
+                ok = ok or isinstance(value, float)
+            if not ok:
+                raise AccelOptError(f"{self.name}.{key} must be {want}, got {value!r}")
+        return self.config_cls(**given)
+
+
+def in_range(accel: str, key: str, value: Any, low: Any, high: Any, why: str = "") -> None:
+    """Refuse ``value`` outside ``[low, high]`` with a message that names the range."""
+    if not low <= value <= high:
+        hint = f" ({why})" if why else ""
+        raise AccelOptError(f"{accel}.{key}={value!r} is out of range; valid: {low}..{high}{hint}")
+
+
+def one_of(accel: str, key: str, value: Any, valid: tuple[Any, ...], why: str = "") -> None:
+    """Refuse ``value`` not in ``valid`` with a message that lists the valid values."""
+    if value not in valid:
+        hint = f" ({why})" if why else ""
+        raise AccelOptError(
+            f"{accel}.{key}={value!r} is not valid here; valid: {choices(valid)}{hint}"
+        )

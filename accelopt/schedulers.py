@@ -1,0 +1,61 @@
+"""Scheduler names users type, mapped to diffusers scheduler classes and their settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from accelopt._types import Pipeline
+from accelopt.errors import AccelOptError, choices
+
+__all__ = ["SCHEDULERS", "SchedulerInfo", "resolve_scheduler", "set_scheduler"]
+
+
+@dataclass(frozen=True)
+class SchedulerInfo:
+    """A scheduler by its study name: the diffusers class and the config it overrides."""
+
+    name: str
+    class_name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+
+SCHEDULERS: tuple[SchedulerInfo, ...] = (
+    SchedulerInfo("DDIM", "DDIMScheduler", aliases=("DDIMScheduler",)),
+    SchedulerInfo(
+        "DPM-Solver++",
+        "DPMSolverMultistepScheduler",
+        # Karras sigmas give duplicate timesteps, which DeepCache's step lookup cannot handle.
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
+        aliases=("DPM++", "DPMSolverMultistepScheduler", "DPMSolver++"),
+    ),
+    SchedulerInfo("UniPC", "UniPCMultistepScheduler", aliases=("UniPCMultistepScheduler",)),
+    SchedulerInfo("Euler", "EulerDiscreteScheduler", aliases=("EulerDiscreteScheduler",)),
+    SchedulerInfo("PNDM", "PNDMScheduler", aliases=("PNDMScheduler",)),
+)
+
+_BY_NAME = {n.lower(): s for s in SCHEDULERS for n in (s.name, *s.aliases)}
+
+
+def resolve_scheduler(name: str) -> SchedulerInfo:
+    """Look a scheduler up by name or alias, case-insensitively.
+
+    >>> resolve_scheduler("dpm++").name
+    'DPM-Solver++'
+    """
+    try:
+        return _BY_NAME[name.strip().lower()]
+    except KeyError:
+        valid = choices(f"{s.name} (or {', '.join(s.aliases)})" for s in SCHEDULERS)
+        raise AccelOptError(f"unknown scheduler {name!r}; valid: {valid}") from None
+
+
+def set_scheduler(pipe: Pipeline, name: str) -> SchedulerInfo:
+    """Replace ``pipe.scheduler`` with the named one, built from the pipeline's own config."""
+    import diffusers
+
+    info = resolve_scheduler(name)
+    cls = getattr(diffusers, info.class_name)
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **info.overrides)
+    return info

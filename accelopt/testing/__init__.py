@@ -1,0 +1,9 @@
+"""Tiny offline pipelines and helpers for tests, ours and users'."""
+
+from __future__ import annotations
+
+from accelopt.testing.tiny import TINY_PIPELINES, tiny_pipeline
+from accelopt.testing.tokenizers import clip_tokenizer, t5_tokenizer
+from accelopt.testing.work import WorkCounter
+
+__all__ = ["TINY_PIPELINES", "WorkCounter", "clip_tokenizer", "t5_tokenizer", "tiny_pipeline"]
