@@ -161,7 +161,7 @@ def load_pipeline(
 def _move(pipe: Pipeline, device: torch.device, dtype: torch.dtype) -> Pipeline:
     from diffusers.utils import logging
 
-    if device.type != "meta" and pipe.device != device:
+    if pipe.device != device:
         pipe.to(device)
     if pipe.dtype != dtype:
         # diffusers warns on every cast after loading; a cast is what random and tiny weights need.
@@ -188,7 +188,7 @@ def _from_pretrained(
         raise AccelOptError(
             f"unknown pipeline {source!r}; valid: {valid}, a hub id (org/name) or a local folder"
         )
-    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}  # diffusers 0.42 renamed torch_dtype
     if variant is not None:
         kwargs["variant"] = variant
     from diffusers import DiffusionPipeline

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from accelopt.testing.render import render
 from accelopt.testing.tiny import TINY_PIPELINES, tiny_pipeline
 from accelopt.testing.tokenizers import clip_tokenizer, t5_tokenizer
 from accelopt.testing.work import WorkCounter
 
-__all__ = ["TINY_PIPELINES", "WorkCounter", "clip_tokenizer", "t5_tokenizer", "tiny_pipeline"]
+__all__ = [
+    "TINY_PIPELINES",
+    "WorkCounter",
+    "clip_tokenizer",
+    "render",
+    "t5_tokenizer",
+    "tiny_pipeline",
+]

@@ -131,8 +131,7 @@ def _tiny_sdxl() -> Pipeline:
 def _word_list() -> list[str]:
     from accelopt.prompts import load_prompts
 
-    words = {w for p in load_prompts() for w in re.findall(r"[a-z]+", p.text.lower())}
-    return sorted(words)
+    return sorted({w for p in load_prompts() for w in re.findall(r"[A-Za-z]+", p.text)})
 
 
 def _tiny_pixart() -> Pipeline:

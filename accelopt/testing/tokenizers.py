@@ -70,15 +70,18 @@ def clip_tokenizer(max_length: int = CLIP_MAX_LENGTH) -> CLIPTokenizer:
 
 
 def t5_tokenizer(words: Iterable[str], max_length: int = 120) -> T5Tokenizer:
-    """A Unigram T5 tokenizer over ``words`` plus single characters (so nothing maps to <unk>).
+    """A Unigram T5 tokenizer over ``words`` (case kept) plus single characters.
 
-    Ids start with <pad>=0, </s>=1, <unk>=2 as in T5; whole words score above characters.
+    Every printable ASCII character and every character of ``words`` has a piece of its own, so
+    text made of them never maps to <unk>. Ids start with <pad>=0, </s>=1, <unk>=2 as in T5;
+    whole words score above characters, so a listed word is one token.
     """
     from transformers import T5Tokenizer
 
-    chars = [chr(c) for c in range(32, 127) if chr(c) != " "]
+    vocabulary = sorted({w.strip() for w in words if w.strip()})
+    chars = sorted({chr(c) for c in range(33, 127)} | set("".join(vocabulary)))
     pieces: dict[str, float] = {"<pad>": 0.0, "</s>": 0.0, "<unk>": 0.0}
-    for w in sorted({w.lower() for w in words if w.strip()}):
+    for w in vocabulary:
         pieces.setdefault("▁" + w, -2.0)
     pieces.setdefault("▁", -3.0)
     for c in chars:

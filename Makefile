@@ -1,0 +1,31 @@
+# Two commands take a fresh machine to a working accelopt: `make test` and (soon) `make demo`.
+# Everything installs into ./.venv; torch goes in first so pip never swaps in another build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint unit clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# One torch thread per test worker: two workers each spinning two OpenMP threads on two cores
+# run the suite ten times slower, not faster.
+unit: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
+
+test: lint unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

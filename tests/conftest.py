@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from accelopt import accelerators
+from accelopt._types import Pipeline
+from accelopt.testing import tiny_pipeline
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers with several torch threads each oversubscribe the cores many times over.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Callable[[str], Pipeline]:
+    """Tiny pipelines by name, built once per session; tests leave them unaccelerated."""
+    built: dict[str, Pipeline] = {}
+
+    def get(name: str) -> Pipeline:
+        if name not in built:
+            built[name] = tiny_pipeline(name)
+        pipe = built[name]
+        accelerators.remove(pipe)  # a failed test must not leak patches into the next
+        return pipe
+
+    return get
+
+
+def pytest_report_header() -> list[str]:
+    """The versions a run used, and the GPU if any: closing notes quote this line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd", "optuna")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} missing")
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return [f"accelopt versions: {', '.join(found)}; {gpu}"]

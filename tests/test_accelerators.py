@@ -1,0 +1,345 @@
+"""The contract every accelerator and combination keeps, on every tiny pipeline and scheduler."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from accelopt import accelerators
+from accelopt._types import Pipeline
+from accelopt.accelerators import (
+    PLANS,
+    DeepCacheConfig,
+    PipeTraits,
+    TGateConfig,
+    ToMeConfig,
+    applicable,
+)
+from accelopt.accelerators._snapshot import Snapshot
+from accelopt.accelerators.tome import effective_downsamples
+from accelopt.errors import AccelOptError
+from accelopt.schedulers import set_scheduler
+from accelopt.testing import WorkCounter, render
+
+STEPS = 8
+# Settings that really change the computation on the tiny pipelines.
+REAL = {
+    "deepcache": DeepCacheConfig(cache_interval=3, cache_branch_id=0),
+    "tome": ToMeConfig(ratio=0.5, max_downsample=4),
+    "tgate": TGateConfig(gate_step=4, sp_interval=2, fi_interval=1, warm_up=1),
+}
+FAMILIES = {"TinySD": "sd", "TinySDXL": "sdxl", "TinyPixArt": "pixart-alpha"}
+SCHEDULERS = ("DDIM", "DPM-Solver++", "UniPC")
+CASES = [
+    pytest.param((pipe, sched, tuple(sorted(plan))), id=f"{pipe}-{sched}-{'+'.join(sorted(plan))}")
+    for pipe, family in FAMILIES.items()
+    for sched in SCHEDULERS
+    for plan in PLANS
+    if plan <= set(applicable(family))
+]
+# What each method visibly skips: DeepCache whole blocks (convolutions), ToMe merged tokens and
+# T-GATE gated cross-attention and guidance (attention score entries).
+SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attention_scores"}
+
+
+def configs(plan: tuple[str, ...], which: str = "real") -> dict[str, object]:
+    if which == "real":
+        return {name: REAL[name] for name in plan}
+    return {name: accelerators.get(name).off(STEPS) for name in plan}
+
+
+_baselines: dict[tuple[str, str], tuple[np.ndarray, WorkCounter]] = {}
+
+
+Case = tuple[Pipeline, np.ndarray, WorkCounter, tuple[str, ...]]
+
+
+@pytest.fixture
+def case(request: pytest.FixtureRequest, tiny: Callable[[str], Pipeline]) -> Case:
+    name, sched, plan = request.param
+    pipe = tiny(name)
+    set_scheduler(pipe, sched)
+    if (name, sched) not in _baselines:
+        with WorkCounter() as work:
+            _baselines[name, sched] = render(pipe, steps=STEPS), work
+    return (pipe, *_baselines[name, sched], plan)
+
+
+def test_cases_cover_every_plan_pipeline_and_scheduler() -> None:
+    # 7 plans on each UNet pipeline, T-GATE alone on PixArt, each under three schedulers.
+    assert len(CASES) == (7 + 7 + 1) * 3
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True)
+def test_remove_restores_bit_identical_output(case: Case) -> None:
+    pipe, baseline, _, plan = case
+    before = Snapshot.take(pipe)
+    accelerated = accelerators.apply(pipe, configs(plan), steps=STEPS)
+    assert not np.array_equal(render(pipe, steps=STEPS), baseline)
+    accelerated.remove()
+    assert Snapshot.take(pipe) == before
+    assert accelerators.active(pipe) is None
+    np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True)
+def test_every_call_starts_from_clean_state(case: Case) -> None:
+    pipe, _, _, plan = case
+    with accelerators.apply(pipe, configs(plan), steps=STEPS):
+        first = render(pipe, steps=STEPS)
+        render(pipe, steps=STEPS, prompts=("something else entirely",), seed=7)
+        np.testing.assert_array_equal(render(pipe, steps=STEPS), first)
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True)
+def test_applying_twice_equals_applying_once(case: Case) -> None:
+    pipe, _, _, plan = case
+    before = Snapshot.take(pipe)
+    with accelerators.apply(pipe, configs(plan), steps=STEPS):
+        once = render(pipe, steps=STEPS)
+    accelerators.apply(pipe, configs(plan), steps=STEPS)
+    accelerators.apply(pipe, configs(plan), steps=STEPS)
+    twice = render(pipe, steps=STEPS)
+    accelerators.remove(pipe)
+    np.testing.assert_array_equal(twice, once)
+    assert Snapshot.take(pipe) == before
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True)
+def test_off_settings_reproduce_the_baseline(case: Case) -> None:
+    pipe, baseline, _, plan = case
+    with accelerators.apply(pipe, configs(plan, "off"), steps=STEPS):
+        np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True)
+def test_real_settings_skip_work(case: Case) -> None:
+    pipe, _, base, plan = case
+    with accelerators.apply(pipe, configs(plan), steps=STEPS), WorkCounter() as work:
+        render(pipe, steps=STEPS)
+    for name in plan:
+        assert getattr(work, SKIPS[name]) < getattr(base, SKIPS[name]), name
+    if "deepcache" not in plan:  # nothing else skips whole blocks
+        assert work.conv_calls == base.conv_calls
+
+
+def test_combination_skips_more_than_its_members(tiny: Callable[[str], Pipeline]) -> None:
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, "DDIM")
+    scores = {}
+    for plan in (("tome",), ("tgate",), ("tome", "tgate")):
+        with accelerators.apply(pipe, configs(plan), steps=STEPS), WorkCounter() as work:
+            render(pipe, steps=STEPS)
+        scores[plan] = work.attention_scores
+    assert scores["tome", "tgate"] < min(scores["tome",], scores["tgate",])
+
+
+def test_removal_leaves_no_upstream_residue(tiny: Callable[[str], Pipeline]) -> None:
+    pipe = tiny("TinySD")
+    with accelerators.apply(pipe, configs(("deepcache", "tome", "tgate")), steps=STEPS):
+        render(pipe, steps=STEPS)
+        assert hasattr(pipe, "tgate")
+    assert not hasattr(pipe, "tgate") and not hasattr(pipe, "deepcache")
+    for module in pipe.unet.modules():
+        assert type(module).__name__ != "ToMeBlock"
+        assert not {"forward", "cache", "_tome_info"} & set(vars(module))
+
+
+def _footprint(pipe: Pipeline) -> tuple[int, int, int]:
+    modules = list(pipe.unet.modules()) + list(pipe.text_encoder.modules())
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
+    attrs = sum(len(vars(m)) for m in modules) + len(vars(pipe))
+    return len(modules), hooks, attrs
+
+
+def _live_tensors() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+@pytest.mark.parametrize("plan", sorted(tuple(sorted(p)) for p in PLANS), ids="+".join)
+def test_hundred_cycles_leave_no_growth(
+    tiny: Callable[[str], Pipeline], plan: tuple[str, ...]
+) -> None:
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, "DDIM")
+    steps, cfg = 4, {**configs(plan), "tgate": TGateConfig(2, 2, 1, 1)}
+    cfg = {k: v for k, v in cfg.items() if k in plan}
+
+    def cycle() -> None:
+        with accelerators.apply(pipe, cfg, steps=steps):
+            render(pipe, steps=steps, prompts=("a cat",))
+
+    for _ in range(5):  # first calls fill caches that are meant to stay (tokenizer, kernels)
+        cycle()
+    footprint, tensors = _footprint(pipe), _live_tensors()
+    gc.collect()
+    objects = len(gc.get_objects())
+    for _ in range(95):
+        cycle()
+    assert _footprint(pipe) == footprint
+    assert _live_tensors() == tensors
+    gc.collect()
+    assert len(gc.get_objects()) - objects < 95  # a leak of one object per cycle would show
+
+
+# Bad input: one clear error that names the valid choices; nothing patched.
+
+
+@pytest.mark.parametrize(
+    ("pipe_name", "given", "message"),
+    [
+        (
+            "TinySD",
+            {"fastcache": {}},
+            "unknown accelerator 'fastcache'; valid: deepcache, tome, tgate",
+        ),
+        (
+            "TinyPixArt",
+            {"tome": {}},
+            "tome cannot accelerate a pixart-alpha pipeline; it can take: tgate",
+        ),
+        ("TinyPixArt", {"deepcache": {}}, "it can take: tgate"),
+        (
+            "TinySD",
+            {"deepcache": {"cache_branch_id": 9}},
+            "deepcache.cache_branch_id=9 is out of range; valid: 0..8",
+        ),
+        (
+            "TinySD",
+            {"deepcache": {"cache_interval": 0}},
+            "deepcache.cache_interval=0 is out of range; valid: 1..8",
+        ),
+        (
+            "TinySD",
+            {"deepcache": {"cache_interval": "3"}},
+            "deepcache.cache_interval must be int, got '3'",
+        ),
+        ("TinySD", {"deepcache": {"cache_interval": 2.5}}, "deepcache.cache_interval must be int"),
+        (
+            "TinySD",
+            {"deepcache": {"interval": 3}},
+            "unknown deepcache parameter(s) interval; valid: cache_interval, cache_branch_id",
+        ),
+        ("TinySD", {"tome": {"ratio": 0.8}}, "tome.ratio=0.8 is out of range; valid: 0.0..0.75"),
+        (
+            "TinySDXL",
+            {"tome": {"max_downsample": 1}},
+            "tome.max_downsample=1 is not valid here; valid: 2, 4",
+        ),
+        ("TinySD", {"tgate": {"gate_step": 9}}, "tgate.gate_step=9 is out of range; valid: 1..8"),
+        (
+            "TinySD",
+            {"tgate": {"gate_step": 4, "warm_up": -1}},
+            "tgate.warm_up=-1 is out of range; valid: 0..8",
+        ),
+    ],
+)
+def test_bad_input_is_refused_before_patching(
+    tiny: Callable[[str], Pipeline], pipe_name: str, given: dict[str, object], message: str
+) -> None:
+    pipe = tiny(pipe_name)
+    before = Snapshot.take(pipe)
+    with pytest.raises(AccelOptError) as err:
+        accelerators.apply(pipe, given, steps=STEPS)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert Snapshot.take(pipe) == before
+
+
+def test_a_refused_apply_keeps_what_was_applied(tiny: Callable[[str], Pipeline]) -> None:
+    pipe = tiny("TinySD")
+    accelerated = accelerators.apply(pipe, {"deepcache": REAL["deepcache"]}, steps=STEPS)
+    with pytest.raises(AccelOptError):
+        accelerators.apply(pipe, {"tome": {"ratio": 2.0}}, steps=STEPS)
+    assert accelerators.active(pipe) is accelerated
+    accelerated.remove()
+
+
+def test_calling_after_remove_is_an_error(tiny: Callable[[str], Pipeline]) -> None:
+    pipe = tiny("TinySD")
+    accelerated = accelerators.apply(pipe, {"tome": {}})
+    accelerated.remove()
+    with pytest.raises(RuntimeError, match="removed"):
+        accelerated(prompt="a cat", num_inference_steps=2)
+
+
+def test_configs_accept_dicts_and_the_seed_spelling() -> None:
+    tgate = accelerators.get("TGate")
+    assert tgate.config({"gate_step": 7, "warmup": 3}) == TGateConfig(gate_step=7, warm_up=3)
+    assert accelerators.get("tome").config(ratio=0.5) == ToMeConfig(ratio=0.5)
+
+
+def test_call_spec_names_the_upstream_entry_point(tiny: Callable[[str], Pipeline]) -> None:
+    pipe = tiny("TinySDXL")
+    with accelerators.apply(pipe, {"tome": {"max_downsample": 2}}) as accelerated:
+        assert accelerated.call_spec() == ("__call__", {})
+    cfg = TGateConfig(gate_step=6, sp_interval=3, fi_interval=2, warm_up=1)
+    with accelerators.apply(pipe, {"tgate": cfg, "deepcache": {}}) as accelerated:
+        entry = {"gate_step": 6, "sp_interval": 3, "fi_interval": 2, "warm_up": 1}
+        assert accelerated.call_spec() == ("tgate", entry)
+
+
+# Search spaces: the seed system's ranges, cut to what a pipeline can use.
+
+
+def test_parse_targets_is_canonical() -> None:
+    assert accelerators.parse_targets("tgate+DeepCache") == ("deepcache", "tgate")
+    assert accelerators.parse_targets(["tome", "tgate", "tome"]) == ("tome", "tgate")
+    with pytest.raises(AccelOptError, match="no accelerator named"):
+        accelerators.parse_targets("")
+    with pytest.raises(AccelOptError, match="valid: deepcache, tome, tgate"):
+        accelerators.parse_targets("deepcache+tomesd")
+
+
+def test_search_space_uses_the_seed_ranges(tiny: Callable[[str], Pipeline]) -> None:
+    traits = PipeTraits.of(tiny("TinySD"))
+    space = accelerators.search_space(traits, 25, "deepcache+tome+tgate")
+    assert {k: v.values for k, v in space.items()} == {
+        "deepcache.cache_interval": (2, 3, 4, 5),
+        "deepcache.cache_branch_id": (0, 1, 2, 3),
+        "tome.ratio": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75),
+        "tome.max_downsample": (1, 2, 4),
+        "tgate.gate_step": tuple(range(5, 20)),
+        "tgate.sp_interval": tuple(range(2, 10)),
+        "tgate.fi_interval": tuple(range(1, 6)),
+        "tgate.warm_up": (1, 2, 3),
+    }
+
+
+def test_search_space_is_cut_to_the_pipeline_and_steps(tiny: Callable[[str], Pipeline]) -> None:
+    sdxl = PipeTraits.of(tiny("TinySDXL"))
+    assert sdxl.attention_downsamples == (2, 4)
+    space = accelerators.search_space(sdxl, 10, "tome+tgate")
+    assert space["tome.max_downsample"].values == (2, 4)  # 1 merges nothing on SDXL
+    assert space["tgate.gate_step"].values == (5, 6, 7, 8, 9)  # never at or beyond the last step
+    shallow = PipeTraits("sd", down_blocks=1, attention_downsamples=(1,))
+    assert accelerators.search_space(shallow, 25, "deepcache")[
+        "deepcache.cache_branch_id"
+    ].values == (0, 1, 2)
+    with pytest.raises(AccelOptError, match="tgate needs more than 5 steps"):
+        accelerators.search_space(sdxl, 5, "tgate")
+    with pytest.raises(AccelOptError, match="can take: tgate"):
+        accelerators.search_space(PipeTraits.of(tiny("TinyPixArt")), 20, "deepcache")
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [((1, 2, 4, 8), (1, 2, 4)), ((2, 4), (2, 4)), ((4,), (4,)), ((8,), ())],
+)
+def test_max_downsample_choices_drop_no_ops_and_duplicates(
+    levels: tuple[int, ...], expected: tuple[int, ...]
+) -> None:
+    assert effective_downsamples(PipeTraits("sd", 3, levels)) == expected
+
+
+def test_every_accelerator_declares_its_interface() -> None:
+    for name, accel in accelerators.ACCELERATORS.items():
+        assert accel.name == name
+        assert accel.references and all(r.paper.startswith("https://") for r in accel.references)
+        assert accel.families <= {"sd", "sdxl", "pixart-alpha", "pixart-sigma"}
+        assert accel.config_cls.__dataclass_params__.frozen

@@ -1,0 +1,145 @@
+"""Tests for accelopt/cli.py: commands called in process, plus one subprocess smoke test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from accelopt.cli import main
+from accelopt.prompts import load_prompts
+
+COMMANDS = ("pipelines", "schedulers", "accelerators", "prompts")
+
+
+def _space(out: str) -> dict[str, list[str]]:
+    """Parse the ``accelerators --pipeline`` table: ``  key   v1, v2`` -> {key: [v1, v2]}."""
+    rows = [line.split(None, 1) for line in out.splitlines() if line.startswith("  ")]
+    return {key: values.split(", ") for key, values in rows}
+
+
+def test_help_exits_zero_and_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: accelopt")
+    for command in COMMANDS:
+        assert command in out
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_pipelines(capsys: pytest.CaptureFixture[str]) -> None:
+    from accelopt.pipelines import MODELS
+
+    assert main(["pipelines"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in rows["SDXL"]
+    for model in MODELS:
+        assert model.name in rows
+        assert model.family in rows[model.name].split()
+        if model.hub_id:
+            assert rows[model.name].split()[-1] == model.hub_id
+
+
+def test_schedulers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schedulers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "DDIM",
+        "DPM-Solver++",
+        "UniPC",
+        "Euler",
+        "PNDM",
+    ]
+    dpm = lines[1]
+    assert "DPMSolverMultistepScheduler" in dpm
+    assert "DPM++" in dpm
+
+
+def test_accelerators_lists_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines() if line[:1].isalpha()]
+    assert names[:3] == ["deepcache", "tome", "tgate"]
+    assert "Combinations:" in out
+
+
+def test_sdxl_search_space_drops_downsample_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators", "--pipeline", "SDXL", "--steps", "25"]) == 0
+    out = capsys.readouterr().out
+    assert "(sdxl), 25 steps" in out.splitlines()[0]
+    space = _space(out)
+    # SDXL has no attention at the first level: max_downsample=1 would merge nothing.
+    assert space["tome.max_downsample"] == ["2", "4"]
+    assert {key.split(".")[0] for key in space} == {"deepcache", "tome", "tgate"}
+
+
+def test_sd15_search_space_keeps_downsample_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators", "--pipeline", "SD1.5", "--targets", "tome"]) == 0
+    space = _space(capsys.readouterr().out)
+    assert set(space) == {"tome.ratio", "tome.max_downsample"}
+    assert space["tome.max_downsample"][0] == "1"
+
+
+def test_inapplicable_target_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["accelerators", "--pipeline", "PixArt-Sigma", "--targets", "tome"])
+    assert code == 2
+    captured = capsys.readouterr()
+    err_lines = captured.err.splitlines()
+    assert len(err_lines) == 1
+    assert err_lines[0].startswith("accelopt: error:")
+    assert "tome" in err_lines[0]
+    assert "tgate" in err_lines[0]
+    assert captured.out == ""
+
+
+def test_unknown_pipeline_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators", "--pipeline", "SD9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("accelopt: error:")
+    assert "SD9" in err
+
+
+def test_prompts_heldout_count(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prompts", "--split", "heldout", "--count", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    expected = load_prompts("heldout", 3)
+    assert [line.split()[0] for line in lines] == [p.id for p in expected]
+    assert all(line.split()[1] == "heldout" for line in lines)
+    assert all(line.endswith(p.text) for line, p in zip(lines, expected, strict=True))
+
+
+def test_prompts_count_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prompts", "--count", "100000"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("accelopt: error:")
+    assert "100000" in captured.err
+
+
+def test_prompts_bad_split_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["prompts", "--split", "train"])
+    assert info.value.code == 2
+    assert "heldout" in capsys.readouterr().err
+
+
+def test_module_help_in_a_subprocess() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "accelopt", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "accelerators" in result.stdout

@@ -1,0 +1,94 @@
+"""The accelerator contract on full-size SD1.5 and SDXL architectures, fp16, on a CUDA GPU.
+
+Random weights (no download exists here): the images mean nothing, but which work is skipped and
+whether removal restores the pipeline bit for bit is exactly what real weights would show.
+Skipped without CUDA (CI has none); run on a GPU with ``pytest -m gpu -s``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from accelopt import accelerators
+from accelopt._types import Pipeline
+from accelopt.accelerators import PLANS, DeepCacheConfig, TGateConfig, ToMeConfig
+from accelopt.accelerators._snapshot import Snapshot
+from accelopt.pipelines import load_pipeline
+from accelopt.testing import WorkCounter, render
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+STEPS = 10
+# (name, resolution, ToMe max_downsample that patches something on it)
+ARCHS = [("SD1.5", 512, 1), ("SDXL", 1024, 2)]
+PLAN_IDS = sorted("+".join(sorted(p)) for p in PLANS)
+SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attention_scores"}
+
+
+def _images(pipe: Pipeline, resolution: int) -> np.ndarray:
+    torch.manual_seed(0)
+    out = render(pipe, prompts=("a red cube",), steps=STEPS, guidance_scale=7.0)
+    assert out.shape == (1, resolution, resolution, 3)
+    return out
+
+
+Arch = tuple[Pipeline, int, int, np.ndarray, WorkCounter]
+
+
+@pytest.fixture(scope="module", params=ARCHS, ids=[a[0] for a in ARCHS])
+def arch(request: pytest.FixtureRequest) -> Iterator[Arch]:
+    name, resolution, max_downsample = request.param
+    # Bit-identical comparisons need fixed kernels: ToMe's scatter_reduce on CUDA is otherwise
+    # nondeterministic (runs differ by up to 3e-3 per pixel; bench/tome_determinism.py).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    pipe = load_pipeline(name, weights="random", dtype="fp16", device="cuda")
+    pipe.set_progress_bar_config(disable=True)
+    _images(pipe, resolution)  # warm-up: kernel selection, allocator
+    with WorkCounter() as work:
+        baseline = _images(pipe, resolution)
+    assert np.isfinite(baseline).all()
+    yield pipe, resolution, max_downsample, baseline, work
+    torch.use_deterministic_algorithms(False)
+    del pipe
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("plan", PLAN_IDS)
+def test_applies_skips_work_and_removes_exactly(arch: Arch, plan: str) -> None:
+    pipe, resolution, max_downsample, baseline, base = arch
+    names = plan.split("+")
+    real = {
+        "deepcache": DeepCacheConfig(cache_interval=3, cache_branch_id=0),
+        "tome": ToMeConfig(ratio=0.5, max_downsample=max_downsample),
+        "tgate": TGateConfig(gate_step=5, sp_interval=3, fi_interval=1, warm_up=2),
+    }
+    before = Snapshot.take(pipe)
+    with accelerators.apply(pipe, {n: real[n] for n in names}, steps=STEPS):
+        with WorkCounter() as work:
+            first = _images(pipe, resolution)
+        again = _images(pipe, resolution)
+    after = _images(pipe, resolution)
+    with accelerators.apply(pipe, {n: accelerators.get(n).off(STEPS) for n in names}, steps=STEPS):
+        off = _images(pipe, resolution)
+
+    skipped = {n: 1 - getattr(work, SKIPS[n]) / getattr(base, SKIPS[n]) for n in names}
+    print(
+        f"\n{type(pipe).__name__} {plan}: skipped {skipped}; max |accelerated - baseline| "
+        f"{np.abs(first - baseline).max():.3f}; after remove equal: "
+        f"{np.array_equal(after, baseline)}; off equal: {np.array_equal(off, baseline)}"
+    )
+    assert np.isfinite(first).all()
+    np.testing.assert_array_equal(again, first)
+    assert all(s > 0 for s in skipped.values()), skipped
+    assert Snapshot.take(pipe) == before
+    np.testing.assert_array_equal(after, baseline)
+    np.testing.assert_array_equal(off, baseline)
