@@ -48,9 +48,16 @@ def _accelerators(args: argparse.Namespace) -> int:
         return 0
 
     from accelopt.accelerators import PipeTraits
-    from accelopt.pipelines import load_pipeline
+    from accelopt.pipelines import load_pipeline, model_info
 
-    traits = PipeTraits.of(load_pipeline(args.pipeline, weights="random", device="meta"))
+    # A known architecture is read from its structure alone, built on "meta" in a second.
+    known = model_info(args.pipeline) is not None
+    pipe = load_pipeline(
+        args.pipeline,
+        weights="random" if known else "pretrained",
+        device="meta" if known else "cpu",
+    )
+    traits = PipeTraits.of(pipe)
     targets = args.targets or "+".join(accelerators.applicable(traits))
     space = accelerators.search_space(traits, args.steps, targets)
     print(f"search space for {args.pipeline} ({traits.family}), {args.steps} steps:")

@@ -29,6 +29,7 @@ __all__ = [
     "call_defaults",
     "family_of",
     "load_pipeline",
+    "model_info",
     "resolve_device",
     "resolve_dtype",
 ]
