@@ -74,6 +74,155 @@ def _prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_spec(args: argparse.Namespace):
+    from pathlib import Path
+
+    from accelopt.spec import load_spec
+
+    if (args.study is None) == (args.spec is None):
+        raise AccelOptError("give exactly one of --study NAME or --spec FILE")
+    spec = load_spec(args.study) if args.spec is None else load_spec(path=Path(args.spec))
+    changes = {}
+    if getattr(args, "sampler", None):
+        changes["sampler"] = spec.sampler.__class__(args.sampler, spec.sampler.seed)
+    if getattr(args, "seed", None) is not None:
+        sampler = changes.get("sampler", spec.sampler)
+        changes["sampler"] = sampler.__class__(sampler.name, args.seed)
+    if getattr(args, "max_score_loss", None) is not None:
+        changes["max_score_loss"] = args.max_score_loss
+    return spec.replace(**changes) if changes else spec
+
+
+def _describe(trial) -> str:
+    a = trial.user_attrs
+    knobs = "; ".join(
+        f"{name} " + ", ".join(f"{k}={v}" for k, v in params.items())
+        for name, params in a["accelerators"].items()
+    )
+    return (
+        f"trial {trial.number}: {knobs}\n  speedup {a['speedup']:.2f}x, "
+        f"{a['time_per_image']:.4f} s/image, CLIP score loss {100 * a['score_loss']:.2f}%"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from accelopt.study import Requirement, run_study
+
+    if args.req_speedup is not None and args.req_time is not None:
+        raise AccelOptError("give at most one of --req-speedup and --req-time")
+    for flag in ("n_trials", "timeout", "req_speedup", "req_time", "max_score_loss"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise AccelOptError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    spec = _load_spec(args)
+    requirement = Requirement(args.req_speedup, args.req_time)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        outcome = run_study(
+            spec,
+            storage=args.storage,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            requirement=requirement,
+            device=args.device,
+            weights="random" if args.random_weights else "pretrained",
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        print(
+            "accelopt: interrupted; finished trials are stored, run again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    counted = sum(1 for t in outcome.study.trials if t.state.is_finished())
+    if outcome.already_finished:
+        print(f"{spec.name}: finished already ({counted} trials); nothing to run")
+    else:
+        print(f"{spec.name}: ran {outcome.ran} trials ({counted} in the study)")
+    best = outcome.best
+    if requirement.active:
+        if best is None:
+            print(f"requirement not met: no feasible trial reached {requirement.describe()}")
+            return 1
+        print(f"requirement met ({requirement.describe()}) by {_describe(best)}")
+        return 0
+    if best is None or best.user_attrs["speedup"] <= 1.0:
+        why = "no feasible accelerated trial" if best is None else "none beats the baseline"
+        print(f"no acceleration: {why} within a {100 * spec.max_score_loss:g}% score loss")
+        return 0
+    print(f"best {_describe(best)}")
+    return 0
+
+
+def _open_study(args: argparse.Namespace):
+    import optuna
+
+    from accelopt.study import open_storage, storage_label
+
+    storage, url = open_storage(args.storage)
+    try:
+        return optuna.load_study(study_name=args.study, storage=storage)
+    except KeyError:
+        raise AccelOptError(
+            f"no study {args.study!r} in {storage_label(url)}; run it first or pass --storage"
+        ) from None
+
+
+def _best(args: argparse.Namespace) -> int:
+    import json
+
+    from accelopt.study import best_trial
+
+    study = _open_study(args)
+    best = best_trial(study)
+    if args.json:
+        record = None
+        if best is not None:
+            record = {"trial": best.number, "accelerators": best.user_attrs["accelerators"]}
+            record.update(
+                {
+                    k: best.user_attrs[k]
+                    for k in ("speedup", "time_per_image", "score_loss", "device")
+                }
+            )
+        print(json.dumps({"study": args.study, "best": record}, indent=2))
+    elif best is None:
+        print(f"{args.study}: no feasible trial yet")
+    else:
+        print(f"{args.study}: best {_describe(best)}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import optuna
+
+    from accelopt.spec import shipped_specs
+    from accelopt.study import DEFAULT_STORAGE, best_trial, open_storage
+
+    local = sorted(Path("studies").glob("*.toml")) if Path("studies").is_dir() else []
+    print("specs:")
+    for path in local + [p for p in shipped_specs() if p.name not in {q.name for q in local}]:
+        print(f"  {path.stem:40} {path}")
+    url = args.storage or __import__("os").environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        print("stored studies: none (no storage file yet)")
+        return 0
+    storage, _ = open_storage(url)
+    print("stored studies:")
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        counted = sum(1 for t in study.trials if t.state.is_finished())
+        budget = study.user_attrs.get("budget", "?")
+        best = best_trial(study)
+        shown = f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible trial"
+        print(f"  {summary.study_name:40} {counted}/{budget} trials  {shown}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="accelopt",
@@ -97,6 +246,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", help="a pipeline name, e.g. SDXL or TinySD")
     p.add_argument("--steps", type=int, default=25, help="inference steps (default: 25)")
     p.add_argument("--targets", help="accelerators joined by '+', e.g. deepcache+tgate")
+    p = command("run", _run, "run or resume a study; prints the best configuration")
+    p.add_argument("--study", help="study NAME: PIPE-SCHED-STEPS[-TARGETS], e.g. SDXL-DDIM-25")
+    p.add_argument("--spec", help="run this spec FILE (its stem is the study name)")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL or journal file path "
+        "(default: $ACCELOPT_STORAGE or sqlite:///accelopt.db)",
+    )
+    p.add_argument("--n-trials", type=int, help="total trials for the study (default: the spec's)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
+    p.add_argument("--sampler", choices=("tpe", "grid"), help="override the spec's sampler")
+    p.add_argument("--seed", type=int, help="sampler seed (default: the spec's)")
+    p.add_argument("--max-score-loss", type=float, help="CLIP score loss budget (default 0.02)")
+    p.add_argument("--req-speedup", type=float, help="stop at the first feasible trial this fast")
+    p.add_argument(
+        "--req-time",
+        type=float,
+        help="stop at the first feasible trial at or under this many seconds per image",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="the architecture with random weights (timing without a download)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = command("best", _best, "print a stored study's best feasible configuration")
+    p.add_argument("--study", required=True, help="study NAME")
+    p.add_argument("--storage", help="Optuna storage URL or journal file path")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command("list", _list, "list study specs and the studies in storage")
+    p.add_argument("--storage", help="Optuna storage URL or journal file path")
     p = command("prompts", _prompts, "print the shipped prompt set")
     p.add_argument("--split", choices=("search", "heldout"), help="only this split")
     p.add_argument("--count", type=int, help="only the first COUNT prompts")

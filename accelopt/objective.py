@@ -1,0 +1,175 @@
+"""One trial: apply -> warm up -> generate the prompts (timed) -> CLIP score -> remove.
+
+``Bench`` holds what every trial of a study shares (the pipeline, prompts, seeds and scorer) and
+measures one configuration; ``Objective`` turns a measurement into an Optuna trial: speedup to
+maximise, relative score loss as a constraint, everything else as user attributes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+import optuna
+import torch
+
+from accelopt import accelerators
+from accelopt._types import Pipeline
+from accelopt.metrics import ClipScorer, score_loss
+from accelopt.prompts import load_prompts
+from accelopt.search import Space, dominating_trial
+from accelopt.spec import StudySpec
+from accelopt.timing import device_name, median, peak_memory, reset_peak_memory, timed
+
+__all__ = ["Bench", "Measurement", "Objective"]
+
+BASELINE_EVERY = 10  # re-time the baseline after this many trials, so drift shows in speedups
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one generation of the prompt set cost and how it scored."""
+
+    time_per_image: float
+    generation_seconds: float
+    warmup_seconds: float
+    scoring_seconds: float
+    scores: list[float]
+    peak_memory: int | None
+
+
+@dataclass
+class Bench:
+    """A loaded pipeline with its prompts, seeds and scorer: measures configurations."""
+
+    spec: StudySpec
+    pipe: Pipeline
+    scorer: ClipScorer
+    device: torch.device
+    prompts: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        chosen = load_prompts(self.spec.prompts.split, self.spec.prompts.count)
+        self.prompts = [p.text for p in chosen]
+        self.traits = accelerators.PipeTraits.of(self.pipe)
+
+    def _generate(self, start: int, stop: int) -> torch.Tensor:
+        from accelopt.pipelines import call_defaults
+
+        seed = self.spec.prompts.seed
+        size = {"height": self.spec.resolution, "width": self.spec.resolution}
+        out = accelerators.generate(
+            self.pipe,
+            prompt=self.prompts[start:stop],
+            num_inference_steps=self.spec.steps,
+            guidance_scale=self.spec.guidance,
+            generator=[torch.Generator().manual_seed(seed + i) for i in range(start, stop)],
+            output_type="pt",
+            **(size if self.spec.resolution else {}),
+            **call_defaults(self.pipe),
+        )
+        return out.images
+
+    def measure(self) -> Measurement:
+        """Generate every prompt in batches (timed), after warm-up calls; then score."""
+        batches = [
+            (start, min(start + self.spec.prompts.batch_size, len(self.prompts)))
+            for start in range(0, len(self.prompts), self.spec.prompts.batch_size)
+        ]
+        warmup = sum(
+            timed(lambda: self._generate(*batches[0]), self.device)[1]
+            for _ in range(self.spec.warmup)
+        )
+        reset_peak_memory(self.device)
+        images: list[torch.Tensor] = []
+        seconds = 0.0
+        for start, stop in batches:
+            out, took = timed(partial(self._generate, start, stop), self.device)
+            images.append(out)
+            seconds += took
+        memory = peak_memory(self.device)
+        scores, scoring = timed(lambda: self.scorer(torch.cat(images), self.prompts), self.device)
+        return Measurement(
+            time_per_image=seconds / len(self.prompts),
+            generation_seconds=seconds,
+            warmup_seconds=warmup,
+            scoring_seconds=scoring,
+            scores=scores,
+            peak_memory=memory,
+        )
+
+
+class Objective:
+    """Optuna objective for one study: maximise speedup, score loss as a constraint.
+
+    The baseline's scores come from the study (measured once, by the first worker); its time is
+    measured by every worker at start and again every ``BASELINE_EVERY`` trials, and speedups use
+    the median of those timings, so clock drift over a long study shows instead of hiding.
+    """
+
+    def __init__(self, bench: Bench, space: Space, baseline_scores: list[float]) -> None:
+        self.bench = bench
+        self.space = space
+        self.baseline_scores = baseline_scores
+        self.baseline_times: list[float] = []
+        self.trials_since_baseline = 0
+
+    def time_baseline(self) -> float:
+        accelerators.remove(self.bench.pipe)
+        seconds = self.bench.measure().time_per_image
+        self.baseline_times.append(seconds)
+        self.trials_since_baseline = 0
+        return seconds
+
+    @property
+    def baseline_time(self) -> float:
+        return median(self.baseline_times)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.trials_since_baseline >= BASELINE_EVERY:
+            self.time_baseline()
+        self.trials_since_baseline += 1
+        started = time.perf_counter()
+        configs = self.space.configs(self.space.suggest(trial))
+        trial.set_user_attr("accelerators", configs)
+        if not configs:
+            trial.set_user_attr("skipped", "no accelerator on: that is the baseline")
+            raise optuna.TrialPruned("no accelerator on")
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        found = dominating_trial(configs, done)
+        if found is not None:
+            trial.set_user_attr("skipped", found[1])
+            raise optuna.TrialPruned(found[1])
+
+        pipe = self.bench.pipe
+        try:
+            with accelerators.apply(pipe, configs, steps=self.bench.spec.steps):
+                m = self.bench.measure()
+        finally:
+            accelerators.remove(pipe)  # also when apply or generation raised
+            if self.bench.device.type == "cuda":
+                torch.cuda.empty_cache()
+        return self._record(trial, m, time.perf_counter() - started)
+
+    def _record(self, trial: optuna.Trial, m: Measurement, wall: float) -> float:
+        speedup = self.baseline_time / m.time_per_image
+        loss = score_loss(self.baseline_scores, m.scores)
+        limit = self.bench.spec.max_score_loss
+        trial.set_constraint("score_loss", loss - limit)
+        attrs: dict[str, Any] = {
+            **{k: v for k, v in asdict(m).items() if k != "scores"},
+            "speedup": speedup,
+            "score": sum(m.scores) / len(m.scores),
+            "score_loss": loss,
+            "constraint": loss - limit,  # mirrored: optuna-dashboard does not show constraints
+            "feasible": loss <= limit,
+            "baseline_time_per_image": self.baseline_time,
+            "device": device_name(self.bench.device),
+            "trial_seconds": wall,
+            "overhead_seconds": wall - m.generation_seconds - m.warmup_seconds - m.scoring_seconds,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return speedup

@@ -1,0 +1,125 @@
+"""The search space of a study, as Optuna parameters, and the seed system's dominance skip.
+
+With targets (``SD1.5-DDIM-20-deepcache+tgate``) a study searches those accelerators' knobs, all
+on. Without, it also searches which to use: each applicable accelerator's main knob gains its
+"off" value (DeepCache interval 1, ToMe ratio 0, T-GATE gate at the last step), and an
+accelerator whose main knob is off is not applied at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import optuna
+
+from accelopt import accelerators
+from accelopt.accelerators import Param, PipeTraits
+
+__all__ = ["Space", "dominating_trial"]
+
+# Which way each knob makes generation faster: +1 larger is faster, -1 smaller is faster.
+FASTER: dict[str, int] = {
+    "deepcache.cache_interval": +1,
+    "deepcache.cache_branch_id": -1,  # a deeper branch recomputes more
+    "tome.ratio": +1,
+    "tome.max_downsample": +1,
+    "tgate.gate_step": -1,  # gating earlier skips more steps of cross-attention
+    "tgate.sp_interval": +1,
+    "tgate.fi_interval": +1,
+    "tgate.warm_up": -1,
+}
+# The knob that switches each accelerator off, and its off value (None: the step count).
+PRIMARY: dict[str, tuple[str, Any]] = {
+    "deepcache": ("cache_interval", 1),
+    "tome": ("ratio", 0.0),
+    "tgate": ("gate_step", None),
+}
+
+
+@dataclass(frozen=True)
+class Space:
+    """Namespaced parameters (``"deepcache.cache_interval"``) and what they may take."""
+
+    params: dict[str, Param]
+    steps: int
+    optional: bool  # True: each accelerator can be off
+
+    @classmethod
+    def build(cls, traits: PipeTraits, steps: int, targets: Iterable[str] | None) -> Space:
+        names = tuple(targets) if targets else accelerators.applicable(traits)
+        params = accelerators.search_space(traits, steps, names)
+        if targets is None:
+            for name in names:
+                knob, off = PRIMARY[name]
+                key = f"{name}.{knob}"
+                params[key] = Param((steps if off is None else off, *params[key].values))
+        return cls(params, steps, targets is None)
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The space as GridSampler takes it: every value of every parameter."""
+        return {k: list(p.values) for k, p in self.params.items()}
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for p in self.params.values():
+            n *= len(p.values)
+        return n
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Draw every parameter; integers on an even step as ints, the rest as categories."""
+        drawn: dict[str, Any] = {}
+        for key, p in self.params.items():
+            values = p.values
+            step = values[1] - values[0] if len(values) > 1 else 1
+            arithmetic = p.is_int and all(b - a == step for a, b in pairwise(values))
+            if arithmetic and step > 0:
+                drawn[key] = trial.suggest_int(key, values[0], values[-1], step=step)
+            else:
+                drawn[key] = trial.suggest_categorical(key, list(values))
+        return drawn
+
+    def configs(self, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Flat params -> ``{accelerator: {knob: value}}`` for the accelerators that are on."""
+        grouped: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            name, knob = key.split(".", 1)
+            grouped.setdefault(name, {})[knob] = value
+        if self.optional:
+            for name, (knob, off) in PRIMARY.items():
+                if name in grouped and grouped[name][knob] == (self.steps if off is None else off):
+                    del grouped[name]
+        return grouped
+
+
+def dominating_trial(
+    configs: Mapping[str, Mapping[str, Any]], done: Iterable[optuna.trial.FrozenTrial]
+) -> tuple[optuna.trial.FrozenTrial, str] | None:
+    """A finished trial that makes running ``configs`` pointless, and why; None if there is none.
+
+    Identical configurations are never run twice. A configuration whose every knob is at most as
+    aggressive as a feasible trial's (same accelerators) cannot be faster than it, so it cannot
+    beat the best feasible trial: the seed system skipped those, and so do we.
+    """
+    for t in done:
+        other = t.user_attrs.get("accelerators")
+        if other is None or set(other) != set(configs):
+            continue
+        if other == configs:
+            return t, f"same configuration as trial {t.number}"
+        if not t.user_attrs.get("feasible"):
+            continue
+        slower = all(
+            FASTER[f"{name}.{knob}"] * (value - other[name][knob]) <= 0
+            for name, knobs in configs.items()
+            for knob, value in knobs.items()
+        )
+        if slower:
+            return t, (
+                f"cannot beat feasible trial {t.number} "
+                f"({t.user_attrs.get('speedup', 0):.2f}x): no knob more aggressive"
+            )
+    return None

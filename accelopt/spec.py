@@ -1,0 +1,305 @@
+"""Study specs: what one study measures, read from ``studies/<NAME>.toml`` or derived from NAME.
+
+NAME is ``PIPE-SCHED-STEPS`` with an optional ``-TARGETS`` suffix, e.g. ``SDXL-DDIM-25`` or
+``SD1.5-UniPC-20-deepcache+tgate``. Every well-formed NAME works without a file (defaults come
+from the name); a file of that name overrides them. Files are looked up in ``./studies`` first,
+then among those shipped with accelopt.
+
+>>> spec = load_spec("TinySD-DDIM-10")
+>>> spec.pipeline, spec.scheduler, spec.steps, spec.targets
+('TinySD', 'DDIM', 10, None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from accelopt.errors import AccelOptError, choices
+
+__all__ = [
+    "DEFAULT_MAX_SCORE_LOSS",
+    "MetricSpec",
+    "PromptSpec",
+    "SamplerSpec",
+    "StudySpec",
+    "find_spec_file",
+    "load_spec",
+    "parse_name",
+    "shipped_specs",
+]
+
+DEFAULT_MAX_SCORE_LOSS = 0.02
+SAMPLERS = ("tpe", "grid")
+TINY_CLIP = "accelopt-tiny-clip"  # a small open_clip config shipped with accelopt, random weights
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Which prompts a trial generates: the first ``count`` of a split, ``batch_size`` per call,
+    prompt i seeded with ``seed + i``."""
+
+    split: str = "search"
+    count: int = 16
+    batch_size: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """The CLIP model that scores images: an open_clip architecture and pretrained tag.
+
+    An empty tag means random weights (for tiny and random-weight studies, where nothing can be
+    downloaded): scores then rank images consistently but mean nothing about prompts.
+    """
+
+    model: str = "ViT-H-14"
+    pretrained: str = "laion2b_s32b_b79k"
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """``tpe`` (default) or ``grid`` (every point of the seed's ranges exactly once); seeded."""
+
+    name: str = "tpe"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything one study measures. ``targets`` None searches which accelerators to use too."""
+
+    name: str
+    pipeline: str
+    scheduler: str
+    steps: int
+    targets: tuple[str, ...] | None = None
+    resolution: int | None = None
+    guidance: float = 7.5
+    dtype: str | None = None
+    prompts: PromptSpec = field(default_factory=PromptSpec)
+    metric: MetricSpec = field(default_factory=MetricSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    n_trials: int = 50
+    max_score_loss: float = DEFAULT_MAX_SCORE_LOSS
+    warmup: int = 1
+    source: str = "derived from the name"
+
+    def replace(self, **changes: Any) -> StudySpec:
+        """A copy with some fields changed (command-line flags override a handful)."""
+        return dataclasses.replace(self, **changes)
+
+
+# Defaults that depend on the pipeline: the guidance each family's model card uses; tiny
+# pipelines get a small prompt set and the tiny CLIP so a study finishes in seconds on a CPU.
+_GUIDANCE = {"sd": 7.5, "sdxl": 5.0, "pixart-alpha": 4.5, "pixart-sigma": 4.5}
+
+
+def parse_name(name: str) -> dict[str, Any]:
+    """Split ``PIPE-SCHED-STEPS[-TARGETS]`` into its parts, matching known names first.
+
+    Pipeline and scheduler names contain dashes (``PixArt-Sigma``, ``DPM-Solver++``), so the
+    name is matched against the known ones, longest first, not split on dashes.
+    """
+    from accelopt import accelerators
+    from accelopt.pipelines import MODELS
+    from accelopt.schedulers import SCHEDULERS
+
+    pipes = sorted((m.name for m in MODELS), key=len, reverse=True)
+    scheds = sorted(
+        ((alias, s.name) for s in SCHEDULERS for alias in (s.name, *s.aliases)),
+        key=lambda pair: len(pair[0]),
+        reverse=True,
+    )
+    lower = name.lower()
+    pipe = next((p for p in pipes if lower.startswith(p.lower() + "-")), None)
+    if pipe is None:
+        raise AccelOptError(
+            f"study name {name!r} does not start with a known pipeline; valid: "
+            f"{choices(m.name for m in MODELS)} (NAME is PIPE-SCHED-STEPS[-TARGETS])"
+        )
+    rest = name[len(pipe) + 1 :]
+    found = next(((a, s) for a, s in scheds if rest.lower().startswith(a.lower() + "-")), None)
+    if found is None:
+        raise AccelOptError(
+            f"study name {name!r}: no known scheduler after {pipe!r}; valid: "
+            f"{choices(s.name for s in SCHEDULERS)}"
+        )
+    rest = rest[len(found[0]) + 1 :]
+    match = re.fullmatch(r"(\d+)(?:-(.+))?", rest)
+    if match is None:
+        raise AccelOptError(
+            f"study name {name!r}: expected the step count after the scheduler, e.g. "
+            f"{pipe}-{found[1]}-25 or {pipe}-{found[1]}-25-deepcache+tgate"
+        )
+    targets = accelerators.parse_targets(match[2]) if match[2] else None
+    return {"pipeline": pipe, "scheduler": found[1], "steps": int(match[1]), "targets": targets}
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    from accelopt.pipelines import model_info
+
+    parts = parse_name(name)
+    info = model_info(parts["pipeline"])
+    assert info is not None
+    tiny = info.hub_id is None
+    return {
+        **parts,
+        "resolution": info.resolution,
+        "guidance": 5.0 if tiny else _GUIDANCE[info.family],
+        "prompts": PromptSpec(count=4, batch_size=4) if tiny else PromptSpec(),
+        "metric": MetricSpec(TINY_CLIP, "") if tiny else MetricSpec(),
+        "n_trials": 8 if tiny else 50,
+    }
+
+
+def shipped_dir() -> Path:
+    """Where the spec files shipped with accelopt live (``studies/`` in the source tree)."""
+    from importlib import resources
+
+    return Path(str(resources.files("accelopt.studies")))
+
+
+def shipped_specs() -> list[Path]:
+    return sorted(shipped_dir().glob("*.toml"))
+
+
+def find_spec_file(name: str, cwd: Path | None = None) -> Path | None:
+    """``./studies/NAME.toml`` if it exists, else the shipped one, else None."""
+    for folder in ((cwd or Path.cwd()) / "studies", shipped_dir()):
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return path
+    return None
+
+
+def load_spec(name: str | None = None, *, path: Path | None = None) -> StudySpec:
+    """The spec for a study NAME (file if there is one, else defaults) or for a file ``path``."""
+    if path is None:
+        assert name is not None
+        path = find_spec_file(name)
+        if path is None:
+            return _build(name, _defaults(name), {}, "derived from the name")
+    if not path.is_file():
+        raise AccelOptError(f"spec file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise AccelOptError(f"{path}: not valid TOML: {err}") from None
+    name = name or path.stem
+    try:
+        defaults = _defaults(name)
+    except AccelOptError:
+        defaults = {}  # a file with a free-form name must say pipeline, scheduler and steps
+    return _build(name, defaults, data, str(path))
+
+
+# key -> (type, check) for the top level; tables are checked by their dataclass fields.
+_TABLES = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec}
+
+
+def _build(name: str, defaults: dict[str, Any], data: dict[str, Any], source: str) -> StudySpec:
+    where = source if source != "derived from the name" else f"study {name}"
+    fields = {f.name: f for f in dataclasses.fields(StudySpec)}
+    settable = set(fields) - {"name", "source"}
+    unknown = sorted(set(data) - settable)
+    if unknown:
+        raise AccelOptError(
+            f"{where}: unknown key {unknown[0]!r}; allowed: {choices(sorted(settable))}"
+        )
+    values = dict(defaults)
+    for key, value in data.items():
+        if key in _TABLES:
+            values[key] = _table(where, key, value, values.get(key, _TABLES[key]()))
+        elif key == "targets":
+            values[key] = _targets(where, value)
+        else:
+            values[key] = _typed(where, key, value, fields[key].type)
+    missing = [k for k in ("pipeline", "scheduler", "steps") if k not in values]
+    if missing:
+        raise AccelOptError(
+            f"{where}: missing key {missing[0]!r} (the name {name!r} is not PIPE-SCHED-STEPS)"
+        )
+    spec = StudySpec(name=name, source=source, **values)
+    _check_ranges(where, spec)
+    return spec
+
+
+def _table(where: str, key: str, value: Any, base: Any) -> Any:
+    if not isinstance(value, dict):
+        raise AccelOptError(f"{where}: [{key}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise AccelOptError(
+            f"{where}: unknown key {key}.{unknown[0]}; allowed: {choices(sorted(fields))}"
+        )
+    typed = {k: _typed(where, f"{key}.{k}", v, fields[k].type) for k, v in value.items()}
+    return dataclasses.replace(base, **typed)
+
+
+def _typed(where: str, key: str, value: Any, annotation: Any) -> Any:
+    want = str(annotation)
+    if want.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        kind = "an integer"
+    elif want.startswith("float"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+        kind = "a number"
+    else:
+        ok = isinstance(value, str)
+        kind = "a string"
+    if not ok:
+        raise AccelOptError(f"{where}: {key} must be {kind}, got {value!r}")
+    return value
+
+
+def _targets(where: str, value: Any) -> tuple[str, ...]:
+    from accelopt import accelerators
+
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        try:
+            return accelerators.parse_targets(value)
+        except AccelOptError as err:
+            raise AccelOptError(f"{where}: targets: {err}") from None
+    raise AccelOptError(f"{where}: targets must be a list of accelerator names, got {value!r}")
+
+
+def _check_ranges(where: str, spec: StudySpec) -> None:
+    from accelopt.pipelines import resolve_dtype
+    from accelopt.prompts import SPLITS
+    from accelopt.schedulers import resolve_scheduler
+
+    def need(ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            value = spec
+            for part in key.split("."):
+                value = getattr(value, part)
+            raise AccelOptError(f"{where}: {key}={value!r} is out of range; allowed: {allowed}")
+
+    need(1 <= spec.steps <= 1000, "steps", "1..1000")
+    need(spec.resolution is None or 8 <= spec.resolution <= 4096, "resolution", "8..4096")
+    need(0.0 <= spec.guidance <= 50.0, "guidance", "0..50")
+    need(0.0 < spec.max_score_loss < 1.0, "max_score_loss", "more than 0, less than 1")
+    need(1 <= spec.n_trials <= 100_000, "n_trials", "1..100000")
+    need(0 <= spec.warmup <= 10, "warmup", "0..10")
+    need(spec.prompts.split in SPLITS, "prompts.split", choices(SPLITS))
+    need(1 <= spec.prompts.count <= 1000, "prompts.count", "1..1000")
+    need(1 <= spec.prompts.batch_size <= 64, "prompts.batch_size", "1..64")
+    need(spec.sampler.name in SAMPLERS, "sampler.name", choices(SAMPLERS))
+    try:
+        resolve_scheduler(spec.scheduler)
+        if spec.dtype is not None:
+            import torch
+
+            resolve_dtype(spec.dtype, torch.device("cpu"))
+    except AccelOptError as err:
+        raise AccelOptError(f"{where}: {err}") from None

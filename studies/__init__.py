@@ -1,0 +1,1 @@
+"""Study specs shipped with accelopt: one TOML file per study, the file stem is its name."""
