@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from accelopt.errors import AccelOptError
+from accelopt.spec import TINY_CLIP
 
 __all__ = ["ClipScorer", "score_loss"]
 
@@ -53,6 +54,11 @@ class ClipScorer:
 
         config = resources.files("accelopt").joinpath("data/clip")
         open_clip.add_model_config(str(config))
+        if self.model_name not in open_clip.list_models():
+            raise AccelOptError(
+                f"metric: unknown CLIP model {self.model_name!r}; see open_clip.list_models() "
+                f"(e.g. ViT-B-32, ViT-H-14, {TINY_CLIP})"
+            )
         try:
             with torch.random.fork_rng(devices=[]), _quiet_root_logger():
                 torch.manual_seed(self.seed)
@@ -89,10 +95,11 @@ class ClipScorer:
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    # open_clip warns through the root logger that random weights are random; we asked for them.
+    # open_clip logs through the root logger: that random weights are random (we asked for them)
+    # and, before raising, that a tag is unknown (our error says so in one line).
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)
+    root.setLevel(logging.CRITICAL)
     try:
         yield
     finally:

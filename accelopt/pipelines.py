@@ -67,7 +67,7 @@ MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("TinySDXL", "sdxl", None, TINY_RESOLUTION),
     ModelInfo("TinyPixArt", "pixart-alpha", None, TINY_RESOLUTION),
 )
-_MODELS = {m.name.lower(): m for m in MODELS}
+_MODELS = {key.lower(): m for m in MODELS for key in (m.name, m.hub_id) if key}
 
 _DTYPES = {
     "float32": "float32", "fp32": "float32",
@@ -77,7 +77,7 @@ _DTYPES = {
 
 
 def model_info(name: str) -> ModelInfo | None:
-    """The catalogue entry for a short name (case-insensitive), or None for hub ids and paths."""
+    """The catalogue entry for a short name or its hub id (case-insensitive), else None."""
     return _MODELS.get(name.lower())
 
 

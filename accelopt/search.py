@@ -17,6 +17,7 @@ import optuna
 
 from accelopt import accelerators
 from accelopt.accelerators import Param, PipeTraits
+from accelopt.errors import AccelOptError
 
 __all__ = ["Space", "dominating_trial"]
 
@@ -49,7 +50,14 @@ class Space:
 
     @classmethod
     def build(cls, traits: PipeTraits, steps: int, targets: Iterable[str] | None) -> Space:
-        names = tuple(targets) if targets else accelerators.applicable(traits)
+        if targets is not None:
+            names = tuple(targets)
+        else:  # search which to use: leave out those this step count cannot exercise
+            names = tuple(
+                n for n in accelerators.applicable(traits) if _searchable(n, traits, steps)
+            )
+            if not names:
+                raise AccelOptError(f"no accelerator can be searched at {steps} steps")
         params = accelerators.search_space(traits, steps, names)
         if targets is None:
             for name in names:
@@ -93,6 +101,14 @@ class Space:
                 if name in grouped and grouped[name][knob] == (self.steps if off is None else off):
                     del grouped[name]
         return grouped
+
+
+def _searchable(name: str, traits: PipeTraits, steps: int) -> bool:
+    try:
+        accelerators.get(name).space(traits, steps)
+    except AccelOptError:
+        return False
+    return True
 
 
 def dominating_trial(

@@ -124,13 +124,16 @@ def parse_name(name: str) -> dict[str, Any]:
             f"{choices(m.name for m in MODELS)} (NAME is PIPE-SCHED-STEPS[-TARGETS])"
         )
     rest = name[len(pipe) + 1 :]
-    found = next(((a, s) for a, s in scheds if rest.lower().startswith(a.lower() + "-")), None)
+    low = rest.lower()
+    found = next(
+        ((a, s) for a, s in scheds if low == a.lower() or low.startswith(a.lower() + "-")), None
+    )
     if found is None:
         raise AccelOptError(
             f"study name {name!r}: no known scheduler after {pipe!r}; valid: "
             f"{choices(s.name for s in SCHEDULERS)}"
         )
-    rest = rest[len(found[0]) + 1 :]
+    rest = rest[len(found[0]) + 1 :]  # empty when the name stops after the scheduler
     match = re.fullmatch(r"(\d+)(?:-(.+))?", rest)
     if match is None:
         raise AccelOptError(
@@ -142,14 +145,19 @@ def parse_name(name: str) -> dict[str, Any]:
 
 
 def _defaults(name: str) -> dict[str, Any]:
+    parts = parse_name(name)
+    return {**parts, **_model_defaults(parts["pipeline"])}
+
+
+def _model_defaults(pipeline: str) -> dict[str, Any]:
+    """Defaults that follow from a known model: resolution, guidance, prompts, metric, budget."""
     from accelopt.pipelines import model_info
 
-    parts = parse_name(name)
-    info = model_info(parts["pipeline"])
-    assert info is not None
+    info = model_info(pipeline)
+    if info is None:
+        return {}
     tiny = info.hub_id is None
     return {
-        **parts,
         "resolution": info.resolution,
         "guidance": 5.0 if tiny else _GUIDANCE[info.family],
         "prompts": PromptSpec(count=4, batch_size=4) if tiny else PromptSpec(),
@@ -159,10 +167,17 @@ def _defaults(name: str) -> dict[str, Any]:
 
 
 def shipped_dir() -> Path:
-    """Where the spec files shipped with accelopt live (``studies/`` in the source tree)."""
+    """Where the spec files shipped with accelopt live (``studies/`` in the source tree).
+
+    Installed, they are the package ``accelopt.studies``; run from a checkout on PYTHONPATH,
+    the repository's ``studies/`` beside the package.
+    """
     from importlib import resources
 
-    return Path(str(resources.files("accelopt.studies")))
+    try:
+        return Path(str(resources.files("accelopt.studies")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "studies"
 
 
 def shipped_specs() -> list[Path]:
@@ -195,7 +210,10 @@ def load_spec(name: str | None = None, *, path: Path | None = None) -> StudySpec
     try:
         defaults = _defaults(name)
     except AccelOptError:
-        defaults = {}  # a file with a free-form name must say pipeline, scheduler and steps
+        # A free-form name: the file must say pipeline, scheduler and steps; a known pipeline
+        # still brings its defaults.
+        pipeline = data.get("pipeline")
+        defaults = _model_defaults(pipeline) if isinstance(pipeline, str) else {}
     return _build(name, defaults, data, str(path))
 
 
@@ -227,7 +245,13 @@ def _build(name: str, defaults: dict[str, Any], data: dict[str, Any], source: st
         )
     spec = StudySpec(name=name, source=source, **values)
     _check_ranges(where, spec)
-    return spec
+    return spec.replace(scheduler=_canonical_scheduler(spec.scheduler))
+
+
+def _canonical_scheduler(name: str) -> str:
+    from accelopt.schedulers import resolve_scheduler
+
+    return resolve_scheduler(name).name
 
 
 def _table(where: str, key: str, value: Any, base: Any) -> Any:
@@ -273,6 +297,23 @@ def _targets(where: str, value: Any) -> tuple[str, ...]:
     raise AccelOptError(f"{where}: targets must be a list of accelerator names, got {value!r}")
 
 
+def _check_targets(spec: StudySpec) -> None:
+    """For a known model, refuse accelerators its family cannot take before anything loads."""
+    from accelopt import accelerators
+    from accelopt.pipelines import model_info
+
+    info = model_info(spec.pipeline)
+    if info is None or spec.targets is None:
+        return
+    valid = accelerators.applicable(info.family)
+    wrong = [t for t in spec.targets if t not in valid]
+    if wrong:
+        raise AccelOptError(
+            f"{', '.join(wrong)} cannot accelerate {spec.pipeline} ({info.family}); "
+            f"it can take: {choices(valid)}"
+        )
+
+
 def _check_ranges(where: str, spec: StudySpec) -> None:
     from accelopt.pipelines import resolve_dtype
     from accelopt.prompts import SPLITS
@@ -297,6 +338,7 @@ def _check_ranges(where: str, spec: StudySpec) -> None:
     need(spec.sampler.name in SAMPLERS, "sampler.name", choices(SAMPLERS))
     try:
         resolve_scheduler(spec.scheduler)
+        _check_targets(spec)
         if spec.dtype is not None:
             import torch
 

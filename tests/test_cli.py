@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from accelopt.cli import main
 from accelopt.prompts import load_prompts
 
-COMMANDS = ("pipelines", "schedulers", "accelerators", "prompts")
+COMMANDS = ("pipelines", "schedulers", "accelerators", "prompts", "run", "best", "list")
 
 
 def _space(out: str) -> dict[str, list[str]]:
@@ -143,3 +144,63 @@ def test_module_help_in_a_subprocess() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "accelerators" in result.stdout
+
+
+# run / best / list: exit codes 0 ok, 1 requirement unmet, 2 bad input.
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """An empty working directory: the default SQLite storage lands here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACCELOPT_STORAGE", raising=False)
+    return tmp_path
+
+
+def test_run_prints_the_best_and_resumes(workdir, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    assert main(["run", "--study", "TinySD-DDIM-10", "--n-trials", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "TinySD-DDIM-10: ran 2 trials (2 in the study)" in out
+    assert (workdir / "accelopt.db").is_file()
+    assert main(["run", "--study", "TinySD-DDIM-10", "--n-trials", "2", "--quiet"]) == 0
+    assert "finished already (2 trials)" in capsys.readouterr().out
+
+    assert main(["best", "--study", "TinySD-DDIM-10", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["study"] == "TinySD-DDIM-10"
+    if record["best"] is not None:
+        assert record["best"]["speedup"] > 0 and record["best"]["accelerators"]
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "TinySD-DDIM-10" in listed and "2/2 trials" in listed
+
+
+def test_unmet_requirement_exits_1(workdir, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    argv = ["run", "--study", "TinySD-DDIM-10-deepcache", "--n-trials", "1", "--quiet"]
+    assert main([*argv, "--req-speedup", "1000"]) == 1
+    assert "requirement not met: no feasible trial reached speedup >= 1000x" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--study", "SD9-DDIM-25"], "does not start with a known pipeline"),
+        (["run"], "give exactly one of --study NAME or --spec FILE"),
+        (["run", "--spec", "nowhere.toml"], "spec file 'nowhere.toml' does not exist"),
+        (
+            ["run", "--study", "TinySD-DDIM-10", "--req-speedup", "2", "--req-time", "1"],
+            "give at most one of --req-speedup and --req-time",
+        ),
+        (["run", "--study", "TinySD-DDIM-10", "--n-trials", "0"], "--n-trials must be positive"),
+        (["run", "--study", "TinyPixArt-DDIM-10-tome"], "can take: tgate"),
+        (["best", "--study", "Nope-DDIM-10"], "no study 'Nope-DDIM-10' in sqlite:///accelopt.db"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("accelopt: error: ") and message in err[0]

@@ -10,6 +10,7 @@ from typing import Any
 
 from accelopt._types import Pipeline
 from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference, in_range
+from accelopt.errors import AccelOptError
 
 __all__ = ["DeepCache", "DeepCacheConfig"]
 
@@ -50,6 +51,8 @@ class DeepCache(Accelerator[DeepCacheConfig]):
     )
 
     def space(self, traits: PipeTraits, steps: int) -> dict[str, Param]:
+        if steps < 2:
+            raise AccelOptError(f"deepcache needs at least 2 steps to cache anything; got {steps}")
         return {
             "cache_interval": Param(tuple(range(2, min(5, steps) + 1))),
             # Ids past 3 x down blocks - 1 raise nothing upstream and cache only the mid block.

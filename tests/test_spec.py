@@ -1,0 +1,456 @@
+"""Tests for accelopt/spec.py: study names, defaults derived from them, spec files and lookup."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import pytest
+
+from accelopt.errors import AccelOptError
+from accelopt.pipelines import model_info
+from accelopt.spec import (
+    DEFAULT_MAX_SCORE_LOSS,
+    MetricSpec,
+    PromptSpec,
+    SamplerSpec,
+    StudySpec,
+    find_spec_file,
+    load_spec,
+    parse_name,
+    shipped_dir,
+    shipped_specs,
+)
+
+SEED_PIPELINES = ("SD1.5", "SD2.1", "SDXL", "PixArt-alpha", "PixArt-Sigma")
+SEED_SCHEDULERS = ("DDIM", "DPM-Solver++", "UniPC")
+SEED_STEPS = (20, 25, 50)
+SEED_MATRIX = [
+    f"{p}-{s}-{n}" for p, s, n in itertools.product(SEED_PIPELINES, SEED_SCHEDULERS, SEED_STEPS)
+]
+TINY_SHIPPED = ("TinySD-DDIM-10", "TinySDXL-DDIM-10", "TinyPixArt-DDIM-10")
+
+
+@pytest.fixture
+def empty_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory whose ./studies is empty, so only shipped specs are found."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_spec(folder: Path, filename: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    path.write_text(text, "utf-8")
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(AccelOptError) as info:
+        load_spec(path=path)
+    return str(info.value)
+
+
+# --- parse_name -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "pipeline", "scheduler", "steps", "targets"),
+    [
+        ("SDXL-DDIM-25", "SDXL", "DDIM", 25, None),
+        ("SD1.5-UniPC-20-deepcache+tgate", "SD1.5", "UniPC", 20, ("deepcache", "tgate")),
+        ("PixArt-Sigma-DPM-Solver++-20", "PixArt-Sigma", "DPM-Solver++", 20, None),
+        ("pixart-sigma-dpm++-20", "PixArt-Sigma", "DPM-Solver++", 20, None),
+        ("SD2.1-UniPCMultistepScheduler-50-tgate+tome", "SD2.1", "UniPC", 50, ("tome", "tgate")),
+        ("PixArt-alpha-DDIM-25", "PixArt-alpha", "DDIM", 25, None),
+        ("TinySDXL-DDIM-10", "TinySDXL", "DDIM", 10, None),  # not TinySD: longest name wins
+        ("TinySD-DDIM-10-tome", "TinySD", "DDIM", 10, ("tome",)),
+        (
+            "sdxl-ddimscheduler-7-TGATE+DeepCache+tome",
+            "SDXL",
+            "DDIM",
+            7,
+            ("deepcache", "tome", "tgate"),
+        ),
+    ],
+)
+def test_parse_name(
+    name: str, pipeline: str, scheduler: str, steps: int, targets: tuple[str, ...] | None
+) -> None:
+    assert parse_name(name) == {
+        "pipeline": pipeline,
+        "scheduler": scheduler,
+        "steps": steps,
+        "targets": targets,
+    }
+
+
+@pytest.mark.parametrize("name", SEED_MATRIX)
+def test_seed_matrix_parses_and_loads_without_a_file(name: str, empty_cwd: Path) -> None:
+    pipeline, rest = next((p, name[len(p) + 1 :]) for p in SEED_PIPELINES if name.startswith(p))
+    scheduler, steps = rest.rsplit("-", 1)
+    assert parse_name(name) == {
+        "pipeline": pipeline,
+        "scheduler": scheduler,
+        "steps": int(steps),
+        "targets": None,
+    }
+    spec = load_spec(name)
+    assert (spec.name, spec.scheduler, spec.steps, spec.targets) == (
+        name,
+        scheduler,
+        int(steps),
+        None,
+    )
+    info = model_info(pipeline)
+    assert info is not None
+    shipped = shipped_dir() / f"{name}.toml"
+    if shipped.is_file():  # shipped specs still apply; they name the hub id
+        assert spec.source == str(shipped)
+        assert spec.pipeline in (pipeline, info.hub_id)
+    else:
+        assert spec.source == "derived from the name"
+        assert spec.pipeline == pipeline
+        assert spec.resolution == info.resolution
+
+
+def test_seed_matrix_includes_the_shipped_real_specs(empty_cwd: Path) -> None:
+    found = [n for n in SEED_MATRIX if find_spec_file(n) is not None]
+    assert found == ["SD1.5-DDIM-20", "SDXL-DDIM-25", "PixArt-Sigma-DPM-Solver++-20"]
+
+
+def test_unknown_pipeline_lists_valid_pipelines() -> None:
+    with pytest.raises(AccelOptError) as info:
+        parse_name("SD9-DDIM-25")
+    message = str(info.value)
+    assert "'SD9-DDIM-25'" in message
+    assert (
+        "valid: SD1.5, SD2.1, SDXL, PixArt-alpha, PixArt-Sigma, TinySD, TinySDXL, TinyPixArt"
+        in message
+    )
+    assert "PIPE-SCHED-STEPS[-TARGETS]" in message
+
+
+def test_unknown_scheduler_lists_valid_schedulers() -> None:
+    with pytest.raises(AccelOptError) as info:
+        parse_name("SDXL-Foo-25")
+    message = str(info.value)
+    assert message == (
+        "study name 'SDXL-Foo-25': no known scheduler after 'SDXL'; "
+        "valid: DDIM, DPM-Solver++, UniPC, Euler, PNDM"
+    )
+
+
+@pytest.mark.parametrize("name", ["SDXL-DDIM-x", "SDXL-DDIM-25-", "SDXL-DDIM--25"])
+def test_bad_step_count_mentions_the_expected_form(name: str) -> None:
+    with pytest.raises(AccelOptError) as info:
+        parse_name(name)
+    assert str(info.value) == (
+        f"study name {name!r}: expected the step count after the scheduler, "
+        "e.g. SDXL-DDIM-25 or SDXL-DDIM-25-deepcache+tgate"
+    )
+
+
+def test_missing_step_count_mentions_the_expected_form() -> None:
+    with pytest.raises(AccelOptError) as info:
+        parse_name("SDXL-DDIM")
+    assert "SDXL-DDIM-25" in str(info.value)
+
+
+def test_unknown_target_lists_valid_accelerators() -> None:
+    with pytest.raises(AccelOptError) as info:
+        parse_name("SDXL-DDIM-25-fastcache")
+    assert str(info.value) == "unknown accelerator 'fastcache'; valid: deepcache, tome, tgate"
+
+
+def test_load_spec_of_a_bad_name_raises_the_parse_error(empty_cwd: Path) -> None:
+    with pytest.raises(AccelOptError, match=r"^study name 'SD9-DDIM-25' does not start"):
+        load_spec("SD9-DDIM-25")
+
+
+def test_derived_spec_is_range_checked(empty_cwd: Path) -> None:
+    with pytest.raises(AccelOptError) as info:
+        load_spec("TinySD-DDIM-0")
+    assert str(info.value) == "study TinySD-DDIM-0: steps=0 is out of range; allowed: 1..1000"
+
+
+# --- defaults from the name -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipeline", ["TinySD", "TinySDXL", "TinyPixArt"])
+def test_tiny_defaults(pipeline: str, empty_cwd: Path) -> None:
+    spec = load_spec(f"{pipeline}-UniPC-12")
+    assert spec.source == "derived from the name"
+    assert spec.metric == MetricSpec("accelopt-tiny-clip", "")
+    assert spec.prompts == PromptSpec(split="search", count=4, batch_size=4, seed=0)
+    assert spec.n_trials == 8
+    assert spec.resolution == 32
+    assert spec.guidance == 5.0
+    assert spec.max_score_loss == DEFAULT_MAX_SCORE_LOSS == 0.02
+
+
+@pytest.mark.parametrize(
+    ("name", "resolution", "guidance"),
+    [
+        ("SD1.5-UniPC-25", 512, 7.5),
+        ("SD2.1-DDIM-25", 768, 7.5),
+        ("SDXL-UniPC-25", 1024, 5.0),
+        ("PixArt-alpha-DDIM-20", 1024, 4.5),
+        ("PixArt-Sigma-UniPC-20", 1024, 4.5),
+    ],
+)
+def test_real_pipeline_defaults(
+    name: str, resolution: int, guidance: float, empty_cwd: Path
+) -> None:
+    spec = load_spec(name)
+    assert spec == StudySpec(
+        name=name,
+        pipeline=name.rsplit("-", 2)[0],
+        scheduler=name.rsplit("-", 2)[1],
+        steps=int(name.rsplit("-", 1)[1]),
+        targets=None,
+        resolution=resolution,
+        guidance=guidance,
+        dtype=None,
+        prompts=PromptSpec(split="search", count=16, batch_size=4, seed=0),
+        metric=MetricSpec("ViT-H-14", "laion2b_s32b_b79k"),
+        sampler=SamplerSpec("tpe", 0),
+        n_trials=50,
+        max_score_loss=0.02,
+        warmup=1,
+        source="derived from the name",
+    )
+
+
+def test_targets_in_the_name_reach_the_spec(empty_cwd: Path) -> None:
+    assert load_spec("SDXL-DDIM-30-tgate+deepcache").targets == ("deepcache", "tgate")
+
+
+# --- lookup order -----------------------------------------------------------------------------
+
+
+def test_local_file_overrides_the_shipped_one(empty_cwd: Path) -> None:
+    path = write_spec(empty_cwd / "studies", "TinySD-DDIM-10.toml", "n_trials = 3\n")
+    assert find_spec_file("TinySD-DDIM-10") == empty_cwd / "studies" / "TinySD-DDIM-10.toml"
+    spec = load_spec("TinySD-DDIM-10")
+    assert spec.source == str(empty_cwd / "studies" / "TinySD-DDIM-10.toml") == str(path)
+    assert spec.n_trials == 3
+    # the rest comes from the name, not from the shipped file
+    assert (spec.pipeline, spec.scheduler, spec.steps) == ("TinySD", "DDIM", 10)
+    assert spec.dtype is None
+    assert spec.metric == MetricSpec("accelopt-tiny-clip", "")
+
+
+def test_shipped_file_is_used_without_a_local_one(empty_cwd: Path) -> None:
+    spec = load_spec("TinySD-DDIM-10")
+    assert spec.source.endswith("studies/TinySD-DDIM-10.toml")
+    assert spec.source == str(shipped_dir() / "TinySD-DDIM-10.toml")
+    assert spec.dtype == "float32"  # only the shipped file sets it
+    assert spec.n_trials == 8
+
+
+def test_find_spec_file_returns_none_for_unknown_names(empty_cwd: Path) -> None:
+    assert find_spec_file("TinySD-UniPC-13") is None
+    assert find_spec_file("TinySD-UniPC-13", cwd=empty_cwd) is None
+
+
+def test_find_spec_file_takes_cwd(
+    empty_cwd: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = tmp_path_factory.mktemp("other")
+    path = write_spec(other / "studies", "TinySD-UniPC-13.toml", "")
+    assert find_spec_file("TinySD-UniPC-13", cwd=other) == path
+    assert find_spec_file("TinySD-UniPC-13") is None
+
+
+def test_path_runs_any_file_and_its_stem_is_the_name(tmp_path: Path) -> None:
+    path = write_spec(tmp_path / "elsewhere", "TinySDXL-UniPC-12.toml", "guidance = 3\n")
+    spec = load_spec(path=path)
+    assert spec.name == "TinySDXL-UniPC-12"
+    assert spec.source == str(path)
+    assert (spec.pipeline, spec.scheduler, spec.steps) == ("TinySDXL", "UniPC", 12)
+    assert spec.guidance == 3.0
+    assert isinstance(spec.guidance, float)
+
+
+def test_free_form_stem_with_every_required_key(tmp_path: Path) -> None:
+    text = 'pipeline = "TinySD"\nscheduler = "dpm++"\nsteps = 7\ntargets = "tgate+tome"\n'
+    spec = load_spec(path=write_spec(tmp_path, "my-study.toml", text))
+    assert spec.name == "my-study"
+    # The scheduler is stored under its canonical name; the known pipeline brings its defaults.
+    assert (spec.pipeline, spec.scheduler, spec.steps) == ("TinySD", "DPM-Solver++", 7)
+    assert spec.targets == ("tome", "tgate")
+    assert (spec.metric.model, spec.metric.pretrained) == ("accelopt-tiny-clip", "")
+    assert (spec.resolution, spec.n_trials, spec.prompts.count) == (32, 8, 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "missing"),
+    [
+        ('scheduler = "DDIM"\nsteps = 10\n', "pipeline"),
+        ('pipeline = "TinySD"\nsteps = 10\n', "scheduler"),
+        ('pipeline = "TinySD"\nscheduler = "DDIM"\n', "steps"),
+        ("", "pipeline"),
+    ],
+)
+def test_free_form_stem_names_the_missing_key(tmp_path: Path, text: str, missing: str) -> None:
+    path = write_spec(tmp_path, "my-study.toml", text)
+    assert error_of(path) == (
+        f"{path}: missing key {missing!r} (the name 'my-study' is not PIPE-SCHED-STEPS)"
+    )
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    assert error_of(path) == f"spec file {str(path)!r} does not exist"
+
+
+# --- bad files --------------------------------------------------------------------------------
+
+ALLOWED_TOP = (
+    "dtype, guidance, max_score_loss, metric, n_trials, pipeline, prompts, resolution, sampler, "
+    "scheduler, steps, targets, warmup"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("foo = 1\n", f"unknown key 'foo'; allowed: {ALLOWED_TOP}"),
+        ("name = 'x'\n", f"unknown key 'name'; allowed: {ALLOWED_TOP}"),
+        ("source = 'x'\n", f"unknown key 'source'; allowed: {ALLOWED_TOP}"),
+        (
+            "[prompts]\ncolor = 1\n",
+            "unknown key prompts.color; allowed: batch_size, count, seed, split",
+        ),
+        ("[metric]\nsize = 3\n", "unknown key metric.size; allowed: model, pretrained"),
+        ("[sampler]\nseeds = 3\n", "unknown key sampler.seeds; allowed: name, seed"),
+        ("prompts = 3\n", "[prompts] must be a table"),
+        ('steps = "ten"\n', "steps must be an integer, got 'ten'"),
+        ("steps = true\n", "steps must be an integer, got True"),
+        ("steps = 10.0\n", "steps must be an integer, got 10.0"),
+        ('guidance = "high"\n', "guidance must be a number, got 'high'"),
+        ("guidance = false\n", "guidance must be a number, got False"),
+        ("[prompts]\ncount = 1.5\n", "prompts.count must be an integer, got 1.5"),
+        ("pipeline = 3\n", "pipeline must be a string, got 3"),
+        ("steps = 0\n", "steps=0 is out of range; allowed: 1..1000"),
+        ("steps = 1001\n", "steps=1001 is out of range; allowed: 1..1000"),
+        (
+            "max_score_loss = 0\n",
+            "max_score_loss=0.0 is out of range; allowed: more than 0, less than 1",
+        ),
+        (
+            "max_score_loss = 1.5\n",
+            "max_score_loss=1.5 is out of range; allowed: more than 0, less than 1",
+        ),
+        ("[prompts]\ncount = 0\n", "prompts.count=0 is out of range; allowed: 1..1000"),
+        ("[prompts]\nbatch_size = 65\n", "prompts.batch_size=65 is out of range; allowed: 1..64"),
+        (
+            '[prompts]\nsplit = "train"\n',
+            "prompts.split='train' is out of range; allowed: search, heldout",
+        ),
+        (
+            '[sampler]\nname = "random"\n',
+            "sampler.name='random' is out of range; allowed: tpe, grid",
+        ),
+        ("resolution = 4\n", "resolution=4 is out of range; allowed: 8..4096"),
+        ("guidance = 51\n", "guidance=51.0 is out of range; allowed: 0..50"),
+        ("n_trials = 0\n", "n_trials=0 is out of range; allowed: 1..100000"),
+        ("warmup = 11\n", "warmup=11 is out of range; allowed: 0..10"),
+        (
+            'targets = ["fastcache"]\n',
+            "targets: unknown accelerator 'fastcache'; valid: deepcache, tome, tgate",
+        ),
+        ("targets = 3\n", "targets must be a list of accelerator names, got 3"),
+        (
+            'targets = ["tgate", 3]\n',
+            "targets must be a list of accelerator names, got ['tgate', 3]",
+        ),
+        ("targets = []\n", "targets: no accelerator named; valid: deepcache, tome, tgate"),
+        (
+            'dtype = "float8"\n',
+            "unknown dtype 'float8'; valid: bf16, bfloat16, float16, float32, fp16, fp32, half",
+        ),
+    ],
+)
+def test_bad_file_names_path_key_and_what_is_allowed(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write_spec(tmp_path, "TinySD-DDIM-10.toml", text)
+    assert error_of(path) == f"{path}: {expected}"
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "TinySD-DDIM-10.toml", "steps = = 3\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: not valid TOML: ")
+    assert "line 1" in message
+
+
+def test_unknown_scheduler_in_the_file(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "TinySD-DDIM-10.toml", 'scheduler = "Foo"\n')
+    message = error_of(path)
+    assert message.startswith(f"{path}: unknown scheduler 'Foo'; valid: DDIM (or DDIMScheduler), ")
+    for name in ("DPM-Solver++", "UniPC", "Euler", "PNDM"):
+        assert name in message
+
+
+def test_local_bad_file_is_reported_when_loaded_by_name(empty_cwd: Path) -> None:
+    path = write_spec(empty_cwd / "studies", "TinySD-DDIM-10.toml", "steps = 0\n")
+    with pytest.raises(AccelOptError) as info:
+        load_spec("TinySD-DDIM-10")
+    assert str(info.value) == f"{path}: steps=0 is out of range; allowed: 1..1000"
+
+
+def test_tables_override_only_the_keys_they_name(tmp_path: Path) -> None:
+    text = '[prompts]\ncount = 2\nsplit = "heldout"\n[sampler]\nname = "grid"\n'
+    spec = load_spec(path=write_spec(tmp_path, "TinySD-DDIM-10.toml", text))
+    assert spec.prompts == PromptSpec(split="heldout", count=2, batch_size=4, seed=0)
+    assert spec.sampler == SamplerSpec(name="grid", seed=0)
+    assert spec.metric == MetricSpec("accelopt-tiny-clip", "")
+
+
+# --- shipped specs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", shipped_specs(), ids=lambda p: p.stem)
+def test_every_shipped_spec_loads(path: Path, empty_cwd: Path) -> None:
+    by_path = load_spec(path=path)
+    by_name = load_spec(path.stem)
+    assert by_path == by_name
+    assert by_path.name == path.stem
+    assert by_path.source == str(path)
+    parts = parse_name(path.stem)
+    assert (by_path.scheduler, by_path.steps) == (parts["scheduler"], parts["steps"])
+
+
+def test_shipped_specs_include_the_tiny_ones_and_sdxl() -> None:
+    stems = {p.stem for p in shipped_specs()}
+    assert set(TINY_SHIPPED) <= stems
+    assert "SDXL-DDIM-25" in stems
+
+
+@pytest.mark.parametrize("name", TINY_SHIPPED)
+def test_shipped_tiny_specs_run_offline(name: str, empty_cwd: Path) -> None:
+    spec = load_spec(name)
+    assert spec.metric == MetricSpec("accelopt-tiny-clip", "")
+    assert spec.resolution == 32
+    assert spec.dtype == "float32"
+    assert spec.n_trials == 8
+
+
+# --- the dataclass ----------------------------------------------------------------------------
+
+
+def test_study_spec_is_frozen_and_replace_copies(empty_cwd: Path) -> None:
+    spec = load_spec("TinySD-DDIM-10")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.n_trials = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.prompts.count = 1  # type: ignore[misc]
+    copy = spec.replace(n_trials=3)
+    assert copy is not spec
+    assert copy.n_trials == 3
+    assert spec.n_trials == 8
+    assert dataclasses.replace(copy, n_trials=8) == spec

@@ -1,0 +1,204 @@
+"""Running studies end to end on the tiny pipelines: budgets, resume, grid, modes, failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from accelopt import accelerators
+from accelopt._types import Pipeline
+from accelopt.errors import AccelOptError
+from accelopt.metrics import ClipScorer
+from accelopt.objective import Bench, Objective
+from accelopt.schedulers import set_scheduler
+from accelopt.search import FASTER, Space
+from accelopt.spec import SamplerSpec, load_spec
+from accelopt.study import Requirement, best_trial, run_study, storage_label
+from accelopt.testing import render
+
+quiet = {"progress": False, "log": lambda s: None}
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state.is_finished()]
+
+
+def test_budget_resume_and_finished_study(storage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_spec("TinySD-DDIM-10")
+    first = run_study(spec, storage=storage, n_trials=3, **quiet)
+    assert (first.ran, len(_finished(first.study))) == (3, 3)
+
+    second = run_study(spec, storage=storage, n_trials=5, **quiet)
+    assert (second.ran, len(_finished(second.study))) == (2, 5)
+    assert [t.number for t in second.study.trials] == [0, 1, 2, 3, 4]  # nothing repeated
+
+    # A finished study answers without loading a model.
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished study loaded its pipeline")
+
+    monkeypatch.setattr("accelopt.study._bench", no_model)
+    third = run_study(spec, storage=storage, **quiet)
+    assert third.already_finished and third.ran == 0 and third.exit_code == 0
+    assert len(_finished(third.study)) == 5
+
+
+def test_trials_record_constraint_and_best_is_feasible(storage: str) -> None:
+    outcome = run_study(load_spec("TinySD-DDIM-10"), storage=storage, n_trials=6, **quiet)
+    complete = [t for t in outcome.study.trials if t.state == TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        a = t.user_attrs
+        assert a["feasible"] == (a["score_loss"] <= 0.02)
+        assert a["constraint"] == pytest.approx(a["score_loss"] - 0.02)
+        assert t.system_attrs["constraints:score_loss"] == pytest.approx(a["constraint"])
+        assert t.value == pytest.approx(a["baseline_time_per_image"] / a["time_per_image"])
+        for key in ("speedup", "time_per_image", "score", "device", "trial_seconds"):
+            assert key in a
+        assert a["peak_memory"] is None  # CPU
+        assert a["overhead_seconds"] >= 0
+    feasible = [t for t in complete if t.user_attrs["feasible"]]
+    best = best_trial(outcome.study)
+    if feasible:
+        assert best is not None and best.user_attrs["feasible"]
+        assert best.user_attrs["speedup"] == max(t.user_attrs["speedup"] for t in feasible)
+    else:
+        assert best is None
+
+
+def test_infeasible_trials_are_never_best() -> None:
+    study = optuna.create_study(direction="maximize")
+    for speedup, feasible in ((3.0, False), (1.5, True), (2.0, True), (9.0, False)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=speedup,
+                user_attrs={"speedup": speedup, "feasible": feasible, "accelerators": {}},
+            )
+        )
+    best = best_trial(study)
+    assert best is not None and best.user_attrs["speedup"] == 2.0
+
+
+def test_grid_visits_every_point_once_across_resume(storage: str) -> None:
+    spec = load_spec("TinySD-DDIM-10-deepcache").replace(sampler=SamplerSpec("grid", 0))
+    run_study(spec, storage=storage, n_trials=6, **quiet)
+    outcome = run_study(spec, storage=storage, n_trials=16, **quiet)
+    study = outcome.study
+    points = [tuple(sorted(t.params.items())) for t in _finished(study)]
+    assert len(points) == 16 == len(set(points))  # 4 intervals x 4 branches, each once
+    assert set(points) == {
+        (("deepcache.cache_branch_id", b), ("deepcache.cache_interval", i))
+        for i in (2, 3, 4, 5)
+        for b in (0, 1, 2, 3)
+    }
+    # Every skip is recorded and justified: an identical or dominated configuration.
+    complete = {t.number: t for t in study.trials if t.state == TrialState.COMPLETE}
+    for t in study.trials:
+        if t.state != TrialState.PRUNED:
+            continue
+        reason = t.user_attrs["skipped"]
+        other = complete[int(reason.split("trial ")[1].split()[0])]
+        assert other.number < t.number and other.user_attrs["feasible"]
+        mine, theirs = t.user_attrs["accelerators"], other.user_attrs["accelerators"]
+        assert all(
+            FASTER[f"deepcache.{k}"] * (v - theirs["deepcache"][k]) <= 0
+            for k, v in mine["deepcache"].items()
+        )
+
+
+def test_requirement_stops_at_first_feasible_trial_that_meets_it(storage: str) -> None:
+    spec = load_spec("TinySD-DDIM-10-deepcache").replace(max_score_loss=0.99)
+    outcome = run_study(
+        spec, storage=storage, n_trials=6, requirement=Requirement(speedup=0.001), **quiet
+    )
+    assert outcome.ran == 1 and outcome.met and outcome.exit_code == 0
+    assert outcome.best is not None and outcome.best.number == 0
+    again = run_study(spec, storage=storage, requirement=Requirement(speedup=0.001), **quiet)
+    assert again.already_finished and again.exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "requirement", [Requirement(speedup=1000.0), Requirement(time_per_image=1e-9)]
+)
+def test_unmet_requirement_runs_the_budget_and_exits_1(
+    storage: str, requirement: Requirement
+) -> None:
+    spec = load_spec("TinySD-DDIM-10-deepcache")
+    outcome = run_study(spec, storage=storage, n_trials=2, requirement=requirement, **quiet)
+    assert outcome.ran == 2 and not outcome.met and outcome.exit_code == 1
+    assert outcome.best is None
+
+
+def test_a_study_cannot_silently_change_what_it_measures(storage: str, tmp_path: Path) -> None:
+    run_study(load_spec("TinySD-DDIM-10"), storage=storage, n_trials=1, **quiet)
+    changed = load_spec("TinySD-DDIM-10").replace(max_score_loss=0.05)
+    with pytest.raises(AccelOptError, match=r"run with max_score_loss=0\.02, not 0\.05"):
+        run_study(changed, storage=storage, **quiet)
+
+
+def test_journal_file_storage(tmp_path: Path) -> None:
+    journal = str(tmp_path / "studies.journal")
+    run_study(load_spec("TinySD-DDIM-10"), storage=journal, n_trials=2, **quiet)
+    outcome = run_study(load_spec("TinySD-DDIM-10"), storage=journal, n_trials=3, **quiet)
+    assert outcome.ran == 1 and len(_finished(outcome.study)) == 3
+
+
+def test_storage_label_hides_passwords() -> None:
+    url = "postgresql+psycopg2://alice:s3cret@db.example:5432/optuna"
+    assert "s3cret" not in storage_label(url)
+    assert storage_label(url).startswith("postgresql+psycopg2://alice:***@db.example")
+    assert storage_label("studies.journal") == "studies.journal"
+
+
+# A failing trial: FAIL, patches removed, the study goes on, the pipeline is clean again.
+
+
+@pytest.fixture
+def bench(tiny: Callable[[str], Pipeline]) -> Bench:
+    spec = load_spec("TinySD-DDIM-10").replace(warmup=0)
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, spec.scheduler)
+    scorer = ClipScorer(spec.metric.model, spec.metric.pretrained, torch.device("cpu"))
+    return Bench(spec, pipe, scorer, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "error", [RuntimeError("upstream broke"), torch.cuda.OutOfMemoryError("CUDA out of memory")]
+)
+def test_a_failing_trial_is_fail_and_the_study_goes_on(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    pipe = bench.pipe
+    baseline = render(pipe, steps=4)
+    space = Space.build(bench.traits, bench.spec.steps, ("deepcache",))
+    objective = Objective(bench, space, bench.measure().scores)
+    objective.time_baseline()
+    measure, calls = bench.measure, []
+
+    def flaky() -> object:
+        calls.append(accelerators.active(pipe))
+        if len(calls) == 2:
+            raise error
+        return measure()
+
+    monkeypatch.setattr(bench, "measure", flaky)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    for interval in (2, 3, 4):
+        study.enqueue_trial({"deepcache.cache_interval": interval, "deepcache.cache_branch_id": 0})
+    study.optimize(objective, n_trials=3, catch=(Exception,))
+
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL,
+                                               TrialState.COMPLETE]  # fmt: skip
+    assert all(active is not None for active in calls)  # it failed with patches on
+    assert accelerators.active(pipe) is None
+    np.testing.assert_array_equal(render(pipe, steps=4), baseline)
