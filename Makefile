@@ -1,11 +1,11 @@
-# Two commands take a fresh machine to a working accelopt: `make test` and (soon) `make demo`.
+# Two commands take a fresh machine to a working accelopt: `make demo` and `make test`.
 # Everything installs into ./.venv; torch goes in first so pip never swaps in another build.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint unit clean
+.PHONY: install demo test lint unit clean
 
 install: $(STAMP)
 
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
+
+# A finished study on the tiny default pipeline, on the CPU; prints the best configuration.
+# Run it again: the stored study answers at once.
+demo: install
+	$(BIN)/accelopt run --study TinySD-DDIM-10
 
 lint: install
 	$(BIN)/ruff check .
@@ -28,4 +33,4 @@ unit: install
 test: lint unit
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache accelopt.db

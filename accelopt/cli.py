@@ -136,11 +136,13 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    counted = sum(1 for t in outcome.study.trials if t.state.is_finished())
+    states = [t.state.name for t in outcome.study.trials]
+    counted = states.count("COMPLETE") + states.count("PRUNED")
+    failed = f", {states.count('FAIL')} failed" if "FAIL" in states else ""
     if outcome.already_finished:
-        print(f"{spec.name}: finished already ({counted} trials); nothing to run")
+        print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
     else:
-        print(f"{spec.name}: ran {outcome.ran} trials ({counted} in the study)")
+        print(f"{spec.name}: ran {outcome.ran} trials ({counted} in the study{failed})")
     best = outcome.best
     if requirement.active:
         if best is None:
@@ -215,7 +217,7 @@ def _list(args: argparse.Namespace) -> int:
     print("stored studies:")
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        counted = sum(1 for t in study.trials if t.state.is_finished())
+        counted = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
         budget = study.user_attrs.get("budget", "?")
         best = best_trial(study)
         shown = f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible trial"

@@ -194,18 +194,24 @@ def run_study(
 
     from accelopt.objective import Objective
 
-    baseline_scores = study.user_attrs.get("baseline_scores")
-    log(f"{spec.name}: timing the baseline on {bench.device} ...")
-    objective = Objective(bench, space, baseline_scores or [])
-    objective.time_baseline()
-    if baseline_scores is None:
-        m = bench.measure()
-        study.set_user_attr("baseline_scores", m.scores)
-        study.set_user_attr("baseline_time_per_image", m.time_per_image)
-        objective.baseline_scores = m.scores
+    log(f"{spec.name}: timing the baseline twice on {bench.device} (an A/A check) ...")
+    objective = Objective(bench, space, study.user_attrs.get("baseline_scores", []))
+    first = objective.time_baseline()
+    second = objective.measure_baseline()
+    if not objective.baseline_scores:  # the first worker of a study fixes the reference scores
+        study.set_user_attr("baseline_scores", second.scores)
+        study.set_user_attr("baseline_time_per_image", second.time_per_image)
+        objective.baseline_scores = second.scores
+    spread = abs(first - second.time_per_image) / objective.baseline_time
+    checks = [
+        *study.user_attrs.get("aa_checks", []),
+        {"spread": spread, "device": bench.device.type},
+    ]
+    study.set_user_attr("aa_checks", checks)
     remaining = total - _counted(study)
     log(
-        f"{spec.name}: baseline {objective.baseline_time:.3f} s/image; "
+        f"{spec.name}: baseline {objective.baseline_time:.3f} s/image (A/A spread "
+        f"{100 * spread:.1f}%); "
         f"{remaining} of {total} trials to run ({storage_label(url)})"
     )
     ran = _optimize(study, objective, remaining, timeout, requirement, progress)

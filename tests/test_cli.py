@@ -204,3 +204,46 @@ def test_bad_input_exits_2_with_one_line(  # type: ignore[no-untyped-def]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("accelopt: error: ") and message in err[0]
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\nfrom accelopt.cli import main\ntry:\n    main(['run', '--help'])\n"
+        "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--req-speedup" in result.stdout
+
+
+def test_ctrl_c_cleans_up_and_keeps_finished_trials(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    from accelopt import accelerators
+    from accelopt.objective import Bench
+
+    measure, trials = Bench.measure, []
+
+    def interrupted(self: Bench):  # type: ignore[no-untyped-def]
+        if accelerators.active(self.pipe) is not None:  # a trial, not the baseline
+            trials.append(self)
+            if len(trials) == 2:  # Ctrl-C during the second measured trial
+                raise KeyboardInterrupt
+        return measure(self)
+
+    monkeypatch.setattr(Bench, "measure", interrupted)
+    argv = ["run", "--study", "TinySD-DDIM-10-deepcache", "--n-trials", "6", "--quiet"]
+    assert main(argv) == 130
+    assert "interrupted; finished trials are stored" in capsys.readouterr().err
+    assert accelerators.active(trials[-1].pipe) is None  # the interrupted trial's patches
+    study = optuna.load_study(
+        study_name="TinySD-DDIM-10-deepcache", storage="sqlite:///accelopt.db"
+    )
+    states = [t.state.name for t in study.trials]
+    assert states[-1] == "FAIL" and states.count("COMPLETE") == 1
+    done = states.count("COMPLETE") + states.count("PRUNED")
+    monkeypatch.setattr(Bench, "measure", measure)
+    assert main(argv) == 0  # resumes: the failed trial is not counted
+    assert f"ran {6 - done} trials (6 in the study, 1 failed)" in capsys.readouterr().out
