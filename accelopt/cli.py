@@ -198,6 +198,7 @@ def _best(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     import optuna
@@ -209,7 +210,7 @@ def _list(args: argparse.Namespace) -> int:
     print("specs:")
     for path in local + [p for p in shipped_specs() if p.name not in {q.name for q in local}]:
         print(f"  {path.stem:40} {path}")
-    url = args.storage or __import__("os").environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
+    url = args.storage or os.environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         print("stored studies: none (no storage file yet)")
         return 0

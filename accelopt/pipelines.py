@@ -27,6 +27,7 @@ __all__ = [
     "MODELS",
     "ModelInfo",
     "call_defaults",
+    "denoiser",
     "family_of",
     "load_pipeline",
     "model_info",
@@ -113,6 +114,11 @@ def family_of(pipe: Pipeline) -> Family:
             f"unsupported pipeline class {type(pipe).__name__}; supported: {choices(FAMILIES)}"
         )
     return family
+
+
+def denoiser(pipe: Pipeline) -> Any:
+    """The network a pipeline runs every step: its UNet, or its transformer (PixArt)."""
+    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
 
 
 def call_defaults(pipe: Pipeline) -> dict[str, Any]:

@@ -217,7 +217,7 @@ def load_spec(name: str | None = None, *, path: Path | None = None) -> StudySpec
     return _build(name, defaults, data, str(path))
 
 
-# key -> (type, check) for the top level; tables are checked by their dataclass fields.
+# Spec tables and the dataclasses whose fields they may set.
 _TABLES = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec}
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -13,6 +14,17 @@ from accelopt.testing import tiny_pipeline
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Parallel workers with several torch threads each oversubscribe the cores many times over.
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE=1, and any attempt to open a connection fails loudly."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network access in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -247,3 +247,15 @@ def test_ctrl_c_cleans_up_and_keeps_finished_trials(  # type: ignore[no-untyped-
     monkeypatch.setattr(Bench, "measure", measure)
     assert main(argv) == 0  # resumes: the failed trial is not counted
     assert f"ran {6 - done} trials (6 in the study, 1 failed)" in capsys.readouterr().out
+
+
+def test_no_feasible_trial_answers_no_acceleration_and_exits_0(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("accelopt.objective.score_loss", lambda baseline, scores: 0.5)
+    argv = ["run", "--study", "TinySD-DDIM-10-tome", "--n-trials", "2", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no acceleration: no feasible accelerated trial within a 2% score loss" in out
+    assert main(["best", "--study", "TinySD-DDIM-10-tome"]) == 0
+    assert "no feasible trial yet" in capsys.readouterr().out

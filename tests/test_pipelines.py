@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from accelopt.pipelines import (
     FAMILIES,
     MODELS,
     call_defaults,
+    denoiser,
     family_of,
     load_pipeline,
     resolve_device,
@@ -23,17 +23,6 @@ from accelopt.pipelines import (
 from accelopt.testing import tiny_pipeline
 
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HF_HUB_OFFLINE=1, and any attempt to open a connection fails loudly."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise OSError("network access in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 class FakeFromPretrained:
@@ -307,10 +296,6 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _denoiser(pipe: Any) -> torch.nn.Module:
-    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-
-
 @pytest.fixture(scope="module")
 def meta_pipelines() -> dict[str, Any]:
     return {name: _architectures.build(name, "meta") for name in ARCHITECTURES}
@@ -329,13 +314,13 @@ def test_architecture_builds_on_meta(name: str, meta_pipelines: dict[str, Any]) 
     class_name, family = ARCHITECTURES[name]
     assert type(pipe).__name__ == class_name
     assert family_of(pipe) == family
-    devices = {p.device.type for m in (_denoiser(pipe), pipe.vae) for p in m.parameters()}
+    devices = {p.device.type for m in (denoiser(pipe), pipe.vae) for p in m.parameters()}
     assert devices == {"meta"}
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED_DENOISER))
 def test_denoiser_parameter_count(name: str, meta_pipelines: dict[str, Any]) -> None:
-    assert _count(_denoiser(meta_pipelines[name])) == PUBLISHED_DENOISER[name]
+    assert _count(denoiser(meta_pipelines[name])) == PUBLISHED_DENOISER[name]
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED_VAE))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from accelopt.errors import AccelOptError
-from accelopt.pipelines import call_defaults
+from accelopt.pipelines import call_defaults, denoiser
 from accelopt.testing.tiny import TINY_PIPELINES, TINY_RESOLUTION, tiny_pipeline
 
 EXPECTED_CLASS = {
@@ -19,10 +18,6 @@ EXPECTED_CLASS = {
     "TinySDXL": "StableDiffusionXLPipeline",
     "TinyPixArt": "PixArtAlphaPipeline",
 }
-
-
-def _denoiser(pipe) -> nn.Module:
-    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
 
 
 def _generate(pipe) -> np.ndarray:
@@ -33,17 +28,6 @@ def _generate(pipe) -> np.ndarray:
         generator=torch.Generator().manual_seed(0),
         **call_defaults(pipe),
     ).images
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HF_HUB_OFFLINE=1, and any attempt to open a connection fails loudly."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise OSError("network access in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def test_registry_names() -> None:
@@ -69,9 +53,9 @@ def test_every_module_in_eval_mode(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(EXPECTED_CLASS))
 def test_same_seed_same_weights_different_seed_different(name: str) -> None:
-    a = _denoiser(tiny_pipeline(name, seed=0)).state_dict()
-    b = _denoiser(tiny_pipeline(name, seed=0)).state_dict()
-    c = _denoiser(tiny_pipeline(name, seed=1)).state_dict()
+    a = denoiser(tiny_pipeline(name, seed=0)).state_dict()
+    b = denoiser(tiny_pipeline(name, seed=0)).state_dict()
+    c = denoiser(tiny_pipeline(name, seed=1)).state_dict()
     assert a.keys() == b.keys() == c.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)

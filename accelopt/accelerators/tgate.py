@@ -57,7 +57,9 @@ class _TGatePatch(Patch):
 
     def reset(self) -> None:
         # Left over from the last call: its gated attention forwards and cached outputs.
-        for module in _denoiser(self.pipe).modules():
+        from accelopt.pipelines import denoiser
+
+        for module in denoiser(self.pipe).modules():
             if type(module).__name__ == "Attention":
                 vars(module).pop("cache", None)
                 vars(module).pop("forward", None)
@@ -137,7 +139,3 @@ def _loader(family: str, with_deepcache: bool) -> Any:
     name = combined if with_deepcache else plain
     assert name is not None, f"no T-GATE + DeepCache loader for {family}"
     return getattr(tgate, name)
-
-
-def _denoiser(pipe: Pipeline) -> Any:
-    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
