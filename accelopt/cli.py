@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from accelopt import __version__
 from accelopt.errors import AccelOptError
@@ -138,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     states = [t.state.name for t in outcome.study.trials]
     counted = states.count("COMPLETE") + states.count("PRUNED")
+    if args.export:
+        _write_export(outcome.study, args.storage, args.store, requirement)
     failed = f", {states.count('FAIL')} failed" if "FAIL" in states else ""
     if outcome.already_finished:
         print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
@@ -156,6 +159,142 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print(f"best {_describe(best)}")
     return 0
+
+
+def _write_export(study, storage, store, requirement) -> None:
+    import os
+
+    from accelopt.export import export_study
+    from accelopt.store import store_path
+    from accelopt.study import DEFAULT_STORAGE
+
+    url = storage or os.environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
+    path = store_path(store)
+    entries = export_study(study, url, path, requirement)
+    if not entries:
+        print(f"{study.study_name}: no feasible trial to export", file=sys.stderr)
+    for key in entries:
+        print(f"exported {key} -> {path}", file=sys.stderr)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from accelopt.study import Requirement
+
+    _write_export(
+        _open_study(args), args.storage, args.store, Requirement(args.req_speedup, args.req_time)
+    )
+    return 0
+
+
+def _codegen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from accelopt.codegen import render_script
+    from accelopt.store import read_store, store_path
+
+    requests = _requests(args)
+    entries = read_store(store_path(args.store))
+    out = Path(args.output)
+    if args.tasks and out.exists() and not out.is_dir():
+        raise AccelOptError(f"-o {out}: with --tasks, -o names a folder, and this is a file")
+    missing = []
+    for request in requests:
+        from accelopt.codegen import find_entry, nearest
+
+        entry = find_entry(entries, request)
+        if entry is None:
+            near = "; ".join(nearest(entries, request)) or "the store is empty"
+            missing.append(
+                f"no entry answers {request.describe()} (nearest: {near}); "
+                f"make one with: {request.run_command()}"
+            )
+            continue
+        target = out / (request.output or _script_name(request)) if args.tasks else out
+        if target.exists() and not args.force:
+            raise AccelOptError(f"{target} exists; pass --force to overwrite it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render_script(entry), encoding="utf-8")
+        print(f"wrote {target} ({entry['key']})")
+    if missing:
+        raise AccelOptError(" | ".join(missing))
+    return 0
+
+
+def _script_name(request) -> str:
+    import re
+
+    stem = f"{request.pipe}-{request.sched}-{request.steps}"
+    if request.targets:
+        stem += "-" + "+".join(request.targets)
+    return re.sub(r"[^A-Za-z0-9.+-]", "_", stem) + ".py"
+
+
+def _requests(args: argparse.Namespace):
+    from accelopt.codegen import Request
+
+    def targets(value):
+        from accelopt.accelerators import parse_targets
+
+        if value is None:
+            return None
+        return parse_targets(value.replace(",", "+") if isinstance(value, str) else value)
+
+    if args.tasks:
+        if any(v is not None for v in (args.pipe, args.sched, args.steps)):
+            raise AccelOptError("give either --tasks FILE or --pipe/--sched/--steps, not both")
+        return [Request(**{**t, "targets": targets(t.get("targets"))}) for t in _tasks(args.tasks)]
+    if args.pipe is None or args.sched is None or args.steps is None:
+        raise AccelOptError("codegen needs --pipe, --sched and --steps (or --tasks FILE)")
+    return [
+        Request(
+            args.pipe,
+            args.sched,
+            args.steps,
+            targets(args.targets),
+            args.req_speedup,
+            args.max_score_loss,
+            args.req_time,
+        )
+    ]
+
+
+_TASK_KEYS: dict[str, Any] = {"pipe": str, "sched": str, "steps": int, "targets": (str, list),
+              "req_speedup": (int, float), "max_score_loss": (int, float),
+              "req_time": (int, float), "output": str}  # fmt: skip
+
+
+def _tasks(path: str) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    import tomllib
+
+    file = Path(path)
+    try:
+        text = file.read_text("utf-8")
+        data = tomllib.loads(text)["task"] if file.suffix == ".toml" else json.loads(text)
+    except FileNotFoundError:
+        raise AccelOptError(f"tasks file {path!r} does not exist") from None
+    except (ValueError, KeyError) as err:
+        raise AccelOptError(f"{path}: not a task list ({err}); see README, 'codegen'") from None
+    if not isinstance(data, list) or not data:
+        raise AccelOptError(f"{path}: expected a non-empty list of tasks")
+    for i, task in enumerate(data):
+        if not isinstance(task, dict):
+            raise AccelOptError(f"{path}: task {i} is not a table")
+        for key in ("pipe", "sched", "steps"):
+            if key not in task:
+                raise AccelOptError(f"{path}: task {i} lacks {key!r}")
+        for key, value in task.items():
+            if key not in _TASK_KEYS:
+                raise AccelOptError(
+                    f"{path}: task {i}: unknown key {key!r}; allowed: {', '.join(_TASK_KEYS)}"
+                )
+            if (value is not None and not isinstance(value, _TASK_KEYS[key])) or isinstance(
+                value, bool
+            ):
+                raise AccelOptError(f"{path}: task {i}: {key} has the wrong type: {value!r}")
+    return data
 
 
 def _open_study(args: argparse.Namespace):
@@ -275,6 +414,26 @@ def _parser() -> argparse.ArgumentParser:
         help="the architecture with random weights (timing without a download)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--export", action="store_true", help="export the answer when done")
+    p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
+    p = command("export", _export, "write a study's best configurations into the params store")
+    p.add_argument("--study", required=True, help="study NAME")
+    p.add_argument("--storage", help="Optuna storage URL or journal file path")
+    p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
+    p.add_argument("--req-speedup", type=float, help="export the first feasible trial this fast")
+    p.add_argument("--req-time", type=float, help="... at or under this many seconds per image")
+    p = command("codegen", _codegen, "write a standalone script for a stored configuration")
+    p.add_argument("--pipe", help="pipeline, e.g. SDXL (or its hub id)")
+    p.add_argument("--sched", help="scheduler, e.g. DDIM")
+    p.add_argument("--steps", type=int, help="inference steps")
+    p.add_argument("--targets", help="accelerators, e.g. deepcache,tgate (default: any)")
+    p.add_argument("--req-speedup", type=float, help="at least this speedup")
+    p.add_argument("--max-score-loss", type=float, default=0.02, help="quality budget (0.02)")
+    p.add_argument("--req-time", type=float, help="at most this many seconds per image")
+    p.add_argument("--tasks", help="a JSON or TOML list of requests (README, 'codegen')")
+    p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
+    p.add_argument("-o", "--output", required=True, help="script path (a folder with --tasks)")
+    p.add_argument("--force", action="store_true", help="overwrite existing scripts")
     p = command("best", _best, "print a stored study's best feasible configuration")
     p.add_argument("--study", required=True, help="study NAME")
     p.add_argument("--storage", help="Optuna storage URL or journal file path")

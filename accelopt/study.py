@@ -164,6 +164,9 @@ def run_study(
     )
     record = _spec_record(spec)
     stored = study.user_attrs.get("spec")
+    from accelopt.export import package_versions
+
+    study.set_user_attr("versions", package_versions())
     if stored is None:
         study.set_user_attr("spec", record)
     elif stored != record:

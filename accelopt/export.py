@@ -1,0 +1,142 @@
+"""Export a study's answers into the params store.
+
+The best feasible trial is written under the study's targets (all applicable accelerators for
+a study without a targets suffix). A study that searched which accelerators to use also writes,
+for every set of accelerators it tried, the best feasible trial that used exactly that set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from accelopt.errors import AccelOptError
+from accelopt.store import seed_key, seed_pipeline, seed_scheduler, write_entries
+from accelopt.study import Requirement, best_trial, storage_label
+
+__all__ = ["entries_for", "export_study", "package_versions"]
+
+PACKAGES = ("accelopt", "torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd",
+            "open_clip_torch", "optuna")  # fmt: skip
+# Our parameter names -> the seed system's (only T-GATE's warm_up differs).
+SEED_PARAMS = {"warm_up": "warmup"}
+
+
+def package_versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _entry(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    targets: list[str],
+    requirement: Requirement,
+    storage: str,
+) -> tuple[str, dict[str, Any]]:
+    spec = study.user_attrs["spec"]
+    a = trial.user_attrs
+    accelerators: dict[str, dict[str, Any]] = a["accelerators"]
+    key = seed_key(
+        spec["pipeline"],
+        spec["scheduler"],
+        spec["steps"],
+        targets,
+        spec["max_score_loss"],
+        requirement.speedup,
+        requirement.time_per_image,
+    )
+    entry = {
+        "key": key,
+        "pipeline": seed_pipeline(spec["pipeline"]),
+        "model": spec["pipeline"],
+        "scheduler": spec["scheduler"],
+        "seed_scheduler": seed_scheduler(spec["scheduler"]),
+        "steps": spec["steps"],
+        "targets": sorted(targets),
+        "requirement": {
+            "req_speedup": requirement.speedup,
+            "max_score_loss": spec["max_score_loss"],
+            "req_time": requirement.time_per_image,
+        },
+        "accelerators": accelerators,
+        "params": {
+            SEED_PARAMS.get(k, k): v for knobs in accelerators.values() for k, v in knobs.items()
+        },
+        "generation": {
+            "resolution": spec["resolution"],
+            "guidance": spec["guidance"],
+            "dtype": spec["dtype"],
+        },
+        "measured": {
+            k: a.get(k)
+            for k in ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device")
+        },
+        "baseline": {
+            "time_per_image": a.get("baseline_time_per_image"),
+            "scores": study.user_attrs.get("baseline_scores"),
+        },
+        "versions": study.user_attrs.get("versions") or package_versions(),
+        "study": {
+            "name": study.study_name,
+            "storage": storage_label(storage),
+            "trial": trial.number,
+        },
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    return key, entry
+
+
+def entries_for(
+    study: optuna.Study, storage: str, requirement: Requirement | None = None
+) -> dict[str, dict[str, Any]]:
+    """The store entries a study answers (empty when no trial is feasible)."""
+    requirement = requirement or Requirement()
+    spec = study.user_attrs.get("spec")
+    if spec is None:
+        raise AccelOptError(f"study {study.study_name} was not made by accelopt run (no spec)")
+    if requirement.active:
+        met = next((t for t in study.trials if requirement.met_by(t)), None)
+        chosen = [] if met is None else [(met, sorted(met.user_attrs["accelerators"]))]
+    else:
+        best = best_trial(study)
+        searched = spec["targets"] or _searched(study)
+        chosen = [] if best is None else [(best, searched)]
+        if spec["targets"] is None:  # also the best of every set of accelerators tried
+            by_set: dict[tuple[str, ...], FrozenTrial] = {}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                if not t.user_attrs.get("feasible"):
+                    continue
+                used = tuple(sorted(t.user_attrs["accelerators"]))
+                if (
+                    used not in by_set
+                    or t.user_attrs["speedup"] > by_set[used].user_attrs["speedup"]
+                ):
+                    by_set[used] = t
+            chosen += [(t, list(used)) for used, t in sorted(by_set.items())]
+    return dict(_entry(study, t, targets, requirement, storage) for t, targets in chosen)
+
+
+def _searched(study: optuna.Study) -> list[str]:
+    names = {k.split(".")[0] for t in study.trials for k in t.params}
+    return sorted(names)
+
+
+def export_study(
+    study: optuna.Study, storage: str, store: Path, requirement: Requirement | None = None
+) -> dict[str, dict[str, Any]]:
+    """Write a study's entries into ``store``; returns them (nothing written when empty)."""
+    entries = entries_for(study, storage, requirement)
+    if entries:
+        write_entries(store, entries)
+    return entries

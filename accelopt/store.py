@@ -1,0 +1,143 @@
+"""The params store: one JSON file of exported best configurations, shared by runs and codegen.
+
+Format (``"version": 1``)::
+
+    {"format": "accelopt-params-store", "version": 1,
+     "entries": {"<seed key>": {entry}, ...}}
+
+The key is the seed system's ``str((pipe, sched, str(steps), req_speedup, max_score_loss,
+sorted(targets)))`` with its spellings (SD1.5, SD2.1, SDXL; DDIM, DPM-Solver++,
+UniPCMultistepScheduler), so scripts written against the seed's ``search_params.json`` find
+entries by the same string. A time requirement, which the seed's key has no slot for, adds a
+seventh element ``('req_time', seconds)``.
+
+Writes take a file lock and replace the file atomically (temporary file + rename): concurrent
+exports lose nothing, a crash leaves the old file. A file that is not a store (corrupt JSON,
+another program's JSON, a newer version) is refused and never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from accelopt.errors import AccelOptError
+
+__all__ = [
+    "DEFAULT_STORE",
+    "FORMAT",
+    "VERSION",
+    "read_store",
+    "seed_key",
+    "seed_pipeline",
+    "seed_scheduler",
+    "store_path",
+    "write_entries",
+]
+
+FORMAT = "accelopt-params-store"
+VERSION = 1
+DEFAULT_STORE = "search_params.json"
+
+# Our names -> the seed system's spellings in keys (names it did not know stay ours).
+_SEED_SCHEDULERS = {"UniPC": "UniPCMultistepScheduler"}
+
+
+def store_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """``path``, else $ACCELOPT_STORE, else ./search_params.json."""
+    return Path(path or os.environ.get("ACCELOPT_STORE") or DEFAULT_STORE)
+
+
+def seed_pipeline(pipeline: str) -> str:
+    """The short name of a known model (its hub id maps back to it); anything else as given."""
+    from accelopt.pipelines import model_info
+
+    info = model_info(pipeline)
+    return info.name if info is not None else pipeline
+
+
+def seed_scheduler(scheduler: str) -> str:
+    from accelopt.schedulers import resolve_scheduler
+
+    name = resolve_scheduler(scheduler).name
+    return _SEED_SCHEDULERS.get(name, name)
+
+
+def seed_key(
+    pipeline: str,
+    scheduler: str,
+    steps: int,
+    targets: Iterable[str],
+    max_score_loss: float,
+    req_speedup: float | None = None,
+    req_time: float | None = None,
+) -> str:
+    """The seed system's key string for an entry.
+
+    >>> seed_key("stabilityai/stable-diffusion-xl-base-1.0", "ddim", 25, ["tgate", "tome"], 0.02)
+    "('SDXL', 'DDIM', '25', None, 0.02, ['tgate', 'tome'])"
+    """
+    fields: tuple[Any, ...] = (
+        seed_pipeline(pipeline),
+        seed_scheduler(scheduler),
+        str(steps),
+        None if req_speedup is None else float(req_speedup),
+        float(max_score_loss),
+        sorted(targets),
+    )
+    if req_time is not None:
+        fields += (("req_time", float(req_time)),)
+    return str(fields)
+
+
+def read_store(path: Path) -> dict[str, dict[str, Any]]:
+    """The entries of a store file ({} when it does not exist); refuses anything else."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AccelOptError(
+            f"{path} is not a params store (not valid JSON: {err}); left untouched, "
+            f"pass --store to use another file"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise AccelOptError(
+            f'{path} is not an accelopt params store (no "format": "{FORMAT}"); left '
+            f"untouched, pass --store to use another file"
+        )
+    if data.get("version") != VERSION or not isinstance(data.get("entries"), dict):
+        raise AccelOptError(
+            f"{path} is params store version {data.get('version')!r}; this accelopt reads "
+            f"version {VERSION} only; left untouched"
+        )
+    entries: dict[str, dict[str, Any]] = data["entries"]
+    return entries
+
+
+def write_entries(path: Path, entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add or replace ``entries`` under the lock, then swap the file in atomically."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        merged = {**read_store(path), **entries}
+        text = json.dumps(
+            {"format": FORMAT, "version": VERSION, "entries": dict(sorted(merged.items()))},
+            indent=2,
+            allow_nan=False,
+        )
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
