@@ -1,0 +1,119 @@
+"""Exporting studies into the params store: which trials, under which keys, with what."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from accelopt.cli import main
+from accelopt.export import entries_for
+from accelopt.spec import load_spec
+from accelopt.store import read_store, seed_key
+from accelopt.study import Requirement, run_study
+
+quiet = {"progress": False, "log": lambda s: None}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, str]:
+    """A TinySD study that searched which accelerators to use; every trial feasible."""
+    storage = f"sqlite:///{tmp_path_factory.mktemp('export') / 'studies.db'}"
+    spec = load_spec("TinySD-DDIM-10").replace(max_score_loss=0.99)
+    return run_study(spec, storage=storage, n_trials=8, **quiet).study, storage
+
+
+def test_best_overall_and_best_of_every_set_tried(searched: tuple[optuna.Study, str]) -> None:
+    study, storage = searched
+    entries = entries_for(study, storage)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    sets = {tuple(sorted(t.user_attrs["accelerators"])) for t in complete}
+    best = max(complete, key=lambda t: t.user_attrs["speedup"])
+    overall = seed_key("TinySD", "DDIM", 10, ["deepcache", "tgate", "tome"], 0.99)
+    assert set(entries) == {overall} | {seed_key("TinySD", "DDIM", 10, s, 0.99) for s in sets}
+    assert entries[overall]["study"]["trial"] == best.number
+    for used in sets:
+        entry = entries[seed_key("TinySD", "DDIM", 10, used, 0.99)]
+        same = [t for t in complete if tuple(sorted(t.user_attrs["accelerators"])) == used]
+        assert entry["study"]["trial"] == max(same, key=lambda t: t.user_attrs["speedup"]).number
+        assert sorted(entry["accelerators"]) == list(used)
+
+
+def test_entry_holds_what_the_store_promises(searched: tuple[optuna.Study, str]) -> None:
+    study, storage = searched
+    entry = next(iter(entries_for(study, storage).values()))
+    trial = study.trials[entry["study"]["trial"]]
+    assert entry["pipeline"] == "TinySD" and entry["scheduler"] == "DDIM" and entry["steps"] == 10
+    assert entry["requirement"] == {"req_speedup": None, "max_score_loss": 0.99, "req_time": None}
+    assert entry["accelerators"] == trial.user_attrs["accelerators"]
+    flat = {k: v for knobs in trial.user_attrs["accelerators"].values() for k, v in knobs.items()}
+    if "warm_up" in flat:  # the seed's spelling in the flat view
+        flat["warmup"] = flat.pop("warm_up")
+    assert entry["params"] == flat
+    for key in ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device"):
+        assert entry["measured"][key] == trial.user_attrs[key]
+    assert entry["baseline"]["scores"] == study.user_attrs["baseline_scores"]
+    assert entry["generation"] == {"resolution": 32, "guidance": 5.0, "dtype": "float32"}
+    assert entry["versions"]["diffusers"] and entry["versions"]["torch"]
+    assert entry["study"] == {"name": "TinySD-DDIM-10", "storage": storage,
+                              "trial": trial.number}  # fmt: skip
+    json.dumps(entry, allow_nan=False)  # plain JSON
+
+
+def test_entries_never_hold_storage_passwords(searched: tuple[optuna.Study, str]) -> None:
+    study, _ = searched
+    entries = entries_for(study, "postgresql://alice:s3cret-pw@db.example/optuna")
+    text = json.dumps(entries)
+    assert "s3cret-pw" not in text
+    assert "postgresql://alice:***@db.example/optuna" in text
+
+
+def test_requirement_export_takes_the_trial_that_met_it(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    spec = load_spec("TinySD-DDIM-10-deepcache").replace(max_score_loss=0.99)
+    req = Requirement(speedup=0.001)
+    study = run_study(spec, storage=storage, n_trials=3, requirement=req, **quiet).study
+    entries = entries_for(study, storage, req)
+    key = seed_key("TinySD", "DDIM", 10, ["deepcache"], 0.99, req_speedup=0.001)
+    assert list(entries) == [key] and entries[key]["study"]["trial"] == 0
+    assert entries[key]["requirement"]["req_speedup"] == 0.001
+
+
+def test_cli_export_writes_the_store_and_refuses_foreign_files(  # type: ignore[no-untyped-def]
+    searched, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study, storage = searched
+    store = tmp_path / "params.json"
+    argv = ["export", "--study", study.study_name, "--storage", storage, "--store", str(store)]
+    assert main(argv) == 0
+    assert set(read_store(store)) == set(entries_for(study, storage))
+    assert "exported ('TinySD', 'DDIM', '10'" in capsys.readouterr().err
+
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"hello": "world"}\n')
+    argv[-1] = str(foreign)
+    assert main(argv) == 2
+    assert "is not an accelopt params store" in capsys.readouterr().err
+    assert foreign.read_text() == '{"hello": "world"}\n'
+
+
+def test_run_export_and_nothing_feasible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACCELOPT_STORAGE", raising=False)
+    monkeypatch.delenv("ACCELOPT_STORE", raising=False)
+    argv = ["run", "--study", "TinySD-DDIM-10-tome", "--n-trials", "1", "--quiet", "--export"]
+    monkeypatch.setattr("accelopt.objective.score_loss", lambda baseline, scores: 0.5)
+    assert main(argv) == 0
+    assert "no feasible trial to export" in capsys.readouterr().err
+    assert not (tmp_path / "search_params.json").exists()
+    monkeypatch.setattr("accelopt.objective.score_loss", lambda baseline, scores: 0.0)
+    argv[2] = "TinySD-DDIM-10-deepcache"
+    assert main(argv) == 0
+    assert list(read_store(tmp_path / "search_params.json")) == [
+        seed_key("TinySD", "DDIM", 10, ["deepcache"], 0.02)
+    ]
