@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -110,13 +111,23 @@ def read_store(path: Path) -> dict[str, dict[str, Any]]:
             f'{path} is not an accelopt params store (no "format": "{FORMAT}"); left '
             f"untouched, pass --store to use another file"
         )
-    if data.get("version") != VERSION or not isinstance(data.get("entries"), dict):
+    if data.get("version") != VERSION:
         raise AccelOptError(
             f"{path} is params store version {data.get('version')!r}; this accelopt reads "
             f"version {VERSION} only; left untouched"
         )
+    if not isinstance(data.get("entries"), dict):
+        raise AccelOptError(
+            f'{path} is a broken params store ("entries" is not an object); left untouched'
+        )
     entries: dict[str, dict[str, Any]] = data["entries"]
     return entries
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_entries(path: Path, entries: Mapping[str, Mapping[str, Any]]) -> None:
@@ -133,6 +144,10 @@ def write_entries(path: Path, entries: Mapping[str, Mapping[str, Any]]) -> None:
         )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            # mkstemp makes the file 0600; a shared store keeps its mode (or gets the umask's).
+            os.chmod(
+                tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
+            )
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
                 f.flush()

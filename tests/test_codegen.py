@@ -1,0 +1,889 @@
+"""Tests for accelopt/codegen.py: literals, rendered scripts and finding an entry for a request.
+
+Nothing here runs a script (tests/test_codegen_run.py does); scripts are parsed and their header
+values evaluated with nothing but ``float`` in scope.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+from typing import Any
+
+import pytest
+
+from accelopt.codegen import (
+    HEADER_NAMES,
+    Request,
+    find_entry,
+    header_values,
+    literal,
+    nearest,
+    render_script,
+)
+from accelopt.errors import AccelOptError
+from accelopt.pipelines import MODELS, model_info
+from accelopt.schedulers import SCHEDULERS, resolve_scheduler
+from accelopt.spec import parse_name
+from accelopt.store import seed_key, seed_pipeline, seed_scheduler
+
+SAFE_BUILTINS = {"__builtins__": {"float": float}}
+
+
+def make_entry(
+    pipeline: str = "SDXL",
+    scheduler: str = "DDIM",
+    steps: int = 25,
+    accelerators: dict[str, dict[str, Any]] | None = None,
+    *,
+    req_speedup: float | None = None,
+    max_score_loss: float = 0.02,
+    req_time: float | None = None,
+    speedup: float = 2.0,
+    time_per_image: float | None = None,
+    score_loss: float | None = 0.01,
+    device: Any = "NVIDIA H100 80GB HBM3",
+    generation: dict[str, Any] | None = None,
+    study_name: str = "SDXL-DDIM-25",
+    storage: str = "sqlite:///accelopt.db",
+    key: str | None = None,
+) -> dict[str, Any]:
+    """An entry shaped exactly as accelopt/export.py ``_entry`` makes them."""
+    if accelerators is None:
+        accelerators = {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}}
+    targets = sorted(accelerators)
+    if key is None:
+        key = seed_key(pipeline, scheduler, steps, targets, max_score_loss, req_speedup, req_time)
+    return {
+        "key": key,
+        "pipeline": seed_pipeline(pipeline),
+        "model": pipeline,
+        "scheduler": scheduler,
+        "seed_scheduler": seed_scheduler(scheduler),
+        "steps": steps,
+        "targets": targets,
+        "requirement": {
+            "req_speedup": req_speedup,
+            "max_score_loss": max_score_loss,
+            "req_time": req_time,
+        },
+        "accelerators": accelerators,
+        "params": {
+            {"warm_up": "warmup"}.get(k, k): v
+            for knobs in accelerators.values()
+            for k, v in knobs.items()
+        },
+        "generation": generation or {"resolution": 1024, "guidance": 5.0, "dtype": "float16"},
+        "measured": {
+            "speedup": speedup,
+            "time_per_image": 1.0 / speedup if time_per_image is None else time_per_image,
+            "score": 31.25,
+            "score_loss": score_loss,
+            "peak_memory": 12_345_678,
+            "device": device,
+        },
+        "baseline": {"time_per_image": 1.0, "scores": [31.5, 31.75]},
+        "versions": {"accelopt": "0.1.0", "torch": "2.5.1", "tgate": None},
+        "study": {"name": study_name, "storage": storage, "trial": 7},
+        "exported_at": "2025-01-02T03:04:05+00:00",
+    }
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down; nan equals nan, -0.0 differs from 0.0."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def round_trip(value: Any) -> Any:
+    code = ast.unparse(ast.fix_missing_locations(ast.Expression(literal(value))))
+    return eval(compile(ast.parse(code, mode="eval"), "<literal>", "eval"), SAFE_BUILTINS)
+
+
+# ---- literal --------------------------------------------------------------------------------
+
+NASTY = [
+    "'",
+    '"',
+    "'''",
+    '"""',
+    "\\",
+    "\\n",
+    "\\'",
+    '\\"""',
+    "\n",
+    "\r",
+    "\r\n",
+    "\t",
+    "\x00",
+    "\x0c",
+    "\x1b[31m",
+    "\u2028",
+    "\u2029",
+    "\ufeff",
+    "\ud800",
+    "🚀",
+    "👩‍👩‍👧",
+    "__import__('os').system('x')",
+    '"""; __import__("os").system("x"); """',
+    "'); __import__('os').system('x'); ('",
+    "\\N{BULLET}",
+    "{0}{}",
+    "%s",
+    "# comment",
+]
+SCALARS = [
+    0,
+    -1,
+    7,
+    2**64,
+    -(2**200),
+    10**4000,
+    True,
+    False,
+    None,
+    0.0,
+    -0.0,
+    1.5,
+    -2.25,
+    1e308,
+    -1e308,
+    5e-324,
+    -5e-324,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "",
+    *NASTY,
+]
+
+
+@pytest.mark.parametrize("value", SCALARS, ids=lambda v: ascii(v)[:40])
+def test_literal_scalars_round_trip(value: Any) -> None:
+    assert same(round_trip(value), value)
+
+
+def test_literal_negative_zero_keeps_its_sign() -> None:
+    assert math.copysign(1.0, round_trip(-0.0)) == -1.0
+    assert math.copysign(1.0, round_trip(0.0)) == 1.0
+
+
+def test_literal_nan_and_infinities() -> None:
+    assert math.isnan(round_trip(float("nan")))
+    assert round_trip(float("inf")) == math.inf
+    assert round_trip(float("-inf")) == -math.inf
+    assert ast.unparse(literal(float("nan"))) == "float('nan')"
+    assert ast.unparse(literal(float("-inf"))) == "float('-inf')"
+
+
+def test_literal_nested_containers_round_trip() -> None:
+    value = {
+        "scalars": list(SCALARS),
+        "tuple": tuple(NASTY),
+        "empty": [(), [], {}, ("single",)],
+        "nested": [{"a": (1, [2.5, {"b": None}])}, ((float("nan"),),)],
+        **{s: s for s in NASTY},
+    }
+    assert same(round_trip(value), value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {1, 2},
+        frozenset({"a"}),
+        object(),
+        b"bytes",
+        bytearray(b"x"),
+        1j,
+        {1: "a"},
+        {("a",): 1},
+        {None: 1},
+        [1, {2}],
+        {"ok": [b"x"]},
+        ({"k": {3: 4}},),
+    ],
+    ids=lambda v: "object" if type(v) is object else ascii(v),
+)
+def test_literal_refuses_what_is_not_plain_data(value: Any) -> None:
+    with pytest.raises(TypeError):
+        literal(value)
+
+
+class _EvilInt(int):
+    def __repr__(self) -> str:
+        return "__import__('os').getcwd()"
+
+
+class _EvilFloat(float):
+    def __repr__(self) -> str:
+        return "x"
+
+
+@pytest.mark.parametrize("value", [_EvilInt(1), _EvilFloat(1.5)], ids=["int", "float"])
+def test_literal_subclasses_render_as_plain_values(value: Any) -> None:
+    code = ast.unparse(literal(value))
+    assert ast.literal_eval(code) == value
+    assert type(ast.literal_eval(code)) in (int, float)
+
+
+# ---- rendering: a fuzz of nasty entries ------------------------------------------------------
+
+KNOWN = [name for m in MODELS for name in (m.name, m.hub_id, m.name.upper()) if name]
+SCHEDULER_NAMES = [n for s in SCHEDULERS for n in (s.name, *s.aliases, s.name.lower())]
+FAMILY_ACCELERATORS = {
+    "sd": ("deepcache", "tgate", "tome"),
+    "sdxl": ("deepcache", "tgate", "tome"),
+    "pixart-alpha": ("tgate",),
+    "pixart-sigma": ("tgate",),
+    None: ("deepcache", "tome"),
+}
+ALLOWED_HEADER_NODES = (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.Load, ast.USub)
+IMPORTS = [
+    ("Import", ["argparse"]),
+    ("Import", ["json"]),
+    ("ImportFrom", ["Path"]),
+    ("Import", ["diffusers"]),
+    ("Import", ["numpy"]),
+    ("Import", ["torch"]),
+    ("ImportFrom", ["DiffusionPipeline"]),
+]
+
+
+def nasty_text(rng: random.Random) -> str:
+    pieces = [rng.choice([*NASTY, "abc", " ", "SDXL", "-", "/"]) for _ in range(rng.randint(1, 6))]
+    return "".join(pieces)
+
+
+def nasty_data(rng: random.Random, depth: int = 0) -> Any:
+    """Plain data: what a knob or a generation setting could hold in a hand-edited store."""
+    choice = rng.randrange(8 if depth < 2 else 5)
+    if choice == 0:
+        return nasty_text(rng)
+    if choice == 1:
+        return rng.choice([0, -3, 2**70, True, False, None])
+    if choice == 2:
+        return rng.choice([0.5, -0.0, 1e308, 5e-324, float("nan"), float("inf"), -math.inf])
+    if choice == 3:
+        return rng.randint(-10, 10)
+    if choice == 4:
+        return rng.random()
+    if choice == 5:
+        return [nasty_data(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if choice == 6:
+        return tuple(nasty_data(rng, depth + 1) for _ in range(rng.randint(0, 3)))
+    return {nasty_text(rng): nasty_data(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+
+
+def knobs(rng: random.Random, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "deepcache": {"cache_interval": rng.randint(1, 10), "cache_branch_id": rng.randint(0, 11)},
+        "tome": {"ratio": rng.random(), "max_downsample": rng.choice([1, 2, 4, 8])},
+        "tgate": {"gate_step": rng.randint(5, 19), "warm_up": rng.randint(0, 4)},
+    }[name]
+    if rng.random() < 0.3:
+        found[nasty_text(rng)] = nasty_data(rng)
+    return found
+
+
+def random_entry(rng: random.Random) -> tuple[dict[str, Any], list[str], bool]:
+    """An entry, its prompts, and whether rendering must refuse it (T-GATE, unknown model)."""
+    model = rng.choice(KNOWN) if rng.random() < 0.5 else nasty_text(rng)
+    info = model_info(model)
+    family = info.family if info else None
+    names = [n for n in FAMILY_ACCELERATORS[family] if rng.random() < 0.5]
+    refuse = info is None and rng.random() < 0.15
+    if refuse:
+        names.append("tgate")
+    accelerators = {n: knobs(rng, n) for n in names}
+    generation = {
+        "resolution": rng.choice([None, 512, 1024, 2**40, nasty_data(rng)]),
+        "guidance": rng.choice([0, 7.5, -0.0, float("nan"), float("inf"), nasty_data(rng)]),
+        "dtype": rng.choice([None, "float16", nasty_text(rng), nasty_data(rng)]),
+    }
+    entry = make_entry(
+        model,
+        rng.choice(SCHEDULER_NAMES),
+        rng.choice([1, 20, 25, 50, 1000]),
+        accelerators,
+        req_speedup=rng.choice([None, 2.0]),
+        req_time=rng.choice([None, 1.5]),
+        speedup=rng.choice([1.5, 3.14159, float("nan"), float("inf")]),
+        time_per_image=rng.choice([0.25, 1e-9, float("nan")]),
+        score_loss=rng.choice([0.0, 0.0123, -0.5, float("nan")]),
+        device=rng.choice([nasty_text(rng), 1234, 1.5, None, "cpu"]),
+        generation=generation,
+        study_name=nasty_text(rng),
+        storage=nasty_text(rng),
+        key=rng.choice([None, nasty_text(rng)]),
+    )
+    prompts = [nasty_text(rng) for _ in range(rng.randint(0, 3))]
+    return entry, prompts, refuse
+
+
+def expected_docstring(entry: dict[str, Any]) -> str:
+    m = entry["measured"]
+    used = " + ".join(sorted(entry["accelerators"])) or "no accelerator"
+    return (
+        f"Generated by accelopt codegen: {entry['pipeline']}, {entry['scheduler']}, "
+        f"{entry['steps']} steps, {used}.\n\n"
+        f"Measured by accelopt on {m['device']}: {m['speedup']:.2f}x the plain pipeline, "
+        f"{m['time_per_image']:.4f} s per image, CLIP score loss {100 * m['score_loss']:.2f}%.\n"
+        f"Store key: {entry['key']}\n"
+    )
+
+
+def header_end(tree: ast.Module) -> int:
+    """The line the header's last assignment ends on."""
+    last = [s for s in tree.body if isinstance(s, ast.Assign)][-1]
+    assert last.end_lineno is not None
+    return last.end_lineno
+
+
+def check_script(script: str, entry: dict[str, Any], prompts: list[str]) -> ast.Module:
+    """The script's exact shape; its header values evaluate back to header_values'."""
+    assert script.startswith("#!/usr/bin/env python3\n")
+    script.encode("utf-8")  # the CLI writes it as UTF-8
+    tree = ast.parse(script)
+    body = list(tree.body)
+
+    doc = body.pop(0)
+    assert isinstance(doc, ast.Expr)
+    assert isinstance(doc.value, ast.Constant)
+    assert doc.value.value == expected_docstring(entry)
+
+    imports = []
+    while isinstance(body[0], ast.Import | ast.ImportFrom):
+        stmt = body.pop(0)
+        imports.append((type(stmt).__name__, [a.name for a in stmt.names]))
+    assert imports == IMPORTS
+
+    values = header_values(entry, prompts)
+    assert list(values) == list(HEADER_NAMES)
+    for name in HEADER_NAMES:
+        stmt = body.pop(0)
+        assert isinstance(stmt, ast.Assign)
+        assert [ast.dump(t) for t in stmt.targets] == [ast.dump(ast.Name(name, ast.Store()))]
+        for node in ast.walk(stmt.value):
+            if isinstance(node, ast.Call):  # only float('nan') and the infinities
+                assert ast.unparse(node) in ("float('nan')", "float('inf')", "float('-inf')")
+            elif isinstance(node, ast.UnaryOp):
+                assert isinstance(node.op, ast.USub)
+                assert isinstance(node.operand, ast.Constant)
+            elif isinstance(node, ast.Name):
+                assert node.id == "float"
+            else:
+                assert isinstance(node, ALLOWED_HEADER_NODES), ast.dump(node)
+        code = compile(ast.Expression(stmt.value), "<header>", "eval")
+        assert same(eval(code, SAFE_BUILTINS), values[name]), name
+
+    assert [(type(s).__name__, getattr(s, "name", None)) for s in body] == [
+        ("FunctionDef", "load"),
+        ("ClassDef", "Accelerated"),
+        ("FunctionDef", "main"),
+        ("If", None),
+    ]
+    guard = body[-1]
+    assert isinstance(guard, ast.If)
+    assert ast.unparse(guard) == "if __name__ == '__main__':\n    main()"
+    return tree
+
+
+def body_text(script: str, tree: ast.Module) -> str:
+    # Python counts lines by "\n" only; str.splitlines() also splits at \u2028, \x0c and more.
+    return "\n".join(script.split("\n")[header_end(tree) :])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzzed_entries_render_safe_scripts(seed: int) -> None:
+    rng = random.Random(seed)
+    bodies = set()
+    rendered = refused = 0
+    for _ in range(50):
+        entry, prompts, refuse = random_entry(rng)
+        if refuse:
+            with pytest.raises(AccelOptError, match="cannot tell which T-GATE loader fits"):
+                render_script(entry, prompts)
+            refused += 1
+            continue
+        script = render_script(entry, prompts)
+        tree = check_script(script, entry, prompts)
+        bodies.add(body_text(script, tree))
+        rendered += 1
+    assert rendered > 30
+    assert refused > 0
+    assert len(bodies) == 1  # the code below the header never changes
+
+
+def test_plain_entry_gets_a_readable_docstring() -> None:
+    entry = make_entry(
+        "SDXL",
+        "DDIM",
+        25,
+        {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}, "tgate": {"gate_step": 10}},
+        speedup=2.5,
+        score_loss=0.015,
+        device="NVIDIA H100",
+    )
+    script = render_script(entry)
+    check_script(script, entry, [])
+    assert script.splitlines()[:5] == [
+        "#!/usr/bin/env python3",
+        '"""Generated by accelopt codegen: SDXL, DDIM, 25 steps, deepcache + tgate.',
+        "",
+        "Measured by accelopt on NVIDIA H100: 2.50x the plain pipeline, 0.4000 s per image, "
+        "CLIP score loss 1.50%.",
+        "Store key: ('SDXL', 'DDIM', '25', None, 0.02, ['deepcache', 'tgate'])",
+    ]
+    assert script.splitlines()[5] == '"""'
+
+
+@pytest.mark.parametrize(
+    ("device", "readable"),
+    [
+        ('A100 """ + __import__("os").system("x") + """', False),
+        ("back\\slash", False),
+        ("cr\rhere", False),
+        ("nul\x00here", False),
+        ("lone \ud800 surrogate", False),
+        ('ends with a quote"', True),
+        ("tab\there, ''' and \u2028", True),
+    ],
+)
+def test_docstring_triple_quoted_only_when_safe(device: str, readable: bool) -> None:
+    entry = make_entry(device=device)
+    script = render_script(entry)
+    check_script(script, entry, [])  # the docstring evaluates to the text, the device inside
+    assert script.split("\n")[1].startswith('"""') is readable
+    docstring = ast.get_docstring(ast.parse(script), clean=False)
+    assert docstring is not None
+    assert f"Measured by accelopt on {device}:" in docstring
+
+
+@pytest.mark.parametrize("model", [123, 1.5, None])
+def test_non_string_model_id_is_refused(model: Any) -> None:
+    entry = make_entry()
+    entry["model"] = model
+    with pytest.raises(AccelOptError, match="model must be a string"):
+        render_script(entry)
+
+
+def test_fixed_body_is_identical_across_scripts() -> None:
+    first = make_entry("SDXL", "DDIM", 25, {"tgate": {"gate_step": 10, "warm_up": 2}})
+    second = make_entry(
+        "./my '''fine\"tune",
+        "dpm++",
+        50,
+        {"tome": {"ratio": 0.5, "max_downsample": 1}},
+        device="cpu\n",
+        generation={"resolution": None, "guidance": float("nan"), "dtype": None},
+    )
+    scripts = [render_script(first), render_script(second, ['a"""b', "c\\d\n"])]
+    trees = [ast.parse(s) for s in scripts]
+    assert scripts[0] != scripts[1]
+    tails = [body_text(s, t) for s, t in zip(scripts, trees, strict=True)]
+    assert tails[0] == tails[1]
+    assert tails[0].rstrip().endswith('if __name__ == "__main__":\n    main()')
+    assert "def load(model, device):" in tails[0]
+    for script, tree, entry in zip(scripts, trees, (first, second), strict=True):
+        model = script.split("\n")[header_end(tree) - len(HEADER_NAMES)]
+        assert model == f"MODEL = {header_values(entry)['MODEL']!r}"
+
+
+# ---- header_values --------------------------------------------------------------------------
+
+
+def test_header_values_exact_for_sdxl_tgate() -> None:
+    entry = make_entry(
+        "stabilityai/stable-diffusion-xl-base-1.0", "ddim", 25, {"tgate": {"gate_step": 10}}
+    )
+    assert header_values(entry) == {
+        "MODEL": "stabilityai/stable-diffusion-xl-base-1.0",
+        "SCHEDULER": "DDIMScheduler",
+        "SCHEDULER_CONFIG": {},
+        "STEPS": 25,
+        "GUIDANCE": 5.0,
+        "RESOLUTION": 1024,
+        "DTYPE": "float16",
+        "CALL_DEFAULTS": {},
+        "DEEPCACHE": None,
+        "TOME": None,
+        "TGATE": {"gate_step": 10},
+        "TGATE_LOADER": "TgateSDXLLoader",
+        "DEFAULT_PROMPTS": ["a photograph of a lighthouse on a cliff at dusk"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "accelerators", "loader"),
+    [
+        ("SD1.5", ("deepcache", "tgate"), "TgateSDDeepCacheLoader"),
+        ("stabilityai/stable-diffusion-2-1", ("tgate", "deepcache"), "TgateSDDeepCacheLoader"),
+        ("SD1.5", ("tgate",), "TgateSDLoader"),
+        ("TinySD", ("tgate", "tome"), "TgateSDLoader"),
+        ("SDXL", ("tgate",), "TgateSDXLLoader"),
+        ("SDXL", ("deepcache", "tgate"), "TgateSDXLDeepCacheLoader"),
+        ("PixArt-Sigma", ("tgate",), "TgatePixArtSigmaLoader"),
+        ("PixArt-alpha/PixArt-XL-2-1024-MS", ("tgate",), "TgatePixArtAlphaLoader"),
+        ("SDXL", ("deepcache", "tome"), None),
+        ("SDXL", (), None),
+    ],
+)
+def test_header_values_tgate_loader(
+    model: str, accelerators: tuple[str, ...], loader: str | None
+) -> None:
+    acc = {name: {"knob": i} for i, name in enumerate(accelerators)}
+    values = header_values(make_entry(model, "DDIM", 25, acc))
+    assert values["TGATE_LOADER"] == loader
+    for name in ("deepcache", "tome", "tgate"):
+        assert values[name.upper()] == acc.get(name)
+
+
+@pytest.mark.parametrize(
+    ("model", "hub_id"),
+    [
+        ("PixArt-Sigma", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"),
+        ("pixart-alpha", "PixArt-alpha/PixArt-XL-2-1024-MS"),
+        ("TinyPixArt", "TinyPixArt"),
+    ],
+)
+def test_header_values_pixart_call_defaults(model: str, hub_id: str) -> None:
+    values = header_values(make_entry(model, "DPM-Solver++", 20, {}))
+    assert values["CALL_DEFAULTS"] == {"use_resolution_binning": False, "clean_caption": False}
+    assert values["MODEL"] == hub_id
+
+
+@pytest.mark.parametrize("model", ["SD1.5", "SDXL", "TinySDXL", "./local-folder"])
+def test_header_values_no_call_defaults_outside_pixart(model: str) -> None:
+    assert header_values(make_entry(model, "DDIM", 25))["CALL_DEFAULTS"] == {}
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("SDXL", "stabilityai/stable-diffusion-xl-base-1.0"),
+        ("sd1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        ("TinySD", "TinySD"),
+        ("tinysdxl", "TinySDXL"),
+        ("/data/my finetune", "/data/my finetune"),
+    ],
+)
+def test_header_values_model(model: str, expected: str) -> None:
+    assert header_values(make_entry(model))["MODEL"] == expected
+
+
+DPM_CONFIG = {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "class_name", "config"),
+    [
+        ("dpm++", "DPMSolverMultistepScheduler", DPM_CONFIG),
+        ("DPM-Solver++", "DPMSolverMultistepScheduler", DPM_CONFIG),
+        ("UniPCMultistepScheduler", "UniPCMultistepScheduler", {}),
+        ("unipc", "UniPCMultistepScheduler", {}),
+        ("DDIM", "DDIMScheduler", {}),
+        ("euler", "EulerDiscreteScheduler", {}),
+    ],
+)
+def test_header_values_scheduler(scheduler: str, class_name: str, config: dict) -> None:
+    values = header_values(make_entry("SDXL", scheduler))
+    assert values["SCHEDULER"] == class_name
+    assert values["SCHEDULER_CONFIG"] == config
+
+
+def test_header_scheduler_config_is_a_copy() -> None:
+    values = header_values(make_entry("SDXL", "dpm++"))
+    values["SCHEDULER_CONFIG"]["use_karras_sigmas"] = True
+    assert resolve_scheduler("dpm++").overrides["use_karras_sigmas"] is False
+
+
+def test_header_values_prompts_and_generation() -> None:
+    entry = make_entry(generation={"resolution": None, "guidance": 7.5, "dtype": None}, steps=50)
+    values = header_values(entry, iter(["one", "two"]))
+    assert values["DEFAULT_PROMPTS"] == ["one", "two"]
+    assert (values["RESOLUTION"], values["GUIDANCE"], values["DTYPE"], values["STEPS"]) == (
+        None,
+        7.5,
+        None,
+        50,
+    )
+    assert header_values(entry, [])["DEFAULT_PROMPTS"] == [
+        "a photograph of a lighthouse on a cliff at dusk"
+    ]
+
+
+def test_header_values_refuse_tgate_on_unknown_model() -> None:
+    entry = make_entry("./my-finetune", accelerators={"tgate": {"gate_step": 10}})
+    with pytest.raises(AccelOptError, match=r"cannot tell which T-GATE loader fits './my-fine"):
+        header_values(entry)
+
+
+# ---- find_entry -----------------------------------------------------------------------------
+
+DC = {"cache_interval": 3, "cache_branch_id": 0}
+TG = {"gate_step": 10, "warm_up": 2}
+TM = {"ratio": 0.5, "max_downsample": 1}
+
+
+def lookup_store() -> dict[str, dict[str, Any]]:
+    """SDXL DDIM 25 entries, and faster ones that must never answer an SDXL DDIM 25 request."""
+    made = {
+        "dc": make_entry(accelerators={"deepcache": DC}, speedup=2.5, score_loss=0.015,
+                         time_per_image=0.8),
+        "dc+tg": make_entry(accelerators={"deepcache": DC, "tgate": TG}, speedup=3.0,
+                            score_loss=0.019, time_per_image=0.6),
+        "tg": make_entry(accelerators={"tgate": TG}, speedup=1.6, score_loss=0.004,
+                         time_per_image=1.2),
+        "all": make_entry(accelerators={"deepcache": DC, "tgate": TG, "tome": TM}, speedup=4.0,
+                          score_loss=0.03, time_per_image=0.5),
+        "tome-slow": make_entry(accelerators={"tome": TM}, speedup=0.9, score_loss=0.0,
+                                time_per_image=2.0),
+        "tome-even": make_entry(accelerators={"tome": TM}, speedup=1.0, score_loss=0.0,
+                                time_per_image=1.0),
+        "tome-unscored": make_entry(accelerators={"tome": TM}, speedup=9.0, score_loss=None,
+                                    time_per_image=0.1),
+        "sd15": make_entry("SD1.5", accelerators={"deepcache": DC}, speedup=10.0,
+                           score_loss=0.0, time_per_image=0.1),
+        "unipc": make_entry("SDXL", "UniPC", accelerators={"deepcache": DC}, speedup=11.0,
+                            score_loss=0.0, time_per_image=0.1),
+        "50": make_entry("SDXL", "DDIM", 50, {"deepcache": DC}, speedup=12.0, score_loss=0.0,
+                         time_per_image=0.1),
+    }  # fmt: skip
+    return {f"key-{name}": e for name, e in made.items()}
+
+
+def answer(request: Request, store: dict[str, dict[str, Any]] | None = None) -> str | None:
+    """The store key (by name) of the entry that answers ``request``."""
+    store = lookup_store() if store is None else store
+    found = find_entry(store, request)
+    if found is None:
+        return None
+    names = [k.removeprefix("key-") for k, e in store.items() if e == found]
+    assert len(names) == 1
+    return names[0]
+
+
+def test_find_best_you_have() -> None:
+    assert answer(Request("SDXL", "DDIM", 25)) == "dc+tg"
+
+
+def test_find_returns_a_copy() -> None:
+    store = lookup_store()
+    found = find_entry(store, Request("SDXL", "DDIM", 25))
+    assert found == store["key-dc+tg"]
+    assert found is not store["key-dc+tg"]
+
+
+@pytest.mark.parametrize(
+    ("req_speedup", "name"),
+    [(1.0, "dc+tg"), (2.8, "dc+tg"), (3.0, "dc+tg"), (3.01, None), (3.5, None), (5.0, None)],
+)
+def test_find_speedup_requirement(req_speedup: float, name: str | None) -> None:
+    assert answer(Request("SDXL", "DDIM", 25, req_speedup=req_speedup)) == name
+
+
+@pytest.mark.parametrize(
+    ("max_score_loss", "name"),
+    [(0.005, "tg"), (0.004, "tg"), (0.0039, None), (0.015, "dc"), (0.018, "dc"),
+     (0.019, "dc+tg"), (0.05, "all")],
+)  # fmt: skip
+def test_find_score_loss_budget(max_score_loss: float, name: str | None) -> None:
+    assert answer(Request("SDXL", "DDIM", 25, max_score_loss=max_score_loss)) == name
+
+
+@pytest.mark.parametrize(
+    ("req_time", "max_score_loss", "name"),
+    [(10.0, 0.02, "dc+tg"), (0.6, 0.02, "dc+tg"), (0.59, 0.02, None), (0.5, 0.05, "all"),
+     (0.8, 0.016, "dc"), (0.79, 0.016, None), (1.0, 0.005, None), (1.2, 0.005, "tg")],
+)  # fmt: skip
+def test_find_time_budget(req_time: float, max_score_loss: float, name: str | None) -> None:
+    request = Request("SDXL", "DDIM", 25, req_time=req_time, max_score_loss=max_score_loss)
+    assert answer(request) == name
+
+
+@pytest.mark.parametrize(
+    ("targets", "name"),
+    [
+        (("deepcache", "tgate"), "dc+tg"),
+        (("tgate", "deepcache"), "dc+tg"),
+        (("deepcache",), "dc"),
+        (("tgate",), "tg"),
+        (("tome",), None),  # only entries at or below 1x, or unscored
+        (("deepcache", "tgate", "tome"), None),  # over the score budget
+        ((), None),
+    ],
+)
+def test_find_exact_target_set(targets: tuple[str, ...], name: str | None) -> None:
+    assert answer(Request("SDXL", "DDIM", 25, targets)) == name
+
+
+def test_find_targets_with_a_requirement() -> None:
+    assert answer(Request("SDXL", "DDIM", 25, ("deepcache",), req_speedup=2.5)) == "dc"
+    assert answer(Request("SDXL", "DDIM", 25, ("deepcache",), req_speedup=2.6)) is None
+    request = Request("SDXL", "DDIM", 25, ("deepcache", "tgate", "tome"), max_score_loss=0.05)
+    assert answer(request) == "all"
+
+
+def test_find_never_answers_with_a_slowdown() -> None:
+    store = {k: e for k, e in lookup_store().items() if k.startswith("key-tome")}
+    for request in (
+        Request("SDXL", "DDIM", 25),
+        Request("SDXL", "DDIM", 25, ("tome",), max_score_loss=0.5),
+        Request("SDXL", "DDIM", 25, req_speedup=0.5),
+        Request("SDXL", "DDIM", 25, req_time=100.0),
+    ):
+        assert find_entry(store, request) is None
+
+
+@pytest.mark.parametrize(
+    ("pipe", "sched", "steps", "name"),
+    [
+        ("SD1.5", "DDIM", 25, "sd15"),
+        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "ddim", 25, "sd15"),
+        ("sdxl", "unipc", 25, "unipc"),
+        ("SDXL", "UniPCMultistepScheduler", 25, "unipc"),
+        ("stabilityai/stable-diffusion-xl-base-1.0", "DDIMScheduler", 25, "dc+tg"),
+        ("SDXL", "ddim", 50, "50"),
+        ("SDXL", "DDIM", 20, None),
+        ("SD2.1", "DDIM", 25, None),
+        ("SDXL", "dpm++", 25, None),
+        ("./somewhere", "DDIM", 25, None),
+    ],
+)
+def test_find_matches_only_the_same_model(pipe: str, sched: str, steps: int, name: str) -> None:
+    assert answer(Request(pipe, sched, steps)) == name
+
+
+def test_find_entry_scheduler_stored_by_alias() -> None:
+    store = {
+        "a": make_entry("stabilityai/stable-diffusion-xl-base-1.0", "UniPCMultistepScheduler"),
+        "b": make_entry("SD1.5", "dpm++", 20),
+    }
+    assert find_entry(store, Request("SDXL", "UniPC", 25)) == store["a"]
+    assert find_entry(store, Request("sd1.5", "DPM-Solver++", 20)) == store["b"]
+    assert find_entry(store, Request("sd1.5", "DPMSolverMultistepScheduler", 25)) is None
+    assert find_entry({}, Request("SDXL", "DDIM", 25)) is None
+
+
+# ---- nearest, describe, run_command ---------------------------------------------------------
+
+
+def nearest_store() -> dict[str, dict[str, Any]]:
+    return {
+        "a": make_entry("SDXL", "DDIM", 25, {"tgate": TG, "deepcache": DC}, speedup=3.0,
+                        score_loss=0.019),
+        "b": make_entry("stabilityai/stable-diffusion-xl-base-1.0", "UniPC", 30, {"tome": TM},
+                        speedup=1.234, score_loss=0.001),
+        "c": make_entry("SD1.5", "DDIM", 30, {"deepcache": DC}, speedup=2.5, score_loss=0.01),
+        "d": make_entry("SDXL", "DDIM", 50, {"deepcache": DC}, speedup=2.0, score_loss=0.0),
+    }  # fmt: skip
+
+
+LINES = {
+    "a": "SDXL DDIM 25 deepcache+tgate: 3.00x, loss 1.90%",
+    "b": "SDXL UniPC 30 tome: 1.23x, loss 0.10%",
+    "c": "SD1.5 DDIM 30 deepcache: 2.50x, loss 1.00%",
+    "d": "SDXL DDIM 50 deepcache: 2.00x, loss 0.00%",
+}
+
+
+@pytest.mark.parametrize(
+    ("request_", "n", "order"),
+    [
+        (Request("SDXL", "ddim", 30), 3, "bad"),
+        (Request("stabilityai/stable-diffusion-xl-base-1.0", "ddim", 30), 10, "badc"),
+        (Request("SDXL", "DDIM", 25), 4, "abdc"),
+        (Request("SDXL", "DDIM", 25), 1, "a"),
+        (Request("SD1.5", "DDIM", 30), 2, "cb"),
+        (Request("SD1.5", "DDIM", 50), 4, "cdba"),
+        (Request("SD2.1", "DDIM", 30), 2, "bc"),
+    ],
+)
+def test_nearest(request_: Request, n: int, order: str) -> None:
+    assert nearest(nearest_store(), request_, n) == [LINES[k] for k in order]
+
+
+def test_nearest_defaults_to_three_and_handles_an_empty_store() -> None:
+    assert len(nearest(nearest_store(), Request("SDXL", "DDIM", 25))) == 3
+    assert nearest({}, Request("SDXL", "DDIM", 25)) == []
+    assert nearest(nearest_store(), Request("SDXL", "DDIM", 25), 0) == []
+
+
+def test_nearest_survives_an_unscored_entry() -> None:
+    store = {"x": make_entry(score_loss=None)}
+    assert find_entry(store, Request("SDXL", "DDIM", 25)) is None
+    assert len(nearest(store, Request("SDXL", "DDIM", 25))) == 1
+
+
+@pytest.mark.parametrize(
+    ("request_", "described"),
+    [
+        (
+            Request("SDXL", "ddim", 25, ("deepcache", "tgate"), 2.0),
+            "SDXL ddim 25 steps, deepcache+tgate, speedup >= 2x, score loss <= 2%",
+        ),
+        (
+            Request("SD1.5", "dpm++", 20, req_time=1.5, max_score_loss=0.005),
+            "SD1.5 dpm++ 20 steps, <= 1.5 s/image, score loss <= 0.5%",
+        ),
+        (Request("SDXL", "DDIM", 25, ()), "SDXL DDIM 25 steps, score loss <= 2%"),
+        (
+            Request("SDXL", "UniPC", 50, ("tome",), 1.25, 0.07, 0.3),
+            "SDXL UniPC 50 steps, tome, speedup >= 1.25x, <= 0.3 s/image, score loss <= 7%",
+        ),
+    ],
+)
+def test_request_describe(request_: Request, described: str) -> None:
+    assert request_.describe() == described
+
+
+@pytest.mark.parametrize(
+    ("request_", "command"),
+    [
+        (
+            Request("SDXL", "ddim", 25, ("deepcache", "tgate"), 2.0),
+            "accelopt run --study SDXL-DDIM-25-deepcache+tgate --req-speedup 2 --export",
+        ),
+        (
+            Request(
+                "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                "dpm++",
+                20,
+                req_time=1.5,
+                max_score_loss=0.005,
+            ),
+            "accelopt run --study SD1.5-DPM-Solver++-20 --max-score-loss 0.005 --req-time 1.5 "
+            "--export",
+        ),
+        (
+            Request("PixArt-Sigma", "UniPCMultistepScheduler", 50, ("tgate",)),
+            "accelopt run --study PixArt-Sigma-UniPC-50-tgate --export",
+        ),
+        (Request("SDXL", "DDIM", 25, ()), "accelopt run --study SDXL-DDIM-25 --export"),
+    ],
+)
+def test_request_run_command(request_: Request, command: str) -> None:
+    assert request_.run_command() == command
+    study = command.split()[3]
+    assert parse_name(study) == {
+        "pipeline": seed_pipeline(request_.pipe),
+        "scheduler": resolve_scheduler(request_.sched).name,
+        "steps": request_.steps,
+        "targets": tuple(request_.targets) if request_.targets else None,
+    }
+
+
+def test_request_equality_ignores_output() -> None:
+    assert Request("SDXL", "DDIM", 25, output="a.py") == Request("SDXL", "DDIM", 25, output="b")
+    assert Request("SDXL", "DDIM", 25) != Request("SDXL", "DDIM", 25, max_score_loss=0.01)
