@@ -297,6 +297,53 @@ def _tasks(path: str) -> list[dict]:
     return data
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from accelopt.report import image_rows, render_html, report_data
+    from accelopt.study import _bench, spec_of
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise AccelOptError(f"{out} exists; pass --force to overwrite it")
+    study = _open_study(args)
+    data = report_data(study)
+    rows, prompts = [], []
+    if args.images and data.points:
+        weights = "random" if args.random_weights else "pretrained"
+        bench = _bench(spec_of(study), args.device, weights, lambda s: print(s, file=sys.stderr))
+        rows = image_rows(study, data, bench, args.images)
+        prompts = bench.prompts
+    out.write_text(render_html(data, rows, prompts), encoding="utf-8")
+    print(f"wrote {out}: {len(data.points)} trials, {len(rows)} image rows")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from accelopt.study import open_storage, storage_label
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        raise AccelOptError(
+            f"refusing to serve on {args.host}: the dashboard has no login; bind to 127.0.0.1 "
+            f"(default) or pass --allow-remote if you mean it"
+        )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"accelopt: warning: serving on {args.host} without any login: anyone who can "
+            f"reach this port can read and edit the studies",
+            file=sys.stderr,
+        )
+    storage, url = open_storage(args.storage)
+    print(
+        f"optuna-dashboard for {storage_label(url)} at http://{args.host}:{args.port}/dashboard",
+        file=sys.stderr,
+    )
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
 def _open_study(args: argparse.Namespace):
     import optuna
 
@@ -440,6 +487,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command("list", _list, "list study specs and the studies in storage")
     p.add_argument("--storage", help="Optuna storage URL or journal file path")
+    p = command("report", _report, "write a study's plotly report as one HTML file")
+    p.add_argument("--study", required=True, help="study NAME")
+    p.add_argument("--storage", help="Optuna storage URL or journal file path")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file (report.html)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=3,
+        metavar="N",
+        help="prompts in the image grid (0: no images, no model loaded; default 3)",
+    )
+    p.add_argument("--device", help="where to regenerate the images (default: cuda if present)")
+    p.add_argument("--random-weights", action="store_true", help="as the study was run")
+    p.add_argument("--force", action="store_true", help="overwrite the output file")
+    p = command("dashboard", _dashboard, "serve optuna-dashboard for the studies' storage")
+    p.add_argument("--storage", help="Optuna storage URL or journal file path")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding to a non-loopback address (the dashboard has no login)",
+    )
     p = command("prompts", _prompts, "print the shipped prompt set")
     p.add_argument("--split", choices=("search", "heldout"), help="only this split")
     p.add_argument("--count", type=int, help="only the first COUNT prompts")

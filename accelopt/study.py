@@ -28,6 +28,7 @@ __all__ = [
     "best_trial",
     "open_storage",
     "run_study",
+    "spec_of",
     "storage_label",
 ]
 
@@ -121,6 +122,21 @@ def open_storage(url: str | None) -> tuple[optuna.storages.BaseStorage, str]:
 def _spec_record(spec: StudySpec) -> dict[str, Any]:
     data = dataclasses.asdict(spec)
     return json.loads(json.dumps({k: data[k] for k in IDENTITY}))
+
+
+def spec_of(study: optuna.Study) -> StudySpec:
+    """The spec a stored study was run with (as far as it defines what was measured)."""
+    from accelopt.spec import MetricSpec, PromptSpec, SamplerSpec
+
+    record = dict(study.user_attrs.get("spec") or {})
+    if not record:
+        raise AccelOptError(f"study {study.study_name} was not made by accelopt run (no spec)")
+    tables = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec}
+    for key, cls in tables.items():
+        record[key] = cls(**record[key])
+    if record["targets"] is not None:
+        record["targets"] = tuple(record["targets"])
+    return StudySpec(name=study.study_name, source="stored study", **record)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
