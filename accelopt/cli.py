@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from accelopt import __version__
 from accelopt.errors import AccelOptError
@@ -189,112 +188,24 @@ def _export(args: argparse.Namespace) -> int:
 def _codegen(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from accelopt.codegen import render_script
+    from accelopt.codegen import Request, load_tasks, parse_request_targets, write_scripts
     from accelopt.store import read_store, store_path
-
-    requests = _requests(args)
-    entries = read_store(store_path(args.store))
-    out = Path(args.output)
-    if args.tasks and out.exists() and not out.is_dir():
-        raise AccelOptError(f"-o {out}: with --tasks, -o names a folder, and this is a file")
-    missing = []
-    for request in requests:
-        from accelopt.codegen import find_entry, nearest
-
-        entry = find_entry(entries, request)
-        if entry is None:
-            near = "; ".join(nearest(entries, request)) or "the store is empty"
-            missing.append(
-                f"no entry answers {request.describe()} (nearest: {near}); "
-                f"make one with: {request.run_command()}"
-            )
-            continue
-        target = out / (request.output or _script_name(request)) if args.tasks else out
-        if target.exists() and not args.force:
-            raise AccelOptError(f"{target} exists; pass --force to overwrite it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(render_script(entry), encoding="utf-8")
-        print(f"wrote {target} ({entry['key']})")
-    if missing:
-        raise AccelOptError(" | ".join(missing))
-    return 0
-
-
-def _script_name(request) -> str:
-    import re
-
-    stem = f"{request.pipe}-{request.sched}-{request.steps}"
-    if request.targets:
-        stem += "-" + "+".join(request.targets)
-    return re.sub(r"[^A-Za-z0-9.+-]", "_", stem) + ".py"
-
-
-def _requests(args: argparse.Namespace):
-    from accelopt.codegen import Request
-
-    def targets(value):
-        from accelopt.accelerators import parse_targets
-
-        if value is None:
-            return None
-        return parse_targets(value.replace(",", "+") if isinstance(value, str) else value)
 
     if args.tasks:
         if any(v is not None for v in (args.pipe, args.sched, args.steps)):
             raise AccelOptError("give either --tasks FILE or --pipe/--sched/--steps, not both")
-        return [Request(**{**t, "targets": targets(t.get("targets"))}) for t in _tasks(args.tasks)]
-    if args.pipe is None or args.sched is None or args.steps is None:
+        requests = load_tasks(Path(args.tasks))
+    elif args.pipe is None or args.sched is None or args.steps is None:
         raise AccelOptError("codegen needs --pipe, --sched and --steps (or --tasks FILE)")
-    return [
-        Request(
-            args.pipe,
-            args.sched,
-            args.steps,
-            targets(args.targets),
-            args.req_speedup,
-            args.max_score_loss,
-            args.req_time,
-        )
-    ]
-
-
-_TASK_KEYS: dict[str, Any] = {"pipe": str, "sched": str, "steps": int, "targets": (str, list),
-              "req_speedup": (int, float), "max_score_loss": (int, float),
-              "req_time": (int, float), "output": str}  # fmt: skip
-
-
-def _tasks(path: str) -> list[dict]:
-    import json
-    from pathlib import Path
-
-    import tomllib
-
-    file = Path(path)
-    try:
-        text = file.read_text("utf-8")
-        data = tomllib.loads(text)["task"] if file.suffix == ".toml" else json.loads(text)
-    except FileNotFoundError:
-        raise AccelOptError(f"tasks file {path!r} does not exist") from None
-    except (ValueError, KeyError) as err:
-        raise AccelOptError(f"{path}: not a task list ({err}); see README, 'codegen'") from None
-    if not isinstance(data, list) or not data:
-        raise AccelOptError(f"{path}: expected a non-empty list of tasks")
-    for i, task in enumerate(data):
-        if not isinstance(task, dict):
-            raise AccelOptError(f"{path}: task {i} is not a table")
-        for key in ("pipe", "sched", "steps"):
-            if key not in task:
-                raise AccelOptError(f"{path}: task {i} lacks {key!r}")
-        for key, value in task.items():
-            if key not in _TASK_KEYS:
-                raise AccelOptError(
-                    f"{path}: task {i}: unknown key {key!r}; allowed: {', '.join(_TASK_KEYS)}"
-                )
-            if (value is not None and not isinstance(value, _TASK_KEYS[key])) or isinstance(
-                value, bool
-            ):
-                raise AccelOptError(f"{path}: task {i}: {key} has the wrong type: {value!r}")
-    return data
+    else:
+        targets = parse_request_targets(args.targets)
+        requests = [Request(args.pipe, args.sched, args.steps, targets, args.req_speedup,
+                            args.max_score_loss, args.req_time)]  # fmt: skip
+    entries = read_store(store_path(args.store))
+    for path, entry in write_scripts(entries, requests, Path(args.output), bool(args.tasks),
+                                     args.force):  # fmt: skip
+        print(f"wrote {path} ({entry['key']})")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

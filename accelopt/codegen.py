@@ -14,14 +14,29 @@ of them ("the best you have"). The answer is the fastest stored entry that meets
 from __future__ import annotations
 
 import ast
+import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from accelopt.errors import AccelOptError
 
-__all__ = ["HEADER_NAMES", "Request", "find_entry", "literal", "nearest", "render_script"]
+__all__ = [
+    "HEADER_NAMES",
+    "Request",
+    "find_entry",
+    "literal",
+    "load_tasks",
+    "nearest",
+    "parse_request_targets",
+    "render_script",
+    "write_scripts",
+]
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,88 @@ class Request:
         if self.req_time is not None:
             cmd += f" --req-time {self.req_time:g}"
         return cmd + " --export"
+
+    def script_name(self) -> str:
+        """A file name for this request's script inside a batch's output folder."""
+        stem = f"{self.pipe}-{self.sched}-{self.steps}"
+        if self.targets:
+            stem += "-" + "+".join(self.targets)
+        return re.sub(r"[^A-Za-z0-9.+-]", "_", stem) + ".py"
+
+
+def parse_request_targets(value: str | list[str] | None) -> tuple[str, ...] | None:
+    """``"deepcache,tgate"``, ``"deepcache+tgate"`` or a list -> canonical names; None stays."""
+    from accelopt.accelerators import parse_targets
+
+    if value is None:
+        return None
+    return parse_targets(value.replace(",", "+") if isinstance(value, str) else value)
+
+
+_TASK_KEYS: dict[str, Any] = {"pipe": str, "sched": str, "steps": int, "targets": (str, list),
+              "req_speedup": (int, float), "max_score_loss": (int, float),
+              "req_time": (int, float), "output": str}  # fmt: skip
+
+
+def load_tasks(path: Path) -> list[Request]:
+    """Requests from a task file: a JSON list, or a TOML file of ``[[task]]`` tables."""
+    try:
+        text = path.read_text("utf-8")
+        data = tomllib.loads(text)["task"] if path.suffix == ".toml" else json.loads(text)
+    except FileNotFoundError:
+        raise AccelOptError(f"tasks file {str(path)!r} does not exist") from None
+    except (ValueError, KeyError) as err:
+        raise AccelOptError(f"{path}: not a task list ({err}); see README, 'codegen'") from None
+    if not isinstance(data, list) or not data:
+        raise AccelOptError(f"{path}: expected a non-empty list of tasks")
+    requests = []
+    for i, task in enumerate(data):
+        if not isinstance(task, dict):
+            raise AccelOptError(f"{path}: task {i} is not a table")
+        for key in ("pipe", "sched", "steps"):
+            if key not in task:
+                raise AccelOptError(f"{path}: task {i} lacks {key!r}")
+        for key, value in task.items():
+            if key not in _TASK_KEYS:
+                raise AccelOptError(
+                    f"{path}: task {i}: unknown key {key!r}; allowed: {', '.join(_TASK_KEYS)}"
+                )
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, _TASK_KEYS[key]):
+                raise AccelOptError(f"{path}: task {i}: {key} has the wrong type: {value!r}")
+        requests.append(Request(**{**task, "targets": parse_request_targets(task.get("targets"))}))
+    return requests
+
+
+def write_scripts(
+    entries: Mapping[str, Mapping[str, Any]],
+    requests: Iterable[Request],
+    output: Path,
+    batch: bool,
+    force: bool = False,
+) -> list[tuple[Path, dict[str, Any]]]:
+    """Write a script per answered request (``output`` is a folder for a batch); then refuse,
+    in one error, every request no entry answers, naming the nearest entries and the run."""
+    if batch and output.exists() and not output.is_dir():
+        raise AccelOptError(f"-o {output}: with --tasks, -o names a folder, and this is a file")
+    written, missing = [], []
+    for request in requests:
+        entry = find_entry(entries, request)
+        if entry is None:
+            near = "; ".join(nearest(entries, request)) or "the store is empty"
+            missing.append(f"no entry answers {request.describe()} (nearest: {near}); "
+                           f"make one with: {request.run_command()}")  # fmt: skip
+            continue
+        target = output / (request.output or request.script_name()) if batch else output
+        if target.exists() and not force:
+            raise AccelOptError(f"{target} exists; pass --force to overwrite it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render_script(entry), encoding="utf-8")
+        written.append((target, entry))
+    if missing:
+        raise AccelOptError(" | ".join(missing))
+    return written
 
 
 def _same_model(entry: Mapping[str, Any], request: Request) -> bool:
