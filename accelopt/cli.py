@@ -208,6 +208,40 @@ def _codegen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import optuna
+
+    from accelopt import sweep
+    from accelopt.spec import load_spec
+    from accelopt.study import run_study
+
+    names = sweep.matrix(args.pipes, args.scheds, args.steps,
+                         args.targets or sweep.default_targets())  # fmt: skip
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def load(name: str):
+        spec = load_spec(name)
+        return spec.replace(n_trials=args.n_trials) if args.n_trials else spec
+
+    def run(spec):
+        weights = "random" if args.random_weights else "pretrained"
+        outcome = run_study(spec, storage=args.storage, device=args.device, weights=weights,
+                            progress=not args.quiet)  # fmt: skip
+        if args.export:
+            _write_export(outcome.study, args.storage, args.store, outcome.requirement)
+        return outcome
+
+    rows: list[sweep.Row] = []
+    try:
+        rows = sweep.sweep(names, run, load, lambda s: print(s, file=sys.stderr))
+    except KeyboardInterrupt:
+        print("accelopt: interrupted; finished trials are stored, run the sweep again to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    print(sweep.table(rows))
+    return 1 if any(r.state.startswith("error") for r in rows) else 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -392,6 +426,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
     p.add_argument("-o", "--output", required=True, help="script path (a folder with --tasks)")
     p.add_argument("--force", action="store_true", help="overwrite existing scripts")
+    from accelopt.sweep import DEFAULT_PIPES, DEFAULT_SCHEDS, DEFAULT_STEPS
+
+    p = command("sweep", _sweep, "run a matrix of studies in order (default: the seed's matrix)")
+    p.add_argument("--pipes", nargs="+", default=list(DEFAULT_PIPES), help="pipelines")
+    p.add_argument("--scheds", nargs="+", default=list(DEFAULT_SCHEDS), help="schedulers")
+    p.add_argument("--steps", nargs="+", type=int, default=list(DEFAULT_STEPS), help="steps")
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        help="accelerator sets, e.g. deepcache tome+tgate (default: every declared combination)",
+    )
+    p.add_argument("--n-trials", type=int, help="trials per study (default: each spec's)")
+    p.add_argument("--storage", help="Optuna storage URL or journal file path")
+    p.add_argument("--export", action="store_true", help="export each study when it ends")
+    p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument("--random-weights", action="store_true", help="architectures, random weights")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = command("best", _best, "print a stored study's best feasible configuration")
     p.add_argument("--study", required=True, help="study NAME")
     p.add_argument("--storage", help="Optuna storage URL or journal file path")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -49,6 +52,7 @@ IDENTITY = (
     "warmup",
 )
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+AA_WARN = 0.10  # an A/A spread above this is worth a warning
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,67 @@ def open_storage(url: str | None) -> tuple[optuna.storages.BaseStorage, str]:
             raise AccelOptError(f"cannot open storage {storage_label(url)}: {err}") from None
     from optuna.storages.journal import JournalFileBackend
 
+    repair_journal(Path(url))
     return optuna.storages.JournalStorage(JournalFileBackend(url)), url
+
+
+def repair_journal(path: Path) -> Path | None:
+    """Cut a half-written last line (a writer killed mid-write) off a journal file.
+
+    Optuna refuses a journal whose last line is incomplete once anything is appended after it.
+    The whole file is first copied to ``<name>.broken-<time>``; returns that copy, or None when
+    the file was whole.
+    """
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    if not lines:
+        return None
+    try:
+        whole = lines[-1].endswith(b"\n") and isinstance(json.loads(lines[-1]), dict)
+    except ValueError:
+        whole = False
+    if whole:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = path.with_name(f"{path.name}.broken-{stamp}")
+    backup.write_bytes(data)
+    tmp = path.with_name(f".{path.name}.repair")
+    tmp.write_bytes(b"".join(lines[:-1]))
+    os.replace(tmp, path)
+    print(f"accelopt: warning: {path} ended in a half-written line; cut it off (the whole "
+          f"file is kept as {backup})", file=sys.stderr)  # fmt: skip
+    return backup
+
+
+def recover_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials whose owner process on this host is gone as FAIL; queue each again
+    once with the same parameters. Returns the numbers of the trials recovered."""
+    host = socket.gethostname()
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner") or {}
+        if owner.get("host") != host or _alive(int(owner.get("pid", -1))):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "failed", "its worker process is gone")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if "retry_of" not in t.user_attrs:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        recovered.append(t.number)
+    return recovered
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _spec_record(spec: StudySpec) -> dict[str, Any]:
@@ -193,6 +257,11 @@ def run_study(
             f"study name to measure something else"
         )
 
+    stale = recover_stale_trials(study)
+    if stale:
+        log(f"{spec.name}: trials {stale} were left RUNNING by a process that is gone: "
+            f"marked FAIL and queued again once")  # fmt: skip
+
     # The space needs the pipeline's layout; a finished study must not load a model to say so.
     total = (
         n_trials
@@ -227,6 +296,9 @@ def run_study(
         {"spread": spread, "device": bench.device.type},
     ]
     study.set_user_attr("aa_checks", checks)
+    if spread > AA_WARN:
+        log(f"{spec.name}: warning: two baseline timings differ by {100 * spread:.0f}%; this "
+            f"machine is noisy now and speedups will be too")  # fmt: skip
     remaining = total - _counted(study)
     log(
         f"{spec.name}: baseline {objective.baseline_time:.3f} s/image (A/A spread "

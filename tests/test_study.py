@@ -66,6 +66,7 @@ def test_trials_record_constraint_and_best_is_feasible(storage: str) -> None:
         for key in ("speedup", "time_per_image", "score", "device", "trial_seconds"):
             assert key in a
         assert a["peak_memory"] is None  # CPU
+        assert a["owner"]["pid"] > 0 and a["owner"]["host"]  # who ran it, for stale detection
         assert a["overhead_seconds"] >= 0
     feasible = [t for t in complete if t.user_attrs["feasible"]]
     best = best_trial(outcome.study)
@@ -202,3 +203,51 @@ def test_a_failing_trial_is_fail_and_the_study_goes_on(
     assert all(active is not None for active in calls)  # it failed with patches on
     assert accelerators.active(pipe) is None
     np.testing.assert_array_equal(render(pipe, steps=4), baseline)
+
+
+# Faults: a half-written journal line, a worker killed mid-trial.
+
+
+def test_a_half_written_journal_line_is_cut_off_and_kept_aside(tmp_path: Path) -> None:
+    journal = tmp_path / "studies.journal"
+    run_study(load_spec("TinySD-DDIM-10-deepcache"), storage=str(journal), n_trials=2, **quiet)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial_id": 9, "state"')
+    outcome = run_study(
+        load_spec("TinySD-DDIM-10-deepcache"), storage=str(journal), n_trials=3, **quiet
+    )
+    assert outcome.ran == 1 and len(_finished(outcome.study)) == 3
+    (backup,) = tmp_path.glob("studies.journal.broken-*")
+    assert backup.read_bytes().startswith(whole) and backup.read_bytes() != whole
+    assert journal.read_bytes().startswith(whole)  # appended to the repaired file
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_retried_once(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from accelopt.study import recover_stale_trials
+
+    storage = str(tmp_path / "studies.journal")
+    spec = load_spec("TinySD-DDIM-10-deepcache")
+    study = run_study(spec, storage=storage, n_trials=1, **quiet).study
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    params = {"deepcache.cache_interval": 5, "deepcache.cache_branch_id": 3}
+    trial = study.ask(fixed_distributions=None)
+    for key, value in params.items():
+        trial.suggest_int(key, value, value)
+    trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": int(dead)})
+
+    assert recover_stale_trials(study) == [trial.number]
+    frozen = study.trials[trial.number]
+    assert frozen.state == TrialState.FAIL
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.user_attrs["retry_of"] == trial.number
+    assert recover_stale_trials(study) == []  # nothing RUNNING any more
+
+    outcome = run_study(spec, storage=storage, n_trials=2, **quiet)  # runs the retry
+    retried = [t for t in outcome.study.trials if t.user_attrs.get("retry_of") == trial.number]
+    assert [t.state for t in retried] == [TrialState.COMPLETE]
+    assert retried[0].params == params
