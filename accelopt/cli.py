@@ -246,7 +246,7 @@ def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from accelopt.report import image_rows, render_html, report_data
-    from accelopt.study import _bench, spec_of
+    from accelopt.study import load_bench, spec_of
 
     out = Path(args.output)
     if out.exists() and not args.force:
@@ -256,7 +256,9 @@ def _report(args: argparse.Namespace) -> int:
     rows, prompts = [], []
     if args.images and data.points:
         weights = "random" if args.random_weights else "pretrained"
-        bench = _bench(spec_of(study), args.device, weights, lambda s: print(s, file=sys.stderr))
+        bench = load_bench(
+            spec_of(study), args.device, weights, lambda s: print(s, file=sys.stderr)
+        )
         rows = image_rows(study, data, bench, args.images)
         prompts = bench.prompts
     out.write_text(render_html(data, rows, prompts), encoding="utf-8")

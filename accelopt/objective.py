@@ -57,7 +57,8 @@ class Bench:
         self.prompts = [p.text for p in chosen]
         self.traits = accelerators.PipeTraits.of(self.pipe)
 
-    def _generate(self, start: int, stop: int) -> torch.Tensor:
+    def generate(self, start: int, stop: int) -> torch.Tensor:
+        """Images (B, 3, H, W in [0, 1]) for prompts start..stop, each with its own seed."""
         from accelopt.pipelines import call_defaults
 
         seed = self.spec.prompts.seed
@@ -81,14 +82,14 @@ class Bench:
             for start in range(0, len(self.prompts), self.spec.prompts.batch_size)
         ]
         warmup = sum(
-            timed(lambda: self._generate(*batches[0]), self.device)[1]
+            timed(lambda: self.generate(*batches[0]), self.device)[1]
             for _ in range(self.spec.warmup)
         )
         reset_peak_memory(self.device)
         images: list[torch.Tensor] = []
         seconds = 0.0
         for start, stop in batches:
-            out, took = timed(partial(self._generate, start, stop), self.device)
+            out, took = timed(partial(self.generate, start, stop), self.device)
             images.append(out)
             seconds += took
         memory = peak_memory(self.device)

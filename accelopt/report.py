@@ -198,12 +198,12 @@ def image_rows(
     chosen = list(dict.fromkeys(chosen))[:3]
     by_number = {t.number: t for t in study.trials}
     bench.prompts = bench.prompts[:count]
-    rows = [ImageRow("baseline", _pngs(bench._generate(0, len(bench.prompts))))]
+    rows = [ImageRow("baseline", _pngs(bench.generate(0, len(bench.prompts))))]
     for number in chosen:
         trial = by_number[number]
         a = trial.user_attrs
         with accelerators.apply(bench.pipe, a["accelerators"], steps=bench.spec.steps):
-            images = bench._generate(0, len(bench.prompts))
+            images = bench.generate(0, len(bench.prompts))
         title = f"trial {number}: {a['speedup']:.2f}x, loss {100 * a['score_loss']:.2f}%"
         rows.append(ImageRow(title + (" (best)" if number == data.best else ""), _pngs(images)))
     return rows

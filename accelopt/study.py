@@ -29,6 +29,7 @@ __all__ = [
     "Outcome",
     "Requirement",
     "best_trial",
+    "load_bench",
     "open_storage",
     "run_study",
     "spec_of",
@@ -272,7 +273,7 @@ def run_study(
     if finished:
         return _outcome(study, 0, True, requirement)
 
-    bench = _bench(spec, device, weights, log)
+    bench = load_bench(spec, device, weights, log)
     space = Space.build(bench.traits, spec.steps, spec.targets)
     if total is None:
         total = space.size
@@ -315,7 +316,10 @@ def _finished(study: optuna.Study, total: int | None, requirement: Requirement) 
     return total is not None and _counted(study) >= total
 
 
-def _bench(spec: StudySpec, device: str | None, weights: str, log: Callable[[str], None]) -> Any:
+def load_bench(
+    spec: StudySpec, device: str | None, weights: str, log: Callable[[str], None]
+) -> Any:
+    """The pipeline, scheduler, prompts and CLIP scorer a study measures with."""
     from accelopt.metrics import ClipScorer
     from accelopt.objective import Bench
     from accelopt.pipelines import load_pipeline, model_info

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import _entries
 import pytest
 
 from accelopt import store
@@ -24,53 +25,11 @@ def make_entry(
     scheduler: str = "DDIM",
     steps: int = 25,
     accelerators: dict[str, dict[str, Any]] | None = None,
-    *,
-    req_speedup: float | None = None,
-    max_score_loss: float = 0.02,
-    req_time: float | None = None,
-    speedup: float = 2.0,
-    score_loss: float = 0.01,
-    device: str = "NVIDIA H100 80GB HBM3",
+    **kwargs: Any,
 ) -> tuple[str, dict[str, Any]]:
-    """A (key, entry) pair shaped exactly as accelopt/export.py ``_entry`` makes them."""
-    if accelerators is None:
-        accelerators = {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}}
-    targets = sorted(accelerators)
-    key = seed_key(pipeline, scheduler, steps, targets, max_score_loss, req_speedup, req_time)
-    entry = {
-        "key": key,
-        "pipeline": store.seed_pipeline(pipeline),
-        "model": pipeline,
-        "scheduler": scheduler,
-        "seed_scheduler": store.seed_scheduler(scheduler),
-        "steps": steps,
-        "targets": targets,
-        "requirement": {
-            "req_speedup": req_speedup,
-            "max_score_loss": max_score_loss,
-            "req_time": req_time,
-        },
-        "accelerators": accelerators,
-        "params": {
-            {"warm_up": "warmup"}.get(k, k): v
-            for knobs in accelerators.values()
-            for k, v in knobs.items()
-        },
-        "generation": {"resolution": 1024, "guidance": 5.0, "dtype": "float16"},
-        "measured": {
-            "speedup": speedup,
-            "time_per_image": 1.0 / speedup,
-            "score": 31.25,
-            "score_loss": score_loss,
-            "peak_memory": 12_345_678,
-            "device": device,
-        },
-        "baseline": {"time_per_image": 1.0, "scores": [31.5, 31.75]},
-        "versions": {"accelopt": "0.1.0", "torch": "2.5.1", "tgate": None},
-        "study": {"name": "SDXL-DDIM-25", "storage": "sqlite:///accelopt.db", "trial": 7},
-        "exported_at": "2025-01-02T03:04:05+00:00",
-    }
-    return key, entry
+    """A (key, entry) pair shaped exactly as accelopt/export.py makes entries."""
+    entry = _entries.make_entry(pipeline, scheduler, steps, accelerators, **kwargs)
+    return entry["key"], entry
 
 
 def entries(*pairs: tuple[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -47,7 +47,7 @@ def test_budget_resume_and_finished_study(storage: str, monkeypatch: pytest.Monk
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished study loaded its pipeline")
 
-    monkeypatch.setattr("accelopt.study._bench", no_model)
+    monkeypatch.setattr("accelopt.study.load_bench", no_model)
     third = run_study(spec, storage=storage, **quiet)
     assert third.already_finished and third.ran == 0 and third.exit_code == 0
     assert len(_finished(third.study)) == 5
