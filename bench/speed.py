@@ -104,14 +104,22 @@ def bench_pipe(name: str, repeats: int, device: str) -> dict[str, Any]:
         timed(gen())  # warm-up: kernels, allocator
     rows: dict[str, Any] = {}
 
-    def pairs(label: str, candidate: Callable[[], Any]) -> None:
-        candidate()  # warm-up of this configuration
+    Applied = tuple[Callable[..., Any], Callable[[], None]]
+
+    def pairs(label: str, apply: Callable[[], Applied]) -> None:
+        # The baseline is the plain pipeline: patches go on right before each candidate timing
+        # and come off right after it (not timed), so A and B alternate for real.
+        call, undo = apply()
+        timed(gen(call))  # warm-up of this configuration
+        undo()
         base, cand, peak = [], [], 0
         for _ in range(repeats):
             base.append(timed(gen()))
+            call, undo = apply()
             timing.reset_peak_memory(where)
-            cand.append(timed(candidate))
+            cand.append(timed(gen(call)))
             peak = max(peak, timing.peak_memory(where) or 0)
+            undo()
         ratios = [b / c for b, c in zip(base, cand, strict=True)]
         med = statistics.median(cand)
         rows[label] = {
@@ -127,16 +135,27 @@ def bench_pipe(name: str, repeats: int, device: str) -> dict[str, Any]:
               f"({min(ratios):.2f}-{max(ratios):.2f}) spread {100 * rows[label]['spread']:.1f}% "
               f"{med:.3f} s", flush=True)  # fmt: skip
 
-    pairs("A/A: baseline against itself", gen())
+    def accelopt_apply(cfg: dict[str, Any]) -> Callable[[], Applied]:
+        def apply() -> Applied:
+            acc = accelerators.apply(pipe, cfg, steps=steps)
+            return acc, acc.remove
+
+        return apply
+
+    def raw_apply(single: str, params: dict[str, Any]) -> Callable[[], Applied]:
+        def apply() -> Applied:
+            call = raw_upstream(pipe, single, params, steps)
+            return call, call.undo  # type: ignore[attr-defined]
+
+        return apply
+
+    pairs("A/A: baseline against itself", lambda: (pipe, lambda: None))
     for label, cfg in configs(name).items():
-        with accelerators.apply(pipe, cfg, steps=steps) as acc:
-            pairs(label, gen(acc))
+        pairs(label, accelopt_apply(cfg))
     for single in ("deepcache", "tome"):
         label, cfg = next((k, v) for k, v in configs(name).items() if list(v) == [single])
-        call = raw_upstream(pipe, single, cfg[single], steps)
-        pairs(f"raw upstream: {label}", gen(call))
-        call.undo()  # type: ignore[attr-defined]
-    del pipe
+        pairs(f"raw upstream: {label}", raw_apply(single, cfg[single]))
+    accelerators.remove(pipe)
     if where.type == "cuda":
         torch.cuda.empty_cache()
     return {"steps": steps, "resolution": size, "rows": rows}
