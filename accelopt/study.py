@@ -116,7 +116,9 @@ def open_storage(url: str | None) -> tuple[optuna.storages.BaseStorage, str]:
     url = url or os.environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
     if "://" in url:
         try:
-            return optuna.storages.RDBStorage(url), url
+            # pre-ping: a connection a database dropped during an idle hour is replaced, not
+            # reported as an error in the middle of a study.
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}), url
         except Exception as err:
             raise AccelOptError(f"cannot open storage {storage_label(url)}: {err}") from None
     from optuna.storages.journal import JournalFileBackend

@@ -251,3 +251,11 @@ def test_a_trial_left_running_by_a_dead_worker_is_retried_once(tmp_path: Path) -
     retried = [t for t in outcome.study.trials if t.user_attrs.get("retry_of") == trial.number]
     assert [t.state for t in retried] == [TrialState.COMPLETE]
     assert retried[0].params == params
+
+
+def test_database_connections_are_checked_before_use(storage: str) -> None:
+    from accelopt.study import open_storage
+
+    backend, url = open_storage(storage)
+    assert url == storage
+    assert backend.engine.pool._pre_ping  # type: ignore[attr-defined]
