@@ -161,15 +161,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _write_export(study, storage, store, requirement) -> None:
-    import os
-
     from accelopt.export import export_study
     from accelopt.store import store_path
-    from accelopt.study import DEFAULT_STORAGE
+    from accelopt.study import storage_url
 
-    url = storage or os.environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
     path = store_path(store)
-    entries = export_study(study, url, path, requirement)
+    entries = export_study(study, storage_url(storage), path, requirement)
     if not entries:
         print(f"{study.study_name}: no feasible trial to export", file=sys.stderr)
     for key in entries:
@@ -331,19 +328,18 @@ def _best(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
     import optuna
 
     from accelopt.spec import shipped_specs
-    from accelopt.study import DEFAULT_STORAGE, best_trial, open_storage
+    from accelopt.study import best_trial, open_storage, storage_url
 
     local = sorted(Path("studies").glob("*.toml")) if Path("studies").is_dir() else []
     print("specs:")
     for path in local + [p for p in shipped_specs() if p.name not in {q.name for q in local}]:
         print(f"  {path.stem:40} {path}")
-    url = args.storage or os.environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
+    url = storage_url(args.storage)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         print("stored studies: none (no storage file yet)")
         return 0

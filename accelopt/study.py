@@ -34,6 +34,7 @@ __all__ = [
     "run_study",
     "spec_of",
     "storage_label",
+    "storage_url",
 ]
 
 DEFAULT_STORAGE = "sqlite:///accelopt.db"
@@ -111,9 +112,14 @@ def storage_label(url: str) -> str:
         return url.split("://", 1)[0] + "://***"
 
 
+def storage_url(url: str | None) -> str:
+    """The storage a command means: ``url``, else $ACCELOPT_STORAGE, else ``DEFAULT_STORAGE``."""
+    return url or os.environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
+
+
 def open_storage(url: str | None) -> tuple[optuna.storages.BaseStorage, str]:
     """``url``, else $ACCELOPT_STORAGE, else a SQLite file here. A plain path is a journal file."""
-    url = url or os.environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
+    url = storage_url(url)
     if "://" in url:
         try:
             # pre-ping: a connection a database dropped during an idle hour is replaced, not
