@@ -93,6 +93,13 @@ def test_save_and_reload_is_bit_identical(name: str, tmp_path: Path, offline: No
     pipe.save_pretrained(tmp_path)
     loaded = DiffusionPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
+    # safetensors leaves tensors at unaligned addresses inside the file's mapping, and on some
+    # CPUs BLAS then takes other kernels that round differently (1e-6 here, on a 32x32 image):
+    # aligned copies compare what was saved, not where it landed in memory.
+    for component in loaded.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in (*component.parameters(), *component.buffers()):
+                tensor.data = tensor.data.clone()
     assert type(loaded) is type(pipe)
     assert loaded.tokenizer("a red cube").input_ids == pipe.tokenizer("a red cube").input_ids
     images = _generate(pipe)
