@@ -112,24 +112,30 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.req_speedup is not None and args.req_time is not None:
         raise AccelOptError("give at most one of --req-speedup and --req-time")
-    for flag in ("n_trials", "timeout", "req_speedup", "req_time", "max_score_loss"):
+    for flag in ("n_trials", "timeout", "req_speedup", "req_time", "max_score_loss", "workers"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise AccelOptError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     spec = _load_spec(args)
     requirement = Requirement(args.req_speedup, args.req_time)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    gpus = _gpus(args)
     try:
-        outcome = run_study(
-            spec,
-            storage=args.storage,
-            n_trials=args.n_trials,
-            timeout=args.timeout,
-            requirement=requirement,
-            device=args.device,
-            weights="random" if args.random_weights else "pretrained",
-            progress=not args.quiet,
-        )
+        if len(gpus) > 1:
+            outcome, codes = _run_workers(args, spec, gpus, requirement)
+        else:
+            codes = {}
+            outcome = run_study(
+                spec,
+                storage=args.storage,
+                n_trials=args.n_trials,
+                timeout=args.timeout,
+                requirement=requirement,
+                device=args.device if gpus[0] is None else f"cuda:{gpus[0]}",
+                weights="random" if args.random_weights else "pretrained",
+                progress=not args.quiet,
+                heartbeat=args.heartbeat,
+            )
     except KeyboardInterrupt:
         print(
             "accelopt: interrupted; finished trials are stored, run again to resume",
@@ -145,6 +151,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
     else:
         print(f"{spec.name}: ran {outcome.ran} trials ({counted} in the study{failed})")
+    if codes and not outcome.already_finished:
+        from accelopt.study import is_finished
+
+        if not is_finished(outcome.study, requirement):
+            print(f"{spec.name}: every worker stopped before the study was done (exit codes "
+                  f"{sorted(codes.values())}); run again to resume")  # fmt: skip
+            return 1
     best = outcome.best
     if requirement.active:
         if best is None:
@@ -157,6 +170,134 @@ def _run(args: argparse.Namespace) -> int:
         print(f"no acceleration: {why} within a {100 * spec.max_score_loss:g}% score loss")
         return 0
     print(f"best {_describe(best)}")
+    return 0
+
+
+SQLITE_WORKERS = (
+    "SQLite cannot serve several workers at once (its writers lock each other out and trials "
+    "are lost); use a journal file on one host (--storage accelopt.journal) or PostgreSQL for "
+    "many hosts (--storage postgresql://USER@HOST/DB, password in $PGPASSWORD or ~/.pgpass)"
+)
+
+
+def _shared_storage(url: str | None, workers: str) -> str:
+    """The storage several workers share: never SQLite."""
+    import os
+
+    url = url or os.environ.get("ACCELOPT_STORAGE")
+    if url is None:
+        raise AccelOptError(f"{workers} need a shared --storage: a journal file on one host "
+                            f"(e.g. accelopt.journal) or a postgresql:// URL")  # fmt: skip
+    if url.startswith("sqlite"):
+        raise AccelOptError(SQLITE_WORKERS)
+    return url
+
+
+def _gpus(args: argparse.Namespace) -> list[str | None]:
+    """One entry per worker: the GPU it gets, or None (the CPU, or the one --device names)."""
+    n = args.workers
+    if args.gpus is not None:
+        gpus = [g.strip() for g in args.gpus.split(",")]
+        if not all(g.isdigit() for g in gpus):
+            raise AccelOptError(f"--gpus takes GPU numbers joined by commas, e.g. 0,1; "
+                                f"got {args.gpus!r}")  # fmt: skip
+        if n is not None and n != len(gpus):
+            raise AccelOptError(f"--workers {n} but --gpus names {len(gpus)}; give one GPU per "
+                                f"worker (a GPU may be named twice)")  # fmt: skip
+        if args.device not in (None, "cuda"):
+            raise AccelOptError("--gpus gives each worker its GPU; leave out --device")
+        return list(gpus)
+    if n is None or n == 1:
+        return [None]
+    if args.device is not None and args.device.startswith("cuda:"):
+        raise AccelOptError(f"--device {args.device} is one GPU; for {n} workers pass --gpus, "
+                            f"e.g. --gpus {','.join(map(str, range(n)))}")  # fmt: skip
+    if args.device == "cpu":
+        return [None] * n
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        return [None] * n  # no GPU here: every worker on the CPU
+    if n > count:
+        raise AccelOptError(f"{n} workers but {count} GPUs here; pass fewer --workers or "
+                            f"--gpus with {n} GPU numbers (a GPU may be named twice)")  # fmt: skip
+    return [str(i) for i in range(n)]
+
+
+def _run_workers(args, spec, gpus, requirement):
+    from accelopt.workers import run_workers
+
+    storage = args.storage or _default_shared_storage()
+    storage = _shared_storage(storage, f"{len(gpus)} workers")
+    argv = ["--study", spec.name, "--quiet", "--heartbeat", str(args.heartbeat)]
+    for flag in ("timeout", "req_speedup", "req_time"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.random_weights:
+        argv.append("--random-weights")
+    if gpus[0] is not None:
+        argv += ["--device", "cuda"]
+    elif args.device is not None:
+        argv += ["--device", args.device]
+    return run_workers(
+        spec,
+        storage=storage,
+        gpus=gpus,
+        worker_argv=argv,
+        n_trials=args.n_trials,
+        requirement=requirement,
+        progress=not args.quiet,
+    )
+
+
+def _default_shared_storage() -> str:
+    """--workers without --storage: $ACCELOPT_STORAGE, else a journal file here."""
+    import os
+
+    url = os.environ.get("ACCELOPT_STORAGE")
+    if url is None:
+        url = "accelopt.journal"
+        print(f"accelopt: several workers share the journal file {url} (SQLite cannot serve "
+              f"them); later commands need --storage {url}", file=sys.stderr)  # fmt: skip
+    return url
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    import optuna
+
+    from accelopt.study import Requirement, open_storage, run_study, spec_of
+
+    if args.req_speedup is not None and args.req_time is not None:
+        raise AccelOptError("give at most one of --req-speedup and --req-time")
+    url = _shared_storage(args.storage, "workers")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend, _ = open_storage(url, heartbeat=args.heartbeat)
+    try:  # the stored spec is the study's truth: other hosts need not have its file
+        spec = spec_of(optuna.load_study(study_name=args.study, storage=backend))
+    except KeyError:
+        spec = _load_spec(args)
+    me = f"[{socket.gethostname()}:{os.getpid()}]"
+    try:
+        outcome = run_study(
+            spec,
+            storage=url,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            requirement=Requirement(args.req_speedup, args.req_time),
+            device=args.device,
+            weights="random" if args.random_weights else "pretrained",
+            progress=not args.quiet,
+            log=lambda s: print(f"{me} {s}", file=sys.stderr),
+            heartbeat=args.heartbeat,
+        )
+    except KeyboardInterrupt:
+        print(f"{me} interrupted; its running trial is given back", file=sys.stderr)
+        return 130
+    print(f"{me} {spec.name}: ran {outcome.ran} trials", file=sys.stderr)
     return 0
 
 
@@ -404,8 +545,37 @@ def _parser() -> argparse.ArgumentParser:
         help="the architecture with random weights (timing without a download)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes on this host, one per GPU (default 1); they share a journal "
+        "file or --storage, never SQLite",
+    )
+    p.add_argument("--gpus", help="GPU numbers for the workers, e.g. 0,1 (default: 0..N-1)")
+    heartbeat_help = "seconds between a running trial's heartbeats on a database (default 30)"
+    p.add_argument("--heartbeat", type=int, default=30, help=heartbeat_help)
     p.add_argument("--export", action="store_true", help="export the answer when done")
     p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
+    p = command(
+        "worker",
+        _worker,
+        "run trials of a study that other processes or hosts run too (shared --storage)",
+    )
+    p.add_argument("--study", help="study NAME (its spec is read from the storage if stored)")
+    p.add_argument("--spec", help="spec FILE, for a study not yet in the storage")
+    p.add_argument(
+        "--storage",
+        help="a journal file path (one host) or postgresql:// URL (many hosts); default "
+        "$ACCELOPT_STORAGE",
+    )
+    p.add_argument("--n-trials", type=int, help="the study's total trials (default: as stored)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
+    p.add_argument("--req-speedup", type=float, help="stop once a feasible trial is this fast")
+    p.add_argument("--req-time", type=float, help="... at or under this many seconds per image")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument("--random-weights", action="store_true", help="architectures, random weights")
+    p.add_argument("--heartbeat", type=int, default=30, help=heartbeat_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = command("export", _export, "write a study's best configurations into the params store")
     p.add_argument("--study", required=True, help="study NAME")
     p.add_argument("--storage", help="Optuna storage URL or journal file path")
@@ -485,6 +655,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AccelOptError as err:
         print(f"accelopt: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from accelopt.study import is_storage_error
+
+        if not is_storage_error(err):
+            raise
+        # The storage broke (a database gone): say so as itself; stored trials are safe.
+        print(f"accelopt: storage error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ maximise, relative score loss as a constraint, everything else as user attribute
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -139,8 +137,6 @@ class Objective:
             self.time_baseline()
         self.trials_since_baseline += 1
         started = time.perf_counter()
-        # Who runs this trial: a later run finds RUNNING trials whose owner is gone.
-        trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
         configs = self.space.configs(self.space.suggest(trial))
         trial.set_user_attr("accelerators", configs)
         if not configs:

@@ -7,13 +7,15 @@ where it stopped and a finished study answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +25,21 @@ from optuna.trial import FrozenTrial, TrialState
 
 from accelopt.errors import AccelOptError
 from accelopt.spec import StudySpec
+from accelopt.workers import Slots
 
 __all__ = [
     "DEFAULT_STORAGE",
     "Outcome",
     "Requirement",
     "best_trial",
+    "is_finished",
     "load_bench",
     "open_storage",
+    "outcome_of",
+    "prepare_study",
+    "recover",
     "run_study",
+    "run_trial",
     "spec_of",
     "storage_label",
     "storage_url",
@@ -55,6 +63,9 @@ IDENTITY = (
 )
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 AA_WARN = 0.10  # an A/A spread above this is worth a warning
+HEARTBEAT = 30  # seconds between heartbeats of a database worker; stale after twice that
+POLL_SECONDS = 2.0  # how often a worker with nothing to start looks again
+WAIT_NOTICE = 30.0  # say why a worker waits once it has waited this long
 
 
 @dataclass(frozen=True)
@@ -117,20 +128,53 @@ def storage_url(url: str | None) -> str:
     return url or os.environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
 
 
-def open_storage(url: str | None) -> tuple[optuna.storages.BaseStorage, str]:
-    """``url``, else $ACCELOPT_STORAGE, else a SQLite file here. A plain path is a journal file."""
+def open_storage(
+    url: str | None, *, heartbeat: int = HEARTBEAT
+) -> tuple[optuna.storages.BaseStorage, str]:
+    """``url``, else $ACCELOPT_STORAGE, else a SQLite file here. A plain path is a journal file.
+
+    A database server (PostgreSQL) keeps a heartbeat of every running trial: a trial whose
+    worker stops beating for ``2 * heartbeat`` seconds is failed and queued again once. A
+    password is best left out of the URL: PostgreSQL reads $PGPASSWORD or ~/.pgpass.
+    """
     url = storage_url(url)
     if "://" in url:
         try:
-            # pre-ping: a connection a database dropped during an idle hour is replaced, not
-            # reported as an error in the middle of a study.
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}), url
+            return _open_database(url, heartbeat), url
         except Exception as err:
             raise AccelOptError(f"cannot open storage {storage_label(url)}: {err}") from None
     from optuna.storages.journal import JournalFileBackend
 
     repair_journal(Path(url))
     return optuna.storages.JournalStorage(JournalFileBackend(url)), url
+
+
+def _open_database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
+    from accelopt.workers import retry_once
+
+    # pre-ping: a connection a database dropped during an idle hour is replaced, not reported
+    # as an error in the middle of a study.
+    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
+    if url.startswith("sqlite"):  # one worker on one host: owners are checked by process id
+        return optuna.storages.RDBStorage(url, **kwargs)
+    kwargs.update(heartbeat_interval=heartbeat, heartbeat_stale_trial_callback=retry_once)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if not url.startswith("postgresql"):
+            return optuna.storages.RDBStorage(url, **kwargs)
+        # Workers starting together on a new database would all create its tables at once.
+        import sqlalchemy
+
+        from accelopt.workers import lock_key
+
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": lock_key("accelopt schema")})  # fmt: skip
+                return optuna.storages.RDBStorage(url, **kwargs)
+        finally:
+            engine.dispose()
 
 
 def repair_journal(path: Path) -> Path | None:
@@ -166,6 +210,8 @@ def repair_journal(path: Path) -> Path | None:
 def recover_stale_trials(study: optuna.Study) -> list[int]:
     """Mark RUNNING trials whose owner process on this host is gone as FAIL; queue each again
     once with the same parameters. Returns the numbers of the trials recovered."""
+    from accelopt.workers import retry_once
+
     host = socket.gethostname()
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -173,11 +219,23 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
         if owner.get("host") != host or _alive(int(owner.get("pid", -1))):
             continue
         study._storage.set_trial_user_attr(t._trial_id, "failed", "its worker process is gone")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if "retry_of" not in t.user_attrs:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        recovered.append(t.number)
+        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            retry_once(study, study._storage.get_trial(t._trial_id))
+            recovered.append(t.number)
     return recovered
+
+
+def recover(study: optuna.Study, log: Callable[[str], None]) -> None:
+    """FAIL and queue again the trials of dead workers: by heartbeat where the storage keeps
+    them (databases), else by the owner's process id (journal files and SQLite: one host)."""
+    from accelopt.workers import fail_stale_trials
+
+    if fail_stale_trials(study):
+        return
+    stale = recover_stale_trials(study)
+    if stale:
+        log(f"{study.study_name}: trials {stale} were left RUNNING by a process that is gone: "
+            f"marked FAIL and queued again once")  # fmt: skip
 
 
 def _alive(pid: int) -> bool:
@@ -234,28 +292,85 @@ def run_study(
     weights: str = "pretrained",
     progress: bool = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    heartbeat: int = HEARTBEAT,
 ) -> Outcome:
     """Run (or resume) a study until its trial budget, its grid, a requirement or a timeout.
 
     ``n_trials`` is the study's total budget (default: the spec's, or the whole grid for the grid
-    sampler); trials already finished count towards it.
+    sampler); trials already finished count towards it. Any number of processes may run the
+    same study on shared storage at once (``accelopt.workers``): the budget stays the total.
     """
     from accelopt.search import Space
+    from accelopt.workers import GridOrder, storage_lock
 
     requirement = requirement or Requirement()
-    backend, url = open_storage(storage)
+    backend, url = open_storage(storage, heartbeat=heartbeat)
+
+    def lock() -> contextlib.AbstractContextManager[None]:
+        return storage_lock(backend, url, spec.name)
+
+    with lock():
+        study = prepare_study(backend, url, spec, n_trials)
+        recover(study, log)
+
+    # The space needs the pipeline's layout; a finished study must not load a model to say so.
+    if is_finished(study, requirement):
+        return outcome_of(study, 0, True, requirement)
+
+    bench = load_bench(spec, device, weights, log)
+    space = Space.build(bench.traits, spec.steps, spec.targets)
+    with lock():
+        total = int(study.user_attrs.get("budget") or space.size)
+        study.set_user_attr("budget", total)
+    grid = GridOrder(space.grid(), spec.sampler.seed) if spec.sampler.name == "grid" else None
+
+    from accelopt.objective import Objective
+
+    log(f"{spec.name}: timing the baseline twice on {bench.device} (an A/A check) ...")
+    objective = Objective(bench, space, [])
+    first = objective.time_baseline()
+    second = objective.measure_baseline()
+    spread = abs(first - second.time_per_image) / objective.baseline_time
+    with lock():  # the first worker of a study fixes every worker's reference scores
+        if not study.user_attrs.get("baseline_scores"):
+            study.set_user_attr("baseline_scores", second.scores)
+            study.set_user_attr("baseline_time_per_image", second.time_per_image)
+        objective.baseline_scores = study.user_attrs["baseline_scores"]
+        checks = study.user_attrs.get("aa_checks", [])
+        study.set_user_attr("aa_checks", [*checks, {"spread": spread,
+                                                    "device": bench.device.type}])  # fmt: skip
+    if spread > AA_WARN:
+        log(f"{spec.name}: warning: two baseline timings differ by {100 * spread:.0f}%; this "
+            f"machine is noisy now and speedups will be too")  # fmt: skip
+    remaining = total - Slots.of(study.get_trials(deepcopy=False)).used
+    log(
+        f"{spec.name}: baseline {objective.baseline_time:.3f} s/image (A/A spread "
+        f"{100 * spread:.1f}%); "
+        f"{max(remaining, 0)} of {total} trials to run ({storage_label(url)})"
+    )
+    ran = _work(study, objective, total, grid, lock, timeout, requirement, progress, log)
+    return outcome_of(study, ran, False, requirement)
+
+
+def prepare_study(
+    storage: optuna.storages.BaseStorage, url: str, spec: StudySpec, n_trials: int | None
+) -> optuna.Study:
+    """Create or load the study, check it measures what ``spec`` says, record its budget.
+
+    Call under the study's lock: several workers may start at once.
+    """
+    from accelopt.export import package_versions
+    from accelopt.workers import TrialSeededTPE
+
     study = optuna.create_study(
         study_name=spec.name,
-        storage=backend,
+        storage=storage,
         direction="maximize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=spec.sampler.seed),  # replaced below for grid
+        sampler=TrialSeededTPE(spec.sampler.seed),  # grid points are handed out, not sampled
     )
     record = _spec_record(spec)
     stored = study.user_attrs.get("spec")
-    from accelopt.export import package_versions
-
-    study.set_user_attr("versions", package_versions())
     if stored is None:
         study.set_user_attr("spec", record)
     elif stored != record:
@@ -265,63 +380,22 @@ def run_study(
             f"{stored.get(changed)!r}, not {record[changed]!r}; use another --storage or "
             f"study name to measure something else"
         )
-
-    stale = recover_stale_trials(study)
-    if stale:
-        log(f"{spec.name}: trials {stale} were left RUNNING by a process that is gone: "
-            f"marked FAIL and queued again once")  # fmt: skip
-
-    # The space needs the pipeline's layout; a finished study must not load a model to say so.
-    total = (
-        n_trials
-        or study.user_attrs.get("budget")
-        or (None if spec.sampler.name == "grid" else spec.n_trials)
-    )
-    finished = _finished(study, total, requirement)
-    if finished:
-        return _outcome(study, 0, True, requirement)
-
-    bench = load_bench(spec, device, weights, log)
-    space = Space.build(bench.traits, spec.steps, spec.targets)
-    if total is None:
-        total = space.size
-    study.set_user_attr("budget", total)
-    if spec.sampler.name == "grid":
-        study.sampler = optuna.samplers.GridSampler(space.grid(), seed=spec.sampler.seed)
-
-    from accelopt.objective import Objective
-
-    log(f"{spec.name}: timing the baseline twice on {bench.device} (an A/A check) ...")
-    objective = Objective(bench, space, study.user_attrs.get("baseline_scores", []))
-    first = objective.time_baseline()
-    second = objective.measure_baseline()
-    if not objective.baseline_scores:  # the first worker of a study fixes the reference scores
-        study.set_user_attr("baseline_scores", second.scores)
-        study.set_user_attr("baseline_time_per_image", second.time_per_image)
-        objective.baseline_scores = second.scores
-    spread = abs(first - second.time_per_image) / objective.baseline_time
-    checks = [
-        *study.user_attrs.get("aa_checks", []),
-        {"spread": spread, "device": bench.device.type},
-    ]
-    study.set_user_attr("aa_checks", checks)
-    if spread > AA_WARN:
-        log(f"{spec.name}: warning: two baseline timings differ by {100 * spread:.0f}%; this "
-            f"machine is noisy now and speedups will be too")  # fmt: skip
-    remaining = total - _counted(study)
-    log(
-        f"{spec.name}: baseline {objective.baseline_time:.3f} s/image (A/A spread "
-        f"{100 * spread:.1f}%); "
-        f"{remaining} of {total} trials to run ({storage_label(url)})"
-    )
-    ran = _optimize(study, objective, remaining, timeout, requirement, progress)
-    return _outcome(study, ran, False, requirement)
+    study.set_user_attr("versions", package_versions())
+    if n_trials is not None:
+        study.set_user_attr("budget", n_trials)
+    elif "budget" not in study.user_attrs and spec.sampler.name != "grid":
+        study.set_user_attr("budget", spec.n_trials)
+    return study
 
 
-def _finished(study: optuna.Study, total: int | None, requirement: Requirement) -> bool:
-    if requirement.active and any(requirement.met_by(t) for t in study.trials):
+def is_finished(study: optuna.Study, requirement: Requirement) -> bool:
+    """Nothing left to run: a requirement met, or the budget spent and nothing queued."""
+    total = study.user_attrs.get("budget")
+    trials = study.get_trials(deepcopy=False)
+    if requirement.active and any(requirement.met_by(t) for t in trials):
         return True
-    return total is not None and _counted(study) >= total
+    slots = Slots.of(trials)
+    return total is not None and slots.used >= total and not (slots.waiting or slots.running)
 
 
 def load_bench(
@@ -344,44 +418,109 @@ def load_bench(
     return Bench(spec, pipe, scorer, pipe.device)
 
 
-def _optimize(
+def _work(
     study: optuna.Study,
     objective: Any,
-    remaining: int,
+    total: int,
+    grid: Any,
+    lock: Callable[[], contextlib.AbstractContextManager[None]],
     timeout: float | None,
     requirement: Requirement,
     progress: bool,
+    log: Callable[[str], None],
 ) -> int:
+    """Take trials until the study is done; returns how many this process ran."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=remaining, desc=study.study_name, unit="trial", disable=not progress)
-    ran = 0
+    from accelopt.workers import WAIT, take_trial
 
-    def after(study: optuna.Study, trial: FrozenTrial) -> None:
-        nonlocal ran
-        ran += 1
-        best = best_trial(study)
-        bar.set_postfix_str(
-            f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible yet"
-        )
-        bar.update()
-        if requirement.met_by(trial):
-            study.stop()
+    def done() -> int:
+        return _counted(study)
 
+    def met(trials: Sequence[FrozenTrial]) -> bool:
+        return requirement.active and any(requirement.met_by(t) for t in trials)
+
+    bar = tqdm(total=total, initial=done(), desc=study.study_name, unit="trial",
+               disable=not progress)  # fmt: skip
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ran, waited = 0, 0.0
     try:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=timeout,
-            callbacks=[after],
-            catch=(Exception,),  # a failed trial (OOM, upstream error) is FAIL; the study goes on
-        )
+        while deadline is None or time.monotonic() < deadline:
+            with lock():
+                recover(study, log)
+                trial = take_trial(study, total, grid, met)
+            if trial is None:
+                break
+            if trial is WAIT:
+                if waited <= WAIT_NOTICE < waited + POLL_SECONDS:
+                    log(f"{study.study_name}: the budget is taken; waiting for trials still "
+                        f"running elsewhere (one may fail and be queued again)")  # fmt: skip
+                waited += POLL_SECONDS
+                time.sleep(POLL_SECONDS)
+                continue
+            waited = 0.0
+            assert isinstance(trial, optuna.Trial)
+            run_trial(study, trial, objective, log)
+            ran += 1
+            best = best_trial(study)
+            bar.set_postfix_str(f"best {best.user_attrs['speedup']:.2f}x" if best
+                                else "no feasible yet")  # fmt: skip
+            bar.n = done()
+            bar.refresh()
     finally:
         bar.close()
     return ran
 
 
-def _outcome(study: optuna.Study, ran: int, already: bool, req: Requirement) -> Outcome:
+def run_trial(
+    study: optuna.Study, trial: optuna.Trial, objective: Any, log: Callable[[str], None]
+) -> FrozenTrial:
+    """Run one trial and tell the study how it ended.
+
+    A failed trial (OOM, upstream error) is FAIL and the study goes on. A storage error or
+    Ctrl-C ends the trial as FAIL and is raised as itself: the storage is what broke, or the
+    user wants out. Unlike ``Study.optimize``, no storage error turns into "Should not reach".
+    """
+    from accelopt.workers import heartbeat
+
+    value, state = None, TrialState.COMPLETE
+    with heartbeat(study, trial):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except KeyboardInterrupt:
+            _abandon(study, trial, "interrupted")
+            raise
+        except Exception as err:
+            if is_storage_error(err):
+                _abandon(study, trial, "storage error")
+                raise
+            state = TrialState.FAIL
+            log(f"{study.study_name}: trial {trial.number} failed: {type(err).__name__}: {err}")
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("failed", f"{type(err).__name__}: {err}")
+    return study.tell(trial, value, state=state)
+
+
+def _abandon(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    """FAIL a trial that is being left; if even that fails, stale recovery finds it later."""
+    with contextlib.suppress(Exception):
+        if why == "interrupted":  # gives its slot back: Ctrl-C and a restart lose nothing
+            trial.set_user_attr("interrupted", True)
+        trial.set_user_attr("failed", why)
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def is_storage_error(err: BaseException) -> bool:
+    """Errors of the storage itself (a database gone, a lost connection)."""
+    import sqlalchemy.exc
+
+    return isinstance(err, optuna.exceptions.StorageInternalError | sqlalchemy.exc.SQLAlchemyError)
+
+
+def outcome_of(study: optuna.Study, ran: int, already: bool, req: Requirement) -> Outcome:
+    """How a run ended, read from the study."""
     met = next((t for t in study.trials if req.met_by(t)), None) if req.active else None
     best = met if req.active else best_trial(study)
     return Outcome(study, best, ran, already, req, met is not None)
