@@ -1,12 +1,15 @@
-"""Tests for accelopt/metrics.py: the relative score loss and the CLIP scorer (tiny, offline)."""
+"""Tests for accelopt/metrics.py: score loss, CLIP scorer (tiny, offline), PSNR and SSIM."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from accelopt.errors import AccelOptError
-from accelopt.metrics import ClipScorer, score_loss
+from accelopt.metrics import ClipScorer, psnr, score_loss, ssim
 
 CPU = torch.device("cpu")
 TINY_CLIP = "accelopt-tiny-clip"
@@ -139,3 +142,147 @@ def test_unknown_model_is_a_metric_error() -> None:
     message = str(info.value)
     assert message.startswith("metric:")
     assert "no-such-clip-model" in message
+
+
+# --- psnr -------------------------------------------------------------------------------------
+
+
+def _noisy(images: torch.Tensor, scale: float, seed: int = 1) -> torch.Tensor:
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    return (images + scale * noise).clamp(0, 1)
+
+
+def test_psnr_of_identical_images_is_inf(images: torch.Tensor) -> None:
+    assert psnr(images, images.clone()) == [math.inf] * 3
+
+
+@pytest.mark.parametrize(
+    ("offset", "data_range", "expected"),
+    [
+        (0.5, 1.0, 10 * math.log10(4)),  # MSE 0.25
+        (0.25, 1.0, 10 * math.log10(16)),  # MSE 1/16
+        (1.0, 1.0, 0.0),  # MSE = range²
+        (255.0, 255.0, 0.0),
+        (1.0, 10.0, 20.0),  # 10 log10(100 / 1)
+    ],
+)
+def test_psnr_of_a_constant_offset(offset: float, data_range: float, expected: float) -> None:
+    a = torch.zeros(2, 3, 4, 5)
+    assert psnr(a, a + offset, data_range) == pytest.approx([expected] * 2, rel=1e-12, abs=1e-12)
+
+
+def test_psnr_averages_the_squared_error_over_channels_and_pixels() -> None:
+    # One image: half the values off by 1, so MSE 0.5 -> 10 log10(2) dB. The other: identical.
+    a = torch.zeros(2, 2, 2, 2)
+    b = a.clone()
+    b[0, 0] = 1.0
+    assert psnr(a, b) == pytest.approx([10 * math.log10(2), math.inf], rel=1e-12)
+
+
+def test_psnr_is_symmetric_and_one_float_per_image(images: torch.Tensor) -> None:
+    other = _noisy(images, 0.1)
+    forward = psnr(images, other)
+    assert forward == psnr(other, images)
+    assert len(forward) == 3
+    assert all(type(v) is float and 10 < v < 40 for v in forward)
+
+
+def test_psnr_falls_as_the_images_drift_apart(images: torch.Tensor) -> None:
+    values = [psnr(images, _noisy(images, s))[0] for s in (0.01, 0.05, 0.2)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_psnr_takes_a_single_image_and_half_precision(images: torch.Tensor) -> None:
+    half = images.half()
+    assert psnr(half[0], half[0]) == [math.inf]
+    flat = torch.zeros(1, 3, 4, 4, dtype=torch.float16)
+    assert psnr(flat, flat + 0.5) == pytest.approx([10 * math.log10(4)], rel=1e-12)
+
+
+# --- ssim -------------------------------------------------------------------------------------
+
+
+def test_ssim_of_identical_images_is_exactly_one(images: torch.Tensor) -> None:
+    assert ssim(images, images.clone()) == [1.0, 1.0, 1.0]
+    assert ssim(images.half(), images.half()) == [1.0, 1.0, 1.0]
+
+
+C1, C2 = 0.01**2, 0.03**2
+
+
+@pytest.mark.parametrize(
+    ("x", "y"), [(0.5, 0.25), (0.0, 1.0), (0.8, 0.8), (0.0, 0.0), (0.125, 0.875)]
+)
+def test_ssim_of_flat_images(x: float, y: float) -> None:
+    # No variance anywhere: SSIM = (2xy + C1) / (x² + y² + C1), the luminance term alone.
+    a, b = torch.full((1, 3, 12, 13), x), torch.full((1, 3, 12, 13), y)
+    expected = (2 * x * y + C1) / (x * x + y * y + C1)
+    assert ssim(a, b) == pytest.approx([expected], rel=1e-9)
+
+
+def test_ssim_scales_its_constants_with_the_data_range() -> None:
+    a, b = torch.full((1, 1, 11, 11), 0.0), torch.full((1, 1, 11, 11), 255.0)
+    c1 = (0.01 * 255) ** 2
+    assert ssim(a, b, 255.0) == pytest.approx([c1 / (255.0**2 + c1)], rel=1e-9)
+
+
+def _ssim_reference(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two (C, H, W) images, one window position at a time, straight from the paper."""
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    values = []
+    for x, y in zip(a, b, strict=True):
+        for i in range(x.shape[0] - 10):
+            for j in range(x.shape[1] - 10):
+                px, py = x[i : i + 11, j : j + 11], y[i : i + 11, j : j + 11]
+                mx, my = (w * px).sum(), (w * py).sum()
+                vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
+                cov = (w * (px - mx) * (py - my)).sum()
+                values.append(
+                    (2 * mx * my + C1) * (2 * cov + C2) / ((mx**2 + my**2 + C1) * (vx + vy + C2))
+                )
+    return float(np.mean(values))
+
+
+def test_ssim_matches_the_papers_formula_window_by_window(images: torch.Tensor) -> None:
+    a = images[:2, :, :14, :13]
+    b = _noisy(a, 0.1)
+    expected = [_ssim_reference(a[i].double().numpy(), b[i].double().numpy()) for i in range(2)]
+    assert ssim(a, b) == pytest.approx(expected, rel=1e-10)
+
+
+def test_ssim_is_symmetric_and_falls_as_the_images_drift_apart(images: torch.Tensor) -> None:
+    values = [ssim(images, _noisy(images, s)) for s in (0.01, 0.05, 0.2)]
+    assert values[1] == ssim(_noisy(images, 0.05), images)
+    firsts = [v[0] for v in values]
+    assert firsts == sorted(firsts, reverse=True)
+    assert all(-1.0 <= v < 1.0 for row in values for v in row)
+
+
+def test_ssim_of_an_inverted_image_is_negative() -> None:
+    # Same mean, opposite structure: the covariance term turns negative.
+    stripes = torch.zeros(1, 1, 16, 16)
+    stripes[..., ::2] = 1.0
+    assert ssim(stripes, 1.0 - stripes)[0] < 0
+
+
+@pytest.mark.parametrize("metric", [psnr, ssim])
+def test_mismatched_shapes_are_refused(metric: object) -> None:
+    with pytest.raises(ValueError) as info:
+        metric(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 17))  # type: ignore[operator]
+    assert (
+        str(info.value) == "images must have the same shape; got (1, 3, 16, 16) and (1, 3, 16, 17)"
+    )
+
+
+@pytest.mark.parametrize("metric", [psnr, ssim])
+def test_images_need_three_or_four_dimensions(metric: object) -> None:
+    with pytest.raises(ValueError) as info:
+        metric(torch.zeros(16, 16), torch.zeros(16, 16))  # type: ignore[operator]
+    assert str(info.value) == "images must be (B, C, H, W) or (C, H, W); got shape (16, 16)"
+
+
+def test_ssim_refuses_images_smaller_than_its_window() -> None:
+    with pytest.raises(ValueError) as info:
+        ssim(torch.zeros(1, 3, 10, 32), torch.zeros(1, 3, 10, 32))
+    assert str(info.value) == "images of 10x32 px are smaller than the 11 px window"

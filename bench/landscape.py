@@ -1,0 +1,714 @@
+"""Recorded landscapes: time and fidelity of every point of a study's search space, on a GPU.
+
+    python bench/landscape.py measure --study SD1.5-DDIM-20 --prompts 2 --shard 1/2 --out DIR
+    python bench/landscape.py merge DIR/SD1.5-DDIM-20.shard-*.json --out bench/landscapes
+    python bench/landscape.py summary bench/landscapes/SD1.5-DDIM-20.json
+
+The points are the study's own search space (``Space.build(traits, steps, None)``, off values
+included): every distinct configuration of the DeepCache x ToMe grid with T-GATE off (so every
+single accelerator, every combination of the two, and the plain pipeline), plus a seeded random
+sample of grid points with T-GATE on. Each point is applied and removed exactly as accelopt's
+Objective does, timed (CUDA-synchronised, after a shared warm-up) on a few prompts in one batch,
+and compared with the baseline images of the same seeds: PSNR and SSIM. The baseline is re-timed
+every ``--baseline-every`` points; a point's speedup divides by the nearest re-timing of its own
+shard (same GPU). Full-size architectures get random fp16 weights by default (no download exists
+here): times are real, fidelity says how far an accelerator moves the output, not image quality.
+
+``--shard K/N`` measures every N-th point of a seeded order, so shards partition the points and
+each gets a fair mix of cheap and costly ones; the order also makes a partial run a uniform sample.
+``--time-budget`` stops before the next point would overrun; the file then says ``partial``.
+JSON floats: a PSNR of identical images is ``Infinity`` (Python's json reads it back as inf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import random
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+KIND = "accelopt landscape"
+MIN_POINTS = 300  # the issue asks for at least this many points per study
+MIN_TGATE_SAMPLE = 50
+VERSIONS = ("torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd", "optuna")
+ORDER = ("deepcache", "tome", "tgate")
+
+Point = dict[str, Any]
+Record = dict[str, Any]
+
+
+# --- the points -------------------------------------------------------------------------------
+
+
+def config_key(configs: Mapping[str, Mapping[str, Any]]) -> str:
+    """One string per configuration: ``Space.configs(params)`` of equal points give equal keys.
+
+    >>> config_key({"tome": {"ratio": 0.5, "max_downsample": 2}})
+    '{"tome": {"max_downsample": 2, "ratio": 0.5}}'
+    """
+    return json.dumps(configs, sort_keys=True)
+
+
+def plan(space: Any, tgate_sample: int | None = None, seed: int = 0) -> list[Point]:
+    """Every distinct DeepCache x ToMe configuration (T-GATE off), then a T-GATE sample.
+
+    ``space`` is an ``accelopt.search.Space`` built with ``targets=None`` (so every accelerator
+    has its off value). Each point has an ``index`` (its place in this list), the ``params`` of
+    the first grid point that gives its configuration, and ``accelerators``, the configuration
+    (``{}`` for the plain pipeline, always index 0). The T-GATE sample draws grid points with
+    T-GATE on, uniformly with ``random.Random(seed)``, until it has ``tgate_sample`` distinct
+    configurations (default: enough for ``MIN_POINTS`` in all, at least ``MIN_TGATE_SAMPLE``).
+    """
+    if not space.optional:
+        raise ValueError("a landscape needs the search space with off values (targets=None)")
+    grid: dict[str, list[Any]] = space.grid()
+    points: list[Point] = []
+    seen: set[str] = set()
+
+    def add(params: dict[str, Any]) -> bool:
+        configs = space.configs(params)
+        key = config_key(configs)
+        if key in seen:
+            return False
+        seen.add(key)
+        points.append({"index": len(points), "params": params, "accelerators": configs})
+        return True
+
+    # The grid with T-GATE (if the space has it) at its first values, gate_step being off.
+    fixed = {k: v[0] for k, v in grid.items() if k.startswith("tgate.")}
+    free = [k for k in grid if k not in fixed]
+    for values in itertools.product(*(grid[k] for k in free)):
+        add({**dict(zip(free, values, strict=True)), **fixed})
+    if not fixed:
+        return points
+    on = {k: (v[1:] if k == "tgate.gate_step" else v) for k, v in grid.items()}
+    size = math.prod(len(v) for v in on.values())
+    wanted = tgate_sample if tgate_sample is not None else default_tgate_sample(len(points))
+    if wanted > size:
+        raise ValueError(
+            f"a T-GATE sample of {wanted} exceeds the {size} grid points it draws from"
+        )
+    rng = random.Random(seed)
+    target = len(points) + wanted
+    for _ in range(100 * wanted):  # draws that repeat a configuration are dropped
+        if len(points) == target:
+            break
+        add(_grid_point(on, rng.randrange(size)))
+    else:
+        raise ValueError(f"could not draw {wanted} distinct T-GATE configurations")
+    return points
+
+
+def default_tgate_sample(grid_points: int) -> int:
+    return max(MIN_TGATE_SAMPLE, MIN_POINTS - grid_points)
+
+
+def _grid_point(grid: Mapping[str, Sequence[Any]], number: int) -> dict[str, Any]:
+    """The ``number``-th point of the product of ``grid``'s values (mixed radix, last fastest)."""
+    params: dict[str, Any] = {}
+    for key in reversed(list(grid)):
+        number, digit = divmod(number, len(grid[key]))
+        params[key] = grid[key][digit]
+    return {k: params[k] for k in grid}
+
+
+def select(points: Sequence[Point], count: int | None, seed: int = 0) -> list[Point]:
+    """``count`` points: the plain pipeline and a seeded sample of the rest (all if None)."""
+    if count is None or count >= len(points):
+        return list(points)
+    if count < 1:
+        raise ValueError(f"--points must be at least 1; got {count}")
+    rest = random.Random(seed).sample(range(1, len(points)), count - 1)
+    return [points[0], *(points[i] for i in sorted(rest))]
+
+
+def measurement_order(points: Sequence[Point], seed: int = 0) -> list[Point]:
+    """A seeded permutation: drift and a time budget hit every kind of point alike."""
+    ordered = list(points)
+    random.Random(seed).shuffle(ordered)
+    return ordered
+
+
+def shard(ordered: Sequence[Point], k: int, n: int) -> list[Point]:
+    """Shard ``k`` of ``n`` (1-based): every n-th point, so shards are disjoint and cover all."""
+    if not 1 <= k <= n:
+        raise ValueError(f"shard {k}/{n}: need 1 <= K <= N")
+    return list(ordered[k - 1 :: n])
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes K/N, e.g. 1/2; got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 1 <= K <= N")
+    return k, n
+
+
+def plan_name(configs: Mapping[str, Any]) -> str:
+    """``"deepcache+tome"``; ``"off"`` for the plain pipeline."""
+    return "+".join(n for n in ORDER if n in configs) or "off"
+
+
+def speedups(points: Iterable[Point], baselines: Sequence[Record]) -> None:
+    """Set each point's ``speedup``: the median baseline timing of its shard / its time.
+
+    The median, not the nearest timing: single baseline timings on the lent H200s spread by
+    up to 60% (SDXL: 1.68-2.83 s, 2026-11-28) without drifting, so one outlier next to a point
+    would make its speedup, and the plain pipeline's own, 1.5x.
+    """
+    import statistics
+
+    by_shard: dict[int, list[float]] = {}
+    for b in baselines:
+        if b.get("time_per_image"):
+            by_shard.setdefault(b["shard"], []).append(b["time_per_image"])
+    for p in points:
+        times = by_shard.get(p.get("shard", 1), [])
+        if not times or not p.get("time_per_image"):
+            p["speedup"] = None
+            continue
+        p["speedup"] = round(statistics.median(times) / p["time_per_image"], 4)
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+class Stop(BaseException):
+    """SIGTERM: stop measuring, write what there is, marked partial."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Stop
+
+
+def measure(args: argparse.Namespace) -> Path:
+    """Measure one shard of one study's landscape; write ``<study>.shard-K-of-N.json``."""
+    import torch
+
+    from accelopt import accelerators
+    from accelopt.accelerators import PipeTraits
+    from accelopt.metrics import psnr, ssim
+    from accelopt.objective import Bench
+    from accelopt.pipelines import load_pipeline, model_info
+    from accelopt.schedulers import set_scheduler
+    from accelopt.search import Space
+    from accelopt.spec import load_spec
+    from accelopt.timing import device_name, timed
+
+    name = args.study or f"{args.pipeline}-{args.scheduler}-{args.steps}"
+    spec = load_spec(name)
+    if spec.targets is not None:
+        raise SystemExit(
+            f"{name}: a landscape covers the whole space; name a study without targets"
+        )
+    if args.resolution:
+        spec = spec.replace(resolution=args.resolution)
+    n_images = args.prompts
+    spec = spec.replace(prompts=replace(spec.prompts, count=n_images, batch_size=n_images))
+    k, n = args.shard
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = args.dtype or (spec.dtype if device.type == "cuda" else None)
+    info = model_info(spec.pipeline)
+    started = args.started
+    log = _logger(f"{name} {k}/{n}", started)
+
+    log(f"building {spec.pipeline} ({args.weights} weights, {dtype or 'default dtype'}) ...")
+    pipe = load_pipeline(spec.pipeline, weights=args.weights, dtype=dtype, device=str(device))
+    set_scheduler(pipe, spec.scheduler)
+    bench = Bench(spec, pipe, None, device)  # type: ignore[arg-type]  # no CLIP scorer needed
+    space = Space.build(PipeTraits.of(pipe), spec.steps, None)
+    everything = plan(space, args.tgate_sample, args.seed)
+    chosen = select(everything, args.points, args.seed)
+    mine = shard(measurement_order(chosen, args.seed), k, n)
+    n_grid = sum("tgate" not in p["accelerators"] for p in everything)
+    out_path = args.out / f"{name}.shard-{k}-of-{n}.json"
+    record: Record = {
+        "schema": SCHEMA,
+        "kind": KIND,
+        "study": name,
+        "pipeline": info.name if info else spec.pipeline,
+        "scheduler": spec.scheduler,
+        "steps": spec.steps,
+        "resolution": spec.resolution,
+        "guidance": spec.guidance,
+        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "weights": "random" if info is not None and info.hub_id is None else args.weights,
+        "prompts": bench.prompts,
+        "seeds": [spec.prompts.seed + i for i in range(n_images)],
+        "images_per_point": n_images,
+        "repeats": args.repeats,
+        "warmup_per_point": args.warmup,
+        "baseline_every": args.baseline_every,
+        "device": device_name(device),
+        **_environment(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "command": args.command_line,
+        "space": space.grid(),
+        "plan": {
+            "seed": args.seed,
+            "points": len(everything),
+            "grid_points": n_grid,
+            "tgate_sample": len(everything) - n_grid,
+            "selected": None if len(chosen) == len(everything) else len(chosen),
+            # Every configuration of these is measured (with T-GATE off); T-GATE is sampled.
+            "complete": [a for a in ORDER[:2] if any(q.startswith(f"{a}.") for q in space.params)],
+        },
+        "shards": [],
+        "partial": True,
+        "baselines": [],
+        "points": [],
+    }
+    shard_info: Record = {
+        "shard": k,
+        "of": n,
+        "planned": [p["index"] for p in mine],
+        "device": record["device"],
+        "host": socket.gethostname(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "command": record["command"],
+        "time_budget": args.time_budget,
+        "stopped": None,
+        "wall_seconds": None,
+    }
+    record["shards"] = [shard_info]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def generate() -> torch.Tensor:
+        return bench.generate(0, n_images)
+
+    slowest = 0.0
+
+    def timed_call() -> tuple[torch.Tensor, float]:
+        nonlocal slowest
+        images, seconds = timed(generate, device)
+        slowest = max(slowest, seconds)
+        return images, seconds
+
+    def fidelity(images: torch.Tensor) -> dict[str, float]:
+        return {
+            "psnr": round(statistics.fmean(psnr(images, reference)), 4),
+            "ssim": round(statistics.fmean(ssim(images, reference)), 6),
+        }
+
+    def time_baseline(seq: int) -> None:
+        accelerators.remove(pipe)
+        images, seconds = timed_call()
+        record["baselines"].append({
+            "shard": k, "seq": seq, "elapsed": round(time.monotonic() - started, 2),
+            "time_per_image": round(seconds / n_images, 6), **fidelity(images),
+        })  # fmt: skip
+
+    def write(partial: bool) -> None:
+        record["partial"] = partial
+        shard_info["wall_seconds"] = round(time.monotonic() - started, 1)
+        speedups(record["points"], record["baselines"])
+        write_json(out_path, record)
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    stopped: str | None = None
+    try:
+        log(f"{len(mine)} of {len(chosen)} points ({len(everything)} planned); warming up ...")
+        for _ in range(2):
+            timed_call()
+        reference, _ = timed_call()
+        # One untimed call of each combination this shard has: first-use costs stay out.
+        firsts = {plan_name(p["accelerators"]): p["accelerators"] for p in reversed(mine)}
+        for plan_of, configs in firsts.items():
+            try:
+                if configs:
+                    with accelerators.apply(pipe, configs, steps=spec.steps):
+                        generate()
+            except Exception as err:  # its points will record the error; the others can run
+                log(f"warm-up of {plan_of} failed: {type(err).__name__}: {err}")
+            finally:
+                accelerators.remove(pipe)
+        slowest = 0.0  # the warm-up is slower than anything measured later
+        budget = math.inf if args.time_budget is None else args.time_budget
+        for seq, point in enumerate(mine):
+            due = seq % args.baseline_every == 0
+            last = seq == len(mine) - 1  # the closing baseline follows it
+            calls = args.repeats + args.warmup + due + last
+            if time.monotonic() - started + slowest * calls > budget:
+                stopped = f"time budget: stopped before point {seq} of {len(mine)}"
+                break
+            if due:
+                time_baseline(seq)
+                if seq:
+                    write(partial=True)  # a checkpoint, in case the process is killed
+            row = _measure_point(point, pipe, spec.steps, args, timed_call, fidelity)
+            row.update(shard=k, seq=seq, elapsed=round(time.monotonic() - started, 2))
+            record["points"].append(row)
+            log(_describe(row, len(mine)))
+        else:
+            time_baseline(len(mine))
+    except (Stop, KeyboardInterrupt):
+        stopped = "interrupted"
+        accelerators.remove(pipe)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    shard_info["stopped"] = stopped
+    write(partial=stopped is not None)
+    log(f"wrote {out_path} ({len(record['points'])} points{', partial' if stopped else ''})")
+    return out_path
+
+
+def _measure_point(
+    point: Point,
+    pipe: Any,
+    steps: int,
+    args: argparse.Namespace,
+    timed_call: Callable[[], tuple[Any, float]],
+    fidelity: Callable[[Any], dict[str, float]],
+) -> Point:
+    """Apply, (warm up), time ``repeats`` generations, compare, remove: as the Objective does."""
+    import torch
+
+    from accelopt import accelerators
+    from accelopt.timing import peak_memory, reset_peak_memory
+
+    device = pipe.device
+    row: Point = {k: point[k] for k in ("index", "params", "accelerators")}
+    configs = point["accelerators"]
+    try:
+        if configs:
+            accelerators.apply(pipe, configs, steps=steps)
+        for _ in range(args.warmup):
+            timed_call()
+        reset_peak_memory(device)
+        times, images = [], None
+        for _ in range(args.repeats):
+            out, seconds = timed_call()
+            images = images if images is not None else out
+            times.append(seconds)
+        row["peak_memory"] = peak_memory(device)
+        row["time_per_image"] = round(statistics.median(times) / args.prompts, 6)
+        if args.repeats > 1:
+            row["times"] = [round(t, 6) for t in times]
+        row.update(fidelity(images))
+    except Exception as err:  # one failing point must not cost the whole run
+        row.update(time_per_image=None, psnr=None, ssim=None, peak_memory=None)
+        row["error"] = f"{type(err).__name__}: {err}"[:500]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    finally:
+        accelerators.remove(pipe)  # also when apply or generation raised
+    return row
+
+
+def _describe(row: Point, total: int) -> str:
+    configs = row["accelerators"]
+    what = " ".join(
+        f"{n}:" + "/".join(str(v) for v in configs[n].values()) for n in ORDER if n in configs
+    )
+    if row.get("error"):
+        return f"[{row['seq'] + 1}/{total}] {what or 'off'}: {row['error']}"
+    return (
+        f"[{row['seq'] + 1}/{total}] {what or 'off':60} {row['time_per_image']:.4f} s/image "
+        f"PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f}"
+    )
+
+
+def _logger(prefix: str, started: float) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:7.1f}s] {prefix}: {message}", flush=True)
+
+    return log
+
+
+def _environment() -> Record:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for name in VERSIONS:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    import torch
+
+    versions["cuda"] = torch.version.cuda
+    versions["python"] = sys.version.split()[0]
+    driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0"])
+    return {"versions": versions, "driver": driver, "git": _run(["git", "rev-parse", "HEAD"])}
+
+
+def _run(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, record: Record) -> None:
+    """One key per line and one point per line: small, and diffs stay readable."""
+    lines = []
+    for key, value in record.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            items = ",\n".join(f"  {json.dumps(v)}" for v in value)
+            lines.append(f"{json.dumps(key)}: [\n{items}\n ]")
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(value)}")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("{\n " + ",\n ".join(lines) + "\n}\n")
+    tmp.replace(path)
+
+
+def load(path: Path) -> Record:
+    record = json.loads(Path(path).read_text())
+    if record.get("kind") != KIND or record.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a schema-{SCHEMA} landscape file")
+    return record
+
+
+def merge(records: Sequence[Record], command: str = "") -> Record:
+    """Shards of one study -> one landscape: points in plan order, baselines of every shard.
+
+    Refuses shards of different studies or plans, and a shard given twice; shards that are
+    missing or stopped early leave the result ``partial`` with the ``missing`` point indices.
+    """
+    if not records:
+        raise ValueError("nothing to merge")
+    first = records[0]
+    same = ("study", "steps", "resolution", "space", "plan", "images_per_point", "seeds")
+    for r in records[1:]:
+        for key in same:
+            if r[key] != first[key]:
+                raise ValueError(f"shards differ in {key!r}: {first[key]!r} vs {r[key]!r}")
+    shards = [dict(s) for r in records for s in r["shards"]]  # copies: the inputs stay as given
+    ids = [(s["shard"], s["of"]) for s in shards]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"a shard is given twice: {sorted(ids)}")
+    counts = {of for _, of in ids}
+    if len(counts) != 1:
+        raise ValueError(f"shards of different splits: {sorted(ids)}")
+    (n,) = counts
+    points = sorted((dict(p) for r in records for p in r["points"]), key=lambda p: p["index"])
+    seen = [p["index"] for p in points]
+    if len(set(seen)) != len(seen):
+        raise ValueError("two shards measured the same point")
+    planned = {i for s in shards for i in s["planned"]}
+    missing = sorted(planned - set(seen))
+    partial = bool(missing) or len(shards) < n or any(r["partial"] for r in records)
+    devices = sorted({r["device"] for r in records})
+    merged = {
+        **{k: v for k, v in first.items() if k not in ("shards", "baselines", "points")},
+        "device": devices[0] if len(devices) == 1 else " / ".join(devices),
+        "date": min(r["date"] for r in records),
+        "command": command,
+        "shards": sorted(shards, key=lambda s: s["shard"]),
+        "partial": partial,
+        "missing": missing if len(shards) == n else None,  # None: not every shard is here
+        "baselines": sorted(
+            (b for r in records for b in r["baselines"]), key=lambda b: (b["shard"], b["seq"])
+        ),
+        "points": points,
+    }
+    speedups(merged["points"], merged["baselines"])
+    return merged
+
+
+def lookup(landscape: Record) -> dict[str, Point]:
+    """The measured points by ``config_key`` of their configuration, for a replay.
+
+    A sampler's params map to a recorded point through the study's space:
+    ``lookup(landscape).get(config_key(space.configs(params)))`` (None: not measured).
+    """
+    return {config_key(p["accelerators"]): p for p in landscape["points"]}
+
+
+# --- summary ----------------------------------------------------------------------------------
+
+PSNR_FLOORS = (40.0, 30.0)
+
+
+def summarize(landscape: Record) -> Record:
+    """A plain record of the numbers the markdown summary shows (no drawing here)."""
+    pts = landscape["points"]
+    ok = [p for p in pts if p.get("time_per_image") and p.get("speedup")]
+    base = [b["time_per_image"] for b in landscape["baselines"]]
+    off = next((p for p in pts if not p["accelerators"]), None)
+
+    def best(rows: Sequence[Point]) -> Point | None:
+        return max(rows, key=lambda p: p["speedup"]) if rows else None
+
+    groups: dict[str, list[Point]] = {}
+    for p in ok:
+        groups.setdefault(plan_name(p["accelerators"]), []).append(p)
+    order = ["off", *("+".join(c) for r in (1, 2, 3) for c in itertools.combinations(ORDER, r))]
+    memory = [p["peak_memory"] for p in pts if p.get("peak_memory")]
+    return {
+        "study": landscape["study"],
+        "device": landscape["device"],
+        "date": landscape["date"],
+        "measured": len(pts),
+        "planned": landscape["plan"]["selected"] or landscape["plan"]["points"],
+        "partial": landscape["partial"],
+        "errors": sum(1 for p in pts if p.get("error")),
+        "wall_seconds": max((s["wall_seconds"] or 0) for s in landscape["shards"]),
+        "baseline": {
+            "count": len(base),
+            "median": statistics.median(base) if base else None,
+            "min": min(base, default=None),
+            "max": max(base, default=None),
+            "identical": sum(1 for b in landscape["baselines"] if b["psnr"] == math.inf),
+        },
+        "off": None if off is None else {"psnr": off["psnr"], "ssim": off["ssim"]},
+        "groups": [
+            {
+                "accelerators": name,
+                "points": len(groups[name]),
+                "median_speedup": statistics.median(p["speedup"] for p in groups[name]),
+                "best": best(groups[name]),
+                "median_psnr": statistics.median(p["psnr"] for p in groups[name]),
+                "median_ssim": statistics.median(p["ssim"] for p in groups[name]),
+            }
+            for name in order
+            if name in groups
+        ],
+        "fastest": {
+            f"{floor:g}": best([p for p in ok if p["psnr"] >= floor]) for floor in PSNR_FLOORS
+        },
+        "peak_memory_gib": max(memory) / 2**30 if memory else None,
+    }
+
+
+def _short(configs: Mapping[str, Mapping[str, Any]]) -> str:
+    if not configs:
+        return "off"
+    return " + ".join(
+        f"{n} " + "/".join(f"{v:g}" for v in configs[n].values()) for n in ORDER if n in configs
+    )
+
+
+def markdown(summary: Record) -> str:
+    """The summary as a few lines and one table of GitHub markdown."""
+    s, b = summary, summary["baseline"]
+    state = "partial" if s["partial"] else "complete"
+    lines = [
+        f"### {s['study']} ({s['device']}, {s['date'][:10]})",
+        "",
+        f"- points: {s['measured']} of {s['planned']} ({state}); errors: {s['errors']}; "
+        f"slowest shard {s['wall_seconds']:.0f} s"
+        + (f"; peak memory {s['peak_memory_gib']:.1f} GiB" if s["peak_memory_gib"] else ""),
+    ]
+    if b["count"]:
+        lines.append(
+            f"- baseline: {b['median']:.4f} s/image, median of {b['count']} timings "
+            f"({b['min']:.4f}-{b['max']:.4f}); {b['identical']} of {b['count']} bit-identical "
+            "to the first baseline images"
+        )
+    if s["off"]:
+        lines.append(f"- off point: PSNR {s['off']['psnr']}, SSIM {s['off']['ssim']}")
+    for floor, p in s["fastest"].items():
+        if p:
+            lines.append(
+                f"- fastest at PSNR >= {floor} dB: {p['speedup']:.2f}x, "
+                f"{_short(p['accelerators'])} (PSNR {p['psnr']:.1f}, SSIM {p['ssim']:.3f})"
+            )
+    lines += [
+        "",
+        "| accelerators | points | median speedup | best speedup | best's PSNR / SSIM | "
+        "median PSNR | median SSIM |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in s["groups"]:
+        p = g["best"]
+        lines.append(
+            f"| {g['accelerators']} | {g['points']} | {g['median_speedup']:.2f}x | "
+            f"{p['speedup']:.2f}x {_short(p['accelerators'])} | "
+            f"{p['psnr']:.1f} / {p['ssim']:.3f} | "
+            f"{g['median_psnr']:.1f} | {g['median_ssim']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure", help="measure one shard of one study's landscape")
+    which = m.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", help="a study name, e.g. SD1.5-DDIM-20 or SDXL-DDIM-25")
+    which.add_argument("--pipeline", help="with --scheduler and --steps, e.g. TinySD")
+    m.add_argument("--scheduler", default="DDIM")
+    m.add_argument("--steps", type=int, default=20)
+    m.add_argument("--resolution", type=int, help="override the study's resolution")
+    m.add_argument("--device", help="default: cuda if there is one")
+    m.add_argument("--dtype", help="default: the study's on CUDA, float32 on a CPU")
+    m.add_argument("--weights", choices=("random", "pretrained"), default="random")
+    m.add_argument("--prompts", type=int, default=1, help="images per point, in one batch")
+    m.add_argument("--tgate-sample", type=int, help="T-GATE points (default: see plan())")
+    m.add_argument("--seed", type=int, default=0, help="T-GATE sample, --points, order")
+    m.add_argument("--points", type=int, help="measure only this many (the off point + a sample)")
+    m.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="K/N")
+    m.add_argument("--repeats", type=int, default=1, help="timed calls per point (median)")
+    m.add_argument("--warmup", type=int, default=0, help="untimed calls per point")
+    m.add_argument("--baseline-every", type=int, default=25)
+    m.add_argument("--time-budget", type=float, help="seconds from start; stop before overrun")
+    m.add_argument("--out", type=Path, default=Path("."))
+    g = sub.add_parser("merge", help="merge shard files into <out>/<study>.json")
+    g.add_argument("files", nargs="+", type=Path)
+    g.add_argument("--out", type=Path, default=Path(__file__).parent / "landscapes")
+    s = sub.add_parser("summary", help="print the markdown summary of landscape files")
+    s.add_argument("files", nargs="+", type=Path)
+    return top
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return shlex.join(["python", "bench/landscape.py", *argv])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.monotonic()  # --time-budget counts from here, before torch and the pipeline
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    args.started = started
+    args.command_line = command_line(argv)
+    if args.command == "measure":
+        if args.prompts < 1 or args.repeats < 1 or args.warmup < 0 or args.baseline_every < 1:
+            raise SystemExit("--prompts, --repeats, --baseline-every >= 1; --warmup >= 0")
+        measure(args)
+    elif args.command == "merge":
+        by_study: dict[str, list[Record]] = {}
+        for path in args.files:
+            record = load(path)
+            by_study.setdefault(record["study"], []).append(record)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for study, records in by_study.items():
+            merged = merge(records, args.command_line)
+            path = args.out / f"{study}.json"
+            write_json(path, merged)
+            print(
+                f"{path}: {len(merged['points'])} points"
+                + (", partial" if merged["partial"] else "")
+            )
+    else:
+        for path in args.files:
+            print(markdown(summarize(load(path))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
