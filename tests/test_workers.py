@@ -241,9 +241,11 @@ def test_a_killed_worker_s_trial_is_failed_and_retried_once(shared: str, tmp_pat
     run = _accelopt("run", "--spec", str(spec), "--workers", "3", "--n-trials", "6",
                     "--storage", shared, "--heartbeat", "1", "--quiet", cwd=tmp_path)  # fmt: skip
     deadline, victim = time.monotonic() + 300, None
+    storage, _ = open_storage(shared)  # one connection pool for all the polling
     while victim is None and time.monotonic() < deadline and run.poll() is None:
         with contextlib.suppress(KeyError):  # KeyError: the study is not created yet
-            victim = next(_running(_study(shared, spec)), None)
+            study = optuna.load_study(study_name=spec.stem, storage=storage)
+            victim = next(_running(study), None)
         time.sleep(0.05)
     assert victim is not None, run.communicate()[1]
     os.kill(victim.user_attrs["owner"]["pid"], signal.SIGKILL)
