@@ -151,10 +151,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
     else:
         print(f"{spec.name}: ran {outcome.ran} trials ({counted} in the study{failed})")
-    if codes and not outcome.already_finished:
+    if any(codes.values()) and not outcome.already_finished:
         from accelopt.study import is_finished
 
-        if not is_finished(outcome.study, requirement):
+        if not is_finished(outcome.study, requirement):  # workers failed, not a --timeout
             print(f"{spec.name}: every worker stopped before the study was done (exit codes "
                   f"{sorted(codes.values())}); run again to resume")  # fmt: skip
             return 1
@@ -195,7 +195,7 @@ def _shared_storage(url: str | None, workers: str) -> str:
 
 def _gpus(args: argparse.Namespace) -> list[str | None]:
     """One entry per worker: the GPU it gets, or None (the CPU, or the one --device names)."""
-    n = args.workers
+    n, gpus = args.workers, None
     if args.gpus is not None:
         gpus = [g.strip() for g in args.gpus.split(",")]
         if not all(g.isdigit() for g in gpus):
@@ -206,12 +206,20 @@ def _gpus(args: argparse.Namespace) -> list[str | None]:
                                 f"worker (a GPU may be named twice)")  # fmt: skip
         if args.device not in (None, "cuda"):
             raise AccelOptError("--gpus gives each worker its GPU; leave out --device")
+    elif n is not None and n > 1 and (args.device or "").startswith("cuda:"):
+        raise AccelOptError(f"--device {args.device} is one GPU; for {n} workers pass --gpus, "
+                            f"e.g. --gpus {','.join(map(str, range(n)))}")  # fmt: skip
+    if gpus is not None or (args.device or "").startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            asked = f"--device {args.device}" if gpus is None else f"--gpus {args.gpus}"
+            raise AccelOptError(f"{asked}: this machine has no CUDA device; use --device cpu "
+                                f"or leave both out")  # fmt: skip
+    if gpus is not None:
         return list(gpus)
     if n is None or n == 1:
         return [None]
-    if args.device is not None and args.device.startswith("cuda:"):
-        raise AccelOptError(f"--device {args.device} is one GPU; for {n} workers pass --gpus, "
-                            f"e.g. --gpus {','.join(map(str, range(n)))}")  # fmt: skip
     if args.device == "cpu":
         return [None] * n
     import torch

@@ -200,7 +200,14 @@ def _from_pretrained(
         kwargs["variant"] = variant
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(str(path) if looks_local else source, **kwargs)
+    try:
+        return DiffusionPipeline.from_pretrained(str(path) if looks_local else source, **kwargs)
+    except OSError as err:  # not downloaded and no way to the hub, a broken folder, ...
+        why = str(err).split(" (")[0].split("\n")[0]
+        raise AccelOptError(
+            f"{why}; download it first (hf download {source}) or pass a local folder; "
+            f"--random-weights times a known architecture without weights"
+        ) from None
 
 
 def _random_pipeline(

@@ -339,3 +339,21 @@ def test_random_weights_on_meta_never_download(no_hub: None) -> None:
     assert pipe.unet.device.type == "meta"
     assert pipe.unet.dtype == torch.float16
     assert _count(pipe.unet) == PUBLISHED_DENOISER["SDXL"]
+
+
+def test_a_model_that_cannot_be_loaded_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import DiffusionPipeline
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError(
+            "Cannot load model nobody/nothing: the model is not fully cached locally (Cannot "
+            "find an appropriate cached snapshot folder ...) and an error occurred."
+        )
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", offline)
+    with pytest.raises(AccelOptError) as info:
+        load_pipeline("nobody/nothing", device="cpu")
+    message = str(info.value)
+    assert message.startswith("Cannot load model nobody/nothing: the model is not fully cached")
+    assert "hf download nobody/nothing" in message and "--random-weights" in message
+    assert "\n" not in message

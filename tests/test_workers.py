@@ -19,6 +19,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from accelopt.cli import main
@@ -308,6 +309,30 @@ def test_bad_worker_options_exit_2(
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--study", "TinySD-DDIM-10", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("argv", [["--device", "cuda"], ["--workers", "2", "--gpus", "0,1"]])
+def test_asking_for_a_gpu_where_there_is_none_exits_2(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--study", "TinySD-DDIM-10", *argv]) == 2
+    assert "this machine has no CUDA device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_that_all_fail_leave_the_study_to_resume_and_exit_1(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "tpe")
+    spec.write_text(spec.read_text().replace('"TinySD"', '"nobody/no-such-model"'))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the hub id cannot load: each worker exits
+    run = subprocess.run([sys.executable, "-m", "accelopt", "run", "--spec", str(spec),
+                          "--workers", "2", "--storage", "studies.journal", "--quiet"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "every worker stopped before the study was done" in run.stdout
+    assert run.stderr.count("exited with code 2") == 2
 
 
 def test_a_worker_reads_the_spec_from_storage(tmp_path: Path) -> None:
