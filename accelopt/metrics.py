@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -22,7 +23,7 @@ import torch
 from accelopt.errors import AccelOptError
 from accelopt.spec import TINY_CLIP
 
-__all__ = ["ClipScorer", "psnr", "score_loss", "ssim"]
+__all__ = ["ClipScorer", "loss_bound", "psnr", "score_loss", "ssim"]
 
 
 def score_loss(baseline: Sequence[float], scores: Sequence[float]) -> float:
@@ -39,6 +40,30 @@ def score_loss(baseline: Sequence[float], scores: Sequence[float]) -> float:
     if base == 0:
         raise ValueError("the baseline's mean CLIP score is 0; a relative loss is undefined")
     return (base - sum(scores) / len(scores)) / abs(base)
+
+
+def loss_bound(
+    baseline: Sequence[float], scores: Sequence[float], z: float
+) -> tuple[float, float]:
+    """The score loss estimated from the first ``len(scores)`` prompts, and its lower bound.
+
+    Per prompt, ``d_i = (baseline_i - score_i) / |mean(baseline)|`` (all baseline prompts in
+    the mean), so with every prompt scored the estimate equals ``score_loss``. The lower bound
+    is ``mean(d) - z * stdev(d) / sqrt(k)``, one-sided; with fewer than two prompts it is -inf.
+
+    >>> loss_bound([10.0, 10.0, 10.0, 10.0], [9.0, 9.0], z=2.33)
+    (0.1, 0.1)
+    """
+    if not 0 < len(scores) <= len(baseline):
+        raise ValueError("need between 1 and len(baseline) scores")
+    base = abs(sum(baseline) / len(baseline))
+    if base == 0:
+        raise ValueError("the baseline's mean CLIP score is 0; a relative loss is undefined")
+    d = [(b - s) / base for b, s in zip(baseline, scores, strict=False)]
+    estimate = sum(d) / len(d)
+    if len(d) < 2:
+        return estimate, -math.inf
+    return estimate, estimate - z * statistics.stdev(d) / math.sqrt(len(d))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> list[float]:

@@ -7,7 +7,9 @@ maximise, relative score loss as a constraint, everything else as user attribute
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -17,7 +19,7 @@ import torch
 
 from accelopt import accelerators
 from accelopt._types import Pipeline
-from accelopt.metrics import ClipScorer, score_loss
+from accelopt.metrics import ClipScorer, loss_bound
 from accelopt.prompts import load_prompts
 from accelopt.search import Space, dominating_trial
 from accelopt.spec import StudySpec
@@ -25,6 +27,7 @@ from accelopt.timing import device_name, median, peak_memory, reset_peak_memory,
 
 __all__ = ["Bench", "Measurement", "Objective"]
 
+Check = Callable[[list[float]], "str | None"]  # scores so far -> why to stop, or None
 BASELINE_EVERY = 10  # re-time the baseline after this many trials, so drift shows in speedups
 
 
@@ -36,8 +39,9 @@ class Measurement:
     generation_seconds: float
     warmup_seconds: float
     scoring_seconds: float
-    scores: list[float]
+    scores: list[float]  # one per prompt measured: all of them unless stopped early
     peak_memory: int | None
+    stopped: str | None = None  # why generation stopped before the last prompt
 
 
 @dataclass
@@ -73,8 +77,11 @@ class Bench:
         )
         return out.images
 
-    def measure(self) -> Measurement:
-        """Generate every prompt in batches (timed), after warm-up calls; then score."""
+    def measure(self, check: Check | None = None) -> Measurement:
+        """Generate every prompt in batches (timed), after warm-up calls, scoring each batch.
+
+        ``check(scores so far)`` may stop the measurement after a batch by returning why.
+        """
         batches = [
             (start, min(start + self.spec.prompts.batch_size, len(self.prompts)))
             for start in range(0, len(self.prompts), self.spec.prompts.batch_size)
@@ -84,21 +91,27 @@ class Bench:
             for _ in range(self.spec.warmup)
         )
         reset_peak_memory(self.device)
-        images: list[torch.Tensor] = []
-        seconds = 0.0
+        scores: list[float] = []
+        seconds = scoring = 0.0
+        stopped = None
         for start, stop in batches:
-            out, took = timed(partial(self.generate, start, stop), self.device)
-            images.append(out)
+            images, took = timed(partial(self.generate, start, stop), self.device)
             seconds += took
-        memory = peak_memory(self.device)
-        scores, scoring = timed(lambda: self.scorer(torch.cat(images), self.prompts), self.device)
+            score = partial(self.scorer, images, self.prompts[start:stop])
+            batch, took = timed(score, self.device)
+            scoring += took
+            scores += batch
+            stopped = check(scores) if check is not None and stop < len(self.prompts) else None
+            if stopped:
+                break
         return Measurement(
-            time_per_image=seconds / len(self.prompts),
+            time_per_image=seconds / len(scores),
             generation_seconds=seconds,
             warmup_seconds=warmup,
             scoring_seconds=scoring,
             scores=scores,
-            peak_memory=memory,
+            peak_memory=peak_memory(self.device),
+            stopped=stopped,
         )
 
 
@@ -149,32 +162,55 @@ class Objective:
             raise optuna.TrialPruned(found[1])
 
         pipe = self.bench.pipe
+        check = self.over_budget if self.bench.spec.early_stop else None
         try:
             with accelerators.apply(pipe, configs, steps=self.bench.spec.steps):
-                m = self.bench.measure()
+                m = self.bench.measure(check)
         finally:
             accelerators.remove(pipe)  # also when apply or generation raised
             if self.bench.device.type == "cuda":
                 torch.cuda.empty_cache()
-        return self._record(trial, m, time.perf_counter() - started)
+        speedup = self._record(trial, m, time.perf_counter() - started)
+        if m.stopped:  # its numbers and its cost are recorded; it cannot be the answer
+            raise optuna.TrialPruned(m.stopped)
+        return speedup
+
+    def over_budget(self, scores: list[float]) -> str | None:
+        """Why to stop a trial now: its score loss is over the budget with the spec's confidence,
+        judged on two batches or more (one batch is too few prompts to be sure)."""
+        if len(scores) < 2 * self.bench.spec.prompts.batch_size:
+            return None
+        spec = self.bench.spec
+        z = statistics.NormalDist().inv_cdf(spec.early_stop)
+        estimate, lower = loss_bound(self.baseline_scores, scores, z)
+        if lower <= spec.max_score_loss:
+            return None
+        return (
+            f"stopped after {len(scores)} of {len(self.bench.prompts)} prompts: score loss "
+            f"{100 * estimate:.2f}%, over {100 * spec.max_score_loss:g}% with "
+            f"{100 * spec.early_stop:g}% confidence (lower bound {100 * lower:.2f}%)"
+        )
 
     def _record(self, trial: optuna.Trial, m: Measurement, wall: float) -> float:
         speedup = self.baseline_time / m.time_per_image
-        loss = score_loss(self.baseline_scores, m.scores)
+        loss = loss_bound(self.baseline_scores, m.scores, 0.0)[0]  # = score_loss when complete
         limit = self.bench.spec.max_score_loss
         trial.set_constraint("score_loss", loss - limit)
         attrs: dict[str, Any] = {
-            **{k: v for k, v in asdict(m).items() if k != "scores"},
+            **{k: v for k, v in asdict(m).items() if k not in ("scores", "stopped")},
+            "prompts_measured": len(m.scores),
             "speedup": speedup,
             "score": sum(m.scores) / len(m.scores),
             "score_loss": loss,
             "constraint": loss - limit,  # mirrored: optuna-dashboard does not show constraints
-            "feasible": loss <= limit,
+            "feasible": loss <= limit and not m.stopped,
             "baseline_time_per_image": self.baseline_time,
             "device": device_name(self.bench.device),
             "trial_seconds": wall,
             "overhead_seconds": wall - m.generation_seconds - m.warmup_seconds - m.scoring_seconds,
         }
+        if m.stopped:
+            attrs["stopped_early"] = m.stopped
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return speedup

@@ -88,6 +88,9 @@ class StudySpec:
     n_trials: int = 50
     max_score_loss: float = DEFAULT_MAX_SCORE_LOSS
     warmup: int = 1
+    # Stop a trial once its score loss is over max_score_loss with this confidence (one-sided,
+    # after at least two batches); 0 measures every prompt of every trial.
+    early_stop: float = 0.99
     source: str = "derived from the name"
 
     def replace(self, **changes: Any) -> StudySpec:
@@ -332,6 +335,8 @@ def _check_ranges(where: str, spec: StudySpec) -> None:
     need(0.0 < spec.max_score_loss < 1.0, "max_score_loss", "more than 0, less than 1")
     need(1 <= spec.n_trials <= 100_000, "n_trials", "1..100000")
     need(0 <= spec.warmup <= 10, "warmup", "0..10")
+    early = spec.early_stop == 0 or 0.5 <= spec.early_stop < 1
+    need(early, "early_stop", "0 (off) or at least 0.5 and less than 1")
     need(spec.prompts.split in SPLITS, "prompts.split", choices(SPLITS))
     need(1 <= spec.prompts.count <= 1000, "prompts.count", "1..1000")
     need(1 <= spec.prompts.batch_size <= 64, "prompts.batch_size", "1..64")

@@ -226,12 +226,12 @@ def test_ctrl_c_cleans_up_and_keeps_finished_trials(  # type: ignore[no-untyped-
 
     measure, trials = Bench.measure, []
 
-    def interrupted(self: Bench):  # type: ignore[no-untyped-def]
+    def interrupted(self: Bench, check=None):  # type: ignore[no-untyped-def]
         if accelerators.active(self.pipe) is not None:  # a trial, not the baseline
             trials.append(self)
             if len(trials) == 2:  # Ctrl-C during the second measured trial
                 raise KeyboardInterrupt
-        return measure(self)
+        return measure(self, check)
 
     monkeypatch.setattr(Bench, "measure", interrupted)
     argv = ["run", "--study", "TinySD-DDIM-10-deepcache", "--n-trials", "6", "--quiet"]
@@ -252,7 +252,7 @@ def test_ctrl_c_cleans_up_and_keeps_finished_trials(  # type: ignore[no-untyped-
 def test_no_feasible_trial_answers_no_acceleration_and_exits_0(  # type: ignore[no-untyped-def]
     workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("accelopt.objective.score_loss", lambda baseline, scores: 0.5)
+    monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.5, 0.5))
     argv = ["run", "--study", "TinySD-DDIM-10-tome", "--n-trials", "2", "--quiet"]
     assert main(argv) == 0
     out = capsys.readouterr().out

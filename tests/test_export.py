@@ -107,11 +107,11 @@ def test_run_export_and_nothing_feasible(
     monkeypatch.delenv("ACCELOPT_STORAGE", raising=False)
     monkeypatch.delenv("ACCELOPT_STORE", raising=False)
     argv = ["run", "--study", "TinySD-DDIM-10-tome", "--n-trials", "1", "--quiet", "--export"]
-    monkeypatch.setattr("accelopt.objective.score_loss", lambda baseline, scores: 0.5)
+    monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.5, 0.5))
     assert main(argv) == 0
     assert "no feasible trial to export" in capsys.readouterr().err
     assert not (tmp_path / "search_params.json").exists()
-    monkeypatch.setattr("accelopt.objective.score_loss", lambda baseline, scores: 0.0)
+    monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.0, 0.0))
     argv[2] = "TinySD-DDIM-10-deepcache"
     assert main(argv) == 0
     assert list(read_store(tmp_path / "search_params.json")) == [

@@ -186,7 +186,7 @@ def test_a_failing_trial_is_fail_and_the_study_goes_on(
     objective.time_baseline()
     measure, calls = bench.measure, []
 
-    def flaky() -> object:
+    def flaky(check: object = None) -> object:
         calls.append(accelerators.active(pipe))
         if len(calls) == 2:
             raise error
