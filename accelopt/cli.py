@@ -135,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
                 weights="random" if args.random_weights else "pretrained",
                 progress=not args.quiet,
                 heartbeat=args.heartbeat,
+                warm_start=args.warm_start,
             )
     except KeyboardInterrupt:
         print(
@@ -244,6 +245,8 @@ def _run_workers(args, spec, gpus, requirement):
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.random_weights:
         argv.append("--random-weights")
+    if not args.warm_start:
+        argv.append("--no-warm-start")
     if gpus[0] is not None:
         argv += ["--device", "cuda"]
     elif args.device is not None:
@@ -301,6 +304,7 @@ def _worker(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             log=lambda s: print(f"{me} {s}", file=sys.stderr),
             heartbeat=args.heartbeat,
+            warm_start=args.warm_start,
         )
     except KeyboardInterrupt:
         print(f"{me} interrupted; its running trial is given back", file=sys.stderr)
@@ -562,6 +566,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="GPU numbers for the workers, e.g. 0,1 (default: 0..N-1)")
     heartbeat_help = "seconds between a running trial's heartbeats on a database (default 30)"
     p.add_argument("--heartbeat", type=int, default=30, help=heartbeat_help)
+    warm_help = "start a new study from its neighbours' best configurations in the storage (on)"
+    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                   help=warm_help)  # fmt: skip
     p.add_argument("--export", action="store_true", help="export the answer when done")
     p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
     p = command(
@@ -583,6 +590,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
     p.add_argument("--random-weights", action="store_true", help="architectures, random weights")
     p.add_argument("--heartbeat", type=int, default=30, help=heartbeat_help)
+    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                   help=warm_help)  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = command("export", _export, "write a study's best configurations into the params store")
     p.add_argument("--study", required=True, help="study NAME")

@@ -293,12 +293,14 @@ def run_study(
     progress: bool = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     heartbeat: int = HEARTBEAT,
+    warm_start: bool = True,
 ) -> Outcome:
     """Run (or resume) a study until its trial budget, its grid, a requirement or a timeout.
 
     ``n_trials`` is the study's total budget (default: the spec's, or the whole grid for the grid
     sampler); trials already finished count towards it. Any number of processes may run the
     same study on shared storage at once (``accelopt.workers``): the budget stays the total.
+    A new study first tries its neighbours' best configurations (``accelopt.warmstart``).
     """
     from accelopt.search import Space
     from accelopt.workers import GridOrder, storage_lock
@@ -322,6 +324,12 @@ def run_study(
     with lock():
         total = int(study.user_attrs.get("budget") or space.size)
         study.set_user_attr("budget", total)
+        if warm_start:  # a new study's first worker only
+            from accelopt import warmstart
+
+            starts = warmstart.warm_start(study, backend, spec, space)
+            if starts:
+                log(f"{spec.name}: {warmstart.summary(starts)}")
     grid = GridOrder(space.grid(), spec.sampler.seed) if spec.sampler.name == "grid" else None
 
     from accelopt.objective import Objective
