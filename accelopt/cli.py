@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     states = [t.state.name for t in outcome.study.trials]
     counted = states.count("COMPLETE") + states.count("PRUNED")
     if args.export:
-        _write_export(outcome.study, args.storage, args.store, requirement)
+        _write_export(outcome.study, args, requirement)
     failed = f", {states.count('FAIL')} failed" if "FAIL" in states else ""
     if outcome.already_finished:
         print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
@@ -313,15 +313,28 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_export(study, storage, store, requirement) -> None:
+def _write_export(study, args, requirement) -> None:
+    from accelopt.confirm import confirm, confirmations
     from accelopt.export import export_study
     from accelopt.store import store_path
-    from accelopt.study import storage_url
+    from accelopt.study import load_bench, spec_of, storage_url
 
-    path = store_path(store)
-    entries = export_study(study, storage_url(storage), path, requirement)
+    if args.top_k < 0:
+        raise AccelOptError(f"--top-k must be 0 (no confirmation) or more, got {args.top_k}")
+    if args.top_k and confirmations(study) is None:
+        # The best of many noisy trials is biased upward: measure the top ones again on the
+        # held-out prompts before anything is exported (accelopt.confirm).
+        def log(s: str) -> None:
+            print(s, file=sys.stderr)
+
+        weights = "random" if args.random_weights else "pretrained"
+        bench = load_bench(spec_of(study), args.device, weights, log)
+        confirm(study, bench, args.top_k, log=log, requirement=requirement)
+    path = store_path(args.store)
+    entries = export_study(study, storage_url(args.storage), path, requirement)
     if not entries:
-        print(f"{study.study_name}: no feasible trial to export", file=sys.stderr)
+        why = "none passed held-out confirmation" if confirmations(study) else "none is feasible"
+        print(f"{study.study_name}: nothing to export: {why}", file=sys.stderr)
     for key in entries:
         print(f"exported {key} -> {path}", file=sys.stderr)
 
@@ -329,9 +342,7 @@ def _write_export(study, storage, store, requirement) -> None:
 def _export(args: argparse.Namespace) -> int:
     from accelopt.study import Requirement
 
-    _write_export(
-        _open_study(args), args.storage, args.store, Requirement(args.req_speedup, args.req_time)
-    )
+    _write_export(_open_study(args), args, Requirement(args.req_speedup, args.req_time))
     return 0
 
 
@@ -378,7 +389,7 @@ def _sweep(args: argparse.Namespace) -> int:
         outcome = run_study(spec, storage=args.storage, device=args.device, weights=weights,
                             progress=not args.quiet)  # fmt: skip
         if args.export:
-            _write_export(outcome.study, args.storage, args.store, outcome.requirement)
+            _write_export(outcome.study, args, outcome.requirement)
         return outcome
 
     rows: list[sweep.Row] = []
@@ -571,6 +582,13 @@ def _parser() -> argparse.ArgumentParser:
                    help=warm_help)  # fmt: skip
     p.add_argument("--export", action="store_true", help="export the answer when done")
     p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        metavar="K",
+        help="before exporting, measure the K best again on held-out prompts (0: skip; default 3)",
+    )
     p = command(
         "worker",
         _worker,
@@ -599,6 +617,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
     p.add_argument("--req-speedup", type=float, help="export the first feasible trial this fast")
     p.add_argument("--req-time", type=float, help="... at or under this many seconds per image")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        metavar="K",
+        help="before exporting, measure the K best again on held-out prompts (0: skip; default 3)",
+    )
+    p.add_argument("--device", help="where to confirm (default: cuda if present)")
+    p.add_argument("--random-weights", action="store_true", help="as the study was run")
     p = command("codegen", _codegen, "write a standalone script for a stored configuration")
     p.add_argument("--pipe", help="pipeline, e.g. SDXL (or its hub id)")
     p.add_argument("--sched", help="scheduler, e.g. DDIM")
@@ -626,6 +653,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL or journal file path")
     p.add_argument("--export", action="store_true", help="export each study when it ends")
     p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        metavar="K",
+        help="before exporting, measure the K best again on held-out prompts (0: skip; default 3)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
     p.add_argument("--random-weights", action="store_true", help="architectures, random weights")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

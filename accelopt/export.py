@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from accelopt.errors import AccelOptError
 from accelopt.store import seed_key, seed_pipeline, seed_scheduler, write_entries
-from accelopt.study import Requirement, best_trial, storage_label
+from accelopt.study import Requirement, storage_label
 
 __all__ = ["entries_for", "export_study", "package_versions"]
 
@@ -86,6 +86,8 @@ def _entry(
             "time_per_image": a.get("baseline_time_per_image"),
             "scores": study.user_attrs.get("baseline_scores"),
         },
+        # the same configuration again on held-out prompts and fresh seeds (accelopt.confirm)
+        "heldout": (study.user_attrs.get("confirmations") or {}).get(str(trial.number)),
         "versions": study.user_attrs.get("versions") or package_versions(),
         "study": {
             "name": study.study_name,
@@ -101,22 +103,33 @@ def entries_for(
     study: optuna.Study, storage: str, requirement: Requirement | None = None
 ) -> dict[str, dict[str, Any]]:
     """The store entries a study answers (empty when no trial is feasible)."""
+    from accelopt.confirm import confirmations
+
     requirement = requirement or Requirement()
     spec = study.user_attrs.get("spec")
     if spec is None:
         raise AccelOptError(f"study {study.study_name} was not made by accelopt run (no spec)")
+    confirmed = confirmations(study)
+
+    def exportable(t: FrozenTrial) -> bool:
+        """Once a study is confirmed, only what passed on the held-out prompts is exported."""
+        return confirmed is None or bool(confirmed.get(t.number, {}).get("passed"))
+
     if requirement.active:
-        met = next((t for t in study.trials if requirement.met_by(t)), None)
+        met = next((t for t in study.trials if requirement.met_by(t) and exportable(t)), None)
         chosen = [] if met is None else [(met, sorted(met.user_attrs["accelerators"]))]
     else:
-        best = best_trial(study)
+        ranked = sorted(
+            (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if t.user_attrs.get("feasible") and exportable(t)),
+            key=lambda t: -t.user_attrs["speedup"],
+        )  # fmt: skip
+        best = ranked[0] if ranked else None
         searched = spec["targets"] or _searched(study)
         chosen = [] if best is None else [(best, searched)]
         if spec["targets"] is None:  # also the best of every set of accelerators tried
             by_set: dict[tuple[str, ...], FrozenTrial] = {}
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-                if not t.user_attrs.get("feasible"):
-                    continue
+            for t in ranked:
                 used = tuple(sorted(t.user_attrs["accelerators"]))
                 if (
                     used not in by_set

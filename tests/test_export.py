@@ -87,7 +87,8 @@ def test_cli_export_writes_the_store_and_refuses_foreign_files(  # type: ignore[
 ) -> None:
     study, storage = searched
     store = tmp_path / "params.json"
-    argv = ["export", "--study", study.study_name, "--storage", storage, "--store", str(store)]
+    argv = ["export", "--study", study.study_name, "--storage", storage, "--top-k", "0",
+            "--store", str(store)]  # fmt: skip
     assert main(argv) == 0
     assert set(read_store(store)) == set(entries_for(study, storage))
     assert "exported ('TinySD', 'DDIM', '10'" in capsys.readouterr().err
@@ -106,10 +107,11 @@ def test_run_export_and_nothing_feasible(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ACCELOPT_STORAGE", raising=False)
     monkeypatch.delenv("ACCELOPT_STORE", raising=False)
-    argv = ["run", "--study", "TinySD-DDIM-10-tome", "--n-trials", "1", "--quiet", "--export"]
+    argv = ["run", "--study", "TinySD-DDIM-10-tome", "--n-trials", "1", "--quiet", "--export",
+            "--top-k", "0"]  # fmt: skip
     monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.5, 0.5))
     assert main(argv) == 0
-    assert "no feasible trial to export" in capsys.readouterr().err
+    assert "nothing to export: none is feasible" in capsys.readouterr().err
     assert not (tmp_path / "search_params.json").exists()
     monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.0, 0.0))
     argv[2] = "TinySD-DDIM-10-deepcache"

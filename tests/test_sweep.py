@@ -24,7 +24,8 @@ def test_sweep_runs_skips_and_reports(tmp_path: Path, capsys: pytest.CaptureFixt
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     argv = ["sweep", "--pipes", "TinySD", "TinyPixArt", "--scheds", "DDIM", "--steps", "10",
             "--targets", "deepcache", "tgate", "--n-trials", "2", "--storage", storage,
-            "--quiet", "--export", "--store", str(tmp_path / "store.json")]  # fmt: skip
+            "--quiet", "--export", "--top-k", "0",
+            "--store", str(tmp_path / "store.json")]  # fmt: skip
     assert main(argv) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["study", "trials", "best", "loss", "state"]

@@ -359,7 +359,7 @@ def test_passwords_never_reach_output_store_or_report(tmp_path: Path) -> None:
     url = make_url(POSTGRES).set(password=password).render_as_string(hide_password=False)
     spec = _spec(tmp_path, "tpe")
     run = _accelopt("run", "--spec", str(spec), "--storage", url, "--n-trials", "2",
-                    "--export", "--store", "store.json", cwd=tmp_path)  # fmt: skip
+                    "--export", "--top-k", "0", "--store", "store.json", cwd=tmp_path)  # fmt: skip
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err
     report = _accelopt("report", "--study", spec.stem, "--storage", url, "--images", "0",

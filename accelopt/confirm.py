@@ -1,0 +1,114 @@
+"""Held-out confirmation: measure a study's top answers again on prompts the search never saw.
+
+The best of many noisy trials is biased upward: a configuration that looked best on the search
+prompts can miss the quality budget on the next ones. Before a study's answer is exported, its
+``k`` fastest feasible configurations are generated again on the held-out prompts with fresh
+seeds, scored against the plain pipeline's images of those prompts and seeds, and re-timed in
+pairs alternated with the baseline. Export then takes the best one that still meets the budget
+and never one that failed (``accelopt.export``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from accelopt import accelerators
+from accelopt.metrics import score_loss
+
+__all__ = ["SEED_OFFSET", "TOP_K", "Confirmation", "candidates", "confirm", "confirmations"]
+
+TOP_K = 3
+SEED_OFFSET = 1_000_003  # held-out prompt i gets seed + SEED_OFFSET + i: never a search seed
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """One configuration measured again on the held-out prompts."""
+
+    trial: int
+    passed: bool  # held-out score loss within the study's budget
+    score_loss: float
+    speedup: float  # median over the alternated pairs
+    speedups: list[float]
+    prompts: int
+    seed: int
+
+
+def candidates(study: optuna.Study, k: int = TOP_K, requirement: Any = None) -> list[FrozenTrial]:
+    """The ``k`` fastest feasible completed trials, one per configuration; with a requirement
+    (``accelopt.study.Requirement``), the first ``k`` trials that meet it."""
+    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("feasible")]  # fmt: skip
+    if requirement is not None and requirement.active:
+        ordered = [t for t in feasible if requirement.met_by(t)]
+    else:
+        ordered = sorted(feasible, key=lambda t: -t.user_attrs["speedup"])
+    chosen: list[FrozenTrial] = []
+    for t in ordered:
+        if all(t.user_attrs["accelerators"] != c.user_attrs["accelerators"] for c in chosen):
+            chosen.append(t)
+    return chosen[:k]
+
+
+def confirm(
+    study: optuna.Study,
+    bench: Any,
+    k: int = TOP_K,
+    pairs: int = 1,
+    log: Callable[[str], None] = lambda s: None,
+    requirement: Any = None,
+) -> list[Confirmation]:
+    """Confirm the top ``k`` configurations of ``study`` with ``bench`` (the study's pipeline);
+    stores the results in the study (``confirmations``) and returns them."""
+    from accelopt.objective import Bench
+
+    spec = bench.spec
+    prompts = dataclasses.replace(
+        spec.prompts, split="heldout", seed=spec.prompts.seed + SEED_OFFSET
+    )
+    heldout = Bench(spec.replace(prompts=prompts), bench.pipe, bench.scorer, bench.device)
+    accelerators.remove(heldout.pipe)
+    reference = heldout.measure()
+    results = []
+    for trial in candidates(study, k, requirement):
+        configs = trial.user_attrs["accelerators"]
+        ratios, scores = [], reference.scores
+        for _ in range(pairs):  # A, B, A, B: drift hits the baseline and the candidate alike
+            accelerators.remove(heldout.pipe)
+            plain = heldout.measure().time_per_image
+            try:
+                with accelerators.apply(heldout.pipe, configs, steps=spec.steps):
+                    m = heldout.measure()
+            finally:
+                accelerators.remove(heldout.pipe)
+            ratios.append(plain / m.time_per_image)
+            scores = m.scores
+        loss = score_loss(reference.scores, scores)
+        result = Confirmation(
+            trial=trial.number,
+            passed=loss <= spec.max_score_loss,
+            score_loss=loss,
+            speedup=statistics.median(ratios),
+            speedups=ratios,
+            prompts=len(scores),
+            seed=prompts.seed,
+        )
+        log(f"{study.study_name}: trial {trial.number} on {result.prompts} held-out prompts: "
+            f"{result.speedup:.2f}x, score loss {100 * loss:.2f}% -> "
+            f"{'passes' if result.passed else 'FAILS'}")  # fmt: skip
+        results.append(result)
+    study.set_user_attr("confirmations", {str(r.trial): dataclasses.asdict(r) for r in results})
+    return results
+
+
+def confirmations(study: optuna.Study) -> dict[int, dict[str, Any]] | None:
+    """Stored confirmations by trial number; None when the study was never confirmed."""
+    stored = study.user_attrs.get("confirmations")
+    return None if stored is None else {int(n): c for n, c in stored.items()}

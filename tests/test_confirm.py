@@ -1,0 +1,119 @@
+"""Held-out confirmation: a configuration that fails on unseen prompts is never exported."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from accelopt import accelerators
+from accelopt._types import Pipeline
+from accelopt.cli import main
+from accelopt.confirm import SEED_OFFSET, candidates, confirm, confirmations
+from accelopt.export import entries_for
+from accelopt.objective import Bench
+from accelopt.prompts import load_prompts
+from accelopt.schedulers import set_scheduler
+from accelopt.spec import PromptSpec, load_spec
+from accelopt.study import _spec_record, open_storage
+
+SPEC = load_spec("TinySD-DDIM-10-deepcache").replace(
+    warmup=0, prompts=PromptSpec(count=4, batch_size=2)
+)
+# Search speedups, and the score each configuration gets on the held-out prompts (plain: 10).
+SEARCH = {5: 3.0, 3: 2.0, 2: 1.5}
+HELDOUT = {5: 5.0, 3: 9.9, 2: 10.0}  # interval 5 loses 50% on unseen prompts; 3 loses 1%
+
+
+class Scorer:
+    def __init__(self, pipe: Pipeline) -> None:
+        self.pipe, self.prompts, self.seen = pipe, [], set()
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> list[float]:
+        self.prompts += prompts
+        active = accelerators.active(self.pipe)
+        if active is None:
+            return [10.0] * len(prompts)
+        interval = active.configs["deepcache"].cache_interval
+        self.seen.add(interval)
+        return [HELDOUT[interval]] * len(prompts)
+
+
+def _study(tmp_path: Path) -> tuple[optuna.Study, str]:
+    url = str(tmp_path / "studies.journal")
+    study = optuna.create_study(study_name=SPEC.name, storage=open_storage(url)[0],
+                                direction="maximize")  # fmt: skip
+    study.set_user_attr("spec", _spec_record(SPEC))
+    for interval, speedup in SEARCH.items():
+        configs = {"deepcache": {"cache_interval": interval, "cache_branch_id": 0}}
+        attrs: dict[str, Any] = {"accelerators": configs, "speedup": speedup, "feasible": True,
+                                 "score_loss": 0.0, "time_per_image": 1 / speedup}  # fmt: skip
+        study.add_trial(optuna.trial.create_trial(value=speedup, user_attrs=attrs))
+    return study, url
+
+
+@pytest.fixture
+def bench(tiny: Callable[[str], Pipeline]) -> Bench:
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, SPEC.scheduler)
+    return Bench(SPEC, pipe, Scorer(pipe), torch.device("cpu"))  # type: ignore[arg-type]
+
+
+def test_the_best_that_fails_held_out_is_never_exported(tmp_path: Path, bench: Bench) -> None:
+    study, url = _study(tmp_path)
+    assert (
+        next(iter(entries_for(study, url).values()))["accelerators"]["deepcache"]["cache_interval"]
+        == 5
+    )  # unconfirmed: the search's best
+    results = confirm(study, bench, k=2)
+    assert [(r.trial, r.passed) for r in results] == [(0, False), (1, True)]
+    assert results[0].score_loss == 0.5 and results[1].score_loss == pytest.approx(0.01)
+    assert bench.scorer.seen == {5, 3}  # type: ignore[attr-defined]  # only the top two ran
+    assert all(len(r.speedups) == 1 and r.speedup > 0 for r in results)
+    (entry,) = entries_for(study, url).values()
+    assert entry["accelerators"]["deepcache"]["cache_interval"] == 3
+    assert entry["heldout"]["passed"] and entry["heldout"]["score_loss"] == pytest.approx(0.01)
+    assert entry["measured"]["speedup"] == 2.0  # the search's numbers beside the held-out ones
+
+
+def test_held_out_means_other_prompts_and_fresh_seeds(tmp_path: Path, bench: Bench) -> None:
+    study, _ = _study(tmp_path)
+    (result,) = confirm(study, bench, k=1)
+    heldout = {p.text for p in load_prompts("heldout")}
+    search = {p.text for p in load_prompts(SPEC.prompts.split)}
+    scored = bench.scorer.prompts  # type: ignore[attr-defined]
+    assert scored and set(scored) <= heldout and not set(scored) & search
+    assert result.seed == SPEC.prompts.seed + SEED_OFFSET and result.prompts == 4
+    assert confirmations(study) == {0: {**result.__dict__}}
+
+
+def test_when_every_candidate_fails_nothing_is_exported(tmp_path: Path, bench: Bench) -> None:
+    study, url = _study(tmp_path)
+    HELDOUT[3], HELDOUT[2] = 5.0, 5.0
+    try:
+        confirm(study, bench, k=3)
+    finally:
+        HELDOUT[3], HELDOUT[2] = 9.9, 10.0
+    assert entries_for(study, url) == {}
+    assert [t.number for t in candidates(study, 3)] == [0, 1, 2]
+
+
+def test_export_confirms_first_and_says_why_nothing_was_written(
+    tmp_path: Path, bench: Bench, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _, url = _study(tmp_path)
+    monkeypatch.setattr("accelopt.study.load_bench", lambda *args: bench)
+    store = tmp_path / "store.json"
+    argv = ["export", "--study", SPEC.name, "--storage", url, "--store", str(store)]
+    assert main([*argv, "--top-k", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "trial 0 on 4 held-out prompts" in err and "FAILS" in err
+    assert "nothing to export: none passed held-out confirmation" in err
+    assert not store.exists()
+    assert main([*argv, "--top-k", "-1"]) == 2
+    assert "--top-k must be 0" in capsys.readouterr().err
