@@ -542,6 +542,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", help="a pipeline name, e.g. SDXL or TinySD")
     p.add_argument("--steps", type=int, default=25, help="inference steps (default: 25)")
     p.add_argument("--targets", help="accelerators joined by '+', e.g. deepcache+tgate")
+
+    def trial_options(p: argparse.ArgumentParser) -> None:
+        """What every process that runs trials of a study takes (run, worker)."""
+        p.add_argument("--n-trials", type=int, help="the study's total trials (default: spec's)")
+        p.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
+        p.add_argument(
+            "--req-speedup", type=float, help="stop at the first feasible trial this fast"
+        )
+        p.add_argument(
+            "--req-time",
+            type=float,
+            metavar="S",
+            help="stop at the first feasible trial at or under S seconds per image",
+        )
+        p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
+        p.add_argument(
+            "--random-weights", action="store_true", help="the architecture, random weights"
+        )
+        p.add_argument(
+            "--heartbeat",
+            type=int,
+            default=30,
+            help="seconds between a trial's heartbeats on a database (default 30)",
+        )
+        p.add_argument(
+            "--warm-start",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="start a new study from its neighbours' best configurations (default: on)",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def export_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--store", help="params store (default: $ACCELOPT_STORE or search_params.json)"
+        )
+        p.add_argument("--top-k", type=int, default=3, metavar="K",
+                       help="before exporting, measure the K best again on held-out prompts "
+                       "(0: skip; default 3)")  # fmt: skip
+
     p = command("run", _run, "run or resume a study; prints the best configuration")
     p.add_argument("--study", help="study NAME: PIPE-SCHED-STEPS[-TARGETS], e.g. SDXL-DDIM-25")
     p.add_argument("--spec", help="run this spec FILE (its stem is the study name)")
@@ -550,24 +590,10 @@ def _parser() -> argparse.ArgumentParser:
         help="Optuna storage URL or journal file path "
         "(default: $ACCELOPT_STORAGE or sqlite:///accelopt.db)",
     )
-    p.add_argument("--n-trials", type=int, help="total trials for the study (default: the spec's)")
-    p.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
     p.add_argument("--sampler", choices=("tpe", "grid"), help="override the spec's sampler")
     p.add_argument("--seed", type=int, help="sampler seed (default: the spec's)")
     p.add_argument("--max-score-loss", type=float, help="CLIP score loss budget (default 0.02)")
-    p.add_argument("--req-speedup", type=float, help="stop at the first feasible trial this fast")
-    p.add_argument(
-        "--req-time",
-        type=float,
-        help="stop at the first feasible trial at or under this many seconds per image",
-    )
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
-    p.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="the architecture with random weights (timing without a download)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    trial_options(p)
     p.add_argument(
         "--workers",
         type=int,
@@ -575,20 +601,8 @@ def _parser() -> argparse.ArgumentParser:
         "file or --storage, never SQLite",
     )
     p.add_argument("--gpus", help="GPU numbers for the workers, e.g. 0,1 (default: 0..N-1)")
-    heartbeat_help = "seconds between a running trial's heartbeats on a database (default 30)"
-    p.add_argument("--heartbeat", type=int, default=30, help=heartbeat_help)
-    warm_help = "start a new study from its neighbours' best configurations in the storage (on)"
-    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
-                   help=warm_help)  # fmt: skip
     p.add_argument("--export", action="store_true", help="export the answer when done")
-    p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
-    p.add_argument(
-        "--top-k",
-        type=int,
-        default=3,
-        metavar="K",
-        help="before exporting, measure the K best again on held-out prompts (0: skip; default 3)",
-    )
+    export_options(p)
     p = command(
         "worker",
         _worker,
@@ -601,29 +615,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a journal file path (one host) or postgresql:// URL (many hosts); default "
         "$ACCELOPT_STORAGE",
     )
-    p.add_argument("--n-trials", type=int, help="the study's total trials (default: as stored)")
-    p.add_argument("--timeout", type=float, help="stop starting trials after SECONDS")
-    p.add_argument("--req-speedup", type=float, help="stop once a feasible trial is this fast")
-    p.add_argument("--req-time", type=float, help="... at or under this many seconds per image")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
-    p.add_argument("--random-weights", action="store_true", help="architectures, random weights")
-    p.add_argument("--heartbeat", type=int, default=30, help=heartbeat_help)
-    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
-                   help=warm_help)  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    trial_options(p)
     p = command("export", _export, "write a study's best configurations into the params store")
     p.add_argument("--study", required=True, help="study NAME")
     p.add_argument("--storage", help="Optuna storage URL or journal file path")
-    p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
     p.add_argument("--req-speedup", type=float, help="export the first feasible trial this fast")
     p.add_argument("--req-time", type=float, help="... at or under this many seconds per image")
-    p.add_argument(
-        "--top-k",
-        type=int,
-        default=3,
-        metavar="K",
-        help="before exporting, measure the K best again on held-out prompts (0: skip; default 3)",
-    )
+    export_options(p)
     p.add_argument("--device", help="where to confirm (default: cuda if present)")
     p.add_argument("--random-weights", action="store_true", help="as the study was run")
     p = command("codegen", _codegen, "write a standalone script for a stored configuration")
@@ -652,14 +650,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="trials per study (default: each spec's)")
     p.add_argument("--storage", help="Optuna storage URL or journal file path")
     p.add_argument("--export", action="store_true", help="export each study when it ends")
-    p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
-    p.add_argument(
-        "--top-k",
-        type=int,
-        default=3,
-        metavar="K",
-        help="before exporting, measure the K best again on held-out prompts (0: skip; default 3)",
-    )
+    export_options(p)
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
     p.add_argument("--random-weights", action="store_true", help="architectures, random weights")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -202,8 +202,16 @@ def speed_suite(args: argparse.Namespace, n: int, started: float, argv: list[str
         complete = not merged["partial"]
     else:
         summary = "no worker wrote a file: see speed.log\n"
-    (args.out / "speed.md").write_text(summary)
-    with (args.out / "speed.log").open("w") as log:
+    return finish(args.out / "speed.md", summary, args.out / "speed.log", smi, lines, work,
+                  complete)  # fmt: skip
+
+
+def finish(
+    md: Path, summary: str, log_path: Path, smi: str, lines: list[str], work: Path, complete: bool
+) -> int:
+    """Write the summary and one log of every worker, drop the scratch folder; the exit code."""
+    md.write_text(summary)
+    with log_path.open("w") as log:
         log.write(smi + "\n\n" + "\n".join(lines) + "\n\n")
         for path in sorted(work.glob("worker-*.log")):
             log.write(f"===== {path.name}\n{path.read_text()}\n")
@@ -288,14 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
     ]
     summary = "\n".join(header) + "\n".join(sections)
-    (out / "landscape.md").write_text(summary)
-    with (out / "landscape.log").open("w") as log:
-        log.write(smi + "\n\n" + "\n".join(lines) + "\n\n")
-        for path in sorted(work.glob("worker-*.log")):
-            log.write(f"===== {path.name}\n{path.read_text()}\n")
-    shutil.rmtree(work)
-    print(summary)
-    return 0 if complete else 1
+    return finish(out / "landscape.md", summary, out / "landscape.log", smi, lines, work,
+                  complete)  # fmt: skip
 
 
 if __name__ == "__main__":
