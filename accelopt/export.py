@@ -8,6 +8,7 @@ for every set of accelerators it tried, the best feasible trial that used exactl
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ PACKAGES = ("accelopt", "torch", "diffusers", "transformers", "DeepCache", "tgat
 SEED_PARAMS = {"warm_up": "warmup"}
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (None for a package that is not installed)."""
     found: dict[str, str | None] = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             found[name] = version(name)
         except PackageNotFoundError:

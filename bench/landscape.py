@@ -432,15 +432,11 @@ def _logger(prefix: str, started: float) -> Callable[[str], None]:
 
 
 def _environment() -> Record:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions: dict[str, str | None] = {}
-    for name in VERSIONS:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
     import torch
+
+    from accelopt.export import package_versions
+
+    versions = package_versions(VERSIONS)
 
     versions["cuda"] = torch.version.cuda
     versions["python"] = sys.version.split()[0]

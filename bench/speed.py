@@ -220,15 +220,9 @@ def raw_upstream(pipe: Any, name: str, params: dict[str, Any]) -> Applied:
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
+    from accelopt.export import package_versions
 
-    found: dict[str, str | None] = {}
-    for package in ("torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
+    return package_versions(("torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd"))
 
 
 def bench_pipe(
