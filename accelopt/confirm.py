@@ -22,7 +22,15 @@ from optuna.trial import FrozenTrial, TrialState
 from accelopt import accelerators
 from accelopt.metrics import score_loss
 
-__all__ = ["SEED_OFFSET", "TOP_K", "Confirmation", "candidates", "confirm", "confirmations"]
+__all__ = [
+    "SEED_OFFSET",
+    "TOP_K",
+    "Confirmation",
+    "candidates",
+    "confirm",
+    "confirmations",
+    "pending",
+]
 
 TOP_K = 3
 SEED_OFFSET = 1_000_003  # held-out prompt i gets seed + SEED_OFFSET + i: never a search seed
@@ -65,9 +73,14 @@ def confirm(
     log: Callable[[str], None] = lambda s: None,
     requirement: Any = None,
 ) -> list[Confirmation]:
-    """Confirm the top ``k`` configurations of ``study`` with ``bench`` (the study's pipeline);
-    stores the results in the study (``confirmations``) and returns them."""
+    """Confirm those of the top ``k`` configurations of ``study`` not confirmed yet, with
+    ``bench`` (the study's pipeline); adds them to the study's ``confirmations`` and returns
+    them. A study resumed after an export thus confirms only its new leaders."""
     from accelopt.objective import Bench
+
+    todo = pending(study, k, requirement)
+    if not todo:
+        return []
 
     spec = bench.spec
     prompts = dataclasses.replace(
@@ -77,7 +90,7 @@ def confirm(
     accelerators.remove(heldout.pipe)
     reference = heldout.measure()
     results = []
-    for trial in candidates(study, k, requirement):
+    for trial in todo:
         configs = trial.user_attrs["accelerators"]
         ratios, scores = [], reference.scores
         for _ in range(pairs):  # A, B, A, B: drift hits the baseline and the candidate alike
@@ -104,8 +117,16 @@ def confirm(
             f"{result.speedup:.2f}x, score loss {100 * loss:.2f}% -> "
             f"{'passes' if result.passed else 'FAILS'}")  # fmt: skip
         results.append(result)
-    study.set_user_attr("confirmations", {str(r.trial): dataclasses.asdict(r) for r in results})
+    stored = study.user_attrs.get("confirmations") or {}
+    stored.update({str(r.trial): dataclasses.asdict(r) for r in results})
+    study.set_user_attr("confirmations", stored)
     return results
+
+
+def pending(study: optuna.Study, k: int = TOP_K, requirement: Any = None) -> list[FrozenTrial]:
+    """The top ``k`` candidates that have no held-out confirmation yet."""
+    done = confirmations(study) or {}
+    return [t for t in candidates(study, k, requirement) if t.number not in done]
 
 
 def confirmations(study: optuna.Study) -> dict[int, dict[str, Any]] | None:

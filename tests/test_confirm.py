@@ -13,7 +13,7 @@ import torch
 from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.cli import main
-from accelopt.confirm import SEED_OFFSET, candidates, confirm, confirmations
+from accelopt.confirm import SEED_OFFSET, candidates, confirm, confirmations, pending
 from accelopt.export import entries_for
 from accelopt.objective import Bench
 from accelopt.prompts import load_prompts
@@ -117,3 +117,19 @@ def test_export_confirms_first_and_says_why_nothing_was_written(
     assert not store.exists()
     assert main([*argv, "--top-k", "-1"]) == 2
     assert "--top-k must be 0" in capsys.readouterr().err
+
+
+def test_a_resumed_study_confirms_only_its_new_leaders(tmp_path: Path, bench: Bench) -> None:
+    study, url = _study(tmp_path)
+    assert [r.trial for r in confirm(study, bench, k=2)] == [0, 1]
+    configs = {"deepcache": {"cache_interval": 2, "cache_branch_id": 0}}
+    attrs = {"accelerators": configs, "speedup": 9.0, "feasible": True, "score_loss": 0.0,
+             "time_per_image": 0.1}  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(value=9.0, user_attrs=attrs))  # a new leader
+    bench.scorer.seen.clear()  # type: ignore[attr-defined]
+    assert [t.number for t in pending(study, 2)] == [3]
+    assert [r.trial for r in confirm(study, bench, k=2)] == [3]
+    assert bench.scorer.seen == {2}  # type: ignore[attr-defined]  # only the new one ran
+    assert sorted(confirmations(study) or {}) == [0, 1, 3]
+    (entry,) = entries_for(study, url).values()
+    assert entry["study"]["trial"] == 3 and entry["heldout"]["passed"]
