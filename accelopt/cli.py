@@ -291,6 +291,9 @@ def _worker(args: argparse.Namespace) -> int:
         spec = spec_of(optuna.load_study(study_name=args.study, storage=backend))
     except KeyError:
         spec = _load_spec(args)
+    finally:  # run_study opens its own: this pool's connections would sit idle all run long
+        if isinstance(backend, optuna.storages.RDBStorage):
+            backend.engine.dispose()
     me = f"[{socket.gethostname()}:{os.getpid()}]"
     try:
         outcome = run_study(
