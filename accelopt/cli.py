@@ -181,12 +181,15 @@ SQLITE_WORKERS = (
 )
 
 
-def _shared_storage(url: str | None, workers: str) -> str:
-    """The storage several workers share: never SQLite."""
-    import os
+SHARED_STORAGE = "accelopt.journal"  # --workers N with no storage named anywhere
 
-    url = url or os.environ.get("ACCELOPT_STORAGE")
-    if url is None:
+
+def _shared_storage(url: str | None, workers: str, default: str = "") -> str:
+    """The storage several workers share (``url``, $ACCELOPT_STORAGE, ``default``): not SQLite."""
+    from accelopt.study import storage_url
+
+    url = storage_url(url, default)
+    if not url:
         raise AccelOptError(f"{workers} need a shared --storage: a journal file on one host "
                             f"(e.g. accelopt.journal) or a postgresql:// URL")  # fmt: skip
     if url.startswith("sqlite"):
@@ -237,8 +240,11 @@ def _gpus(args: argparse.Namespace) -> list[str | None]:
 def _run_workers(args, spec, gpus, requirement):
     from accelopt.workers import run_workers
 
-    storage = args.storage or _default_shared_storage()
-    storage = _shared_storage(storage, f"{len(gpus)} workers")
+    storage = _shared_storage(args.storage, f"{len(gpus)} workers", SHARED_STORAGE)
+    if storage == SHARED_STORAGE:
+        print(f"accelopt: several workers share the journal file {storage} (SQLite cannot "
+              f"serve them); later commands need --storage {storage}",
+              file=sys.stderr)  # fmt: skip
     argv = ["--study", spec.name, "--quiet", "--heartbeat", str(args.heartbeat)]
     for flag in ("timeout", "req_speedup", "req_time"):
         if getattr(args, flag) is not None:
@@ -260,18 +266,6 @@ def _run_workers(args, spec, gpus, requirement):
         requirement=requirement,
         progress=not args.quiet,
     )
-
-
-def _default_shared_storage() -> str:
-    """--workers without --storage: $ACCELOPT_STORAGE, else a journal file here."""
-    import os
-
-    url = os.environ.get("ACCELOPT_STORAGE")
-    if url is None:
-        url = "accelopt.journal"
-        print(f"accelopt: several workers share the journal file {url} (SQLite cannot serve "
-              f"them); later commands need --storage {url}", file=sys.stderr)  # fmt: skip
-    return url
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -123,9 +123,9 @@ def storage_label(url: str) -> str:
         return url.split("://", 1)[0] + "://***"
 
 
-def storage_url(url: str | None) -> str:
-    """The storage a command means: ``url``, else $ACCELOPT_STORAGE, else ``DEFAULT_STORAGE``."""
-    return url or os.environ.get("ACCELOPT_STORAGE") or DEFAULT_STORAGE
+def storage_url(url: str | None, default: str = DEFAULT_STORAGE) -> str:
+    """The storage a command means: ``url``, else $ACCELOPT_STORAGE, else ``default``."""
+    return url or os.environ.get("ACCELOPT_STORAGE") or default
 
 
 def open_storage(

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -100,9 +102,6 @@ class GridOrder:
     """The points of a grid in an order fixed by a seed; hands out the first unused one."""
 
     def __init__(self, grid: Mapping[str, Sequence[Any]], seed: int) -> None:
-        import itertools
-        import random
-
         keys = sorted(grid)
         self.points = [dict(zip(keys, values, strict=True))
                        for values in itertools.product(*(grid[k] for k in keys))]  # fmt: skip
