@@ -17,11 +17,13 @@ __all__ = ["main"]
 
 
 def _pipelines(args: argparse.Namespace) -> int:
-    from accelopt.pipelines import MODELS
+    from accelopt.pipelines import MODELS, TOY_PIPELINES
 
     print(f"{'name':14} {'family':13} {'resolution':>10}  weights")
     for m in MODELS:
-        source = m.hub_id or "built from config (random, offline)"
+        built = "built from config (random, offline)"
+        toy = "trained on toy shapes, shipped with accelopt"
+        source = m.hub_id or (toy if m.name in TOY_PIPELINES else built)
         print(f"{m.name:14} {m.family:13} {m.resolution:>10}  {source}")
     print("\nAlso accepted: any diffusers hub id (org/name) or local pipeline folder.")
     return 0
@@ -69,7 +71,7 @@ def _accelerators(args: argparse.Namespace) -> int:
 def _prompts(args: argparse.Namespace) -> int:
     from accelopt.prompts import load_prompts
 
-    for p in load_prompts(args.split, args.count):
+    for p in load_prompts(args.split, args.count, args.set):
         print(f"{p.id}  {p.split:7}  {p.category:12}  {p.text}")
     return 0
 
@@ -680,7 +682,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow binding to a non-loopback address (the dashboard has no login)",
     )
-    p = command("prompts", _prompts, "print the shipped prompt set")
+    p = command("prompts", _prompts, "print a shipped prompt set")
+    p.add_argument(
+        "--set",
+        choices=("accelopt", "shapes"),
+        default="accelopt",
+        help="accelopt (for real models, default) or shapes (ToySD's captions)",
+    )
     p.add_argument("--split", choices=("search", "heldout"), help="only this split")
     p.add_argument("--count", type=int, help="only the first COUNT prompts")
     return parser

@@ -276,6 +276,20 @@ def _header(values: Mapping[str, Any]) -> str:
     return ast.unparse(ast.fix_missing_locations(ast.Module(body, [])))
 
 
+def _model_source(info: Any, model: str) -> str:
+    """What the script loads: the hub id, the shipped folder of a toy model, or the name itself.
+
+    A tiny pipeline has neither hub id nor folder: its scripts run with --model pointing at one.
+    """
+    from accelopt.pipelines import TOY_PIPELINES, toy_folder
+
+    if info is None:
+        return model
+    if info.name in TOY_PIPELINES:
+        return str(toy_folder(info.name))
+    return str(info.hub_id or info.name)
+
+
 def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict[str, Any]:
     """The script's header, from a store entry."""
     from accelopt.accelerators.tgate import LOADERS
@@ -298,8 +312,7 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
     pixart = family is not None and family.startswith("pixart")
     gen = entry["generation"]
     return {
-        # A tiny pipeline has no hub id: its scripts are run with --model pointing at a folder.
-        "MODEL": (info.hub_id or info.name) if info else entry["model"],
+        "MODEL": _model_source(info, entry["model"]),
         "SCHEDULER": sched.class_name,
         "SCHEDULER_CONFIG": dict(sched.overrides),
         "STEPS": entry["steps"],

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from accelopt.errors import AccelOptError
-from accelopt.spec import TINY_CLIP
+from accelopt.spec import TINY_CLIP, TOY_CLIP
 
 __all__ = ["ClipScorer", "loss_bound", "psnr", "score_loss", "ssim"]
 
@@ -134,7 +134,13 @@ def _image_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.T
 class ClipScorer:
     """Scores images against their prompts with one open_clip model, loaded once.
 
-    ``pretrained=""`` builds random weights from a fixed seed (no download).
+    ``model_name`` is an open_clip architecture (``ViT-H-14``; ``pretrained`` names its weights,
+    ``""`` builds random weights from a fixed seed), an open_clip folder (``local-dir:PATH``,
+    ``hf-hub:ORG/NAME``: config, weights and tokenizer from there), or ``accelopt-toy-clip``,
+    the scorer trained on the toy shapes and shipped with accelopt.
+
+    >>> scorer = ClipScorer("accelopt-toy-clip", "", torch.device("cpu"))
+    >>> scorer(images, ["one large red circle in the center on a white background"])
     """
 
     model_name: str
@@ -147,21 +153,23 @@ class ClipScorer:
 
         config = resources.files("accelopt").joinpath("data/clip")
         open_clip.add_model_config(str(config))
-        if self.model_name not in open_clip.list_models():
+        name = _open_clip_name(self.model_name)
+        if not name.startswith(_SCHEMAS) and name not in open_clip.list_models():
             raise AccelOptError(
                 f"metric: unknown CLIP model {self.model_name!r}; see open_clip.list_models() "
-                f"(e.g. ViT-B-32, ViT-H-14, {TINY_CLIP})"
+                f"(e.g. ViT-B-32, ViT-H-14, {TINY_CLIP}, {TOY_CLIP}, local-dir:PATH)"
             )
+        pretrained = None if name.startswith(_SCHEMAS) else self.pretrained or None
         try:
             with torch.random.fork_rng(devices=[]), _quiet_root_logger():
                 torch.manual_seed(self.seed)
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    self.model_name, pretrained=self.pretrained or None, device=self.device
+                    name, pretrained=pretrained, device=self.device
                 )
-        except RuntimeError as err:  # open_clip's word for an unknown model or tag
+                self.tokenizer = open_clip.get_tokenizer(name)
+        except (RuntimeError, OSError, ValueError) as err:  # unknown tag, missing folder or file
             raise AccelOptError(f"metric: {err}") from None
         self.model = model.eval()
-        self.tokenizer = open_clip.get_tokenizer(self.model_name)
         self.image_size = _image_size(preprocess)
         mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
         std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
@@ -169,8 +177,8 @@ class ClipScorer:
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> list[float]:
-        """CLIP score of each image (B, 3, H, W in [0, 1]) against its prompt."""
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-length embeddings of images (B, 3, H, W in [0, 1]) at the model's input size."""
         pixels = torch.nn.functional.interpolate(
             images.to(self.device, torch.float32),
             size=(self.image_size, self.image_size),
@@ -179,11 +187,29 @@ class ClipScorer:
         ).clamp(0, 1)
         pixels = (pixels - self.mean) / self.std
         dtype = next(self.model.parameters()).dtype
-        image = self.model.encode_image(pixels.to(dtype), normalize=True)
-        text = self.model.encode_text(
-            self.tokenizer(list(prompts)).to(self.device), normalize=True
-        )
-        return (100.0 * (image * text).sum(dim=-1)).float().tolist()
+        return self.model.encode_image(pixels.to(dtype), normalize=True).float()
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-length embeddings of texts."""
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return self.model.encode_text(tokens, normalize=True).float()
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> list[float]:
+        """CLIP score of each image (B, 3, H, W in [0, 1]) against its prompt."""
+        image, text = self.embed_images(images), self.embed_texts(prompts)
+        return (100.0 * (image * text).sum(dim=-1)).tolist()
+
+
+_SCHEMAS = ("local-dir:", "hf-hub:")
+
+
+def _open_clip_name(name: str) -> str:
+    """The name open_clip loads: the shipped toy scorer is a local-dir folder in the package."""
+    if name == TOY_CLIP:
+        folder = resources.files("accelopt").joinpath(f"data/toy/{TOY_CLIP}")
+        return f"local-dir:{folder}"
+    return name
 
 
 @contextlib.contextmanager

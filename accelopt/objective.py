@@ -55,7 +55,8 @@ class Bench:
     prompts: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        chosen = load_prompts(self.spec.prompts.split, self.spec.prompts.count)
+        p = self.spec.prompts
+        chosen = load_prompts(p.split, p.count, p.set)
         self.prompts = [p.text for p in chosen]
         self.traits = accelerators.PipeTraits.of(self.pipe)
 

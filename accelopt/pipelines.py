@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FAMILIES",
     "MODELS",
+    "TOY_PIPELINES",
     "ModelInfo",
     "call_defaults",
     "denoiser",
@@ -33,6 +34,7 @@ __all__ = [
     "model_info",
     "resolve_device",
     "resolve_dtype",
+    "toy_folder",
 ]
 
 Family = Literal["sd", "sdxl", "pixart-alpha", "pixart-sigma"]
@@ -67,6 +69,8 @@ MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("TinySD", "sd", None, TINY_RESOLUTION),
     ModelInfo("TinySDXL", "sdxl", None, TINY_RESOLUTION),
     ModelInfo("TinyPixArt", "pixart-alpha", None, TINY_RESOLUTION),
+    # Trained here on the toy shapes (accelopt.toy); its folder ships inside the package.
+    ModelInfo("ToySD", "sd", None, 64),
 )
 _MODELS = {key.lower(): m for m in MODELS for key in (m.name, m.hub_id) if key}
 
@@ -75,6 +79,16 @@ _DTYPES = {
     "float16": "float16", "fp16": "float16", "half": "float16",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
 }  # fmt: skip
+
+
+TOY_PIPELINES = ("ToySD",)
+
+
+def toy_folder(name: str) -> Path:
+    """The shipped folder of a toy pipeline (``accelopt/data/toy/NAME``), a diffusers folder."""
+    from importlib import resources
+
+    return Path(str(resources.files("accelopt").joinpath(f"data/toy/{name}")))
 
 
 def model_info(name: str) -> ModelInfo | None:
@@ -153,6 +167,10 @@ def load_pipeline(
     info = model_info(name)
     if info is not None and info.name in TINY_PIPELINES:
         pipe = tiny_pipeline(info.name, seed=seed)
+    elif info is not None and info.name in TOY_PIPELINES:
+        if weights == "random":
+            raise AccelOptError(f"{info.name} ships trained weights; drop --random-weights")
+        pipe = _from_pretrained(str(toy_folder(info.name)), torch_dtype, variant)
     elif weights == "random":
         if info is None:
             valid = choices(m.name for m in MODELS if m.hub_id)

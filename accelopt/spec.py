@@ -37,13 +37,18 @@ __all__ = [
 DEFAULT_MAX_SCORE_LOSS = 0.02
 SAMPLERS = ("tpe", "grid")
 TINY_CLIP = "accelopt-tiny-clip"  # a small open_clip config shipped with accelopt, random weights
+TOY_CLIP = "accelopt-toy-clip"  # the scorer trained on the toy shapes, shipped with its weights
 
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """Which prompts a trial generates: the first ``count`` of a split, ``batch_size`` per call,
-    prompt i seeded with ``seed + i``."""
+    """Which prompts a trial generates: the first ``count`` of a split of a prompt set,
+    ``batch_size`` per call, prompt i seeded with ``seed + i``.
 
+    ``set`` is ``accelopt`` (the shipped prompts for real models) or ``shapes`` (captions of the
+    toy shapes, for ToySD)."""
+
+    set: str = "accelopt"
     split: str = "search"
     count: int = 16
     batch_size: int = 4
@@ -159,6 +164,14 @@ def _model_defaults(pipeline: str) -> dict[str, Any]:
     info = model_info(pipeline)
     if info is None:
         return {}
+    if info.name == "ToySD":  # trained on shapes: their captions, its own scorer
+        return {
+            "resolution": info.resolution,
+            "guidance": 5.0,
+            "prompts": PromptSpec(set="shapes", count=16, batch_size=4),
+            "metric": MetricSpec(TOY_CLIP, ""),
+            "n_trials": 12,
+        }
     tiny = info.hub_id is None
     return {
         "resolution": info.resolution,
@@ -319,7 +332,7 @@ def _check_targets(spec: StudySpec) -> None:
 
 def _check_ranges(where: str, spec: StudySpec) -> None:
     from accelopt.pipelines import resolve_dtype
-    from accelopt.prompts import SPLITS
+    from accelopt.prompts import PROMPT_SETS, SPLITS
     from accelopt.schedulers import resolve_scheduler
 
     def need(ok: bool, key: str, allowed: str) -> None:
@@ -337,6 +350,7 @@ def _check_ranges(where: str, spec: StudySpec) -> None:
     need(0 <= spec.warmup <= 10, "warmup", "0..10")
     early = spec.early_stop == 0 or 0.5 <= spec.early_stop < 1
     need(early, "early_stop", "0 (off) or at least 0.5 and less than 1")
+    need(spec.prompts.set in PROMPT_SETS, "prompts.set", choices(PROMPT_SETS))
     need(spec.prompts.split in SPLITS, "prompts.split", choices(SPLITS))
     need(1 <= spec.prompts.count <= 1000, "prompts.count", "1..1000")
     need(1 <= spec.prompts.batch_size <= 64, "prompts.batch_size", "1..64")

@@ -416,7 +416,9 @@ def load_bench(
     from accelopt.schedulers import set_scheduler
 
     info = model_info(spec.pipeline)
-    tiny = info is not None and info.hub_id is None
+    from accelopt.testing.tiny import TINY_PIPELINES
+
+    tiny = info is not None and info.name in TINY_PIPELINES
     log(f"{spec.name}: loading {spec.pipeline} ({'random' if tiny else weights} weights) ...")
     pipe = load_pipeline(spec.pipeline, weights=weights, dtype=spec.dtype, device=device)  # type: ignore[arg-type]
     set_scheduler(pipe, spec.scheduler)

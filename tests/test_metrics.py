@@ -144,6 +144,22 @@ def test_unknown_model_is_a_metric_error() -> None:
     assert "no-such-clip-model" in message
 
 
+def test_missing_local_dir_is_a_metric_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(AccelOptError) as info:
+        ClipScorer(f"local-dir:{tmp_path / 'nowhere'}", "", CPU)
+    assert str(info.value).startswith("metric:") and "nowhere" in str(info.value)
+
+
+def test_embeddings_are_unit_length_and_give_the_score(
+    scorer: ClipScorer, images: torch.Tensor
+) -> None:
+    prompts = ["a red cube"] * len(images)
+    image, text = scorer.embed_images(images), scorer.embed_texts(prompts)
+    assert torch.allclose(image.norm(dim=-1), torch.ones(len(images)), atol=1e-5)
+    expected = (100 * (image * text).sum(-1)).tolist()
+    assert scorer(images, prompts) == pytest.approx(expected, abs=1e-4)
+
+
 # --- psnr -------------------------------------------------------------------------------------
 
 

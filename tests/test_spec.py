@@ -322,7 +322,7 @@ ALLOWED_TOP = (
         ("source = 'x'\n", f"unknown key 'source'; allowed: {ALLOWED_TOP}"),
         (
             "[prompts]\ncolor = 1\n",
-            "unknown key prompts.color; allowed: batch_size, count, seed, split",
+            "unknown key prompts.color; allowed: batch_size, count, seed, set, split",
         ),
         ("[metric]\nsize = 3\n", "unknown key metric.size; allowed: model, pretrained"),
         ("[sampler]\nseeds = 3\n", "unknown key sampler.seeds; allowed: name, seed"),
@@ -345,6 +345,10 @@ ALLOWED_TOP = (
             "max_score_loss=1.5 is out of range; allowed: more than 0, less than 1",
         ),
         ("[prompts]\ncount = 0\n", "prompts.count=0 is out of range; allowed: 1..1000"),
+        (
+            "[prompts]\nset = 'toys'\n",
+            "prompts.set='toys' is out of range; allowed: accelopt, shapes",
+        ),
         ("[prompts]\nbatch_size = 65\n", "prompts.batch_size=65 is out of range; allowed: 1..64"),
         (
             '[prompts]\nsplit = "train"\n',

@@ -1,0 +1,177 @@
+"""Does the toy world mean something? Retrieval and CLIP-score loss figures for ToySD.
+
+    python -m accelopt.toy.evaluate --out figures.json [--pipeline DIR --scorer DIR]
+
+Three figures (docs/BENCHMARKS.md shows them):
+
+1. The scorer on real held-out images: rank the true caption among 100 candidates (top-1, top-5).
+2. Generated images follow their prompts: the same retrieval on ToySD's images, baseline and
+   accelerated, for search and held-out captions.
+3. CLIP-score loss grows with acceleration (DeepCache interval, ToMe ratio, T-GATE gate step)
+   and differs from prompt to prompt: per configuration, the loss on each split and its spread.
+
+Without ``--pipeline``/``--scorer`` it evaluates the models shipped with accelopt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from accelopt import accelerators
+from accelopt.metrics import ClipScorer, score_loss
+from accelopt.toy import shapes
+
+__all__ = ["CONFIGS", "generate", "main", "retrieval"]
+
+STEPS = 20
+GUIDANCE = 5.0
+# Each accelerator from mild to aggressive, alone, at 20 DDIM steps.
+_TGATE = {"warm_up": 0, "sp_interval": 1, "fi_interval": 1}
+CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
+    "baseline": {},
+    **{f"DeepCache {n}": {"deepcache": {"cache_interval": n, "cache_branch_id": 0}}
+       for n in (2, 3, 4, 5)},
+    **{f"ToMe {r}": {"tome": {"ratio": r, "max_downsample": 1}} for r in (0.25, 0.5, 0.75)},
+    **{f"T-GATE gate {g}": {"tgate": {"gate_step": g, **_TGATE}} for g in (15, 10, 5, 2)},
+}  # fmt: skip
+
+
+def retrieval(
+    scorer: ClipScorer,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    pool: Sequence[str],
+    *,
+    candidates: int = 100,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Rank each image's caption among itself and ``candidates - 1`` other captions of ``pool``.
+
+    Returns the share ranked first (``top1``) and within the first five (``top5``).
+    """
+    rng = random.Random(seed)
+    embedded = scorer.embed_images(images)
+    texts = sorted(set(pool) | set(captions))
+    text_embedded = scorer.embed_texts(texts)
+    index = {t: i for i, t in enumerate(texts)}
+    top1 = top5 = 0
+    for i, caption in enumerate(captions):
+        others = rng.sample([t for t in pool if t != caption], candidates - 1)
+        rows = text_embedded[[index[caption], *(index[t] for t in others)]]
+        scores = rows @ embedded[i]
+        rank = int((scores > scores[0]).sum())
+        top1 += rank == 0
+        top5 += rank < 5
+    return {"top1": top1 / len(captions), "top5": top5 / len(captions)}
+
+
+def generate(
+    pipe: Any, prompts: Sequence[str], configs: Mapping[str, Any], *, batch: int = 50
+) -> torch.Tensor:
+    """Images (B, 3, H, W in [0, 1]) of ``prompts``, prompt i seeded with i, accelerated."""
+    out = []
+    acc = accelerators.apply(pipe, configs, steps=STEPS) if configs else None
+    try:
+        for start in range(0, len(prompts), batch):
+            chunk = list(prompts[start : start + batch])
+            seeds = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
+            kwargs = {"prompt": chunk, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
+                      "generator": seeds, "output_type": "pt"}  # fmt: skip
+            images = acc(**kwargs).images if acc else pipe(**kwargs).images
+            out.append(images.float().cpu())
+    finally:
+        if acc is not None:
+            acc.remove()
+    return torch.cat(out)
+
+
+def _prompts(split: shapes.Split, count: int) -> list[str]:
+    return list(shapes.prompt_order(split)[:count])
+
+
+def figures(pipe: Any, scorer: ClipScorer, *, count: int = 100, real: int = 500) -> dict[str, Any]:
+    """All three figures as one record (see the module docstring)."""
+    start = time.perf_counter()
+    record: dict[str, Any] = {"scorer_real": {}, "generated": {}}
+    for split in ("train", "heldout"):
+        images, captions = shapes.draw(real, seed=10_000 + len(split), split=split)
+        record["scorer_real"][split] = retrieval(scorer, images, captions, shapes.captions(split))
+    splits: tuple[shapes.Split, ...] = ("train", "heldout")
+    prompts = {split: _prompts(split, count) for split in splits}
+    baseline: dict[str, list[float]] = {}
+    for name, configs in CONFIGS.items():
+        row: dict[str, Any] = {}
+        for split, texts in prompts.items():
+            images = generate(pipe, texts, configs)
+            scores = scorer(images, texts)
+            baseline.setdefault(split, scores)
+            per_prompt = [(b - s) / abs(statistics.fmean(baseline[split]))
+                          for b, s in zip(baseline[split], scores, strict=True)]  # fmt: skip
+            row[split] = {
+                **retrieval(scorer, images, texts, shapes.captions(split)),
+                "score": statistics.fmean(scores),
+                "loss": score_loss(baseline[split], scores),
+                "loss_stdev": statistics.stdev(per_prompt),
+                "prompts_over_2pct": sum(d > 0.02 for d in per_prompt),
+            }
+        record["generated"][name] = row
+    record["prompts"] = count
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    return record
+
+
+def samples(pipe: Any, path: Path, count: int = 6) -> None:
+    """A PNG grid: held-out prompts (rows) by baseline and three accelerations (columns)."""
+    from PIL import Image
+
+    texts = _prompts("heldout", count)
+    columns = ["baseline", "DeepCache 3", "DeepCache 5", "ToMe 0.75", "T-GATE gate 5"]
+    grid = torch.stack([generate(pipe, texts, CONFIGS[c]) for c in columns], dim=1)
+    grid = grid.permute(0, 3, 1, 4, 2).reshape(count * grid.shape[-2], -1, 3)
+    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    size = (array.shape[1] * 2, array.shape[0] * 2)
+    Image.fromarray(array).resize(size, Image.Resampling.NEAREST).save(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from accelopt.pipelines import load_pipeline
+
+    parser = argparse.ArgumentParser(
+        prog="python -m accelopt.toy.evaluate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--pipeline", default="ToySD", help="ToySD (shipped) or a pipeline folder")
+    parser.add_argument(
+        "--scorer", default="accelopt-toy-clip", help="a CLIP name or local-dir:PATH"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--count", type=int, default=100, help="prompts per split")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--samples", type=Path, help="also write a PNG grid of samples here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    pipe = load_pipeline(args.pipeline, dtype="float32", device=args.device)
+    scorer = ClipScorer(args.scorer, "", device)
+    record = {
+        "pipeline": args.pipeline,
+        "scorer": args.scorer,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        **figures(pipe, scorer, count=args.count),
+    }
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    if args.samples:
+        samples(pipe, args.samples)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
