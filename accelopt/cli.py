@@ -92,7 +92,27 @@ def _load_spec(args: argparse.Namespace):
         changes["sampler"] = sampler.__class__(sampler.name, args.seed)
     if getattr(args, "max_score_loss", None) is not None:
         changes["max_score_loss"] = args.max_score_loss
+    if getattr(args, "objective", None):
+        changes["objective"] = args.objective
     return spec.replace(**changes) if changes else spec
+
+
+def _frontier_line(study, hint: bool = True) -> str:
+    """One line about a pareto study's frontier (empty for any other study)."""
+    from accelopt.study import frontier, is_pareto
+
+    if not is_pareto(study):
+        return ""
+    front = frontier(study.trials)
+    if not front:
+        return f"{study.study_name}: Pareto frontier: no completed trial yet"
+    speedups = [t.user_attrs["speedup"] for t in front]
+    losses = [100 * t.user_attrs["score_loss"] for t in front]
+    line = (
+        f"{study.study_name}: Pareto frontier of {len(front)} trials, {min(speedups):.2f}x-"
+        f"{max(speedups):.2f}x at a score loss of {min(losses):.2f}%-{max(losses):.2f}%"
+    )
+    return f"{line} (accelopt best --study {study.study_name} lists them)" if hint else line
 
 
 def _describe(trial) -> str:
@@ -161,6 +181,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{spec.name}: every worker stopped before the study was done (exit codes "
                   f"{sorted(codes.values())}); run again to resume")  # fmt: skip
             return 1
+    if _frontier_line(outcome.study):
+        print(_frontier_line(outcome.study))
     best = outcome.best
     if requirement.active:
         if best is None:
@@ -290,6 +312,9 @@ def _worker(args: argparse.Namespace) -> int:
     finally:  # run_study opens its own: this pool's connections would sit idle all run long
         if isinstance(backend, optuna.storages.RDBStorage):
             backend.engine.dispose()
+    if args.objective is not None and args.objective != spec.objective:
+        raise AccelOptError(f"study {spec.name} is stored with objective={spec.objective!r}, not "
+                            f"{args.objective!r}; use another study name")  # fmt: skip
     me = f"[{socket.gethostname()}:{os.getpid()}]"
     try:
         outcome = run_study(
@@ -316,11 +341,15 @@ def _write_export(study, args, requirement) -> None:
     from accelopt.confirm import confirm, confirmations, pending
     from accelopt.export import export_study
     from accelopt.store import store_path
-    from accelopt.study import load_bench, spec_of, storage_url
+    from accelopt.study import is_pareto, load_bench, spec_of, storage_url
 
     if args.top_k < 0:
         raise AccelOptError(f"--top-k must be 0 (no confirmation) or more, got {args.top_k}")
-    if args.top_k and pending(study, args.top_k, requirement):
+    if args.top_k and is_pareto(study):
+        # Confirmation judges the answers of one budget; a frontier answers every budget.
+        print(f"{study.study_name}: held-out confirmation is skipped for a pareto study: its "
+              f"frontier is exported as searched", file=sys.stderr)  # fmt: skip
+    elif args.top_k and pending(study, args.top_k, requirement):
         # The best of many noisy trials is biased upward: measure the top ones again on the
         # held-out prompts before anything is exported (accelopt.confirm).
         def log(s: str) -> None:
@@ -334,8 +363,9 @@ def _write_export(study, args, requirement) -> None:
     if not entries:
         why = "none passed held-out confirmation" if confirmations(study) else "none is feasible"
         print(f"{study.study_name}: nothing to export: {why}", file=sys.stderr)
-    for key in entries:
-        print(f"exported {key} -> {path}", file=sys.stderr)
+    for key, entry in entries.items():
+        points = f" (a frontier of {len(entry['frontier'])})" if "frontier" in entry else ""
+        print(f"exported {key}{points} -> {path}", file=sys.stderr)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -364,7 +394,12 @@ def _codegen(args: argparse.Namespace) -> int:
     entries = read_store(store_path(args.store))
     for path, entry in write_scripts(entries, requests, Path(args.output), bool(args.tasks),
                                      args.force):  # fmt: skip
-        print(f"wrote {path} ({entry['key']})")
+        point = ""
+        if entry.get("objective") == "pareto":  # one point of a stored frontier
+            m = entry["measured"]
+            point = (f"; frontier point: trial {entry['study']['trial']}, {m['speedup']:.2f}x, "
+                     f"score loss {100 * m['score_loss']:.2f}%")  # fmt: skip
+        print(f"wrote {path} ({entry['key']}{point})")
     return 0
 
 
@@ -381,6 +416,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     def load(name: str):
         spec = load_spec(name)
+        if args.objective:
+            spec = spec.replace(objective=args.objective)
         return spec.replace(n_trials=args.n_trials) if args.n_trials else spec
 
     def run(spec):
@@ -468,25 +505,31 @@ def _open_study(args: argparse.Namespace):
 def _best(args: argparse.Namespace) -> int:
     import json
 
-    from accelopt.study import best_trial
+    from accelopt.study import best_trial, frontier, is_pareto
 
     study = _open_study(args)
     best = best_trial(study)
+    shown = ("speedup", "time_per_image", "score_loss", "device")
+
+    def record(t) -> dict:
+        return {"trial": t.number, "accelerators": t.user_attrs["accelerators"],
+                **{k: t.user_attrs[k] for k in shown}}  # fmt: skip
+
+    front = frontier(study.trials) if is_pareto(study) else None
     if args.json:
-        record = None
-        if best is not None:
-            record = {"trial": best.number, "accelerators": best.user_attrs["accelerators"]}
-            record.update(
-                {
-                    k: best.user_attrs[k]
-                    for k in ("speedup", "time_per_image", "score_loss", "device")
-                }
-            )
-        print(json.dumps({"study": args.study, "best": record}, indent=2))
-    elif best is None:
+        out: dict = {"study": args.study, "best": None if best is None else record(best)}
+        if front is not None:  # fastest first
+            out.update(objective="pareto", frontier=[record(t) for t in front])
+        print(json.dumps(out, indent=2))
+        return 0
+    if best is None:
         print(f"{args.study}: no feasible trial yet")
     else:
         print(f"{args.study}: best {_describe(best)}")
+    if front is not None:
+        print(_frontier_line(study, hint=False) + ", fastest first:")
+        for t in front:
+            print("  " + _describe(t).replace("\n  ", "\n    "))
     return 0
 
 
@@ -496,7 +539,7 @@ def _list(args: argparse.Namespace) -> int:
     import optuna
 
     from accelopt.spec import shipped_specs
-    from accelopt.study import best_trial, open_storage, storage_url
+    from accelopt.study import best_trial, frontier, is_pareto, open_storage, storage_url
 
     local = sorted(Path("studies").glob("*.toml")) if Path("studies").is_dir() else []
     print("specs:")
@@ -514,11 +557,15 @@ def _list(args: argparse.Namespace) -> int:
         budget = study.user_attrs.get("budget", "?")
         best = best_trial(study)
         shown = f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible trial"
+        if is_pareto(study):
+            shown += f", Pareto frontier of {len(frontier(study.trials))}"
         print(f"  {summary.study_name:40} {counted}/{budget} trials  {shown}")
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
+    from accelopt.spec import OBJECTIVES
+
     parser = argparse.ArgumentParser(
         prog="accelopt",
         description="Search the knobs of training-free diffusion accelerators with Optuna.",
@@ -558,6 +605,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
         p.add_argument(
             "--random-weights", action="store_true", help="the architecture, random weights"
+        )
+        p.add_argument(
+            "--objective",
+            choices=OBJECTIVES,
+            help="speedup: the fastest within the score-loss budget (default); pareto: speedup "
+            "and score loss together, the whole frontier kept (the spec's objective)",
         )
         p.add_argument(
             "--heartbeat",
@@ -628,9 +681,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sched", help="scheduler, e.g. DDIM")
     p.add_argument("--steps", type=int, help="inference steps")
     p.add_argument("--targets", help="accelerators, e.g. deepcache,tgate (default: any)")
-    p.add_argument("--req-speedup", type=float, help="at least this speedup")
-    p.add_argument("--max-score-loss", type=float, default=0.02, help="quality budget (0.02)")
-    p.add_argument("--req-time", type=float, help="at most this many seconds per image")
+    p.add_argument(
+        "--req-speedup",
+        "--min-speedup",
+        type=float,
+        metavar="X",
+        help="at least this speedup (on a frontier: the least loss this fast)",
+    )
+    p.add_argument(
+        "--max-score-loss",
+        "--max-loss",
+        type=float,
+        metavar="L",
+        help="quality budget (default 0.02; on a frontier: the study's own, and "
+        "none next to a speed requirement)",
+    )
+    p.add_argument(
+        "--req-time",
+        "--max-seconds",
+        type=float,
+        metavar="T",
+        help="at most T seconds per image (on a frontier: the least loss this fast)",
+    )
     p.add_argument("--tasks", help="a JSON or TOML list of requests (README, 'codegen')")
     p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
     p.add_argument("-o", "--output", required=True, help="script path (a folder with --tasks)")
@@ -647,6 +719,7 @@ def _parser() -> argparse.ArgumentParser:
         help="accelerator sets, e.g. deepcache tome+tgate (default: every declared combination)",
     )
     p.add_argument("--n-trials", type=int, help="trials per study (default: each spec's)")
+    p.add_argument("--objective", choices=OBJECTIVES, help="override each spec's objective")
     p.add_argument("--storage", help="Optuna storage URL or journal file path")
     p.add_argument("--export", action="store_true", help="export each study when it ends")
     export_options(p)

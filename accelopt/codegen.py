@@ -7,8 +7,20 @@ valid Python that evaluates back to the same value. The code below the header is
 every script.
 
 Requests, as the seed system's task generator made them: a speedup requirement
-(``req_speedup``), a quality budget (``max_score_loss``), a time budget (``req_time``), or none
-of them ("the best you have"). The answer is the fastest stored entry that meets the request.
+(``req_speedup``), a quality budget (``max_score_loss``, default 0.02), a time budget
+(``req_time``), or none of them ("the best you have"). The answer is the fastest stored entry
+that meets the request.
+
+Where the store holds a pareto study's frontier for the requested model, every point of it (and
+every other entry of that model, as one point) is a candidate, and a request picks one point:
+
+- none: the fastest point within its study's own score-loss budget;
+- ``req_speedup`` X: the point that loses least among those at least X times as fast;
+- ``max_score_loss`` L: the fastest point that loses at most L;
+- ``req_time`` T: the point that loses least among those at or under T seconds per image.
+
+A mix narrows the same way (a speed requirement with L: the least loss among those this fast
+within L). A request no point meets is refused naming the nearest point there is.
 """
 
 from __future__ import annotations
@@ -30,29 +42,59 @@ __all__ = [
     "HEADER_NAMES",
     "Request",
     "find_entry",
+    "frontier_points",
     "literal",
     "load_tasks",
     "nearest",
     "parse_request_targets",
     "render_script",
+    "why_missing",
     "write_scripts",
 ]
+
+DEFAULT_MAX_SCORE_LOSS = 0.02  # a request's quality budget when it names none (no frontier)
 
 
 @dataclass(frozen=True)
 class Request:
-    """What a user asks codegen for; unset requirements do not constrain."""
+    """What a user asks codegen for; unset requirements do not constrain.
+
+    An unset ``max_score_loss`` is 0.02 for ordinary entries; on a frontier it is the study's
+    own budget, or none at all next to a speed requirement (see the module's docstring).
+    """
 
     pipe: str
     sched: str
     steps: int
     targets: tuple[str, ...] | None = None
     req_speedup: float | None = None
-    max_score_loss: float = 0.02
+    max_score_loss: float | None = None
     req_time: float | None = None
     output: str | None = field(default=None, compare=False)
 
+    @property
+    def loss_budget(self) -> float:
+        """The quality budget against ordinary entries."""
+        return DEFAULT_MAX_SCORE_LOSS if self.max_score_loss is None else self.max_score_loss
+
+    @property
+    def fast(self) -> bool:
+        """Whether the request asks for a speed: on a frontier, the least loss then wins."""
+        return self.req_speedup is not None or self.req_time is not None
+
     def describe(self) -> str:
+        return ", ".join([*self._parts(), f"score loss <= {100 * self.loss_budget:g}%"])
+
+    def describe_on_frontier(self) -> str:
+        """As ``describe``, with what an unset quality budget means on a frontier."""
+        parts = self._parts()
+        if self.max_score_loss is not None:
+            parts.append(f"score loss <= {100 * self.max_score_loss:g}%")
+        elif not self.fast:
+            parts.append("score loss within its study's budget")
+        return ", ".join(parts)
+
+    def _parts(self) -> list[str]:
         parts = [f"{self.pipe} {self.sched} {self.steps} steps"]
         if self.targets:
             parts.append("+".join(self.targets))
@@ -60,8 +102,7 @@ class Request:
             parts.append(f"speedup >= {self.req_speedup:g}x")
         if self.req_time is not None:
             parts.append(f"<= {self.req_time:g} s/image")
-        parts.append(f"score loss <= {100 * self.max_score_loss:g}%")
-        return ", ".join(parts)
+        return parts
 
     def run_command(self) -> str:
         """The ``accelopt run`` command that would produce an entry for this request."""
@@ -72,8 +113,8 @@ class Request:
         if self.targets:
             name += "-" + "+".join(self.targets)
         cmd = f"accelopt run --study {name}"
-        if self.max_score_loss != 0.02:
-            cmd += f" --max-score-loss {self.max_score_loss:g}"
+        if self.loss_budget != DEFAULT_MAX_SCORE_LOSS:
+            cmd += f" --max-score-loss {self.loss_budget:g}"
         if self.req_speedup is not None:
             cmd += f" --req-speedup {self.req_speedup:g}"
         if self.req_time is not None:
@@ -148,9 +189,7 @@ def write_scripts(
     for request in requests:
         entry = find_entry(entries, request)
         if entry is None:
-            near = "; ".join(nearest(entries, request)) or "the store is empty"
-            missing.append(f"no entry answers {request.describe()} (nearest: {near}); "
-                           f"make one with: {request.run_command()}")  # fmt: skip
+            missing.append(why_missing(entries, request))
             continue
         target = output / (request.output or request.script_name()) if batch else output
         if target.exists() and not force:
@@ -178,7 +217,7 @@ def _meets(entry: Mapping[str, Any], request: Request) -> bool:
     m = entry["measured"]
     if request.targets is not None and set(entry["accelerators"]) != set(request.targets):
         return False
-    if m["score_loss"] is None or m["score_loss"] > request.max_score_loss:
+    if m["score_loss"] is None or m["score_loss"] > request.loss_budget:
         return False
     if m["speedup"] <= 1.0:  # slower than the plain pipeline answers nothing
         return False
@@ -190,9 +229,132 @@ def _meets(entry: Mapping[str, Any], request: Request) -> bool:
 def find_entry(
     entries: Mapping[str, Mapping[str, Any]], request: Request
 ) -> dict[str, Any] | None:
-    """The fastest entry that answers ``request``, or None."""
+    """The fastest entry that answers ``request``, or None; where the store holds a frontier
+    for the model, the point of it the request picks (as an entry of its own)."""
+    points = frontier_points(entries, request)
+    if points:
+        return _pick(points, request)
     found = [e for e in entries.values() if _same_model(e, request) and _meets(e, request)]
     return dict(max(found, key=lambda e: e["measured"]["speedup"])) if found else None
+
+
+def why_missing(entries: Mapping[str, Mapping[str, Any]], request: Request) -> str:
+    """One line: why no entry answers ``request``, and what comes nearest."""
+    points = frontier_points(entries, request)
+    if points:
+        near, why = _nearest_point(points, request)
+        best = f"{_point_line(near)} ({why})" if near else "no point beats the plain pipeline"
+        return (f"no stored frontier point answers {request.describe_on_frontier()}; best "
+                f"available: {best}")  # fmt: skip
+    near_entries = "; ".join(nearest(entries, request)) or "the store is empty"
+    return (f"no entry answers {request.describe()} (nearest: {near_entries}); "
+            f"make one with: {request.run_command()}")  # fmt: skip
+
+
+# ---- frontiers ------------------------------------------------------------------------------
+
+
+def frontier_points(
+    entries: Mapping[str, Mapping[str, Any]], request: Request
+) -> list[dict[str, Any]]:
+    """Every point stored for the request's model (and exact targets), each as an entry of its
+    own: the frontiers' points and the other entries. Empty when no frontier has a point there:
+    the store then answers as ordinary entries do."""
+    points, frontiers = [], False
+    for entry in entries.values():
+        if not _same_model(entry, request):
+            continue
+        stored = entry.get("frontier")
+        listed = isinstance(stored, list)
+        candidates = [dict(entry)]
+        if isinstance(stored, list):
+            candidates = [_at_point(entry, p) for p in stored if isinstance(p, dict)]
+        for point in candidates:
+            used, m = point.get("accelerators"), point.get("measured")
+            if not isinstance(used, dict) or not isinstance(m, dict):
+                continue  # hand-edited beyond use
+            if not all(_number(m.get(k)) for k in ("speedup", "score_loss", "time_per_image")):
+                continue
+            if request.targets is None or set(used) == set(request.targets):
+                points.append(point)
+                frontiers = frontiers or listed
+    return points if frontiers else []
+
+
+def _at_point(entry: Mapping[str, Any], point: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry as it would be for one point of its frontier."""
+    out = {k: v for k, v in entry.items() if k != "frontier"}
+    out.update(
+        accelerators=point.get("accelerators"),
+        params=point.get("params") or {},
+        measured=point.get("measured"),
+        heldout=point.get("heldout"),
+        baseline={**(entry.get("baseline") or {}), **(point.get("baseline") or {})},
+        study={**(entry.get("study") or {}), "trial": point.get("trial")},
+    )
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _own_budget(point: Mapping[str, Any]) -> float:
+    """The score-loss budget of the study a point comes from."""
+    budget = (point.get("requirement") or {}).get("max_score_loss")
+    if isinstance(budget, int | float) and _number(budget):
+        return float(budget)
+    return DEFAULT_MAX_SCORE_LOSS
+
+
+def _fast_enough(point: Mapping[str, Any], request: Request) -> bool:
+    m = point["measured"]
+    if m["speedup"] <= 1.0:  # slower than the plain pipeline answers nothing
+        return False
+    if request.req_speedup is not None and m["speedup"] < request.req_speedup:
+        return False
+    return request.req_time is None or m["time_per_image"] <= request.req_time
+
+
+def _pick(points: list[dict[str, Any]], request: Request) -> dict[str, Any] | None:
+    def within(p: Mapping[str, Any]) -> bool:
+        budget = request.max_score_loss
+        if budget is None and not request.fast:
+            budget = _own_budget(p)
+        return budget is None or p["measured"]["score_loss"] <= budget
+
+    found = [p for p in points if _fast_enough(p, request) and within(p)]
+    if not found:
+        return None
+    if request.fast:  # this fast, losing least
+        return min(found, key=lambda p: (p["measured"]["score_loss"], -p["measured"]["speedup"]))
+    return max(found, key=lambda p: (p["measured"]["speedup"], -p["measured"]["score_loss"]))
+
+
+def _nearest_point(
+    points: list[dict[str, Any]], request: Request
+) -> tuple[dict[str, Any] | None, str]:
+    """The point nearest to a request none meets, and why it is the one."""
+    faster = [p for p in points if p["measured"]["speedup"] > 1.0]
+    fast = [p for p in faster if _fast_enough(p, request)]
+    if fast:  # fast enough, over the loss budget: the one that loses least
+        return min(fast, key=lambda p: p["measured"]["score_loss"]), (
+            "the least loss among points this fast" if request.fast else "the least loss"
+        )
+    if not faster:
+        return None, ""
+    if request.req_speedup is None:  # a time budget alone
+        return min(faster, key=lambda p: p["measured"]["time_per_image"]), "the quickest"
+    return max(faster, key=lambda p: p["measured"]["speedup"]), "the fastest"
+
+
+def _point_line(p: Mapping[str, Any]) -> str:
+    m, study = p["measured"], p.get("study") or {}
+    used = "+".join(sorted(p["accelerators"])) or "no accelerator"
+    return (
+        f"{study.get('name')} trial {study.get('trial')} ({used}): {m['speedup']:.2f}x, "
+        f"{m['time_per_image']:.4g} s/image, score loss {_percent(m['score_loss'])}"
+    )
 
 
 def nearest(entries: Mapping[str, Mapping[str, Any]], request: Request, n: int = 3) -> list[str]:

@@ -6,6 +6,10 @@ prompts can miss the quality budget on the next ones. Before a study's answer is
 seeds, scored against the plain pipeline's images of those prompts and seeds, and re-timed in
 pairs alternated with the baseline. Export then takes the best one that still meets the budget
 and never one that failed (``accelopt.export``).
+
+A pareto study is not confirmed before export (``accelopt export`` says so): passing is judged
+against one budget, and its frontier answers every budget. Confirmations stored anyway are
+attached to the frontier's points, and filter nothing.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 The best feasible trial is written under the study's targets (all applicable accelerators for
 a study without a targets suffix). A study that searched which accelerators to use also writes,
 for every set of accelerators it tried, the best feasible trial that used exactly that set.
+
+A pareto study writes the same entries, each with its frontier (``accelopt.store``): every
+non-dominated completed trial for the study's entry, those with exactly that set for a set's.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from accelopt.errors import AccelOptError
 from accelopt.store import seed_key, seed_pipeline, seed_scheduler, write_entries
-from accelopt.study import Requirement, storage_label
+from accelopt.study import Requirement, frontier, storage_label
 
 __all__ = ["entries_for", "export_study", "package_versions"]
 
@@ -26,6 +29,7 @@ PACKAGES = ("accelopt", "torch", "diffusers", "transformers", "DeepCache", "tgat
             "open_clip_torch", "optuna")  # fmt: skip
 # Our parameter names -> the seed system's (only T-GATE's warm_up differs).
 SEED_PARAMS = {"warm_up": "warmup"}
+MEASURED = ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device")
 
 
 def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
@@ -72,18 +76,13 @@ def _entry(
             "req_time": requirement.time_per_image,
         },
         "accelerators": accelerators,
-        "params": {
-            SEED_PARAMS.get(k, k): v for knobs in accelerators.values() for k, v in knobs.items()
-        },
+        "params": _flat(accelerators),
         "generation": {
             "resolution": spec["resolution"],
             "guidance": spec["guidance"],
             "dtype": spec["dtype"],
         },
-        "measured": {
-            k: a.get(k)
-            for k in ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device")
-        },
+        "measured": {k: a.get(k) for k in MEASURED},
         "baseline": {
             "time_per_image": a.get("baseline_time_per_image"),
             "scores": study.user_attrs.get("baseline_scores"),
@@ -101,6 +100,44 @@ def _entry(
     return key, entry
 
 
+def _flat(accelerators: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The knobs flat, under the seed's names."""
+    return {SEED_PARAMS.get(k, k): v for knobs in accelerators.values() for k, v in knobs.items()}
+
+
+def _point(trial: FrozenTrial, heldout: dict[str, Any] | None) -> dict[str, Any]:
+    """One trial of a frontier, as the store keeps it."""
+    a = trial.user_attrs
+    return {
+        "trial": trial.number,
+        "accelerators": a["accelerators"],
+        "params": _flat(a["accelerators"]),
+        "measured": {k: a.get(k) for k in MEASURED},
+        "baseline": {"time_per_image": a.get("baseline_time_per_image")},
+        "heldout": heldout,
+    }
+
+
+def _frontier_entries(
+    study: optuna.Study, storage: str, chosen: list[tuple[FrozenTrial, list[str]]]
+) -> dict[str, dict[str, Any]]:
+    """A pareto study's entries, each with the frontier of the trials it answers for: all of
+    them for the first (the study's own), those with exactly its accelerators for a set's."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    heldout = study.user_attrs.get("confirmations") or {}
+    entries: dict[str, dict[str, Any]] = {}
+    for i, (trial, targets) in enumerate(chosen):
+        key, entry = _entry(study, trial, targets, Requirement(), storage)
+        if key in entries:  # the set of every accelerator searched: the study's entry has it
+            continue
+        used = sorted(targets)
+        members = [t for t in complete if i == 0 or sorted(t.user_attrs["accelerators"]) == used]
+        entry["objective"] = "pareto"
+        entry["frontier"] = [_point(t, heldout.get(str(t.number))) for t in frontier(members)]
+        entries[key] = entry
+    return entries
+
+
 def entries_for(
     study: optuna.Study, storage: str, requirement: Requirement | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -111,7 +148,14 @@ def entries_for(
     spec = study.user_attrs.get("spec")
     if spec is None:
         raise AccelOptError(f"study {study.study_name} was not made by accelopt run (no spec)")
-    confirmed = confirmations(study)
+    pareto = spec.get("objective") == "pareto"
+    if pareto and requirement.active:
+        raise AccelOptError(
+            f"study {study.study_name} is a pareto study: its export is the whole frontier; "
+            f"leave out --req-speedup/--req-time and ask codegen for the point instead"
+        )
+    # A frontier is exported as searched: held-out confirmation judges one budget's answers.
+    confirmed = None if pareto else confirmations(study)
 
     def exportable(t: FrozenTrial) -> bool:
         """Once a study is confirmed, only what passed on the held-out prompts is exported."""
@@ -139,6 +183,8 @@ def entries_for(
                 ):
                     by_set[used] = t
             chosen += [(t, list(used)) for used, t in sorted(by_set.items())]
+    if pareto:
+        return _frontier_entries(study, storage, chosen)
     return dict(_entry(study, t, targets, requirement, storage) for t, targets in chosen)
 
 

@@ -2,7 +2,9 @@
 
 ``Bench`` holds what every trial of a study shares (the pipeline, prompts, seeds and scorer) and
 measures one configuration; ``Objective`` turns a measurement into an Optuna trial: speedup to
-maximise, relative score loss as a constraint, everything else as user attributes.
+maximise, relative score loss as a constraint, everything else as user attributes. In a pareto
+study the score loss is a second objective instead (to minimise), and the single-objective
+shortcuts are off: no dominance skip, no early stop.
 """
 
 from __future__ import annotations
@@ -146,7 +148,11 @@ class Objective:
     def baseline_time(self) -> float:
         return median(self.baseline_times)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    @property
+    def pareto(self) -> bool:
+        return self.bench.spec.objective == "pareto"
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         if self.trials_since_baseline >= BASELINE_EVERY:
             self.time_baseline()
         self.trials_since_baseline += 1
@@ -157,13 +163,15 @@ class Objective:
             trial.set_user_attr("skipped", "no accelerator on: that is the baseline")
             raise optuna.TrialPruned("no accelerator on")
         done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        found = dominating_trial(configs, done)
+        # A less aggressive configuration may lose less: on a frontier it counts.
+        found = dominating_trial(configs, done, dominance=not self.pareto)
         if found is not None:
             trial.set_user_attr("skipped", found[1])
             raise optuna.TrialPruned(found[1])
 
         pipe = self.bench.pipe
-        check = self.over_budget if self.bench.spec.early_stop else None
+        # Over the budget is no reason to stop a pareto trial: its loss is an objective.
+        check = self.over_budget if self.bench.spec.early_stop and not self.pareto else None
         try:
             with accelerators.apply(pipe, configs, steps=self.bench.spec.steps):
                 m = self.bench.measure(check)
@@ -171,10 +179,10 @@ class Objective:
             accelerators.remove(pipe)  # also when apply or generation raised
             if self.bench.device.type == "cuda":
                 torch.cuda.empty_cache()
-        speedup = self._record(trial, m, time.perf_counter() - started)
+        speedup, loss = self._record(trial, m, time.perf_counter() - started)
         if m.stopped:  # its numbers and its cost are recorded; it cannot be the answer
             raise optuna.TrialPruned(m.stopped)
-        return speedup
+        return (speedup, loss) if self.pareto else speedup
 
     def over_budget(self, scores: list[float]) -> str | None:
         """Why to stop a trial now: its score loss is over the budget with the spec's confidence,
@@ -192,11 +200,12 @@ class Objective:
             f"{100 * spec.early_stop:g}% confidence (lower bound {100 * lower:.2f}%)"
         )
 
-    def _record(self, trial: optuna.Trial, m: Measurement, wall: float) -> float:
+    def _record(self, trial: optuna.Trial, m: Measurement, wall: float) -> tuple[float, float]:
         speedup = self.baseline_time / m.time_per_image
         loss = loss_bound(self.baseline_scores, m.scores, 0.0)[0]  # = score_loss when complete
         limit = self.bench.spec.max_score_loss
-        trial.set_constraint("score_loss", loss - limit)
+        if not self.pareto:  # a pareto study's loss is an objective, not a constraint
+            trial.set_constraint("score_loss", loss - limit)
         attrs: dict[str, Any] = {
             **{k: v for k, v in asdict(m).items() if k not in ("scores", "stopped")},
             "prompts_measured": len(m.scores),
@@ -204,6 +213,7 @@ class Objective:
             "score": sum(m.scores) / len(m.scores),
             "score_loss": loss,
             "constraint": loss - limit,  # mirrored: optuna-dashboard does not show constraints
+            # pareto: within the study's own budget, the point codegen answers by default
             "feasible": loss <= limit and not m.stopped,
             "baseline_time_per_image": self.baseline_time,
             "device": device_name(self.bench.device),
@@ -212,6 +222,8 @@ class Objective:
         }
         if m.stopped:
             attrs["stopped_early"] = m.stopped
+        if self.pareto:  # no constraint to mirror
+            del attrs["constraint"]
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        return speedup
+        return speedup, loss

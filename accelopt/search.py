@@ -112,13 +112,17 @@ def _searchable(name: str, traits: PipeTraits, steps: int) -> bool:
 
 
 def dominating_trial(
-    configs: Mapping[str, Mapping[str, Any]], done: Iterable[optuna.trial.FrozenTrial]
+    configs: Mapping[str, Mapping[str, Any]],
+    done: Iterable[optuna.trial.FrozenTrial],
+    *,
+    dominance: bool = True,
 ) -> tuple[optuna.trial.FrozenTrial, str] | None:
     """A finished trial that makes running ``configs`` pointless, and why; None if there is none.
 
     Identical configurations are never run twice. A configuration whose every knob is at most as
     aggressive as a feasible trial's (same accelerators) cannot be faster than it, so it cannot
-    beat the best feasible trial: the seed system skipped those, and so do we.
+    beat the best feasible trial: the seed system skipped those, and so do we, unless
+    ``dominance`` is False (a pareto study: the slower configuration may lose less).
     """
     for t in done:
         other = t.user_attrs.get("accelerators")
@@ -126,7 +130,7 @@ def dominating_trial(
             continue
         if other == configs:
             return t, f"same configuration as trial {t.number}"
-        if not t.user_attrs.get("feasible"):
+        if not dominance or not t.user_attrs.get("feasible"):
             continue
         slower = all(
             FASTER[f"{name}.{knob}"] * (value - other[name][knob]) <= 0

@@ -24,6 +24,7 @@ from accelopt.errors import AccelOptError, choices
 
 __all__ = [
     "DEFAULT_MAX_SCORE_LOSS",
+    "OBJECTIVES",
     "MetricSpec",
     "PromptSpec",
     "SamplerSpec",
@@ -36,6 +37,9 @@ __all__ = [
 
 DEFAULT_MAX_SCORE_LOSS = 0.02
 SAMPLERS = ("tpe", "grid")
+# speedup: the fastest trial within max_score_loss. pareto: speedup and score loss together, the
+# whole frontier kept (export stores it, codegen picks any point of it).
+OBJECTIVES = ("speedup", "pareto")
 TINY_CLIP = "accelopt-tiny-clip"  # a small open_clip config shipped with accelopt, random weights
 TOY_CLIP = "accelopt-toy-clip"  # the scorer trained on the toy shapes, shipped with its weights
 
@@ -96,6 +100,8 @@ class StudySpec:
     # Stop a trial once its score loss is over max_score_loss with this confidence (one-sided,
     # after at least two batches); 0 measures every prompt of every trial.
     early_stop: float = 0.99
+    # "pareto" maximises speedup and minimises score loss together; early_stop does not apply.
+    objective: str = "speedup"
     source: str = "derived from the name"
 
     def replace(self, **changes: Any) -> StudySpec:
@@ -355,6 +361,7 @@ def _check_ranges(where: str, spec: StudySpec) -> None:
     need(1 <= spec.prompts.count <= 1000, "prompts.count", "1..1000")
     need(1 <= spec.prompts.batch_size <= 64, "prompts.batch_size", "1..64")
     need(spec.sampler.name in SAMPLERS, "sampler.name", choices(SAMPLERS))
+    need(spec.objective in OBJECTIVES, "objective", choices(OBJECTIVES))
     try:
         resolve_scheduler(spec.scheduler)
         _check_targets(spec)

@@ -11,6 +11,17 @@ UniPCMultistepScheduler), so scripts written against the seed's ``search_params.
 entries by the same string. A time requirement, which the seed's key has no slot for, adds a
 seventh element ``('req_time', seconds)``.
 
+An entry exported from a pareto study (``objective = "pareto"``) is an ordinary entry (its own
+configuration answers its key) with two more keys: ``"objective": "pareto"`` and ``"frontier"``,
+every non-dominated trial of the study (or of its trials with that set of accelerators)::
+
+    {"trial": 4, "accelerators": {...}, "params": {...},
+     "measured": {"speedup", "time_per_image", "score", "score_loss", "peak_memory", "device"},
+     "baseline": {"time_per_image": ...}, "heldout": null}
+
+The keys are optional and the format stays version 1: a reader that does not know them uses the
+entry's own configuration, which is still right for its key.
+
 Writes take a file lock and replace the file atomically (temporary file + rename): concurrent
 exports lose nothing, a crash leaves the old file. A file that is not a store (corrupt JSON,
 another program's JSON, a newer version) is refused and never overwritten.
@@ -22,9 +33,9 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from accelopt.errors import AccelOptError
 
@@ -32,6 +43,7 @@ __all__ = [
     "DEFAULT_STORE",
     "FORMAT",
     "VERSION",
+    "non_dominated",
     "read_store",
     "seed_key",
     "seed_pipeline",
@@ -43,6 +55,8 @@ __all__ = [
 FORMAT = "accelopt-params-store"
 VERSION = 1
 DEFAULT_STORE = "search_params.json"
+
+T = TypeVar("T")
 
 # Our names -> the seed system's spellings in keys (names it did not know stay ours).
 _SEED_SCHEDULERS = {"UniPC": "UniPCMultistepScheduler"}
@@ -93,6 +107,21 @@ def seed_key(
     if req_time is not None:
         fields += (("req_time", float(req_time)),)
     return str(fields)
+
+
+def non_dominated(items: Sequence[T], values: Callable[[T], tuple[float, float]]) -> list[T]:
+    """The items no other item beats: as fast or faster and losing as little or less, one of
+    them strictly. ``values(item)`` is ``(speedup, score_loss)``; order is kept.
+
+    >>> non_dominated([(2.0, 0.01), (1.5, 0.02), (1.2, 0.0)], lambda p: p)
+    [(2.0, 0.01), (1.2, 0.0)]
+    """
+    pairs = [values(item) for item in items]
+
+    def beaten(s: float, loss: float) -> bool:
+        return any(s2 >= s and l2 <= loss and (s2, l2) != (s, loss) for s2, l2 in pairs)
+
+    return [item for item, (s, loss) in zip(items, pairs, strict=True) if not beaten(s, loss)]
 
 
 def read_store(path: Path) -> dict[str, dict[str, Any]]:

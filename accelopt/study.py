@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -32,7 +32,11 @@ __all__ = [
     "Outcome",
     "Requirement",
     "best_trial",
+    "check_requirement",
+    "directions",
+    "frontier",
     "is_finished",
+    "is_pareto",
     "load_bench",
     "open_storage",
     "outcome_of",
@@ -60,7 +64,10 @@ IDENTITY = (
     "sampler",
     "max_score_loss",
     "warmup",
+    "objective",
 )
+# What a stored spec record without a key meant: studies stored before the key existed.
+LEGACY = {"objective": "speedup"}
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 AA_WARN = 0.10  # an A/A spread above this is worth a warning
 HEARTBEAT = 30  # seconds between heartbeats of a database worker; stale after twice that
@@ -270,6 +277,36 @@ def spec_of(study: optuna.Study) -> StudySpec:
     return StudySpec(name=study.study_name, source="stored study", **record)
 
 
+def directions(spec: StudySpec) -> list[Literal["maximize", "minimize"]]:
+    """Optuna's directions for a study: speedup up; for a pareto study, score loss down too."""
+    return ["maximize", "minimize"] if spec.objective == "pareto" else ["maximize"]
+
+
+def is_pareto(study: optuna.Study) -> bool:
+    """Whether a stored study searched speedup and score loss together."""
+    return bool((study.user_attrs.get("spec") or {}).get("objective") == "pareto")
+
+
+def frontier(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The completed trials no other completed trial beats on both speedup and score loss,
+    fastest first (a pareto study's ``best_trials``; ``trials`` may be any subset)."""
+    from accelopt.store import non_dominated
+
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    front = non_dominated(done, lambda t: (t.user_attrs["speedup"], t.user_attrs["score_loss"]))
+    return sorted(front, key=lambda t: (-t.user_attrs["speedup"], t.number))
+
+
+def check_requirement(spec: StudySpec, requirement: Requirement) -> None:
+    """A pareto study keeps its whole frontier: it never stops at a requirement."""
+    if spec.objective == "pareto" and requirement.active:
+        raise AccelOptError(
+            f"study {spec.name} is a pareto study: it keeps the whole frontier and does not stop "
+            f"at {requirement.describe()}; run it without --req-speedup/--req-time and ask "
+            f"codegen for the point (--req-speedup, --max-score-loss, --req-time)"
+        )
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The feasible completed trial with the highest speedup, or None."""
     feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -306,6 +343,7 @@ def run_study(
     from accelopt.workers import GridOrder, storage_lock
 
     requirement = requirement or Requirement()
+    check_requirement(spec, requirement)
     backend, url = open_storage(storage, heartbeat=heartbeat)
 
     def lock() -> contextlib.AbstractContextManager[None]:
@@ -373,20 +411,28 @@ def prepare_study(
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        direction="maximize",
+        directions=directions(spec),  # an existing study keeps its own: checked below
         load_if_exists=True,
-        sampler=TrialSeededTPE(spec.sampler.seed),  # grid points are handed out, not sampled
+        # Multi-objective TPE for a pareto study; grid points are handed out, not sampled.
+        sampler=TrialSeededTPE(spec.sampler.seed),
     )
     record = _spec_record(spec)
     stored = study.user_attrs.get("spec")
     if stored is None:
         study.set_user_attr("spec", record)
-    elif stored != record:
+    elif {**LEGACY, **stored} != record:
+        stored = {**LEGACY, **stored}
         changed = next(k for k in IDENTITY if stored.get(k) != record[k])
         raise AccelOptError(
             f"study {spec.name} in {storage_label(url)} was run with {changed}="
             f"{stored.get(changed)!r}, not {record[changed]!r}; use another --storage or "
             f"study name to measure something else"
+        )
+    if [d.name.lower() for d in study.directions] != directions(spec):
+        raise AccelOptError(
+            f"study {spec.name} in {storage_label(url)} has {len(study.directions)} "
+            f"objective(s), not the {len(directions(spec))} of objective={spec.objective!r}; "
+            f"use another --storage or study name"
         )
     study.set_user_attr("versions", package_versions())
     if n_trials is not None:

@@ -11,7 +11,9 @@ A neighbour is another accelopt study in the same storage that measured somethin
 Each neighbour's best feasible trial is translated into this study's parameters (knobs snapped
 to the nearest value this study's space allows, T-GATE's ``gate_step`` scaled by the ratio of
 step counts first) and enqueued, best speedup first, at most ``LIMIT`` of them. The enqueued
-trials are measured like any other; a neighbour's number is never copied.
+trials are measured like any other; a neighbour's number is never copied. A pareto study starts
+the same way (that configuration is one point of its frontier, the fast end within the budget),
+and a pareto neighbour offers its best feasible trial like any other.
 
 >>> starts = warm_start(study, storage, spec, space)   # under the study's lock
 >>> print(summary(starts))

@@ -60,6 +60,8 @@ class TrialSeededTPE(optuna.samplers.TPESampler):
     first points N times; seeding per trial number gives every trial its own draws and keeps a
     study reproducible for a seed, whichever worker runs which trial. (Optuna's TPE keeps its
     streams in ``_rng`` and ``_random_sampler``: pinned optuna, checked by tests/test_workers.py.)
+    A study with two directions (``objective = "pareto"``) gets multi-objective TPE from the same
+    class, seeded the same way.
     """
 
     def __init__(self, seed: int, **kwargs: Any) -> None:
@@ -367,6 +369,7 @@ def run_workers(
     from accelopt import study as studies
 
     requirement = requirement or studies.Requirement()
+    studies.check_requirement(spec, requirement)
     backend, url = studies.open_storage(storage)
     with storage_lock(backend, url, spec.name):
         study = studies.prepare_study(backend, url, spec, n_trials)

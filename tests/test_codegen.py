@@ -826,6 +826,14 @@ def test_request_run_command(request_: Request, command: str) -> None:
     }
 
 
+def test_an_unset_loss_budget_is_2_percent_for_ordinary_entries() -> None:
+    assert Request("SDXL", "DDIM", 25).max_score_loss is None  # on a frontier: the study's own
+    assert Request("SDXL", "DDIM", 25).loss_budget == 0.02
+    assert answer(Request("SDXL", "DDIM", 25)) == answer(
+        Request("SDXL", "DDIM", 25, max_score_loss=0.02)
+    )
+
+
 def test_request_equality_ignores_output() -> None:
     assert Request("SDXL", "DDIM", 25, output="a.py") == Request("SDXL", "DDIM", 25, output="b")
     assert Request("SDXL", "DDIM", 25) != Request("SDXL", "DDIM", 25, max_score_loss=0.01)

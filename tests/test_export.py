@@ -60,6 +60,7 @@ def test_entry_holds_what_the_store_promises(searched: tuple[optuna.Study, str])
     assert entry["versions"]["diffusers"] and entry["versions"]["torch"]
     assert entry["study"] == {"name": "TinySD-DDIM-10", "storage": storage,
                               "trial": trial.number}  # fmt: skip
+    assert "frontier" not in entry and "objective" not in entry  # only pareto studies have one
     json.dumps(entry, allow_nan=False)  # plain JSON
 
 

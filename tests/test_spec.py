@@ -309,8 +309,8 @@ def test_missing_file(tmp_path: Path) -> None:
 # --- bad files --------------------------------------------------------------------------------
 
 ALLOWED_TOP = (
-    "dtype, early_stop, guidance, max_score_loss, metric, n_trials, pipeline, prompts, "
-    "resolution, sampler, scheduler, steps, targets, warmup"
+    "dtype, early_stop, guidance, max_score_loss, metric, n_trials, objective, pipeline, "
+    "prompts, resolution, sampler, scheduler, steps, targets, warmup"
 )
 
 

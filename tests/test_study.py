@@ -55,6 +55,8 @@ def test_budget_resume_and_finished_study(storage: str, monkeypatch: pytest.Monk
 
 def test_trials_record_constraint_and_best_is_feasible(storage: str) -> None:
     outcome = run_study(load_spec("TinySD-DDIM-10"), storage=storage, n_trials=6, **quiet)
+    assert outcome.study.directions == [optuna.study.StudyDirection.MAXIMIZE]  # one objective
+    assert outcome.study.user_attrs["spec"]["objective"] == "speedup"
     complete = [t for t in outcome.study.trials if t.state == TrialState.COMPLETE]
     assert complete
     for t in complete:
