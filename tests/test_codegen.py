@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -464,6 +465,28 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
         "TGATE_LOADER": "TgateSDXLLoader",
         "DEFAULT_PROMPTS": ["a photograph of a lighthouse on a cliff at dusk"],
     }
+
+
+@pytest.mark.parametrize(
+    ("model", "source"),
+    [
+        ("SD1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        ("TinySD", "TinySD"),  # no weights anywhere: the script is run with --model FOLDER
+        ("./my-finetune", "./my-finetune"),
+    ],
+)
+def test_scripts_load_from_the_hub_id_or_the_given_source(model: str, source: str) -> None:
+    entry = make_entry(model, "ddim", 25, {"tome": {"ratio": 0.5}})
+    assert header_values(entry)["MODEL"] == source
+
+
+def test_toy_scripts_load_the_folder_shipped_with_accelopt() -> None:
+    from accelopt.pipelines import toy_folder
+
+    entry = make_entry("ToySD", "ddim", 20, {"deepcache": {"cache_interval": 3}})
+    folder = header_values(entry)["MODEL"]
+    assert folder == str(toy_folder("ToySD"))
+    assert (Path(folder) / "model_index.json").is_file()
 
 
 @pytest.mark.parametrize(
