@@ -162,7 +162,13 @@ class Objective:
         if not configs:
             trial.set_user_attr("skipped", "no accelerator on: that is the baseline")
             raise optuna.TrialPruned("no accelerator on")
-        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        # A trial stopped early was measured too: the same prompts and seeds would stop it again.
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        done = [
+            t
+            for t in trial.study.get_trials(deepcopy=False, states=finished)
+            if t.state == optuna.trial.TrialState.COMPLETE or "stopped_early" in t.user_attrs
+        ]
         # A less aggressive configuration may lose less: on a frontier it counts.
         found = dominating_trial(configs, done, dominance=not self.pareto)
         if found is not None:

@@ -68,6 +68,27 @@ def test_a_trial_clearly_over_budget_stops_after_two_batches(
     assert accelerators.active(scorer.pipe) is None
 
 
+def test_a_configuration_stopped_early_is_not_measured_again(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    spec = load_spec("TinySD-DDIM-10").replace(warmup=0, prompts=PromptSpec(count=8, batch_size=2))
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, spec.scheduler)
+    scorer = FakeScorer(pipe, [5.0] * 16)
+    bench = Bench(spec, pipe, scorer, torch.device("cpu"))  # type: ignore[arg-type]
+    space = Space.build(bench.traits, spec.steps, ("deepcache",))
+    objective = Objective(bench, space, bench.measure().scores)
+    objective.time_baseline()
+    study = optuna.create_study(direction="maximize")
+    for _ in range(2):
+        study.enqueue_trial({"deepcache.cache_interval": 3, "deepcache.cache_branch_id": 0})
+    study.optimize(objective, n_trials=2)
+    first, second = study.trials
+    assert "stopped_early" in first.user_attrs and scorer.scored == 4
+    assert second.state == TrialState.PRUNED
+    assert second.user_attrs["skipped"] == "same configuration as trial 0"
+
+
 def test_a_trial_under_budget_measures_every_prompt(tiny: Callable[[str], Pipeline]) -> None:
     trial, scorer = _trial(tiny, [10.0] * 8)
     assert trial.state == TrialState.COMPLETE
