@@ -18,6 +18,21 @@ here): times are real, fidelity says how far an accelerator moves the output, no
 each gets a fair mix of cheap and costly ones; the order also makes a partial run a uniform sample.
 ``--time-budget`` stops before the next point would overrun; the file then says ``partial``.
 JSON floats: a PSNR of identical images is ``Infinity`` (Python's json reads it back as inf).
+
+Scores (``--heldout N``, for a study whose CLIP scorer is trained: ToySD-DDIM-20's toy scorer):
+each point also records the per-prompt CLIP scores of its ``--prompts`` search images
+(``scores``) and of N held-out prompts generated with the point's accelerators still on
+(``heldout_scores``: the held-out split, prompt i seeded ``seed + SEED_OFFSET + i``, as
+``accelopt.confirm`` does), with ``score_loss`` and ``heldout_score_loss`` against the plain
+pipeline's scores (top level: ``baseline_scores``, ``heldout_baseline_scores``), and the
+study's ``max_score_loss``, ``early_stop`` and ``batch_size``, so a replay can stop trials early
+exactly as the study would. ``--batch`` sets the prompts per call (default all of a split in
+one call, the steadiest timing); each prompt has its own generator, so its image, hence its
+score, does not depend on the call's batch (bit for bit on a CPU). Cost of ToySD-DDIM-20 with
+``--prompts 32 --heldout 32``: two calls a point of ~0.3-0.6 s each on an H200, so its 475
+points take ~140-290 s per GPU on two GPUs, plus ~30 s of start and warm-up.
+
+    python bench/landscape.py measure --study ToySD-DDIM-20 --prompts 32 --heldout 32 --out DIR
 """
 
 from __future__ import annotations
@@ -203,12 +218,13 @@ def measure(args: argparse.Namespace) -> Path:
 
     from accelopt import accelerators
     from accelopt.accelerators import PipeTraits
-    from accelopt.metrics import psnr, ssim
+    from accelopt.confirm import SEED_OFFSET
+    from accelopt.metrics import ClipScorer, psnr, score_loss, ssim
     from accelopt.objective import Bench
-    from accelopt.pipelines import load_pipeline, model_info
+    from accelopt.pipelines import TOY_PIPELINES, load_pipeline, model_info
     from accelopt.schedulers import set_scheduler
     from accelopt.search import Space
-    from accelopt.spec import load_spec
+    from accelopt.spec import TOY_CLIP, load_spec
     from accelopt.timing import device_name, timed
 
     name = args.study or f"{args.pipeline}-{args.scheduler}-{args.steps}"
@@ -219,19 +235,36 @@ def measure(args: argparse.Namespace) -> Path:
         )
     if args.resolution:
         spec = spec.replace(resolution=args.resolution)
+    scoring = args.heldout > 0
+    if scoring and not (spec.metric.model == TOY_CLIP or spec.metric.pretrained):
+        raise SystemExit(
+            f"{name}: --heldout records CLIP scores, and its scorer {spec.metric.model} has "
+            "random weights here; name a study with a trained scorer, e.g. ToySD-DDIM-20"
+        )
     n_images = args.prompts
-    spec = spec.replace(prompts=replace(spec.prompts, count=n_images, batch_size=n_images))
+    per_call = min(args.batch or n_images, n_images)
+    study_batch = spec.prompts.batch_size  # the study's: a replay's early stop judges by it
+    spec = spec.replace(prompts=replace(spec.prompts, count=n_images, batch_size=per_call))
     k, n = args.shard
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = args.dtype or (spec.dtype if device.type == "cuda" else None)
     info = model_info(spec.pipeline)
+    toy = info is not None and info.name in TOY_PIPELINES  # trained here, shipped with accelopt
+    tiny = info is not None and info.hub_id is None and not toy  # always random weights
+    weights = args.weights or ("pretrained" if toy else "random")
     started = args.started
     log = _logger(f"{name} {k}/{n}", started)
 
-    log(f"building {spec.pipeline} ({args.weights} weights, {dtype or 'default dtype'}) ...")
-    pipe = load_pipeline(spec.pipeline, weights=args.weights, dtype=dtype, device=str(device))
+    log(f"building {spec.pipeline} ({weights} weights, {dtype or 'default dtype'}) ...")
+    pipe = load_pipeline(spec.pipeline, weights=weights, dtype=dtype, device=str(device))
     set_scheduler(pipe, spec.scheduler)
-    bench = Bench(spec, pipe, None, device)  # type: ignore[arg-type]  # no CLIP scorer needed
+    scorer = ClipScorer(spec.metric.model, spec.metric.pretrained, device) if scoring else None
+    bench = Bench(spec, pipe, scorer, device)  # scorer None: no scores (never asked for)
+    held = None
+    if scoring:  # the held-out prompts and seeds of accelopt.confirm
+        prompts = replace(spec.prompts, split="heldout", count=args.heldout,
+                          seed=spec.prompts.seed + SEED_OFFSET)  # fmt: skip
+        held = Bench(spec.replace(prompts=prompts), pipe, scorer, device)
     space = Space.build(PipeTraits.of(pipe), spec.steps, None)
     everything = plan(space, args.tgate_sample, args.seed)
     chosen = select(everything, args.points, args.seed)
@@ -248,13 +281,28 @@ def measure(args: argparse.Namespace) -> Path:
         "resolution": spec.resolution,
         "guidance": spec.guidance,
         "dtype": str(pipe.dtype).removeprefix("torch."),
-        "weights": "random" if info is not None and info.hub_id is None else args.weights,
+        "weights": "random" if tiny else weights,
         "prompts": bench.prompts,
         "seeds": [spec.prompts.seed + i for i in range(n_images)],
         "images_per_point": n_images,
+        "images_per_call": per_call,
         "repeats": args.repeats,
         "warmup_per_point": args.warmup,
         "baseline_every": args.baseline_every,
+        **(
+            {
+                "scorer": spec.metric.model,
+                "max_score_loss": spec.max_score_loss,
+                "early_stop": spec.early_stop,
+                "batch_size": study_batch,
+                "heldout_prompts": held.prompts,
+                "heldout_seeds": [held.spec.prompts.seed + i for i in range(args.heldout)],
+                "baseline_scores": None,  # set once the plain pipeline's images are made
+                "heldout_baseline_scores": None,
+            }
+            if held is not None
+            else {}
+        ),
         "device": device_name(device),
         **_environment(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -289,16 +337,36 @@ def measure(args: argparse.Namespace) -> Path:
     record["shards"] = [shard_info]
     args.out.mkdir(parents=True, exist_ok=True)
 
-    def generate() -> torch.Tensor:
-        return bench.generate(0, n_images)
+    def generate(of: Any = bench) -> torch.Tensor:
+        """Every prompt of ``of`` (the search or held-out prompts), ``per_call`` a call."""
+        count = len(of.prompts)
+        return torch.cat(
+            [of.generate(s, min(s + per_call, count)) for s in range(0, count, per_call)]
+        )
 
     slowest = 0.0
 
-    def timed_call() -> tuple[torch.Tensor, float]:
+    def timed_call(of: Any = bench) -> tuple[torch.Tensor, float]:
         nonlocal slowest
-        images, seconds = timed(generate, device)
+        images, seconds = timed(lambda: generate(of), device)
         slowest = max(slowest, seconds)
         return images, seconds
+
+    def score(images: torch.Tensor, of: Any) -> list[float]:
+        return [round(s, 4) for s in of.scorer(images, of.prompts)]
+
+    def scores(images: torch.Tensor) -> dict[str, Any]:
+        """The search images' scores, then the held-out prompts' with the same accelerators."""
+        assert held is not None
+        held_images, seconds = timed_call(held)
+        row: dict[str, Any] = {"scores": score(images, bench)}
+        row["heldout_scores"] = score(held_images, held)
+        row["score_loss"] = round(score_loss(record["baseline_scores"], row["scores"]), 6)
+        row["heldout_score_loss"] = round(
+            score_loss(record["heldout_baseline_scores"], row["heldout_scores"]), 6
+        )
+        row["heldout_time_per_image"] = round(seconds / len(held.prompts), 6)
+        return row
 
     def fidelity(images: torch.Tensor) -> dict[str, float]:
         return {
@@ -327,6 +395,9 @@ def measure(args: argparse.Namespace) -> Path:
         for _ in range(2):
             timed_call()
         reference, _ = timed_call()
+        if held is not None:
+            record["baseline_scores"] = score(reference, bench)
+            record["heldout_baseline_scores"] = score(timed_call(held)[0], held)
         # One untimed call of each combination this shard has: first-use costs stay out.
         firsts = {plan_name(p["accelerators"]): p["accelerators"] for p in reversed(mine)}
         for plan_of, configs in firsts.items():
@@ -343,7 +414,7 @@ def measure(args: argparse.Namespace) -> Path:
         for seq, point in enumerate(mine):
             due = seq % args.baseline_every == 0
             last = seq == len(mine) - 1  # the closing baseline follows it
-            calls = args.repeats + args.warmup + due + last
+            calls = args.repeats + args.warmup + due + last + (held is not None)
             if time.monotonic() - started + slowest * calls > budget:
                 stopped = f"time budget: stopped before point {seq} of {len(mine)}"
                 break
@@ -351,7 +422,8 @@ def measure(args: argparse.Namespace) -> Path:
                 time_baseline(seq)
                 if seq:
                     write(partial=True)  # a checkpoint, in case the process is killed
-            row = _measure_point(point, pipe, spec.steps, args, timed_call, fidelity)
+            extra = scores if held is not None else None
+            row = _measure_point(point, pipe, spec.steps, args, timed_call, fidelity, extra)
             row.update(shard=k, seq=seq, elapsed=round(time.monotonic() - started, 2))
             record["points"].append(row)
             log(_describe(row, len(mine)))
@@ -375,8 +447,12 @@ def _measure_point(
     args: argparse.Namespace,
     timed_call: Callable[[], tuple[Any, float]],
     fidelity: Callable[[Any], dict[str, float]],
+    extra: Callable[[Any], dict[str, Any]] | None = None,
 ) -> Point:
-    """Apply, (warm up), time ``repeats`` generations, compare, remove: as the Objective does."""
+    """Apply, (warm up), time ``repeats`` generations, compare, remove: as the Objective does.
+
+    ``extra(images)``, if given, adds fields while the accelerators are still on (the scores).
+    """
     import torch
 
     from accelopt import accelerators
@@ -401,6 +477,8 @@ def _measure_point(
         if args.repeats > 1:
             row["times"] = [round(t, 6) for t in times]
         row.update(fidelity(images))
+        if extra is not None:
+            row.update(extra(images))
     except Exception as err:  # one failing point must not cost the whole run
         row.update(time_per_image=None, psnr=None, ssim=None, peak_memory=None)
         row["error"] = f"{type(err).__name__}: {err}"[:500]
@@ -418,9 +496,13 @@ def _describe(row: Point, total: int) -> str:
     )
     if row.get("error"):
         return f"[{row['seq'] + 1}/{total}] {what or 'off'}: {row['error']}"
+    losses = ""
+    if row.get("score_loss") is not None:
+        held = 100 * row["heldout_score_loss"]
+        losses = f" loss {100 * row['score_loss']:.2f}% (held-out {held:.2f}%)"
     return (
         f"[{row['seq'] + 1}/{total}] {what or 'off':60} {row['time_per_image']:.4f} s/image "
-        f"PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f}"
+        f"PSNR {row['psnr']:.2f} SSIM {row['ssim']:.4f}{losses}"
     )
 
 
@@ -486,10 +568,14 @@ def merge(records: Sequence[Record], command: str = "") -> Record:
         raise ValueError("nothing to merge")
     first = records[0]
     same = ("study", "steps", "resolution", "space", "plan", "images_per_point", "seeds")
+    scored = ("heldout_seeds", "batch_size", "max_score_loss", "early_stop", "scorer")
     for r in records[1:]:
         for key in same:
             if r[key] != first[key]:
                 raise ValueError(f"shards differ in {key!r}: {first[key]!r} vs {r[key]!r}")
+        for key in scored:  # absent from unscored landscapes, and from schema-1 files before
+            if r.get(key) != first.get(key):
+                raise ValueError(f"shards differ in {key!r}: {first.get(key)!r} vs {r.get(key)!r}")
     shards = [dict(s) for r in records for s in r["shards"]]  # copies: the inputs stay as given
     ids = [(s["shard"], s["of"]) for s in shards]
     if len(set(ids)) != len(ids):
@@ -519,8 +605,26 @@ def merge(records: Sequence[Record], command: str = "") -> Record:
         ),
         "points": points,
     }
+    if "baseline_scores" in first:
+        _baseline_scores(merged, records)
     speedups(merged["points"], merged["baselines"])
     return merged
+
+
+def _baseline_scores(merged: Record, records: Sequence[Record]) -> None:
+    """The first shard's baseline scores (each shard scored the plain pipeline on its own GPU),
+    and ``baseline_score_spread``: the largest difference between shards (0: identical)."""
+    for key in ("baseline_scores", "heldout_baseline_scores"):
+        found = [r[key] for r in records if r.get(key) is not None]
+        merged[key] = found[0] if found else None
+    spread = [
+        abs(a - b)
+        for key in ("baseline_scores", "heldout_baseline_scores")
+        for r in records
+        if r.get(key) is not None and merged[key] is not None
+        for a, b in zip(r[key], merged[key], strict=True)
+    ]
+    merged["baseline_score_spread"] = max(spread, default=None)
 
 
 def lookup(landscape: Record) -> dict[str, Point]:
@@ -585,6 +689,27 @@ def summarize(landscape: Record) -> Record:
             f"{floor:g}": best([p for p in ok if p["psnr"] >= floor]) for floor in PSNR_FLOORS
         },
         "peak_memory_gib": max(memory) / 2**30 if memory else None,
+        "scores": _score_summary(landscape, ok),
+    }
+
+
+def _score_summary(landscape: Record, ok: Sequence[Point]) -> Record | None:
+    """Scored landscapes: how many points keep the study's budget on the search prompts, how
+    many of those miss it on the held-out prompts, and the fastest that keeps it."""
+    scored = [p for p in ok if p["accelerators"] and p.get("score_loss") is not None]
+    if not scored:
+        return None
+    budget = landscape["max_score_loss"]
+    within = [p for p in scored if p["score_loss"] <= budget]
+    return {
+        "scorer": landscape.get("scorer"),
+        "max_score_loss": budget,
+        "prompts": len(landscape["prompts"]),
+        "heldout_prompts": len(landscape.get("heldout_prompts") or []),
+        "points": len(scored),
+        "within": len(within),
+        "heldout_over": sum(1 for p in within if p["heldout_score_loss"] > budget),
+        "fastest": max(within, key=lambda p: p["speedup"]) if within else None,
     }
 
 
@@ -615,6 +740,21 @@ def markdown(summary: Record) -> str:
         )
     if s["off"]:
         lines.append(f"- off point: PSNR {s['off']['psnr']}, SSIM {s['off']['ssim']}")
+    if s.get("scores"):
+        c = s["scores"]
+        budget = f"{100 * c['max_score_loss']:g}%"
+        lines.append(
+            f"- CLIP-score loss ({c['scorer']}), budget {budget}: {c['within']} of {c['points']} "
+            f"points keep it on {c['prompts']} search prompts, {c['heldout_over']} of them miss "
+            f"it on {c['heldout_prompts']} held-out prompts"
+        )
+        if c["fastest"]:
+            f = c["fastest"]
+            search, held = 100 * f["score_loss"], 100 * f["heldout_score_loss"]
+            lines.append(
+                f"- fastest within {budget} loss: {f['speedup']:.2f}x, "
+                f"{_short(f['accelerators'])} (loss {search:.2f}%, held-out {held:.2f}%)"
+            )
     for floor, p in s["fastest"].items():
         if p:
             lines.append(
@@ -653,8 +793,12 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--resolution", type=int, help="override the study's resolution")
     m.add_argument("--device", help="default: cuda if there is one")
     m.add_argument("--dtype", help="default: the study's on CUDA, float32 on a CPU")
-    m.add_argument("--weights", choices=("random", "pretrained"), default="random")
-    m.add_argument("--prompts", type=int, default=1, help="images per point, in one batch")
+    m.add_argument("--weights", choices=("random", "pretrained"),
+                   help="default: pretrained for ToySD (trained), else random")  # fmt: skip
+    m.add_argument("--prompts", type=int, default=1, help="search images per point")
+    m.add_argument("--heldout", type=int, default=0,
+                   help="held-out prompts per point; > 0 also records CLIP scores")  # fmt: skip
+    m.add_argument("--batch", type=int, help="prompts per call (default: all of a split)")
     m.add_argument("--tgate-sample", type=int, help="T-GATE points (default: see plan())")
     m.add_argument("--seed", type=int, default=0, help="T-GATE sample, --points, order")
     m.add_argument("--points", type=int, help="measure only this many (the off point + a sample)")
@@ -683,8 +827,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.started = started
     args.command_line = command_line(argv)
     if args.command == "measure":
-        if args.prompts < 1 or args.repeats < 1 or args.warmup < 0 or args.baseline_every < 1:
-            raise SystemExit("--prompts, --repeats, --baseline-every >= 1; --warmup >= 0")
+        if (
+            min(args.prompts, args.repeats, args.baseline_every) < 1
+            or (args.batch is not None and args.batch < 1)
+            or min(args.warmup, args.heldout) < 0
+        ):
+            raise SystemExit(
+                "--prompts, --repeats, --baseline-every, --batch >= 1; --warmup, --heldout >= 0"
+            )
         measure(args)
     elif args.command == "merge":
         by_study: dict[str, list[Record]] = {}

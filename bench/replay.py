@@ -2,6 +2,7 @@
 
     python bench/replay.py bench/landscapes/SD1.5-DDIM-20.json --min-psnr 35 --seeds 20 --out DIR
     python bench/replay.py bench/landscapes/SDXL-DDIM-25.json --min-psnr 0 --seeds 20 --out DIR
+    python bench/replay.py bench/landscapes/ToySD-DDIM-20.json --seeds 20 --out DIR
 
 A trial is answered from the record (``bench/landscapes/README.md``) instead of running the
 pipeline. The space is the study's own Optuna parameters (``accelopt.search.Space``) cut to the
@@ -20,6 +21,10 @@ re-timings, scoring and process start are left out: every strategy pays them ali
 Feasible: recorded PSNR >= ``--min-psnr`` (dB). It stands in for the study's 2% CLIP-loss budget,
 since CLIP scores of random weights mean nothing. SDXL's random-weight PSNR is flat at ~14 dB
 (docs/BENCHMARKS.md), so ``--min-psnr 0`` replays it for speed only, and the output says so.
+A scored landscape (``bench/landscape.py measure --heldout N``: ToySD-DDIM-20, whose toy CLIP
+scorer is trained) has per-prompt CLIP scores instead, and the study's own rule applies: feasible
+when the relative score loss over all its search prompts (``accelopt.metrics.score_loss``) is at
+most the study's ``max_score_loss`` (``--max-score-loss`` overrides it); ``--min-psnr`` is unused.
 
 Metric: the GPU time a strategy spends until it first holds a feasible point whose speedup is at
 least ``TARGET`` (98%) of the best feasible speedup in the replayed space. A strategy that has not
@@ -31,9 +36,34 @@ dominance skip can pass over a point that timed faster than the one that dominat
 Strategies (``STRATEGIES``): ``grid``, the seed system (every grid point in a seeded order,
 ``accelopt.workers.GridOrder``, with the dominance skip); ``random``, uniform over the recorded
 configurations without repeats; ``tpe``, the study's sampler (``TrialSeededTPE``) driven by
-ask/tell with the study's parameters, the PSNR shortfall as its constraint, repeats and
-dominated points pruned as ``accelopt.objective.Objective`` prunes them. Early stopping and
-warm start (issue 7, parts 1-2) are not built yet; they join the table when they are.
+ask/tell with the study's parameters, the score loss over the budget (PSNR shortfall on an
+unscored landscape) as its constraint, repeats and dominated points pruned as
+``accelopt.objective.Objective`` prunes them. Then, on the same TPE:
+
+- ``tpe+early`` (scored landscapes only): a trial stops early exactly as the study's does:
+  after each batch of the study's ``batch_size`` prompts but the last, ``Objective.over_budget``
+  itself judges the recorded scores so far (the loss's one-sided lower bound at the study's
+  ``early_stop`` confidence over the budget, from the second batch on). A stopped trial costs
+  the share of the prompts it generated times the point's cost, is pruned (never the answer;
+  TPE sees its partial loss as its constraint) and, as in the Objective, counts as measured:
+  a repeat of it is skipped (the same prompts and seeds would stop it again). The study's
+  prompts are the recorded ones (ToySD-DDIM-20: 32, where the study itself measures 16).
+- ``tpe+warm``: ``accelopt.warmstart.warm_start`` enqueues its neighbours' best configurations
+  first. The neighbours are the other recorded landscapes (``--neighbours``; default
+  bench/landscapes/ and the replayed file's folder), each one a study in an in-memory storage
+  whose best trial is its best feasible configuration in this replay's space by its own rule
+  (a scored landscape's budget, else PSNR >= ``MIN_PSNR``), so warmstart's own neighbour rule
+  (same pipeline, or same steps and scheduler) and ``translate`` decide: ToySD-DDIM-20 starts
+  from SD1.5-DDIM-20's best (same 20 DDIM steps, another pipeline); SDXL-DDIM-25 is no
+  neighbour of either.
+- ``tpe+early+warm``: both.
+
+Held-out pass rate (scored landscapes with held-out scores): when a run stops, the study would
+export its fastest feasible configuration (``exported``); it passes if its loss on the recorded
+held-out prompts (other prompts, other seeds: ``accelopt.confirm``'s) keeps the budget. With
+confirmation, as accelopt does before export: of the ``TOP_K`` (3) fastest feasible
+configurations measured so far, the fastest that keeps the budget on the held-out prompts
+(``confirmed``; none: nothing is exported, which counts as not passing).
 """
 
 from __future__ import annotations
@@ -44,19 +74,37 @@ import random
 import shlex
 import statistics
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import landscape as recorded  # bench/landscape.py, beside this file
 import optuna
 
+from accelopt import warmstart
 from accelopt.accelerators import Param
+from accelopt.confirm import TOP_K
+from accelopt.metrics import loss_bound, score_loss
+from accelopt.objective import Objective
 from accelopt.search import Space, dominating_trial
+from accelopt.spec import PromptSpec, StudySpec
 from accelopt.workers import GridOrder, TrialSeededTPE
 
-__all__ = ["STRATEGIES", "Replay", "Step", "main", "markdown", "replay", "run"]
+__all__ = [
+    "STRATEGIES",
+    "Replay",
+    "Scores",
+    "Step",
+    "exported",
+    "main",
+    "markdown",
+    "replay",
+    "run",
+    "unavailable",
+]
 
 SEARCHED = ("deepcache", "tome")  # the accelerators every landscape records completely
 TARGET = 0.98
@@ -65,6 +113,7 @@ ASKS_PER_POINT = 10  # TPE gives up after this many asks per grid point of the s
 # TrialSeededTPE draws trial n from seed + n: seeds s and s + 1 would replay the same draws one
 # trial apart. Replay seed s runs TrialSeededTPE(s * SEED_STRIDE), streams far apart.
 SEED_STRIDE = 2**20
+LANDSCAPES = Path(__file__).resolve().parent / "landscapes"
 
 
 @dataclass(frozen=True)
@@ -73,7 +122,19 @@ class Step:
 
     key: str
     measured: bool
-    why: str = ""  # why it was skipped: "off", "repeat", "dominated", "unrecorded"
+    why: str = ""  # why it was skipped: "off", "repeat", "dominated", "unrecorded"; or "stopped"
+    fraction: float = 1.0  # of the prompts generated: less than 1 when it stopped early
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A scored landscape's plain-pipeline CLIP scores and the study's rules for them."""
+
+    baseline: list[float]  # per search prompt
+    heldout: list[float] | None  # per held-out prompt; None: no held-out scores recorded
+    max_score_loss: float
+    batch_size: int  # the study's: early stopping judges after each batch
+    early_stop: float  # the study's confidence; 0: never stop early
 
 
 @dataclass
@@ -87,11 +148,21 @@ class Replay:
     warmup_calls: int = 0
     images_per_point: int = 1
     missing: list[str] = field(default_factory=list)  # configurations the record lacks
+    scores: Scores | None = None  # None: an unscored landscape (PSNR decides)
+    pipeline: str = ""
+    scheduler: str = ""
+    neighbours: list[dict[str, Any]] = field(default_factory=list)  # see neighbour_best
 
     @classmethod
     def of(
-        cls, record: dict[str, Any], min_psnr: float = MIN_PSNR, warmup_calls: int = 0
+        cls,
+        record: dict[str, Any],
+        min_psnr: float = MIN_PSNR,
+        warmup_calls: int = 0,
+        max_score_loss: float | None = None,
+        neighbours: Iterable[dict[str, Any]] = (),
     ) -> Replay:
+        """The replay of ``record``; ``neighbours``: other landscapes a warm start may use."""
         space = searched_space(record)
         by_key = recorded.lookup(record)
         grid = GridOrder(space.grid(), 0).points
@@ -100,6 +171,25 @@ class Replay:
         for key, p in points.items():
             if p.get("error") or not p.get("time_per_image") or p.get("speedup") is None:
                 raise ValueError(f"{record['study']}: point {key} has no measurement")
+        scores = None
+        if record.get("baseline_scores") is not None:
+            budget = record["max_score_loss"] if max_score_loss is None else max_score_loss
+            scores = Scores(
+                baseline=list(record["baseline_scores"]),
+                heldout=record.get("heldout_baseline_scores"),
+                max_score_loss=float(budget),
+                batch_size=int(record["batch_size"]),
+                early_stop=float(record["early_stop"]),
+            )
+            for key, p in points.items():
+                held = scores.heldout is None or p.get("heldout_scores") is not None
+                if p.get("scores") is None or not held:
+                    raise ValueError(f"{record['study']}: point {key} has no scores")
+        others: dict[str, dict[str, Any]] = {}  # one per study (its first file), never itself
+        for n in neighbours:
+            if n["study"] != record["study"]:
+                others.setdefault(n["study"], n)
+        bests = (neighbour_best(n) for n in others.values())
         return cls(
             study=record["study"],
             space=space,
@@ -108,6 +198,10 @@ class Replay:
             warmup_calls=warmup_calls,
             images_per_point=int(record["images_per_point"]),
             missing=sorted(keys - set(by_key)),
+            scores=scores,
+            pipeline=record.get("pipeline", record["study"]),
+            scheduler=record.get("scheduler", ""),
+            neighbours=[b for b in bests if b is not None],
         )
 
     @property
@@ -120,7 +214,98 @@ class Replay:
         return float(p["time_per_image"]) * self.images_per_point * (1 + self.warmup_calls)
 
     def feasible(self, key: str) -> bool:
+        if self.scores is not None:
+            return self.loss(key) <= self.scores.max_score_loss
         return float(self.points[key]["psnr"]) >= self.min_psnr
+
+    @property
+    def rule(self) -> str:
+        """What makes a point feasible here, in words."""
+        if self.scores is not None:
+            n = len(self.scores.baseline)
+            return f"CLIP-score loss <= {100 * self.scores.max_score_loss:g}% on {n} prompts"
+        return f"PSNR >= {self.min_psnr:g} dB"
+
+    def loss(self, key: str) -> float:
+        """The relative CLIP-score loss over every recorded search prompt."""
+        return score_loss(self._scores().baseline, self.points[key]["scores"])
+
+    def heldout_loss(self, key: str) -> float | None:
+        scores = self._scores()
+        if scores.heldout is None:
+            return None
+        return score_loss(scores.heldout, self.points[key]["heldout_scores"])
+
+    def passes(self, key: str) -> bool | None:
+        """Held-out confirmation's verdict: the loss on the held-out prompts keeps the budget."""
+        held = self.heldout_loss(key)
+        return None if held is None else held <= self._scores().max_score_loss
+
+    def constraint(self, key: str, prompts: int | None = None) -> tuple[str, float]:
+        """The constraint the study's trial sets (name, value), on its first ``prompts`` scores:
+        ``Objective._record``'s score loss less the budget; unscored, the PSNR shortfall."""
+        if self.scores is None:
+            return "psnr_shortfall", max(self.min_psnr - float(self.points[key]["psnr"]), -1e3)
+        scores = self.points[key]["scores"][:prompts]
+        return "score_loss", loss_bound(self.scores.baseline, scores, 0.0)[0] - (
+            self.scores.max_score_loss
+        )
+
+    def stop_after(self, key: str) -> int | None:
+        """After how many prompts the study stops this trial early (None: it measures all).
+
+        ``Bench.measure`` asks ``Objective.over_budget`` after every batch but the last; here
+        the same method judges the recorded scores, so the rule cannot drift from accelopt's.
+        """
+        scores = self._scores()
+        if not scores.early_stop:  # 0: the study never stops a trial early
+            return None
+        found = self.points[key]["scores"]
+        for start in range(0, len(found), scores.batch_size):
+            stop = start + scores.batch_size
+            if stop < len(found) and Objective.over_budget(self._judge, found[:stop]):
+                return stop
+        return None
+
+    @cached_property
+    def _judge(self) -> Objective:
+        """What ``Objective.over_budget`` reads of an Objective: the spec, prompts and baseline."""
+        s = self._scores()
+        spec = StudySpec(
+            self.study, self.pipeline, self.scheduler, self.space.steps,
+            prompts=PromptSpec(count=len(s.baseline), batch_size=s.batch_size),
+            max_score_loss=s.max_score_loss, early_stop=s.early_stop,
+        )  # fmt: skip
+        bench = SimpleNamespace(spec=spec, prompts=[""] * len(s.baseline))
+        return cast(Objective, SimpleNamespace(bench=bench, baseline_scores=s.baseline))
+
+    def _scores(self) -> Scores:
+        if self.scores is None:
+            raise ValueError(f"{self.study}: {NO_SCORES}")
+        return self.scores
+
+    def warm_start(self, study: optuna.Study) -> list[warmstart.Start]:
+        """Enqueue into ``study`` what accelopt's warm start would, and return it.
+
+        Each neighbouring landscape is a study of an in-memory storage (its spec's pipeline,
+        scheduler and steps; one trial: its best feasible configuration), so
+        ``accelopt.warmstart.warm_start`` picks the neighbours and translates their bests.
+        """
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.InMemoryStorage()
+        for n in self.neighbours:
+            other = optuna.create_study(storage=storage, study_name=n["study"])
+            other.set_user_attr("spec", {k: n[k] for k in ("pipeline", "scheduler", "steps")})
+            attrs = {"accelerators": n["accelerators"], "speedup": n["speedup"], "feasible": True}
+            other.add_trial(optuna.trial.create_trial(value=n["speedup"], user_attrs=attrs))
+        spec = StudySpec(self.study, self.pipeline, self.scheduler, self.space.steps)
+        return warmstart.warm_start(study, storage, spec, self.space)
+
+    @cached_property
+    def warm_starts(self) -> list[warmstart.Start]:
+        """What a warm start enqueues here (empty: no neighbour fits)."""
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return self.warm_start(optuna.create_study(direction="maximize"))
 
     def speedup(self, key: str) -> float:
         return float(self.points[key]["speedup"])
@@ -130,7 +315,7 @@ class Replay:
         """The fastest feasible candidate (ties: the first key)."""
         feasible = [k for k in self.candidates if self.feasible(k)]
         if not feasible:
-            raise ValueError(f"{self.study}: no configuration has PSNR >= {self.min_psnr} dB")
+            raise ValueError(f"{self.study}: no configuration has {self.rule}")
         return max(feasible, key=self.speedup)
 
     @property
@@ -153,16 +338,42 @@ def searched_space(record: dict[str, Any]) -> Space:
     return Space(params, int(record["steps"]), optional=True)
 
 
+NO_SCORES = (
+    "its landscape has no per-prompt CLIP scores (record them with bench/landscape.py measure "
+    "--heldout N, for a study with a trained scorer such as ToySD-DDIM-20)"
+)
+
+
+def neighbour_best(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A landscape as a warm start sees a neighbouring study: its pipeline, scheduler, steps and
+    best feasible configuration in the replayed space, by its own rule (None: none feasible)."""
+    try:
+        other = Replay.of(record)
+        best = other.best
+    except ValueError:
+        return None
+    return {
+        "study": record["study"],
+        "pipeline": record.get("pipeline", record["study"]),
+        "scheduler": record.get("scheduler", ""),
+        "steps": int(record["steps"]),
+        "accelerators": other.points[best]["accelerators"],
+        "speedup": other.speedup(best),
+        "rule": other.rule,
+    }
+
+
 # --- strategies: each yields its trials in order, lazily (the run stops at the target) -----------
 
 
-def _done(replay: Replay, key: str) -> optuna.trial.FrozenTrial:
-    """A measured point as the finished trial ``dominating_trial`` reads."""
+def _done(replay: Replay, key: str, stopped: bool = False) -> optuna.trial.FrozenTrial:
+    """A measured point as the finished trial ``dominating_trial`` reads; a stopped one is
+    never feasible."""
     return optuna.trial.create_trial(
         value=replay.speedup(key),
         user_attrs={
             "accelerators": replay.points[key]["accelerators"],
-            "feasible": replay.feasible(key),
+            "feasible": replay.feasible(key) and not stopped,
             "speedup": replay.speedup(key),
         },
     )
@@ -200,10 +411,24 @@ def uniform(replay: Replay, seed: int) -> Iterator[Step]:
         yield Step(key, True)
 
 
-def tpe(replay: Replay, seed: int, max_asks: int | None = None) -> Iterator[Step]:
-    """The study's TPE, ask/tell: PSNR shortfall as the constraint, skips pruned at no cost."""
+def tpe(
+    replay: Replay,
+    seed: int,
+    max_asks: int | None = None,
+    *,
+    early: bool = False,
+    warm: bool = False,
+) -> Iterator[Step]:
+    """The study's TPE, ask/tell: the loss over budget (or PSNR shortfall) as the constraint,
+    skips pruned at no cost; ``early``: trials stop early as the study's do (``stop_after``);
+    ``warm``: the neighbours' best configurations enqueued first (``Replay.warm_start``)."""
+    why_not = unavailable(replay, "tpe" + "+early" * early + "+warm" * warm)
+    if why_not:
+        raise ValueError(why_not)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=TrialSeededTPE(seed * SEED_STRIDE))
+    if warm:
+        replay.warm_start(study)
     left = set(replay.candidates)
     asks = max_asks if max_asks is not None else ASKS_PER_POINT * replay.space.size
     done: list[optuna.trial.FrozenTrial] = []
@@ -220,36 +445,98 @@ def tpe(replay: Replay, seed: int, max_asks: int | None = None) -> Iterator[Step
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             p = replay.points[key]
-            trial.set_constraint("psnr_shortfall", max(replay.min_psnr - float(p["psnr"]), -1e3))
+            stop = replay.stop_after(key) if early else None
+            trial.set_constraint(*replay.constraint(key, stop))
             trial.set_user_attr("accelerators", p["accelerators"])
-            trial.set_user_attr("feasible", replay.feasible(key))
+            trial.set_user_attr("feasible", replay.feasible(key) and stop is None)
             trial.set_user_attr("speedup", replay.speedup(key))
+            left.discard(key)
+            if stop is not None:  # pruned with its numbers, as the Objective does: no answer
+                trial.set_user_attr("stopped_early", stop)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                done.append(_done(replay, key, stopped=True))  # a repeat would stop again
+                yield Step(key, True, "stopped", stop / len(p["scores"]))
+                continue
             study.tell(trial, replay.speedup(key))
             done.append(_done(replay, key))
-            left.discard(key)
         yield Step(key, not why, why)
 
 
 Strategy = Callable[[Replay, int], Iterator[Step]]
-# Issue 7 parts 1-2 add "tpe+early-stop" (a trial over budget stops after a batch of prompts,
-# its partial cost counted; needs per-prompt fidelity, which the landscapes do not record yet)
-# and "tpe+warm-start" (enqueue neighbouring studies' best first) here.
-STRATEGIES: dict[str, Strategy] = {"grid": grid, "random": uniform, "tpe": tpe}
+STRATEGIES: dict[str, Strategy] = {
+    "grid": grid,
+    "random": uniform,
+    "tpe": tpe,
+    "tpe+early": partial(tpe, early=True),
+    "tpe+warm": partial(tpe, warm=True),
+    "tpe+early+warm": partial(tpe, early=True, warm=True),
+}
+
+
+def unavailable(replay: Replay, name: str) -> str | None:
+    """Why strategy ``name`` cannot run on this landscape; None if it can."""
+    if "+early" in name and replay.scores is None:
+        return f"{name}: {replay.study}: {NO_SCORES}"
+    if "+warm" in name and not replay.warm_starts:
+        found = ", ".join(n["study"] for n in replay.neighbours) or "none"
+        return (
+            f"{name}: {replay.study}: no neighbouring landscape to start from (a neighbour has "
+            f"the same pipeline, or the same steps and scheduler, and a feasible point; "
+            f"landscapes with a feasible point: {found}; see --neighbours)"
+        )
+    return None
 
 
 # --- running and summarising ------------------------------------------------------------------
 
 
 def run(replay: Replay, strategy: Strategy, seed: int) -> dict[str, Any]:
-    """One seed of one strategy: GPU time until it holds a target point (or all it measured)."""
-    cost, counts = 0.0, {"measured": 0, "off": 0, "repeat": 0, "dominated": 0, "unrecorded": 0}
+    """One seed of one strategy: GPU time until it holds a target point (or all it measured),
+    and what its study would export then (``exported``)."""
+    counts = dict.fromkeys(("measured", "stopped", "off", "repeat", "dominated", "unrecorded"), 0)
+    cost, done = 0.0, []  # done: the finished trials' configurations, in order
     for step in strategy(replay, seed):
         counts["measured" if step.measured else step.why] += 1
-        if step.measured:
-            cost += replay.cost(step.key)
-            if replay.hits(step.key):
-                return {"seed": seed, "cost": cost, "reached": True, "found": step.key, **counts}
-    return {"seed": seed, "cost": replay.full_cost, "reached": False, "found": None, **counts}
+        if not step.measured:
+            continue
+        cost += replay.cost(step.key) * step.fraction
+        if step.why == "stopped":
+            counts["stopped"] += 1
+            continue
+        done.append(step.key)
+        if replay.hits(step.key):
+            return {"seed": seed, "cost": cost, "reached": True, "found": step.key, **counts,
+                    **exported(replay, done)}  # fmt: skip
+    return {"seed": seed, "cost": replay.full_cost, "reached": False, "found": None, **counts,
+            **exported(replay, done)}  # fmt: skip
+
+
+def exported(replay: Replay, done: Sequence[str]) -> dict[str, Any]:
+    """What a study that finished the trials ``done`` would export, and whether it holds.
+
+    ``exported``: its fastest feasible configuration; ``confirmed``: accelopt's export after
+    held-out confirmation (of the ``TOP_K`` fastest feasible configurations, the fastest that
+    keeps the budget on the held-out prompts; None: none does, nothing is exported).
+    ``passes`` and ``passes_confirmed`` say whether the export keeps the budget on the
+    held-out prompts (None: the landscape has no held-out scores).
+    """
+    ranked = sorted(
+        dict.fromkeys(k for k in done if replay.feasible(k)), key=lambda k: -replay.speedup(k)
+    )
+    export = ranked[0] if ranked else None
+    if replay.scores is None or replay.scores.heldout is None:
+        return {"exported": export, "passes": None, "confirmed": None, "passes_confirmed": None}
+    confirmed = next((k for k in ranked[:TOP_K] if replay.passes(k)), None)
+    return {
+        "exported": export,
+        "passes": export is not None and bool(replay.passes(export)),
+        "confirmed": confirmed,
+        "passes_confirmed": confirmed is not None,
+    }
+
+
+def _rate(verdicts: Sequence[bool | None]) -> float | None:
+    return None if any(v is None for v in verdicts) else statistics.fmean(map(bool, verdicts))
 
 
 def replay(
@@ -266,22 +553,46 @@ def replay(
             "median": statistics.median(costs),
             "reached": sum(r["reached"] for r in runs) / len(runs),
             "mean_measured": statistics.fmean(r["measured"] for r in runs),
+            "mean_stopped": statistics.fmean(r["stopped"] for r in runs),
             "mean_unrecorded": statistics.fmean(r["unrecorded"] for r in runs),
+            "pass_rate": _rate([r["passes"] for r in runs]),
+            "pass_rate_confirmed": _rate([r["passes_confirmed"] for r in runs]),
             "runs": runs,
         }
     if "grid" in results:
         for r in results.values():
             r["ratio_to_grid"] = r["mean"] / results["grid"]["mean"]
+    s, configs = rec.scores, rec.space.configs
     return {
         "study": rec.study,
-        "min_psnr": rec.min_psnr,
-        "speed_only": rec.min_psnr <= 0,
+        "min_psnr": None if s else rec.min_psnr,
+        "speed_only": s is None and rec.min_psnr <= 0,
+        "feasibility": rec.rule,
+        "scores": None
+        if s is None
+        else {
+            "prompts": len(s.baseline),
+            "heldout_prompts": None if s.heldout is None else len(s.heldout),
+            "max_score_loss": s.max_score_loss,
+            "batch_size": s.batch_size,
+            "early_stop": s.early_stop,
+        },
         "target_fraction": TARGET,
         "best": {
             "accelerators": rec.points[best]["accelerators"],
             "speedup": rec.speedup(best),
             "psnr": rec.points[best]["psnr"],
+            **(
+                {"score_loss": rec.loss(best), "heldout_score_loss": rec.heldout_loss(best)}
+                if s
+                else {}
+            ),
         },
+        "warm_start": [
+            {"source": w.source, "accelerators": configs(w.params), "speedup_there": w.speedup}
+            for w in rec.warm_starts
+        ],
+        "unavailable": {n: why for n in STRATEGIES if (why := unavailable(rec, n))},
         "target_speedup": rec.target,
         "candidates": len(rec.candidates),
         "feasible": sum(rec.feasible(k) for k in rec.candidates),
@@ -297,11 +608,22 @@ def replay(
 
 def markdown(result: dict[str, Any], command: str = "") -> str:
     r = result
-    feasibility = (
-        "speed only (`--min-psnr 0`: every point feasible; random-weight fidelity is flat here)"
-        if r["speed_only"]
-        else f"PSNR >= {r['min_psnr']:g} dB (stands in for the 2% CLIP-loss budget)"
-    )
+    c = r.get("scores")
+    if c:
+        feasibility = (
+            f"{r['feasibility']} (the study's budget, its trained scorer), "
+            f"{c['heldout_prompts'] or 'no'} held-out prompts recorded"
+        )
+    elif r["speed_only"]:
+        feasibility = "speed only (`--min-psnr 0`: every point feasible; "
+        feasibility += "random-weight fidelity is flat here)"
+    else:
+        feasibility = f"PSNR >= {r['min_psnr']:g} dB (stands in for the 2% CLIP-loss budget)"
+    best = f"PSNR {r['best']['psnr']:.1f}"
+    if "score_loss" in r["best"]:
+        best = f"loss {100 * r['best']['score_loss']:.2f}%"
+        if r["best"]["heldout_score_loss"] is not None:
+            best += f", held-out {100 * r['best']['heldout_score_loss']:.2f}%"
     lines = [
         f"### {r['study']}: GPU time to {100 * r['target_fraction']:g}% of the best feasible "
         f"speedup ({len(r['seeds'])} seeds)",
@@ -311,8 +633,27 @@ def markdown(result: dict[str, Any], command: str = "") -> str:
         f"{r['full_cost']:.1f} s",
         f"- feasible: {feasibility}",
         f"- best feasible: {r['best']['speedup']:.2f}x, {_short(r['best']['accelerators'])} "
-        f"(PSNR {r['best']['psnr']:.1f}); target {r['target_speedup']:.2f}x",
+        f"({best}); target {r['target_speedup']:.2f}x",
     ]
+    if c and c["early_stop"]:
+        lines.append(
+            f"- early stop (tpe+early): after each batch of {c['batch_size']} prompts from the "
+            f"second on, a trial whose loss is over budget with {100 * c['early_stop']:g}% "
+            "confidence stops (`Objective.over_budget`) and costs the share it generated"
+        )
+    for w in r.get("warm_start", []):
+        lines.append(
+            f"- warm start (tpe+warm): {_short(w['accelerators'])} from {w['source']} "
+            f"({w['speedup_there']:.2f}x there; accelopt.warmstart's neighbours and translate)"
+        )
+    for why in r.get("unavailable", {}).values():
+        lines.append(f"- not replayed: {why}")
+    if c and c["heldout_prompts"]:
+        lines.append(
+            "- held-out pass: the export when a run stops (its fastest feasible configuration) "
+            f"keeps the budget on the {c['heldout_prompts']} held-out prompts; confirmed: "
+            f"accelopt's export after re-scoring its top {TOP_K} there (none passing: nothing)"
+        )
     if r["missing"]:
         lines.append(
             f"- partial record: {len(r['missing'])} configurations of the space are missing; "
@@ -321,20 +662,30 @@ def markdown(result: dict[str, Any], command: str = "") -> str:
     if command:
         lines.append(f"- command: `{command}`")
     extra = " unrecorded dropped (mean) |" if r["missing"] else ""
+    stops = any("early" in name for name in r["strategies"])
+    held = bool(c and c["heldout_prompts"])
+    extra += " stopped early (mean) |" * stops
+    extra += " held-out pass | held-out pass, confirmed |" * held
     lines += [
         "",
         "| strategy | mean GPU s | median GPU s | ratio to grid (mean) | reached | "
         f"trials measured (mean) |{extra}",
-        "|---|---|---|---|---|---|" + ("---|" if extra else ""),
+        "|---|---|---|---|---|---|" + "---|" * extra.count("|"),
     ]
     for name, s in r["strategies"].items():
         ratio = f"{s['ratio_to_grid']:.2f}" if "ratio_to_grid" in s else "-"
         lines.append(
             f"| {name} | {s['mean']:.1f} | {s['median']:.1f} | {ratio} | "
             f"{100 * s['reached']:.0f}% | {s['mean_measured']:.1f} |"
-            + (f" {s['mean_unrecorded']:.1f} |" if extra else "")
+            + (f" {s['mean_unrecorded']:.1f} |" if r["missing"] else "")
+            + (f" {s['mean_stopped']:.1f} |" if stops else "")
+            + (f" {_percent(s['pass_rate'])} | {_percent(s['pass_rate_confirmed'])} |" * held)
         )
     return "\n".join(lines) + "\n"
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.0f}%"
 
 
 def _short(configs: dict[str, dict[str, Any]]) -> str:
@@ -351,9 +702,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-psnr", type=float, default=MIN_PSNR, help="dB; 0: speed only")
     p.add_argument("--seeds", type=int, default=20, help="seeds 0 .. N-1 per strategy")
     p.add_argument(
-        "--strategies", default=",".join(STRATEGIES), help=f"of {', '.join(STRATEGIES)}"
+        "--strategies",
+        help=f"of {', '.join(STRATEGIES)} (default: every one the landscape allows)",
     )
     p.add_argument("--warmup-calls", type=int, default=0, help="untimed calls charged per trial")
+    p.add_argument("--max-score-loss", type=float, help="scored landscapes (default: the study's)")
+    p.add_argument(
+        "--neighbours",
+        nargs="*",
+        type=Path,
+        help="landscapes a warm start may start from (default: bench/landscapes/*.json and "
+        "those beside LANDSCAPE; none given: no warm start)",
+    )
     p.add_argument("--out", type=Path, help="write replay-<study>.json and .md here")
     return p
 
@@ -361,7 +721,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    names = [s for s in args.strategies.split(",") if s]
+    names = [s for s in (args.strategies or ",".join(STRATEGIES)).split(",") if s]
     unknown = [s for s in names if s not in STRATEGIES]
     if unknown or not names or args.seeds < 1 or args.warmup_calls < 0:
         raise SystemExit(
@@ -369,7 +729,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--seeds >= 1; --warmup-calls >= 0"
         )
     command = shlex.join(["python", "bench/replay.py", *argv])
-    rec = Replay.of(recorded.load(args.landscape), args.min_psnr, args.warmup_calls)
+    record = recorded.load(args.landscape)
+    if args.neighbours is None:
+        found = [*LANDSCAPES.glob("*.json"), *args.landscape.parent.glob("*.json")]
+        paths = sorted({path.resolve() for path in found})
+        neighbours = [n for n in map(_landscape_or_none, paths) if n is not None]
+    else:
+        neighbours = [recorded.load(path) for path in args.neighbours]
+    rec = Replay.of(
+        record, args.min_psnr, args.warmup_calls, args.max_score_loss, neighbours=neighbours
+    )
+    refused = [why for n in names if (why := unavailable(rec, n))]
+    if args.strategies is None:  # the default: every strategy this landscape allows
+        names = [n for n in names if not unavailable(rec, n)]
+    elif refused:
+        raise SystemExit(refused[0])
     result = {"command": command, **replay(rec, range(args.seeds), names)}
     table = markdown(result, command)
     print(table, end="")
@@ -379,6 +753,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
         (args.out / f"{stem}.md").write_text(table)
     return 0
+
+
+def _landscape_or_none(path: Path) -> dict[str, Any] | None:
+    """A landscape file's record; None for other JSON (a replay's output beside it)."""
+    try:
+        return recorded.load(path)
+    except (ValueError, OSError):  # json.JSONDecodeError is a ValueError
+        return None
 
 
 if __name__ == "__main__":

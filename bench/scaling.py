@@ -17,32 +17,45 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+import tables  # bench/tables.py, beside this file
 from optuna.trial import TrialState
 
 from accelopt.study import open_storage
 
 
-def run(study: str, workers: int, n_trials: int, out: Path, cpu: bool) -> dict[str, Any]:
-    journal = out / f"scaling-w{workers}.journal"
-    gpus = ",".join(str(i) for i in range(workers))
-    where = ["--workers", str(workers), "--device", "cpu"] if cpu else ["--gpus", gpus]
-    command = [sys.executable, "-m", "accelopt", "run", "--study", study, "--random-weights",
-               "--n-trials", str(n_trials), "--storage", str(journal), *where,
-               "--quiet"]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
+def command(
+    study: str,
+    workers: int,
+    n_trials: int,
+    journal: Path,
+    gpus: Sequence[str] | None,
+    timeout: float | None = None,
+) -> list[str]:
+    """``accelopt run`` of ``study`` from scratch on ``journal``: one worker per GPU named in
+    ``gpus`` (accelopt's ``--gpus``: each worker gets ``CUDA_VISIBLE_DEVICES`` set to its name),
+    or ``workers`` on the CPU when ``gpus`` is None."""
+    where = ["--workers", str(workers), "--device", "cpu"] if gpus is None else [
+        "--gpus", ",".join(gpus)]  # fmt: skip
+    limit = [] if timeout is None else ["--timeout", f"{timeout:.0f}"]
+    return [sys.executable, "-m", "accelopt", "run", "--study", study, "--random-weights",
+            "--n-trials", str(n_trials), "--storage", str(journal), *where, *limit,
+            "--quiet"]  # fmt: skip
+
+
+def throughput(journal: Path, study: str, workers: int) -> dict[str, Any]:
+    """Trials and measured trials per hour over the stored trials' span, read from ``journal``."""
     storage, _ = open_storage(str(journal))
     trials = optuna.load_study(study_name=study, storage=storage).trials
     finished = [t for t in trials if t.datetime_complete is not None]
+    if not finished:
+        raise ValueError(f"{journal}: no finished trial of {study}")
     first = min(t.datetime_start for t in finished if t.datetime_start is not None)
-    span = (max(t.datetime_complete for t in finished) - first).total_seconds()  # type: ignore[type-var]
+    span = (max(t.datetime_complete for t in finished) - first).total_seconds()  # type: ignore[type-var,operator]
     measured = [t for t in trials if t.state == TrialState.COMPLETE]
     per_worker: dict[int, int] = {}
     for t in finished:
@@ -50,17 +63,37 @@ def run(study: str, workers: int, n_trials: int, out: Path, cpu: bool) -> dict[s
         per_worker[pid] = per_worker.get(pid, 0) + 1
     return {
         "workers": workers,
-        "command": " ".join(command[1:]).replace(str(out), "$OUT"),
         "trials": len(finished),
         "measured": len(measured),
         "failed": sum(t.state == TrialState.FAIL for t in trials),
         "span_seconds": span,
-        "wall_seconds": wall,
         "trials_per_hour": 3600 * len(finished) / span,
         "measured_per_hour": 3600 * len(measured) / span,
         "trials_per_worker": sorted(per_worker.values()),
         "generation_seconds": sum(t.user_attrs.get("generation_seconds", 0) for t in measured),
     }
+
+
+def run(study: str, workers: int, n_trials: int, out: Path, cpu: bool) -> dict[str, Any]:
+    journal = out / f"scaling-w{workers}.journal"
+    gpus = None if cpu else [str(i) for i in range(workers)]
+    argv = command(study, workers, n_trials, journal, gpus)
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-4000:]}")
+    return {**throughput(journal, study, workers), "wall_seconds": wall,
+            "command": " ".join(argv[1:]).replace(str(out), "$OUT")}  # fmt: skip
+
+
+def compare(rows: list[dict[str, Any]]) -> None:
+    """Each row against the first (one worker): trials, measured trials and wall time."""
+    one = rows[0]
+    for r in rows:
+        r["speedup_trials"] = r["trials_per_hour"] / one["trials_per_hour"]
+        r["speedup_measured"] = r["measured_per_hour"] / one["measured_per_hour"]
+        r["speedup_wall"] = one["wall_seconds"] / r["wall_seconds"]
 
 
 def main() -> None:
@@ -76,11 +109,7 @@ def main() -> None:
     import torch
 
     rows = [run(args.study, k, args.n_trials, args.out, args.cpu) for k in args.workers]
-    one = rows[0]
-    for r in rows:
-        r["speedup_trials"] = r["trials_per_hour"] / one["trials_per_hour"]
-        r["speedup_measured"] = r["measured_per_hour"] / one["measured_per_hour"]
-        r["speedup_wall"] = one["wall_seconds"] / r["wall_seconds"]
+    compare(rows)
     record = {
         "study": args.study,
         "n_trials": args.n_trials,
@@ -91,18 +120,7 @@ def main() -> None:
         "rows": rows,
     }
     (args.out / "scaling.json").write_text(json.dumps(record, indent=2))
-    lines = [
-        "| workers | trials (measured) | per worker | span s | trials/hour | measured/hour "
-        "| vs 1 worker (trials, measured) | command wall s (vs 1) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['workers']} | {r['trials']} ({r['measured']}) | {r['trials_per_worker']} "
-            f"| {r['span_seconds']:.1f} | {r['trials_per_hour']:.0f} "
-            f"| {r['measured_per_hour']:.0f} | {r['speedup_trials']:.2f}x, "
-            f"{r['speedup_measured']:.2f}x | {r['wall_seconds']:.1f} ({r['speedup_wall']:.2f}x) |"
-        )
+    lines = tables.scaling_table(record)
     (args.out / "scaling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tables import describe  # bench/tables.py, beside this file: labels and the markdown
+from tables import speed_markdown as markdown
 
 from accelopt import accelerators, timing
 from accelopt.accelerators import PipeTraits
@@ -59,11 +61,13 @@ SETTINGS = {
     "TinySDXL": Setting(10, "DDIM", 7.0),
     "TinyPixArt": Setting(20, "DPM-Solver++", 4.5),
 }
-# Seconds one pipe takes on one H200 at 5 repeats, building included: SD1.5 and SDXL from the
-# 2026-11-28 run (0.6 s and 1.9 s per image, ToMe's range end at 5 s on SDXL), the others
-# guessed (SD2.1 ~0.8 s, PixArt ~1.5 s per image; PixArt has 4 rows). Used to share GPUs and
-# budgets, never to judge a result.
-ESTIMATE = {"SDXL": 415, "SD2.1": 150, "SD1.5": 110, "PixArt-alpha": 85, "PixArt-Sigma": 85}
+# Seconds one pipe takes on one H200 at 5 repeats, building included, from the 2026-11-28
+# five-architecture run: its rows' timings (pairs and warm-ups) came to SDXL 326 s (15 rows),
+# SD2.1 122 s (12 of 15; ~35 s more for the three the budget cut), SD1.5 109 s (14 of 15),
+# PixArt 44 s and 37 s (4 rows); building took ~50 s for SDXL (the rest of its 377 s wall),
+# less for the smaller ones (guessed; PixArt's T5 is large, so kept at the old guess). Used to
+# plan GPUs and share budgets (bench/all.py), never to judge a result.
+ESTIMATE = {"SDXL": 400, "SD2.1": 190, "SD1.5": 145, "PixArt-alpha": 85, "PixArt-Sigma": 85}
 MIN_SHARE = 20  # seconds: less than this cannot build a pipe and time a row
 PROMPT = "a photograph of a lighthouse at dusk"
 AA = "A/A: baseline against itself"
@@ -93,21 +97,6 @@ _stopping: list[bool] = []  # set by SIGTERM: libraries may wrap the Stop it rai
 def _on_sigterm(signum: int, frame: object) -> None:
     _stopping.append(True)
     raise Stop
-
-
-def describe(configs: Mapping[str, Mapping[str, Any]]) -> str:
-    """``{"deepcache": {...}, "tome": {...}}`` -> ``"deepcache 3/0 + tome 0.5 md2"``."""
-    parts = []
-    for name, p in configs.items():
-        if name == "deepcache":
-            parts.append(f"deepcache {p['cache_interval']}/{p['cache_branch_id']}")
-        elif name == "tome":
-            parts.append(f"tome {p['ratio']} md{p['max_downsample']}")
-        else:
-            parts.append(
-                f"tgate {p['gate_step']}/{p['sp_interval']}/{p['fi_interval']}/{p['warm_up']}"
-            )
-    return " + ".join(parts)
 
 
 def candidates(traits: PipeTraits, steps: int) -> tuple[list[Candidate], dict[str, str]]:
@@ -314,31 +303,6 @@ def bench_pipe(
         result["partial"] = any(why.startswith("time budget") for why in skipped.values())
     finally:
         accelerators.remove(pipe)
-
-
-def markdown(result: Mapping[str, Any]) -> str:
-    """The table of every measured row, then what was skipped and why."""
-    lines = ["| pipe | configuration | speedup (median) | min-max | spread | s/image | peak GiB |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    notes = []
-    for name, r in result["pipes"].items():
-        if "rows" not in r:
-            notes.append(f"- {name}: not measured ({r.get('error', 'no time left')})")
-            continue
-        where = f"{name} {r['scheduler']} {r['steps']} steps {r['resolution']} px"
-        for label, row in r["rows"].items():
-            peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.1f}"
-            lines.append(
-                f"| {where} | {label} | {row['speedup']:.2f}x | "
-                f"{row['speedup_min']:.2f}-{row['speedup_max']:.2f} | "
-                f"{100 * row['spread']:.1f}% | {row['seconds']:.3f} | {peak} |"
-            )
-        notes += [f"- {name}, {label}: {why}" for label, why in r["skipped"].items()]
-        if r.get("error"):
-            notes.append(f"- {name}: stopped by an error: {r['error']}")
-    if notes:
-        lines += ["", "Not measured:", "", *notes]
-    return "\n".join(lines) + "\n"
 
 
 def write(out: Path, result: Mapping[str, Any]) -> None:

@@ -262,19 +262,108 @@ def test_a_spent_time_budget_stops_cleanly_and_says_partial(tmp_path: Path) -> N
     assert record["shards"][0]["stopped"] == f"time budget: stopped before point 0 of {POINTS}"
 
 
+# --- scores: ToySD, whose CLIP scorer is trained ----------------------------------------------
+
+
+def _measure_toy(out: Path, *extra: str) -> dict[str, Any]:
+    args = ["measure", "--study", "ToySD-DDIM-20", "--device", "cpu", "--points", "3"]
+    args += ["--prompts", "2", "--heldout", "2", "--out", str(out), *extra]
+    assert landscape.main(args) == 0
+    (path,) = out.glob("ToySD-DDIM-20.shard-*.json")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Two shards of 3 ToySD points on the CPU: the first one prompt a call, the second both."""
+    root = tmp_path_factory.mktemp("toy")
+    return [
+        _measure_toy(root / "shard1", "--shard", "1/2", "--batch", "1"),
+        _measure_toy(root / "shard2", "--shard", "2/2"),
+    ]
+
+
+def test_a_scored_landscape_records_the_studys_prompts_seeds_and_rules(
+    toy: list[dict[str, Any]],
+) -> None:
+    from accelopt.confirm import SEED_OFFSET
+    from accelopt.prompts import load_prompts
+    from accelopt.spec import load_spec
+
+    spec = load_spec("ToySD-DDIM-20")
+    for s, per_call in zip(toy, (1, 2), strict=True):
+        assert (s["study"], s["weights"]) == ("ToySD-DDIM-20", "pretrained")
+        assert (s["images_per_point"], s["images_per_call"]) == (2, per_call)
+        assert s["prompts"] == [p.text for p in load_prompts("search", 2, "shapes")]
+        assert s["seeds"] == [0, 1]
+        assert s["heldout_prompts"] == [p.text for p in load_prompts("heldout", 2, "shapes")]
+        assert s["heldout_seeds"] == [SEED_OFFSET, SEED_OFFSET + 1]  # accelopt.confirm's
+        rules = (spec.max_score_loss, spec.early_stop, spec.prompts.batch_size)
+        found = (s["max_score_loss"], s["early_stop"], s["batch_size"])
+        assert (s["scorer"], found) == ("accelopt-toy-clip", rules)
+        assert len(s["baseline_scores"]) == len(s["heldout_baseline_scores"]) == 2
+        assert all(50 < x <= 100 for x in s["baseline_scores"] + s["heldout_baseline_scores"])
+        for p in s["points"]:
+            assert len(p["scores"]) == len(p["heldout_scores"]) == 2
+            assert p["heldout_time_per_image"] > 0
+            if not p["accelerators"]:  # the plain pipeline again: its own baseline, exactly
+                assert (p["scores"], p["heldout_scores"]) == (
+                    s["baseline_scores"],
+                    s["heldout_baseline_scores"],
+                )
+                assert p["score_loss"] == p["heldout_score_loss"] == 0.0
+
+
+def test_scored_shards_merge_and_summarize(toy: list[dict[str, Any]]) -> None:
+    merged = landscape.merge(toy)
+    assert len(merged["points"]) == 3 and merged["partial"] is False
+    assert merged["baseline_scores"] == toy[0]["baseline_scores"]
+    # One prompt a call or two: each prompt has its own generator, so the same images.
+    assert merged["baseline_score_spread"] <= 1e-3
+    summary = landscape.summarize(merged)
+    scores = summary["scores"]
+    assert (scores["points"], scores["prompts"], scores["heldout_prompts"]) == (2, 2, 2)
+    assert scores["within"] == sum(
+        p["score_loss"] <= 0.02 for p in merged["points"] if p["accelerators"]
+    )
+    text = landscape.markdown(summary)
+    assert "- CLIP-score loss (accelopt-toy-clip), budget 2%: " in text
+    other = dict(toy[1], heldout_seeds=[7, 8])
+    with pytest.raises(ValueError, match="shards differ in 'heldout_seeds'"):
+        landscape.merge([toy[0], other])
+
+
+def test_an_unscored_landscape_loads_and_summarizes_as_before() -> None:
+    old = landscape.load(ROOT / "bench" / "landscapes" / "SD1.5-DDIM-20.json")
+    assert "baseline_scores" not in old and "scores" not in old["points"][0]
+    assert landscape.summarize(old)["scores"] is None
+    assert "CLIP-score" not in landscape.markdown(landscape.summarize(old))
+
+
+def test_scores_need_a_trained_scorer(tmp_path: Path) -> None:
+    args = ["measure", "--pipeline", "TinySD", "--steps", "10", "--device", "cpu"]
+    with pytest.raises(SystemExit, match="TinySD-DDIM-10: --heldout records CLIP scores, and"):
+        landscape.main([*args, "--heldout", "2", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
 # --- bench/all.py -----------------------------------------------------------------------------
 
 
 def test_the_one_call_entry_point(tmp_path: Path) -> None:
     out = tmp_path / "OUT"
-    command = [sys.executable, str(ROOT / "bench" / "all.py"), "--studies", "TinySD-DDIM-10"]
+    command = [sys.executable, str(ROOT / "bench" / "all.py"), "--suite", "landscapes"]
+    command += ["--studies", "TinySD-DDIM-10"]
     command += ["--device", "cpu", "--workers", "2", "--points", "3", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["landscape.log", "landscape.md", "landscapes/TinySD-DDIM-10.json"]
+    assert files == ["all.log", "landscapes/TinySD-DDIM-10.json", "results.json", "tables.md"]
     merged = landscape.load(out / "landscapes" / "TinySD-DDIM-10.json")
     assert len(merged["points"]) == 3
     assert merged["partial"] is False
     assert [s["cuda_visible_devices"] for s in merged["shards"]] == [None, None]
-    assert "### TinySD-DDIM-10" in (out / "landscape.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["suites"] == {"landscapes": {"files": ["landscapes/TinySD-DDIM-10.json"],
+                                                "problems": [], "partial": False}}  # fmt: skip
+    assert "| TinySD-DDIM-10, 32 px, batch 1 | 3 of 3 |" in (out / "tables.md").read_text()
