@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ from accelopt._types import Pipeline
 from accelopt.errors import AccelOptError, choices
 from accelopt.testing.tokenizers import clip_tokenizer, t5_tokenizer
 
-__all__ = ["TINY_PIPELINES", "eval_mode", "tiny_pipeline"]
+__all__ = ["TINY_PIPELINES", "eval_mode", "sd_pipeline", "tiny_pipeline"]
 
 TINY_RESOLUTION = 32  # pixels; the tiny VAE downsamples by 2, so latents are 16 x 16
 
@@ -73,7 +74,7 @@ def _clip_text(hidden: int = 32, projection: bool = False):
 
 
 def _tiny_sd() -> Pipeline:
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     # SD1.5's shape in miniature: attention from the first level down, none at the last.
     unet = UNet2DConditionModel(
@@ -86,10 +87,17 @@ def _tiny_sd() -> Pipeline:
         attention_head_dim=8,
         norm_num_groups=16,
     )
+    return sd_pipeline(_vae(), _clip_text(), clip_tokenizer(), unet)
+
+
+def sd_pipeline(vae: Any, text_encoder: Any, tokenizer: Any, unet: Any) -> Pipeline:
+    """A StableDiffusionPipeline around these parts: SD's DDIM config, no safety checker."""
+    from diffusers import StableDiffusionPipeline
+
     return StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=_clip_text(),
-        tokenizer=clip_tokenizer(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
         unet=unet,
         scheduler=_sd_scheduler(),
         safety_checker=None,

@@ -153,26 +153,9 @@ def build_pipeline(
     unet: UNet2DConditionModel,
 ) -> StableDiffusionPipeline:
     """A StableDiffusionPipeline around trained parts, with SD's DDIM scheduler config."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from accelopt.testing.tiny import sd_pipeline
 
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd_pipeline(vae, text_encoder, tokenizer, unet)
 
 
 def scorer_config(vocab_size: int) -> dict[str, Any]:
