@@ -143,6 +143,27 @@ def test_training_writes_folders_the_real_loaders_read(tmp_path: Path) -> None:
     assert len(trained(torch.rand(2, 3, 64, 64), ["one red circle", "two blue squares"])) == 2
 
 
+def test_training_never_overwrites_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "toy-clip").mkdir()
+    (tmp_path / "toy-clip" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["scorer", "--out", str(tmp_path), "--set", "steps=1"])
+    assert exit_info.value.code == 2
+    assert "already holds a trained scorer; pass --force" in capsys.readouterr().err
+    assert (tmp_path / "toy-clip" / "keep.txt").read_text() == "mine"
+
+
+def test_a_recipe_value_of_the_wrong_type_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["scorer", "--out", str(tmp_path), "--set", "steps=many"])
+    assert exit_info.value.code == 2
+    assert "recipe entry steps='many': expected int" in capsys.readouterr().err
+
+
 def test_unknown_recipe_entry_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -156,7 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100, help="prompts per split")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--samples", type=Path, help="also write a PNG grid of samples here")
+    parser.add_argument("--force", action="store_true", help="replace --out and --samples")
     args = parser.parse_args(argv)
+    existing = [p for p in (args.out, args.samples) if p is not None and p.exists()]
+    if existing and not args.force:
+        parser.error(f"{existing[0]} exists; pass --force to replace it")
     device = torch.device(args.device)
     pipe = load_pipeline(args.pipeline, dtype="float32", device=args.device)
     scorer = ClipScorer(args.scorer, "", device)

@@ -327,15 +327,9 @@ def save_scorer(model: Any, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {
-        name: version(name) for name in ("torch", "diffusers", "transformers", "open_clip_torch")
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    from accelopt.export import package_versions
+
     parser = argparse.ArgumentParser(
         prog="python -m accelopt.toy.train", description=__doc__.split("\n")[0]
     )
@@ -353,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override recipe entries (a smoke test: --set steps=20 vae_steps=20)",
     )
+    parser.add_argument("--force", action="store_true", help="replace what --out holds")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     recipe = dict(GENERATOR if args.model == "generator" else SCORER)
@@ -360,22 +355,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         key, _, value = item.partition("=")
         if key not in recipe:
             parser.error(f"unknown recipe entry {key!r}; valid: {', '.join(recipe)}")
-        recipe[key] = type(recipe[key])(value)
+        try:
+            recipe[key] = type(recipe[key])(value)
+        except ValueError:
+            parser.error(f"recipe entry {key}={value!r}: expected {type(recipe[key]).__name__}")
+    folder = args.out / ("ToySD" if args.model == "generator" else "toy-clip")
+    if not args.force and (folder.exists() or (args.out / "train.json").exists()):
+        parser.error(
+            f"{args.out} already holds a trained {args.model}; pass --force to replace it"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     train = train_generator if args.model == "generator" else train_scorer
     deadline = None if args.max_seconds is None else time.perf_counter() + args.max_seconds
     model, log = train(device, args.seed, recipe, deadline)
     if args.model == "generator":
-        log.update(save_generator(model, args.out / "ToySD"))
+        log.update(save_generator(model, folder))
     else:
-        save_scorer(model, args.out / "toy-clip")
+        save_scorer(model, folder)
     record = {
         "model": args.model,
         "seed": args.seed,
         "recipe": recipe,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "date": time.strftime("%Y-%m-%d"),
-        "versions": _versions(),
+        "versions": package_versions(["torch", "diffusers", "transformers", "open_clip_torch"]),
         **log,
     }
     (args.out / "train.json").write_text(json.dumps(record, indent=1) + "\n")
