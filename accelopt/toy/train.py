@@ -57,8 +57,9 @@ SCORER = {
     "warmup": 300,
     "weight_decay": 0.1,
 }
-# Data streams: the generator, the scorer and evaluation each draw their own scenes.
-STREAMS = {"generator": 1, "scorer": 2, "evaluation": 3}
+# Data streams: the generator and the scorer each draw their own scenes (evaluation draws its
+# real images with seeds of its own, accelopt.toy.evaluate.REAL_SEEDS).
+STREAMS = {"generator": 1, "scorer": 2}
 LOG_EVERY = 100
 
 
