@@ -62,12 +62,12 @@ SETTINGS = {
     "TinyPixArt": Setting(20, "DPM-Solver++", 4.5),
 }
 # Seconds one pipe takes on one H200 at 5 repeats, building included, from the 2026-11-28
-# five-architecture run: its rows' timings (pairs and warm-ups) came to SDXL 326 s (15 rows),
-# SD2.1 122 s (12 of 15; ~35 s more for the three the budget cut), SD1.5 109 s (14 of 15),
-# PixArt 44 s and 37 s (4 rows); building took ~50 s for SDXL (the rest of its 377 s wall),
-# less for the smaller ones (guessed; PixArt's T5 is large, so kept at the old guess). Used to
-# plan GPUs and share budgets (bench/all.py), never to judge a result.
-ESTIMATE = {"SDXL": 400, "SD2.1": 190, "SD1.5": 145, "PixArt-alpha": 85, "PixArt-Sigma": 85}
+# evening run through bench/all.py (every row measured): the timed pairs came to SDXL 301 s,
+# SD2.1 138 s, SD1.5 101 s and PixArt-alpha 39 s; the walls were 370 s for SDXL alone and 353 s
+# for the other three on one GPU, so building and warm-ups cost ~70 s for SDXL and ~25 s for
+# each of the others (PixArt-Sigma: as PixArt-alpha). Used to plan GPUs and share budgets
+# (bench/all.py), never to judge a result.
+ESTIMATE = {"SDXL": 370, "SD2.1": 165, "SD1.5": 125, "PixArt-alpha": 70, "PixArt-Sigma": 70}
 MIN_SHARE = 20  # seconds: less than this cannot build a pipe and time a row
 PROMPT = "a photograph of a lighthouse at dusk"
 AA = "A/A: baseline against itself"

@@ -29,7 +29,7 @@ LAST = 520 - bench.FINISH_SECONDS - bench.GRACE_SECONDS  # 485: every task stops
 
 
 def test_the_estimates_the_plans_below_rest_on() -> None:
-    assert dict(bench.speed.ESTIMATE) == dict(zip(PIPES, (400, 190, 145, 85, 85), strict=True))
+    assert dict(bench.speed.ESTIMATE) == dict(zip(PIPES, (370, 165, 125, 70, 70), strict=True))
     assert bench.ESTIMATE == {"study": 120.0, "scaling": 90.0}
     assert bench.DEFAULT_BUDGET == 520 and LAST == 485
 
@@ -37,44 +37,52 @@ def test_the_estimates_the_plans_below_rest_on() -> None:
 def test_four_gpus_run_every_suite_at_once() -> None:
     plan = bench.plan(4)
     assert plan.tasks == (
-        Task("study", (2,), 0.0, 120.0, 340.0),
-        Task("scaling", (1, 3), 0.0, 90.0, 295.0),
-        Task("speed", (0,), 0.0, 400.0, 485.0, (), ("SDXL",)),
-        Task("speed", (1,), 90.0, 190.0, 485.0, (1,), ("SD2.1",)),
-        Task("speed", (2,), 120.0, 145.0, 485.0, (0,), ("SD1.5",)),
-        Task("speed", (3,), 90.0, 170.0, 485.0, (1,), ("PixArt-alpha", "PixArt-Sigma")),
+        Task("study", (2,), 0.0, 120.0, 360.0),
+        Task("scaling", (1, 3), 0.0, 90.0, 320.0),
+        Task("speed", (0,), 0.0, 370.0, 485.0, (), ("SDXL",)),
+        Task("speed", (1,), 90.0, 165.0, 485.0, (1,), ("SD2.1",)),
+        Task("speed", (2,), 120.0, 125.0, 485.0, (0,), ("SD1.5",)),
+        Task("speed", (3,), 90.0, 140.0, 485.0, (1,), ("PixArt-alpha", "PixArt-Sigma")),
     )
     assert plan.skipped == {}
     assert bench.describe_plan(plan) == [
-        "GPU 0: speed SDXL (~400 s, stop by 485 s)",
-        "GPU 1: scaling on GPUs 1 and 3 (~90 s, stop by 295 s), then speed SD2.1 (~190 s, stop "
+        "GPU 0: speed SDXL (~370 s, stop by 485 s)",
+        "GPU 1: scaling on GPUs 1 and 3 (~90 s, stop by 320 s), then speed SD2.1 (~165 s, stop "
         "by 485 s)",
-        "GPU 2: study (~120 s, stop by 340 s), then speed SD1.5 (~145 s, stop by 485 s)",
-        "GPU 3: scaling on GPUs 1 and 3 (~90 s, stop by 295 s), then speed PixArt-alpha, "
-        "PixArt-Sigma (~170 s, stop by 485 s)",
+        "GPU 2: study (~120 s, stop by 360 s), then speed SD1.5 (~125 s, stop by 485 s)",
+        "GPU 3: scaling on GPUs 1 and 3 (~90 s, stop by 320 s), then speed PixArt-alpha, "
+        "PixArt-Sigma (~140 s, stop by 485 s)",
     ]
 
 
 def test_two_gpus_run_the_speed_suite_and_say_what_they_skip() -> None:
     plan = bench.plan(2)
     assert plan.tasks == (
-        Task("speed", (0,), 0.0, 485.0, 485.0, (), ("SDXL", "PixArt-Sigma")),
-        Task("speed", (1,), 0.0, 420.0, 485.0, (), ("SD2.1", "SD1.5", "PixArt-alpha")),
+        Task("speed", (0,), 0.0, 370.0, 485.0, (), ("SDXL",)),
+        Task(
+            "speed",
+            (1,),
+            0.0,
+            430.0,
+            485.0,
+            (),
+            ("SD2.1", "SD1.5", "PixArt-alpha", "PixArt-Sigma"),
+        ),
     )
     assert plan.skipped == {
-        "study": "~120 s does not fit (GPUs planned to 485, 420 of 485 s)",
+        "study": "~120 s does not fit (GPUs planned to 370, 430 of 485 s)",
         "scaling": "needs two GPUs and the study (its one-worker row)",
     }
 
 
 def test_one_gpu_runs_what_fits_of_the_speed_suite() -> None:
     plan = bench.plan(1)
-    assert plan.tasks == (Task("speed", (0,), 0.0, 485.0, 485.0, (), ("SDXL", "PixArt-alpha")),)
+    assert plan.tasks == (Task("speed", (0,), 0.0, 440.0, 485.0, (), ("SDXL", "PixArt-alpha")),)
     assert plan.skipped == {
-        "speed SD2.1": "~190 s does not fit (GPUs planned to 400 of 485 s)",
-        "speed SD1.5": "~145 s does not fit (GPUs planned to 400 of 485 s)",
-        "speed PixArt-Sigma": "~85 s does not fit (GPUs planned to 485 of 485 s)",
-        "study": "~120 s does not fit (GPUs planned to 485 of 485 s)",
+        "speed SD2.1": "~165 s does not fit (GPUs planned to 370 of 485 s)",
+        "speed SD1.5": "~125 s does not fit (GPUs planned to 370 of 485 s)",
+        "speed PixArt-Sigma": "~70 s does not fit (GPUs planned to 440 of 485 s)",
+        "study": "~120 s does not fit (GPUs planned to 440 of 485 s)",
         "scaling": "needs two GPUs and the study (its one-worker row)",
     }
     assert plan.unplanned_pipes() == ["SD2.1", "SD1.5", "PixArt-Sigma"]
