@@ -23,7 +23,7 @@ import torch
 from accelopt.errors import AccelOptError
 from accelopt.spec import TINY_CLIP, TOY_CLIP
 
-__all__ = ["ClipScorer", "loss_bound", "psnr", "score_loss", "ssim"]
+__all__ = ["ClipScorer", "loss_bound", "prompt_losses", "psnr", "score_loss", "ssim"]
 
 
 def score_loss(baseline: Sequence[float], scores: Sequence[float]) -> float:
@@ -54,16 +54,28 @@ def loss_bound(
     >>> loss_bound([10.0, 10.0, 10.0, 10.0], [9.0, 9.0], z=2.33)
     (0.1, 0.1)
     """
+    d = prompt_losses(baseline, scores)
+    estimate = sum(d) / len(d)
+    if len(d) < 2:
+        return estimate, -math.inf
+    return estimate, estimate - z * statistics.stdev(d) / math.sqrt(len(d))
+
+
+def prompt_losses(baseline: Sequence[float], scores: Sequence[float]) -> list[float]:
+    """Each prompt's share of the score loss: ``(baseline_i - score_i) / |mean(baseline)|``.
+
+    ``scores`` may cover only the first prompts; their mean is the loss on those prompts, and
+    with every prompt scored it equals ``score_loss``.
+
+    >>> prompt_losses([10.0, 30.0], [10.0, 25.0])
+    [0.0, 0.25]
+    """
     if not 0 < len(scores) <= len(baseline):
         raise ValueError("need between 1 and len(baseline) scores")
     base = abs(sum(baseline) / len(baseline))
     if base == 0:
         raise ValueError("the baseline's mean CLIP score is 0; a relative loss is undefined")
-    d = [(b - s) / base for b, s in zip(baseline, scores, strict=False)]
-    estimate = sum(d) / len(d)
-    if len(d) < 2:
-        return estimate, -math.inf
-    return estimate, estimate - z * statistics.stdev(d) / math.sqrt(len(d))
+    return [(b - s) / base for b, s in zip(baseline, scores, strict=False)]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> list[float]:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from accelopt import accelerators
-from accelopt.metrics import ClipScorer, score_loss
+from accelopt.metrics import ClipScorer, prompt_losses, score_loss
 from accelopt.toy import shapes
 
 __all__ = ["CONFIGS", "generate", "main", "retrieval"]
@@ -115,8 +115,7 @@ def figures(pipe: Any, scorer: ClipScorer, *, count: int = 100, real: int = 500)
             images = generate(pipe, texts, configs)
             scores = scorer(images, texts)
             baseline.setdefault(split, scores)
-            per_prompt = [(b - s) / abs(statistics.fmean(baseline[split]))
-                          for b, s in zip(baseline[split], scores, strict=True)]  # fmt: skip
+            per_prompt = prompt_losses(baseline[split], scores)
             row[split] = {
                 **retrieval(scorer, images, texts, shapes.captions(split)),
                 "score": statistics.fmean(scores),
