@@ -19,6 +19,10 @@ On the lent GPU machine, with the carried wheels (``../shared/tools/gpu-wheels.s
 - scaling: the same study from scratch with two workers on two GPUs (``bench/scaling.py``);
   the study's run is its one-worker row, so it needs the study.
 
+Each process runs on its GPUs' own CPU cores (``taskset``, one equal run of cores per GPU)
+with as many threads: a pipeline at batch 1 is bound by launching kernels, so a neighbour on
+the same cores slows it (``bench/noise.py`` measured it; docs/BENCHMARKS.md has the numbers).
+
 ``plan`` (a pure function: GPU count and budget in, tasks out) places them by estimated seconds
 and prints what it skipped; ``--suite speed|study|scaling`` plans one of them. Every task has
 its own hard stop, which leaves room for what follows it on its GPUs, and the whole call ends
@@ -247,9 +251,19 @@ class Call:
         cores: processes that build models at once must not oversubscribe them."""
         if self.cpu:
             return None
-        share = max(1, (os.cpu_count() or 1) * len(gpus) // len(self.names))
+        share = len(cores_of(gpus, len(self.names)))
         return {"OMP_NUM_THREADS": str(share), **os.environ,
                 "CUDA_VISIBLE_DEVICES": ",".join(self.names[k] for k in gpus)}  # fmt: skip
+
+    def pinned(self, command: list[str], gpus: Sequence[int]) -> list[str]:
+        """``command`` run on its GPUs' own cores (``taskset``), where there is a GPU and a
+        taskset: a pipeline at batch 1 is bound by launching kernels, and unpinned neighbours
+        doubled the time of a UNet step on an H200 of a four-GPU machine (bench/noise.py,
+        2026-11-28: 24-50 ms unpinned, 22-24 ms pinned, the GPU's own 11.9 ms throughout)."""
+        taskset = shutil.which("taskset")
+        if self.cpu or taskset is None:
+            return command
+        return [taskset, "-c", ",".join(map(str, cores_of(gpus, len(self.names)))), *command]
 
     def note(self, line: str) -> None:
         """Print a line of progress (from any task's thread) and keep it for the results."""
@@ -257,6 +271,20 @@ class Call:
         with self.lock:
             print(line, flush=True)
             self.lines.append(line)
+
+
+def cores_of(gpus: Sequence[int], count: int, available: Sequence[int] | None = None) -> list[int]:
+    """The CPU cores of ``gpus`` (positions among ``count`` GPUs): ``available`` (default: the
+    cores this process may use) split into ``count`` equal runs, one per GPU, at least one
+    core each (shared where there are fewer cores than GPUs).
+
+    >>> cores_of([1], 4, range(16)), cores_of([0, 1], 2, range(5)), cores_of([3], 4, range(2))
+    ([4, 5, 6, 7], [0, 1, 2, 3], [1])
+    """
+    cores = sorted(os.sched_getaffinity(0) if available is None else available)
+    share = max(1, len(cores) // count)
+    runs = [cores[k * share : (k + 1) * share] or [cores[k % len(cores)]] for k in gpus]
+    return sorted({c for run in runs for c in run})
 
 
 def gpu_names(count: int) -> list[str]:
@@ -298,7 +326,9 @@ def run_speed(i: int, task: Task, call: Call, left: float) -> dict[str, Any]:
     ]  # fmt: skip
     if call.args.device:
         command += ["--device", call.args.device]
-    rc = spawn(command, call.env(task.gpus), call.work / f"task-{i}.log", left)
+    rc = spawn(
+        call.pinned(command, task.gpus), call.env(task.gpus), call.work / f"task-{i}.log", left
+    )
     path = out / "speed.json"
     return {"rc": rc, "record": json.loads(path.read_text()) if path.exists() else None}
 
@@ -326,7 +356,9 @@ def _study_run(i: int, task: Task, call: Call, left: float, workers: int) -> dic
     timeout = max(left - STUDY_START, 10)
     command = scaling.command(study, workers, call.args.trials, journal, gpus, timeout)
     began = time.monotonic()
-    rc = spawn(command, call.env(task.gpus), call.work / f"task-{i}.log", left)
+    rc = spawn(
+        call.pinned(command, task.gpus), call.env(task.gpus), call.work / f"task-{i}.log", left
+    )
     for lock in journal.parent.glob(f"{journal.name}.*"):  # the storage's lock: not a result
         lock.unlink()
     row = scaling.throughput(journal, study, workers)
@@ -537,7 +569,9 @@ def run_shards(k: int, n: int, call: Call, deadline: float) -> None:
         if args.points:
             command += ["--points", str(args.points)]
         started = time.monotonic()
-        rc = spawn(command, call.env([k - 1]), call.work / f"shard-{k}.log", left)
+        rc = spawn(
+            call.pinned(command, [k - 1]), call.env([k - 1]), call.work / f"shard-{k}.log", left
+        )
         call.note(f"{study} {k}/{n}: exit {rc} after {time.monotonic() - started:.0f} s")
 
 

@@ -117,6 +117,35 @@ def test_tasks_on_a_gpu_never_overlap_and_stop_in_time(gpus: int, budget: float)
     )  # each pipe planned once or skipped
 
 
+@pytest.mark.parametrize("gpus, cores", [(4, 64), (2, 32), (4, 6), (4, 2)])
+def test_each_gpu_gets_cores_of_its_own(gpus: int, cores: int) -> None:
+    runs = [bench.cores_of([k], gpus, range(cores)) for k in range(gpus)]
+    share = max(1, cores // gpus)
+    assert all(len(r) == share for r in runs)
+    if cores >= gpus:  # disjoint, in order, the remainder unused
+        assert [c for r in runs for c in r] == list(range(share * gpus))
+    else:  # fewer cores than GPUs: shared, never none
+        assert runs == [[0], [1], [0], [1]]
+    assert bench.cores_of([0, gpus - 1], gpus, range(cores)) == sorted({*runs[0], *runs[-1]})
+
+
+def test_processes_are_pinned_to_their_gpus_cores_where_there_is_a_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = bench.parser().parse_args(["--out", str(tmp_path)])
+    on_gpus = bench.Call(args, 0.0, tmp_path, tmp_path, ["0", "1", "2", "3"])
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(bench.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert on_gpus.pinned(["python3", "x.py"], [1, 3]) == [
+        "/usr/bin/taskset", "-c", "2,3,6,7", "python3", "x.py"]  # fmt: skip
+    env = on_gpus.env([1, 3])
+    assert env is not None and env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    on_cpu = bench.Call(args, 0.0, tmp_path, tmp_path, [])
+    assert on_cpu.pinned(["python3", "x.py"], [0]) == ["python3", "x.py"]
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)  # no taskset: run unpinned
+    assert on_gpus.pinned(["python3", "x.py"], [0]) == ["python3", "x.py"]
+
+
 def test_a_process_past_its_stop_is_terminated_with_what_it_started(tmp_path: Path) -> None:
     child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
     child += "'import time; time.sleep(60)']); print('started', flush=True); time.sleep(60)"
