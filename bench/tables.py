@@ -23,7 +23,7 @@ from typing import Any
 
 import landscape  # bench/landscape.py, beside this file: its summary of a landscape
 
-__all__ = ["describe", "kind_of", "render", "render_files"]
+__all__ = ["describe", "kind_of", "render", "render_files", "runs_table"]
 
 Record = Mapping[str, Any]
 
@@ -135,6 +135,33 @@ def _first_speed_table(pipes: Mapping[str, Record]) -> list[str]:
 
 def _range(r: Record) -> str:
     return f"{r['speedup_min']:.2f}-{r['speedup_max']:.2f}"
+
+
+def runs_table(runs: Mapping[str, Record]) -> list[str]:
+    """The same configurations in several speed runs (name -> speed record), side by side:
+    the rows of the first run that every run measured, and the largest median over the
+    smallest. How far two runs of one configuration differ is the noise any single figure
+    carries (METHOD.md: "time the same version twice").
+    """
+    pipes = [{n: p for n, p in r["pipes"].items() if "rows" in p} for r in runs.values()]
+    lines = header("pipe", "configuration", *(f"{n}: median (min-max)" for n in runs),
+                   "largest / smallest median")  # fmt: skip
+    for name, p in pipes[0].items():
+        for label in p["rows"]:
+            rows = [q.get(name, {}).get("rows", {}).get(label) for q in pipes]
+            if any(r is None for r in rows):
+                continue
+            medians = [r["speedup"] for r in rows]
+            lines.append(row([
+                name, label, *(f"{r['speedup']:.2f}x ({_range(r)})" for r in rows),
+                f"{max(medians) / min(medians):.2f}",
+            ]))  # fmt: skip
+    return lines
+
+
+def speed_of(record: Record) -> Record:
+    """The speed record itself, or the speed suite of bench/all.py's results."""
+    return record["suites"]["speed"] if kind_of(record) == "results" else record
 
 
 def speed_notes(record: Record) -> list[str]:
@@ -413,8 +440,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="result JSON files")
     parser.add_argument("--out", type=Path, help="write here (default: print)")
+    parser.add_argument(
+        "--runs",
+        action="store_true",
+        help="one table of the files' speed runs side by side (runs_table)",
+    )
     args = parser.parse_args(argv)
-    text = render_files(args.files)
+    if args.runs:
+        runs = {p.stem: speed_of(json.loads(p.read_text())) for p in args.files}
+        text = "\n".join(runs_table(runs)) + "\n"
+    else:
+        text = render_files(args.files)
     if args.out:
         args.out.write_text(text)
     else:

@@ -22,6 +22,10 @@ RECORDED = [ROOT / "bench" / "results" / f"{name}-2026-11-28.json"
 # The one-call entry point's own files, two GPUs, the same day (evening).
 REGENERATED = [ROOT / "bench" / "results" / f"all-{name}-h200x2-2026-11-28.json"
                for name in ("speed", "study", "scaling")]  # fmt: skip
+# Four GPUs in one call, the same day (night): the first call, the pinned one the docs show in
+# full, and the pinned speed suite again; the docs put their speed rows side by side.
+FOUR = {name: ROOT / "bench" / "results" / f"all-{name}-2026-11-28.json"
+        for name in ("h200x4-unpinned", "h200x4", "speed-h200x4-repeat")}  # fmt: skip
 LANDSCAPES = sorted((ROOT / "bench" / "landscapes").glob("*.json"))
 # The random-weight landscapes the docs' landscape tables show (ToySD's has a section of its own).
 RANDOM_LANDSCAPES = [ROOT / "bench" / "landscapes" / f"{s}.json"
@@ -132,6 +136,50 @@ def test_the_regenerated_tables_are_the_docs_line_for_line() -> None:
     # speed: header + 15 SDXL + 15 SD2.1 + 15 SD1.5 + 4 PixArt-alpha rows; the study twice
     # (its call and the scaling call's one-worker run), each with its span; scaling 2 rows
     assert len(lines) == (1 + 49) + 2 * (1 + 1 + 1) + (1 + 2)
+
+
+def test_the_four_gpu_call_is_the_docs_line_for_line() -> None:
+    lines = [
+        line
+        for line in tables.render_files([FOUR["h200x4"]]).splitlines()
+        if line.startswith("| ") or line.startswith("- SD1.5-DDIM-20: study span")
+    ]
+    assert [line for line in lines if line not in DOCS] == []
+    # speed: header + 15 SDXL, SD2.1 and SD1.5 rows + 4 each PixArt; study + span; scaling
+    assert len(lines) == (1 + 3 * 15 + 2 * 4) + (1 + 1 + 1) + (1 + 2)
+
+
+def test_the_three_calls_side_by_side_are_the_docs_line_for_line() -> None:
+    runs = {p.stem: tables.speed_of(_load(p)) for p in FOUR.values()}
+    lines = tables.runs_table(runs)
+    assert [line for line in lines if line not in DOCS] == []
+    # the repeat has no SDXL: SD2.1 and SD1.5's 15 rows, each PixArt's 4
+    [(head, rows)] = parse("\n".join(lines))
+    assert len(rows) == 2 * 15 + 2 * 4 and head[-1] == "largest / smallest median"
+
+
+def test_runs_side_by_side_keep_the_rows_every_run_measured() -> None:
+    record = tables.speed_of(_load(FOUR["h200x4"]))
+    fewer = json.loads(json.dumps(record))
+    del fewer["pipes"]["SD1.5"]["rows"]["all three"]
+    fewer["pipes"]["SD1.5"]["rows"]["deepcache 3/0 (published)"]["speedup"] *= 1.25
+    [(head, rows)] = parse("\n".join(tables.runs_table({"a": record, "b": fewer})))
+    assert head[2:] == ["a: median (min-max)", "b: median (min-max)", "largest / smallest median"]
+    measured = sum(len(p["rows"]) for p in record["pipes"].values())
+    assert len(rows) == measured - 1
+    assert ["SD1.5", "all three"] not in [r[:2] for r in rows]
+    ratios = {tuple(r[:2]): r[-1] for r in rows}
+    assert ratios[("SD1.5", "deepcache 3/0 (published)")] == "1.25"
+    assert {v for k, v in ratios.items() if k != ("SD1.5", "deepcache 3/0 (published)")} == {
+        "1.00"
+    }
+
+
+def test_the_command_line_puts_runs_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "runs.md"
+    assert tables.main(["--runs", *map(str, FOUR.values()), "--out", str(out)]) == 0
+    runs = {p.stem: tables.speed_of(_load(p)) for p in FOUR.values()}
+    assert out.read_text() == "\n".join(tables.runs_table(runs)) + "\n"
 
 
 def test_speed_notes_say_what_was_not_measured_and_why() -> None:
