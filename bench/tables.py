@@ -160,8 +160,8 @@ def runs_table(runs: Mapping[str, Record]) -> list[str]:
 
 
 def speed_of(record: Record) -> Record:
-    """The speed record itself, or the speed suite of bench/all.py's results."""
-    return record["suites"]["speed"] if kind_of(record) == "results" else record
+    """The speed record itself, or the speed suite of bench/all.py's results (empty if none)."""
+    return record["suites"].get("speed", {}) if kind_of(record) == "results" else record
 
 
 def speed_notes(record: Record) -> list[str]:
@@ -448,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs:
         runs = {p.stem: speed_of(json.loads(p.read_text())) for p in args.files}
+        if lacking := [name for name, r in runs.items() if "pipes" not in r]:
+            parser.error(f"--runs compares speed runs; no speed run in: {', '.join(lacking)}")
         text = "\n".join(runs_table(runs)) + "\n"
     else:
         text = render_files(args.files)

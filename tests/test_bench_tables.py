@@ -182,6 +182,20 @@ def test_the_command_line_puts_runs_side_by_side(tmp_path: Path) -> None:
     assert out.read_text() == "\n".join(tables.runs_table(runs)) + "\n"
 
 
+def test_runs_side_by_side_refuse_a_file_without_a_speed_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = ROOT / "bench" / "results" / "all-study-h200x2-2026-11-28.json"
+    with pytest.raises(SystemExit) as stop:
+        tables.main(["--runs", str(FOUR["h200x4"]), str(study)])
+    assert stop.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith("--runs compares speed runs; no speed run in: all-study-h200x2-2026-11-28")
+    )
+
+
 def test_speed_notes_say_what_was_not_measured_and_why() -> None:
     record = _load(ROOT / "bench" / "results" / "speed-5arch-h200x2-2026-11-28.json")
     notes = tables.speed_notes(record)
