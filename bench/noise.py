@@ -180,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--out is required to measure")
 
     if args.cores:
-        first, last = map(int, args.cores.split("-"))
-        os.sched_setaffinity(0, range(first, last + 1))
+        first, _, last = args.cores.partition("-")
+        if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+            p.error(f"--cores takes a range of core numbers like 0-3, not {args.cores!r}")
+        os.sched_setaffinity(0, range(int(first), int(last) + 1))
     setting = SETTINGS[args.pipe]
     pipe = load_pipeline(args.pipe, weights="random", dtype="fp16", device="cuda")
     set_scheduler(pipe, setting.scheduler)

@@ -47,3 +47,18 @@ def test_the_table_is_printed_from_the_command_line(capsys: pytest.CaptureFixtur
     assert noise.main(["--table", *map(str, RECORDS)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines() == noise.table([json.loads(p.read_text()) for p in RECORDS])
+
+
+@pytest.mark.parametrize("cores", ["3", "3-1", "a-b"])
+def test_a_bad_core_range_is_a_usage_error(
+    cores: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        noise.main(["--cores", cores, "--out", str(tmp_path / "noise.json")])
+    assert stop.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(f"--cores takes a range of core numbers like 0-3, not {cores!r}")
+    )
+    assert not (tmp_path / "noise.json").exists()
