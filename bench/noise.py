@@ -117,8 +117,10 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     GPU suffix ("four0" ... "four3"): ``--label`` says which is which.
     """
 
-    def placement(r: dict[str, Any]) -> str:
-        return "alone" if r["label"].endswith("alone") else "four at once"
+    def run_of(r: dict[str, Any]) -> tuple[str, str]:
+        """(pinned, placement) of a record's run."""
+        return ("yes" if r.get("pinned") else "no",
+                "alone" if r["label"].endswith("alone") else "four at once")  # fmt: skip
 
     def span(xs: list[float], fmt: str) -> str:
         lo, hi = min(xs), max(xs)
@@ -128,7 +130,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
     for r in records:
         for c in r["conditions"]:
-            key = ("yes" if r.get("pinned") else "no", placement(r), c["threads"], c["batch"])
+            key = (*run_of(r), c["threads"], c["batch"])
             groups.setdefault(key, []).append(c)
     lines = [
         "| pinned | placement | threads | batch | s/call (median) | spread | A/A ratios "
@@ -148,7 +150,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     floors: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     for r in records:
         for f in r.get("unet_floor", []):
-            key = ("yes" if r.get("pinned") else "no", placement(r), int(f["batch"]))
+            key = (*run_of(r), int(f["batch"]))
             floors.setdefault(key, []).append(f)
     for (pinned, where, batch), fs in floors.items():
         lines.append(f"| {pinned} | {where} | {batch} | {span([f['eager_ms'] for f in fs], '.1f')}"
