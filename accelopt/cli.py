@@ -94,6 +94,12 @@ def _load_spec(args: argparse.Namespace):
         changes["max_score_loss"] = args.max_score_loss
     if getattr(args, "objective", None):
         changes["objective"] = args.objective
+    if getattr(args, "execution", None):
+        changes["execution"] = args.execution
+        if spec.targets is not None and args.execution != "auto":
+            from accelopt import execution
+
+            execution.check(args.execution, spec.targets)
     return spec.replace(**changes) if changes else spec
 
 
@@ -121,8 +127,11 @@ def _describe(trial) -> str:
         f"{name} " + ", ".join(f"{k}={v}" for k, v in params.items())
         for name, params in a["accelerators"].items()
     )
+    mode = a.get("execution", "eager")
+    eager = a.get("speedup_vs_eager")
+    beside = f" ({eager:.2f}x against eager)" if eager is not None and mode != "eager" else ""
     return (
-        f"trial {trial.number}: {knobs}\n  speedup {a['speedup']:.2f}x, "
+        f"trial {trial.number}: {knobs}\n  speedup {a['speedup']:.2f}x{beside} under {mode}, "
         f"{a['time_per_image']:.4f} s/image, CLIP score loss {100 * a['score_loss']:.2f}%"
     )
 
@@ -564,7 +573,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from accelopt.spec import OBJECTIVES
+    from accelopt.spec import EXECUTIONS, OBJECTIVES
 
     parser = argparse.ArgumentParser(
         prog="accelopt",
@@ -611,6 +620,13 @@ def _parser() -> argparse.ArgumentParser:
             choices=OBJECTIVES,
             help="speedup: the fastest within the score-loss budget (default); pareto: speedup "
             "and score loss together, the whole frontier kept (the spec's objective)",
+        )
+        p.add_argument(
+            "--execution",
+            choices=EXECUTIONS,
+            help="how the baseline and every trial run: eager, compile (inductor), "
+            "cuda-graphs (inductor kernels replayed as CUDA graphs); auto (default): eager on "
+            "a CPU, on CUDA the mode whose plain baseline is fastest",
         )
         p.add_argument(
             "--heartbeat",

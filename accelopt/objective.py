@@ -9,6 +9,7 @@ shortcuts are off: no dominance skip, no early stop.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 import optuna
 import torch
 
-from accelopt import accelerators
+from accelopt import accelerators, execution
 from accelopt._types import Pipeline
 from accelopt.metrics import ClipScorer, loss_bound
 from accelopt.prompts import load_prompts
@@ -44,6 +45,7 @@ class Measurement:
     scores: list[float]  # one per prompt measured: all of them unless stopped early
     peak_memory: int | None
     stopped: str | None = None  # why generation stopped before the last prompt
+    compile_seconds: float = 0.0  # compiling and capturing graphs (not in warmup_seconds)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Bench:
     pipe: Pipeline
     scorer: ClipScorer
     device: torch.device
+    mode: str = "eager"  # the execution mode every generation runs under (accelopt.execution)
     prompts: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -81,18 +84,31 @@ class Bench:
         return out.images
 
     def measure(self, check: Check | None = None) -> Measurement:
-        """Generate every prompt in batches (timed), after warm-up calls, scoring each batch.
+        """Generate every prompt in batches (timed), after warm-up calls, scoring each batch,
+        under the bench's execution mode (a graph missing for a batch is made in warm-up).
 
         ``check(scores so far)`` may stop the measurement after a batch by returning why.
         """
+        with execution.run(self.pipe, self.mode) as compiled:
+            spent = compiled.seconds
+            m = self._measure(check)
+        return dataclasses.replace(m, compile_seconds=compiled.seconds - spent)
+
+    def _measure(self, check: Check | None) -> Measurement:
         batches = [
             (start, min(start + self.spec.prompts.batch_size, len(self.prompts)))
             for start in range(0, len(self.prompts), self.spec.prompts.batch_size)
         ]
-        warmup = sum(
-            timed(lambda: self.generate(*batches[0]), self.device)[1]
-            for _ in range(self.spec.warmup)
-        )
+        # Every distinct batch size needs its own graphs: warm each up, the first ``warmup``
+        # times (under eager one warm-up call of the first batch, as before).
+        sizes = {stop - start: (start, stop) for start, stop in reversed(batches)}
+        warm = [batches[0]] * max(self.spec.warmup, self.mode != "eager")
+        if self.mode != "eager":
+            warm += [b for n, b in sizes.items() if n != batches[0][1] - batches[0][0]]
+        compiled = execution.compile_stats(self.pipe)
+        spent = compiled.seconds
+        warmup = sum(timed(partial(self.generate, *b), self.device)[1] for b in warm)
+        warmup -= compiled.seconds - spent
         reset_peak_memory(self.device)
         scores: list[float] = []
         seconds = scoring = 0.0
@@ -126,12 +142,21 @@ class Objective:
     the median of those timings, so clock drift over a long study shows instead of hiding.
     """
 
-    def __init__(self, bench: Bench, space: Space, baseline_scores: list[float]) -> None:
+    def __init__(
+        self,
+        bench: Bench,
+        space: Space,
+        baseline_scores: list[float],
+        mode_baselines: dict[str, float] | None = None,
+    ) -> None:
         self.bench = bench
         self.space = space
         self.baseline_scores = baseline_scores
         self.baseline_times: list[float] = []
         self.trials_since_baseline = 0
+        # The plain pipeline's seconds per image under each execution mode measured at the
+        # study's start: speedups are against the fastest of them, and eager's is shown too.
+        self.mode_baselines = dict(mode_baselines or {})
 
     def measure_baseline(self) -> Measurement:
         """Measure the plain pipeline; its time joins the baseline timings."""
@@ -146,7 +171,14 @@ class Objective:
 
     @property
     def baseline_time(self) -> float:
+        """The plain pipeline under this study's mode: the median of its timings so far."""
         return median(self.baseline_times)
+
+    @property
+    def reference_time(self) -> float:
+        """The fastest plain pipeline: this mode's running median or another mode's."""
+        others = [t for m, t in self.mode_baselines.items() if m != self.bench.mode]
+        return min([self.baseline_time, *others])
 
     @property
     def pareto(self) -> bool:
@@ -207,7 +239,7 @@ class Objective:
         )
 
     def _record(self, trial: optuna.Trial, m: Measurement, wall: float) -> tuple[float, float]:
-        speedup = self.baseline_time / m.time_per_image
+        speedup = self.reference_time / m.time_per_image
         loss = loss_bound(self.baseline_scores, m.scores, 0.0)[0]  # = score_loss when complete
         limit = self.bench.spec.max_score_loss
         if not self.pareto:  # a pareto study's loss is an objective, not a constraint
@@ -222,10 +254,22 @@ class Objective:
             # pareto: within the study's own budget, the point codegen answers by default
             "feasible": loss <= limit and not m.stopped,
             "baseline_time_per_image": self.baseline_time,
+            "execution": self.bench.mode,
+            "reference_time_per_image": self.reference_time,  # the fastest plain pipeline
+            "speedup_vs_mode_baseline": self.baseline_time / m.time_per_image,
             "device": device_name(self.bench.device),
             "trial_seconds": wall,
-            "overhead_seconds": wall - m.generation_seconds - m.warmup_seconds - m.scoring_seconds,
+            "overhead_seconds": wall
+            - m.generation_seconds
+            - m.warmup_seconds
+            - m.scoring_seconds
+            - m.compile_seconds,
         }
+        eager = (
+            self.baseline_time if self.bench.mode == "eager" else self.mode_baselines.get("eager")
+        )
+        if eager is not None:
+            attrs["speedup_vs_eager"] = eager / m.time_per_image
         if m.stopped:
             attrs["stopped_early"] = m.stopped
         if self.pareto:  # no constraint to mirror

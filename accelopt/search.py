@@ -49,15 +49,27 @@ class Space:
     optional: bool  # True: each accelerator can be off
 
     @classmethod
-    def build(cls, traits: PipeTraits, steps: int, targets: Iterable[str] | None) -> Space:
+    def build(
+        cls,
+        traits: PipeTraits,
+        steps: int,
+        targets: Iterable[str] | None,
+        mode: str = "eager",
+    ) -> Space:
+        """``mode``: the execution mode; accelerators it cannot run are refused when named and
+        left out of the search when not (``execution.REFUSED`` says why)."""
+        from accelopt import execution
+
         if targets is not None:
             names = tuple(targets)
-        else:  # search which to use: leave out those this step count cannot exercise
-            names = tuple(
-                n for n in accelerators.applicable(traits) if _searchable(n, traits, steps)
-            )
+            execution.check(mode, names)
+        else:  # search which to use: leave out those this step count or mode cannot run
+            usable = [n for n in accelerators.applicable(traits) if _searchable(n, traits, steps)]
+            names = execution.allowed(mode, usable)
             if not names:
-                raise AccelOptError(f"no accelerator can be searched at {steps} steps")
+                raise AccelOptError(
+                    f"no accelerator can be searched at {steps} steps under execution mode {mode}"
+                )
         params = accelerators.search_space(traits, steps, names)
         if targets is None:
             for name in names:

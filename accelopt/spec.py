@@ -24,6 +24,7 @@ from accelopt.errors import AccelOptError, choices
 
 __all__ = [
     "DEFAULT_MAX_SCORE_LOSS",
+    "EXECUTIONS",
     "OBJECTIVES",
     "MetricSpec",
     "PromptSpec",
@@ -40,6 +41,7 @@ SAMPLERS = ("tpe", "grid")
 # speedup: the fastest trial within max_score_loss. pareto: speedup and score loss together, the
 # whole frontier kept (export stores it, codegen picks any point of it).
 OBJECTIVES = ("speedup", "pareto")
+EXECUTIONS = ("auto", "eager", "compile", "cuda-graphs")  # accelopt.execution.MODES and auto
 TINY_CLIP = "accelopt-tiny-clip"  # a small open_clip config shipped with accelopt, random weights
 TOY_CLIP = "accelopt-toy-clip"  # the scorer trained on the toy shapes, shipped with its weights
 
@@ -102,6 +104,9 @@ class StudySpec:
     early_stop: float = 0.99
     # "pareto" maximises speedup and minimises score loss together; early_stop does not apply.
     objective: str = "speedup"
+    # How the denoiser runs, baseline and trials alike (accelopt.execution): eager, compile or
+    # cuda-graphs; "auto" is eager on a CPU and, on CUDA, the mode whose plain baseline is fastest.
+    execution: str = "auto"
     source: str = "derived from the name"
 
     def replace(self, **changes: Any) -> StudySpec:
@@ -362,9 +367,14 @@ def _check_ranges(where: str, spec: StudySpec) -> None:
     need(1 <= spec.prompts.batch_size <= 64, "prompts.batch_size", "1..64")
     need(spec.sampler.name in SAMPLERS, "sampler.name", choices(SAMPLERS))
     need(spec.objective in OBJECTIVES, "objective", choices(OBJECTIVES))
+    need(spec.execution in EXECUTIONS, "execution", choices(EXECUTIONS))
     try:
         resolve_scheduler(spec.scheduler)
         _check_targets(spec)
+        if spec.execution != "auto" and spec.targets is not None:
+            from accelopt import execution
+
+            execution.check(spec.execution, spec.targets)
         if spec.dtype is not None:
             import torch
 

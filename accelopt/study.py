@@ -65,9 +65,10 @@ IDENTITY = (
     "max_score_loss",
     "warmup",
     "objective",
+    "execution",
 )
 # What a stored spec record without a key meant: studies stored before the key existed.
-LEGACY = {"objective": "speedup"}
+LEGACY = {"objective": "speedup", "execution": "eager"}
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 AA_WARN = 0.10  # an A/A spread above this is worth a warning
 HEARTBEAT = 30  # seconds between heartbeats of a database worker; stale after twice that
@@ -358,7 +359,12 @@ def run_study(
         return outcome_of(study, 0, True, requirement)
 
     bench = load_bench(spec, device, weights, log)
-    space = Space.build(bench.traits, spec.steps, spec.targets)
+    if spec.execution != "auto" or bench.device.type == "cuda":
+        from accelopt import execution
+
+        execution.use_cache_dir(_beside_storage(url) / ".accelopt-inductor")
+    chosen = choose_mode(study, spec, bench, lock, log)
+    space = Space.build(bench.traits, spec.steps, spec.targets, bench.mode)
     with lock():
         total = int(study.user_attrs.get("budget") or space.size)
         study.set_user_attr("budget", total)
@@ -372,8 +378,9 @@ def run_study(
 
     from accelopt.objective import Objective
 
-    log(f"{spec.name}: timing the baseline twice on {bench.device} (an A/A check) ...")
-    objective = Objective(bench, space, [])
+    log(f"{spec.name}: timing the baseline twice on {bench.device} under {bench.mode} (an A/A "
+        f"check) ...")  # fmt: skip
+    objective = Objective(bench, space, [], chosen.get("baselines"))
     first = objective.time_baseline()
     second = objective.measure_baseline()
     spread = abs(first - second.time_per_image) / objective.baseline_time
@@ -389,13 +396,25 @@ def run_study(
         log(f"{spec.name}: warning: two baseline timings differ by {100 * spread:.0f}%; this "
             f"machine is noisy now and speedups will be too")  # fmt: skip
     remaining = total - Slots.of(study.get_trials(deepcopy=False)).used
+    eager = chosen.get("baselines", {}).get("eager")
+    beside = f", eager {eager:.3f}" if eager is not None and bench.mode != "eager" else ""
     log(
-        f"{spec.name}: baseline {objective.baseline_time:.3f} s/image (A/A spread "
-        f"{100 * spread:.1f}%); "
+        f"{spec.name}: baseline {objective.baseline_time:.3f} s/image under {bench.mode}"
+        f"{beside} (A/A spread {100 * spread:.1f}%); speedups are against the fastest plain "
+        f"pipeline, {objective.reference_time:.3f} s/image; "
         f"{max(remaining, 0)} of {total} trials to run ({storage_label(url)})"
     )
     ran = _work(study, objective, total, grid, lock, timeout, requirement, progress, log)
     return outcome_of(study, ran, False, requirement)
+
+
+def _beside_storage(url: str) -> Path:
+    """The folder a storage lives in: a journal file's or SQLite file's, else this one."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).resolve().parent
+    if "://" not in url:
+        return Path(url).resolve().parent
+    return Path.cwd()
 
 
 def prepare_study(
@@ -420,9 +439,11 @@ def prepare_study(
     stored = study.user_attrs.get("spec")
     if stored is None:
         study.set_user_attr("spec", record)
-    elif {**LEGACY, **stored} != record:
+    elif not _same_study({**LEGACY, **stored}, record, study_mode(study)):
         stored = {**LEGACY, **stored}
         changed = next(k for k in IDENTITY if stored.get(k) != record[k])
+        if changed == "execution":
+            stored[changed] = study_mode(study) or stored[changed]
         raise AccelOptError(
             f"study {spec.name} in {storage_label(url)} was run with {changed}="
             f"{stored.get(changed)!r}, not {record[changed]!r}; use another --storage or "
@@ -440,6 +461,79 @@ def prepare_study(
     elif "budget" not in study.user_attrs and spec.sampler.name != "grid":
         study.set_user_attr("budget", spec.n_trials)
     return study
+
+
+def _same_study(stored: dict[str, Any], record: dict[str, Any], mode: str | None) -> bool:
+    """Whether ``record`` measures what the stored spec did. "auto" asks for whichever mode
+    the study chose (old studies chose eager); a named mode must be the one it runs."""
+    rest = [k for k in IDENTITY if k != "execution"]
+    if any(stored.get(k) != record[k] for k in rest):
+        return False
+    asked = record["execution"]
+    return asked == "auto" or asked == (mode or stored["execution"])
+
+
+def study_mode(study: optuna.Study) -> str | None:
+    """The execution mode a study's trials run under, once its first worker chose it; studies
+    stored before execution modes existed ran eagerly."""
+    chosen = study.user_attrs.get("execution")
+    if chosen is not None:
+        return str(chosen["mode"])
+    spec = study.user_attrs.get("spec") or {}
+    return "eager" if "execution" not in spec and spec else None
+
+
+def choose_mode(
+    study: optuna.Study,
+    spec: StudySpec,
+    bench: Any,
+    lock: Callable[[], contextlib.AbstractContextManager[None]],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The study's execution mode and each mode's plain baseline (seconds per image).
+
+    The first worker times the plain pipeline under every mode worth measuring here
+    (``execution.modes_to_measure``: all of them on CUDA), keeps the fastest under "auto" or
+    the mode the spec names, and stores both; later workers and restarts read them.
+    """
+    from accelopt import accelerators, execution
+    from accelopt.timing import device_name
+
+    stored = study.user_attrs.get("execution")
+    if stored is None and study_mode(study) == "eager":  # a study older than modes
+        stored = {"mode": "eager", "baselines": {}, "device": None}
+    if stored is None:
+        device = str(bench.device)
+        if spec.execution != "auto":
+            execution.check(spec.execution, spec.targets or (), device)
+        measured: dict[str, float] = {}
+        compile_seconds: dict[str, float] = {}
+        accelerators.remove(bench.pipe)
+        modes = execution.modes_to_measure(spec.execution, device)
+        # One mode to choose from: the A/A timings that follow are its baseline.
+        for mode in modes if len(modes) > 1 else ():
+            log(f"{spec.name}: timing the plain pipeline under {mode}"
+                f"{' (compiling first: minutes)' if mode != 'eager' else ''} ...")  # fmt: skip
+            bench.mode = mode
+            m = bench.measure()
+            measured[mode] = m.time_per_image
+            compile_seconds[mode] = m.compile_seconds
+        if spec.execution != "auto":
+            chosen = spec.execution
+        else:
+            chosen = min(measured, key=measured.__getitem__) if measured else modes[0]
+        record = {"mode": chosen, "baselines": measured, "compile_seconds": compile_seconds,
+                  "device": device_name(bench.device)}  # fmt: skip
+        with lock():
+            if study.user_attrs.get("execution") is None:
+                study.set_user_attr("execution", record)
+            stored = study.user_attrs["execution"]
+        if measured:
+            shown = ", ".join(f"{m} {t:.4f}" for m, t in measured.items())
+            log(f"{spec.name}: plain pipeline, s/image: {shown}; trials run under "
+                f"{stored['mode']}")  # fmt: skip
+    bench.mode = stored["mode"]
+    return dict(stored)
 
 
 def is_finished(study: optuna.Study, requirement: Requirement) -> bool:

@@ -343,3 +343,60 @@ def test_every_accelerator_declares_its_interface() -> None:
         assert accel.references and all(r.paper.startswith("https://") for r in accel.references)
         assert accel.families <= {"sd", "sdxl", "pixart-alpha", "pixart-sigma"}
         assert accel.config_cls.__dataclass_params__.frozen
+
+
+@pytest.mark.parametrize("name", ["TinySD", "TinySDXL"])
+@pytest.mark.parametrize("sched", SCHEDULERS)
+@pytest.mark.parametrize(("interval", "branch"), [(3, 0), (2, 1), (4, 2), (2, 8)])
+def test_deepcache_computes_what_upstream_helper_does(
+    tiny: Callable[[str], Pipeline], name: str, sched: str, interval: int, branch: int
+) -> None:
+    """accelopt's graph-friendly DeepCache against ``DeepCacheSDHelper``, bit for bit, on every
+    scheduler whose timesteps are distinct (upstream's ``timesteps.index`` lookup holds)."""
+    from DeepCache import DeepCacheSDHelper
+
+    pipe = tiny(name)
+    set_scheduler(pipe, sched)
+    config = DeepCacheConfig(cache_interval=interval, cache_branch_id=branch)
+    with accelerators.apply(pipe, {"deepcache": config}):
+        ours = render(pipe, steps=STEPS)
+    before = Snapshot.take(pipe)
+    helper = DeepCacheSDHelper(pipe=pipe)
+    helper.set_params(cache_interval=interval, cache_branch_id=branch)
+    helper.enable()
+    try:
+        upstream = render(pipe, steps=STEPS)
+    finally:
+        helper.disable()
+        before.restore(pipe)  # upstream leaves instance forwards on every wrapped module
+    assert before.matches(pipe)
+    np.testing.assert_array_equal(ours, upstream)
+
+
+def test_deepcache_counts_unet_calls_not_timesteps(
+    tiny: Callable[[str], Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PNDM repeats timesteps in its PRK steps (20 steps: 29 UNet calls); a full UNet runs
+    every ``cache_interval`` calls all the same: the mid block computes only in full calls."""
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, "PNDM")
+    calls: list[str] = []
+    mid = type(pipe.unet.mid_block)
+    computed = mid.forward
+
+    def counting(self: object, *args: object, **kwargs: object) -> object:
+        calls.append("mid")
+        return computed(self, *args, **kwargs)
+
+    monkeypatch.setattr(mid, "forward", counting)
+    handle = pipe.unet.register_forward_pre_hook(lambda *_: calls.append("unet"))
+    try:
+        for interval in (2, 3, 4, 5):
+            calls.clear()
+            config = DeepCacheConfig(cache_interval=interval, cache_branch_id=0)
+            with accelerators.apply(pipe, {"deepcache": config}):
+                render(pipe, steps=20)
+            assert calls.count("unet") == 29
+            assert calls.count("mid") == -(-29 // interval)  # ceil: calls 0, N, 2N, ...
+    finally:
+        handle.remove()

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -141,6 +141,11 @@ class Accelerated:
         entries = [p for p in self._patches if p.entry != "__call__"]
         assert len(entries) <= 1, "two patches fork the pipeline call"
         self._entry = entries[0] if entries else Patch()
+
+    def structure(self) -> tuple[Hashable, ...]:
+        """What the current denoiser call computes (each patch's ``structure``), for the
+        execution modes: equal structures run the same compiled or captured graph."""
+        return tuple(s for s in (p.structure() for p in self._patches) if s is not None)
 
     def call_spec(self) -> tuple[str, dict[str, Any]]:
         """The pipeline method a generation goes through and the arguments it adds."""

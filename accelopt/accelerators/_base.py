@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -81,6 +81,15 @@ class Patch:
 
     def reset(self) -> None:
         """Clear state an earlier generation left, so every call starts clean."""
+
+    def structure(self) -> Hashable:
+        """What the next denoiser call computes, as far as that shapes a compiled graph.
+
+        Read after the call's forward pre-hooks ran, outside any graph. Two calls with equal
+        structures (and equal input shapes) run the same graph; None means the patch changes
+        no graph. Per-call choices that only pick among graphs (DeepCache's interval) stay out.
+        """
+        return None
 
     def remove(self) -> None:
         """Undo through upstream's own API where it has one (the snapshot restores the rest)."""

@@ -6,6 +6,7 @@ random partition makes two runs with the same seed differ, which no search can s
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from accelopt._types import Pipeline
@@ -38,8 +39,14 @@ class ToMeConfig:
 
 
 class _ToMePatch(Patch):
-    def __init__(self, pipe: Pipeline) -> None:
+    def __init__(self, pipe: Pipeline, config: ToMeConfig) -> None:
         self.pipe = pipe
+        self.config = config
+
+    def structure(self) -> Hashable:
+        # The merge is recomputed from the hidden states inside every call, on the device:
+        # one graph per (ratio, max_downsample) and input shape.
+        return ("tome", self.config.ratio, self.config.max_downsample)
 
     def remove(self) -> None:
         import tomesd
@@ -89,7 +96,7 @@ class ToMe(Accelerator[ToMeConfig]):
         tomesd.apply_patch(
             pipe, ratio=config.ratio, max_downsample=config.max_downsample, use_rand=False
         )
-        return _ToMePatch(pipe)
+        return _ToMePatch(pipe, config)
 
 
 def effective_downsamples(traits: PipeTraits) -> tuple[int, ...]:

@@ -1,0 +1,276 @@
+"""Execution modes: how the denoiser runs once accelerators have patched it.
+
+>>> from accelopt import accelerators, execution
+>>> with accelerators.apply(pipe, {"deepcache": {"cache_interval": 3}}):
+...     with execution.run(pipe, "cuda-graphs"):
+...         images = accelerators.generate(pipe, prompt="a red cube").images
+
+- ``eager``: PyTorch as written.
+- ``compile``: the denoiser's forward compiled by inductor (``torch.compile``, no CUDA graphs).
+- ``cuda-graphs``: the same inductor kernels, captured by accelopt as CUDA graphs and replayed,
+  so a step costs no kernel launches on the host. CUDA only.
+
+The order is fixed: accelerators patch the modules, then a mode compiles or captures what they
+left. A graph is made once per *structure* (what a call computes: ``Accelerated.structure()``,
+e.g. DeepCache's full step, or its shallow step at branch 2) and input shapes, and kept on the
+denoiser across applications, so trials that differ only in a schedule (DeepCache's interval)
+never compile again. Per-call logic (which step is full) runs in forward pre-hooks, in Python,
+outside every graph: that is the contract an accelerator keeps to run here. Those that cannot
+are refused by name with the reason (``REFUSED``), never run eagerly behind the user's back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from accelopt import accelerators
+from accelopt._types import Pipeline
+from accelopt.errors import AccelOptError, choices
+
+__all__ = [
+    "MODES",
+    "REFUSED",
+    "Compiled",
+    "allowed",
+    "check",
+    "compile_stats",
+    "modes_to_measure",
+    "run",
+    "use_cache_dir",
+]
+
+MODES = ("eager", "compile", "cuda-graphs")  # spec.EXECUTIONS adds "auto"
+GRAPH_MODES = ("compile", "cuda-graphs")
+
+# (mode, accelerator) -> why that accelerator cannot run under that mode.
+REFUSED: dict[tuple[str, str], str] = {
+    (mode, "tgate"): (
+        "upstream T-GATE keeps its step count in Python inside every Attention forward and "
+        "forks the pipeline call, so a compiled or captured graph would freeze one step's "
+        "choice; a graph-safe T-GATE is not written yet"
+    )
+    for mode in GRAPH_MODES
+}
+
+# Dynamo keeps one compiled graph per structure and shape under the same code objects (the
+# UNet's forward, each block's): a study needs more of them than the default limit of 8.
+RECOMPILE_LIMIT = 256
+
+
+def check(mode: str, names: Iterable[str] = (), device: str | None = None) -> str:
+    """``mode`` if it exists, runs on ``device`` and can run every accelerator in ``names``."""
+    if mode not in MODES:
+        raise AccelOptError(f"unknown execution mode {mode!r}; valid: {choices(MODES)}")
+    if mode == "cuda-graphs" and device is not None and not device.startswith("cuda"):
+        raise AccelOptError(
+            f"execution mode cuda-graphs needs a CUDA device, not {device}; "
+            f"use --execution eager or compile here"
+        )
+    for name in names:
+        why = REFUSED.get((mode, name))
+        if why:
+            raise AccelOptError(
+                f"{name} cannot run under execution mode {mode}: {why}; use --execution eager"
+            )
+    return mode
+
+
+def modes_to_measure(requested: str, device: str) -> tuple[str, ...]:
+    """The modes whose plain baselines a study times at its start, fastest wins under "auto".
+
+    On CUDA every mode, so that speedups are against the fastest plain pipeline a user could
+    run. On a CPU, eager and the mode asked for: compiling there costs minutes, and "auto" is
+    eager (launch overhead, what graphs remove, is no CPU cost).
+    """
+    if device.startswith("cuda"):
+        return MODES
+    return tuple(m for m in MODES if m in ("eager", requested))
+
+
+def allowed(mode: str, names: Iterable[str]) -> tuple[str, ...]:
+    """The accelerators among ``names`` that can run under ``mode``."""
+    return tuple(n for n in names if (mode, n) not in REFUSED)
+
+
+def use_cache_dir(folder: Path) -> Path:
+    """Keep inductor's compiled kernels in ``folder`` (beside the storage), so re-runs and the
+    other workers on this host load them instead of compiling again. An explicit
+    ``$TORCHINDUCTOR_CACHE_DIR`` wins."""
+    chosen = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder)))
+    chosen.mkdir(parents=True, exist_ok=True)
+    return chosen
+
+
+@dataclass
+class Compiled:
+    """What one denoiser has compiled or captured, kept across trials (see ``_COMPILED``)."""
+
+    forward: Callable[..., Any] | None = None  # the inductor-compiled forward
+    graphs: dict[Hashable, _Graph] = field(default_factory=dict)
+    pool: Any = None  # one memory pool for every graph of this denoiser
+    seconds: float = 0.0  # spent compiling and capturing, all told
+    compiles: int = 0  # graphs inductor made (dynamo's count) for this denoiser
+    captures: int = 0
+
+
+_COMPILED: WeakKeyDictionary[Any, Compiled] = WeakKeyDictionary()
+
+
+def compile_stats(pipe: Pipeline) -> Compiled:
+    """What ``pipe``'s denoiser has compiled and captured so far, and what it cost."""
+    from accelopt.pipelines import denoiser
+
+    return _COMPILED.setdefault(denoiser(pipe), Compiled())
+
+
+@contextmanager
+def run(pipe: Pipeline, mode: str) -> Iterator[Compiled]:
+    """Run ``pipe``'s denoiser under ``mode`` inside the block; yields its compile record.
+
+    Takes the accelerators applied now (``accelerators.active``) as they are: apply them first.
+    """
+    from accelopt.pipelines import denoiser
+
+    acc = accelerators.active(pipe)
+    check(mode, acc.names if acc is not None else ())
+    net = denoiser(pipe)
+    record = compile_stats(pipe)
+    if mode == "eager":
+        yield record
+        return
+    if "forward" in vars(net):
+        raise AccelOptError(
+            f"{type(net).__name__}.forward is patched on this instance; execution mode {mode} "
+            f"compiles the class's forward and would lose that patch"
+        )
+    _configure_dynamo()
+    if mode == "compile":
+        net.forward = _counting(record, _compiled_forward(net, record))
+    else:
+        if next(net.parameters()).device.type != "cuda":
+            raise AccelOptError("execution mode cuda-graphs needs the pipeline on a CUDA device")
+        net.forward = _Replayer(net, record, acc)
+    try:
+        yield record
+    finally:
+        del net.forward
+
+
+def _configure_dynamo() -> None:
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name) and getattr(config, name) < RECOMPILE_LIMIT:
+            setattr(config, name, RECOMPILE_LIMIT)
+    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name) and getattr(config, name) < 4 * RECOMPILE_LIMIT:
+            setattr(config, name, 4 * RECOMPILE_LIMIT)
+
+
+def _compiled_forward(net: Any, record: Compiled) -> Callable[..., Any]:
+    import torch
+
+    if record.forward is None:
+        record.forward = torch.compile(type(net).forward.__get__(net), fullgraph=False)
+    return record.forward
+
+
+def _graph_count() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _counting(record: Compiled, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, with the calls that made dynamo compile timed into ``record``."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        before, started = _graph_count(), time.perf_counter()
+        out = fn(*args, **kwargs)
+        made = _graph_count() - before
+        if made:
+            record.compiles += made
+            record.seconds += time.perf_counter() - started
+        return out
+
+    return call
+
+
+@dataclass
+class _Graph:
+    graph: Any
+    inputs: list[Any]  # static input tensors, in flattened order
+    output: Any
+
+
+class _Replayer:
+    """The denoiser's forward under ``cuda-graphs``: one captured graph per (structure, input
+    signature), replayed after copying the call's tensors into that graph's static inputs.
+
+    Outputs are cloned before they leave: the next replay of the same graph overwrites its
+    output memory, and a scheduler may keep a model output across steps.
+    """
+
+    WARMUP = 2  # eager runs on a side stream before capture: inductor's compile, cuBLAS init
+
+    def __init__(self, net: Any, record: Compiled, acc: Any) -> None:
+        self.net = net
+        self.record = record
+        self.acc = acc
+        self.inner = _counting(record, _compiled_forward(net, record))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import torch
+        from torch.utils._pytree import tree_flatten, tree_map
+
+        leaves, spec = tree_flatten((args, kwargs))
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        signature = tuple(
+            (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else ("value", x)
+            for x in leaves
+        )
+        structure = self.acc.structure() if self.acc is not None else ()
+        key = (structure, str(spec), signature)
+        graph = self.record.graphs.get(key)
+        if graph is None:
+            graph = self.record.graphs[key] = self._capture(leaves, spec)
+        for static, x in zip(graph.inputs, tensors, strict=True):
+            static.copy_(x, non_blocking=True)
+        graph.graph.replay()
+        return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, graph.output)
+
+    def _capture(self, leaves: list[Any], spec: Any) -> _Graph:
+        import torch
+        from torch.utils._pytree import tree_unflatten
+
+        started, spent = time.perf_counter(), self.record.seconds
+        device = next(self.net.parameters()).device
+        # Static inputs live on the graph's device: a host tensor (a CPU timestep) would be a
+        # host-to-device copy inside the graph.
+        static = [
+            x.detach().to(device, copy=True) if isinstance(x, torch.Tensor) else x for x in leaves
+        ]
+        args, kwargs = tree_unflatten(static, spec)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                self.inner(*args, **kwargs)
+        torch.cuda.current_stream(device).wait_stream(side)
+        if self.record.pool is None:
+            self.record.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.record.pool):
+            output = self.inner(*args, **kwargs)
+        self.record.captures += 1
+        self.record.seconds = spent + time.perf_counter() - started  # compiling included once
+        inputs = [x for x in static if isinstance(x, torch.Tensor)]
+        return _Graph(graph, inputs, output)

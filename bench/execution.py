@@ -1,0 +1,208 @@
+"""Execution modes on a GPU: each mode's plain baseline and accelerated plans, alternated.
+
+    python bench/execution.py --pipe SD1.5 --batch 1 --repeats 7 --out $OUT
+
+Full-size architecture, random fp16 weights (timing is real, images are not), latent output.
+For every mode (eager, compile, cuda-graphs) the plain pipeline and each plan are timed in
+alternation (baseline, plan, baseline, plan, ...) after warm-up; a plan's speedup is the median
+of its per-pair ratios against that mode's baseline, and against the fastest mode's baseline.
+The spread is (max - min) / median over the repeats. Also recorded: compile and capture seconds
+per mode and plan (``execution.compile_stats``), the A/A spread of each mode's baseline, the
+largest latent difference of each compiled plan against the same plan run eagerly, and each
+plan's FLOP floor: the share of the plain generation's FLOPs it still computes (torch's
+``FlopCounterMode``, text encoders included), times the fastest plain baseline.
+Writes execution-PIPE-bB.json to --out after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from accelopt import accelerators, execution, timing
+from accelopt.pipelines import call_defaults, load_pipeline, model_info
+from accelopt.schedulers import set_scheduler
+
+SETTINGS = {  # steps, scheduler, guidance: each family's usual sampling
+    "SD1.5": (20, "DDIM", 7.0),
+    "SDXL": (25, "DDIM", 7.0),
+    "PixArt-Sigma": (20, "DPM-Solver++", 4.5),
+    "TinySD": (10, "DDIM", 7.0),
+}
+PLANS: dict[str, dict[str, dict[str, Any]]] = {
+    "deepcache 3/0": {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
+    "deepcache 5/0": {"deepcache": {"cache_interval": 5, "cache_branch_id": 0}},
+    "deepcache 3/1": {"deepcache": {"cache_interval": 3, "cache_branch_id": 1}},
+    "tome 0.5": {"tome": {"ratio": 0.5, "max_downsample": 1}},
+}
+PROMPT = "a photograph of a lighthouse at dusk"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipe", default="SD1.5", choices=sorted(SETTINGS))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--modes", nargs="+", default=list(execution.MODES))
+    parser.add_argument("--plans", nargs="+", default=list(PLANS))
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--device", default="cuda", help="cpu only to try the script itself")
+    args = parser.parse_args(argv)
+    steps, scheduler, guidance = SETTINGS[args.pipe]
+    info = model_info(args.pipe)
+    assert info is not None
+    started = time.perf_counter()
+    cuda = args.device.startswith("cuda")
+    dtype = "fp16" if cuda else "fp32"
+    pipe = load_pipeline(args.pipe, weights="random", dtype=dtype, device=args.device)
+    set_scheduler(pipe, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    traits = accelerators.PipeTraits.of(pipe)
+    plans = {k: v for k, v in PLANS.items() if k in args.plans}
+    if traits.family == "sdxl" and "tome 0.5" in plans:  # its first level has no attention
+        plans["tome 0.5"] = {"tome": {"ratio": 0.5, "max_downsample": 2}}
+    plans = {k: v for k, v in plans.items() if set(v) <= set(accelerators.applicable(traits))}
+
+    def generate() -> torch.Tensor:
+        out = accelerators.generate(
+            pipe,
+            prompt=[PROMPT] * args.batch,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=info.resolution,
+            width=info.resolution,
+            output_type="latent",
+            generator=torch.Generator(args.device).manual_seed(0),
+            **call_defaults(pipe),
+        )
+        return out.images.float()
+
+    def once() -> tuple[float, torch.Tensor]:
+        latents, seconds = timing.timed(generate, pipe.device)
+        return seconds / args.batch, latents
+
+    record: dict[str, Any] = {
+        "pipe": args.pipe,
+        "batch": args.batch,
+        "steps": steps,
+        "scheduler": scheduler,
+        "resolution": info.resolution,
+        "device": timing.device_name(pipe.device),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", "bench/execution.py", *(argv or sys.argv[1:])]),
+        "build_seconds": time.perf_counter() - started,
+        "modes": {},
+        "work": {},
+    }
+    path = args.out / f"execution-{args.pipe}-b{args.batch}.json"
+
+    def save() -> None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops() -> int:
+        with FlopCounterMode(display=False) as counter:
+            generate()
+        return int(counter.get_total_flops())
+
+    plain_flops = flops()
+    record["work"]["plain"] = {"flops": plain_flops, "share": 1.0}
+    for label, configs in plans.items():
+        with accelerators.apply(pipe, configs, steps=steps):
+            done = flops()
+        record["work"][label] = {"flops": done, "share": done / plain_flops}
+    eager_latents: dict[str, torch.Tensor] = {}
+    for mode in args.modes:
+        stats = execution.compile_stats(pipe)
+        row: dict[str, Any] = {"plans": {}}
+        record["modes"][mode] = row
+        t0, s0 = time.perf_counter(), stats.seconds
+        with execution.run(pipe, mode):
+            _, base_latents = once()  # compiles or captures the plain graph
+            row["first_call_seconds"] = time.perf_counter() - t0
+            row["compile_seconds"] = stats.seconds - s0
+            for _ in range(2):
+                once()
+            aa = [once()[0] for _ in range(args.repeats)]
+        row["baseline"] = {"median": statistics.median(aa), "times": aa,
+                           "spread": (max(aa) - min(aa)) / statistics.median(aa)}  # fmt: skip
+        if mode == "eager":
+            eager_latents["plain"] = base_latents
+        else:
+            row["baseline"]["max_diff_vs_eager"] = _diff(base_latents, eager_latents.get("plain"))
+        print(f"{args.pipe} b{args.batch} {mode}: baseline {row['baseline']['median']:.4f} s "
+              f"(spread {100 * row['baseline']['spread']:.1f}%, compile "
+              f"{row['compile_seconds']:.0f} s)", flush=True)  # fmt: skip
+        save()
+        for label, configs in plans.items():
+            try:
+                execution.check(mode, configs)
+            except Exception as err:
+                row["plans"][label] = {"refused": str(err)}
+                continue
+            s0, t0 = stats.seconds, time.perf_counter()
+            with accelerators.apply(pipe, configs, steps=steps), execution.run(pipe, mode):
+                _, latents = once()
+                first = time.perf_counter() - t0
+                once()
+                once()
+                compiled = stats.seconds - s0
+            plan_t = []
+            pairs = []
+            for _ in range(args.repeats):
+                with execution.run(pipe, mode):
+                    b, _ = once()
+                with accelerators.apply(pipe, configs, steps=steps), execution.run(pipe, mode):
+                    p, _ = once()
+                pairs.append(b / p)
+                plan_t.append(p)
+            entry = {
+                "median": statistics.median(plan_t),
+                "times": plan_t,
+                "spread": (max(plan_t) - min(plan_t)) / statistics.median(plan_t),
+                "paired_speedup": statistics.median(pairs),
+                "pair_ratios": pairs,
+                "first_call_seconds": first,
+                "compile_seconds": compiled,
+            }
+            if mode == "eager":
+                eager_latents[label] = latents
+            else:
+                entry["max_diff_vs_eager"] = _diff(latents, eager_latents.get(label))
+            row["plans"][label] = entry
+            print(f"  {label}: {entry['median']:.4f} s, {entry['paired_speedup']:.2f}x paired "
+                  f"(spread {100 * entry['spread']:.1f}%, compile {compiled:.0f} s, "
+                  f"diff vs eager {entry.get('max_diff_vs_eager')})", flush=True)  # fmt: skip
+            save()
+        torch.cuda.empty_cache()
+    fastest = min(r["baseline"]["median"] for r in record["modes"].values())
+    record["fastest_baseline"] = fastest
+    for row in record["modes"].values():
+        for label, entry in row["plans"].items():
+            if "median" in entry:
+                entry["speedup_vs_fastest"] = fastest / entry["median"]
+                share = record["work"].get(label, {}).get("share")
+                if share is not None:
+                    entry["flop_floor_seconds"] = share * fastest
+    record["total_seconds"] = time.perf_counter() - started
+    save()
+    print(json.dumps({m: r["baseline"]["median"] for m, r in record["modes"].items()}))
+    return 0
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor | None) -> float | None:
+    return None if b is None else float((a - b).abs().max())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
