@@ -87,6 +87,13 @@ def _entry(
             "time_per_image": a.get("baseline_time_per_image"),
             "scores": study.user_attrs.get("baseline_scores"),
         },
+        # The mode the trial ran under and every mode's plain baseline (accelopt.execution);
+        # entries from before modes existed were measured eagerly.
+        "execution": {
+            "mode": a.get("execution", "eager"),
+            "plain_baselines": (study.user_attrs.get("execution") or {}).get("baselines", {}),
+            "speedup_vs_eager": a.get("speedup_vs_eager"),
+        },
         # the same configuration again on held-out prompts and fresh seeds (accelopt.confirm)
         "heldout": (study.user_attrs.get("confirmations") or {}).get(str(trial.number)),
         "versions": study.user_attrs.get("versions") or package_versions(),

@@ -1,0 +1,133 @@
+"""Execution modes (accelopt/execution.py): refusals as data, and the compile mode on the CPU.
+
+Inductor compiles C++ on the CPU, about a minute per graph on two cores from a cold cache, so
+the compiled checks share one module fixture and three graphs: the plain UNet and DeepCache's
+full and shallow step at branch 0. CUDA graphs are GPU-only: tests/test_gpu.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from accelopt import accelerators, execution
+from accelopt._types import Pipeline
+from accelopt.accelerators import DeepCacheConfig
+from accelopt.cli import main
+from accelopt.errors import AccelOptError
+from accelopt.search import Space
+from accelopt.testing import render, tiny_pipeline
+
+STEPS = 4
+# Largest pixel difference of a compiled generation against eager on TinySD, float32 on the
+# CPU: measured 1.5e-6 to 2.3e-6 (inductor fuses and reorders float reductions).
+COMPILE_TOLERANCE = 1e-4
+
+
+def test_unknown_modes_and_devices_are_refused_with_the_choices() -> None:
+    with pytest.raises(AccelOptError, match="valid: eager, compile, cuda-graphs"):
+        execution.check("graphs")
+    with pytest.raises(AccelOptError, match="needs a CUDA device, not cpu"):
+        execution.check("cuda-graphs", device="cpu")
+    assert execution.check("compile", ["deepcache", "tome"], "cpu") == "compile"
+
+
+def test_tgate_is_refused_under_graph_modes_with_its_reason() -> None:
+    for mode in ("compile", "cuda-graphs"):
+        with pytest.raises(AccelOptError, match="tgate cannot run under execution mode"):
+            execution.check(mode, ["deepcache", "tgate"])
+        assert execution.allowed(mode, ["deepcache", "tome", "tgate"]) == ("deepcache", "tome")
+    assert execution.allowed("eager", ["tgate"]) == ("tgate",)
+
+
+def test_a_searched_space_leaves_out_what_the_mode_cannot_run() -> None:
+    traits = accelerators.PipeTraits.of(tiny_pipeline("TinySD"))
+    eager = Space.build(traits, 10, None, "eager")
+    compiled = Space.build(traits, 10, None, "compile")
+    assert {k.split(".")[0] for k in eager.params} == {"deepcache", "tome", "tgate"}
+    assert {k.split(".")[0] for k in compiled.params} == {"deepcache", "tome"}
+    with pytest.raises(AccelOptError, match="tgate cannot run under execution mode compile"):
+        Space.build(traits, 10, ("tgate",), "compile")
+
+
+def test_modes_measured_at_a_study_start() -> None:
+    assert execution.modes_to_measure("auto", "cuda:0") == execution.MODES
+    assert execution.modes_to_measure("auto", "cpu") == ("eager",)
+    assert execution.modes_to_measure("compile", "cpu") == ("eager", "compile")
+
+
+def test_cli_refuses_a_mode_the_machine_or_targets_cannot_run(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path}/s.db"
+    code = main(["run", "--study", "TinySD-DDIM-10-tgate", "--execution", "compile",
+                 "--storage", storage, "--quiet"])  # fmt: skip
+    assert code == 2
+    assert "tgate cannot run under execution mode compile" in capsys.readouterr().err
+    code = main(["run", "--study", "TinySD-DDIM-10", "--execution", "cuda-graphs",
+                 "--device", "cpu", "--storage", storage, "--quiet"])  # fmt: skip
+    assert code == 2
+    assert "cuda-graphs needs a CUDA device, not cpu" in capsys.readouterr().err
+
+
+def test_a_patched_forward_is_refused_not_overwritten() -> None:
+    pipe = tiny_pipeline("TinySD")
+    pipe.unet.forward = pipe.unet.forward  # an instance attribute, as upstream DeepCache leaves
+    with pytest.raises(AccelOptError, match="forward is patched"), execution.run(pipe, "compile"):
+        pass
+    assert "forward" in vars(pipe.unet)
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Iterator[tuple[Pipeline, np.ndarray, np.ndarray]]:
+    pipe = tiny_pipeline("TinySD")
+    eager = render(pipe, steps=STEPS)
+    with execution.run(pipe, "compile"):
+        baseline = render(pipe, steps=STEPS)
+    yield pipe, eager, baseline
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_compiled_baseline_is_eager_within_tolerance_and_repeats(
+    compiled: tuple[Pipeline, np.ndarray, np.ndarray],
+) -> None:
+    pipe, eager, baseline = compiled
+    assert float(np.abs(baseline - eager).max()) < COMPILE_TOLERANCE
+    before = _graphs()
+    with execution.run(pipe, "compile") as record:
+        np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
+    assert _graphs() == before  # the plain graph is kept on the UNet, not compiled again
+    assert record.compiles >= 1 and record.seconds > 0
+    assert "forward" not in vars(pipe.unet)  # leaving the mode restores the module
+    np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
+
+
+def test_deepcache_compiles_once_per_structure_and_removes_exactly(
+    compiled: tuple[Pipeline, np.ndarray, np.ndarray],
+) -> None:
+    pipe, _, baseline = compiled
+    results, made = {}, []
+    for interval in (3, 2, 3):
+        config = {"deepcache": DeepCacheConfig(cache_interval=interval, cache_branch_id=0)}
+        with accelerators.apply(pipe, config, steps=STEPS):
+            eager = render(pipe, steps=STEPS)
+            before = _graphs()
+            with execution.run(pipe, "compile"):
+                results[interval] = render(pipe, steps=STEPS)
+            made.append(_graphs() - before)
+        assert float(np.abs(results[interval] - eager).max()) < COMPILE_TOLERANCE
+        assert not np.array_equal(results[interval], baseline)
+    # Branch 0's full and shallow steps are two graphs, made once: intervals only pick.
+    assert made == [2, 0, 0]
+    off = {"deepcache": accelerators.get("deepcache").off(STEPS)}
+    with accelerators.apply(pipe, off, steps=STEPS), execution.run(pipe, "compile"):
+        np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
+    with execution.run(pipe, "compile"):
+        np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
