@@ -350,7 +350,7 @@ def _write_export(study, args, requirement) -> None:
     from accelopt.confirm import confirm, confirmations, pending
     from accelopt.export import export_study
     from accelopt.store import store_path
-    from accelopt.study import is_pareto, load_bench, spec_of, storage_url
+    from accelopt.study import is_pareto, load_bench, spec_of, storage_url, study_mode
 
     if args.top_k < 0:
         raise AccelOptError(f"--top-k must be 0 (no confirmation) or more, got {args.top_k}")
@@ -366,6 +366,7 @@ def _write_export(study, args, requirement) -> None:
 
         weights = "random" if args.random_weights else "pretrained"
         bench = load_bench(spec_of(study), args.device, weights, log)
+        bench.mode = study_mode(study) or "eager"  # re-timed the way the search timed it
         confirm(study, bench, args.top_k, log=log, requirement=requirement)
     path = store_path(args.store)
     entries = export_study(study, storage_url(args.storage), path, requirement)

@@ -90,7 +90,9 @@ def confirm(
     prompts = dataclasses.replace(
         spec.prompts, split="heldout", seed=spec.prompts.seed + SEED_OFFSET
     )
-    heldout = Bench(spec.replace(prompts=prompts), bench.pipe, bench.scorer, bench.device)
+    heldout = Bench(
+        spec.replace(prompts=prompts), bench.pipe, bench.scorer, bench.device, bench.mode
+    )
     accelerators.remove(heldout.pipe)
     reference = heldout.measure()
     results = []

@@ -118,6 +118,7 @@ class Compiled:
     seconds: float = 0.0  # spent compiling and capturing, all told
     compiles: int = 0  # graphs inductor made (dynamo's count) for this denoiser
     captures: int = 0
+    seen: set[Hashable] = field(default_factory=set)  # keys called under compile so far
 
 
 _COMPILED: WeakKeyDictionary[Any, Compiled] = WeakKeyDictionary()
@@ -131,10 +132,14 @@ def compile_stats(pipe: Pipeline) -> Compiled:
 
 
 @contextmanager
-def run(pipe: Pipeline, mode: str) -> Iterator[Compiled]:
+def run(
+    pipe: Pipeline, mode: str, on_compile: Callable[[str], None] | None = None
+) -> Iterator[Compiled]:
     """Run ``pipe``'s denoiser under ``mode`` inside the block; yields its compile record.
 
     Takes the accelerators applied now (``accelerators.active``) as they are: apply them first.
+    ``on_compile(what)`` is told before a call that meets a structure and input shapes for the
+    first time, the call that compiles or captures (a progress bar says "compiling" then).
     """
     from accelopt.pipelines import denoiser
 
@@ -152,11 +157,11 @@ def run(pipe: Pipeline, mode: str) -> Iterator[Compiled]:
         )
     _configure_dynamo()
     if mode == "compile":
-        net.forward = _counting(record, _compiled_forward(net, record))
+        net.forward = _counting(record, _compiled_forward(net, record), acc, on_compile)
     else:
         if next(net.parameters()).device.type != "cuda":
             raise AccelOptError("execution mode cuda-graphs needs the pipeline on a CUDA device")
-        net.forward = _Replayer(net, record, acc)
+        net.forward = _Replayer(net, record, acc, on_compile)
     try:
         yield record
     finally:
@@ -189,10 +194,38 @@ def _graph_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _counting(record: Compiled, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _key(acc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], Any]:
+    """What picks a graph: the accelerators' structure now and the call's input signature."""
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    leaves, spec = tree_flatten((args, kwargs))
+    signature = tuple(
+        (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else ("value", x) for x in leaves
+    )
+    structure = acc.structure() if acc is not None else ()
+    return (structure, str(spec), signature), (leaves, spec)
+
+
+def _describe(key: tuple[Any, ...]) -> str:
+    """``key``'s structure in words: "deepcache 0 shallow + tome 0.5 1", or "plain"."""
+    return " + ".join(" ".join(map(str, part)) for part in key[0]) or "plain"
+
+
+def _counting(
+    record: Compiled,
+    fn: Callable[..., Any],
+    acc: Any,
+    on_compile: Callable[[str], None] | None,
+) -> Callable[..., Any]:
     """``fn``, with the calls that made dynamo compile timed into ``record``."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
+        if on_compile is not None:
+            key, _ = _key(acc, args, kwargs)
+            if key not in record.seen:
+                record.seen.add(key)
+                on_compile(_describe(key))
         before, started = _graph_count(), time.perf_counter()
         out = fn(*args, **kwargs)
         made = _graph_count() - before
@@ -221,26 +254,25 @@ class _Replayer:
 
     WARMUP = 2  # eager runs on a side stream before capture: inductor's compile, cuBLAS init
 
-    def __init__(self, net: Any, record: Compiled, acc: Any) -> None:
+    def __init__(
+        self, net: Any, record: Compiled, acc: Any, on_compile: Callable[[str], None] | None
+    ) -> None:
         self.net = net
         self.record = record
         self.acc = acc
-        self.inner = _counting(record, _compiled_forward(net, record))
+        self.on_compile = on_compile
+        self.inner = _counting(record, _compiled_forward(net, record), acc, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
-        from torch.utils._pytree import tree_flatten, tree_map
+        from torch.utils._pytree import tree_map
 
-        leaves, spec = tree_flatten((args, kwargs))
+        key, (leaves, spec) = _key(self.acc, args, kwargs)
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
-        signature = tuple(
-            (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else ("value", x)
-            for x in leaves
-        )
-        structure = self.acc.structure() if self.acc is not None else ()
-        key = (structure, str(spec), signature)
         graph = self.record.graphs.get(key)
         if graph is None:
+            if self.on_compile is not None:
+                self.on_compile(_describe(key))
             graph = self.record.graphs[key] = self._capture(leaves, spec)
         for static, x in zip(graph.inputs, tensors, strict=True):
             static.copy_(x, non_blocking=True)

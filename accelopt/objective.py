@@ -57,6 +57,8 @@ class Bench:
     scorer: ClipScorer
     device: torch.device
     mode: str = "eager"  # the execution mode every generation runs under (accelopt.execution)
+    # Told what is compiling before a generation compiles or captures a graph (progress bars).
+    on_compile: Callable[[str], None] | None = None
     prompts: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -89,7 +91,7 @@ class Bench:
 
         ``check(scores so far)`` may stop the measurement after a batch by returning why.
         """
-        with execution.run(self.pipe, self.mode) as compiled:
+        with execution.run(self.pipe, self.mode, self.on_compile) as compiled:
             spent = compiled.seconds
             m = self._measure(check)
         return dataclasses.replace(m, compile_seconds=compiled.seconds - spent)

@@ -592,6 +592,11 @@ def _work(
 
     bar = tqdm(total=total, initial=done(), desc=study.study_name, unit="trial",
                disable=not progress)  # fmt: skip
+
+    def compiling(what: str) -> None:  # a new graph takes a minute or more: say so
+        bar.set_postfix_str(f"compiling {what} ...")
+
+    objective.bench.on_compile = compiling
     deadline = None if timeout is None else time.monotonic() + timeout
     ran, waited = 0, 0.0
     try:

@@ -860,3 +860,16 @@ def test_an_unset_loss_budget_is_2_percent_for_ordinary_entries() -> None:
 def test_request_equality_ignores_output() -> None:
     assert Request("SDXL", "DDIM", 25, output="a.py") == Request("SDXL", "DDIM", 25, output="b")
     assert Request("SDXL", "DDIM", 25) != Request("SDXL", "DDIM", 25, max_score_loss=0.01)
+
+
+def test_a_script_says_when_its_entry_was_measured_under_another_mode() -> None:
+    """Codegen does not compile or capture yet: a graph-mode entry's script says that its
+    figures came from that mode and that it runs eagerly; an unknown mode is refused."""
+    entry = make_entry()
+    assert "execution mode" not in ast.get_docstring(ast.parse(render_script(entry))).lower()
+    graphs = {**entry, "execution": {"mode": "cuda-graphs", "plain_baselines": {}}}
+    doc = ast.get_docstring(ast.parse(render_script(graphs)))
+    assert "measured under execution mode cuda-graphs; this script runs eagerly" in doc
+    for bad in ("graphs\nimport os", 3, None):
+        with pytest.raises(AccelOptError, match=r"execution\.mode must be one of eager"):
+            render_script({**entry, "execution": {"mode": bad}})

@@ -113,19 +113,20 @@ def test_deepcache_compiles_once_per_structure_and_removes_exactly(
     compiled: tuple[Pipeline, np.ndarray, np.ndarray],
 ) -> None:
     pipe, _, baseline = compiled
-    results, made = {}, []
+    results, made, told = {}, [], []
     for interval in (3, 2, 3):
         config = {"deepcache": DeepCacheConfig(cache_interval=interval, cache_branch_id=0)}
         with accelerators.apply(pipe, config, steps=STEPS):
             eager = render(pipe, steps=STEPS)
             before = _graphs()
-            with execution.run(pipe, "compile"):
+            with execution.run(pipe, "compile", told.append):
                 results[interval] = render(pipe, steps=STEPS)
             made.append(_graphs() - before)
         assert float(np.abs(results[interval] - eager).max()) < COMPILE_TOLERANCE
         assert not np.array_equal(results[interval], baseline)
     # Branch 0's full and shallow steps are two graphs, made once: intervals only pick.
     assert made == [2, 0, 0]
+    assert told == ["deepcache 0 full", "deepcache 0 shallow"]  # what a progress bar shows
     off = {"deepcache": accelerators.get("deepcache").off(STEPS)}
     with accelerators.apply(pipe, off, steps=STEPS), execution.run(pipe, "compile"):
         np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)

@@ -309,7 +309,8 @@ def test_missing_file(tmp_path: Path) -> None:
 # --- bad files --------------------------------------------------------------------------------
 
 ALLOWED_TOP = (
-    "dtype, early_stop, guidance, max_score_loss, metric, n_trials, objective, pipeline, "
+    "dtype, early_stop, execution, guidance, max_score_loss, metric, n_trials, objective, "
+    "pipeline, "
     "prompts, resolution, sampler, scheduler, steps, targets, warmup"
 )
 
@@ -458,3 +459,21 @@ def test_study_spec_is_frozen_and_replace_copies(empty_cwd: Path) -> None:
     assert copy.n_trials == 3
     assert spec.n_trials == 8
     assert dataclasses.replace(copy, n_trials=8) == spec
+
+
+def test_execution_key_names_the_modes_and_refuses_what_a_mode_cannot_run(
+    tmp_path: Path,
+) -> None:
+    assert load_spec("TinySD-DDIM-10").execution == "auto"
+    bad = tmp_path / "TinySD-DDIM-10.toml"
+    bad.write_text('execution = "graphs"\n')
+    with pytest.raises(AccelOptError, match="execution='graphs' is out of range; allowed: auto, "
+                       "eager, compile, cuda-graphs"):  # fmt: skip
+        load_spec(path=bad)
+    gated = tmp_path / "TinySD-DDIM-10-tgate.toml"
+    gated.write_text('execution = "cuda-graphs"\n')
+    with pytest.raises(AccelOptError, match="tgate cannot run under execution mode cuda-graphs"):
+        load_spec(path=gated)
+    fine = tmp_path / "TinySD-DDIM-10-deepcache.toml"
+    fine.write_text('execution = "compile"\n')
+    assert load_spec(path=fine).execution == "compile"

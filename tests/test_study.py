@@ -265,3 +265,23 @@ def test_database_connections_are_checked_before_use(storage: str) -> None:
     backend, url = open_storage(storage)
     assert url == storage
     assert backend.engine.pool._pre_ping  # type: ignore[attr-defined]
+
+
+def test_a_study_stored_before_execution_modes_resumes_as_eager(storage: str) -> None:
+    """Its stored spec has no execution key: it ran eagerly, and "auto" resumes it so."""
+    spec = load_spec("TinySD-DDIM-10")
+    first = run_study(spec, storage=storage, n_trials=2, **quiet)
+    study = first.study
+    chosen = study.user_attrs["execution"]  # one mode on a CPU: nothing else was timed
+    assert (chosen["mode"], chosen["baselines"]) == ("eager", {})
+    assert {t.user_attrs.get("execution") for t in _finished(study)} - {None} == {"eager"}
+    # Rewrite it as a study from before modes: no execution key, no chosen mode.
+    legacy = {k: v for k, v in study.user_attrs["spec"].items() if k != "execution"}
+    study.set_user_attr("spec", legacy)
+    study._storage.set_study_user_attr(study._study_id, "execution", None)
+    second = run_study(spec, storage=storage, n_trials=3, **quiet)
+    assert second.ran == 1
+    last = max(_finished(second.study), key=lambda t: t.number)
+    assert last.user_attrs.get("execution", "eager") == "eager"
+    with pytest.raises(AccelOptError, match="was run with execution='eager', not 'compile'"):
+        run_study(spec.replace(execution="compile"), storage=storage, n_trials=4, **quiet)
