@@ -477,8 +477,8 @@ def study_mode(study: optuna.Study) -> str | None:
     """The execution mode a study's trials run under, once its first worker chose it; studies
     stored before execution modes existed ran eagerly."""
     chosen = study.user_attrs.get("execution")
-    if chosen is not None:
-        return str(chosen["mode"])
+    if isinstance(chosen, dict) and chosen.get("mode") is not None:
+        return str(chosen["mode"])  # execution.run refuses a mode it does not know
     spec = study.user_attrs.get("spec") or {}
     return "eager" if "execution" not in spec and spec else None
 
@@ -500,6 +500,8 @@ def choose_mode(
     from accelopt.timing import device_name
 
     stored = study.user_attrs.get("execution")
+    if not isinstance(stored, dict) or "mode" not in stored:
+        stored = None
     if stored is None and study_mode(study) == "eager":  # a study older than modes
         stored = {"mode": "eager", "baselines": {}, "device": None}
     if stored is None:
