@@ -345,6 +345,11 @@ def run_study(
 
     requirement = requirement or Requirement()
     check_requirement(spec, requirement)
+    if spec.execution != "auto":  # before a study is made that nothing could run
+        from accelopt import execution
+        from accelopt.pipelines import resolve_device
+
+        execution.check(spec.execution, spec.targets or (), str(resolve_device(device)))
     backend, url = open_storage(storage, heartbeat=heartbeat)
 
     def lock() -> contextlib.AbstractContextManager[None]:

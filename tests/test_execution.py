@@ -8,6 +8,7 @@ full and shallow step at branch 0. CUDA graphs are GPU-only: tests/test_gpu.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_modes_measured_at_a_study_start() -> None:
 
 
 def test_cli_refuses_a_mode_the_machine_or_targets_cannot_run(
-    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = f"sqlite:///{tmp_path}/s.db"
     code = main(["run", "--study", "TinySD-DDIM-10-tgate", "--execution", "compile",
@@ -70,6 +71,7 @@ def test_cli_refuses_a_mode_the_machine_or_targets_cannot_run(
                  "--device", "cpu", "--storage", storage, "--quiet"])  # fmt: skip
     assert code == 2
     assert "cuda-graphs needs a CUDA device, not cpu" in capsys.readouterr().err
+    assert not (tmp_path / "s.db").exists()  # refused before a study nothing could run was made
 
 
 def test_a_patched_forward_is_refused_not_overwritten() -> None:
