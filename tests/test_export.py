@@ -20,7 +20,7 @@ quiet = {"progress": False, "log": lambda s: None}
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, str]:
-    """A TinySD study that searched which accelerators to use; every trial feasible."""
+    """A TinySD study that searched which accelerators to use; nearly every trial feasible."""
     storage = f"sqlite:///{tmp_path_factory.mktemp('export') / 'studies.db'}"
     spec = load_spec("TinySD-DDIM-10").replace(max_score_loss=0.99)
     return run_study(spec, storage=storage, n_trials=8, **quiet).study, storage
@@ -29,7 +29,9 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, st
 def test_best_overall_and_best_of_every_set_tried(searched: tuple[optuna.Study, str]) -> None:
     study, storage = searched
     entries = entries_for(study, storage)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    # Feasible ones only: the tiny random CLIP can score an image below zero, a loss over 0.99.
+    complete = [t for t in study.trials
+                if t.state == TrialState.COMPLETE and t.user_attrs["feasible"]]  # fmt: skip
     sets = {tuple(sorted(t.user_attrs["accelerators"])) for t in complete}
     best = max(complete, key=lambda t: t.user_attrs["speedup"])
     overall = seed_key("TinySD", "DDIM", 10, ["deepcache", "tgate", "tome"], 0.99)
