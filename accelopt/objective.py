@@ -93,10 +93,10 @@ class Bench:
         """
         with execution.run(self.pipe, self.mode, self.on_compile) as compiled:
             spent = compiled.seconds
-            m = self._measure(check)
+            m = self._measure(check, compiled)
         return dataclasses.replace(m, compile_seconds=compiled.seconds - spent)
 
-    def _measure(self, check: Check | None) -> Measurement:
+    def _measure(self, check: Check | None, compiled: execution.Compiled) -> Measurement:
         batches = [
             (start, min(start + self.spec.prompts.batch_size, len(self.prompts)))
             for start in range(0, len(self.prompts), self.spec.prompts.batch_size)
@@ -107,7 +107,6 @@ class Bench:
         warm = [batches[0]] * max(self.spec.warmup, self.mode != "eager")
         if self.mode != "eager":
             warm += [b for n, b in sizes.items() if n != batches[0][1] - batches[0][0]]
-        compiled = execution.compile_stats(self.pipe)
         spent = compiled.seconds
         warmup = sum(timed(partial(self.generate, *b), self.device)[1] for b in warm)
         warmup -= compiled.seconds - spent

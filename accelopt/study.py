@@ -509,10 +509,8 @@ def choose_mode(
         stored = None
     if stored is None and study_mode(study) == "eager":  # a study older than modes
         stored = {"mode": "eager", "baselines": {}, "device": None}
-    if stored is None:
+    if stored is None:  # run_study checked a named mode against the device and targets
         device = str(bench.device)
-        if spec.execution != "auto":
-            execution.check(spec.execution, spec.targets or (), device)
         measured: dict[str, float] = {}
         compile_seconds: dict[str, float] = {}
         accelerators.remove(bench.pipe)
