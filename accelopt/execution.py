@@ -133,13 +133,18 @@ def compile_stats(pipe: Pipeline) -> Compiled:
 
 @contextmanager
 def run(
-    pipe: Pipeline, mode: str, on_compile: Callable[[str], None] | None = None
+    pipe: Pipeline,
+    mode: str,
+    on_compile: Callable[[str], None] | None = None,
+    *,
+    inductor: bool = True,
 ) -> Iterator[Compiled]:
     """Run ``pipe``'s denoiser under ``mode`` inside the block; yields its compile record.
 
     Takes the accelerators applied now (``accelerators.active``) as they are: apply them first.
     ``on_compile(what)`` is told before a call that meets a structure and input shapes for the
     first time, the call that compiles or captures (a progress bar says "compiling" then).
+    ``inductor=False`` makes ``cuda-graphs`` capture PyTorch's own kernels, not inductor's.
     """
     from accelopt.pipelines import denoiser
 
@@ -161,7 +166,7 @@ def run(
     else:
         if next(net.parameters()).device.type != "cuda":
             raise AccelOptError("execution mode cuda-graphs needs the pipeline on a CUDA device")
-        net.forward = _Replayer(net, record, acc, on_compile)
+        net.forward = _Replayer(net, record, acc, on_compile, inductor)
     try:
         yield record
     finally:
@@ -255,13 +260,20 @@ class _Replayer:
     WARMUP = 2  # eager runs on a side stream before capture: inductor's compile, cuBLAS init
 
     def __init__(
-        self, net: Any, record: Compiled, acc: Any, on_compile: Callable[[str], None] | None
+        self,
+        net: Any,
+        record: Compiled,
+        acc: Any,
+        on_compile: Callable[[str], None] | None,
+        inductor: bool = True,
     ) -> None:
         self.net = net
         self.record = record
         self.acc = acc
         self.on_compile = on_compile
-        self.inner = _counting(record, _compiled_forward(net, record), acc, None)
+        self.kernels = "inductor" if inductor else "eager"
+        forward = _compiled_forward(net, record) if inductor else type(net).forward.__get__(net)
+        self.inner = _counting(record, forward, acc, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
@@ -269,11 +281,11 @@ class _Replayer:
 
         key, (leaves, spec) = _key(self.acc, args, kwargs)
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
-        graph = self.record.graphs.get(key)
+        graph = self.record.graphs.get((self.kernels, key))
         if graph is None:
             if self.on_compile is not None:
                 self.on_compile(_describe(key))
-            graph = self.record.graphs[key] = self._capture(leaves, spec)
+            graph = self.record.graphs[self.kernels, key] = self._capture(leaves, spec)
         for static, x in zip(graph.inputs, tensors, strict=True):
             static.copy_(x, non_blocking=True)
         graph.graph.replay()

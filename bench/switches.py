@@ -1,0 +1,183 @@
+"""The lossless switches of diffusers' speed-up guide, each measured on top of a graph mode.
+
+    python bench/switches.py --pipe SD1.5 --batch 1 --repeats 7 --out $OUT
+
+diffusers' "Accelerate inference" guide (optimization/fp16, torch.compile section) adds to a
+compiled pipeline: fused QKV projections (``pipe.fuse_qkv_projections()``), a channels_last
+denoiser, and inductor flags (``conv_1x1_as_mm``, ``epilogue_fusion = False``, coordinate-descent
+tuning). None of them changes what is computed. Each variant here is one switch over the plain
+``cuda-graphs`` baseline, on a freshly built pipeline, with dynamo's caches reset, so that its
+compile time is its own; ``eager-kernels`` captures PyTorch's own kernels instead of inductor's
+(no compile at all). Every variant times its plain baseline and each plan in alternation
+(baseline, plan, ...) after warm-up; variants run one after another, so compare them by their
+medians (the spread under graphs is about 1%, and a last ``inductor`` block repeats the first to
+show the drift). Also recorded: compile and capture seconds, and each variant's largest latent
+difference from the first variant's. Writes switches-PIPE-bB.json to --out after every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from accelopt import accelerators, execution, timing
+from accelopt.pipelines import call_defaults, denoiser, load_pipeline, model_info
+from accelopt.schedulers import set_scheduler
+
+sys.path.insert(0, str(Path(__file__).parent))
+from execution import PLANS, PROMPT, SETTINGS
+
+
+@dataclass(frozen=True)
+class Variant:
+    prepare: Callable[[Any], None] = lambda pipe: None
+    inductor_config: dict[str, Any] = field(default_factory=dict)
+    inductor: bool = True
+
+
+def _fuse(pipe: Any) -> None:
+    pipe.fuse_qkv_projections()
+
+
+def _channels_last(pipe: Any) -> None:
+    denoiser(pipe).to(memory_format=torch.channels_last)
+
+
+FLAGS = {"conv_1x1_as_mm": True, "epilogue_fusion": False}
+DESCENT = {"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True}
+VARIANTS = {
+    "inductor": Variant(),
+    "eager-kernels": Variant(inductor=False),
+    "fused-qkv": Variant(prepare=_fuse),
+    "channels-last": Variant(prepare=_channels_last),
+    "inductor-flags": Variant(inductor_config=FLAGS),
+    "coordinate-descent": Variant(inductor_config=DESCENT),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipe", default="SD1.5", choices=sorted(SETTINGS))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--mode", default="cuda-graphs", choices=execution.GRAPH_MODES)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--plans", nargs="*", default=[], choices=list(PLANS))
+    parser.add_argument(
+        "--plan-variants",
+        nargs="*",
+        default=["inductor", "eager-kernels"],
+        help="the variants that also time --plans (compiling them costs minutes)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--device", default="cuda", help="cpu only to try the script itself")
+    args = parser.parse_args(argv)
+    steps, scheduler, guidance = SETTINGS[args.pipe]
+    info = model_info(args.pipe)
+    assert info is not None
+    cuda = args.device.startswith("cuda")
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "pipe": args.pipe, "batch": args.batch, "steps": steps, "scheduler": scheduler,
+        "resolution": info.resolution, "mode": args.mode, "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", "bench/switches.py", *(argv or sys.argv[1:])]),
+        "variants": [],
+    }  # fmt: skip
+    path = args.out / f"switches-{args.pipe}-b{args.batch}.json"
+    reference: torch.Tensor | None = None
+    for name in args.variants:
+        variant = VARIANTS[name]
+        torch._dynamo.reset()
+        pipe = load_pipeline(args.pipe, weights="random", dtype="fp16" if cuda else "fp32",
+                             device=args.device)  # fmt: skip
+        set_scheduler(pipe, scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        record["device"] = timing.device_name(pipe.device)
+        variant.prepare(pipe)
+
+        def once(p: Any = pipe) -> tuple[float, torch.Tensor]:
+            def generate() -> torch.Tensor:
+                return accelerators.generate(
+                    p, prompt=[PROMPT] * args.batch, num_inference_steps=steps,
+                    guidance_scale=guidance, height=info.resolution, width=info.resolution,
+                    output_type="latent", generator=torch.Generator(args.device).manual_seed(0),
+                    **call_defaults(p),
+                ).images.float()  # fmt: skip
+
+            latents, seconds = timing.timed(generate, p.device)
+            return seconds / args.batch, latents
+
+        def mode(p: Any = pipe, v: Variant = variant) -> Any:
+            return execution.run(p, args.mode, inductor=v.inductor)
+
+        row: dict[str, Any] = {"variant": name, "plans": {}}
+        record["variants"].append(row)
+        stats = execution.compile_stats(pipe)
+        with torch._inductor.config.patch(variant.inductor_config):
+            t0 = time.perf_counter()
+            with mode():
+                _, latents = once()
+                row["first_call_seconds"] = time.perf_counter() - t0
+                row["compile_seconds"] = stats.seconds
+                once()
+                aa = [once()[0] for _ in range(args.repeats)]
+            row["baseline"] = _summary(aa)
+            if reference is None:
+                reference = latents
+            row["max_diff_vs_first"] = float((latents - reference).abs().max())
+            print(f"{args.pipe} b{args.batch} {name}: {row['baseline']['median']:.4f} s "
+                  f"(spread {100 * row['baseline']['spread']:.1f}%, compile "
+                  f"{row['compile_seconds']:.0f} s)", flush=True)  # fmt: skip
+            if name in args.plan_variants:
+                for label in args.plans:
+                    row["plans"][label] = _plan(pipe, PLANS[label], steps, once, mode, args)
+                    print(
+                        f"  {label}: {row['plans'][label]['median']:.4f} s, "
+                        f"{row['plans'][label]['paired_speedup']:.2f}x paired",
+                        flush=True,
+                    )
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+        del pipe
+        torch.cuda.empty_cache()
+    record["total_seconds"] = time.perf_counter() - started
+    path.write_text(json.dumps(record, indent=1))
+    return 0
+
+
+def _plan(pipe: Any, configs: dict[str, Any], steps: int, once: Any, mode: Any, args: Any) -> Any:
+    stats = execution.compile_stats(pipe)
+    s0 = stats.seconds
+    with accelerators.apply(pipe, configs, steps=steps), mode():
+        once()
+        once()
+    compiled = stats.seconds - s0
+    times, pairs = [], []
+    for _ in range(args.repeats):
+        with mode():
+            b, _ = once()
+        with accelerators.apply(pipe, configs, steps=steps), mode():
+            p, _ = once()
+        times.append(p)
+        pairs.append(b / p)
+    return {**_summary(times), "paired_speedup": statistics.median(pairs), "pair_ratios": pairs,
+            "compile_seconds": compiled}  # fmt: skip
+
+
+def _summary(times: list[float]) -> dict[str, Any]:
+    median = statistics.median(times)
+    return {"median": median, "times": times, "spread": (max(times) - min(times)) / median}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
