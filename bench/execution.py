@@ -21,6 +21,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--device", default="cuda", help="cpu only to try the script itself")
     args = parser.parse_args(argv)
-    steps, scheduler, guidance = SETTINGS[args.pipe]
+    steps, scheduler, _ = SETTINGS[args.pipe]
     info = model_info(args.pipe)
     assert info is not None
     started = time.perf_counter()
@@ -70,23 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         plans["tome 0.5"] = {"tome": {"ratio": 0.5, "max_downsample": 2}}
     plans = {k: v for k, v in plans.items() if set(v) <= set(accelerators.applicable(traits))}
 
-    def generate() -> torch.Tensor:
-        out = accelerators.generate(
-            pipe,
-            prompt=[PROMPT] * args.batch,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=info.resolution,
-            width=info.resolution,
-            output_type="latent",
-            generator=torch.Generator(args.device).manual_seed(0),
-            **call_defaults(pipe),
-        )
-        return out.images.float()
+    generate = generation(pipe, args.pipe, args.batch)
 
     def once() -> tuple[float, torch.Tensor]:
-        latents, seconds = timing.timed(generate, pipe.device)
-        return seconds / args.batch, latents
+        return timed_once(generate, pipe, args.batch)
 
     record: dict[str, Any] = {
         "pipe": args.pipe,
@@ -134,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(2):
                 once()
             aa = [once()[0] for _ in range(args.repeats)]
-        row["baseline"] = {"median": statistics.median(aa), "times": aa,
-                           "spread": (max(aa) - min(aa)) / statistics.median(aa)}  # fmt: skip
+        row["baseline"] = summary(aa)
         if mode == "eager":
             eager_latents["plain"] = base_latents
         else:
@@ -167,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 pairs.append(b / p)
                 plan_t.append(p)
             entry = {
-                "median": statistics.median(plan_t),
-                "times": plan_t,
-                "spread": (max(plan_t) - min(plan_t)) / statistics.median(plan_t),
+                **summary(plan_t),
                 "paired_speedup": statistics.median(pairs),
                 "pair_ratios": pairs,
                 "first_call_seconds": first,
@@ -198,6 +183,41 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(json.dumps({m: r["baseline"]["median"] for m, r in record["modes"].items()}))
     return 0
+
+
+def generation(pipe: Any, name: str, batch: int) -> Callable[[], torch.Tensor]:
+    """One generation of ``batch`` images with ``name``'s settings (``SETTINGS``), latents out."""
+    steps, _, guidance = SETTINGS[name]
+    info = model_info(name)
+    assert info is not None
+
+    def generate() -> torch.Tensor:
+        out = accelerators.generate(
+            pipe,
+            prompt=[PROMPT] * batch,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=info.resolution,
+            width=info.resolution,
+            output_type="latent",
+            generator=torch.Generator(pipe.device).manual_seed(0),
+            **call_defaults(pipe),
+        )
+        return out.images.float()
+
+    return generate
+
+
+def timed_once(generate: Callable[[], torch.Tensor], pipe: Any, batch: int) -> tuple[float, Any]:
+    """Seconds per image of one synchronized ``generate()``, and its latents."""
+    latents, seconds = timing.timed(generate, pipe.device)
+    return seconds / batch, latents
+
+
+def summary(times: list[float]) -> dict[str, Any]:
+    """Median, the times, and the spread: (max - min) / median."""
+    median = statistics.median(times)
+    return {"median": median, "times": times, "spread": (max(times) - min(times)) / median}
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor | None) -> float | None:

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 
 from accelopt import accelerators, execution, timing
-from accelopt.pipelines import call_defaults, denoiser, load_pipeline, model_info
+from accelopt.pipelines import denoiser, load_pipeline, model_info
 from accelopt.schedulers import set_scheduler
 
 sys.path.insert(0, str(Path(__file__).parent))
-from execution import PLANS, PROMPT, SETTINGS
+from execution import PLANS, SETTINGS, generation, summary, timed_once
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--device", default="cuda", help="cpu only to try the script itself")
     args = parser.parse_args(argv)
-    steps, scheduler, guidance = SETTINGS[args.pipe]
+    steps, scheduler, _ = SETTINGS[args.pipe]
     info = model_info(args.pipe)
     assert info is not None
     cuda = args.device.startswith("cuda")
@@ -105,17 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         record["device"] = timing.device_name(pipe.device)
         variant.prepare(pipe)
 
-        def once(p: Any = pipe) -> tuple[float, torch.Tensor]:
-            def generate() -> torch.Tensor:
-                return accelerators.generate(
-                    p, prompt=[PROMPT] * args.batch, num_inference_steps=steps,
-                    guidance_scale=guidance, height=info.resolution, width=info.resolution,
-                    output_type="latent", generator=torch.Generator(args.device).manual_seed(0),
-                    **call_defaults(p),
-                ).images.float()  # fmt: skip
+        generate = generation(pipe, args.pipe, args.batch)
 
-            latents, seconds = timing.timed(generate, p.device)
-            return seconds / args.batch, latents
+        def once(p: Any = pipe, g: Any = generate) -> tuple[float, torch.Tensor]:
+            return timed_once(g, p, args.batch)
 
         def mode(p: Any = pipe, v: Variant = variant) -> Any:
             return execution.run(p, args.mode, inductor=v.inductor)
@@ -131,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["compile_seconds"] = stats.seconds
                 once()
                 aa = [once()[0] for _ in range(args.repeats)]
-            row["baseline"] = _summary(aa)
+            row["baseline"] = summary(aa)
             if reference is None:
                 reference = latents
             row["max_diff_vs_first"] = float((latents - reference).abs().max())
@@ -170,13 +163,8 @@ def _plan(pipe: Any, configs: dict[str, Any], steps: int, once: Any, mode: Any, 
             p, _ = once()
         times.append(p)
         pairs.append(b / p)
-    return {**_summary(times), "paired_speedup": statistics.median(pairs), "pair_ratios": pairs,
+    return {**summary(times), "paired_speedup": statistics.median(pairs), "pair_ratios": pairs,
             "compile_seconds": compiled}  # fmt: skip
-
-
-def _summary(times: list[float]) -> dict[str, Any]:
-    median = statistics.median(times)
-    return {"median": median, "times": times, "spread": (max(times) - min(times)) / median}
 
 
 if __name__ == "__main__":
