@@ -150,6 +150,8 @@ def run(
 
     acc = accelerators.active(pipe)
     check(mode, acc.names if acc is not None else ())
+    if not inductor and mode != "cuda-graphs":
+        raise AccelOptError(f"inductor=False picks the kernels cuda-graphs captures, not {mode}'s")
     net = denoiser(pipe)
     record = compile_stats(pipe)
     if mode == "eager":
