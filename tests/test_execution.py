@@ -82,6 +82,15 @@ def test_a_patched_forward_is_refused_not_overwritten() -> None:
     assert "forward" in vars(pipe.unet)
 
 
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_eager_kernels_are_a_cuda_graphs_choice_only(mode: str) -> None:
+    pipe = tiny_pipeline("TinySD")
+    refused = pytest.raises(AccelOptError, match=f"not {mode}'s")
+    with refused, execution.run(pipe, mode, inductor=False):
+        pass
+    assert "forward" not in vars(pipe.unet)
+
+
 @pytest.fixture(scope="module")
 def compiled() -> Iterator[tuple[Pipeline, np.ndarray, np.ndarray]]:
     pipe = tiny_pipeline("TinySD")
