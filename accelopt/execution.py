@@ -33,6 +33,7 @@ from weakref import WeakKeyDictionary
 from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.errors import AccelOptError, choices
+from accelopt.portable.graphs import Graph, Replayer, signature
 
 __all__ = [
     "MODES",
@@ -113,7 +114,7 @@ class Compiled:
     """What one denoiser has compiled or captured, kept across trials (see ``_COMPILED``)."""
 
     forward: Callable[..., Any] | None = None  # the inductor-compiled forward
-    graphs: dict[Hashable, _Graph] = field(default_factory=dict)
+    graphs: dict[str, dict[Hashable, Graph]] = field(default_factory=dict)  # by kernels
     pool: Any = None  # one memory pool for every graph of this denoiser
     seconds: float = 0.0  # spent compiling and capturing, all told
     compiles: int = 0  # graphs inductor made (dynamo's count) for this denoiser
@@ -201,21 +202,14 @@ def _graph_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _key(acc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], Any]:
+def _key(acc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
     """What picks a graph: the accelerators' structure now and the call's input signature."""
-    import torch
-    from torch.utils._pytree import tree_flatten
-
-    leaves, spec = tree_flatten((args, kwargs))
-    signature = tuple(
-        (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else ("value", x) for x in leaves
-    )
-    structure = acc.structure() if acc is not None else ()
-    return (structure, str(spec), signature), (leaves, spec)
+    return signature(acc.structure() if acc is not None else (), args, kwargs)[0]
 
 
-def _describe(key: tuple[Any, ...]) -> str:
+def _describe(key: Hashable) -> str:
     """``key``'s structure in words: "deepcache 0 shallow + tome 0.5 1", or "plain"."""
+    assert isinstance(key, tuple)  # signature()'s (structure, spec, shapes)
     return " + ".join(" ".join(map(str, part)) for part in key[0]) or "plain"
 
 
@@ -229,7 +223,7 @@ def _counting(
 
     def call(*args: Any, **kwargs: Any) -> Any:
         if on_compile is not None:
-            key, _ = _key(acc, args, kwargs)
+            key = _key(acc, args, kwargs)
             if key not in record.seen:
                 record.seen.add(key)
                 on_compile(_describe(key))
@@ -244,22 +238,10 @@ def _counting(
     return call
 
 
-@dataclass
-class _Graph:
-    graph: Any
-    inputs: list[Any]  # static input tensors, in flattened order
-    output: Any
-
-
-class _Replayer:
-    """The denoiser's forward under ``cuda-graphs``: one captured graph per (structure, input
-    signature), replayed after copying the call's tensors into that graph's static inputs.
-
-    Outputs are cloned before they leave: the next replay of the same graph overwrites its
-    output memory, and a scheduler may keep a model output across steps.
-    """
-
-    WARMUP = 2  # eager runs on a side stream before capture: inductor's compile, cuBLAS init
+class _Replayer(Replayer):
+    """The denoiser's forward under ``cuda-graphs`` (``accelopt.portable.graphs.Replayer``),
+    with its graphs and memory pool kept in the denoiser's compile record, so they outlive the
+    mode's block, and each capture timed into it."""
 
     def __init__(
         self,
@@ -269,54 +251,23 @@ class _Replayer:
         on_compile: Callable[[str], None] | None,
         inductor: bool = True,
     ) -> None:
-        self.net = net
-        self.record = record
-        self.acc = acc
-        self.on_compile = on_compile
-        self.kernels = "inductor" if inductor else "eager"
         forward = _compiled_forward(net, record) if inductor else type(net).forward.__get__(net)
-        self.inner = _counting(record, forward, acc, None)
+        super().__init__(
+            _counting(record, forward, acc, None),
+            next(net.parameters()).device,
+            acc.structure if acc is not None else tuple,
+            record.graphs.setdefault("inductor" if inductor else "eager", {}),
+            record.pool,
+        )
+        self.record = record
+        self.on_compile = on_compile
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        import torch
-        from torch.utils._pytree import tree_map
-
-        key, (leaves, spec) = _key(self.acc, args, kwargs)
-        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
-        graph = self.record.graphs.get((self.kernels, key))
-        if graph is None:
-            if self.on_compile is not None:
-                self.on_compile(_describe(key))
-            graph = self.record.graphs[self.kernels, key] = self._capture(leaves, spec)
-        for static, x in zip(graph.inputs, tensors, strict=True):
-            static.copy_(x, non_blocking=True)
-        graph.graph.replay()
-        return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, graph.output)
-
-    def _capture(self, leaves: list[Any], spec: Any) -> _Graph:
-        import torch
-        from torch.utils._pytree import tree_unflatten
-
+    def capture(self, key: Hashable, leaves: list[Any], spec: Any) -> Graph:
+        if self.on_compile is not None:
+            self.on_compile(_describe(key))
         started, spent = time.perf_counter(), self.record.seconds
-        device = next(self.net.parameters()).device
-        # Static inputs live on the graph's device: a host tensor (a CPU timestep) would be a
-        # host-to-device copy inside the graph.
-        static = [
-            x.detach().to(device, copy=True) if isinstance(x, torch.Tensor) else x for x in leaves
-        ]
-        args, kwargs = tree_unflatten(static, spec)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP):
-                self.inner(*args, **kwargs)
-        torch.cuda.current_stream(device).wait_stream(side)
-        if self.record.pool is None:
-            self.record.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.record.pool):
-            output = self.inner(*args, **kwargs)
+        graph = super().capture(key, leaves, spec)
+        self.record.pool = self.pool
         self.record.captures += 1
         self.record.seconds = spent + time.perf_counter() - started  # compiling included once
-        inputs = [x for x in static if isinstance(x, torch.Tensor)]
-        return _Graph(graph, inputs, output)
+        return graph

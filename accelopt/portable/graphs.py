@@ -1,0 +1,99 @@
+"""CUDA-graph replay of a module's forward: one captured graph per (structure, input signature).
+
+A *structure* is what a call computes (DeepCache's full step, or its shallow step at branch 2),
+told by a callable the replayer asks before every call; the input signature is the shapes and
+dtypes of the call's tensors and its other values. Per-call logic that picks a structure runs in
+Python, outside every graph. Each call copies its tensors into the chosen graph's static inputs,
+replays it, and clones the outputs: the next replay of that graph overwrites its output memory,
+and a scheduler may keep a model output across steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+
+def signature(
+    structure: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Hashable, list[Any], Any]:
+    """What picks a graph for this call, and the call's flattened inputs and their tree spec."""
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    leaves, spec = tree_flatten((args, kwargs))
+    shapes = tuple(
+        (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else ("value", x) for x in leaves
+    )
+    return (structure, str(spec), shapes), leaves, spec
+
+
+@dataclass
+class Graph:
+    graph: Any  # torch.cuda.CUDAGraph
+    inputs: list[Any]  # static input tensors, in flattened order
+    output: Any
+
+
+class Replayer:
+    """Call it like ``forward``; it captures a graph the first time it meets a key, and replays.
+
+    ``graphs`` and ``pool`` may be shared by several replayers of one module, so graphs outlive
+    a replayer and all of them draw on one memory pool.
+    """
+
+    WARMUP = 2  # eager runs on a side stream before capture: inductor's compile, cuBLAS init
+
+    def __init__(
+        self,
+        forward: Callable[..., Any],
+        device: Any,
+        structure: Callable[[], Hashable] = tuple,
+        graphs: dict[Hashable, Graph] | None = None,
+        pool: Any = None,
+    ) -> None:
+        self.forward = forward
+        self.device = device
+        self.structure = structure
+        self.graphs = {} if graphs is None else graphs
+        self.pool = pool
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import torch
+        from torch.utils._pytree import tree_map
+
+        key, leaves, spec = signature(self.structure(), args, kwargs)
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self.graphs[key] = self.capture(key, leaves, spec)
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        for static, x in zip(graph.inputs, tensors, strict=True):
+            static.copy_(x, non_blocking=True)
+        graph.graph.replay()
+        return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, graph.output)
+
+    def capture(self, key: Hashable, leaves: list[Any], spec: Any) -> Graph:
+        """Warm ``forward`` up on a side stream, then capture one call of it with ``leaves``."""
+        import torch
+        from torch.utils._pytree import tree_unflatten
+
+        # Static inputs live on the graph's device: a host tensor (a CPU timestep) would be a
+        # host-to-device copy inside the graph.
+        static = [
+            x.detach().to(self.device, copy=True) if isinstance(x, torch.Tensor) else x
+            for x in leaves
+        ]
+        args, kwargs = tree_unflatten(static, spec)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                self.forward(*args, **kwargs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = self.forward(*args, **kwargs)
+        return Graph(graph, [x for x in static if isinstance(x, torch.Tensor)], output)
