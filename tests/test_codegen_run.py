@@ -131,11 +131,13 @@ def store(tmp_path: Path) -> Path:
 def _header(path: Path) -> dict[str, object]:
     import ast
 
+    from accelopt.codegen import HEADER_NAMES
+
     tree = ast.parse(path.read_text())
     return {
         node.targets[0].id: ast.literal_eval(node.value)  # type: ignore[attr-defined]
         for node in tree.body
-        if isinstance(node, ast.Assign)
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) in HEADER_NAMES
     }
 
 
