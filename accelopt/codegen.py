@@ -405,6 +405,15 @@ HEADER_NAMES = (
 )
 
 
+def read_header(source: str) -> dict[str, Any]:
+    """The header constants of a generated script (``HEADER_NAMES``), read without running it."""
+    return {
+        ast.unparse(node.targets[0]): ast.literal_eval(node.value)
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) in HEADER_NAMES
+    }
+
+
 def literal(value: Any) -> ast.expr:
     """An AST expression that evaluates to ``value`` exactly (plain data only).
 
@@ -573,6 +582,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
@@ -691,6 +701,8 @@ def main():
                         "cuda-graphs"), help="how the denoiser runs (default: as measured)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed generations first; they compile or capture the graphs")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed generations; the last one's images are written")
     parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     parser.add_argument("--out-dir", default="images", help="where PNGs go")
     parser.add_argument("--save-array", help="also save the images as a .npy array")
@@ -704,6 +716,8 @@ def main():
                      "every Attention forward; use --execution eager")
     if args.warmup < 0:
         parser.error("--warmup must be 0 or more")
+    if args.repeats < 1:
+        parser.error("--repeats must be 1 or more")
     prompts = args.prompts or DEFAULT_PROMPTS
 
     pipe = load(args.model, args.device)
@@ -727,12 +741,15 @@ def main():
     for _ in range(args.warmup):
         generate()
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    sync()
-    started = time.perf_counter()
-    images = generate()
-    sync()
-    seconds = (time.perf_counter() - started) / len(prompts)
-    print(f"{seconds:.4f} s per image ({args.execution} on {args.device}, "
+    times = []
+    for _ in range(args.repeats):
+        sync()
+        started = time.perf_counter()
+        images = generate()
+        sync()
+        times.append((time.perf_counter() - started) / len(prompts))
+    print(f"{statistics.median(times):.4f} s per image, median of {len(times)} "
+          f"({min(times):.4f}-{max(times):.4f}; {args.execution} on {args.device}, "
           f"after {args.warmup} warm-up generations)")
     if args.save_array:
         np.save(args.save_array, np.asarray(images))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 
 import pytest
@@ -10,6 +11,13 @@ import torch
 from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.testing import tiny_pipeline
+
+# One inductor cache for every test process and the scripts they start: a graph compiled once
+# (a minute on two cores) is loaded by the others. A study sets it beside its storage only
+# when it is unset (execution.use_cache_dir), so tests never scatter it over tmp folders.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "accelopt-tests-inductor")
+)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Parallel workers with several torch threads each oversubscribe the cores many times over.

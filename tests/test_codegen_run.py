@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from accelopt import accelerators
 from accelopt.cli import main
-from accelopt.codegen import render_script
+from accelopt.codegen import read_header, render_script
 from accelopt.export import entries_for
-from accelopt.pipelines import call_defaults
-from accelopt.schedulers import set_scheduler
 from accelopt.spec import load_spec
 from accelopt.store import read_store, write_entries
 from accelopt.study import run_study
-from accelopt.testing import tiny_pipeline
+from accelopt.testing import entry_images, make_entry, tiny_pipeline
+from accelopt.testing.tiny import TINY_RESOLUTION
 
 PROMPTS = ["a red cube on a table", 'a sign that says "OPEN"']
 STUDIES = {
@@ -33,26 +31,6 @@ STUDIES = {
     "TinySDXL": "TinySDXL-DDIM-10-deepcache+tgate",
     "TinyPixArt": "TinyPixArt-DDIM-10-tgate",
 }
-
-
-def _accelopt_images(folder: Path, entry: dict) -> np.ndarray:  # type: ignore[type-arg]
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    set_scheduler(pipe, entry["scheduler"])
-    with accelerators.apply(pipe, entry["accelerators"], steps=entry["steps"]) as acc:
-        out = acc(
-            prompt=PROMPTS,
-            num_inference_steps=entry["steps"],
-            guidance_scale=entry["generation"]["guidance"],
-            height=entry["generation"]["resolution"],
-            width=entry["generation"]["resolution"],
-            generator=[torch.Generator().manual_seed(i) for i in range(len(PROMPTS))],
-            output_type="np",
-            **call_defaults(pipe),
-        )
-    return np.asarray(out.images)
 
 
 @pytest.mark.parametrize("pipe_name", list(STUDIES))
@@ -91,7 +69,7 @@ def test_export_codegen_run_matches_accelopt(pipe_name: str, tmp_path: Path) -> 
     assert set(applied) == set(stored)
     assert len(list((tmp_path / "png").glob("*.png"))) == len(PROMPTS)
 
-    theirs, ours = np.load(array), _accelopt_images(folder, entry)
+    theirs, ours = np.load(array), entry_images(folder, entry, PROMPTS)
     assert theirs.shape == ours.shape == (2, 32, 32, 3)
     # Same weights, same loader, same kernels: identical up to reload rounding (FINDINGS: 7e-7).
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5)
@@ -128,19 +106,6 @@ def store(tmp_path: Path) -> Path:
     return path
 
 
-def _header(path: Path) -> dict[str, object]:
-    import ast
-
-    from accelopt.codegen import HEADER_NAMES
-
-    tree = ast.parse(path.read_text())
-    return {
-        node.targets[0].id: ast.literal_eval(node.value)  # type: ignore[attr-defined]
-        for node in tree.body
-        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) in HEADER_NAMES
-    }
-
-
 @pytest.mark.parametrize(
     ("flags", "speedup"),
     [
@@ -159,7 +124,7 @@ def test_codegen_answers_each_kind_of_request(
     argv = ["codegen", "--pipe", "SDXL", "--sched", "ddim", "--steps", "25", "--store", str(store)]
     assert main([*argv, *flags, "-o", str(out)]) == 0
     assert f"{speedup:.2f}x the plain pipeline" in out.read_text()
-    assert _header(out)["MODEL"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert read_header(out.read_text())["MODEL"] == "stabilityai/stable-diffusion-xl-base-1.0"
     assert main([*argv, *flags, "-o", str(out)]) == 2  # exists: --force to overwrite
     assert main([*argv, *flags, "-o", str(out), "--force"]) == 0
 
@@ -222,3 +187,47 @@ def test_bad_task_files_exit_2(
     argv = ["codegen", "--tasks", str(path), "--store", str(store), "-o", str(tmp_path / "o")]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# A compile-mode script on the CPU. The entry asks for what tests/test_execution.py compiles
+# (TinySD, DeepCache branch 0, four steps, two prompts with guidance), so inductor's on-disk
+# cache, shared by every test process (conftest.py), usually holds its kernels already.
+COMPILE_TOLERANCE = 1e-4  # tests/test_execution.py measured 2.3e-6 at most
+
+
+def test_a_compile_mode_script_runs_on_the_cpu_and_matches_eager(tmp_path: Path) -> None:
+    entry = make_entry(
+        "TinySD",
+        steps=4,
+        accelerators={"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
+        generation={"resolution": TINY_RESOLUTION, "guidance": 5.0, "dtype": "float32"},
+        execution="compile",
+    )
+    folder = tmp_path / "TinySD"
+    tiny_pipeline("TinySD").save_pretrained(folder)
+    script = tmp_path / "generated.py"
+    script.write_text(render_script(entry))
+
+    array = tmp_path / "images.npy"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script), *PROMPTS, "--model", str(folder), "--device", "cpu",
+         "--save-array", str(array), "--out-dir", str(tmp_path / "png"), "--repeats", "2"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    timing, wrote = result.stdout.splitlines()
+    number = r"(\d+\.\d{4})"
+    found = re.fullmatch(
+        rf"{number} s per image, median of 2 \({number}-{number}; "
+        r"compile on cpu, after 1 warm-up generations\)",
+        timing,
+    )
+    assert found, timing
+    median, low, high = map(float, found.groups())
+    assert 0 < low <= median <= high
+    assert wrote == f"wrote {len(PROMPTS)} images to {tmp_path / 'png'}"
+
+    compiled, eager = np.load(array), entry_images(folder, entry, PROMPTS)
+    assert compiled.shape == eager.shape == (2, TINY_RESOLUTION, TINY_RESOLUTION, 3)
+    assert float(np.abs(compiled - eager).max()) < COMPILE_TOLERANCE

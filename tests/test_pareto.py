@@ -7,7 +7,6 @@ hand-built frontier where every answer is known.
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,14 +15,13 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from _entries import make_entry
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.cli import main
-from accelopt.codegen import Request, find_entry, why_missing
+from accelopt.codegen import Request, find_entry, read_header, why_missing
 from accelopt.errors import AccelOptError
 from accelopt.export import entries_for
 from accelopt.objective import Bench, Objective
@@ -40,6 +38,7 @@ from accelopt.study import (
     prepare_study,
     run_study,
 )
+from accelopt.testing import make_entry
 from accelopt.workers import TrialSeededTPE
 
 quiet = {"progress": False, "log": lambda s: None}
@@ -193,15 +192,6 @@ def test_cli_export_skips_confirmation_and_best_list_show_the_frontier(
     assert "is a pareto study: its export is the whole frontier" in capsys.readouterr().err
 
 
-def _header(path: Path) -> dict[str, Any]:
-    tree = ast.parse(path.read_text())
-    return {
-        node.targets[0].id: ast.literal_eval(node.value)  # type: ignore[attr-defined]
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-    }
-
-
 def test_codegen_answers_from_the_exported_frontier(
     pareto: tuple[optuna.Study, str, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -221,7 +211,7 @@ def test_codegen_answers_from_the_exported_frontier(
         out = tmp_path / "fast.py"
         assert main([*argv, *flags, "-o", str(out)]) == 0
         assert f"frontier point: trial {chosen.number}," in capsys.readouterr().out
-        header = _header(out)
+        header = read_header(out.read_text())
         for name in ("deepcache", "tome", "tgate"):
             assert header[name.upper()] == chosen.user_attrs["accelerators"].get(name)
 
@@ -394,7 +384,7 @@ def test_cli_codegen_picks_the_point(
             str(store), *flags, "-o", str(out)]  # fmt: skip
     assert main(argv) == 0
     assert f"frontier point: trial {trial}, {POINTS[trial][0]:.2f}x" in capsys.readouterr().out
-    assert _header(out)["DEEPCACHE"] == _used(trial)["deepcache"]
+    assert read_header(out.read_text())["DEEPCACHE"] == _used(trial)["deepcache"]
     assert f"{POINTS[trial][0]:.2f}x the plain pipeline" in out.read_text()
 
 

@@ -12,12 +12,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import _entries
 import pytest
 
 from accelopt import store
 from accelopt.errors import AccelOptError
 from accelopt.store import read_store, seed_key, store_path, write_entries
+from accelopt.testing import entries as _entries
 
 
 def make_entry(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from accelopt.testing.entries import entry_images, make_entry
 from accelopt.testing.render import render
 from accelopt.testing.tiny import TINY_PIPELINES, tiny_pipeline
 from accelopt.testing.tokenizers import clip_tokenizer, t5_tokenizer
@@ -11,6 +12,8 @@ __all__ = [
     "TINY_PIPELINES",
     "WorkCounter",
     "clip_tokenizer",
+    "entry_images",
+    "make_entry",
     "render",
     "t5_tokenizer",
     "tiny_pipeline",

@@ -1,8 +1,13 @@
-"""A store entry shaped exactly as accelopt/export.py makes them (store and codegen tests)."""
+"""A store entry shaped exactly as accelopt/export.py makes them, for tests and benchmarks that
+need one without running a study."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from accelopt.store import seed_key, seed_pipeline, seed_scheduler
 
@@ -24,6 +29,7 @@ def make_entry(
     study_name: str = "SDXL-DDIM-25",
     storage: str = "sqlite:///accelopt.db",
     key: str | None = None,
+    execution: str = "eager",
 ) -> dict[str, Any]:
     """An entry shaped exactly as accelopt/export.py ``_entry`` makes them."""
     if accelerators is None:
@@ -50,6 +56,7 @@ def make_entry(
             for knobs in accelerators.values()
             for k, v in knobs.items()
         },
+        "execution": {"mode": execution, "plain_baselines": {}},
         "generation": generation or {"resolution": 1024, "guidance": 5.0, "dtype": "float16"},
         "measured": {
             "speedup": speedup,
@@ -64,3 +71,42 @@ def make_entry(
         "study": {"name": study_name, "storage": storage, "trial": 7},
         "exported_at": "2025-01-02T03:04:05+00:00",
     }
+
+
+def entry_images(
+    folder: str | Path,
+    entry: dict[str, Any],
+    prompts: Sequence[str],
+    *,
+    device: str = "cpu",
+    mode: str = "eager",
+    seed: int = 0,
+) -> np.ndarray:
+    """The images accelopt makes for ``entry`` with the pipeline saved in ``folder``: what a
+    script generated from it must reproduce. Prompt ``i`` uses seed ``seed + i``, like scripts.
+    """
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from accelopt import accelerators, execution
+    from accelopt.pipelines import call_defaults, resolve_dtype
+    from accelopt.schedulers import set_scheduler
+
+    dtype = resolve_dtype(entry["generation"].get("dtype"), torch.device(device))
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    set_scheduler(pipe, entry["scheduler"])
+    resolution = entry["generation"]["resolution"]
+    applied = accelerators.apply(pipe, entry["accelerators"], steps=entry["steps"])
+    with applied as acc, execution.run(pipe, mode):
+        out = acc(
+            prompt=list(prompts),
+            num_inference_steps=entry["steps"],
+            guidance_scale=entry["generation"]["guidance"],
+            height=resolution,
+            width=resolution,
+            generator=[torch.Generator().manual_seed(seed + i) for i in range(len(prompts))],
+            output_type="np",
+            **call_defaults(pipe),
+        )
+    return np.asarray(out.images)
