@@ -757,7 +757,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(pipe.numpy_to_pil(np.asarray(images))):
         image.save(out / f"{i:03d}.png")
-    print(f"wrote {len(prompts)} images to {out}")
+    print(f"wrote {len(prompts)} image{'s' if len(prompts) != 1 else ''} to {out}")
 
 
 if __name__ == "__main__":
