@@ -96,11 +96,7 @@ def _load_spec(args: argparse.Namespace):
         changes["objective"] = args.objective
     if getattr(args, "execution", None):
         changes["execution"] = args.execution
-        if spec.targets is not None and args.execution != "auto":
-            from accelopt import execution
-
-            execution.check(args.execution, spec.targets)
-    return spec.replace(**changes) if changes else spec
+    return spec.overridden("command line", **changes) if changes else spec
 
 
 def _frontier_line(study, hint: bool = True) -> str:

@@ -110,8 +110,15 @@ class StudySpec:
     source: str = "derived from the name"
 
     def replace(self, **changes: Any) -> StudySpec:
-        """A copy with some fields changed (command-line flags override a handful)."""
+        """A copy with some fields changed, unchecked (for values already validated)."""
         return dataclasses.replace(self, **changes)
+
+    def overridden(self, where: str, **changes: Any) -> StudySpec:
+        """A copy with some fields changed by ``where`` (command-line flags), checked as a
+        spec file is: a flag cannot set what the file could not."""
+        spec = self.replace(**changes)
+        _check_ranges(where, spec)
+        return spec
 
 
 # Defaults that depend on the pipeline: the guidance each family's model card uses; tiny

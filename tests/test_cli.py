@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -259,3 +260,19 @@ def test_no_feasible_trial_answers_no_acceleration_and_exits_0(  # type: ignore[
     assert "no acceleration: no feasible accelerated trial within a 2% score loss" in out
     assert main(["best", "--study", "TinySD-DDIM-10-tome"]) == 0
     assert "no feasible trial yet" in capsys.readouterr().out
+
+
+def test_flags_are_checked_as_the_spec_file_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flag cannot set what the spec file could not: --max-score-loss 1.5 is refused with the
+    allowed range, before any storage is made."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    code = main(["run", "--study", "TinySD-DDIM-10", "--max-score-loss", "1.5",
+                 "--storage", storage, "--quiet"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "command line: max_score_loss=1.5 is out of range; allowed: more than 0, less than 1"
+    )
+    assert not (tmp_path / "s.db").exists()
