@@ -192,7 +192,13 @@ def entries_for(
             chosen += [(t, list(used)) for used, t in sorted(by_set.items())]
     if pareto:
         return _frontier_entries(study, storage, chosen)
-    return dict(_entry(study, t, targets, requirement, storage) for t, targets in chosen)
+    entries: dict[str, dict[str, Any]] = {}
+    for t, targets in chosen:
+        key, entry = _entry(study, t, targets, requirement, storage)
+        # The set of every accelerator searched has the study's key: its best overall trial
+        # answers it, even when that trial used fewer accelerators than its set's best did.
+        entries.setdefault(key, entry)
+    return entries
 
 
 def _searched(study: optuna.Study) -> list[str]:

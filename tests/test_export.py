@@ -37,7 +37,7 @@ def test_best_overall_and_best_of_every_set_tried(searched: tuple[optuna.Study, 
     overall = seed_key("TinySD", "DDIM", 10, ["deepcache", "tgate", "tome"], 0.99)
     assert set(entries) == {overall} | {seed_key("TinySD", "DDIM", 10, s, 0.99) for s in sets}
     assert entries[overall]["study"]["trial"] == best.number
-    for used in sets:
+    for used in sets - {("deepcache", "tgate", "tome")}:  # that set's key is the study's
         entry = entries[seed_key("TinySD", "DDIM", 10, used, 0.99)]
         same = [t for t in complete if tuple(sorted(t.user_attrs["accelerators"])) == used]
         assert entry["study"]["trial"] == max(same, key=lambda t: t.user_attrs["speedup"]).number
@@ -122,3 +122,34 @@ def test_run_export_and_nothing_feasible(
     assert list(read_store(tmp_path / "search_params.json")) == [
         seed_key("TinySD", "DDIM", 10, ["deepcache"], 0.02)
     ]
+
+
+def test_the_study_key_goes_to_the_fastest_trial_when_it_used_fewer_accelerators(
+    searched: tuple[optuna.Study, str], tmp_path: Path
+) -> None:
+    """The set of every accelerator searched shares the study's key; its own best must not
+    replace the study's best, which used only DeepCache here."""
+    from optuna.distributions import CategoricalDistribution
+
+    study, _ = searched
+    template = next(t for t in study.trials if t.state == TrialState.COMPLETE)
+    storage = f"sqlite:///{tmp_path / 'copy.db'}"
+    copy = optuna.create_study(storage=storage, study_name=study.study_name)
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    every = {"deepcache": {"cache_interval": 2, "cache_branch_id": 0},
+             "tgate": {"gate_step": 5, "sp_interval": 2, "fi_interval": 1, "warm_up": 1},
+             "tome": {"ratio": 0.5, "max_downsample": 1}}  # fmt: skip
+    params = {"deepcache.cache_interval": 2, "tgate.gate_step": 5, "tome.ratio": 0.5}
+    dists = {k: CategoricalDistribution([v]) for k, v in params.items()}
+    for accelerators, speedup in ((every, 2.0), ({"deepcache": every["deepcache"]}, 3.0)):
+        attrs = {**template.user_attrs, "accelerators": accelerators, "speedup": speedup,
+                 "feasible": True}  # fmt: skip
+        copy.add_trial(optuna.trial.create_trial(
+            value=speedup, params=params, distributions=dists, user_attrs=attrs
+        ))  # fmt: skip
+    entries = entries_for(copy, storage)
+    overall = entries[seed_key("TinySD", "DDIM", 10, ["deepcache", "tgate", "tome"], 0.99)]
+    assert overall["measured"]["speedup"] == 3.0
+    assert overall["accelerators"] == {"deepcache": every["deepcache"]}
+    assert entries[seed_key("TinySD", "DDIM", 10, ["deepcache"], 0.99)]["study"]["trial"] == 1
