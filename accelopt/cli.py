@@ -344,8 +344,9 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _write_export(study, args, requirement) -> None:
     from accelopt.confirm import confirm, confirmations, pending
-    from accelopt.export import export_study
-    from accelopt.store import store_path
+    from accelopt.export import entries_for
+    from accelopt.seed_format import write_seed
+    from accelopt.store import store_path, write_entries
     from accelopt.study import is_pareto, load_bench, spec_of, storage_url, study_mode
 
     if args.top_k < 0:
@@ -365,13 +366,24 @@ def _write_export(study, args, requirement) -> None:
         bench.mode = study_mode(study) or "eager"  # re-timed the way the search timed it
         confirm(study, bench, args.top_k, log=log, requirement=requirement)
     path = store_path(args.store)
-    entries = export_study(study, storage_url(args.storage), path, requirement)
+    layout = getattr(args, "format", None) or "accelopt"
+    entries = entries_for(study, storage_url(args.storage), requirement)
     if not entries:
         why = "none passed held-out confirmation" if confirmations(study) else "none is feasible"
         print(f"{study.study_name}: nothing to export: {why}", file=sys.stderr)
+        return
+    left_out: list[str] = []
+    if layout == "seed":
+        left_out = write_seed(path, entries)
+    else:
+        write_entries(path, entries)
     for key, entry in entries.items():
+        if key in left_out:
+            print(f"left out {key}: the seed layout has no slot for a time requirement",
+                  file=sys.stderr)  # fmt: skip
+            continue
         points = f" (a frontier of {len(entry['frontier'])})" if "frontier" in entry else ""
-        print(f"exported {key}{points} -> {path}", file=sys.stderr)
+        print(f"exported {key}{points} -> {path} ({layout} layout)", file=sys.stderr)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -385,7 +397,8 @@ def _codegen(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from accelopt.codegen import Request, load_tasks, parse_request_targets, write_scripts
-    from accelopt.store import read_store, store_path
+    from accelopt.seed_format import read_params_file
+    from accelopt.store import store_path
 
     if args.tasks:
         if any(v is not None for v in (args.pipe, args.sched, args.steps)):
@@ -397,7 +410,9 @@ def _codegen(args: argparse.Namespace) -> int:
         targets = parse_request_targets(args.targets)
         requests = [Request(args.pipe, args.sched, args.steps, targets, args.req_speedup,
                             args.max_score_loss, args.req_time)]  # fmt: skip
-    entries = read_store(store_path(args.store))
+    layout, entries = read_params_file(store_path(args.store))
+    print(f"read {len(entries)} entries from {store_path(args.store)} ({layout} layout)",
+          file=sys.stderr)  # fmt: skip
     for path, entry in write_scripts(entries, requests, Path(args.output), bool(args.tasks),
                                      args.force):  # fmt: skip
         point = ""
@@ -643,6 +658,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--store", help="params store (default: $ACCELOPT_STORE or search_params.json)"
         )
+        p.add_argument("--format", choices=("accelopt", "seed"), default="accelopt",
+                       help="store layout: accelopt's (default) or the seed system's flat "
+                       "search_params.json")  # fmt: skip
         p.add_argument("--top-k", type=int, default=3, metavar="K",
                        help="before exporting, measure the K best again on held-out prompts "
                        "(0: skip; default 3)")  # fmt: skip

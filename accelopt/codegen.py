@@ -230,7 +230,9 @@ def _meets(entry: Mapping[str, Any], request: Request) -> bool:
         return False
     if request.req_speedup is not None and m["speedup"] < request.req_speedup:
         return False
-    return request.req_time is None or m["time_per_image"] <= request.req_time
+    if request.req_time is None:
+        return True
+    return _number(m.get("time_per_image")) and m["time_per_image"] <= request.req_time
 
 
 def find_entry(
@@ -530,10 +532,18 @@ def render_script(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> str:
         f"{entry['pipeline']}, {entry['scheduler']}, {entry['steps']} steps, "
         f"{' + '.join(sorted(entry['accelerators'])) or 'no accelerator'}."
     )
+    seconds = m.get("time_per_image")
+    per_image = "time per image not recorded" if seconds is None else f"{seconds:.4f} s per image"
     summary = (
         f"Measured by accelopt on {m['device']}: {m['speedup']:.2f}x the plain pipeline, "
-        f"{m['time_per_image']:.4f} s per image, CLIP score loss {_percent(m['score_loss'])}."
+        f"{per_image}, CLIP score loss {_percent(m['score_loss'])}."
     )
+    if entry.get("layout") == "seed":  # accelopt.seed_format: the seed kept only these
+        summary = (
+            f"From a seed-layout params file: {m['speedup']:.2f}x the plain pipeline, within a "
+            f"CLIP score loss of {_percent(m['score_loss'])}; the time per image, the card "
+            f"and the generation settings were not recorded (accelopt's defaults are used)."
+        )
     summary += (
         f"\nMeasured under execution mode {_execution(entry)}, which this script reproduces "
         f"(--execution picks another); it prints the seconds per image it measures itself."

@@ -31,6 +31,7 @@ __all__ = [
     "SamplerSpec",
     "StudySpec",
     "find_spec_file",
+    "generation_defaults",
     "load_spec",
     "parse_name",
     "shipped_specs",
@@ -173,6 +174,15 @@ def parse_name(name: str) -> dict[str, Any]:
 def _defaults(name: str) -> dict[str, Any]:
     parts = parse_name(name)
     return {**parts, **_model_defaults(parts["pipeline"])}
+
+
+def generation_defaults(pipeline: str) -> dict[str, Any] | None:
+    """How a study of a known model generates by default (resolution, guidance, dtype), or None
+    for a model accelopt does not know."""
+    known = _model_defaults(pipeline)
+    if not known:
+        return None
+    return {"resolution": known["resolution"], "guidance": known["guidance"], "dtype": None}
 
 
 def _model_defaults(pipeline: str) -> dict[str, Any]:

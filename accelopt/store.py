@@ -33,7 +33,8 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,8 +44,10 @@ __all__ = [
     "DEFAULT_STORE",
     "FORMAT",
     "VERSION",
+    "locked",
     "non_dominated",
     "read_store",
+    "replace_file",
     "seed_key",
     "seed_pipeline",
     "seed_scheduler",
@@ -161,27 +164,38 @@ def _umask() -> int:
 
 def write_entries(path: Path, entries: Mapping[str, Mapping[str, Any]]) -> None:
     """Add or replace ``entries`` under the lock, then swap the file in atomically."""
-    from filelock import FileLock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    with locked(path):
         merged = {**read_store(path), **entries}
         text = json.dumps(
             {"format": FORMAT, "version": VERSION, "entries": dict(sorted(merged.items()))},
             indent=2,
             allow_nan=False,
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            # mkstemp makes the file 0600; a shared store keeps its mode (or gets the umask's).
-            os.chmod(
-                tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
-            )
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_file(path, text + "\n")
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock file (``PATH.lock``) inside the block: one writer at a time."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        yield
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a reader
+    sees the old file or the new one, never half of either; a crash leaves the old one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes the file 0600; a shared store keeps its mode (or gets the umask's).
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
