@@ -110,7 +110,7 @@ def read_params_file(path: Path) -> tuple[str, dict[str, dict[str, Any]]]:
 def _load(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         data = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: 5000 digits
         raise AccelOptError(
             f"{path} is not a params file (not valid JSON: {str(err)[:200]}); left untouched"
         ) from None
@@ -218,4 +218,9 @@ def _parse_key(key: str, refuse: Any) -> tuple[str, str, int, float | None, floa
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False

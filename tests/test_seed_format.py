@@ -125,6 +125,8 @@ def test_codegen_reads_a_seed_file_and_says_so(
         (str(("Kandinsky", "DDIM", "25", None, 0.02, [])), {"speedup": 2.0},
          "accelopt does not know the pipeline 'Kandinsky'"),
         ("(" * 5000, {"speedup": 2.0}, "longer than 1000 characters"),
+        (str(("SDXL", "DDIM", "25", None, 0.02, ["deepcache"])), {"cache_interval": 10**400,
+         "speedup": 2.0}, "'cache_interval' is not a number"),
     ],
 )  # fmt: skip
 def test_a_broken_seed_file_exits_2_untouched(
@@ -179,3 +181,20 @@ def test_seed_layout_keeps_own_keys_and_leaves_out_time_requirements() -> None:
         asked["key"],
         seed_key("SDXL", "DDIM", 25, ["deepcache"], 0.02, 2.5),
     }
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"k": ' + "[" * 3000 + "]" * 3000 + "}", '{"k": {"speedup": ' + "9" * 5000 + "}}"],
+    ids=["nested 3000 deep", "5000 digits"],
+)
+def test_json_past_the_parser_limits_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    path = tmp_path / "search_params.json"
+    path.write_text(text)
+    argv = ["codegen", "--pipe", "SDXL", "--sched", "DDIM", "--steps", "25", "--store", str(path)]
+    assert main([*argv, "-o", str(tmp_path / "x.py")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a params file (not valid JSON" in err and "left untouched" in err
+    assert len(err) < 600 and path.read_text() == text
