@@ -411,8 +411,6 @@ def _codegen(args: argparse.Namespace) -> int:
         requests = [Request(args.pipe, args.sched, args.steps, targets, args.req_speedup,
                             args.max_score_loss, args.req_time)]  # fmt: skip
     layout, entries = read_params_file(store_path(args.store))
-    print(f"read {len(entries)} entries from {store_path(args.store)} ({layout} layout)",
-          file=sys.stderr)  # fmt: skip
     for path, entry in write_scripts(entries, requests, Path(args.output), bool(args.tasks),
                                      args.force):  # fmt: skip
         point = ""
@@ -421,6 +419,9 @@ def _codegen(args: argparse.Namespace) -> int:
             point = (f"; frontier point: trial {entry['study']['trial']}, {m['speedup']:.2f}x, "
                      f"score loss {100 * m['score_loss']:.2f}%")  # fmt: skip
         print(f"wrote {path} ({entry['key']}{point})")
+    # After the answers: an unmet request stays one line of error.
+    print(f"read {len(entries)} entries from {store_path(args.store)} ({layout} layout)",
+          file=sys.stderr)  # fmt: skip
     return 0
 
 
