@@ -656,10 +656,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def export_options(p: argparse.ArgumentParser) -> None:
+        from accelopt.seed_format import LAYOUTS  # light: no torch
+
         p.add_argument(
             "--store", help="params store (default: $ACCELOPT_STORE or search_params.json)"
         )
-        p.add_argument("--format", choices=("accelopt", "seed"), default="accelopt",
+        p.add_argument("--format", choices=LAYOUTS, default="accelopt",
                        help="store layout: accelopt's (default) or the seed system's flat "
                        "search_params.json")  # fmt: skip
         p.add_argument("--top-k", type=int, default=3, metavar="K",
