@@ -402,7 +402,6 @@ HEADER_NAMES = (
     "DEEPCACHE",
     "TOME",
     "TGATE",
-    "TGATE_LOADER",
     "DEFAULT_PROMPTS",
 )
 
@@ -486,7 +485,6 @@ def _execution(entry: Mapping[str, Any]) -> str:
 
 def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict[str, Any]:
     """The script's header, from a store entry."""
-    from accelopt.accelerators.tgate import LOADERS
     from accelopt.pipelines import model_info
     from accelopt.schedulers import resolve_scheduler
 
@@ -496,13 +494,6 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
     sched = resolve_scheduler(entry["scheduler"])
     acc = entry["accelerators"]
     family = info.family if info else None
-    loader = None
-    if "tgate" in acc:
-        if family is None:
-            raise AccelOptError(f"cannot tell which T-GATE loader fits {entry['model']!r}")
-        loader = LOADERS[family][1 if "deepcache" in acc else 0]
-        if loader is None:
-            raise AccelOptError(f"T-GATE has no loader with DeepCache for {family} pipelines")
     pixart = family is not None and family.startswith("pixart")
     gen = entry["generation"]
     return {
@@ -520,7 +511,6 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
         "DEEPCACHE": acc.get("deepcache"),
         "TOME": acc.get("tome"),
         "TGATE": acc.get("tgate"),
-        "TGATE_LOADER": loader,
         "DEFAULT_PROMPTS": list(prompts) or ["a photograph of a lighthouse on a cliff at dusk"],
     }
 
@@ -555,19 +545,25 @@ def render_script(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> str:
 
 
 # accelopt.portable's modules, in the order scripts carry them.
-PORTABLE = ("graphs", "deepcache")
+PORTABLE = ("buffers", "graphs", "deepcache", "tgate")
 
 
 def portable_parts(name: str) -> tuple[list[str], str]:
     """``accelopt.portable.<name>``'s import statements, and its source after them verbatim,
-    comments included (the module docstring and imports are the script's own)."""
+    comments included (the module docstring and imports are the script's own). Imports from
+    other portable modules are left out: the script carries those modules before this one."""
     source = resources.files("accelopt.portable").joinpath(f"{name}.py").read_text("utf-8")
     tree = ast.parse(source)
     imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
     if not imports:
         raise AssertionError(f"accelopt.portable.{name} has no imports to start after")
     rest = source.splitlines(keepends=True)[imports[-1].end_lineno or 0 :]
-    return [ast.unparse(n) for n in imports], "".join(rest).strip("\n") + "\n"
+    own = [n for n in imports if not _portable_import(n)]
+    return [ast.unparse(n) for n in own], "".join(rest).strip("\n") + "\n"
+
+
+def _portable_import(node: ast.Import | ast.ImportFrom) -> bool:
+    return isinstance(node, ast.ImportFrom) and (node.module or "").startswith("accelopt.portable")
 
 
 def _portable_source(name: str) -> str:
@@ -622,69 +618,50 @@ def load(model, device):
 
 
 class Accelerated:
-    """The stored accelerators (ToMe first): ToMe and T-GATE through their upstream APIs,
-    DeepCache through the graph-safe schedule above, or through T-GATE's combined loader."""
+    """The stored accelerators: ToMe through its upstream API (first), DeepCache and T-GATE
+    through the graph-safe schedules above (together, the gate drives DeepCache's)."""
 
     def __init__(self, pipe):
         self.pipe = pipe
-        self.helper = None  # upstream DeepCache, inside T-GATE's combined loader
-        self.schedule = None
+        self.net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+        self.schedule = self.gate = None
         if TOME is not None:
             import tomesd
 
             tomesd.apply_patch(pipe, ratio=TOME["ratio"], max_downsample=TOME["max_downsample"],
                                use_rand=False)
-        if TGATE is not None:
-            import tgate
-
-            loader = getattr(tgate, TGATE_LOADER)
-            if DEEPCACHE is not None:  # only the combined loader works with DeepCache
-                loader(pipe, cache_interval=DEEPCACHE["cache_interval"],
-                       cache_branch_id=DEEPCACHE["cache_branch_id"])
-                self.helper = pipe.deepcache
-            else:
-                loader(pipe)
-        elif DEEPCACHE is not None:
+        if DEEPCACHE is not None:
             self.schedule = Schedule(DEEPCACHE["cache_interval"], DEEPCACHE["cache_branch_id"])
-            cache_deep_features(pipe.unet, self.schedule, Buffers())
+            cache_deep_features(pipe.unet, self.schedule, Buffers(), counted=TGATE is None)
+        if TGATE is not None:
+            self.gate = Gate(TGATE["gate_step"], TGATE["sp_interval"], TGATE["fi_interval"],
+                             TGATE["warm_up"], lambda: pipe.scheduler, self.schedule)
+            gate_attention(self.net, self.gate, Buffers())
 
     def applied(self):
         """What the accelerators hold now, in the stored parameters' names."""
         out = {}
-        if self.helper is not None:
-            p = self.helper.params
-            out["deepcache"] = {"cache_interval": p["cache_interval"],
-                                "cache_branch_id": 3 * p["cache_block_id"] + p["cache_layer_id"]}
         if self.schedule is not None:
             out["deepcache"] = {"cache_interval": self.schedule.interval,
                                 "cache_branch_id": self.schedule.branch}
         info = getattr(getattr(self.pipe, "unet", None), "_tome_info", None)
         if info is not None:
             out["tome"] = {k: info["args"][k] for k in ("ratio", "max_downsample", "use_rand")}
-        if TGATE is not None:
-            out["tgate"] = dict(TGATE, entry_point="tgate", loader=TGATE_LOADER)
+        if self.gate is not None:
+            out["tgate"] = dict(zip(("gate_step", "sp_interval", "fi_interval", "warm_up"),
+                                    self.gate.config))
         return out
 
     def structure(self):
         """What the next denoiser call computes: calls with equal structures share a graph."""
-        return (self.schedule.structure(),) if self.schedule is not None else ()
+        return tuple(s.structure() for s in (self.schedule, self.gate) if s is not None)
 
     def __call__(self, **kwargs):
-        # Every call starts clean: DeepCache counts steps from its first call and T-GATE
-        # leaves cached attention behind.
-        if TGATE is not None:
-            net = self.pipe.unet if hasattr(self.pipe, "unet") else self.pipe.transformer
-            for module in net.modules():
-                if type(module).__name__ == "Attention":
-                    vars(module).pop("cache", None)
-                    vars(module).pop("forward", None)
-        if self.helper is not None:
-            self.helper.disable()
-            self.helper.enable()
+        # Every call starts clean: DeepCache and T-GATE count the calls of one generation.
         if self.schedule is not None:
             self.schedule.reset()
-        if TGATE is not None:
-            return self.pipe.tgate(**kwargs, **TGATE)
+        if self.gate is not None:
+            self.gate.reset(guided=is_guided(self.net, kwargs["guidance_scale"]))
         return self.pipe(**kwargs)
 
 
@@ -694,7 +671,8 @@ def execute(pipe, accelerated, mode):
     if mode == "eager":
         return
     net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    forward = torch.compile(type(net).forward.__get__(net))  # the class's, not the patched one
+    # The class's forward, not the patched one; static shapes, one graph per input shape.
+    forward = torch.compile(type(net).forward.__get__(net), dynamic=False)
     if mode == "compile":
         net.forward = forward
     else:
@@ -721,9 +699,6 @@ def main():
     args = parser.parse_args()
     if args.execution == "cuda-graphs" and not args.device.startswith("cuda"):
         parser.error(f"--execution cuda-graphs needs a CUDA device, not {args.device}")
-    if TGATE is not None and args.execution != "eager":
-        parser.error("T-GATE runs eagerly only: its step count lives in Python inside "
-                     "every Attention forward; use --execution eager")
     if args.warmup < 0:
         parser.error("--warmup must be 0 or more")
     if args.repeats < 1:

@@ -50,15 +50,10 @@ __all__ = [
 MODES = ("eager", "compile", "cuda-graphs")  # spec.EXECUTIONS adds "auto"
 GRAPH_MODES = ("compile", "cuda-graphs")
 
-# (mode, accelerator) -> why that accelerator cannot run under that mode.
-REFUSED: dict[tuple[str, str], str] = {
-    (mode, "tgate"): (
-        "upstream T-GATE keeps its step count in Python inside every Attention forward and "
-        "forks the pipeline call, so a compiled or captured graph would freeze one step's "
-        "choice; a graph-safe T-GATE is not written yet"
-    )
-    for mode in GRAPH_MODES
-}
+# (mode, accelerator) -> why that accelerator cannot run under that mode. Empty today: DeepCache
+# and T-GATE keep their caches in owned buffers and decide per call in hooks, and ToMe's merge
+# is one static shape per ratio. A method that cannot keep that contract is declared here.
+REFUSED: dict[tuple[str, str], str] = {}
 
 # Dynamo keeps one compiled graph per structure and shape under the same code objects (the
 # UNet's forward, each block's): a study needs more of them than the default limit of 8.
@@ -192,7 +187,11 @@ def _compiled_forward(net: Any, record: Compiled) -> Callable[..., Any]:
     import torch
 
     if record.forward is None:
-        record.forward = torch.compile(type(net).forward.__get__(net), fullgraph=False)
+        # Static shapes: one graph per input shape, as a captured graph needs anyway. Dynamo's
+        # default makes a dimension dynamic once it has seen two sizes (T-GATE halves the batch
+        # after its gate), and dynamic kernels differ from the static ones in the last bits.
+        forward = type(net).forward.__get__(net)
+        record.forward = torch.compile(forward, fullgraph=False, dynamic=False)
     return record.forward
 
 

@@ -43,6 +43,10 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
     "deepcache 3/1": {"deepcache": {"cache_interval": 3, "cache_branch_id": 1}},
     "tome 0.5": {"tome": {"ratio": 0.5, "max_downsample": 1}},
     "tgate 10": {"tgate": {"gate_step": 10, "sp_interval": 5, "fi_interval": 1, "warm_up": 2}},
+    "deepcache 3/0 + tgate 10": {
+        "deepcache": {"cache_interval": 3, "cache_branch_id": 0},
+        "tgate": {"gate_step": 10, "sp_interval": 5, "fi_interval": 1, "warm_up": 2},
+    },
 }
 PROMPT = "a photograph of a lighthouse at dusk"
 

@@ -188,10 +188,9 @@ def raw_upstream(pipe: Any, name: str, params: dict[str, Any]) -> Applied:
     elif name == "tgate":
         import tgate
 
-        from accelopt.accelerators.tgate import LOADERS
         from accelopt.pipelines import family_of
 
-        getattr(tgate, LOADERS[family_of(pipe)][0])(pipe)  # upstream has no undo
+        getattr(tgate, TGATE_LOADERS[family_of(pipe)])(pipe)  # upstream has no undo
 
         def gated(**kw: Any) -> Any:
             return pipe.tgate(**kw, **params)
@@ -206,6 +205,15 @@ def raw_upstream(pipe: Any, name: str, params: dict[str, Any]) -> Applied:
         assert before.matches(pipe), f"raw {name} not undone exactly"
 
     return call, undo
+
+
+# Upstream T-GATE's forked pipeline call, installed per family (accelopt's own runs in hooks).
+TGATE_LOADERS = {
+    "sd": "TgateSDLoader",
+    "sdxl": "TgateSDXLLoader",
+    "pixart-alpha": "TgatePixArtAlphaLoader",
+    "pixart-sigma": "TgatePixArtSigmaLoader",
+}
 
 
 def _versions() -> dict[str, str | None]:

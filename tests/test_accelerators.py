@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 from collections.abc import Callable
 
@@ -140,10 +142,12 @@ def test_combination_skips_more_than_its_members(tiny: Callable[[str], Pipeline]
 
 def test_removal_leaves_no_upstream_residue(tiny: Callable[[str], Pipeline]) -> None:
     pipe = tiny("TinySD")
+    hooks = _footprint(pipe)[1]
     with accelerators.apply(pipe, configs(("deepcache", "tome", "tgate")), steps=STEPS):
         render(pipe, steps=STEPS)
-        assert hasattr(pipe, "tgate")
+        assert _footprint(pipe)[1] == hooks + 3  # ToMe's pre-hook; T-GATE's pre-hook and hook
     assert not hasattr(pipe, "tgate") and not hasattr(pipe, "deepcache")
+    assert _footprint(pipe)[1] == hooks
     for module in pipe.unet.modules():
         assert type(module).__name__ != "ToMeBlock"
         assert not {"forward", "cache", "_tome_info"} & set(vars(module))
@@ -274,14 +278,25 @@ def test_configs_accept_dicts_and_the_seed_spelling() -> None:
     assert accelerators.get("tome").config(ratio=0.5) == ToMeConfig(ratio=0.5)
 
 
-def test_call_spec_names_the_upstream_entry_point(tiny: Callable[[str], Pipeline]) -> None:
-    pipe = tiny("TinySDXL")
-    with accelerators.apply(pipe, {"tome": {"max_downsample": 2}}) as accelerated:
-        assert accelerated.call_spec() == ("__call__", {})
-    cfg = TGateConfig(gate_step=6, sp_interval=3, fi_interval=2, warm_up=1)
-    with accelerators.apply(pipe, {"tgate": cfg, "deepcache": {}}) as accelerated:
-        entry = {"gate_step": 6, "sp_interval": 3, "fi_interval": 2, "warm_up": 1}
-        assert accelerated.call_spec() == ("tgate", entry)
+@pytest.mark.parametrize(("guidance", "batches"), [(5.0, [4] * 3 + [2] * 5), (1.0, [2] * 8)])
+def test_tgate_halves_the_batch_after_the_gate_only_under_guidance(
+    tiny: Callable[[str], Pipeline], guidance: float, batches: list[int]
+) -> None:
+    """Two prompts: a guided step runs both halves (4); after gate 3 only the unconditional
+    half (2), through the pipeline's own call. Unguided calls are never halved."""
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, "DDIM")
+    seen: list[int] = []
+    first = pipe.unet.conv_in  # what the UNet computes on, after T-GATE's hook
+    handle = first.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+    try:
+        cfg = TGateConfig(gate_step=3, sp_interval=2, fi_interval=1, warm_up=1)
+        with accelerators.apply(pipe, {"tgate": cfg}):
+            images = render(pipe, steps=STEPS, guidance_scale=guidance)
+    finally:
+        handle.remove()
+    assert seen == batches
+    assert images.shape[0] == 2
 
 
 # Search spaces: the seed system's ranges, cut to what a pipeline can use.
@@ -371,6 +386,65 @@ def test_deepcache_computes_what_upstream_helper_does(
         before.restore(pipe)  # upstream leaves instance forwards on every wrapped module
     assert before.matches(pipe)
     np.testing.assert_array_equal(ours, upstream)
+
+
+TGATE_LOADERS = {
+    "TinySD": ("TgateSDLoader", "TgateSDDeepCacheLoader"),
+    "TinySDXL": ("TgateSDXLLoader", "TgateSDXLDeepCacheLoader"),
+    "TinyPixArt": ("TgatePixArtAlphaLoader", None),
+}
+TGATE_SETTINGS = [
+    TGateConfig(gate_step=4, sp_interval=2, fi_interval=1, warm_up=1),
+    TGateConfig(gate_step=5, sp_interval=3, fi_interval=2, warm_up=2),
+    TGateConfig(gate_step=2, sp_interval=2, fi_interval=3, warm_up=0),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "sched", "with_deepcache"),
+    [(n, s, False) for n in TGATE_LOADERS for s in SCHEDULERS]
+    + [("TinySD", "PNDM", False), ("TinySD", "Euler", False)]
+    + [(n, s, True) for n in ("TinySD", "TinySDXL") for s in SCHEDULERS],
+)
+def test_tgate_computes_what_upstream_does(
+    tiny: Callable[[str], Pipeline], name: str, sched: str, with_deepcache: bool
+) -> None:
+    """accelopt's graph-safe T-GATE against upstream's forked ``pipe.tgate(...)``, bit for bit,
+    alone (PNDM's warm-up step and Euler's input scaling included) and with DeepCache through
+    upstream's combined loader (schedulers with distinct timesteps, as DeepCache's own test)."""
+    import tgate
+    from DeepCache import DeepCacheSDHelper
+
+    pipe = tiny(name)
+    set_scheduler(pipe, sched)
+    deepcache = DeepCacheConfig(cache_interval=3, cache_branch_id=1)
+    plain = type(pipe).__call__
+    for config in TGATE_SETTINGS:
+        applied: dict[str, object] = {"tgate": config}
+        if with_deepcache:
+            applied["deepcache"] = deepcache
+        with accelerators.apply(pipe, applied, steps=STEPS):
+            ours = render(pipe, steps=STEPS)
+        before = Snapshot.take(pipe)
+        loader = getattr(tgate, TGATE_LOADERS[name][with_deepcache])
+        if with_deepcache:
+            loader(pipe, cache_interval=3, cache_branch_id=1)
+        else:
+            loader(pipe)
+        # render() calls the pipeline; route that call through upstream's fork.
+        forked = functools.partial(pipe.tgate, **dataclasses.asdict(config))
+        try:
+            type(pipe).__call__ = lambda self, **kw: forked(**kw)  # noqa: B023 (used at once)
+            upstream = render(pipe, steps=STEPS)
+        finally:
+            type(pipe).__call__ = plain
+            helper = vars(pipe).pop("deepcache", None)
+            if isinstance(helper, DeepCacheSDHelper):
+                helper.disable()
+            vars(pipe).pop("tgate")
+            before.restore(pipe)  # upstream leaves a forward and a cache on every attention
+        assert before.matches(pipe)
+        np.testing.assert_array_equal(ours, upstream, err_msg=str(config))
 
 
 def test_deepcache_counts_unet_calls_not_timesteps(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import math
 import random
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -247,15 +248,12 @@ def knobs(rng: random.Random, name: str) -> dict[str, Any]:
     return found
 
 
-def random_entry(rng: random.Random) -> tuple[dict[str, Any], list[str], bool]:
-    """An entry, its prompts, and whether rendering must refuse it (T-GATE, unknown model)."""
+def random_entry(rng: random.Random) -> tuple[dict[str, Any], list[str]]:
+    """An entry and its prompts; unknown models get any accelerator."""
     model = rng.choice(KNOWN) if rng.random() < 0.5 else nasty_text(rng)
     info = model_info(model)
     family = info.family if info else None
     names = [n for n in FAMILY_ACCELERATORS[family] if rng.random() < 0.5]
-    refuse = info is None and rng.random() < 0.15
-    if refuse:
-        names.append("tgate")
     accelerators = {n: knobs(rng, n) for n in names}
     generation = {
         "resolution": rng.choice([None, 512, 1024, 2**40, nasty_data(rng)]),
@@ -279,7 +277,7 @@ def random_entry(rng: random.Random) -> tuple[dict[str, Any], list[str], bool]:
         key=rng.choice([None, nasty_text(rng)]),
     )
     prompts = [nasty_text(rng) for _ in range(rng.randint(0, 3))]
-    return entry, prompts, refuse
+    return entry, prompts
 
 
 def expected_docstring(entry: dict[str, Any]) -> str:
@@ -377,20 +375,11 @@ def body_text(script: str, tree: ast.Module) -> str:
 def test_fuzzed_entries_render_safe_scripts(seed: int) -> None:
     rng = random.Random(seed)
     bodies = set()
-    rendered = refused = 0
     for _ in range(50):
-        entry, prompts, refuse = random_entry(rng)
-        if refuse:
-            with pytest.raises(AccelOptError, match="cannot tell which T-GATE loader fits"):
-                render_script(entry, prompts)
-            refused += 1
-            continue
+        entry, prompts = random_entry(rng)
         script = render_script(entry, prompts)
         tree = check_script(script, entry, prompts)
         bodies.add(body_text(script, tree))
-        rendered += 1
-    assert rendered > 30
-    assert refused > 0
     assert len(bodies) == 1  # the code below the header never changes
 
 
@@ -491,7 +480,6 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
         "DEEPCACHE": None,
         "TOME": None,
         "TGATE": {"gate_step": 10},
-        "TGATE_LOADER": "TgateSDXLLoader",
         "DEFAULT_PROMPTS": ["a photograph of a lighthouse on a cliff at dusk"],
     }
 
@@ -519,26 +507,20 @@ def test_toy_scripts_load_the_folder_shipped_with_accelopt() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "accelerators", "loader"),
+    ("model", "accelerators"),
     [
-        ("SD1.5", ("deepcache", "tgate"), "TgateSDDeepCacheLoader"),
-        ("stabilityai/stable-diffusion-2-1", ("tgate", "deepcache"), "TgateSDDeepCacheLoader"),
-        ("SD1.5", ("tgate",), "TgateSDLoader"),
-        ("TinySD", ("tgate", "tome"), "TgateSDLoader"),
-        ("SDXL", ("tgate",), "TgateSDXLLoader"),
-        ("SDXL", ("deepcache", "tgate"), "TgateSDXLDeepCacheLoader"),
-        ("PixArt-Sigma", ("tgate",), "TgatePixArtSigmaLoader"),
-        ("PixArt-alpha/PixArt-XL-2-1024-MS", ("tgate",), "TgatePixArtAlphaLoader"),
-        ("SDXL", ("deepcache", "tome"), None),
-        ("SDXL", (), None),
+        ("SD1.5", ("deepcache", "tgate")),
+        ("TinySD", ("tgate", "tome")),
+        ("PixArt-Sigma", ("tgate",)),
+        ("./my-finetune", ("tgate",)),  # no loader to pick: any pipeline with attention
+        ("SDXL", ()),
     ],
 )
-def test_header_values_tgate_loader(
-    model: str, accelerators: tuple[str, ...], loader: str | None
+def test_header_values_carry_the_stored_accelerators(
+    model: str, accelerators: tuple[str, ...]
 ) -> None:
     acc = {name: {"knob": i} for i, name in enumerate(accelerators)}
     values = header_values(make_entry(model, "DDIM", 25, acc))
-    assert values["TGATE_LOADER"] == loader
     for name in ("deepcache", "tome", "tgate"):
         assert values[name.upper()] == acc.get(name)
 
@@ -615,12 +597,6 @@ def test_header_values_prompts_and_generation() -> None:
     assert header_values(entry, [])["DEFAULT_PROMPTS"] == [
         "a photograph of a lighthouse on a cliff at dusk"
     ]
-
-
-def test_header_values_refuse_tgate_on_unknown_model() -> None:
-    entry = make_entry("./my-finetune", accelerators={"tgate": {"gate_step": 10}})
-    with pytest.raises(AccelOptError, match=r"cannot tell which T-GATE loader fits './my-fine"):
-        header_values(entry)
 
 
 # ---- find_entry -----------------------------------------------------------------------------
@@ -927,3 +903,8 @@ def test_scripts_carry_the_portable_modules_verbatim_and_what_they_import(name: 
     assert imported(ast.parse("\n".join(imports))) <= imported(ast.parse(script))
     names = {getattr(s, "name", None) for s in ast.parse(source).body} - {None}
     assert not names & {"load", "Accelerated", "execute", "main"}  # no clash with the body
+    own = resources.files("accelopt.portable").joinpath(f"{name}.py").read_text("utf-8")
+    carried_before = {f"accelopt.portable.{m}" for m in PORTABLE[: PORTABLE.index(name)]}
+    for module, _ in imported(ast.parse(own)):
+        if module is not None and module.startswith("accelopt"):
+            assert module in carried_before  # its names are already in the script

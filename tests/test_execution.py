@@ -1,8 +1,9 @@
 """Execution modes (accelopt/execution.py): refusals as data, and the compile mode on the CPU.
 
 Inductor compiles C++ on the CPU, about a minute per graph on two cores from a cold cache, so
-the compiled checks share one module fixture and three graphs: the plain UNet and DeepCache's
-full and shallow step at branch 0. CUDA graphs are GPU-only: tests/test_gpu.py.
+the compiled checks share one module fixture and few graphs: the plain UNet, DeepCache's full
+and shallow step at branch 0, and T-GATE's gate step and halved steps. CUDA graphs are
+GPU-only: tests/test_gpu.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from accelopt import accelerators, execution
 from accelopt._types import Pipeline
-from accelopt.accelerators import DeepCacheConfig
+from accelopt.accelerators import DeepCacheConfig, TGateConfig
 from accelopt.cli import main
 from accelopt.errors import AccelOptError
 from accelopt.search import Space
@@ -35,22 +36,41 @@ def test_unknown_modes_and_devices_are_refused_with_the_choices() -> None:
     assert execution.check("compile", ["deepcache", "tome"], "cpu") == "compile"
 
 
-def test_tgate_is_refused_under_graph_modes_with_its_reason() -> None:
+@pytest.fixture
+def tome_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A declared refusal (none is declared today): ToMe under both graph modes."""
     for mode in ("compile", "cuda-graphs"):
-        with pytest.raises(AccelOptError, match="tgate cannot run under execution mode"):
-            execution.check(mode, ["deepcache", "tgate"])
-        assert execution.allowed(mode, ["deepcache", "tome", "tgate"]) == ("deepcache", "tome")
-    assert execution.allowed("eager", ["tgate"]) == ("tgate",)
+        monkeypatch.setitem(execution.REFUSED, (mode, "tome"), "a reason given here")
 
 
+@pytest.mark.usefixtures("tome_refused")
+def test_a_declared_refusal_names_its_reason() -> None:
+    for mode in ("compile", "cuda-graphs"):
+        with pytest.raises(
+            AccelOptError,
+            match=f"tome cannot run under execution mode {mode}: a reason given here; use "
+            "--execution eager",
+        ):
+            execution.check(mode, ["deepcache", "tome"])
+        assert execution.allowed(mode, ["deepcache", "tome", "tgate"]) == ("deepcache", "tgate")
+    assert execution.allowed("eager", ["tome"]) == ("tome",)
+
+
+def test_every_method_runs_under_every_mode() -> None:
+    assert execution.REFUSED == {}
+    for mode in execution.MODES:
+        assert execution.allowed(mode, accelerators.ORDER) == accelerators.ORDER
+
+
+@pytest.mark.usefixtures("tome_refused")
 def test_a_searched_space_leaves_out_what_the_mode_cannot_run() -> None:
     traits = accelerators.PipeTraits.of(tiny_pipeline("TinySD"))
     eager = Space.build(traits, 10, None, "eager")
     compiled = Space.build(traits, 10, None, "compile")
     assert {k.split(".")[0] for k in eager.params} == {"deepcache", "tome", "tgate"}
-    assert {k.split(".")[0] for k in compiled.params} == {"deepcache", "tome"}
-    with pytest.raises(AccelOptError, match="tgate cannot run under execution mode compile"):
-        Space.build(traits, 10, ("tgate",), "compile")
+    assert {k.split(".")[0] for k in compiled.params} == {"deepcache", "tgate"}
+    with pytest.raises(AccelOptError, match="tome cannot run under execution mode compile"):
+        Space.build(traits, 10, ("tome",), "compile")
 
 
 def test_modes_measured_at_a_study_start() -> None:
@@ -59,14 +79,15 @@ def test_modes_measured_at_a_study_start() -> None:
     assert execution.modes_to_measure("compile", "cpu") == ("eager", "compile")
 
 
+@pytest.mark.usefixtures("tome_refused")
 def test_cli_refuses_a_mode_the_machine_or_targets_cannot_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = f"sqlite:///{tmp_path}/s.db"
-    code = main(["run", "--study", "TinySD-DDIM-10-tgate", "--execution", "compile",
+    code = main(["run", "--study", "TinySD-DDIM-10-tome", "--execution", "compile",
                  "--storage", storage, "--quiet"])  # fmt: skip
     assert code == 2
-    assert "tgate cannot run under execution mode compile" in capsys.readouterr().err
+    assert "tome cannot run under execution mode compile" in capsys.readouterr().err
     code = main(["run", "--study", "TinySD-DDIM-10", "--execution", "cuda-graphs",
                  "--device", "cpu", "--storage", storage, "--quiet"])  # fmt: skip
     assert code == 2
@@ -141,5 +162,37 @@ def test_deepcache_compiles_once_per_structure_and_removes_exactly(
     off = {"deepcache": accelerators.get("deepcache").off(STEPS)}
     with accelerators.apply(pipe, off, steps=STEPS), execution.run(pipe, "compile"):
         np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
+    with execution.run(pipe, "compile"):
+        np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
+
+
+def test_tgate_compiles_once_per_structure_and_off_reproduces_the_baseline(
+    compiled: tuple[Pipeline, np.ndarray, np.ndarray],
+) -> None:
+    """Gate 2 of 4 steps: a guided step, the gate's step that keeps attention, and two halved
+    steps that reuse cross-attention: three graphs, made once, none for the off settings."""
+    pipe, _, baseline = compiled
+    config = {"tgate": TGateConfig(gate_step=2, sp_interval=2, fi_interval=1, warm_up=1)}
+    told: list[str] = []
+    with accelerators.apply(pipe, config, steps=STEPS):
+        eager = render(pipe, steps=STEPS)
+        before = _graphs()
+        with execution.run(pipe, "compile", told.append):
+            gated = render(pipe, steps=STEPS)
+            made = _graphs() - before
+            np.testing.assert_array_equal(render(pipe, steps=STEPS), gated)
+    assert float(np.abs(gated - eager).max()) < COMPILE_TOLERANCE
+    assert not np.array_equal(gated, baseline)
+    assert told == [
+        "tgate guided shallow compute compute",
+        "tgate guided shallow keep-mean keep-mean",
+        "tgate halved shallow reuse keep",
+    ]
+    assert made == 3
+    before = _graphs()
+    off = {"tgate": accelerators.get("tgate").off(STEPS)}
+    with accelerators.apply(pipe, off, steps=STEPS), execution.run(pipe, "compile"):
+        np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
+    assert _graphs() == before
     with execution.run(pipe, "compile"):
         np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)

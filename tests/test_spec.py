@@ -462,8 +462,11 @@ def test_study_spec_is_frozen_and_replace_copies(empty_cwd: Path) -> None:
 
 
 def test_execution_key_names_the_modes_and_refuses_what_a_mode_cannot_run(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from accelopt import execution
+
+    monkeypatch.setitem(execution.REFUSED, ("cuda-graphs", "tgate"), "declared for this test")
     assert load_spec("TinySD-DDIM-10").execution == "auto"
     bad = tmp_path / "TinySD-DDIM-10.toml"
     bad.write_text('execution = "graphs"\n')

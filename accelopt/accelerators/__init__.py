@@ -48,19 +48,19 @@ __all__ = [
 ACCELERATORS: dict[str, Accelerator[Any]] = {a.name: a for a in (DeepCache(), ToMe(), TGate())}
 
 Configs = Mapping[str, Any]
-Step = Callable[[Pipeline, Configs, PipeTraits], Patch]
+Step = Callable[[Pipeline, Configs, PipeTraits], Patch | tuple[Patch, ...]]
 
 
 def _single(name: str) -> Step:
     return lambda pipe, cfg, traits: ACCELERATORS[name].apply(pipe, cfg[name], traits)
 
 
-def _deepcache_tgate(pipe: Pipeline, cfg: Configs, traits: PipeTraits) -> Patch:
+def _deepcache_tgate(pipe: Pipeline, cfg: Configs, traits: PipeTraits) -> tuple[Patch, ...]:
     return apply_with_deepcache(pipe, cfg["tgate"], cfg["deepcache"], traits)
 
 
-# Every combination, declared: which upstream entry points apply it, in order. DeepCache with
-# T-GATE only works through tgate's combined loaders; ToMe goes first so DeepCache and T-GATE
+# Every combination, declared: what applies it, in order. With T-GATE, DeepCache follows the
+# gate (upstream's combined loaders restart it there); ToMe goes first so DeepCache and T-GATE
 # wrap the merged blocks.
 PLANS: dict[frozenset[str], tuple[Step, ...]] = {
     frozenset({"deepcache"}): (_single("deepcache"),),
@@ -134,30 +134,23 @@ class Accelerated:
     def _apply(self, traits: PipeTraits) -> None:
         try:
             for step in PLANS[frozenset(self.configs)]:
-                self._patches.append(step(self.pipe, self.configs, traits))
+                made = step(self.pipe, self.configs, traits)
+                self._patches.extend(made if isinstance(made, tuple) else (made,))
         except BaseException:
             self.remove()
             raise
-        entries = [p for p in self._patches if p.entry != "__call__"]
-        assert len(entries) <= 1, "two patches fork the pipeline call"
-        self._entry = entries[0] if entries else Patch()
 
     def structure(self) -> tuple[Hashable, ...]:
         """What the current denoiser call computes (each patch's ``structure``), for the
         execution modes: equal structures run the same compiled or captured graph."""
         return tuple(s for s in (p.structure() for p in self._patches) if s is not None)
 
-    def call_spec(self) -> tuple[str, dict[str, Any]]:
-        """The pipeline method a generation goes through and the arguments it adds."""
-        return self._entry.entry, dict(self._entry.call_kwargs)
-
     def __call__(self, **kwargs: Any) -> Any:
         if _ACTIVE.get(self.pipe) is not self:
             raise RuntimeError("these accelerators were removed from the pipeline")
         for patch in self._patches:
-            patch.reset()
-        method, extra = self.call_spec()
-        return getattr(self.pipe, method)(**kwargs, **extra)
+            patch.reset(kwargs)
+        return self.pipe(**kwargs)
 
     def remove(self) -> None:
         """Undo every patch (upstream's undo, then the snapshot) and check nothing is left."""

@@ -70,17 +70,15 @@ class PipeTraits:
 
 
 class Patch:
-    """What ``apply`` leaves on a pipeline: how to clear it between calls, call it, undo it.
+    """What ``apply`` leaves on a pipeline: how to clear it between calls and how to undo it.
 
-    ``entry`` names the pipeline method a generation must go through (``"__call__"`` unless the
-    method forks the call, as T-GATE does) and ``call_kwargs`` the arguments it adds.
+    Everything a method does per call happens in the denoiser's hooks; the pipeline's own call
+    stays, so the objective and generated scripts never special-case a method by name.
     """
 
-    entry: str = "__call__"
-    call_kwargs: Mapping[str, Any] = {}
-
-    def reset(self) -> None:
-        """Clear state an earlier generation left, so every call starts clean."""
+    def reset(self, call: Mapping[str, Any]) -> None:
+        """Before each generation, with its keyword arguments: clear what an earlier one left,
+        so every call starts clean (and read what this one asks, such as its guidance)."""
 
     def structure(self) -> Hashable:
         """What the next denoiser call computes, as far as that shapes a compiled graph.

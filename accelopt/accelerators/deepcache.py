@@ -23,7 +23,7 @@ verbatim; this module is its ``Accelerator`` interface.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -33,7 +33,7 @@ from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, R
 from accelopt.errors import AccelOptError
 from accelopt.portable.deepcache import Buffers, Schedule, cache_deep_features
 
-__all__ = ["DeepCache", "DeepCacheConfig"]
+__all__ = ["DeepCache", "DeepCacheConfig", "apply_driven"]
 
 
 @dataclass(frozen=True)
@@ -51,19 +51,20 @@ _BUFFERS: WeakKeyDictionary[Any, Buffers] = WeakKeyDictionary()
 
 
 class _DeepCachePatch(Patch):
-    def __init__(self, unet: Any, config: DeepCacheConfig) -> None:
+    def __init__(self, unet: Any, config: DeepCacheConfig, counted: bool = True) -> None:
         self.schedule = Schedule(config.cache_interval, config.cache_branch_id)
         buffers = _BUFFERS.setdefault(unet, Buffers())
-        self._hook = cache_deep_features(unet, self.schedule, buffers)
+        self._hook = cache_deep_features(unet, self.schedule, buffers, counted=counted)
 
-    def reset(self) -> None:
+    def reset(self, call: Mapping[str, Any]) -> None:
         self.schedule.reset()
 
     def structure(self) -> Hashable:
         return self.schedule.structure()
 
     def remove(self) -> None:
-        self._hook.remove()  # the snapshot puts the modules' own forwards back
+        if self._hook is not None:
+            self._hook.remove()  # the snapshot puts the modules' own forwards back
 
 
 class DeepCache(Accelerator[DeepCacheConfig]):
@@ -103,6 +104,11 @@ class DeepCache(Accelerator[DeepCacheConfig]):
 
     def apply(self, pipe: Pipeline, config: DeepCacheConfig, traits: PipeTraits) -> Patch:
         return _DeepCachePatch(pipe.unet, config)
+
+
+def apply_driven(pipe: Pipeline, config: DeepCacheConfig) -> _DeepCachePatch:
+    """DeepCache whose schedule another method advances (T-GATE's gate, when combined)."""
+    return _DeepCachePatch(pipe.unet, config, counted=False)
 
 
 def _max_branch(traits: PipeTraits) -> int:

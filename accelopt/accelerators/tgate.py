@@ -1,33 +1,40 @@
-"""T-GATE: cache cross-attention once it has converged, and drop classifier-free guidance after.
+"""T-GATE: keep cross-attention once it has converged, and drop classifier-free guidance after.
 
-Upstream T-GATE is a forked pipeline call, ``pipe.tgate(...)``, installed by a loader per pipeline
-family; with DeepCache it needs the combined loaders (a DeepCache helper beside a plain loader
-fails at the gate step). It never unpatches: attention modules keep a T-GATE ``forward`` and
-``cache`` tensors. ``reset`` clears both before each call; the snapshot removes them for good.
+accelopt's own implementation of upstream T-GATE's schedule (``accelopt.portable.tgate``, which
+generated scripts carry verbatim), so that it also runs compiled and graph-replayed. It computes
+what upstream's ``pipe.tgate(...)`` does, bit for bit, alone and with DeepCache
+(tests/test_accelerators.py checks this against the ``tgate`` package). It differs by design:
+
+- The pipeline's own call stays. Upstream forks one call per pipeline family and halves the
+  batch after the gate inside it; here the denoiser's hooks pass the unconditional half on and
+  return its prediction twice, so diffusers' guidance gives that prediction back exactly.
+- Kept attention lives in buffers this module owns, one set per denoiser, kept across
+  applications (a captured graph reads their addresses). Upstream leaves ``cache`` tensors and a
+  ``forward`` on every attention module and never unpatches.
+- Without guidance (``guidance_scale <= 1``) the gate keeps attention as it is: upstream averages
+  a batch's two halves there, which fails at one image and mixes two images otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
 from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference, in_range
 from accelopt.errors import AccelOptError
+from accelopt.portable.buffers import Buffers
+from accelopt.portable.tgate import Gate, gate_attention, is_guided
 
 if TYPE_CHECKING:
     from accelopt.accelerators.deepcache import DeepCacheConfig
 
-__all__ = ["LOADERS", "TGate", "TGateConfig", "apply_with_deepcache"]
+__all__ = ["TGate", "TGateConfig", "apply_with_deepcache"]
 
-# family -> (plain loader, loader with DeepCache); names in the tgate package.
-LOADERS: dict[str, tuple[str, str | None]] = {
-    "sd": ("TgateSDLoader", "TgateSDDeepCacheLoader"),
-    "sdxl": ("TgateSDXLLoader", "TgateSDXLDeepCacheLoader"),
-    "pixart-alpha": ("TgatePixArtAlphaLoader", None),
-    "pixart-sigma": ("TgatePixArtSigmaLoader", None),
-}
+FAMILIES = frozenset({"sd", "sdxl", "pixart-alpha", "pixart-sigma"})
 FIRST_GATE_STEP, LAST_GATE_STEP = 5, 19  # the seed system's range
 
 
@@ -43,42 +50,47 @@ class TGateConfig:
     warm_up: int = 2
 
 
+# One set of buffers per denoiser, shared by every application to it (see DeepCache's).
+_BUFFERS: WeakKeyDictionary[Any, Buffers] = WeakKeyDictionary()
+
+
 class _TGatePatch(Patch):
-    entry = "tgate"
-
-    def __init__(self, pipe: Pipeline, config: TGateConfig) -> None:
-        self.pipe = pipe
-        self.call_kwargs = {
-            "gate_step": config.gate_step,
-            "sp_interval": config.sp_interval,
-            "fi_interval": config.fi_interval,
-            "warm_up": config.warm_up,
-        }
-
-    def reset(self) -> None:
-        # Left over from the last call: its gated attention forwards and cached outputs.
+    def __init__(self, pipe: Pipeline, config: TGateConfig, deepcache: Any = None) -> None:
         from accelopt.pipelines import denoiser
 
-        for module in denoiser(self.pipe).modules():
-            if type(module).__name__ == "Attention":
-                vars(module).pop("cache", None)
-                vars(module).pop("forward", None)
+        net = denoiser(pipe)
+        self.gate = Gate(
+            config.gate_step,
+            config.sp_interval,
+            config.fi_interval,
+            config.warm_up,
+            scheduler=lambda: pipe.scheduler,
+            deepcache=deepcache,
+        )
+        try:
+            self._handles = gate_attention(net, self.gate, _BUFFERS.setdefault(net, Buffers()))
+        except ValueError as exc:
+            raise AccelOptError(f"tgate: {exc}") from None
+        self.net = net
+        default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
+        self.default_guidance = 1.0 if default is None else default.default
 
+    def reset(self, call: Mapping[str, Any]) -> None:
+        guidance = call.get("guidance_scale", self.default_guidance)
+        self.gate.reset(guided=is_guided(self.net, guidance))
 
-class _TGateDeepCachePatch(_TGatePatch):
-    def reset(self) -> None:
-        super().reset()
-        self.pipe.deepcache.disable()  # the combined loader's DeepCache helper keeps step state
-        self.pipe.deepcache.enable()
+    def structure(self) -> Hashable:
+        return self.gate.structure()
 
     def remove(self) -> None:
-        self.pipe.deepcache.disable()
+        for handle in self._handles:
+            handle.remove()  # the snapshot puts the attention modules' own forwards back
 
 
 class TGate(Accelerator[TGateConfig]):
     name = "tgate"
     config_cls = TGateConfig
-    families = frozenset(LOADERS)
+    families = FAMILIES
     aliases: ClassVar[Mapping[str, str]] = {"warmup": "warm_up"}  # the seed system's spelling
     references = (
         Reference(
@@ -113,7 +125,6 @@ class TGate(Accelerator[TGateConfig]):
         in_range(self.name, "warm_up", config.warm_up, 0, most)
 
     def apply(self, pipe: Pipeline, config: TGateConfig, traits: PipeTraits) -> Patch:
-        _loader(traits.family, with_deepcache=False)(pipe)
         return _TGatePatch(pipe, config)
 
 
@@ -122,20 +133,10 @@ def apply_with_deepcache(
     tgate_config: TGateConfig,
     deepcache_config: DeepCacheConfig,
     traits: PipeTraits,
-) -> Patch:
-    """Apply T-GATE and DeepCache together through tgate's combined loader (the one that works)."""
-    _loader(traits.family, with_deepcache=True)(
-        pipe,
-        cache_interval=deepcache_config.cache_interval,
-        cache_branch_id=deepcache_config.cache_branch_id,
-    )
-    return _TGateDeepCachePatch(pipe, tgate_config)
+) -> tuple[Patch, Patch]:
+    """T-GATE and DeepCache together: the gate drives DeepCache's schedule (upstream's combined
+    loaders restart DeepCache at the gate); returns both patches, DeepCache's first."""
+    from accelopt.accelerators.deepcache import apply_driven
 
-
-def _loader(family: str, with_deepcache: bool) -> Any:
-    import tgate
-
-    plain, combined = LOADERS[family]
-    name = combined if with_deepcache else plain
-    assert name is not None, f"no T-GATE + DeepCache loader for {family}"
-    return getattr(tgate, name)
+    deepcache = apply_driven(pipe, deepcache_config)
+    return deepcache, _TGatePatch(pipe, tgate_config, deepcache.schedule)

@@ -12,8 +12,10 @@ Module keys and the branch numbering are upstream's (``DeepCache.DeepCacheSDHelp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
+
+from accelopt.portable.buffers import Buffers
 
 Key = tuple[str, str, int, int]  # (down|mid|up, kind, block, layer), upstream's numbering
 
@@ -67,45 +69,6 @@ def skipped_modules(unet: Any, branch_id: int) -> list[tuple[Key, Any]]:
     ]
 
 
-class Buffers:
-    """Where full steps leave the features shallow steps reuse, at fixed addresses: one set per
-    (branch, module, input shapes), so a graph captured for one batch size never reads another's.
-    """
-
-    def __init__(self) -> None:
-        self.saved: dict[Hashable, Any] = {}
-
-    def store(self, key: Hashable, value: Any) -> Any:
-        """Copy ``value`` (a tensor or a tuple of them) into ``key``'s buffers; returns it."""
-        import torch
-
-        buffers = self.saved.get(key)
-        if buffers is None:
-            buffers = self.saved[key] = _map_tensors(torch.empty_like, value)
-        _copy_into(buffers, value)
-        return value
-
-    def load(self, key: Hashable) -> Any:
-        try:
-            return self.saved[key]
-        except KeyError:  # an invariant: a full call with these shapes always comes first
-            raise AssertionError(f"deepcache: no full step was cached for {key}") from None
-
-
-def _map_tensors(fn: Callable[[Any], Any], value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(_map_tensors(fn, v) for v in value)
-    return fn(value) if hasattr(value, "shape") else value
-
-
-def _copy_into(buffers: Any, value: Any) -> None:
-    if isinstance(value, tuple):
-        for b, v in zip(buffers, value, strict=True):
-            _copy_into(b, v)
-    elif hasattr(value, "shape"):
-        buffers.copy_(value)
-
-
 def _input_shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """What fixes a module's output shapes: the shapes and dtypes of its tensor inputs."""
     found: list[Any] = []
@@ -143,14 +106,17 @@ class Schedule:
         return ("deepcache", self.branch, "shallow" if self.shallow else "full")
 
 
-def cache_deep_features(unet: Any, schedule: Schedule, buffers: Buffers) -> Any:
+def cache_deep_features(
+    unet: Any, schedule: Schedule, buffers: Buffers, *, counted: bool = True
+) -> Any:
     """Make ``unet`` follow ``schedule``: wrap the modules a shallow step skips (on the
-    instances) and count calls. Returns the pre-hook's handle; the module forwards stay
-    wrapped until the caller puts them back."""
+    instances) and count calls in a forward pre-hook, whose handle it returns. The module
+    forwards stay wrapped until the caller puts them back. ``counted=False`` leaves calling
+    ``schedule.advance`` to the caller (T-GATE's schedule drives DeepCache's when combined)."""
     if schedule.interval > 1:  # interval 1 is every step in full: nothing to wrap
         for key, module in skipped_modules(unet, schedule.branch):
             _cache_outputs(module, key, schedule, buffers)
-    return unet.register_forward_pre_hook(schedule.advance)
+    return unet.register_forward_pre_hook(schedule.advance) if counted else None
 
 
 def _cache_outputs(module: Any, key: Key, schedule: Schedule, buffers: Buffers) -> None:
