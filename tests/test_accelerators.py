@@ -342,6 +342,25 @@ def test_search_space_is_cut_to_the_pipeline_and_steps(tiny: Callable[[str], Pip
         accelerators.search_space(PipeTraits.of(tiny("TinyPixArt")), 20, "deepcache")
 
 
+@pytest.mark.parametrize("name", ["TinySD", "TinySDXL"])
+def test_branch_ids_left_out_compute_the_images_of_the_one_before(
+    tiny: Callable[[str], Pipeline], name: str
+) -> None:
+    """One layer per block: ids 2, 5 and 8 shallow-step exactly as 1, 4 and 7 (their own
+    downsampler feeds only skipped blocks); every id kept computes images of its own."""
+    pipe = tiny(name)
+    set_scheduler(pipe, "DDIM")
+    traits = PipeTraits.of(pipe)
+    assert traits.branches == (0, 1, 3, 4, 6, 7)
+    images = []
+    for branch in range(3 * traits.down_blocks):
+        with accelerators.apply(pipe, {"deepcache": DeepCacheConfig(3, branch)}):
+            images.append(render(pipe, steps=STEPS))
+    for branch in range(1, len(images)):
+        same = np.array_equal(images[branch], images[branch - 1])
+        assert same == (branch not in traits.branches), branch
+
+
 @pytest.mark.parametrize(
     ("levels", "expected"),
     [((1, 2, 4, 8), (1, 2, 4)), ((2, 4), (2, 4)), ((4,), (4,)), ((8,), ())],

@@ -41,12 +41,16 @@ class PipeTraits:
     """What accelerators need to know about a pipeline, read from its config, never from a run.
 
     ``attention_downsamples``: the downsampling factors (1, 2, 4, ...) at which the UNet has
-    transformer blocks; ToMe's ``max_downsample`` only matters through them.
+    transformer blocks; ToMe's ``max_downsample`` only matters through them. ``branches``: the
+    DeepCache branch ids that skip distinct sets of modules, the first of each set (on a UNet
+    with one layer per block, ids 1 and 2 skip the same modules); empty when not read from a
+    UNet, and then every id counts.
     """
 
     family: str
     down_blocks: int = 0
     attention_downsamples: tuple[int, ...] = ()
+    branches: tuple[int, ...] = ()
 
     @property
     def has_unet(self) -> bool:
@@ -66,7 +70,28 @@ class PipeTraits:
         }
         if getattr(unet.mid_block, "attentions", None):
             levels.add(2 ** (len(unet.down_blocks) - 1))
-        return cls(family, len(unet.down_blocks), tuple(sorted(levels)))
+        return cls(family, len(unet.down_blocks), tuple(sorted(levels)), _branches(unet))
+
+
+def _branches(unet: Any) -> tuple[int, ...]:
+    """Branch ids whose shallow steps compute distinct things, the smallest id of each.
+
+    The downsampler of the branch's own down block feeds only skipped modules (the next down
+    block, and the up block below it), so it counts as skipped whether it runs or not: on a UNet
+    with one layer per block, branch 2 computes branch 1's images plus that dead downsampler.
+    """
+    from accelopt.portable.deepcache import skipped_modules
+
+    seen: dict[frozenset[Any], int] = {}
+    for branch in range(3 * len(unet.down_blocks)):
+        block = branch // 3
+        skipped = {key for key, _ in skipped_modules(unet, branch)}
+        skipped |= {
+            ("down", "downsampler", block, len(unet.down_blocks[block].resnets))
+            for _ in unet.down_blocks[block].downsamplers or ()
+        }
+        seen.setdefault(frozenset(skipped), branch)
+    return tuple(sorted(seen.values()))
 
 
 class Patch:

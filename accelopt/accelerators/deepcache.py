@@ -85,6 +85,8 @@ class DeepCache(Accelerator[DeepCacheConfig]):
         return {
             "cache_interval": Param(tuple(range(2, min(5, steps) + 1))),
             # Ids past 3 x down blocks - 1 raise nothing upstream and cache only the mid block.
+            # Ids that compute another's images stay (stored studies keep their integer
+            # distributions): a study skips them as the same schedule (accelopt.schedules).
             "cache_branch_id": Param(tuple(range(min(3, _max_branch(traits)) + 1))),
         }
 
