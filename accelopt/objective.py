@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 import torch
 
-from accelopt import accelerators, execution
+from accelopt import accelerators, execution, schedules
 from accelopt._types import Pipeline
 from accelopt.metrics import ClipScorer, loss_bound
 from accelopt.prompts import load_prompts
@@ -158,6 +158,8 @@ class Objective:
         # The plain pipeline's seconds per image under each execution mode measured at the
         # study's start: speedups are against the fastest of them, and eager's is shown too.
         self.mode_baselines = dict(mode_baselines or {})
+        self._calls: schedules.Calls | None = None  # the scheduler's calls, read once
+        self._branches: tuple[int, ...] = ()
 
     def measure_baseline(self) -> Measurement:
         """Measure the plain pipeline; its time joins the baseline timings."""
@@ -202,8 +204,10 @@ class Objective:
             for t in trial.study.get_trials(deepcopy=False, states=finished)
             if t.state == optuna.trial.TrialState.COMPLETE or "stopped_early" in t.user_attrs
         ]
+        computes = self.schedule_of(configs)
+        trial.set_user_attr("schedule", computes)
         # A less aggressive configuration may lose less: on a frontier it counts.
-        found = dominating_trial(configs, done, dominance=not self.pareto)
+        found = dominating_trial(configs, done, dominance=not self.pareto, schedule=computes)
         if found is not None:
             trial.set_user_attr("skipped", found[1])
             raise optuna.TrialPruned(found[1])
@@ -222,6 +226,19 @@ class Objective:
         if m.stopped:  # its numbers and its cost are recorded; it cannot be the answer
             raise optuna.TrialPruned(m.stopped)
         return (speedup, loss) if self.pareto else speedup
+
+    def schedule_of(self, configs: dict[str, dict[str, Any]]) -> str:
+        """The digest of what ``configs`` computes at every UNet call (``accelopt.schedules``):
+        equal digests are equal images, so the second is never measured."""
+        spec = self.bench.spec
+        if self._calls is None:
+            self._calls = schedules.Calls.of(self.bench.pipe.scheduler, spec.steps)
+            self._branches = accelerators.PipeTraits.of(self.bench.pipe).branches
+        built = {name: accelerators.get(name).config(knobs) for name, knobs in configs.items()}
+        steps = schedules.schedule(
+            built, self._calls, guided=spec.guidance > 1, branches=self._branches
+        )
+        return schedules.digest(steps)
 
     def over_budget(self, scores: list[float]) -> str | None:
         """Why to stop a trial now: its score loss is over the budget with the spec's confidence,

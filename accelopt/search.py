@@ -128,20 +128,26 @@ def dominating_trial(
     done: Iterable[optuna.trial.FrozenTrial],
     *,
     dominance: bool = True,
+    schedule: str | None = None,
 ) -> tuple[optuna.trial.FrozenTrial, str] | None:
     """A finished trial that makes running ``configs`` pointless, and why; None if there is none.
 
-    Identical configurations are never run twice. A configuration whose every knob is at most as
-    aggressive as a feasible trial's (same accelerators) cannot be faster than it, so it cannot
-    beat the best feasible trial: the seed system skipped those, and so do we, unless
-    ``dominance`` is False (a pareto study: the slower configuration may lose less).
+    Identical configurations are never run twice, nor are configurations that compute the same
+    thing at every UNet call (equal ``schedule`` digests, ``accelopt.schedules``: T-GATE's
+    intervals are step moduli, so different values often keep at the same steps). A
+    configuration whose every knob is at most as aggressive as a feasible trial's (same
+    accelerators) cannot be faster than it, so it cannot beat the best feasible trial: the seed
+    system skipped those, and so do we, unless ``dominance`` is False (a pareto study: the
+    slower configuration may lose less).
     """
     for t in done:
         other = t.user_attrs.get("accelerators")
-        if other is None or set(other) != set(configs):
-            continue
         if other == configs:
             return t, f"same configuration as trial {t.number}"
+        if schedule is not None and t.user_attrs.get("schedule") == schedule:
+            return t, f"computes what trial {t.number} computed at every step (same schedule)"
+        if other is None or set(other) != set(configs):
+            continue
         if not dominance or not t.user_attrs.get("feasible"):
             continue
         slower = all(

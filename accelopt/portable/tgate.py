@@ -83,6 +83,14 @@ class Gate:
 
     def advance(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Before each denoiser call (a forward pre-hook with kwargs)."""
+        self.decide()
+        if not self.halved:
+            return None
+        return _halve((args, kwargs), _batch(args, kwargs))
+
+    def decide(self) -> None:
+        """What the next call computes: every per-call choice, and nothing else (this alone
+        gives a configuration's schedule, ``accelopt.schedules``)."""
         gate_step = self.config[0]
         if self.calls == 0:
             scheduler = self.scheduler()
@@ -105,9 +113,6 @@ class Gate:
         if self.deepcache is not None:
             self.current[DEEP] = self._settle(DEEP, deep_runs)
         self.halved = self.guided and step >= gate_step
-        if not self.halved:
-            return None
-        return _halve((args, kwargs), _batch(args, kwargs))
 
     def _settle(self, group: str, runs: bool = True) -> tuple[str, ...] | None:
         """``group``'s modes now: a reuse with nothing kept computes; None where it won't run."""
