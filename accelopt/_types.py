@@ -7,6 +7,5 @@ from typing import Any, TypeAlias
 __all__ = ["Pipeline"]
 
 # A diffusers pipeline. Typed loosely on purpose: components are dynamic attributes (unet or
-# transformer, tokenizer_2, ...) and upstream loaders add more (T-GATE's ``tgate``), which the
-# static DiffusionPipeline type does not know.
+# transformer, tokenizer_2, ...), which the static DiffusionPipeline type does not know.
 Pipeline: TypeAlias = Any

@@ -117,8 +117,9 @@ def _check_applicable(traits: PipeTraits, names: tuple[str, ...]) -> tuple[str, 
 class Accelerated:
     """A pipeline with accelerators applied. Call it like the pipeline; ``remove`` undoes all.
 
-    Every call first clears what the previous call left (DeepCache's step counter, T-GATE's
-    caches), so the n-th call gives the same images as the first.
+    Every call first clears what the previous call left (DeepCache's and T-GATE's step counts,
+    what T-GATE has kept in this generation), so the n-th call gives the same images as the
+    first.
     """
 
     def __init__(self, pipe: Pipeline, configs: Mapping[str, Any]) -> None:
