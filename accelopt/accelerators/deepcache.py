@@ -38,8 +38,10 @@ __all__ = ["DeepCache", "DeepCacheConfig", "apply_driven"]
 
 @dataclass(frozen=True)
 class DeepCacheConfig:
-    """``cache_interval``: full UNet every N steps (1 = off); ``cache_branch_id``: where the
-    shallow branch ends, packed as 3 x down block + layer (0 = shallowest, fastest)."""
+    """``cache_interval``: full UNet every N UNet calls (1 = off), counted from the first; with
+    T-GATE the count restarts at the gate's two steps, which both run in full (as upstream's
+    combined loaders do). ``cache_branch_id``: where the shallow branch ends, packed as
+    3 x down block + layer (0 = shallowest, fastest)."""
 
     cache_interval: int = 3
     cache_branch_id: int = 0
