@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -204,10 +204,16 @@ class Objective:
             for t in trial.study.get_trials(deepcopy=False, states=finished)
             if t.state == optuna.trial.TrialState.COMPLETE or "stopped_early" in t.user_attrs
         ]
-        computes = self.schedule_of(configs)
+        computes = schedules.digest(self.schedule_of(configs))
         trial.set_user_attr("schedule", computes)
         # A less aggressive configuration may lose less: on a frontier it counts.
-        found = dominating_trial(configs, done, dominance=not self.pareto, schedule=computes)
+        found = dominating_trial(
+            configs,
+            done,
+            dominance=not self.pareto,
+            schedule=computes,
+            schedule_of=self.schedule_of,
+        )
         if found is not None:
             trial.set_user_attr("skipped", found[1])
             raise optuna.TrialPruned(found[1])
@@ -227,18 +233,17 @@ class Objective:
             raise optuna.TrialPruned(m.stopped)
         return (speedup, loss) if self.pareto else speedup
 
-    def schedule_of(self, configs: dict[str, dict[str, Any]]) -> str:
-        """The digest of what ``configs`` computes at every UNet call (``accelopt.schedules``):
-        equal digests are equal images, so the second is never measured."""
+    def schedule_of(self, configs: Mapping[str, Mapping[str, Any]]) -> tuple[Any, ...]:
+        """What ``configs`` computes at every UNet call (``accelopt.schedules``): equal
+        schedules are equal images, so the second is never measured."""
         spec = self.bench.spec
         if self._calls is None:
             self._calls = schedules.Calls.of(self.bench.pipe.scheduler, spec.steps)
             self._branches = accelerators.PipeTraits.of(self.bench.pipe).branches
         built = {name: accelerators.get(name).config(knobs) for name, knobs in configs.items()}
-        steps = schedules.schedule(
+        return schedules.schedule(
             built, self._calls, guided=spec.guidance > 1, branches=self._branches
         )
-        return schedules.digest(steps)
 
     def over_budget(self, scores: list[float]) -> str | None:
         """Why to stop a trial now: its score loss is over the budget with the spec's confidence,

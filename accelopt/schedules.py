@@ -23,7 +23,7 @@ from typing import Any
 from accelopt.portable.deepcache import Schedule
 from accelopt.portable.tgate import Gate
 
-__all__ = ["Calls", "digest", "schedule"]
+__all__ = ["Calls", "digest", "does_at_least", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,59 @@ def schedule(
 def digest(steps: tuple[Hashable, ...]) -> str:
     """A short stable name for a schedule, to compare trials by (stored as a user attribute)."""
     return hashlib.sha256(repr(steps).encode("utf-8")).hexdigest()[:16]
+
+
+def does_at_least(mine: tuple[Hashable, ...], theirs: tuple[Hashable, ...]) -> bool:
+    """Whether ``mine`` computes at least what ``theirs`` does, so it cannot be faster: its
+    calls can be paired one to one with theirs so that each covers its partner (a full step
+    covers every shallow one and a shallow step at a deeper branch a shallower one's; fewer
+    merged tokens cover more; a guided batch covers a halved one; attention that computes covers
+    attention that reuses). Pairing, not position: DeepCache interval 2 does at least interval
+    3's work though at call 3 it is the shallow one."""
+    if len(mine) != len(theirs):
+        return False
+    covering: dict[int, int] = {}  # my call -> the call of theirs it is paired with
+
+    def pair(j: int, tried: set[int]) -> bool:  # Kuhn's augmenting path
+        for i, call in enumerate(mine):
+            if i not in tried and _covers(call, theirs[j]):
+                tried.add(i)
+                if i not in covering or pair(covering[i], tried):
+                    covering[i] = j
+                    return True
+        return False
+
+    return all(pair(j, set()) for j in range(len(theirs)))
+
+
+def _covers(mine: Any, theirs: Any) -> bool:
+    ours, other = _parts(mine), _parts(theirs)
+    if ours.keys() != other.keys():
+        return False
+    for kind, a in ours.items():
+        b = other[kind]
+        if kind == "deepcache" and _depth(a) < _depth(b):
+            return False
+        if kind == "tome" and (a[1] > b[1] or a[2] > b[2]):  # larger ratio, deeper: less work
+            return False
+        if kind == "tgate" and not _computes(a) >= _computes(b):
+            return False
+    return True
+
+
+def _parts(call: Any) -> dict[str, Any]:
+    return {part[0]: part for part in call}
+
+
+def _depth(part: Any) -> float:
+    """How much of the UNet a DeepCache call runs: its branch, or everything when full."""
+    return float("inf") if part[-1] == "full" else float(part[1])
+
+
+def _computes(part: Any) -> set[tuple[str, int]]:
+    """What a T-GATE call computes: the guided half, and each group's attention that runs."""
+    done: set[tuple[str, int]] = {("guided", 0)} if part[1] == "guided" else set()
+    for group_modes in part[2:]:
+        group, *modes = group_modes.split()
+        done |= {(group, i) for i, mode in enumerate(modes) if mode != "reuse"}
+    return done

@@ -8,7 +8,7 @@ accelerator whose main knob is off is not applied at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -129,6 +129,7 @@ def dominating_trial(
     *,
     dominance: bool = True,
     schedule: str | None = None,
+    schedule_of: Callable[[Mapping[str, Mapping[str, Any]]], tuple[Any, ...]] | None = None,
 ) -> tuple[optuna.trial.FrozenTrial, str] | None:
     """A finished trial that makes running ``configs`` pointless, and why; None if there is none.
 
@@ -138,8 +139,13 @@ def dominating_trial(
     configuration whose every knob is at most as aggressive as a feasible trial's (same
     accelerators) cannot be faster than it, so it cannot beat the best feasible trial: the seed
     system skipped those, and so do we, unless ``dominance`` is False (a pareto study: the
-    slower configuration may lose less).
+    slower configuration may lose less). With ``schedule_of`` (configs -> schedule), what is
+    compared is work, not knob order: a configuration that computes at least what a feasible
+    trial computes at every call is skipped (``schedules.does_at_least``).
     """
+    from accelopt.schedules import does_at_least
+
+    mine = schedule_of(configs) if schedule_of is not None else None
     for t in done:
         other = t.user_attrs.get("accelerators")
         if other == configs:
@@ -149,6 +155,13 @@ def dominating_trial(
         if other is None or set(other) != set(configs):
             continue
         if not dominance or not t.user_attrs.get("feasible"):
+            continue
+        if mine is not None and schedule_of is not None:
+            if does_at_least(mine, schedule_of(other)):
+                return t, (
+                    f"cannot beat feasible trial {t.number} "
+                    f"({t.user_attrs.get('speedup', 0):.2f}x): computes all it computes"
+                )
             continue
         slower = all(
             FASTER[f"{name}.{knob}"] * (value - other[name][knob]) <= 0

@@ -18,7 +18,7 @@ from accelopt._types import Pipeline
 from accelopt.accelerators import DeepCacheConfig, TGateConfig, ToMeConfig
 from accelopt.portable.deepcache import skipped_modules
 from accelopt.schedulers import SCHEDULERS, set_scheduler
-from accelopt.schedules import Calls, digest, schedule
+from accelopt.schedules import Calls, digest, does_at_least, schedule
 from accelopt.testing import render
 
 STEPS = 8
@@ -162,3 +162,41 @@ def test_same_schedule_is_skipped_as_identical() -> None:
     assert found is not None
     assert found[1] == "computes what trial 4 computed at every step (same schedule)"
     assert dominating_trial(mine, [done], schedule="abd") is None
+
+
+CALLS = Calls(tuple(float(t) for t in range(999, 0, -100)), 1, 10)  # 10 calls, DDIM-like
+
+
+def _tgate(gate: int, sp: int, fi: int = 1, warm_up: int = 1) -> dict[str, Any]:
+    return {"tgate": TGateConfig(gate, sp, fi, warm_up)}
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "expected"),
+    [
+        # DeepCache: interval 2 runs 5 full calls to 3's 4; a deeper branch runs more modules.
+        ({"deepcache": DeepCacheConfig(2, 0)}, {"deepcache": DeepCacheConfig(3, 0)}, True),
+        ({"deepcache": DeepCacheConfig(3, 0)}, {"deepcache": DeepCacheConfig(2, 0)}, False),
+        ({"deepcache": DeepCacheConfig(3, 2)}, {"deepcache": DeepCacheConfig(3, 1)}, True),
+        ({"deepcache": DeepCacheConfig(2, 0)}, {"deepcache": DeepCacheConfig(3, 1)}, False),
+        # ToMe: a smaller ratio merges fewer tokens.
+        ({"tome": ToMeConfig(0.3, 1)}, {"tome": ToMeConfig(0.5, 1)}, True),
+        ({"tome": ToMeConfig(0.5, 1)}, {"tome": ToMeConfig(0.3, 2)}, False),
+        # T-GATE: a later gate computes cross-attention and guidance at more steps; with
+        # fi_interval 1, though, the earlier gate recomputes self-attention at its extra halved
+        # steps, which the later one's guided steps do not: neither covers the other then.
+        (_tgate(8, 9, fi=5), _tgate(6, 9, fi=5), True),
+        (_tgate(6, 9, fi=5), _tgate(8, 9, fi=5), False),
+        (_tgate(8, 9, fi=1), _tgate(6, 9, fi=1), False),
+        # sp_interval is a step modulus: 3 keeps at steps 3 and 6, 4 at step 4 only, so 3 does
+        # more; 4 and 5 keep once each, at different steps: neither covers the other.
+        (_tgate(8, 3), _tgate(8, 4), True),
+        (_tgate(8, 4), _tgate(8, 5), True),
+        (_tgate(8, 5), _tgate(8, 4), True),
+        (_tgate(8, 4), _tgate(8, 3), False),
+    ],
+)
+def test_does_at_least_compares_work_not_knob_order(
+    mine: dict[str, Any], theirs: dict[str, Any], expected: bool
+) -> None:
+    assert does_at_least(schedule(mine, CALLS), schedule(theirs, CALLS)) is expected
