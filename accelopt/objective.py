@@ -10,6 +10,7 @@ shortcuts are off: no dominance skip, no early stop.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -160,6 +161,7 @@ class Objective:
         self.mode_baselines = dict(mode_baselines or {})
         self._calls: schedules.Calls | None = None  # the scheduler's calls, read once
         self._branches: tuple[int, ...] = ()
+        self._schedules: dict[str, tuple[Any, ...]] = {}
 
     def measure_baseline(self) -> Measurement:
         """Measure the plain pipeline; its time joins the baseline timings."""
@@ -204,15 +206,10 @@ class Objective:
             for t in trial.study.get_trials(deepcopy=False, states=finished)
             if t.state == optuna.trial.TrialState.COMPLETE or "stopped_early" in t.user_attrs
         ]
-        computes = schedules.digest(self.schedule_of(configs))
-        trial.set_user_attr("schedule", computes)
+        trial.set_user_attr("schedule", schedules.digest(self.schedule_of(configs)))
         # A less aggressive configuration may lose less: on a frontier it counts.
         found = dominating_trial(
-            configs,
-            done,
-            dominance=not self.pareto,
-            schedule=computes,
-            schedule_of=self.schedule_of,
+            configs, done, dominance=not self.pareto, schedule_of=self.schedule_of
         )
         if found is not None:
             trial.set_user_attr("skipped", found[1])
@@ -235,15 +232,19 @@ class Objective:
 
     def schedule_of(self, configs: Mapping[str, Mapping[str, Any]]) -> tuple[Any, ...]:
         """What ``configs`` computes at every UNet call (``accelopt.schedules``): equal
-        schedules are equal images, so the second is never measured."""
-        spec = self.bench.spec
-        if self._calls is None:
-            self._calls = schedules.Calls.of(self.bench.pipe.scheduler, spec.steps)
-            self._branches = accelerators.PipeTraits.of(self.bench.pipe).branches
-        built = {name: accelerators.get(name).config(knobs) for name, knobs in configs.items()}
-        return schedules.schedule(
-            built, self._calls, guided=spec.guidance > 1, branches=self._branches
-        )
+        schedules are equal images, so the second is never measured. Kept per configuration:
+        each trial compares itself with every finished one."""
+        key = json.dumps(configs, sort_keys=True)
+        if key not in self._schedules:
+            spec = self.bench.spec
+            if self._calls is None:
+                self._calls = schedules.Calls.of(self.bench.pipe.scheduler, spec.steps)
+                self._branches = accelerators.PipeTraits.of(self.bench.pipe).branches
+            built = {n: accelerators.get(n).config(knobs) for n, knobs in configs.items()}
+            self._schedules[key] = schedules.schedule(
+                built, self._calls, guided=spec.guidance > 1, branches=self._branches
+            )
+        return self._schedules[key]
 
     def over_budget(self, scores: list[float]) -> str | None:
         """Why to stop a trial now: its score loss is over the budget with the spec's confidence,

@@ -128,49 +128,46 @@ def dominating_trial(
     done: Iterable[optuna.trial.FrozenTrial],
     *,
     dominance: bool = True,
-    schedule: str | None = None,
     schedule_of: Callable[[Mapping[str, Mapping[str, Any]]], tuple[Any, ...]] | None = None,
 ) -> tuple[optuna.trial.FrozenTrial, str] | None:
     """A finished trial that makes running ``configs`` pointless, and why; None if there is none.
 
-    Identical configurations are never run twice, nor are configurations that compute the same
-    thing at every UNet call (equal ``schedule`` digests, ``accelopt.schedules``: T-GATE's
-    intervals are step moduli, so different values often keep at the same steps). A
-    configuration whose every knob is at most as aggressive as a feasible trial's (same
-    accelerators) cannot be faster than it, so it cannot beat the best feasible trial: the seed
-    system skipped those, and so do we, unless ``dominance`` is False (a pareto study: the
-    slower configuration may lose less). With ``schedule_of`` (configs -> schedule), what is
-    compared is work, not knob order: a configuration that computes at least what a feasible
-    trial computes at every call is skipped (``schedules.does_at_least``).
+    Identical configurations are never run twice, nor, with ``schedule_of`` (configs ->
+    schedule, ``accelopt.schedules``), configurations that compute the same thing at every UNet
+    call (T-GATE's intervals are step moduli, so different values often keep at the same steps).
+    A configuration that cannot be faster than a feasible trial (same accelerators) cannot beat
+    the best feasible trial: the seed system skipped those, and so do we, unless ``dominance``
+    is False (a pareto study: the slower configuration may lose less). With ``schedule_of``
+    that is one computing at least what the trial computes (``schedules.does_at_least``: work);
+    without, one whose every knob is at most as aggressive (knob order).
     """
     from accelopt.schedules import does_at_least
 
     mine = schedule_of(configs) if schedule_of is not None else None
     for t in done:
         other = t.user_attrs.get("accelerators")
+        if other is None:
+            continue
         if other == configs:
             return t, f"same configuration as trial {t.number}"
-        if schedule is not None and t.user_attrs.get("schedule") == schedule:
+        theirs = schedule_of(other) if schedule_of is not None else None
+        if mine is not None and theirs == mine:
             return t, f"computes what trial {t.number} computed at every step (same schedule)"
-        if other is None or set(other) != set(configs):
+        if set(other) != set(configs) or not dominance or not t.user_attrs.get("feasible"):
             continue
-        if not dominance or not t.user_attrs.get("feasible"):
-            continue
-        if mine is not None and schedule_of is not None:
-            if does_at_least(mine, schedule_of(other)):
-                return t, (
-                    f"cannot beat feasible trial {t.number} "
-                    f"({t.user_attrs.get('speedup', 0):.2f}x): computes all it computes"
-                )
-            continue
-        slower = all(
-            FASTER[f"{name}.{knob}"] * (value - other[name][knob]) <= 0
-            for name, knobs in configs.items()
-            for knob, value in knobs.items()
-        )
+        if mine is not None and theirs is not None:
+            slower = does_at_least(mine, theirs)
+            why = "computes all it computes"
+        else:
+            slower = all(
+                FASTER[f"{name}.{knob}"] * (value - other[name][knob]) <= 0
+                for name, knobs in configs.items()
+                for knob, value in knobs.items()
+            )
+            why = "no knob more aggressive"
         if slower:
             return t, (
                 f"cannot beat feasible trial {t.number} "
-                f"({t.user_attrs.get('speedup', 0):.2f}x): no knob more aggressive"
+                f"({t.user_attrs.get('speedup', 0):.2f}x): {why}"
             )
     return None

@@ -158,10 +158,10 @@ def test_same_schedule_is_skipped_as_identical() -> None:
     )
     done.number = 4
     mine = {"tgate": {"gate_step": 7, "sp_interval": 7}}
-    found = dominating_trial(mine, [done], schedule="abc")
+    found = dominating_trial(mine, [done], schedule_of=lambda configs: ("abc",))
     assert found is not None
     assert found[1] == "computes what trial 4 computed at every step (same schedule)"
-    assert dominating_trial(mine, [done], schedule="abd") is None
+    assert dominating_trial(mine, [done], schedule_of=lambda configs: (repr(configs),)) is None
 
 
 CALLS = Calls(tuple(float(t) for t in range(999, 0, -100)), 1, 10)  # 10 calls, DDIM-like

@@ -42,9 +42,9 @@ class PipeTraits:
 
     ``attention_downsamples``: the downsampling factors (1, 2, 4, ...) at which the UNet has
     transformer blocks; ToMe's ``max_downsample`` only matters through them. ``branches``: the
-    DeepCache branch ids that skip distinct sets of modules, the first of each set (on a UNet
-    with one layer per block, ids 1 and 2 skip the same modules); empty when not read from a
-    UNet, and then every id counts.
+    DeepCache branch ids whose shallow steps compute distinct images, the smallest of each (on
+    a UNet with one layer per block, id 2 computes id 1's); empty when not read from a UNet,
+    and then every id counts.
     """
 
     family: str

@@ -31,7 +31,8 @@ from weakref import WeakKeyDictionary
 from accelopt._types import Pipeline
 from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference, in_range
 from accelopt.errors import AccelOptError
-from accelopt.portable.deepcache import Buffers, Schedule, cache_deep_features
+from accelopt.portable.buffers import Buffers
+from accelopt.portable.deepcache import Schedule, cache_deep_features
 
 __all__ = ["DeepCache", "DeepCacheConfig", "apply_driven"]
 
