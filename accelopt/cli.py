@@ -46,6 +46,9 @@ def _accelerators(args: argparse.Namespace) -> int:
             print(f"{name:10} for {families}")
             for ref in accel.references:
                 print(f"{'':10} {ref.title}\n{'':10} {ref.paper}  {ref.code}")
+            print(f"{'':10} steps count: {accel.counts}")
+            for scheduler, why in accel.refused_schedulers.items():
+                print(f"{'':10} refuses {scheduler}: {why}")
         print("\nCombinations: " + ", ".join("+".join(sorted(p)) for p in accelerators.PLANS))
         return 0
 
@@ -379,8 +382,8 @@ def _write_export(study, args, requirement) -> None:
         write_entries(path, entries)
     for key, entry in entries.items():
         if key in left_out:
-            print(f"left out {key}: the seed layout has no slot for a time requirement",
-                  file=sys.stderr)  # fmt: skip
+            print(f"left out {key}: the seed layout has no slot for a time requirement or a "
+                  f"random ToMe partition", file=sys.stderr)  # fmt: skip
             continue
         points = f" (a frontier of {len(entry['frontier'])})" if "frontier" in entry else ""
         print(f"exported {key}{points} -> {path} ({layout} layout)", file=sys.stderr)

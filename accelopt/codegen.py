@@ -629,7 +629,7 @@ class Accelerated:
             import tomesd
 
             tomesd.apply_patch(pipe, ratio=TOME["ratio"], max_downsample=TOME["max_downsample"],
-                               use_rand=False)
+                               use_rand=TOME.get("use_rand", False))
         if DEEPCACHE is not None:
             self.schedule = Schedule(DEEPCACHE["cache_interval"], DEEPCACHE["cache_branch_id"])
             cache_deep_features(pipe.unet, self.schedule, Buffers(), counted=TGATE is None)
@@ -647,6 +647,8 @@ class Accelerated:
         info = getattr(getattr(self.pipe, "unet", None), "_tome_info", None)
         if info is not None:
             out["tome"] = {k: info["args"][k] for k in ("ratio", "max_downsample", "use_rand")}
+            if info["args"]["use_rand"]:
+                out["tome"]["seed"] = TOME.get("seed", 0)
         if self.gate is not None:
             out["tgate"] = dict(zip(("gate_step", "sp_interval", "fi_interval", "warm_up"),
                                     self.gate.config))
@@ -657,7 +659,12 @@ class Accelerated:
         return tuple(s.structure() for s in (self.schedule, self.gate) if s is not None)
 
     def __call__(self, **kwargs):
-        # Every call starts clean: DeepCache and T-GATE count the calls of one generation.
+        # Every call starts clean: DeepCache and T-GATE count the calls of one generation, and
+        # ToMe's random partition draws from a generator seeded anew.
+        if TOME is not None and TOME.get("use_rand", False):
+            device = next(self.pipe.unet.parameters()).device
+            generator = torch.Generator(device).manual_seed(TOME.get("seed", 0))
+            self.pipe.unet._tome_info["args"]["generator"] = generator
         if self.schedule is not None:
             self.schedule.reset()
         if self.gate is not None:

@@ -16,14 +16,15 @@ e.g. DeepCache's full step, or its shallow step at branch 2) and input shapes, a
 denoiser across applications, so trials that differ only in a schedule (DeepCache's interval)
 never compile again. Per-call logic (which step is full) runs in forward pre-hooks, in Python,
 outside every graph: that is the contract an accelerator keeps to run here. Those that cannot
-are refused by name with the reason (``REFUSED``), never run eagerly behind the user's back.
+are refused by name with the reason (``REFUSED``), never run eagerly behind the user's back;
+so are single knob values a mode cannot run (``REFUSED_VALUES``), which the search leaves out.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +39,11 @@ from accelopt.portable.graphs import Graph, Replayer, signature
 __all__ = [
     "MODES",
     "REFUSED",
+    "REFUSED_VALUES",
     "Compiled",
     "allowed",
     "check",
+    "check_values",
     "compile_stats",
     "modes_to_measure",
     "run",
@@ -54,6 +57,16 @@ GRAPH_MODES = ("compile", "cuda-graphs")
 # and T-GATE keep their caches in owned buffers and decide per call in hooks, and ToMe's merge
 # is one static shape per ratio. A method that cannot keep that contract is declared here.
 REFUSED: dict[tuple[str, str], str] = {}
+
+# (mode, "accelerator.knob", value) -> why that value cannot run under that mode.
+REFUSED_VALUES: dict[tuple[str, str, Any], str] = {
+    (mode, "tome.use_rand", True): (
+        "tomesd draws the random partition with a torch.Generator, which dynamo cannot put in a "
+        "graph (a graph break in every merged block, and repeated calls differed, on TinySD "
+        "2026-12-03); use tome.use_rand=false"
+    )
+    for mode in GRAPH_MODES
+}
 
 # Dynamo keeps one compiled graph per structure and shape under the same code objects (the
 # UNet's forward, each block's): a study needs more of them than the default limit of 8.
@@ -93,6 +106,17 @@ def modes_to_measure(requested: str, device: str) -> tuple[str, ...]:
 def allowed(mode: str, names: Iterable[str]) -> tuple[str, ...]:
     """The accelerators among ``names`` that can run under ``mode``."""
     return tuple(n for n in names if (mode, n) not in REFUSED)
+
+
+def check_values(mode: str, configs: Mapping[str, Any]) -> None:
+    """Refuse a knob value ``mode`` cannot run (``configs``: accelerator -> config object)."""
+    for name, config in configs.items():
+        for knob, value in vars(config).items():
+            why = REFUSED_VALUES.get((mode, f"{name}.{knob}", value))
+            if why:
+                raise AccelOptError(
+                    f"{name}.{knob}={value!r} cannot run under execution mode {mode}: {why}"
+                )
 
 
 def use_cache_dir(folder: Path) -> Path:
@@ -146,6 +170,7 @@ def run(
 
     acc = accelerators.active(pipe)
     check(mode, acc.names if acc is not None else ())
+    check_values(mode, acc.configs if acc is not None else {})
     if not inductor and mode != "cuda-graphs":
         raise AccelOptError(f"inductor=False picks the kernels cuda-graphs captures, not {mode}'s")
     net = denoiser(pipe)

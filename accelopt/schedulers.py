@@ -26,7 +26,7 @@ SCHEDULERS: tuple[SchedulerInfo, ...] = (
     SchedulerInfo(
         "DPM-Solver++",
         "DPMSolverMultistepScheduler",
-        # Karras sigmas give duplicate timesteps, which DeepCache's step lookup cannot handle.
+        # Karras sigmas are another schedule (and repeat timesteps): offered by none of ours.
         {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
         aliases=("DPM++", "DPMSolverMultistepScheduler", "DPMSolver++"),
     ),

@@ -2,9 +2,10 @@
 
 A configuration's *schedule* is the sequence of its denoiser calls' structures: DeepCache's full
 step or its shallow step at a branch, T-GATE's attention modes and whether the batch is halved,
-ToMe's merge. It is computed by running the accelerators' own per-call state machines
-(``accelopt.portable``: the code their hooks run) for the scheduler's number of calls, without
-a model. Two configurations with equal schedules compute the same images bit for bit, so a
+ToMe's merge (with T-GATE, the self-attention ToMe merges computes at every call, so the
+merge's part says that too). It is computed by running the accelerators' own per-call state
+machines (``accelopt.portable``: the code their hooks run) for the scheduler's number of calls,
+without a model. Two configurations with equal schedules compute the same images bit for bit, so a
 study measures only one of them.
 
 >>> calls = Calls.of(pipe.scheduler, steps=20)
@@ -20,6 +21,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from accelopt.accelerators.tome import merge_structure
 from accelopt.portable.deepcache import Schedule
 from accelopt.portable.tgate import Gate
 
@@ -71,7 +73,7 @@ def schedule(
         config = (tgate.gate_step, tgate.sp_interval, tgate.fi_interval, tgate.warm_up)
         gate = Gate(*config, scheduler=lambda: calls, deepcache=cache)
         gate.reset(guided=guided)
-    merge = ("tome", tome.ratio, tome.max_downsample) if tome is not None and tome.ratio else None
+    merge = merge_structure(tome) if tome is not None and tome.ratio else None
     found = []
     for _ in calls.timesteps:
         parts: list[Hashable] = []
@@ -126,7 +128,13 @@ def _covers(mine: Any, theirs: Any) -> bool:
         b = other[kind]
         if kind == "deepcache" and _depth(a) < _depth(b):
             return False
-        if kind == "tome" and (a[1] > b[1] or a[2] > b[2]):  # larger ratio, deeper: less work
+        # A larger ratio or a deeper max_downsample is less work; the partition's kind costs
+        # the same either way. With T-GATE, merged self-attention computes at every call
+        # (accelopt.portable.tgate), so merging deeper also computes more: only equal merges
+        # compare.
+        if kind == "tome" and "tgate" in ours and a != b:
+            return False
+        if kind == "tome" and (a[1] > b[1] or a[2] > b[2]):
             return False
         if kind == "tgate" and not _computes(a) >= _computes(b):
             return False

@@ -9,11 +9,17 @@ accelerator whose main knob is off is not applied at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
 
 from accelopt import accelerators
 from accelopt.accelerators import Param, PipeTraits
@@ -27,6 +33,7 @@ FASTER: dict[str, int] = {
     "deepcache.cache_branch_id": -1,  # a deeper branch recomputes more
     "tome.ratio": +1,
     "tome.max_downsample": +1,
+    "tome.use_rand": 0,  # the same work either way
     "tgate.gate_step": -1,  # gating earlier skips more steps of cross-attention
     "tgate.sp_interval": +1,
     "tgate.fi_interval": +1,
@@ -47,6 +54,8 @@ class Space:
     params: dict[str, Param]
     steps: int
     optional: bool  # True: each accelerator can be off
+    # Distributions a stored study drew parameters from, where ours would clash (see adopt).
+    stored: dict[str, BaseDistribution] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -55,22 +64,36 @@ class Space:
         steps: int,
         targets: Iterable[str] | None,
         mode: str = "eager",
+        scheduler: str | None = None,
     ) -> Space:
         """``mode``: the execution mode; accelerators it cannot run are refused when named and
-        left out of the search when not (``execution.REFUSED`` says why)."""
+        left out of the search when not (``execution.REFUSED`` says why), and knob values it
+        cannot run are left out (``execution.REFUSED_VALUES``). The same for accelerators
+        whose step logic ``scheduler`` (a study name) breaks (``refused_schedulers``)."""
         from accelopt import execution
 
         if targets is not None:
             names = tuple(targets)
             execution.check(mode, names)
-        else:  # search which to use: leave out those this step count or mode cannot run
-            usable = [n for n in accelerators.applicable(traits) if _searchable(n, traits, steps)]
+            if scheduler is not None:
+                accelerators.check_scheduler(names, scheduler)
+        else:  # search which to use: leave out those this step count, mode or scheduler breaks
+            usable = [
+                n
+                for n in accelerators.applicable(traits)
+                if _searchable(n, traits, steps)
+                and (scheduler is None or accelerators.follows(n, scheduler))
+            ]
             names = execution.allowed(mode, usable)
             if not names:
                 raise AccelOptError(
                     f"no accelerator can be searched at {steps} steps under execution mode {mode}"
                 )
-        params = accelerators.search_space(traits, steps, names)
+        refused = execution.REFUSED_VALUES
+        params = {
+            key: Param(tuple(v for v in p.values if (mode, key, v) not in refused))
+            for key, p in accelerators.search_space(traits, steps, names).items()
+        }
         if targets is None:
             for name in names:
                 knob, off = PRIMARY[name]
@@ -89,17 +112,49 @@ class Space:
             n *= len(p.values)
         return n
 
-    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Draw every parameter; integers on an even step as ints, the rest as categories."""
-        drawn: dict[str, Any] = {}
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """What each parameter is drawn from: integers on an even step as an integer range,
+        the rest as categories (``stored`` ones first)."""
+        found: dict[str, BaseDistribution] = {}
         for key, p in self.params.items():
             values = p.values
             step = values[1] - values[0] if len(values) > 1 else 1
             arithmetic = p.is_int and all(b - a == step for a, b in pairwise(values))
-            if arithmetic and step > 0:
-                drawn[key] = trial.suggest_int(key, values[0], values[-1], step=step)
+            if key in self.stored:
+                found[key] = self.stored[key]
+            elif arithmetic and step > 0:
+                found[key] = IntDistribution(values[0], values[-1], step=step)
             else:
-                drawn[key] = trial.suggest_categorical(key, list(values))
+                found[key] = CategoricalDistribution(list(values))
+        return found
+
+    def adopt(self, trials: Iterable[optuna.trial.FrozenTrial]) -> Space:
+        """This space, drawing a parameter from the distribution a study's earlier ``trials``
+        drew it from where ours would clash with it (Optuna refuses a second kind of
+        distribution for one name). A stored study then resumes: one made before the space
+        left out DeepCache branch ids that repeat a smaller id's images keeps its integer
+        range, and a repeated id it draws is skipped as the same schedule."""
+        mine = self.distributions()
+        stored: dict[str, BaseDistribution] = {}
+        for trial in trials:
+            for key, theirs in trial.distributions.items():
+                if key in mine and key not in stored:
+                    try:
+                        check_distribution_compatibility(theirs, mine[key])
+                    except ValueError:
+                        stored[key] = theirs
+        return replace(self, stored=stored) if stored else self
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Draw every parameter from its distribution (``distributions``)."""
+        drawn: dict[str, Any] = {}
+        for key, dist in self.distributions().items():
+            if isinstance(dist, IntDistribution):
+                drawn[key] = trial.suggest_int(key, dist.low, dist.high, step=dist.step)
+            elif isinstance(dist, CategoricalDistribution):
+                drawn[key] = trial.suggest_categorical(key, list(dist.choices))
+            else:
+                raise AccelOptError(f"{key}: a stored {type(dist).__name__} is not one of ours")
         return drawn
 
     def configs(self, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -44,13 +44,16 @@ KNOBS = {
     "ratio": ("tome", "ratio"),
     "max_downsample": ("tome", "max_downsample"),
 }
+# Knobs the seed had no name for, with the value that means what the seed did (dropped then).
+_UNSEEDED = {"use_rand": False, "seed": 0}
 _MAX_KEY = 1000  # characters; a seed key is about 60
 
 
 def seed_layout(
     entries: Mapping[str, Mapping[str, Any]],
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """``entries`` in the seed's layout, and the keys it has no slot for (time requirements).
+    """``entries`` in the seed's layout, and the keys it has no slot for: time requirements, and
+    knobs the seed did not have (ToMe's random partition).
 
     An achieved-speedup key never replaces a key some entry was exported under.
     """
@@ -62,8 +65,12 @@ def seed_layout(
         if requirement.get("req_time") is not None:
             left_out.append(key)
             continue
+        params = {k: v for k, v in entry["params"].items() if k not in _UNSEEDED}
+        if any(entry["params"].get(k, off) != off for k, off in _UNSEEDED.items()):
+            left_out.append(key)
+            continue
         speedup = round(float(entry["measured"]["speedup"]), 2)
-        params = {**entry["params"], "speedup": speedup}
+        params = {**params, "speedup": speedup}
         own[key] = params
         again = seed_key(
             entry["pipeline"],

@@ -342,10 +342,13 @@ def _targets(where: str, value: Any) -> tuple[str, ...]:
 
 
 def _check_targets(spec: StudySpec) -> None:
-    """For a known model, refuse accelerators its family cannot take before anything loads."""
+    """Refuse accelerators the scheduler breaks, and for a known model those its family cannot
+    take, before anything loads."""
     from accelopt import accelerators
     from accelopt.pipelines import model_info
 
+    if spec.targets is not None:
+        accelerators.check_scheduler(spec.targets, spec.scheduler)
     info = model_info(spec.pipeline)
     if info is None or spec.targets is None:
         return

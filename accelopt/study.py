@@ -369,7 +369,8 @@ def run_study(
 
         execution.use_cache_dir(_beside_storage(url) / ".accelopt-inductor")
     chosen = choose_mode(study, spec, bench, lock, log)
-    space = Space.build(bench.traits, spec.steps, spec.targets, bench.mode)
+    space = Space.build(bench.traits, spec.steps, spec.targets, bench.mode, spec.scheduler)
+    space = space.adopt(study.get_trials(deepcopy=False))
     with lock():
         total = int(study.user_attrs.get("budget") or space.size)
         study.set_user_attr("budget", total)

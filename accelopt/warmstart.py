@@ -102,6 +102,10 @@ def neighbours(storage: optuna.storages.BaseStorage | str, spec: StudySpec) -> l
     return sorted(found, key=lambda n: (-n.speedup, n.name))
 
 
+# Knobs added after studies were stored, and the value those studies ran with.
+ADDED: dict[str, Any] = {"tome.use_rand": False}
+
+
 def translate(
     config: Mapping[str, Mapping[str, Any]], steps: int, space: Space
 ) -> dict[str, Any] | None:
@@ -132,9 +136,9 @@ def translate(
         if name not in kept:  # only in an optional space: fixed targets all are in kept
             params[key] = off_value if knob == main else param.values[0]
             continue
-        if knob not in kept[name]:
+        if knob not in kept[name] and key not in ADDED:
             return None
-        value = kept[name][knob]
+        value = kept[name].get(knob, ADDED.get(key))
         if key in STEP_VALUED and _number(value):
             value = value * space.steps / steps
         allowed = param.values

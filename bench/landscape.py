@@ -29,7 +29,7 @@ study's ``max_score_loss``, ``early_stop`` and ``batch_size``, so a replay can s
 exactly as the study would. ``--batch`` sets the prompts per call (default all of a split in
 one call, the steadiest timing); each prompt has its own generator, so its image, hence its
 score, does not depend on the call's batch (bit for bit on a CPU). Cost of ToySD-DDIM-20 with
-``--prompts 32 --heldout 32``: two calls a point of ~0.3-0.6 s each on an H200, so its 475
+``--prompts 32 --heldout 32``: two calls a point of ~0.3-0.6 s each on an H200, so its 375
 points take ~140-290 s per GPU on two GPUs, plus ~30 s of start and warm-up.
 
     python bench/landscape.py measure --study ToySD-DDIM-20 --prompts 32 --heldout 32 --out DIR
@@ -103,6 +103,10 @@ def plan(space: Any, tgate_sample: int | None = None, seed: int = 0) -> list[Poi
         points.append({"index": len(points), "params": params, "accelerators": configs})
         return True
 
+    # ToMe's partition stays the fixed one: every recorded landscape predates the random one,
+    # and replays compare against them (a random partition is a landscape of its own).
+    if "tome.use_rand" in grid:
+        grid["tome.use_rand"] = [False]
     # The grid with T-GATE (if the space has it) at its first values, gate_step being off.
     fixed = {k: v[0] for k, v in grid.items() if k.startswith("tgate.")}
     free = [k for k in grid if k not in fixed]

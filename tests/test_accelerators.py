@@ -316,9 +316,10 @@ def test_search_space_uses_the_seed_ranges(tiny: Callable[[str], Pipeline]) -> N
     space = accelerators.search_space(traits, 25, "deepcache+tome+tgate")
     assert {k: v.values for k, v in space.items()} == {
         "deepcache.cache_interval": (2, 3, 4, 5),
-        "deepcache.cache_branch_id": (0, 1, 2, 3),
+        "deepcache.cache_branch_id": (0, 1, 3),  # one layer per block: 2 computes 1's images
         "tome.ratio": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75),
         "tome.max_downsample": (1, 2, 4),
+        "tome.use_rand": (False, True),
         "tgate.gate_step": tuple(range(5, 20)),
         "tgate.sp_interval": tuple(range(2, 10)),
         "tgate.fi_interval": tuple(range(1, 6)),
@@ -493,3 +494,86 @@ def test_deepcache_counts_unet_calls_not_timesteps(
             assert calls.count("mid") == -(-29 // interval)  # ceil: calls 0, N, 2N, ...
     finally:
         handle.remove()
+
+
+def test_tome_random_partition_is_seeded(tiny: Callable[[str], Pipeline]) -> None:
+    """use_rand draws each 2x2 cell's destination from a generator seeded at every call: the
+    same seed gives the same images every time (tomesd's own generator advances across calls),
+    another seed or the fixed partition gives others, and removal leaves the baseline."""
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, "DDIM")
+    base = render(pipe, steps=STEPS)
+    images = {}
+    for use_rand, seed in ((True, 0), (True, 1), (False, 0)):
+        tome = {"ratio": 0.5, "max_downsample": 1, "use_rand": use_rand, "seed": seed}
+        with accelerators.apply(pipe, {"tome": tome}, steps=STEPS):
+            first, second = render(pipe, steps=STEPS), render(pipe, steps=STEPS)
+        assert (first == second).all(), (use_rand, seed)
+        images[use_rand, seed] = first
+    assert not (images[True, 0] == images[True, 1]).all()
+    assert not (images[True, 0] == images[False, 0]).all()
+    assert (render(pipe, steps=STEPS) == base).all()
+
+
+def test_tome_random_partition_is_refused_under_graphs(tiny: Callable[[str], Pipeline]) -> None:
+    from accelopt import execution
+
+    pipe = tiny("TinySD")
+    refused = r"tome\.use_rand=True cannot run under execution mode compile"
+    with (
+        accelerators.apply(pipe, {"tome": {"ratio": 0.5, "use_rand": True}}, steps=STEPS),
+        pytest.raises(AccelOptError, match=refused),
+        execution.run(pipe, "compile"),
+    ):
+        pass
+    with pytest.raises(AccelOptError, match=r"tome\.use_rand must be bool, got 1"):
+        accelerators.apply(pipe, {"tome": {"use_rand": 1}})
+
+
+@pytest.mark.parametrize(
+    ("pipe_name", "ratio", "max_downsample"),
+    [
+        ("TinySD", 0.3, 1),
+        ("TinySD", 0.5, 2),
+        ("TinySD", 0.75, 4),
+        ("TinySDXL", 0.5, 2),
+        ("TinySDXL", 0.75, 4),
+    ],  # fmt: skip  (SDXL has no attention at factor 1)
+)
+def test_tome_merges_the_tokens_its_knobs_say(
+    tiny: Callable[[str], Pipeline], pipe_name: str, ratio: float, max_downsample: int
+) -> None:
+    """Each transformer block's self-attention sees ``n - int(n * ratio)`` of its ``n`` tokens
+    where the block's downsampling factor (read from its token count) is at most
+    ``max_downsample``, and all ``n`` elsewhere; cross-attention always sees all of them."""
+    pipe = tiny(pipe_name)
+    full = pipe.unet.config.sample_size**2  # latent tokens at factor 1 (the default size)
+    seen: list[tuple[int, int, int]] = []  # (block tokens, self-attention's, cross-attention's)
+    handles = []
+    for block in pipe.unet.modules():
+        if hasattr(block, "attn1") and hasattr(block, "norm1"):
+            handles += [
+                block.norm1.register_forward_hook(lambda _, a, out: seen.append((out.shape[1],))),
+                block.attn1.to_q.register_forward_pre_hook(
+                    lambda _, a: seen.append((*seen.pop(), a[0].shape[1]))
+                ),
+                block.attn2.to_q.register_forward_pre_hook(
+                    lambda _, a: seen.append((*seen.pop(), a[0].shape[1]))
+                ),
+            ]
+    tome = {"ratio": ratio, "max_downsample": max_downsample}
+    try:
+        with accelerators.apply(pipe, {"tome": tome}, steps=2):
+            render(pipe, steps=2, prompts=("a cat",))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen and all(len(s) == 3 for s in seen)
+    merged_any = False
+    for n, self_tokens, cross_tokens in seen:
+        factor = round((full / n) ** 0.5)
+        merged = factor <= max_downsample
+        merged_any |= merged
+        assert self_tokens == (n - int(n * ratio) if merged else n), (n, factor)
+        assert cross_tokens == n
+    assert merged_any

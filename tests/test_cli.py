@@ -88,8 +88,9 @@ def test_sdxl_search_space_drops_downsample_1(capsys: pytest.CaptureFixture[str]
 def test_sd15_search_space_keeps_downsample_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["accelerators", "--pipeline", "SD1.5", "--targets", "tome"]) == 0
     space = _space(capsys.readouterr().out)
-    assert set(space) == {"tome.ratio", "tome.max_downsample"}
+    assert set(space) == {"tome.ratio", "tome.max_downsample", "tome.use_rand"}
     assert space["tome.max_downsample"][0] == "1"
+    assert space["tome.use_rand"] == ["False", "True"]
 
 
 def test_inapplicable_target_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -276,3 +277,11 @@ def test_flags_are_checked_as_the_spec_file_is(
         "command line: max_score_loss=1.5 is out of range; allowed: more than 0, less than 1"
     )
     assert not (tmp_path / "s.db").exists()
+
+
+def test_accelerators_say_what_their_steps_count(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators"]) == 0
+    out = capsys.readouterr().out
+    assert "steps count: denoiser calls since the generation began" in out  # DeepCache
+    assert "steps count: scheduler steps, read as upstream does" in out  # T-GATE
+    assert "steps count: nothing: no knob depends on the step" in out  # ToMe

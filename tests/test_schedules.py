@@ -42,6 +42,7 @@ def observed(pipe: Pipeline, configs: dict[str, Any], guidance: float) -> list[d
         for _, module in skipped_modules(unet, branch):
             deep |= {id(m) for m in module.modules()}
     calls: list[dict[str, Any]] = []
+    tokens: dict[int, int] = {}  # block -> tokens it was called with, this call
     handles = [
         unet.conv_in.register_forward_pre_hook(
             lambda _, args: calls.append({"batch": len(args[0]), "mid": False, "computed": set()})
@@ -50,15 +51,30 @@ def observed(pipe: Pipeline, configs: dict[str, Any], guidance: float) -> list[d
         # its first resnet runs only when it computes.
         unet.mid_block.resnets[0].register_forward_pre_hook(lambda *_: calls[-1].update(mid=True)),
     ]
-    for name, module in unet.named_modules():
-        if type(module).__name__ == "Attention":
-            kind = "cross" if name.endswith("attn2") else "self"
-            group = "deep" if id(module) in deep else "shallow"
+
+    def computed(key: tuple[str, str], block: int) -> Callable[..., None]:
+        def hook(_: Any, args: tuple[Any, ...]) -> None:
+            # Self-attention on fewer tokens than its block has: ToMe merged its input.
+            merged = key[1] == "self" and args[0].shape[1] < tokens[block]
+            calls[-1]["computed"].add(("merged", "self") if merged else key)
+
+        return hook
+
+    for block in unet.modules():
+        if hasattr(block, "attn1"):
             handles.append(
-                module.to_q.register_forward_pre_hook(
-                    lambda *_, key=(group, kind): calls[-1]["computed"].add(key)
+                block.register_forward_pre_hook(
+                    lambda m, args, kwargs: tokens.update(
+                        {id(m): (args[0] if args else kwargs["hidden_states"]).shape[1]}
+                    ),
+                    with_kwargs=True,
                 )
             )
+            for kind, module in (("self", block.attn1), ("cross", block.attn2)):
+                group = "deep" if id(module) in deep else "shallow"
+                handles.append(
+                    module.to_q.register_forward_pre_hook(computed((group, kind), id(block)))
+                )
     try:
         with accelerators.apply(pipe, configs, steps=STEPS):
             render(pipe, steps=STEPS, prompts=("a cat",), guidance_scale=guidance)
@@ -73,8 +89,10 @@ def expected(steps: tuple[Any, ...], guidance: float) -> list[dict[str, Any]]:
     found = []
     for call in steps:
         out: dict[str, Any] = {"batch": 2 if guidance > 1 else 1, "mid": True, "computed": set()}
-        tgate = None
+        tgate = merged = None
         for part in call:
+            if part[0] == "tome":
+                merged = part
             if part[0] == "deepcache":
                 out["mid"] = part[-1] == "full"
             if part[0] == "tgate":
@@ -90,6 +108,8 @@ def expected(steps: tuple[Any, ...], guidance: float) -> list[dict[str, Any]]:
                 for kind, mode in (("cross", cross), ("self", self_)):
                     if mode != "reuse":
                         out["computed"].add((group, kind))
+            if merged is not None:  # T-GATE never reuses self-attention that ToMe merged
+                out["computed"].add(("merged", "self"))
         found.append(out)
     return found
 
@@ -108,7 +128,7 @@ def test_schedule_says_what_each_unet_call_computes(
     assert len(seen) == len(steps)
     if "tgate" in configs and "deepcache" not in configs:
         for call in seen:  # one group: the mid block's attention is "shallow" too
-            assert {g for g, _ in call["computed"]} <= {"shallow"}
+            assert {g for g, _ in call["computed"]} <= {"shallow", "merged"}
     assert seen == expected(steps, guidance)
 
 
@@ -200,3 +220,20 @@ def test_does_at_least_compares_work_not_knob_order(
     mine: dict[str, Any], theirs: dict[str, Any], expected: bool
 ) -> None:
     assert does_at_least(schedule(mine, CALLS), schedule(theirs, CALLS)) is expected
+
+
+def test_pndm_counts_deepcache_intervals_in_calls(tiny: Callable[[str], Pipeline]) -> None:
+    """Finding 1: with PRK steps, 20 PNDM steps are 29 UNet calls; upstream's timestep lookup
+    made interval 2 run 9 full UNets and interval 3 run 10. Counted in calls, interval 2 runs
+    more full calls than 3, and the dominance skip's work comparison says so."""
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, "PNDM")
+    calls = Calls.of(pipe.scheduler, 20)
+    assert len(calls.timesteps) == 29
+    full = {}
+    for interval in (2, 3, 4, 5):
+        steps = schedule({"deepcache": DeepCacheConfig(interval, 0)}, calls)
+        full[interval] = sum(call == (("deepcache", "full"),) for call in steps)
+    assert full == {2: 15, 3: 10, 4: 8, 5: 6}
+    two, three = (schedule({"deepcache": DeepCacheConfig(i, 0)}, calls) for i in (2, 3))
+    assert does_at_least(two, three) and not does_at_least(three, two)

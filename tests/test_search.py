@@ -27,6 +27,7 @@ SD_10: dict[str, tuple[Any, ...]] = {
     "deepcache.cache_branch_id": (0, 1, 2, 3),
     "tome.ratio": RATIOS,
     "tome.max_downsample": (1, 2, 4),
+    "tome.use_rand": (False, True),
     "tgate.gate_step": (5, 6, 7, 8, 9),
     "tgate.sp_interval": (2, 3, 4, 5, 6, 7, 8, 9),
     "tgate.fi_interval": (1, 2, 3, 4, 5),
@@ -63,7 +64,7 @@ def test_build_with_targets_is_the_accelerators_space() -> None:
             ["tgate.gate_step", "tgate.sp_interval", "tgate.fi_interval", "tgate.warm_up"],
         ),
         (("tome", "deepcache"), [k for k in SD_10 if not k.startswith("tgate")]),
-        (["TOME"], ["tome.ratio", "tome.max_downsample"]),
+        (["TOME"], ["tome.ratio", "tome.max_downsample", "tome.use_rand"]),
     ],
 )
 def test_build_with_some_targets(targets: Any, keys: list[str]) -> None:
@@ -124,8 +125,8 @@ def test_build_does_not_change_the_accelerators_space() -> None:
 @pytest.mark.parametrize(
     ("traits", "targets", "size"),
     [
-        (SD, ALL, 4 * 4 * 8 * 3 * 5 * 8 * 5 * 3),
-        (SD, None, 5 * 4 * 9 * 3 * 6 * 8 * 5 * 3),
+        (SD, ALL, 4 * 4 * 8 * 3 * 2 * 5 * 8 * 5 * 3),
+        (SD, None, 5 * 4 * 9 * 3 * 2 * 6 * 8 * 5 * 3),
         (PIXART, None, 6 * 8 * 5 * 3),
         (SD, ("deepcache",), 4 * 4),
     ],
@@ -165,6 +166,7 @@ ALL_OFF = {
     "deepcache.cache_branch_id": 2,
     "tome.ratio": 0.0,
     "tome.max_downsample": 2,
+    "tome.use_rand": False,
     "tgate.gate_step": 10,
     "tgate.sp_interval": 3,
     "tgate.fi_interval": 2,
@@ -176,7 +178,7 @@ def test_configs_groups_keys_by_accelerator() -> None:
     params = {**ALL_OFF, "deepcache.cache_interval": 3, "tome.ratio": 0.5, "tgate.gate_step": 7}
     assert Space.build(SD, 10, None).configs(params) == {
         "deepcache": {"cache_interval": 3, "cache_branch_id": 2},
-        "tome": {"ratio": 0.5, "max_downsample": 2},
+        "tome": {"ratio": 0.5, "max_downsample": 2, "use_rand": False},
         "tgate": {"gate_step": 7, "sp_interval": 3, "fi_interval": 2, "warm_up": 1},
     }
 
@@ -185,7 +187,7 @@ def test_optional_configs_drop_accelerators_that_are_off() -> None:
     space = Space.build(SD, 10, None)
     assert space.configs(ALL_OFF) == {}
     assert space.configs({**ALL_OFF, "tome.ratio": 0.3}) == {
-        "tome": {"ratio": 0.3, "max_downsample": 2}
+        "tome": {"ratio": 0.3, "max_downsample": 2, "use_rand": False}
     }
     assert space.configs({**ALL_OFF, "deepcache.cache_interval": 2, "tgate.gate_step": 9}) == {
         "deepcache": {"cache_interval": 2, "cache_branch_id": 2},
@@ -197,7 +199,7 @@ def test_configs_with_targets_keep_every_accelerator() -> None:
     space = Space.build(SD, 10, ALL)
     assert space.configs(ALL_OFF) == {
         "deepcache": {"cache_interval": 1, "cache_branch_id": 2},
-        "tome": {"ratio": 0.0, "max_downsample": 2},
+        "tome": {"ratio": 0.0, "max_downsample": 2, "use_rand": False},
         "tgate": {"gate_step": 10, "sp_interval": 3, "fi_interval": 2, "warm_up": 1},
     }
 
@@ -222,6 +224,7 @@ CHOSEN = {
     "deepcache.cache_branch_id": 2,
     "tome.ratio": 0.75,
     "tome.max_downsample": 2,
+    "tome.use_rand": True,
     "tgate.gate_step": 10,
     "tgate.sp_interval": 4,
     "tgate.fi_interval": 2,
@@ -243,6 +246,7 @@ def test_suggest_returns_enqueued_values_and_the_right_distributions() -> None:
         "deepcache.cache_branch_id": IntDistribution(0, 3, step=1),
         "tome.ratio": CategoricalDistribution((0.0, *RATIOS)),
         "tome.max_downsample": CategoricalDistribution((1, 2, 4)),  # 1, 2, 4: not evenly spaced
+        "tome.use_rand": CategoricalDistribution((False, True)),  # not an integer range
         "tgate.gate_step": CategoricalDistribution((10, 5, 6, 7, 8, 9)),  # off value first
         "tgate.sp_interval": IntDistribution(2, 9, step=1),
         "tgate.fi_interval": IntDistribution(1, 5, step=1),
@@ -253,9 +257,13 @@ def test_suggest_returns_enqueued_values_and_the_right_distributions() -> None:
 def test_suggest_uses_the_step_of_an_even_integer_range() -> None:
     space = Space.build(SDXL, 10, ("tome",))
     study = optuna.create_study()
-    study.enqueue_trial({"tome.ratio": 0.2, "tome.max_downsample": 4})
+    study.enqueue_trial({"tome.ratio": 0.2, "tome.max_downsample": 4, "tome.use_rand": False})
     trial = study.ask()
-    assert space.suggest(trial) == {"tome.ratio": 0.2, "tome.max_downsample": 4}
+    assert space.suggest(trial) == {
+        "tome.ratio": 0.2,
+        "tome.max_downsample": 4,
+        "tome.use_rand": False,
+    }
     assert trial.distributions["tome.max_downsample"] == IntDistribution(2, 4, step=2)
 
 
@@ -405,3 +413,55 @@ def test_without_targets_a_short_schedule_leaves_out_what_it_cannot_search() -> 
         Space.build(PipeTraits("pixart-alpha"), 1, None)
     with pytest.raises(AccelOptError, match="deepcache needs at least 2 steps"):
         Space.build(traits, 1, ("deepcache",))
+
+
+# --- what the layout and the mode leave out, and stored studies ------------------------------
+
+ONE_LAYER = PipeTraits("sd", 3, (1, 2, 4), branches=(0, 1, 3, 4, 6, 7))  # TinySD's layout
+
+
+def test_branch_ids_that_repeat_a_smaller_ones_images_are_left_out() -> None:
+    space = Space.build(ONE_LAYER, 10, ("deepcache",))
+    assert values(space)["deepcache.cache_branch_id"] == (0, 1, 3)
+    trial = optuna.create_study().ask()
+    space.suggest(trial)
+    assert trial.distributions["deepcache.cache_branch_id"] == CategoricalDistribution((0, 1, 3))
+
+
+@pytest.mark.parametrize("mode", ["compile", "cuda-graphs"])
+def test_graph_modes_leave_the_random_partition_out(mode: str) -> None:
+    assert values(Space.build(SD, 10, ("tome",), mode))["tome.use_rand"] == (False,)
+    assert values(Space.build(SD, 10, ("tome",), "eager"))["tome.use_rand"] == (False, True)
+
+
+def test_a_stored_study_keeps_the_distributions_it_was_made_with() -> None:
+    # A study from before the space left out repeated branch ids drew them as an integer range;
+    # Optuna refuses a categorical under the same name, so resuming keeps the stored range.
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    old = Space({"deepcache.cache_interval": Param((2, 3)),
+                 "deepcache.cache_branch_id": Param((0, 1, 2, 3))}, 10, False)  # fmt: skip
+    study.enqueue_trial({"deepcache.cache_interval": 2, "deepcache.cache_branch_id": 2})
+    first = study.ask()
+    old.suggest(first)
+    study.tell(first, 1.0)
+    new = Space.build(ONE_LAYER, 10, ("deepcache",))
+    with pytest.raises(ValueError, match="different distribution"):
+        new.suggest(study.ask())
+    resumed = new.adopt(study.get_trials())
+    assert resumed.stored == {"deepcache.cache_branch_id": IntDistribution(0, 3)}
+    trial = study.ask()
+    assert resumed.suggest(trial)["deepcache.cache_branch_id"] in (0, 1, 2, 3)
+    assert new.adopt(optuna.create_study().get_trials()) is new  # nothing stored: as built
+
+
+def test_a_scheduler_that_breaks_an_accelerator_leaves_it_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from accelopt.accelerators import DeepCache
+
+    monkeypatch.setattr(DeepCache, "refused_schedulers", {"PNDM": "its PRK steps repeat"})
+    keys = set(Space.build(SD, 10, None, scheduler="PNDM").params)
+    assert {k.split(".")[0] for k in keys} == {"tome", "tgate"}
+    assert "deepcache.cache_interval" in Space.build(SD, 10, None, scheduler="DDIM").params
+    with pytest.raises(AccelOptError, match="deepcache cannot follow scheduler PNDM"):
+        Space.build(SD, 10, ("deepcache",), scheduler="PNDM")

@@ -480,3 +480,18 @@ def test_execution_key_names_the_modes_and_refuses_what_a_mode_cannot_run(
     fine = tmp_path / "TinySD-DDIM-10-deepcache.toml"
     fine.write_text('execution = "compile"\n')
     assert load_spec(path=fine).execution == "compile"
+
+
+def test_a_scheduler_an_accelerator_refuses_is_refused_by_name(
+    empty_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None is refused today (DeepCache counts calls, T-GATE reads steps as upstream does); the
+    # declaration is data, so declare one and see a named study refuse it before loading.
+    from accelopt.accelerators import DeepCache
+
+    monkeypatch.setattr(DeepCache, "refused_schedulers", {"PNDM": "its PRK steps repeat"})
+    with pytest.raises(AccelOptError) as info:
+        load_spec("TinySD-PNDM-10-deepcache")
+    assert str(info.value).endswith("deepcache cannot follow scheduler PNDM: its PRK steps repeat")
+    assert load_spec("TinySD-PNDM-10-tgate").targets == ("tgate",)
+    assert load_spec("TinySD-DDIM-10-deepcache").targets == ("deepcache",)

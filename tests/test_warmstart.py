@@ -90,6 +90,7 @@ def _params(dc: tuple[int, int], tome: tuple[float, int], tg: tuple[int, ...]) -
         "deepcache.cache_branch_id": dc[1],
         "tome.ratio": tome[0],
         "tome.max_downsample": tome[1],
+        "tome.use_rand": False,  # the neighbours ran before the knob: the fixed partition
         "tgate.gate_step": tg[0],
         "tgate.sp_interval": tg[1],
         "tgate.fi_interval": tg[2],

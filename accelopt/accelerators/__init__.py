@@ -38,6 +38,8 @@ __all__ = [
     "active",
     "applicable",
     "apply",
+    "check_scheduler",
+    "follows",
     "generate",
     "get",
     "parse_targets",
@@ -95,6 +97,19 @@ def applicable(family_or_traits: str | PipeTraits) -> tuple[str, ...]:
     """The accelerators a pipeline family can take, in canonical order."""
     family = getattr(family_or_traits, "family", family_or_traits)
     return tuple(n for n, a in ACCELERATORS.items() if family in a.families)
+
+
+def check_scheduler(names: Iterable[str], scheduler: str) -> None:
+    """Refuse a scheduler (its study name) that breaks one of ``names``' step logic."""
+    for name in names:
+        why = get(name).refused_schedulers.get(scheduler)
+        if why:
+            raise AccelOptError(f"{name} cannot follow scheduler {scheduler}: {why}")
+
+
+def follows(name: str, scheduler: str) -> bool:
+    """Whether accelerator ``name`` keeps its step logic under ``scheduler``."""
+    return scheduler not in get(name).refused_schedulers
 
 
 def search_space(traits: PipeTraits, steps: int, targets: Iterable[str]) -> dict[str, Param]:

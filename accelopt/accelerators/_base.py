@@ -33,7 +33,7 @@ class Param:
 
     @property
     def is_int(self) -> bool:
-        return all(isinstance(v, int) for v in self.values)
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in self.values)
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,11 @@ class Accelerator(ABC, Generic[C]):
     families: ClassVar[frozenset[str]]
     references: ClassVar[tuple[Reference, ...]]
     aliases: ClassVar[Mapping[str, str]] = {}  # other spellings of parameter names
+    # What the step-valued knobs count, in words, for every scheduler offered; and the
+    # schedulers (by their study names) whose calls break that count, with the reason: a study
+    # refuses those when named and leaves the method out of the search when not.
+    counts: ClassVar[str] = "nothing: no knob depends on the step"
+    refused_schedulers: ClassVar[Mapping[str, str]] = {}
 
     @abstractmethod
     def space(self, traits: PipeTraits, steps: int) -> dict[str, Param]:
@@ -160,6 +165,8 @@ class Accelerator(ABC, Generic[C]):
             ok = isinstance(value, int) and not isinstance(value, bool)
             if want == "float":
                 ok = ok or isinstance(value, float)
+            elif want == "bool":
+                ok = isinstance(value, bool)
             if not ok:
                 raise AccelOptError(f"{self.name}.{key} must be {want}, got {value!r}")
         return self.config_cls(**given)

@@ -73,6 +73,10 @@ class _DeepCachePatch(Patch):
 class DeepCache(Accelerator[DeepCacheConfig]):
     name = "deepcache"
     config_cls = DeepCacheConfig
+    counts = (
+        "denoiser calls since the generation began, repeated timesteps included: PNDM's 20 "
+        "steps are 29 calls (its PRK warm-up), so cache_interval 2 runs 15 of them in full"
+    )
     families = frozenset({"sd", "sdxl"})
     references = (
         Reference(
@@ -85,12 +89,14 @@ class DeepCache(Accelerator[DeepCacheConfig]):
     def space(self, traits: PipeTraits, steps: int) -> dict[str, Param]:
         if steps < 2:
             raise AccelOptError(f"deepcache needs at least 2 steps to cache anything; got {steps}")
+        # Ids past 3 x down blocks - 1 raise nothing upstream and cache only the mid block; ids
+        # that compute a smaller id's images on this layout (PipeTraits.branches) are left out.
+        seed_ids = range(min(3, _max_branch(traits)) + 1)
         return {
             "cache_interval": Param(tuple(range(2, min(5, steps) + 1))),
-            # Ids past 3 x down blocks - 1 raise nothing upstream and cache only the mid block.
-            # Ids that compute another's images stay (stored studies keep their integer
-            # distributions): a study skips them as the same schedule (accelopt.schedules).
-            "cache_branch_id": Param(tuple(range(min(3, _max_branch(traits)) + 1))),
+            "cache_branch_id": Param(
+                tuple(b for b in seed_ids if not traits.branches or b in traits.branches)
+            ),
         }
 
     def off(self, steps: int) -> DeepCacheConfig:

@@ -92,6 +92,11 @@ class TGate(Accelerator[TGateConfig]):
     config_cls = TGateConfig
     families = FAMILIES
     aliases: ClassVar[Mapping[str, str]] = {"warmup": "warm_up"}  # the seed system's spelling
+    counts = (
+        "scheduler steps, read as upstream does: calls before diffusers' num_warmup_steps (the "
+        "9 extra calls of PNDM's PRK warm-up at 20 steps) come before step 0 and compute in "
+        "full, and a multistep scheduler moves to the next step every `order` calls"
+    )
     references = (
         Reference(
             "Faster Diffusion via Temporal Attention Decomposition (Liu et al.; TMLR 2025)",

@@ -16,6 +16,11 @@ in the denoiser's hooks, outside any graph:
   guidance ``u + g * (t - u)`` gives it back exactly, as upstream's unguided step does.
 - Kept attention outputs go into ``Buffers`` at fixed addresses, one per module and shape.
 
+With ToMe, self-attention whose input ToMe merges computes at every call: its output is in
+the merged order of one call's partition, which the next call recomputes from its own hidden
+states, so a kept output would reach tokens it was not computed for. Cross-attention (which
+tomesd does not merge) and the halved batch follow the gate as everywhere.
+
 With DeepCache, the gate drives DeepCache's schedule: it restarts DeepCache's count at the last
 step before the gate and at the gate (both run in full, so every attention is kept), as
 upstream's combined loaders do. Attention that a shallow step skips forms its own group: a reuse
@@ -180,15 +185,40 @@ def gate_attention(net: Any, gate: Gate, buffers: Buffers) -> list[Any]:
     for name, module in attention:
         if module.residual_connection or module.rescale_output_factor != 1:
             raise ValueError(f"T-GATE keeps attention before its residual; {name} adds one")
+    merged = merged_self_attention(net)
     for name, module in attention:
-        _gate(module, name, DEEP if id(module) in deep else SHALLOW, gate, buffers)
+        group = DEEP if id(module) in deep else SHALLOW
+        _gate(module, name, group, gate, buffers, always=id(module) in merged)
     return [
         net.register_forward_pre_hook(gate.advance, with_kwargs=True),
         net.register_forward_hook(gate.restore),
     ]
 
 
-def _gate(module: Any, name: str, group: str, gate: Gate, buffers: Buffers) -> None:
+def merged_self_attention(net: Any) -> set[int]:
+    """ids of the self-attention modules whose input tomesd merges in ``net``: the ``attn1`` of
+    each ToMe block at a downsampling factor up to its ``max_downsample`` (its own rule: the
+    factor of a block is that of its UNet level). Empty without ToMe."""
+    info = getattr(net, "_tome_info", None)
+    if info is None or info["args"]["ratio"] <= 0 or not info["args"]["merge_attn"]:
+        return set()
+    last = len(net.down_blocks) - 1
+    levels = [(2**i, b) for i, b in enumerate(net.down_blocks)] + [(2**last, net.mid_block)]
+    levels += [(2 ** (last - i), b) for i, b in enumerate(net.up_blocks)]
+    return {
+        id(m.attn1)
+        for factor, block in levels
+        if factor <= info["args"]["max_downsample"]
+        for m in block.modules()
+        if type(m).__name__ == "ToMeBlock"
+    }
+
+
+def _gate(
+    module: Any, name: str, group: str, gate: Gate, buffers: Buffers, always: bool = False
+) -> None:
+    """Wrap ``module``'s forward to follow ``gate``; ``always``: its self-attention computes at
+    every call (ToMe merges its input)."""
     inner = module.forward
 
     def forward(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
@@ -197,6 +227,8 @@ def _gate(module: Any, name: str, group: str, gate: Gate, buffers: Buffers) -> N
         now = gate.current[group]
         assert now is not None, f"{name} runs in a call that skips its group"
         mode = now[0 if cross else 1]
+        if always and not cross:
+            return inner(hidden_states, *args, **kwargs)
         key = (name, tuple(hidden_states.shape), hidden_states.dtype)
         if mode == REUSE:
             return buffers.load(key)
