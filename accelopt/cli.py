@@ -7,11 +7,13 @@ Bad input prints one line saying what to fix and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from accelopt import __version__
-from accelopt.errors import AccelOptError
+from accelopt.errors import AccelOptError, printable
 
 __all__ = ["main"]
 
@@ -122,11 +124,13 @@ def _frontier_line(study, hint: bool = True) -> str:
 
 def _describe(trial) -> str:
     a = trial.user_attrs
+    # A storage anyone can write to holds these.
     knobs = "; ".join(
         f"{name} " + ", ".join(f"{k}={v}" for k, v in params.items())
         for name, params in a["accelerators"].items()
     )
-    mode = a.get("execution", "eager")
+    knobs = printable(knobs, 400)
+    mode = printable(a.get("execution", "eager"), 20)
     eager = a.get("speedup_vs_eager")
     beside = f" ({eager:.2f}x against eager)" if eager is not None and mode != "eager" else ""
     return (
@@ -386,7 +390,8 @@ def _write_export(study, args, requirement) -> None:
                   f"random ToMe partition", file=sys.stderr)  # fmt: skip
             continue
         points = f" (a frontier of {len(entry['frontier'])})" if "frontier" in entry else ""
-        print(f"exported {key}{points} -> {path} ({layout} layout)", file=sys.stderr)
+        print(f"exported {printable(key, 120)}{points} -> {path} ({layout} layout)",
+              file=sys.stderr)  # fmt: skip
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -396,11 +401,42 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_usable(store_arg: str | None) -> tuple[Any, dict[str, Any], list[tuple[str, str]]]:
+    """The params file named by ``--store`` (it must exist), its usable entries, and the
+    ``(key, why)`` of the others, keys and reasons made safe to print."""
+    from accelopt.entries import usable_entries
+    from accelopt.seed_format import read_params_file
+    from accelopt.store import store_path
+
+    store = store_path(store_arg)
+    if not os.path.lexists(store):
+        raise AccelOptError(
+            f"store {printable(str(store))} does not exist; check --store (or "
+            f"$ACCELOPT_STORE), or export a study into it with: accelopt run --study NAME --export"
+        )
+    read = read_params_file(store)
+    entries, problems = usable_entries(read.entries)
+    return read, entries, [(k, printable(why, 1000)) for k, why in [*read.problems, *problems]]
+
+
+def _store(args: argparse.Namespace) -> int:
+    from accelopt.store import store_path
+
+    read, entries, problems = _read_usable(args.store)
+    for key in entries:
+        print(f"ok       {printable(key, 120)}")
+    for key, why in problems:
+        print(f"skipped  {key}: {why}")
+    shown = printable(str(store_path(args.store)))
+    print(f"{shown} ({read.layout} layout): {len(entries)} usable, {len(problems)} skipped",
+          file=sys.stderr)  # fmt: skip
+    return 1 if problems else 0
+
+
 def _codegen(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from accelopt.codegen import Request, load_tasks, parse_request_targets, write_scripts
-    from accelopt.seed_format import read_params_file
     from accelopt.store import store_path
 
     if args.tasks:
@@ -413,7 +449,10 @@ def _codegen(args: argparse.Namespace) -> int:
         targets = parse_request_targets(args.targets)
         requests = [Request(args.pipe, args.sched, args.steps, targets, args.req_speedup,
                             args.max_score_loss, args.req_time)]  # fmt: skip
-    layout, entries = read_params_file(store_path(args.store))
+    store = store_path(args.store)
+    read, entries, problems = _read_usable(args.store)
+    for key, why in problems:  # reported, never used
+        print(f"accelopt: warning: skipped store entry {key}: {why}", file=sys.stderr)
     for path, entry in write_scripts(entries, requests, Path(args.output), bool(args.tasks),
                                      args.force):  # fmt: skip
         point = ""
@@ -421,10 +460,10 @@ def _codegen(args: argparse.Namespace) -> int:
             m = entry["measured"]
             point = (f"; frontier point: trial {entry['study']['trial']}, {m['speedup']:.2f}x, "
                      f"score loss {100 * m['score_loss']:.2f}%")  # fmt: skip
-        print(f"wrote {path} ({entry['key']}{point})")
+        print(f"wrote {printable(str(path))} ({printable(entry['key'], 120)}{point})")
     # After the answers: an unmet request stays one line of error.
-    print(f"read {len(entries)} entries from {store_path(args.store)} ({layout} layout)",
-          file=sys.stderr)  # fmt: skip
+    print(f"read {len(entries)} usable entries of {len(read.entries) + len(read.problems)} "
+          f"from {printable(str(store))} ({read.layout} layout)", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -579,12 +618,12 @@ def _list(args: argparse.Namespace) -> int:
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         counted = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
-        budget = study.user_attrs.get("budget", "?")
+        budget = printable(study.user_attrs.get("budget", "?"), 12)
         best = best_trial(study)
         shown = f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible trial"
         if is_pareto(study):
             shown += f", Pareto frontier of {len(frontier(study.trials))}"
-        print(f"  {summary.study_name:40} {counted}/{budget} trials  {shown}")
+        print(f"  {printable(summary.study_name, 120):40} {counted}/{budget} trials  {shown}")
     return 0
 
 
@@ -713,6 +752,15 @@ def _parser() -> argparse.ArgumentParser:
     export_options(p)
     p.add_argument("--device", help="where to confirm (default: cuda if present)")
     p.add_argument("--random-weights", action="store_true", help="as the study was run")
+    p = command(
+        "store",
+        _store,
+        "check a params store: list the entries codegen would use and why it skips the others",
+    )
+    p.add_argument("action", choices=["check"], help="check: read every entry (exit 1 if any "
+                   "is skipped)")  # fmt: skip
+    p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or "
+                   "search_params.json)")  # fmt: skip
     p = command("codegen", _codegen, "write a standalone script for a stored configuration")
     p.add_argument("--pipe", help="pipeline, e.g. SDXL (or its hub id)")
     p.add_argument("--sched", help="scheduler, e.g. DDIM")
@@ -809,8 +857,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except AccelOptError as err:
-        print(f"accelopt: error: {err}", file=sys.stderr)
+    except AccelOptError as err:  # its message may quote a store, a task file or a storage
+        print(f"accelopt: error: {printable(str(err), 2000)}", file=sys.stderr)
         return 2
     except Exception as err:
         from accelopt.study import is_storage_error

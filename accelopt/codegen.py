@@ -43,7 +43,7 @@ from typing import Any
 
 import tomllib
 
-from accelopt.errors import AccelOptError
+from accelopt.errors import AccelOptError, printable
 
 __all__ = [
     "HEADER_NAMES",
@@ -189,24 +189,49 @@ def write_scripts(
     force: bool = False,
 ) -> list[tuple[Path, dict[str, Any]]]:
     """Write a script per answered request (``output`` is a folder for a batch); then refuse,
-    in one error, every request no entry answers, naming the nearest entries and the run."""
+    in one error, every request no entry answers, naming the nearest entries and the run.
+
+    Only entries that pass ``accelopt.entries.check_entry`` are considered (the CLI reports the
+    others first); a batch's outputs must stay inside ``output``, and every one is checked, and
+    every script made, before the first is written."""
+    from accelopt.entries import usable_entries
+
+    entries = usable_entries(entries)[0]
     if batch and output.exists() and not output.is_dir():
         raise AccelOptError(f"-o {output}: with --tasks, -o names a folder, and this is a file")
-    written, missing = [], []
-    for request in requests:
+    answers, missing = [], []
+    for request in requests:  # every output checked and every script made before one is written
+        target = _inside(output, request.output or request.script_name()) if batch else output
         entry = find_entry(entries, request)
         if entry is None:
             missing.append(why_missing(entries, request))
             continue
-        target = output / (request.output or request.script_name()) if batch else output
         if target.exists() and not force:
             raise AccelOptError(f"{target} exists; pass --force to overwrite it")
+        answers.append((target, entry, render_script(entry)))
+    for target, _, script in answers:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(render_script(entry), encoding="utf-8")
-        written.append((target, entry))
+        target.write_text(script, encoding="utf-8")
     if missing:
         raise AccelOptError(" | ".join(missing))
-    return written
+    return [(target, entry) for target, entry, _ in answers]
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder / name``, refused unless it stays inside ``folder`` once symlinks are resolved:
+    a task file names its outputs, and it may come from anyone."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not name.strip() or "\x00" in name:
+        raise AccelOptError(
+            f"task output {printable(name, 120)} must be a relative path inside -o {folder}"
+        )
+    root = folder.resolve()
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise AccelOptError(
+            f"task output {printable(name, 120)} leads outside -o {folder} (through a link)"
+        )
+    return target
 
 
 def _same_model(entry: Mapping[str, Any], request: Request) -> bool:
@@ -361,7 +386,8 @@ def _point_line(p: Mapping[str, Any]) -> str:
     m, study = p["measured"], p.get("study") or {}
     used = "+".join(sorted(p["accelerators"])) or "no accelerator"
     return (
-        f"{study.get('name')} trial {study.get('trial')} ({used}): {m['speedup']:.2f}x, "
+        f"{printable(study.get('name'), 80)} trial {study.get('trial')} ({used}): "
+        f"{m['speedup']:.2f}x, "
         f"{m['time_per_image']:.4g} s/image, score loss {_percent(m['score_loss'])}"
     )
 
@@ -377,7 +403,8 @@ def nearest(entries: Mapping[str, Mapping[str, Any]], request: Request, n: int =
 
     ranked = sorted(entries.values(), key=distance)[:n]
     return [
-        f"{e['pipeline']} {e['scheduler']} {e['steps']} {'+'.join(sorted(e['accelerators']))}: "
+        f"{printable(e['pipeline'], 60)} {printable(e['scheduler'], 40)} {e['steps']} "
+        f"{'+'.join(sorted(e['accelerators']))}: "
         f"{e['measured']['speedup']:.2f}x, loss {_percent(e['measured']['score_loss'])}"
         for e in ranked
     ]
@@ -391,6 +418,7 @@ def _percent(loss: float | None) -> str:
 
 HEADER_NAMES = (
     "MODEL",
+    "PACKAGED_MODEL",
     "SCHEDULER",
     "SCHEDULER_CONFIG",
     "STEPS",
@@ -456,20 +484,6 @@ def _header(values: Mapping[str, Any]) -> str:
     return ast.unparse(ast.fix_missing_locations(ast.Module(body, [])))
 
 
-def _model_source(info: Any, model: str) -> str:
-    """What the script loads: the hub id, the shipped folder of a toy model, or the name itself.
-
-    A tiny pipeline has neither hub id nor folder: its scripts run with --model pointing at one.
-    """
-    from accelopt.pipelines import TOY_PIPELINES, toy_folder
-
-    if info is None:
-        return model
-    if info.name in TOY_PIPELINES:
-        return str(toy_folder(info.name))
-    return str(info.hub_id or info.name)
-
-
 def _execution(entry: Mapping[str, Any]) -> str:
     """The mode an entry was measured in; entries from before modes existed ran eagerly."""
     from accelopt.execution import MODES
@@ -485,25 +499,31 @@ def _execution(entry: Mapping[str, Any]) -> str:
 
 def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict[str, Any]:
     """The script's header, from a store entry."""
-    from accelopt.pipelines import model_info
+    from accelopt.entries import check_entry
+    from accelopt.pipelines import TOY_PIPELINES, model_info, resolve_dtype
     from accelopt.schedulers import resolve_scheduler
 
-    if not isinstance(entry["model"], str):
-        raise AccelOptError(f"store entry {entry.get('key')!r}: model must be a string")
+    check_entry(entry.get("key"), entry)  # every value below is the right type, and in range
     info = model_info(entry["model"])
     sched = resolve_scheduler(entry["scheduler"])
     acc = entry["accelerators"]
     family = info.family if info else None
     pixart = family is not None and family.startswith("pixart")
     gen = entry["generation"]
+    dtype = gen.get("dtype")
+    if dtype is not None:  # the script reads it as torch's attribute name
+        dtype = str(resolve_dtype(dtype, _cpu())).removeprefix("torch.")
+    toy = info is not None and info.name in TOY_PIPELINES
     return {
-        "MODEL": _model_source(info, entry["model"]),
+        "MODEL": (info.hub_id or info.name) if info else entry["model"],
+        # A toy model ships inside the accelopt package: the script finds it there.
+        "PACKAGED_MODEL": ["accelopt", f"data/toy/{info.name}"] if toy and info else None,
         "SCHEDULER": sched.class_name,
         "SCHEDULER_CONFIG": dict(sched.overrides),
         "STEPS": entry["steps"],
         "GUIDANCE": gen["guidance"],
-        "RESOLUTION": gen["resolution"],
-        "DTYPE": gen["dtype"],
+        "RESOLUTION": gen.get("resolution"),
+        "DTYPE": dtype,
         "CALL_DEFAULTS": {"use_resolution_binning": False, "clean_caption": False}
         if pixart
         else {},
@@ -511,12 +531,31 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
         "DEEPCACHE": acc.get("deepcache"),
         "TOME": acc.get("tome"),
         "TGATE": acc.get("tgate"),
-        "DEFAULT_PROMPTS": list(prompts) or ["a photograph of a lighthouse on a cliff at dusk"],
+        "DEFAULT_PROMPTS": list(prompts) or _example_prompts(gen.get("prompt_set"), toy),
     }
 
 
+def _cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")
+
+
+def _example_prompts(prompt_set: str | None, toy: bool) -> list[str]:
+    """The first prompt of the study's prompt set: what its model was measured on (the toy
+    model draws shapes, and its tokenizer is 32 tokens long). Entries from before the set was
+    stored get the toy's set for a toy model, accelopt's otherwise."""
+    from accelopt.prompts import PROMPT_SETS, load_prompts
+
+    chosen = prompt_set if prompt_set in PROMPT_SETS else ("shapes" if toy else "accelopt")
+    return [load_prompts("heldout", 1, chosen)[0].text]
+
+
 def render_script(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> str:
-    """The whole script for a store entry."""
+    """The whole script for a store entry (refused unless ``entries.check_entry`` passes)."""
+    from accelopt.entries import check_entry
+
+    check_entry(entry.get("key"), entry)
     m = entry["measured"]
     doc = (
         f"{entry['pipeline']}, {entry['scheduler']}, {entry['steps']} steps, "
@@ -712,7 +751,12 @@ def main():
         parser.error("--repeats must be 1 or more")
     prompts = args.prompts or DEFAULT_PROMPTS
 
-    pipe = load(args.model, args.device)
+    model = args.model
+    if model == MODEL and PACKAGED_MODEL is not None:  # shipped inside an installed package
+        from importlib import resources
+
+        model = str(resources.files(PACKAGED_MODEL[0]).joinpath(PACKAGED_MODEL[1]))
+    pipe = load(model, args.device)
     accelerated = Accelerated(pipe)
     if args.show_applied:
         print(json.dumps(accelerated.applied(), sort_keys=True))

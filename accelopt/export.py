@@ -81,6 +81,7 @@ def _entry(
             "resolution": spec["resolution"],
             "guidance": spec["guidance"],
             "dtype": spec["dtype"],
+            "prompt_set": (spec.get("prompts") or {}).get("set"),  # the scripts' example prompt
         },
         "measured": {k: a.get(k) for k in MEASURED},
         "baseline": {
@@ -191,13 +192,23 @@ def entries_for(
                     by_set[used] = t
             chosen += [(t, list(used)) for used, t in sorted(by_set.items())]
     if pareto:
-        return _frontier_entries(study, storage, chosen)
+        return _checked(_frontier_entries(study, storage, chosen))
     entries: dict[str, dict[str, Any]] = {}
     for t, targets in chosen:
         key, entry = _entry(study, t, targets, requirement, storage)
         # The set of every accelerator searched has the study's key: its best overall trial
         # answers it, even when that trial used fewer accelerators than its set's best did.
         entries.setdefault(key, entry)
+    return _checked(entries)
+
+
+def _checked(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``entries``, each passing the check every reader applies (``accelopt.entries``): what
+    export writes, codegen must be able to use."""
+    from accelopt.entries import check_entry
+
+    for key, entry in entries.items():
+        check_entry(key, entry)
     return entries
 
 

@@ -23,14 +23,15 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from accelopt.errors import AccelOptError
-from accelopt.store import FORMAT, locked, read_store, replace_file, seed_key
+from accelopt.errors import AccelOptError, printable
+from accelopt.store import FORMAT, locked, read_json, read_store, replace_file, seed_key
 
-__all__ = ["KNOBS", "LAYOUTS", "read_params_file", "seed_layout", "write_seed"]
+__all__ = ["KNOBS", "LAYOUTS", "ParamsFile", "read_params_file", "seed_layout", "write_seed"]
 
 LAYOUTS = ("accelopt", "seed")
 # The seed's flat knob names -> (accelerator, accelopt's knob name).
@@ -103,24 +104,34 @@ def write_seed(path: Path, entries: Mapping[str, Mapping[str, Any]]) -> list[str
     return left_out
 
 
-def read_params_file(path: Path) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The layout of ``path`` ("accelopt" or "seed") and its entries, as accelopt's store
-    holds them; ("accelopt", {}) when the file does not exist."""
-    if not path.exists():
-        return "accelopt", {}
+class ParamsFile(NamedTuple):
+    """A params file read: its layout, its entries as accelopt's store holds them, and the seed
+    entries that could not be read, as ``(printable key, why)`` (an accelopt store's entries
+    are checked by ``accelopt.entries.usable_entries``)."""
+
+    layout: str
+    entries: dict[str, dict[str, Any]]
+    problems: list[tuple[str, str]]
+
+
+def read_params_file(path: Path) -> ParamsFile:
+    """``path`` in either layout; ("accelopt", {}, []) when the file does not exist."""
+    if not os.path.lexists(path):
+        return ParamsFile("accelopt", {}, [])
     layout, data = _load(path)
     if layout == "accelopt":
-        return layout, read_store(path)
-    return layout, {key: _entry(path, key, params) for key, params in data.items()}
+        return ParamsFile(layout, read_store(path), [])
+    entries, problems = {}, []
+    for key, params in data.items():
+        try:
+            entries[key] = _entry(path, key, params)
+        except AccelOptError as err:
+            problems.append((printable(key, 120), str(err)))
+    return ParamsFile(layout, entries, problems)
 
 
 def _load(path: Path) -> tuple[str, dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: 5000 digits
-        raise AccelOptError(
-            f"{path} is not a params file (not valid JSON: {str(err)[:200]}); left untouched"
-        ) from None
+    data = read_json(path, "params file")
     if not isinstance(data, dict):
         raise AccelOptError(f"{path} is not a params file (not a JSON object); left untouched")
     if "format" in data:

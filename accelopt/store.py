@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from accelopt.errors import AccelOptError
+from accelopt.errors import AccelOptError, printable
 
 __all__ = [
     "DEFAULT_STORE",
@@ -46,6 +46,7 @@ __all__ = [
     "VERSION",
     "locked",
     "non_dominated",
+    "read_json",
     "read_store",
     "replace_file",
     "seed_key",
@@ -58,6 +59,7 @@ __all__ = [
 FORMAT = "accelopt-params-store"
 VERSION = 1
 DEFAULT_STORE = "search_params.json"
+MAX_BYTES = 256 * 2**20  # a store of 100,000 frontier points is about 100 MB
 
 T = TypeVar("T")
 
@@ -127,17 +129,39 @@ def non_dominated(items: Sequence[T], values: Callable[[T], tuple[float, float]]
     return [item for item, (s, loss) in zip(items, pairs, strict=True) if not beaten(s, loss)]
 
 
-def read_store(path: Path) -> dict[str, dict[str, Any]]:
-    """The entries of a store file ({} when it does not exist); refuses anything else."""
-    if not path.exists():
-        return {}
+def read_json(path: Path, what: str = "params store", limit: int = MAX_BYTES) -> Any:
+    """The JSON in ``path``, read as untrusted: a regular file only (a FIFO or a device would
+    block or never end), at most ``limit`` bytes, any JSON error (digits past Python's limit
+    and nesting past its recursion included) refused in one line."""
+    shown = printable(str(path), 200)
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        info = path.stat()
+    except OSError as err:
+        raise AccelOptError(f"{shown}: cannot read the {what}: {err.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise AccelOptError(f"{shown} is not a regular file; give the {what}'s path")
+    if info.st_size > limit:
         raise AccelOptError(
-            f"{path} is not a params store (not valid JSON: {err}); left untouched, "
+            f"{shown} is {info.st_size:,} bytes, over the {limit:,} a {what} may have"
+        )
+    try:
+        with path.open("rb") as f:
+            return json.loads(f.read(limit + 1).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: JSON's, digits
+        why = "nested too deep" if isinstance(err, RecursionError) else printable(err, 200)
+        raise AccelOptError(
+            f"{shown} is not a {what} (not valid JSON: {why}); left untouched, "
             f"pass --store to use another file"
         ) from None
+
+
+def read_store(path: Path) -> dict[str, dict[str, Any]]:
+    """The entries of a store file ({} when it does not exist); refuses anything else.
+
+    The entries are as stored: check them (``accelopt.entries.usable_entries``) before use."""
+    if not os.path.lexists(path):
+        return {}
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise AccelOptError(
             f'{path} is not an accelopt params store (no "format": "{FORMAT}"); left '

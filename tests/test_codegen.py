@@ -28,6 +28,7 @@ from accelopt.codegen import (
 )
 from accelopt.errors import AccelOptError
 from accelopt.pipelines import MODELS, model_info
+from accelopt.prompts import load_prompts
 from accelopt.schedulers import SCHEDULERS, resolve_scheduler
 from accelopt.spec import parse_name
 from accelopt.store import seed_pipeline
@@ -237,47 +238,105 @@ def nasty_data(rng: random.Random, depth: int = 0) -> Any:
     return {nasty_text(rng): nasty_data(rng, depth + 1) for _ in range(rng.randint(0, 3))}
 
 
-def knobs(rng: random.Random, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = {
-        "deepcache": {"cache_interval": rng.randint(1, 10), "cache_branch_id": rng.randint(0, 11)},
-        "tome": {"ratio": rng.random(), "max_downsample": rng.choice([1, 2, 4, 8])},
-        "tgate": {"gate_step": rng.randint(5, 19), "warm_up": rng.randint(0, 4)},
-    }[name]
-    if rng.random() < 0.3:
-        found[nasty_text(rng)] = nasty_data(rng)
-    return found
+def valid_knobs(rng: random.Random, name: str, traits: Any) -> dict[str, Any]:
+    """Knobs accelopt's own ``check`` takes for this layout (``traits``, None: unknown)."""
+    most_branch = 3 * (traits.down_blocks if traits and traits.down_blocks else 4) - 1
+    downsamples = traits.attention_downsamples if traits and traits.has_unet else (1, 2, 4)
+    return {
+        "deepcache": {"cache_interval": rng.randint(1, 5),
+                      "cache_branch_id": rng.randint(0, most_branch)},
+        "tome": {"ratio": rng.choice([0.1, 0.5, 0.75]), "max_downsample": rng.choice(downsamples),
+                 "use_rand": rng.random() < 0.5},
+        "tgate": {"gate_step": rng.randint(1, 10), "warm_up": rng.randint(0, 4)},
+    }[name]  # fmt: skip
 
 
-def random_entry(rng: random.Random) -> tuple[dict[str, Any], list[str]]:
-    """An entry and its prompts; unknown models get any accelerator."""
-    model = rng.choice(KNOWN) if rng.random() < 0.5 else nasty_text(rng)
+def clean_text(rng: random.Random) -> str:
+    """Nasty, but a string JSON and UTF-8 can carry (no lone surrogate)."""
+    return nasty_text(rng).replace("\ud800", "?")
+
+
+def valid_entry(rng: random.Random) -> tuple[dict[str, Any], list[str]]:
+    """An entry every check passes, hostile only in its free text (device, names, key)."""
+    from accelopt.entries import _traits
+
+    model = rng.choice(KNOWN) if rng.random() < 0.6 else "models/" + clean_text(rng)
     info = model_info(model)
-    family = info.family if info else None
-    names = [n for n in FAMILY_ACCELERATORS[family] if rng.random() < 0.5]
-    accelerators = {n: knobs(rng, n) for n in names}
+    traits = _traits(model)
+    names = [n for n in FAMILY_ACCELERATORS[info.family if info else None] if rng.random() < 0.5]
+    steps = rng.choice([10, 20, 25, 50])
     generation = {
-        "resolution": rng.choice([None, 512, 1024, 2**40, nasty_data(rng)]),
-        "guidance": rng.choice([0, 7.5, -0.0, float("nan"), float("inf"), nasty_data(rng)]),
-        "dtype": rng.choice([None, "float16", nasty_text(rng), nasty_data(rng)]),
+        "resolution": rng.choice([None, 512, 1024]),
+        "guidance": rng.choice([0, 7.5, -0.0, 1.0]),
+        "dtype": rng.choice([None, "float16", "fp32", "bfloat16"]),
     }
     entry = make_entry(
         model,
         rng.choice(SCHEDULER_NAMES),
-        rng.choice([1, 20, 25, 50, 1000]),
-        accelerators,
+        steps,
+        {n: valid_knobs(rng, n, traits) for n in names},
         req_speedup=rng.choice([None, 2.0]),
         req_time=rng.choice([None, 1.5]),
-        speedup=rng.choice([1.5, 3.14159, float("nan"), float("inf")]),
-        time_per_image=rng.choice([0.25, 1e-9, float("nan")]),
-        score_loss=rng.choice([0.0, 0.0123, -0.5, float("nan")]),
-        device=rng.choice([nasty_text(rng), 1234, 1.5, None, "cpu"]),
+        speedup=rng.choice([1.5, 3.14159, 1e-3]),
+        time_per_image=rng.choice([0.25, 1e-9]),
+        score_loss=rng.choice([0.0, 0.0123, -0.5]),
+        device=rng.choice([clean_text(rng), None, "cpu"]),
         generation=generation,
-        study_name=nasty_text(rng),
-        storage=nasty_text(rng),
-        key=rng.choice([None, nasty_text(rng)]),
+        study_name=clean_text(rng),
+        storage=clean_text(rng),
+        key=rng.choice([None, clean_text(rng)]),
     )
-    prompts = [nasty_text(rng) for _ in range(rng.randint(0, 3))]
+    prompts = [clean_text(rng) for _ in range(rng.randint(0, 3))]
     return entry, prompts
+
+
+def corrupted(rng: random.Random, entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``entry`` with one hostile change that makes it unusable, and which."""
+    out = json_copy(entry)
+    kind = rng.choice(CORRUPTIONS)
+    if kind == "missing key":
+        del out[rng.choice(["model", "measured", "generation", "steps", "accelerators"])]
+    elif kind == "wrong type":
+        section, field = rng.choice([("measured", "speedup"), ("generation", "guidance"),
+                                     (None, "steps"), (None, "model"),
+                                     ("generation", "resolution")])  # fmt: skip
+        holder = out if section is None else out[section]
+        holder[field] = rng.choice(["3", [1], {"a": 1}, True])
+    elif kind == "not finite":
+        out["measured"]["speedup"] = rng.choice([float("nan"), float("inf")])
+    elif kind == "huge":
+        out["steps"] = 10**5000 if rng.random() < 0.5 else 2**70
+    elif kind == "deep knob":
+        nested: Any = 1
+        for _ in range(200):
+            nested = {"k": nested}
+        out["accelerators"] = {"deepcache": {"cache_interval": nested}}
+        out["targets"] = ["deepcache"]
+    elif kind == "unknown knob":
+        out["accelerators"] = {"tgate": {"gate_step": 5, clean_text(rng): 1}}
+        out["targets"] = ["tgate"]
+    elif kind == "out of range":
+        out["accelerators"] = {"deepcache": {"cache_interval": 0, "cache_branch_id": 99}}
+        out["targets"] = ["deepcache"]
+    elif kind == "other model":
+        out["pipeline"], out["model"] = "TinySD", "evil/" + clean_text(rng)
+    elif kind == "surrogate":
+        out["measured"]["device"] = "\ud800"
+    elif kind == "long string":
+        out["study"]["name"] = "x" * 100_000
+    return out, kind
+
+
+CORRUPTIONS = ["missing key", "wrong type", "not finite", "huge", "deep knob", "unknown knob",
+               "out of range", "other model", "surrogate", "long string"]  # fmt: skip
+
+
+def json_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_copy(v) for v in value]
+    return value
 
 
 def expected_docstring(entry: dict[str, Any]) -> str:
@@ -373,14 +432,26 @@ def body_text(script: str, tree: ast.Module) -> str:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_fuzzed_entries_render_safe_scripts(seed: int) -> None:
+    """Valid entries with hostile text render scripts whose header evaluates back to the
+    entry; every hostile change of one makes codegen refuse it, naming its key."""
+    from accelopt.entries import InvalidEntry
+
     rng = random.Random(seed)
     bodies = set()
-    for _ in range(50):
-        entry, prompts = random_entry(rng)
+    refused: set[str] = set()
+    for _ in range(40):
+        entry, prompts = valid_entry(rng)
         script = render_script(entry, prompts)
         tree = check_script(script, entry, prompts)
         bodies.add(body_text(script, tree))
+        bad, kind = corrupted(rng, entry)
+        with pytest.raises(InvalidEntry) as info:
+            render_script(bad, prompts)
+        assert str(info.value).startswith("store entry "), kind
+        assert len(str(info.value)) < 1000, kind
+        refused.add(kind)
     assert len(bodies) == 1  # the code below the header never changes
+    assert len(refused) >= 8  # most kinds of corruption were tried
 
 
 def test_plain_entry_gets_a_readable_docstring() -> None:
@@ -415,7 +486,6 @@ def test_plain_entry_gets_a_readable_docstring() -> None:
         ("back\\slash", False),
         ("cr\rhere", False),
         ("nul\x00here", False),
-        ("lone \ud800 surrogate", False),
         ('ends with a quote"', True),
         ("tab\there, ''' and \u2028", True),
     ],
@@ -434,7 +504,7 @@ def test_docstring_triple_quoted_only_when_safe(device: str, readable: bool) -> 
 def test_non_string_model_id_is_refused(model: Any) -> None:
     entry = make_entry()
     entry["model"] = model
-    with pytest.raises(AccelOptError, match="model must be a string"):
+    with pytest.raises(AccelOptError, match="model: Input should be a valid string"):
         render_script(entry)
 
 
@@ -446,7 +516,7 @@ def test_fixed_body_is_identical_across_scripts() -> None:
         50,
         {"tome": {"ratio": 0.5, "max_downsample": 1}},
         device="cpu\n",
-        generation={"resolution": None, "guidance": float("nan"), "dtype": None},
+        generation={"resolution": None, "guidance": 7.5, "dtype": None},
     )
     scripts = [render_script(first), render_script(second, ['a"""b', "c\\d\n"])]
     trees = [ast.parse(s) for s in scripts]
@@ -469,6 +539,7 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
     )
     assert header_values(entry) == {
         "MODEL": "stabilityai/stable-diffusion-xl-base-1.0",
+        "PACKAGED_MODEL": None,
         "SCHEDULER": "DDIMScheduler",
         "SCHEDULER_CONFIG": {},
         "STEPS": 25,
@@ -480,7 +551,7 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
         "DEEPCACHE": None,
         "TOME": None,
         "TGATE": {"gate_step": 10},
-        "DEFAULT_PROMPTS": ["a photograph of a lighthouse on a cliff at dusk"],
+        "DEFAULT_PROMPTS": [load_prompts("heldout", 1, "accelopt")[0].text],
     }
 
 
@@ -497,13 +568,20 @@ def test_scripts_load_from_the_hub_id_or_the_given_source(model: str, source: st
     assert header_values(entry)["MODEL"] == source
 
 
-def test_toy_scripts_load_the_folder_shipped_with_accelopt() -> None:
+def test_toy_scripts_find_the_model_shipped_with_accelopt() -> None:
+    """No path of the machine that wrote the script: the installed package has the folder;
+    the example prompt is the toy's own kind (its tokenizer is 32 tokens long)."""
     from accelopt.pipelines import toy_folder
 
     entry = make_entry("ToySD", "ddim", 20, {"deepcache": {"cache_interval": 3}})
-    folder = header_values(entry)["MODEL"]
-    assert folder == str(toy_folder("ToySD"))
-    assert (Path(folder) / "model_index.json").is_file()
+    values = header_values(entry)
+    assert values["MODEL"] == "ToySD"
+    package, inside = values["PACKAGED_MODEL"]
+    folder = Path(str(resources.files(package).joinpath(inside)))
+    assert folder == toy_folder("ToySD")
+    assert (folder / "model_index.json").is_file()
+    assert str(toy_folder("ToySD")) not in render_script(entry)
+    assert values["DEFAULT_PROMPTS"] == [load_prompts("heldout", 1, "shapes")[0].text]
 
 
 @pytest.mark.parametrize(
@@ -519,7 +597,9 @@ def test_toy_scripts_load_the_folder_shipped_with_accelopt() -> None:
 def test_header_values_carry_the_stored_accelerators(
     model: str, accelerators: tuple[str, ...]
 ) -> None:
-    acc = {name: {"knob": i} for i, name in enumerate(accelerators)}
+    valid = {"deepcache": {"cache_interval": 3}, "tgate": {"gate_step": 7, "warm_up": 1},
+             "tome": {"ratio": 0.5, "max_downsample": 2}}  # fmt: skip
+    acc = {name: valid[name] for name in accelerators}
     values = header_values(make_entry(model, "DDIM", 25, acc))
     for name in ("deepcache", "tome", "tgate"):
         assert values[name.upper()] == acc.get(name)
@@ -595,8 +675,11 @@ def test_header_values_prompts_and_generation() -> None:
         50,
     )
     assert header_values(entry, [])["DEFAULT_PROMPTS"] == [
-        "a photograph of a lighthouse on a cliff at dusk"
+        load_prompts("heldout", 1, "accelopt")[0].text
     ]
+    shapes = make_entry(generation={"guidance": 5.0, "prompt_set": "shapes"})
+    shape = load_prompts("heldout", 1, "shapes")[0].text
+    assert header_values(shapes)["DEFAULT_PROMPTS"] == [shape]
 
 
 # ---- find_entry -----------------------------------------------------------------------------
@@ -878,7 +961,7 @@ def test_a_script_runs_under_the_mode_its_entry_was_measured_in() -> None:
     doc = ast.get_docstring(ast.parse(render_script(graphs)))
     assert "Measured under execution mode cuda-graphs, which this script reproduces" in doc
     for bad in ("graphs\nimport os", 3, None):
-        with pytest.raises(AccelOptError, match=r"execution\.mode must be one of eager"):
+        with pytest.raises(AccelOptError, match=r"execution\.mode: Input should be 'eager'"):
             render_script({**entry, "execution": {"mode": bad}})
 
 

@@ -233,3 +233,42 @@ def test_a_compile_mode_script_runs_on_the_cpu_and_matches_eager(tmp_path: Path)
     compiled, eager = np.load(array), entry_images(folder, entry, PROMPTS)
     assert compiled.shape == eager.shape == (2, TINY_RESOLUTION, TINY_RESOLUTION, 3)
     assert float(np.abs(compiled - eager).max()) < COMPILE_TOLERANCE
+
+
+HOSTILE = ['"""; open("pwned", "w"); """', "\x1b[2J\r\nforged",
+           "'); import os; os.system('touch pwned2'); ('"]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scripts_of_hostile_entries_create_only_their_images(tmp_path: Path, seed: int) -> None:
+    """A sample of the codegen fuzz, run: hostile text in every free-text field of a valid
+    entry, and the script writes its images and nothing else anywhere in its folder."""
+    import random
+
+    rng = random.Random(seed)
+    text = lambda: "".join(rng.sample(HOSTILE, 2))  # noqa: E731
+    folder = tmp_path / "model"
+    tiny_pipeline("TinySD").save_pretrained(folder)
+    entry = make_entry(
+        "TinySD", "DDIM", 2, {"tgate": {"gate_step": 1, "sp_interval": 1, "fi_interval": 1,
+                                       "warm_up": 0}}, device=text(),
+        study_name=text(), storage=text(), key=text(),
+        generation={"resolution": 32, "guidance": 5.0, "dtype": "float32"},
+    )  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    script = work / "generated.py"
+    script.write_text(render_script(entry, [text()]), encoding="utf-8")
+    before = {p for p in tmp_path.rglob("*")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script), "--model", str(folder), "--device", "cpu",
+         "--warmup", "0", "--repeats", "1", "--out-dir", "out"],
+        capture_output=True, text=True, env=env, cwd=work, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert {p.relative_to(work) for p in created if "__pycache__" not in p.parts} == {
+        Path("out"),
+        Path("out/000.png"),
+    }

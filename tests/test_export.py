@@ -58,7 +58,12 @@ def test_entry_holds_what_the_store_promises(searched: tuple[optuna.Study, str])
     for key in ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device"):
         assert entry["measured"][key] == trial.user_attrs[key]
     assert entry["baseline"]["scores"] == study.user_attrs["baseline_scores"]
-    assert entry["generation"] == {"resolution": 32, "guidance": 5.0, "dtype": "float32"}
+    assert entry["generation"] == {
+        "resolution": 32,
+        "guidance": 5.0,
+        "dtype": "float32",
+        "prompt_set": "accelopt",
+    }  # fmt: skip  (scripts' examples)
     assert entry["versions"]["diffusers"] and entry["versions"]["torch"]
     assert entry["study"] == {"name": "TinySD-DDIM-10", "storage": storage,
                               "trial": trial.number}  # fmt: skip

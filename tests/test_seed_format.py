@@ -86,7 +86,7 @@ def test_codegen_reads_a_seed_file_and_says_so(
 ) -> None:
     path = tmp_path / "search_params.json"
     tgate = {"gate_step": 10, "sp_interval": 5, "fi_interval": 1, "warmup": 2, "speedup": 1.7}
-    both = {"cache_interval": 3, "cache_branch_id": 0, "ratio": 0.5, "max_downsample": 1,
+    both = {"cache_interval": 3, "cache_branch_id": 0, "ratio": 0.5, "max_downsample": 2,
             "speedup": 2.4}  # fmt: skip
     path.write_text(json.dumps({
         str(("SDXL", "DDIM", "25", None, 0.02, ["tgate"])): tgate,
@@ -95,10 +95,10 @@ def test_codegen_reads_a_seed_file_and_says_so(
     out = tmp_path / "fast.py"
     argv = ["codegen", "--pipe", "SDXL", "--sched", "DDIM", "--steps", "25", "--store", str(path)]
     assert main([*argv, "-o", str(out)]) == 0
-    assert f"read 2 entries from {path} (seed layout)" in capsys.readouterr().err
+    assert f"read 2 usable entries of 2 from {path} (seed layout)" in capsys.readouterr().err
     header = read_header(out.read_text())
     assert header["DEEPCACHE"] == {"cache_interval": 3, "cache_branch_id": 0}
-    assert header["TOME"] == {"ratio": 0.5, "max_downsample": 1}
+    assert header["TOME"] == {"ratio": 0.5, "max_downsample": 2}
     assert header["TGATE"] is None
     assert header["MODEL"] == "stabilityai/stable-diffusion-xl-base-1.0"
     assert (header["RESOLUTION"], header["GUIDANCE"]) == (1024, 5.0)  # accelopt's SDXL defaults
