@@ -47,6 +47,10 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
         "deepcache": {"cache_interval": 3, "cache_branch_id": 0},
         "tgate": {"gate_step": 10, "sp_interval": 5, "fi_interval": 1, "warm_up": 2},
     },
+    "tome 0.5 + tgate 10": {
+        "tome": {"ratio": 0.5, "max_downsample": 1},
+        "tgate": {"gate_step": 10, "sp_interval": 5, "fi_interval": 1, "warm_up": 2},
+    },
 }
 PROMPT = "a photograph of a lighthouse at dusk"
 

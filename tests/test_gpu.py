@@ -109,6 +109,8 @@ GRAPH_PLANS: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
     ),
     "tgate": ({"tgate": TG}, {"tgate": TGateConfig(5, 3, 1, 2)}),  # keeps at 3, as at 2
     "deepcache+tgate": ({"deepcache": DC, "tgate": TG}, None),
+    # Merged self-attention computes at every call: the halved batch and the gate still apply.
+    "tome+tgate": ({"tome": ToMeConfig(ratio=0.5, max_downsample=1), "tgate": TG}, None),
 }
 
 
