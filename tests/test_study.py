@@ -20,7 +20,9 @@ from accelopt.schedulers import set_scheduler
 from accelopt.schedules import Calls, does_at_least, schedule
 from accelopt.search import Space
 from accelopt.spec import SamplerSpec, load_spec
-from accelopt.study import Requirement, best_trial, run_study, storage_label
+from accelopt.results import Requirement, best_trial
+from accelopt.storage import open_storage, storage_label
+from accelopt.study import run_study
 from accelopt.testing import render, tiny_pipeline
 
 quiet = {"progress": False, "log": lambda s: None}
@@ -245,7 +247,7 @@ def test_a_trial_left_running_by_a_dead_worker_is_retried_once(tmp_path: Path) -
     import subprocess
     import sys
 
-    from accelopt.study import recover_stale_trials
+    from accelopt.storage import recover_stale_trials
 
     storage = str(tmp_path / "studies.journal")
     spec = load_spec("TinySD-DDIM-10-deepcache")
@@ -276,8 +278,6 @@ def test_a_trial_left_running_by_a_dead_worker_is_retried_once(tmp_path: Path) -
 
 
 def test_database_connections_are_checked_before_use(storage: str) -> None:
-    from accelopt.study import open_storage
-
     backend, url = open_storage(storage)
     assert url == storage
     assert backend.engine.pool._pre_ping  # type: ignore[attr-defined]

@@ -24,8 +24,9 @@ from optuna.trial import TrialState
 
 from accelopt.cli import main
 from accelopt.spec import load_spec
-from accelopt.study import open_storage, run_study
-from accelopt.workers import GridOrder, Slots, TrialSeededTPE, released_trials, retry_once
+from accelopt.storage import open_storage, retry
+from accelopt.study import run_study
+from accelopt.workers import GridOrder, Slots, TrialSeededTPE, released_trials
 
 quiet = {"progress": False, "log": lambda s: None}
 POSTGRES = os.environ.get("ACCELOPT_TEST_POSTGRES")
@@ -79,12 +80,12 @@ def test_a_retry_keeps_its_grid_point_and_is_made_once() -> None:
     study.enqueue_trial({"a.x": 3})
     trial = study.ask()  # killed before it drew its parameter
     study.tell(trial, state=TrialState.FAIL)
-    retry_once(study, study.trials[0])
-    retry = study.ask()
-    assert retry.suggest_int("a.x", 1, 3) == 3
-    study.tell(retry, state=TrialState.FAIL)
+    assert retry(study, study.trials[0])
+    again = study.ask()
+    assert again.suggest_int("a.x", 1, 3) == 3
+    study.tell(again, state=TrialState.FAIL)
     assert study.trials[1].system_attrs["failed_trial"] == 0
-    retry_once(study, study.trials[1])  # a retry that dies is not queued a third time
+    assert not retry(study, study.trials[1])  # a retry that dies is not queued a third time
     assert len(study.trials) == 2 and released_trials(study.trials) == {0}
 
 
