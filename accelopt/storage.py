@@ -283,7 +283,7 @@ class JournalFile(BaseJournalBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
         with self.locked():
-            self.cut_broken_tail(check_last_line=False)
+            self.cut_broken_tail()
             # One unbuffered write: a signal handler (Ctrl-C) runs after it, never inside it.
             with open(self.path, "ab", buffering=0) as f:
                 f.write(data.encode("utf-8"))
@@ -298,22 +298,26 @@ class JournalFile(BaseJournalBackend):
         finally:
             self._lock.release()
 
-    def cut_broken_tail(self, *, check_last_line: bool = True) -> Path | None:
-        """Cut a half-written last line off the file; call under ``locked``. Returns the copy of
-        the whole file kept first, or None when the file was whole. ``check_last_line`` also
-        cuts a last line that ends but is not a record (slower: it reads that line)."""
+    def torn(self) -> bool:
+        """Whether the file ends in a line without its newline: a writer killed mid-write, or
+        (outside ``locked``) one still writing."""
         with open(self.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
-                return None
+                return False
             f.seek(size - 1)
-            torn = f.read(1) != b"\n"
-            cut = _last_line_start(f, size - (0 if torn else 1))
-            if not torn and check_last_line:
-                f.seek(cut)
-                torn = not _is_record(f.read())
-        if not torn:
+            return f.read(1) != b"\n"
+
+    def cut_broken_tail(self) -> Path | None:
+        """Cut a half-written last line off the file; call under ``locked``. Returns the copy of
+        the whole file kept first, or None when the file was whole.
+
+        A whole line that is not a record is left for ``repair_file``: it may be a half line
+        with a record appended after it, which that keeps."""
+        if not self.torn():
             return None
+        with open(self.path, "rb") as f:
+            cut = _last_line_start(f, os.fstat(f.fileno()).st_size)
         backup = _backup(Path(self.path))
         # In place: readers keep their place, since none read past a line that had not ended.
         os.truncate(self.path, cut)
@@ -364,15 +368,18 @@ def _backup(path: Path) -> Path:
 
 
 def repair_journal(path: Path, backend: JournalFile | None = None) -> Path | None:
-    """At start-up: cut a broken last line (a writer killed mid-write) off a journal file.
+    """At start-up: cut a half-written last line (a writer killed mid-write) off a journal file.
 
     Under the journal's lock, so a line another worker is still writing is complete by then and
-    never cut. The whole file is first copied to ``<name>.broken-<time>``; returns that copy,
-    or None when the file was whole (or is not there).
+    never cut; a whole file is only read (it may be read-only). The whole file is first copied
+    to ``<name>.broken-<time>``; returns that copy, or None when the file was whole (or is not
+    there).
     """
     if not path.is_file():
         return None
     backend = backend or JournalFile(str(path))
+    if not backend.torn():
+        return None
     with backend.locked():
         return backend.cut_broken_tail()
 
