@@ -160,12 +160,24 @@ def run_study(
 
         execution.check(spec.execution, spec.targets or (), str(resolve_device(device)))
     with sole_writer(storage_url(storage)):
-        return _run_study(spec, storage, n_trials, timeout, requirement, device, weights,
-                          progress, log, heartbeat, warm_start)  # fmt: skip
+        return _run_study(
+            spec,
+            storage=storage,
+            n_trials=n_trials,
+            timeout=timeout,
+            requirement=requirement,
+            device=device,
+            weights=weights,
+            progress=progress,
+            log=log,
+            heartbeat=heartbeat,
+            warm_start=warm_start,
+        )
 
 
 def _run_study(
     spec: StudySpec,
+    *,
     storage: str | None,
     n_trials: int | None,
     timeout: float | None,
