@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import sys
 
-from accelopt.cli import main
+try:
+    from accelopt.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python starts: no traceback, the shell's exit code
+    print("accelopt: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -7,13 +7,19 @@ Bad input prints one line saying what to fix and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from accelopt import __version__
-from accelopt.errors import AccelOptError, printable
+from accelopt.errors import AccelOptError, Interrupted, exit_code, printable
+
+if TYPE_CHECKING:
+    import optuna
+
+    from accelopt.results import Requirement
 
 __all__ = ["main"]
 
@@ -106,7 +112,7 @@ def _load_spec(args: argparse.Namespace):
 
 def _frontier_line(study, hint: bool = True) -> str:
     """One line about a pareto study's frontier (empty for any other study)."""
-    from accelopt.study import frontier, is_pareto
+    from accelopt.results import frontier, is_pareto
 
     if not is_pareto(study):
         return ""
@@ -142,7 +148,8 @@ def _describe(trial) -> str:
 def _run(args: argparse.Namespace) -> int:
     import optuna
 
-    from accelopt.study import Requirement, run_study
+    from accelopt.results import Requirement
+    from accelopt.study import run_study
 
     if args.req_speedup is not None and args.req_time is not None:
         raise AccelOptError("give at most one of --req-speedup and --req-time")
@@ -154,14 +161,17 @@ def _run(args: argparse.Namespace) -> int:
     requirement = Requirement(args.req_speedup, args.req_time)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     gpus = _gpus(args)
+    storage = args.storage
+    if len(gpus) > 1:
+        storage = _shared_storage(args.storage, f"{len(gpus)} workers", SHARED_STORAGE)
     try:
         if len(gpus) > 1:
-            outcome, codes = _run_workers(args, spec, gpus, requirement)
+            outcome, codes = _run_workers(args, spec, gpus, requirement, storage)
         else:
             codes = {}
             outcome = run_study(
                 spec,
-                storage=args.storage,
+                storage=storage,
                 n_trials=args.n_trials,
                 timeout=args.timeout,
                 requirement=requirement,
@@ -171,12 +181,9 @@ def _run(args: argparse.Namespace) -> int:
                 heartbeat=args.heartbeat,
                 warm_start=args.warm_start,
             )
-    except KeyboardInterrupt:
-        print(
-            "accelopt: interrupted; finished trials are stored, run again to resume",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as stop:
+        print(_interrupted(spec.name, storage, requirement), file=sys.stderr)
+        return exit_code(stop)
     states = [t.state.name for t in outcome.study.trials]
     counted = states.count("COMPLETE") + states.count("PRUNED")
     if args.export:
@@ -186,6 +193,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
     else:
         print(f"{spec.name}: ran {outcome.ran} trials ({counted} in the study{failed})")
+    for line in _never_measured(outcome.study, spec.sampler.name == "grid"):
+        print(line)
     if any(codes.values()) and not outcome.already_finished:
         from accelopt.study import is_finished
 
@@ -210,11 +219,52 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-SQLITE_WORKERS = (
-    "SQLite cannot serve several workers at once (its writers lock each other out and trials "
-    "are lost); use a journal file on one host (--storage accelopt.journal) or PostgreSQL for "
-    "many hosts (--storage postgresql://USER@HOST/DB, password in $PGPASSWORD or ~/.pgpass)"
-)
+def _interrupted(name: str, storage: str | None, requirement: Requirement) -> str:
+    """What an interrupted run says: resume it, unless its workers finished the study as the
+    stop came (then there is nothing to resume)."""
+    resume = "accelopt: interrupted; finished trials are stored, run again to resume"
+    import optuna
+
+    from accelopt.storage import open_storage, sqlite_file, storage_url
+    from accelopt.study import is_finished
+
+    url = storage_url(storage)
+    sqlite = sqlite_file(url)
+    if sqlite is not None and not sqlite.exists():
+        return resume  # interrupted before anything was stored
+    try:
+        backend, _ = open_storage(url)
+        finished = is_finished(optuna.load_study(study_name=name, storage=backend), requirement)
+    except Exception:  # the storage is what failed, or the study was never made
+        return resume
+    if not finished:
+        return resume
+    return (f"accelopt: interrupted, but study {name} was finished by then; nothing to resume "
+            f"(accelopt best --study {name} shows its answer)")  # fmt: skip
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """A stored string fit for one line of a terminal: control characters escaped, cut short."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _never_measured(study: optuna.Study, grid: bool) -> list[str]:
+    """Lines naming the given configurations (grid points) whose trial failed, twice."""
+    from accelopt.results import never_measured
+
+    missed = never_measured(study.trials)
+    if not missed:
+        return []
+    what = "grid point" if grid else "configuration"
+    plural = "" if len(missed) == 1 else "s"
+    lines = [f"{study.study_name}: {len(missed)} {what}{plural} never measured (failed, and so "
+             f"did the retry):"]  # fmt: skip
+    for t in missed:
+        point = ", ".join(f"{k}={v}" for k, v in sorted(t.system_attrs["fixed_params"].items()))
+        why = t.user_attrs.get("failed", "failed")
+        lines.append(_printable(f"  trial {t.number}: {point} ({why})", 300))
+    return lines
 
 
 SHARED_STORAGE = "accelopt.journal"  # --workers N with no storage named anywhere
@@ -222,7 +272,7 @@ SHARED_STORAGE = "accelopt.journal"  # --workers N with no storage named anywher
 
 def _shared_storage(url: str | None, workers: str, default: str = "") -> str:
     """The storage several workers share (``url``, $ACCELOPT_STORAGE, ``default``): not SQLite."""
-    from accelopt.study import storage_url
+    from accelopt.storage import SQLITE_WORKERS, storage_url
 
     url = storage_url(url, default)
     if not url:
@@ -273,10 +323,9 @@ def _gpus(args: argparse.Namespace) -> list[str | None]:
     return [str(i) for i in range(n)]
 
 
-def _run_workers(args, spec, gpus, requirement):
-    from accelopt.workers import run_workers
+def _run_workers(args, spec, gpus, requirement, storage):
+    from accelopt.launch import run_workers
 
-    storage = _shared_storage(args.storage, f"{len(gpus)} workers", SHARED_STORAGE)
     if storage == SHARED_STORAGE:
         print(f"accelopt: several workers share the journal file {storage} (SQLite cannot "
               f"serve them); later commands need --storage {storage}",
@@ -310,15 +359,22 @@ def _worker(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from accelopt.study import Requirement, open_storage, run_study, spec_of
+    from accelopt.results import Requirement
+    from accelopt.storage import open_storage
+    from accelopt.study import run_study, spec_of
 
     if args.req_speedup is not None and args.req_time is not None:
         raise AccelOptError("give at most one of --req-speedup and --req-time")
+    if (args.study is None) == (args.spec is None):
+        raise AccelOptError("give exactly one of --study NAME or --spec FILE")
     url = _shared_storage(args.storage, "workers")
+    # A spec file names its study (its stem): that study, never whichever the storage holds.
+    spec = _load_spec(args) if args.spec is not None else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend, _ = open_storage(url, heartbeat=args.heartbeat)
     try:  # the stored spec is the study's truth: other hosts need not have its file
-        spec = spec_of(optuna.load_study(study_name=args.study, storage=backend))
+        if spec is None:
+            spec = spec_of(optuna.load_study(study_name=args.study, storage=backend))
     except KeyError:
         spec = _load_spec(args)
     finally:  # run_study opens its own: this pool's connections would sit idle all run long
@@ -342,9 +398,9 @@ def _worker(args: argparse.Namespace) -> int:
             heartbeat=args.heartbeat,
             warm_start=args.warm_start,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"{me} interrupted; its running trial is given back", file=sys.stderr)
-        return 130
+        return exit_code(stop)
     print(f"{me} {spec.name}: ran {outcome.ran} trials", file=sys.stderr)
     return 0
 
@@ -352,9 +408,11 @@ def _worker(args: argparse.Namespace) -> int:
 def _write_export(study, args, requirement) -> None:
     from accelopt.confirm import confirm, confirmations, pending
     from accelopt.export import entries_for
+    from accelopt.results import is_pareto
     from accelopt.seed_format import write_seed
+    from accelopt.storage import storage_url
     from accelopt.store import store_path, write_entries
-    from accelopt.study import is_pareto, load_bench, spec_of, storage_url, study_mode
+    from accelopt.study import load_bench, spec_of, study_mode
 
     if args.top_k < 0:
         raise AccelOptError(f"--top-k must be 0 (no confirmation) or more, got {args.top_k}")
@@ -395,7 +453,7 @@ def _write_export(study, args, requirement) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from accelopt.study import Requirement
+    from accelopt.results import Requirement
 
     _write_export(_open_study(args), args, Requirement(args.req_speedup, args.req_time))
     return 0
@@ -495,10 +553,10 @@ def _sweep(args: argparse.Namespace) -> int:
     rows: list[sweep.Row] = []
     try:
         rows = sweep.sweep(names, run, load, lambda s: print(s, file=sys.stderr))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("accelopt: interrupted; finished trials are stored, run the sweep again to resume",
               file=sys.stderr)  # fmt: skip
-        return 130
+        return exit_code(stop)
     print(sweep.table(rows))
     return 1 if any(r.state.startswith("error") for r in rows) else 0
 
@@ -530,7 +588,7 @@ def _report(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from accelopt.study import open_storage, storage_label
+    from accelopt.storage import open_storage, storage_label
 
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         raise AccelOptError(
@@ -555,7 +613,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _open_study(args: argparse.Namespace):
     import optuna
 
-    from accelopt.study import open_storage, storage_label
+    from accelopt.storage import open_storage, storage_label
 
     storage, url = open_storage(args.storage)
     try:
@@ -569,7 +627,7 @@ def _open_study(args: argparse.Namespace):
 def _best(args: argparse.Namespace) -> int:
     import json
 
-    from accelopt.study import best_trial, frontier, is_pareto
+    from accelopt.results import best_trial, frontier, is_pareto
 
     study = _open_study(args)
     best = best_trial(study)
@@ -602,8 +660,9 @@ def _list(args: argparse.Namespace) -> int:
 
     import optuna
 
+    from accelopt.results import best_trial, frontier, is_pareto
     from accelopt.spec import shipped_specs
-    from accelopt.study import best_trial, frontier, is_pareto, open_storage, storage_url
+    from accelopt.storage import open_storage, storage_url
 
     local = sorted(Path("studies").glob("*.toml")) if Path("studies").is_dir() else []
     print("specs:")
@@ -624,6 +683,13 @@ def _list(args: argparse.Namespace) -> int:
         if is_pareto(study):
             shown += f", Pareto frontier of {len(frontier(study.trials))}"
         print(f"  {printable(summary.study_name, 120):40} {counted}/{budget} trials  {shown}")
+    return 0
+
+
+def _storage_repair(args: argparse.Namespace) -> int:
+    from accelopt.storage import repair_file
+
+    print(repair_file(args.path).describe())
     return 0
 
 
@@ -840,6 +906,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow binding to a non-loopback address (the dashboard has no login)",
     )
+    p = command("storage", _no_action, "look after a storage: repair a journal file")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    repair = (
+        "rewrite a journal file keeping every good line (a corrupt one dropped, a record "
+        "at its end kept), the original kept as PATH.broken-TIME; stop its workers first"
+    )
+    r = actions.add_parser("repair", help=repair, description=repair)
+    r.add_argument("path", metavar="PATH", help="the journal file")
+    r.set_defaults(func=_storage_repair)
     p = command("prompts", _prompts, "print a shipped prompt set")
     p.add_argument(
         "--set",
@@ -852,21 +927,57 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _no_action(args: argparse.Namespace) -> int:  # argparse requires the action
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While a command runs, SIGTERM stops it as Ctrl-C does (``Interrupted``): the running
+    trial is given back and the exit code is 143. Only the main thread can take signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 bad input)."""
-    args = _parser().parse_args(argv)
+    """Run the CLI; returns the exit code (0 ok, 1 a requirement unmet or a storage error,
+    2 bad input, 130 Ctrl-C, 143 SIGTERM)."""
+    try:
+        with _sigterm_stops():
+            args = _parser().parse_args(argv)
+            return _call(args)
+    except KeyboardInterrupt as stop:  # before a command could catch it: while importing
+        print("accelopt: interrupted", file=sys.stderr)
+        return exit_code(stop)
+
+
+def _call(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except AccelOptError as err:  # its message may quote a store, a task file or a storage
         print(f"accelopt: error: {printable(str(err), 2000)}", file=sys.stderr)
         return 2
     except Exception as err:
-        from accelopt.study import is_storage_error
+        from accelopt.storage import is_storage_error, scrub, storage_url
 
         if not is_storage_error(err):
             raise
         # The storage broke (a database gone): say so as itself; stored trials are safe.
-        print(f"accelopt: storage error: {type(err).__name__}: {err}", file=sys.stderr)
+        shown = scrub(f"{type(err).__name__}: {err}", storage_url(getattr(args, "storage", None)))
+        print(f"accelopt: storage error: {shown}", file=sys.stderr)
         return 1
 
 

@@ -1,8 +1,10 @@
-"""The one exception type users see for bad input."""
+"""The exceptions users see: bad input, and a command asked to stop."""
 
 from __future__ import annotations
 
-__all__ = ["AccelOptError", "choices", "printable"]
+import signal
+
+__all__ = ["AccelOptError", "Interrupted", "choices", "exit_code", "printable"]
 
 
 class AccelOptError(ValueError):
@@ -10,6 +12,20 @@ class AccelOptError(ValueError):
 
     The message is one line that says what to fix; the CLI prints it and exits with code 2.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (``signum``), handled as Ctrl-C is: whatever catches ``KeyboardInterrupt`` gives
+    its running trial back; the CLI exits with 128 + ``signum`` (143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code(stop: KeyboardInterrupt) -> int:
+    """The shell's code for a command stopped by a signal: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + int(getattr(stop, "signum", signal.SIGINT))
 
 
 def choices(values: object) -> str:

@@ -20,8 +20,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from accelopt.errors import AccelOptError
+from accelopt.results import Requirement, frontier
+from accelopt.storage import storage_label
 from accelopt.store import seed_key, seed_pipeline, seed_scheduler, write_entries
-from accelopt.study import Requirement, frontier, storage_label
 
 __all__ = ["entries_for", "export_study", "package_versions"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from accelopt.study import best_trial
+from accelopt.results import best_trial
 
 __all__ = [
     "ImageRow",

@@ -1,8 +1,9 @@
-"""Run a study: storage, sampler, baseline, trials, stopping rules and the answer.
+"""Run a study: the run loop, from its spec and baseline through its trials to the answer.
 
 A study is resumable: its spec, baseline scores and every finished trial live in Optuna storage
-(a SQLite file in the working directory unless told otherwise); running it again continues
-where it stopped and a finished study answers at once.
+(``accelopt.storage``: a SQLite file in the working directory unless told otherwise); running
+it again continues where it stopped and a finished study answers at once. Which trial a worker
+starts next is ``accelopt.workers``'; what the trials answer, ``accelopt.results``'.
 """
 
 from __future__ import annotations
@@ -10,11 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import socket
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,33 +21,38 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from accelopt import warmstart
 from accelopt.errors import AccelOptError
-from accelopt.spec import StudySpec
-from accelopt.workers import Slots
+from accelopt.export import package_versions
+from accelopt.results import DONE, Requirement, best_trial
+from accelopt.search import Space
+from accelopt.spec import MetricSpec, PromptSpec, SamplerSpec, StudySpec
+from accelopt.storage import (
+    HEARTBEAT,
+    is_storage_error,
+    open_storage,
+    recover,
+    retry,
+    sole_writer,
+    storage_label,
+    storage_lock,
+    storage_url,
+)
+from accelopt.workers import WAIT, GridOrder, Slots, TrialSeededTPE, take_trial
 
 __all__ = [
-    "DEFAULT_STORAGE",
     "Outcome",
-    "Requirement",
-    "best_trial",
     "check_requirement",
     "directions",
-    "frontier",
     "is_finished",
-    "is_pareto",
     "load_bench",
-    "open_storage",
     "outcome_of",
     "prepare_study",
-    "recover",
     "run_study",
     "run_trial",
     "spec_of",
-    "storage_label",
-    "storage_url",
 ]
 
-DEFAULT_STORAGE = "sqlite:///accelopt.db"
 # Spec fields that define what a stored study measured; changing one needs a new study.
 IDENTITY = (
     "pipeline",
@@ -69,38 +72,9 @@ IDENTITY = (
 )
 # What a stored spec record without a key meant: studies stored before the key existed.
 LEGACY = {"objective": "speedup", "execution": "eager"}
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 AA_WARN = 0.10  # an A/A spread above this is worth a warning
-HEARTBEAT = 30  # seconds between heartbeats of a database worker; stale after twice that
 POLL_SECONDS = 2.0  # how often a worker with nothing to start looks again
 WAIT_NOTICE = 30.0  # say why a worker waits once it has waited this long
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """The seed system's modes: stop at the first feasible trial reaching a speedup or a time."""
-
-    speedup: float | None = None
-    time_per_image: float | None = None
-
-    def met_by(self, trial: FrozenTrial) -> bool:
-        a = trial.user_attrs
-        if trial.state != TrialState.COMPLETE or not a.get("feasible"):
-            return False
-        if self.speedup is not None:
-            return bool(a["speedup"] >= self.speedup)
-        if self.time_per_image is not None:
-            return bool(a["time_per_image"] <= self.time_per_image)
-        return False
-
-    @property
-    def active(self) -> bool:
-        return self.speedup is not None or self.time_per_image is not None
-
-    def describe(self) -> str:
-        if self.speedup is not None:
-            return f"speedup >= {self.speedup:g}x"
-        return f"time per image <= {self.time_per_image:g} s"
 
 
 @dataclass(frozen=True)
@@ -119,145 +93,6 @@ class Outcome:
         return 1 if self.requirement.active and not self.met else 0
 
 
-def storage_label(url: str) -> str:
-    """A storage URL fit for logs and files: the password replaced by ***."""
-    if "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: show only its scheme
-        return url.split("://", 1)[0] + "://***"
-
-
-def storage_url(url: str | None, default: str = DEFAULT_STORAGE) -> str:
-    """The storage a command means: ``url``, else $ACCELOPT_STORAGE, else ``default``."""
-    return url or os.environ.get("ACCELOPT_STORAGE") or default
-
-
-def open_storage(
-    url: str | None, *, heartbeat: int = HEARTBEAT
-) -> tuple[optuna.storages.BaseStorage, str]:
-    """``url``, else $ACCELOPT_STORAGE, else a SQLite file here. A plain path is a journal file.
-
-    A database server (PostgreSQL) keeps a heartbeat of every running trial: a trial whose
-    worker stops beating for ``2 * heartbeat`` seconds is failed and queued again once. A
-    password is best left out of the URL: PostgreSQL reads $PGPASSWORD or ~/.pgpass.
-    """
-    url = storage_url(url)
-    if "://" in url:
-        try:
-            return _open_database(url, heartbeat), url
-        except Exception as err:
-            raise AccelOptError(f"cannot open storage {storage_label(url)}: {err}") from None
-    from optuna.storages.journal import JournalFileBackend
-
-    repair_journal(Path(url))
-    return optuna.storages.JournalStorage(JournalFileBackend(url)), url
-
-
-def _open_database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
-    from accelopt.workers import retry_once
-
-    # pre-ping: a connection a database dropped during an idle hour is replaced, not reported
-    # as an error in the middle of a study.
-    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
-    if url.startswith("sqlite"):  # one worker on one host: owners are checked by process id
-        return optuna.storages.RDBStorage(url, **kwargs)
-    kwargs.update(heartbeat_interval=heartbeat, heartbeat_stale_trial_callback=retry_once)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if not url.startswith("postgresql"):
-            return optuna.storages.RDBStorage(url, **kwargs)
-        # Workers starting together on a new database would all create its tables at once.
-        import sqlalchemy
-
-        from accelopt.workers import lock_key
-
-        engine = sqlalchemy.create_engine(url)
-        try:
-            with engine.begin() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
-                             {"key": lock_key("accelopt schema")})  # fmt: skip
-                return optuna.storages.RDBStorage(url, **kwargs)
-        finally:
-            engine.dispose()
-
-
-def repair_journal(path: Path) -> Path | None:
-    """Cut a half-written last line (a writer killed mid-write) off a journal file.
-
-    Optuna refuses a journal whose last line is incomplete once anything is appended after it.
-    The whole file is first copied to ``<name>.broken-<time>``; returns that copy, or None when
-    the file was whole.
-    """
-    if not path.is_file():
-        return None
-    data = path.read_bytes()
-    lines = data.splitlines(keepends=True)
-    if not lines:
-        return None
-    try:
-        whole = lines[-1].endswith(b"\n") and isinstance(json.loads(lines[-1]), dict)
-    except ValueError:
-        whole = False
-    if whole:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    backup = path.with_name(f"{path.name}.broken-{stamp}")
-    backup.write_bytes(data)
-    tmp = path.with_name(f".{path.name}.repair")
-    tmp.write_bytes(b"".join(lines[:-1]))
-    os.replace(tmp, path)
-    print(f"accelopt: warning: {path} ended in a half-written line; cut it off (the whole "
-          f"file is kept as {backup})", file=sys.stderr)  # fmt: skip
-    return backup
-
-
-def recover_stale_trials(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials whose owner process on this host is gone as FAIL; queue each again
-    once with the same parameters. Returns the numbers of the trials recovered."""
-    from accelopt.workers import retry_once
-
-    host = socket.gethostname()
-    recovered = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("owner") or {}
-        if owner.get("host") != host or _alive(int(owner.get("pid", -1))):
-            continue
-        study._storage.set_trial_user_attr(t._trial_id, "failed", "its worker process is gone")
-        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            retry_once(study, study._storage.get_trial(t._trial_id))
-            recovered.append(t.number)
-    return recovered
-
-
-def recover(study: optuna.Study, log: Callable[[str], None]) -> None:
-    """FAIL and queue again the trials of dead workers: by heartbeat where the storage keeps
-    them (databases), else by the owner's process id (journal files and SQLite: one host)."""
-    from accelopt.workers import fail_stale_trials
-
-    if fail_stale_trials(study):
-        return
-    stale = recover_stale_trials(study)
-    if stale:
-        log(f"{study.study_name}: trials {stale} were left RUNNING by a process that is gone: "
-            f"marked FAIL and queued again once")  # fmt: skip
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _spec_record(spec: StudySpec) -> dict[str, Any]:
     data = dataclasses.asdict(spec)
     return json.loads(json.dumps({k: data[k] for k in IDENTITY}))
@@ -265,8 +100,6 @@ def _spec_record(spec: StudySpec) -> dict[str, Any]:
 
 def spec_of(study: optuna.Study) -> StudySpec:
     """The spec a stored study was run with (as far as it defines what was measured)."""
-    from accelopt.spec import MetricSpec, PromptSpec, SamplerSpec
-
     record = dict(study.user_attrs.get("spec") or {})
     if not record:
         raise AccelOptError(f"study {study.study_name} was not made by accelopt run (no spec)")
@@ -283,21 +116,6 @@ def directions(spec: StudySpec) -> list[Literal["maximize", "minimize"]]:
     return ["maximize", "minimize"] if spec.objective == "pareto" else ["maximize"]
 
 
-def is_pareto(study: optuna.Study) -> bool:
-    """Whether a stored study searched speedup and score loss together."""
-    return bool((study.user_attrs.get("spec") or {}).get("objective") == "pareto")
-
-
-def frontier(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The completed trials no other completed trial beats on both speedup and score loss,
-    fastest first (a pareto study's ``best_trials``; ``trials`` may be any subset)."""
-    from accelopt.store import non_dominated
-
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    front = non_dominated(done, lambda t: (t.user_attrs["speedup"], t.user_attrs["score_loss"]))
-    return sorted(front, key=lambda t: (-t.user_attrs["speedup"], t.number))
-
-
 def check_requirement(spec: StudySpec, requirement: Requirement) -> None:
     """A pareto study keeps its whole frontier: it never stops at a requirement."""
     if spec.objective == "pareto" and requirement.active:
@@ -306,13 +124,6 @@ def check_requirement(spec: StudySpec, requirement: Requirement) -> None:
             f"at {requirement.describe()}; run it without --req-speedup/--req-time and ask "
             f"codegen for the point (--req-speedup, --max-score-loss, --req-time)"
         )
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The feasible completed trial with the highest speedup, or None."""
-    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("feasible")]  # fmt: skip
-    return max(feasible, key=lambda t: t.user_attrs["speedup"], default=None)
 
 
 def _counted(study: optuna.Study) -> int:
@@ -339,10 +150,8 @@ def run_study(
     sampler); trials already finished count towards it. Any number of processes may run the
     same study on shared storage at once (``accelopt.workers``): the budget stays the total.
     A new study first tries its neighbours' best configurations (``accelopt.warmstart``).
+    SQLite serves one such process: a second one on the same file is refused (``sole_writer``).
     """
-    from accelopt.search import Space
-    from accelopt.workers import GridOrder, storage_lock
-
     requirement = requirement or Requirement()
     check_requirement(spec, requirement)
     if spec.execution != "auto":  # before a study is made that nothing could run
@@ -350,6 +159,36 @@ def run_study(
         from accelopt.pipelines import resolve_device
 
         execution.check(spec.execution, spec.targets or (), str(resolve_device(device)))
+    with sole_writer(storage_url(storage)):
+        return _run_study(
+            spec,
+            storage=storage,
+            n_trials=n_trials,
+            timeout=timeout,
+            requirement=requirement,
+            device=device,
+            weights=weights,
+            progress=progress,
+            log=log,
+            heartbeat=heartbeat,
+            warm_start=warm_start,
+        )
+
+
+def _run_study(
+    spec: StudySpec,
+    *,
+    storage: str | None,
+    n_trials: int | None,
+    timeout: float | None,
+    requirement: Requirement,
+    device: str | None,
+    weights: str,
+    progress: bool,
+    log: Callable[[str], None],
+    heartbeat: int,
+    warm_start: bool,
+) -> Outcome:
     backend, url = open_storage(storage, heartbeat=heartbeat)
 
     def lock() -> contextlib.AbstractContextManager[None]:
@@ -375,8 +214,6 @@ def run_study(
         total = int(study.user_attrs.get("budget") or space.size)
         study.set_user_attr("budget", total)
         if warm_start:  # a new study's first worker only
-            from accelopt import warmstart
-
             starts = warmstart.warm_start(study, backend, spec, space)
             if starts:
                 log(f"{spec.name}: {warmstart.summary(starts)}")
@@ -430,9 +267,6 @@ def prepare_study(
 
     Call under the study's lock: several workers may start at once.
     """
-    from accelopt.export import package_versions
-    from accelopt.workers import TrialSeededTPE
-
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -588,8 +422,6 @@ def _work(
     """Take trials until the study is done; returns how many this process ran."""
     from tqdm.auto import tqdm
 
-    from accelopt.workers import WAIT, take_trial
-
     def done() -> int:
         return _counted(study)
 
@@ -607,21 +439,30 @@ def _work(
     ran, waited = 0, 0.0
     try:
         while deadline is None or time.monotonic() < deadline:
-            with lock():
-                recover(study, log)
-                trial = take_trial(study, total, grid, met)
-            if trial is None:
-                break
-            if trial is WAIT:
-                if waited <= WAIT_NOTICE < waited + POLL_SECONDS:
-                    log(f"{study.study_name}: the budget is taken; waiting for trials still "
-                        f"running elsewhere (one may fail and be queued again)")  # fmt: skip
-                waited += POLL_SECONDS
-                time.sleep(POLL_SECONDS)
-                continue
-            waited = 0.0
-            assert isinstance(trial, optuna.Trial)
-            run_trial(study, trial, objective, log)
+            trial: optuna.Trial | object | None = None
+            try:
+                # The heartbeat starts under the lock (take_trial) and beats until the trial ends.
+                with contextlib.ExitStack() as beating:
+                    with lock():
+                        recover(study, log)
+                        trial = take_trial(study, total, grid, met, beating)
+                    if trial is None:
+                        break
+                    if trial is WAIT:
+                        if waited <= WAIT_NOTICE < waited + POLL_SECONDS:
+                            log(f"{study.study_name}: the budget is taken; waiting for trials "
+                                f"still running elsewhere (one may fail and be queued "
+                                f"again)")  # fmt: skip
+                        waited += POLL_SECONDS
+                        time.sleep(POLL_SECONDS)
+                        continue
+                    waited = 0.0
+                    assert isinstance(trial, optuna.Trial)
+                    run_trial(study, trial, objective, log)
+            except KeyboardInterrupt:  # also between ask and the objective: give it back
+                if isinstance(trial, optuna.Trial):
+                    _abandon(study, trial, "interrupted")
+                raise
             ran += 1
             best = best_trial(study)
             bar.set_postfix_str(f"best {best.user_attrs['speedup']:.2f}x" if best
@@ -636,32 +477,36 @@ def _work(
 def run_trial(
     study: optuna.Study, trial: optuna.Trial, objective: Any, log: Callable[[str], None]
 ) -> FrozenTrial:
-    """Run one trial and tell the study how it ended.
+    """Run one trial and tell the study how it ended; the caller keeps its heartbeat
+    (``take_trial`` starts it).
 
-    A failed trial (OOM, upstream error) is FAIL and the study goes on. A storage error or
-    Ctrl-C ends the trial as FAIL and is raised as itself: the storage is what broke, or the
-    user wants out. Unlike ``Study.optimize``, no storage error turns into "Should not reach".
+    A failed trial (OOM, upstream error) is FAIL, queued again once with the same parameters
+    (its grid point is measured yet: the failure may have been passing, and a retry that fails
+    too is not queued again), and the study goes on. A storage error or Ctrl-C ends the trial as
+    FAIL and is raised as itself: the storage is what broke, or the user wants out. Unlike
+    ``Study.optimize``, no storage error turns into "Should not reach".
     """
-    from accelopt.workers import heartbeat
-
-    value, state = None, TrialState.COMPLETE
-    with heartbeat(study, trial):
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except KeyboardInterrupt:
-            _abandon(study, trial, "interrupted")
+    value, state, failure = None, TrialState.COMPLETE, ""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except KeyboardInterrupt:
+        _abandon(study, trial, "interrupted")
+        raise
+    except Exception as err:
+        if is_storage_error(err):
+            _abandon(study, trial, "storage error")
             raise
-        except Exception as err:
-            if is_storage_error(err):
-                _abandon(study, trial, "storage error")
-                raise
-            state = TrialState.FAIL
-            log(f"{study.study_name}: trial {trial.number} failed: {type(err).__name__}: {err}")
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("failed", f"{type(err).__name__}: {err}")
-    return study.tell(trial, value, state=state)
+        state, failure = TrialState.FAIL, f"{type(err).__name__}: {err}"
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("failed", failure)
+    frozen = study.tell(trial, value, state=state)
+    if state == TrialState.FAIL:
+        again = ("queued again once" if retry(study, frozen)
+                 else "a retry itself: not queued again")  # fmt: skip
+        log(f"{study.study_name}: trial {trial.number} failed: {failure}; {again}")
+    return frozen
 
 
 def _abandon(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
@@ -671,13 +516,6 @@ def _abandon(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
             trial.set_user_attr("interrupted", True)
         trial.set_user_attr("failed", why)
         study.tell(trial, state=TrialState.FAIL)
-
-
-def is_storage_error(err: BaseException) -> bool:
-    """Errors of the storage itself (a database gone, a lost connection)."""
-    import sqlalchemy.exc
-
-    return isinstance(err, optuna.exceptions.StorageInternalError | sqlalchemy.exc.SQLAlchemyError)
 
 
 def outcome_of(study: optuna.Study, ran: int, already: bool, req: Requirement) -> Outcome:

@@ -30,9 +30,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from accelopt.results import best_trial
 from accelopt.search import PRIMARY, Space
 from accelopt.spec import StudySpec
-from accelopt.study import best_trial
 
 __all__ = ["LIMIT", "Neighbour", "Start", "neighbours", "summary", "translate", "warm_start"]
 

@@ -25,7 +25,7 @@ import optuna
 import tables  # bench/tables.py, beside this file
 from optuna.trial import TrialState
 
-from accelopt.study import open_storage
+from accelopt.storage import open_storage
 
 
 def command(

@@ -17,7 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from accelopt.study import best_trial, open_storage
+from accelopt.results import best_trial
+from accelopt.storage import open_storage
 
 WORK = ("generation_seconds", "warmup_seconds", "scoring_seconds")
 

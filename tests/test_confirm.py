@@ -19,7 +19,8 @@ from accelopt.objective import Bench
 from accelopt.prompts import load_prompts
 from accelopt.schedulers import set_scheduler
 from accelopt.spec import PromptSpec, load_spec
-from accelopt.study import _spec_record, open_storage
+from accelopt.storage import open_storage
+from accelopt.study import _spec_record
 
 SPEC = load_spec("TinySD-DDIM-10-deepcache").replace(
     warmup=0, prompts=PromptSpec(count=4, batch_size=2)

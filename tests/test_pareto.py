@@ -25,19 +25,13 @@ from accelopt.codegen import Request, find_entry, read_header, why_missing
 from accelopt.errors import AccelOptError
 from accelopt.export import entries_for
 from accelopt.objective import Bench, Objective
+from accelopt.results import Requirement, best_trial, frontier
 from accelopt.schedulers import set_scheduler
 from accelopt.search import Space, dominating_trial
 from accelopt.spec import PromptSpec, SamplerSpec, load_spec
+from accelopt.storage import open_storage
 from accelopt.store import non_dominated, read_store, seed_key, write_entries
-from accelopt.study import (
-    Requirement,
-    _spec_record,
-    best_trial,
-    frontier,
-    open_storage,
-    prepare_study,
-    run_study,
-)
+from accelopt.study import _spec_record, prepare_study, run_study
 from accelopt.testing import make_entry
 from accelopt.workers import TrialSeededTPE
 

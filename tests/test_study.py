@@ -16,11 +16,13 @@ from accelopt._types import Pipeline
 from accelopt.errors import AccelOptError
 from accelopt.metrics import ClipScorer
 from accelopt.objective import Bench, Objective
+from accelopt.results import Requirement, best_trial
 from accelopt.schedulers import set_scheduler
 from accelopt.schedules import Calls, does_at_least, schedule
 from accelopt.search import Space
 from accelopt.spec import SamplerSpec, load_spec
-from accelopt.study import Requirement, best_trial, run_study, storage_label
+from accelopt.storage import open_storage, storage_label
+from accelopt.study import run_study
 from accelopt.testing import render, tiny_pipeline
 
 quiet = {"progress": False, "log": lambda s: None}
@@ -246,7 +248,7 @@ def test_a_trial_left_running_by_a_dead_worker_is_retried_once(tmp_path: Path) -
     import subprocess
     import sys
 
-    from accelopt.study import recover_stale_trials
+    from accelopt.storage import recover_stale_trials
 
     storage = str(tmp_path / "studies.journal")
     spec = load_spec("TinySD-DDIM-10-deepcache")
@@ -278,8 +280,6 @@ def test_a_trial_left_running_by_a_dead_worker_is_retried_once(tmp_path: Path) -
 
 
 def test_database_connections_are_checked_before_use(storage: str) -> None:
-    from accelopt.study import open_storage
-
     backend, url = open_storage(storage)
     assert url == storage
     assert backend.engine.pool._pre_ping  # type: ignore[attr-defined]
@@ -303,3 +303,49 @@ def test_a_study_stored_before_execution_modes_resumes_as_eager(storage: str) ->
     assert last.user_attrs.get("execution", "eager") == "eager"
     with pytest.raises(AccelOptError, match="was run with execution='eager', not 'compile'"):
         run_study(spec.replace(execution="compile"), storage=storage, n_trials=4, **quiet)
+
+
+def test_a_failed_grid_point_is_retried_once_and_one_that_fails_twice_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a dead worker's trial was retried: a grid point whose trial raised was never
+    measured, and nothing said so."""
+    from accelopt.cli import main
+
+    call, attempts = Objective.__call__, []
+
+    def flaky(self: Objective, trial: optuna.Trial) -> float:
+        fixed = trial.study._storage.get_trial_system_attrs(trial._trial_id)["fixed_params"]
+        point = tuple(sorted(fixed.items()))
+        attempts.append(point)
+        order = list(dict.fromkeys(attempts))
+        if point == order[0] and attempts.count(point) == 1:
+            raise RuntimeError("a passing fault")
+        if len(order) > 1 and point == order[1]:
+            raise RuntimeError("every time")
+        return call(self, trial)
+
+    monkeypatch.setattr(Objective, "__call__", flaky)
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--study", "TinySD-DDIM-10-deepcache", "--sampler", "grid", "--n-trials", "4",
+            "--storage", "studies.journal", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    first, second = list(dict.fromkeys(attempts))[:2]
+    shown = ", ".join(f"{k}={v}" for k, v in second)
+    lines = out.splitlines()
+    assert lines[:3] == [
+        "TinySD-DDIM-10-deepcache: ran 6 trials (3 in the study, 3 failed)",
+        "TinySD-DDIM-10-deepcache: 1 grid point never measured (failed, and so did the retry):",
+        f"  trial 3: {shown} (RuntimeError: every time)",
+    ]
+    assert "trial 0 failed: RuntimeError: a passing fault; queued again once" in err
+    assert "trial 3 failed: RuntimeError: every time; a retry itself: not queued again" in err
+    assert attempts.count(first) == 2 and attempts.count(second) == 2 and len(attempts) == 6
+    backend, _ = open_storage("studies.journal")
+    study = optuna.load_study(study_name="TinySD-DDIM-10-deepcache", storage=backend)
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    points = [tuple(sorted(t.params.items())) for t in done]
+    assert len(points) == 3 == len(set(points)) and first in points and second not in points
+    assert main(argv) == 0  # a finished study says it again
+    assert capsys.readouterr().out.splitlines()[1:3] == lines[1:3]

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from accelopt.accelerators import PipeTraits
 from accelopt.search import Space
 from accelopt.spec import load_spec
-from accelopt.study import _spec_record, open_storage
+from accelopt.storage import open_storage
+from accelopt.study import _spec_record
 from accelopt.testing import tiny_pipeline
 from accelopt.warmstart import neighbours, summary, translate, warm_start
 

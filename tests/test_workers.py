@@ -24,8 +24,9 @@ from optuna.trial import TrialState
 
 from accelopt.cli import main
 from accelopt.spec import load_spec
-from accelopt.study import open_storage, run_study
-from accelopt.workers import GridOrder, Slots, TrialSeededTPE, released_trials, retry_once
+from accelopt.storage import open_storage, retry
+from accelopt.study import run_study
+from accelopt.workers import GridOrder, Slots, TrialSeededTPE, released_trials
 
 quiet = {"progress": False, "log": lambda s: None}
 POSTGRES = os.environ.get("ACCELOPT_TEST_POSTGRES")
@@ -79,12 +80,12 @@ def test_a_retry_keeps_its_grid_point_and_is_made_once() -> None:
     study.enqueue_trial({"a.x": 3})
     trial = study.ask()  # killed before it drew its parameter
     study.tell(trial, state=TrialState.FAIL)
-    retry_once(study, study.trials[0])
-    retry = study.ask()
-    assert retry.suggest_int("a.x", 1, 3) == 3
-    study.tell(retry, state=TrialState.FAIL)
+    assert retry(study, study.trials[0])
+    again = study.ask()
+    assert again.suggest_int("a.x", 1, 3) == 3
+    study.tell(again, state=TrialState.FAIL)
     assert study.trials[1].system_attrs["failed_trial"] == 0
-    retry_once(study, study.trials[1])  # a retry that dies is not queued a third time
+    assert not retry(study, study.trials[1])  # a retry that dies is not queued a third time
     assert len(study.trials) == 2 and released_trials(study.trials) == {0}
 
 
@@ -381,3 +382,104 @@ def _pgpass_password() -> str | None:
             if line and not line.startswith("#"):
                 return line.rsplit(":", 1)[1]
     return os.environ.get("PGPASSWORD")
+
+
+# A worker killed between creating its trial and recording who runs it.
+
+
+class _Killed(BaseException):
+    """A worker's death: nothing catches it, as nothing runs after SIGKILL."""
+
+
+def test_a_worker_killed_between_ask_and_its_owner_does_not_hang_the_study(
+    shared: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The trial was RUNNING with no owner (and, on PostgreSQL, no heartbeat yet): recovery
+    skipped it, and every later worker waited for it for good."""
+    spec = _spec(tmp_path, "tpe")
+    argv = ["run", "--spec", str(spec), "--storage", shared, "--n-trials", "2", "--quiet",
+            "--timeout", "120"]  # fmt: skip
+    ask = optuna.Study.ask
+
+    def dies(self: optuna.Study, *args: object, **kwargs: object) -> optuna.Trial:
+        ask(self, *args, **kwargs)  # the trial exists now: no heartbeat, no owner yet
+        raise _Killed
+
+    monkeypatch.setattr(optuna.Study, "ask", dies)
+    with pytest.raises(_Killed):
+        main(argv)
+    monkeypatch.setattr(optuna.Study, "ask", ask)
+    (orphan,) = _study(shared, spec).trials
+    assert orphan.state == TrialState.RUNNING and "owner" not in orphan.user_attrs
+
+    assert main(argv) == 0  # a second worker, ORPHAN_GRACE (10 s) after the first one's start
+    out, err = capsys.readouterr()
+    assert "ran 2 trials (2 in the study, 1 failed)" in out
+    assert f"{spec.stem}: trials [0] were left RUNNING by a process that is gone" in err
+    study = _study(shared, spec)
+    dead, *rest = study.trials
+    assert dead.state == TrialState.FAIL
+    assert dead.user_attrs["failed"] == "its worker died before it recorded its owner"
+    assert [t.system_attrs.get("failed_trial") for t in rest].count(0) == 1  # queued again once
+    assert [t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in rest] == [True, True]
+
+
+def test_a_trial_beats_and_has_its_owner_before_take_trial_lets_the_lock_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first heartbeat came from a thread after the lock was released: a worker killed in
+    between left a trial with an owner on another host and no heartbeat, never stale."""
+    import warnings
+
+    from accelopt import workers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage("sqlite:///:memory:", heartbeat_interval=60)
+    study = optuna.create_study(storage=storage)
+    events: list[str] = []
+    beat, own = storage.record_heartbeat, workers.owner
+    monkeypatch.setattr(storage, "record_heartbeat", lambda i: (events.append("beat"), beat(i)))
+    monkeypatch.setattr(workers, "owner", lambda t: (events.append("owner"), own(t)))
+    with contextlib.ExitStack() as beating:
+        trial = workers.take_trial(study, 1, None, lambda trials: False, beating)
+        assert events == ["beat", "owner"]  # both before it returned: under the caller's lock
+        assert isinstance(trial, optuna.Trial)
+        assert storage._get_stale_trial_ids(study._study_id) == []  # it has a heartbeat
+    threads = [t.name for t in __import__("threading").enumerate()]
+    assert f"heartbeat-{trial.number}" not in threads  # it stops with the stack
+
+
+# accelopt worker --spec FILE: that file's study, whatever else the storage holds.
+
+
+@pytest.mark.parametrize("other", [False, True])
+def test_a_worker_given_a_spec_file_runs_that_study(
+    other: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Without --study it loaded "the" study of the storage: a traceback on an empty one, and
+    on a storage holding one other study it ran that one and exited 0."""
+    from types import SimpleNamespace
+
+    from accelopt.study import prepare_study
+
+    journal = str(tmp_path / "studies.journal")
+    spec = _spec(tmp_path, "tpe")
+    if other:
+        backend, url = open_storage(journal)
+        prepare_study(backend, url, load_spec("TinySD-DDIM-10"), 1)
+    ran: list[str] = []
+
+    def run_study(spec: object, **kwargs: object) -> SimpleNamespace:  # the trials: not here
+        ran.append(spec.name)  # type: ignore[attr-defined]
+        return SimpleNamespace(ran=0)
+
+    monkeypatch.setattr("accelopt.study.run_study", run_study)
+    assert main(["worker", "--spec", str(spec), "--storage", journal, "--quiet"]) == 0
+    assert ran == [spec.stem]
+    assert f"{spec.stem}: ran 0 trials" in capsys.readouterr().err
+    argv = ["worker", "--spec", str(spec), "--study", spec.stem, "--storage", journal]
+    assert main(argv) == 2
+    assert "give exactly one of --study NAME or --spec FILE" in capsys.readouterr().err

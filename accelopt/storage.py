@@ -1,0 +1,691 @@
+"""Storage: opening one, repairing a journal file, finding trials whose worker is gone, locks.
+
+The run loop (``accelopt.study``) and the hand-out of trials (``accelopt.workers``) use this
+module; it imports neither. A storage is an Optuna URL (SQLite, PostgreSQL) or a plain path,
+which is a journal file.
+
+- **URLs are redacted** wherever they are shown or stored (``storage_label``): a password, also
+  one holding an unescaped ``@``, and credential query parameters become ``***``.
+- **A journal file** (``JournalFile``) is Optuna's, with its faults handled: a half line left by
+  a writer killed mid-write is cut off (and the file kept) before anything is appended after
+  it, always under the journal's own lock, so a line another worker is still writing is never
+  cut; a corrupt line in the middle is an error naming the file and line, and
+  ``accelopt storage repair PATH`` (``repair_file``) keeps every good line and a backup.
+- **Dead workers**: a trial is owned (host and process id) from its first moment, under the
+  study's lock; ``recover`` fails and queues again, once, the trials of workers that are gone:
+  by heartbeat on a database server, by owner on one host, and those that never got an owner.
+- **Locks**: ``storage_lock`` orders the workers of a study; ``sole_writer`` refuses a second
+  writer on a SQLite file, which cannot serve two.
+
+>>> storage_label("postgresql://alice:p@ss@db/optuna?sslpassword=x")
+'postgresql://alice:***@db/optuna?sslpassword=***'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages.journal import BaseJournalBackend, JournalFileSymlinkLock
+from optuna.trial import FrozenTrial, TrialState
+
+from accelopt.errors import AccelOptError
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "HEARTBEAT",
+    "ORPHAN_GRACE",
+    "SQLITE_WORKERS",
+    "CorruptJournal",
+    "JournalFile",
+    "Repair",
+    "check_url",
+    "fail_stale_trials",
+    "heartbeat",
+    "heartbeat_interval",
+    "is_storage_error",
+    "lock_key",
+    "open_storage",
+    "owner",
+    "recover",
+    "recover_stale_trials",
+    "repair_file",
+    "repair_journal",
+    "retry",
+    "scrub",
+    "sole_writer",
+    "sqlite_file",
+    "storage_label",
+    "storage_lock",
+    "storage_url",
+]
+
+DEFAULT_STORAGE = "sqlite:///accelopt.db"
+HEARTBEAT = 30  # seconds between heartbeats of a database worker; stale after twice that
+# A trial gets its owner within milliseconds of its start, under the study's lock, and recovery
+# runs under that lock too: a RUNNING trial still without one lost its worker in between. The
+# grace only spares a writer that takes no lock (Optuna itself, a notebook).
+ORPHAN_GRACE = 10.0
+SQLITE_WORKERS = (
+    "SQLite cannot serve several workers at once (its writers lock each other out and trials "
+    "are lost); use a journal file on one host (--storage accelopt.journal) or PostgreSQL for "
+    "many hosts (--storage postgresql://USER@HOST/DB, password in $PGPASSWORD or ~/.pgpass)"
+)
+# What a retry keeps of its failed trial's user attributes: where it came from, not who ran it,
+# why it failed or what it half measured.
+CARRIED = ("warm_start",)
+
+
+# URLs: one redaction for every form, shown or stored.
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):(/*)")
+_QUERY_PARAM = re.compile(r"(?<=[?&;])([^=&;?#]+)=([^&;#]*)")
+_CREDENTIAL = re.compile(r"pass|pwd|secret|token|key|auth|cred|sig", re.IGNORECASE)
+
+
+def _redacted(url: str) -> tuple[str, list[str]]:
+    """``url`` with its secrets replaced by ***, and the secrets."""
+    from urllib.parse import unquote
+
+    scheme = _SCHEME.match(url)
+    if scheme is None:  # a plain path
+        return url, []
+    head, rest = scheme.group(0), url[scheme.end() :]
+    secrets: list[str] = []
+    # The password ends at the last "@": an unescaped "@" inside it must not show the rest.
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, password = rest[:at].partition(":")
+        if colon:
+            # A driver that ends the password at its first "@" shows the rest as the host.
+            secrets += [password, *password.split("@")[1:]]
+            rest = f"{user}:***{rest[at:]}"
+
+    def param(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if not _CREDENTIAL.search(unquote(name)):
+            return match.group(0)
+        secrets.append(value)
+        return f"{name}=***"
+
+    return head + _QUERY_PARAM.sub(param, rest), [s for s in secrets if s]
+
+
+def storage_label(url: str) -> str:
+    """A storage URL fit for logs, errors and files: every secret replaced by ***.
+
+    The password of ``user:pass@host`` (up to the last ``@``, so a password holding an
+    unescaped ``@`` is hidden whole) and the values of credential query parameters
+    (``password``, ``sslpassword``, ``token``, ``api_key`` ...). A plain path is shown as is.
+
+    >>> storage_label("postgresql:/alice:s3cret@db/optuna")
+    'postgresql:/alice:***@db/optuna'
+    """
+    return _redacted(url)[0]
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message) with ``url`` and each of its secrets redacted."""
+    label, secrets = _redacted(url)
+    text = text.replace(url, label)
+    for secret in sorted(secrets, key=len, reverse=True):
+        # A short secret is replaced only as a word: "a" must not garble the message.
+        pattern = re.escape(secret) if len(secret) >= 4 else rf"(?<!\w){re.escape(secret)}(?!\w)"
+        text = re.sub(pattern, "***", text)
+    return text
+
+
+def storage_url(url: str | None, default: str = DEFAULT_STORAGE) -> str:
+    """The storage a command means: ``url``, else $ACCELOPT_STORAGE, else ``default``."""
+    return url or os.environ.get("ACCELOPT_STORAGE") or default
+
+
+def check_url(url: str) -> None:
+    """Refuse what is neither a URL nor a path: ``postgresql:/...`` (one slash) would be taken
+    for a journal file in a folder ``postgresql:``, and its error would show the password."""
+    scheme = _SCHEME.match(url)
+    if scheme is not None and "://" not in url:
+        raise AccelOptError(
+            f"storage {storage_label(url)} is neither a URL nor a journal file: a database URL "
+            f"starts with {scheme.group(1)}:// (two slashes); a journal file whose name holds "
+            f"a colon needs a folder in front (./NAME)"
+        )
+
+
+def open_storage(
+    url: str | None, *, heartbeat: int = HEARTBEAT
+) -> tuple[optuna.storages.BaseStorage, str]:
+    """``url``, else $ACCELOPT_STORAGE, else a SQLite file here. A plain path is a journal file.
+
+    A database server (PostgreSQL) keeps a heartbeat of every running trial: a trial whose
+    worker stops beating for ``2 * heartbeat`` seconds is failed and queued again once. A
+    password is best left out of the URL: PostgreSQL reads $PGPASSWORD or ~/.pgpass.
+    """
+    url = storage_url(url)
+    check_url(url)
+    if "://" in url:
+        try:
+            return _open_database(url, heartbeat), url
+        except Exception as err:
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise AccelOptError(
+                f"cannot open storage {storage_label(url)}: {scrub(why, url)}"
+            ) from None
+    path = Path(url)
+    if path.exists() and not path.is_file():
+        raise AccelOptError(f"storage {url} is not a journal file; give a file path or a URL")
+    try:
+        backend = JournalFile(url)
+    except OSError as err:
+        raise AccelOptError(f"cannot open journal file {url}: {err.strerror}") from None
+    repair_journal(path, backend)
+    return optuna.storages.JournalStorage(backend), url
+
+
+def _open_database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
+    # pre-ping: a connection a database dropped during an idle hour is replaced, not reported
+    # as an error in the middle of a study.
+    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
+    if url.startswith("sqlite"):  # one worker on one host: owners are checked by process id
+        return optuna.storages.RDBStorage(url, **kwargs)
+    kwargs.update(heartbeat_interval=heartbeat, heartbeat_stale_trial_callback=retry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if not url.startswith("postgresql"):
+            return optuna.storages.RDBStorage(url, **kwargs)
+        # Workers starting together on a new database would all create its tables at once.
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": lock_key("accelopt schema")})  # fmt: skip
+                return optuna.storages.RDBStorage(url, **kwargs)
+        finally:
+            engine.dispose()
+
+
+class CorruptJournal(AccelOptError):
+    """A line in the middle of a journal file is not a record: nothing after it can be read."""
+
+
+def is_storage_error(err: BaseException) -> bool:
+    """Errors of the storage itself (a database gone, a lost connection, a corrupt journal)."""
+    import sqlalchemy.exc
+
+    return isinstance(
+        err,
+        optuna.exceptions.StorageInternalError | sqlalchemy.exc.SQLAlchemyError | CorruptJournal,
+    )
+
+
+# Journal files.
+
+
+class JournalFile(BaseJournalBackend):
+    """Optuna's journal file format and lock, with its faults handled.
+
+    Upstream's ``JournalFileBackend`` raises a bare ``JSONDecodeError`` at a corrupt line, and
+    appends after a half line left by a killed writer, which merges the two into one corrupt
+    line: the worker that appended dies, and so does every later reader. Here a corrupt line is
+    a ``CorruptJournal`` error naming the file, the line and the repair command, and a half line
+    is cut off (the whole file kept as ``NAME.broken-TIME``) before anything is appended. Both
+    happen under the journal's lock (``NAME.lock``, the one upstream writers take), which a
+    writer holds for the whole of its line: what is cut is never a line still being written.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = JournalFileSymlinkLock(path)
+        if not os.path.exists(path):
+            open(path, "ab").close()
+        self._offsets: dict[int, int] = {0: 0}  # log number -> where its line starts
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        with open(self.path, "rb") as f:
+            start = log_number_from if log_number_from in self._offsets else 0
+            offset = self._offsets[start]
+            f.seek(offset)
+            # Only what was there when reading began: a writer may be appending meanwhile.
+            end = os.fstat(f.fileno()).st_size
+            for number, line in enumerate(f, start=start):
+                if offset + len(line) > end or not line.endswith(b"\n"):
+                    return  # a line still being written, or a half line: not there yet
+                try:
+                    log = json.loads(line)
+                except ValueError:
+                    log = None
+                if not isinstance(log, dict) or "op_code" not in log:
+                    raise CorruptJournal(_corrupt(self.path, number + 1))
+                offset += len(line)
+                self._offsets[number + 1] = offset
+                if number >= log_number_from:
+                    yield log
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        with self.locked():
+            self.cut_broken_tail()
+            # One unbuffered write: a signal handler (Ctrl-C) runs after it, never inside it.
+            with open(self.path, "ab", buffering=0) as f:
+                f.write(data.encode("utf-8"))
+                os.fsync(f.fileno())
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the journal's lock: no writer is in the middle of a line meanwhile."""
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def torn(self) -> bool:
+        """Whether the file ends in a line without its newline: a writer killed mid-write, or
+        (outside ``locked``) one still writing."""
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return False
+            f.seek(size - 1)
+            return f.read(1) != b"\n"
+
+    def cut_broken_tail(self) -> Path | None:
+        """Cut a half-written last line off the file; call under ``locked``. Returns the copy of
+        the whole file kept first, or None when the file was whole.
+
+        A whole line that is not a record is left for ``repair_file``: it may be a half line
+        with a record appended after it, which that keeps."""
+        if not self.torn():
+            return None
+        with open(self.path, "rb") as f:
+            cut = _last_line_start(f, os.fstat(f.fileno()).st_size)
+        backup = _backup(Path(self.path))
+        # In place: readers keep their place, since none read past a line that had not ended.
+        os.truncate(self.path, cut)
+        print(f"accelopt: warning: {self.path} ended in a half-written line (a writer killed "
+              f"mid-write); cut it off (the whole file is kept as {backup})",
+              file=sys.stderr)  # fmt: skip
+        return backup
+
+
+def _corrupt(path: str, line: int) -> str:
+    return (
+        f"journal file {path}, line {line}: not a journal record (the file is corrupt from "
+        f"there); stop its workers, then run: accelopt storage repair {path} (it keeps every "
+        f"good line and a backup)"
+    )
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        log = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(log, dict) and "op_code" in log
+
+
+def _last_line_start(f: Any, end: int) -> int:
+    """Where the line ending at byte ``end`` (exclusive of a newline there) starts."""
+    pos, chunk = end, 1 << 16
+    while pos > 0:
+        step = min(chunk, pos)
+        f.seek(pos - step)
+        newline = f.read(step).rfind(b"\n")
+        if newline >= 0:
+            return pos - step + newline + 1
+        pos -= step
+    return 0
+
+
+def _backup(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = path.with_name(f"{path.name}.broken-{stamp}")
+    n = 1
+    while backup.exists():
+        n += 1
+        backup = path.with_name(f"{path.name}.broken-{stamp}-{n}")
+    shutil.copyfile(path, backup)
+    return backup
+
+
+def repair_journal(path: Path, backend: JournalFile | None = None) -> Path | None:
+    """At start-up: cut a half-written last line (a writer killed mid-write) off a journal file.
+
+    Under the journal's lock, so a line another worker is still writing is complete by then and
+    never cut; a whole file is only read (it may be read-only). The whole file is first copied
+    to ``<name>.broken-<time>``; returns that copy, or None when the file was whole (or is not
+    there).
+    """
+    if not path.is_file():
+        return None
+    backend = backend or JournalFile(str(path))
+    if not backend.torn():
+        return None
+    with backend.locked():
+        return backend.cut_broken_tail()
+
+
+@dataclass
+class Repair:
+    """What ``repair_file`` did, by line number (1-based, of the original file)."""
+
+    path: Path
+    lines: int = 0
+    dropped: list[int] = field(default_factory=list)
+    salvaged: list[int] = field(default_factory=list)  # a record kept from the end of the line
+    placeholders: list[int] = field(default_factory=list)  # a lost trial's place kept
+    backup: Path | None = None
+
+    def describe(self) -> str:
+        if self.backup is None:
+            return f"{self.path}: all {self.lines} lines are records; nothing to repair"
+        parts = [f"kept {self.lines - len(self.dropped)} of {self.lines} lines"]
+        if self.salvaged:
+            parts.append(f"kept the record at the end of line(s) {_numbers(self.salvaged)}")
+        if self.dropped:
+            parts.append(f"dropped line(s) {_numbers(self.dropped)}")
+        if self.placeholders:
+            parts.append(
+                f"line(s) {_numbers(self.placeholders)} had created a trial: a trial takes its "
+                f"place, so that later ones keep their numbers (what later lines say of it is "
+                f"kept; left RUNNING, the next run fails it and queues it again)"
+            )
+        return f"repaired {self.path}: {'; '.join(parts)}; the original is kept as {self.backup}"
+
+
+def _numbers(numbers: Sequence[int]) -> str:
+    return ", ".join(map(str, numbers))
+
+
+RECORD_START = b'{"op_code":'
+CREATE_TRIAL, TRIAL_OPS = 4, range(5, 10)  # Optuna's JournalOperation codes
+
+
+def repair_file(path: str | Path) -> Repair:
+    """Rewrite a journal file keeping every good line: ``accelopt storage repair PATH``.
+
+    A line that is not a record is dropped, except that a record at its end (a half line a
+    killed writer left, then a whole one appended after it) is kept. A dropped line that had
+    created a trial (later lines name a trial that would not exist) is replaced by a trial of
+    its own, so that every later trial keeps its number; later lines fill it in, and one left
+    RUNNING (without an owner) is failed and queued again by the next run. The original is kept
+    as ``<name>.broken-<time>``. Stop the workers on the file first: their place in it moves.
+    """
+    shown = storage_label(str(path))
+    path = Path(path)
+    if not path.is_file():
+        raise AccelOptError(f"{shown} is not a journal file (no such file); give its path")
+    backend = JournalFile(str(path))
+    report = Repair(path)
+    with backend.locked():
+        data = path.read_bytes()
+        lines = data.splitlines(keepends=True)
+        report.lines = len(lines)
+        kept: list[bytes] = []
+        created, last_study, lost_at = 0, 0, None  # trials created; where a lost one may be
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+        for number, line in enumerate(lines, start=1):
+            record = line.rstrip(b"\r\n")
+            if not _is_record(record):
+                salvage = record.rfind(RECORD_START, 1)
+                if salvage > 0 and _is_record(record[salvage:]):
+                    record = record[salvage:]
+                    report.salvaged.append(number)
+                else:
+                    report.dropped.append(number)
+                    lost_at = (number, len(kept))
+                    continue
+            log = json.loads(record)
+            if log["op_code"] == CREATE_TRIAL:
+                created += 1
+                last_study = log.get("study_id", last_study)
+            elif log["op_code"] in TRIAL_OPS and log.get("trial_id", -1) >= created:
+                missing = log["trial_id"] - created + 1
+                if lost_at is not None:  # a dropped line made the trial this one names
+                    at_line, index = lost_at
+                    placeholder = json.dumps({"op_code": CREATE_TRIAL,
+                                              "worker_id": "accelopt-storage-repair",
+                                              "study_id": last_study, "datetime_start": now},
+                                             separators=(",", ":")).encode()  # fmt: skip
+                    kept[index:index] = [placeholder] * missing
+                    report.placeholders.append(at_line)
+                    created += missing
+                    lost_at = None
+            kept.append(record)
+        if (not report.dropped and not report.salvaged and data.endswith(b"\n")) or not data:
+            return report
+        report.backup = _backup(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.repair-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(b"".join(line + b"\n" for line in kept))
+            out.flush()
+            os.fsync(out.fileno())
+        shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    return report
+
+
+# Locks.
+
+
+@contextlib.contextmanager
+def storage_lock(storage: optuna.storages.BaseStorage, url: str, name: str) -> Iterator[None]:
+    """Hold the lock that orders the workers of study ``name``.
+
+    A journal file: a file lock beside it (one host). PostgreSQL: a transaction-level advisory
+    lock, released when the transaction ends, also when the worker dies. SQLite serves one
+    writer (``sole_writer`` refuses a second), which needs no lock.
+    """
+    if isinstance(storage, optuna.storages.RDBStorage):
+        dialect = storage.engine.dialect.name
+        if dialect == "sqlite":
+            yield
+            return
+        if dialect != "postgresql":
+            raise AccelOptError(f"workers share studies through PostgreSQL or a journal file, "
+                                f"not {dialect}")  # fmt: skip
+        import sqlalchemy
+
+        with storage.engine.begin() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
+                         {"key": lock_key(name)})  # fmt: skip
+            yield
+        return
+    from filelock import FileLock
+
+    with FileLock(f"{url}.accelopt-lock"):
+        yield
+
+
+def lock_key(name: str) -> int:
+    """A signed 64-bit key for PostgreSQL's advisory locks."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL, or None (another storage, or SQLite in memory)."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # open_storage reports it
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+@contextlib.contextmanager
+def sole_writer(url: str) -> Iterator[None]:
+    """While the block runs, be the only accelopt process writing trials to ``url``'s SQLite
+    file; refuse with the message ``--workers`` gives where another one is (other storages
+    order their writers with ``storage_lock``).
+
+    Two processes on one SQLite file measure grid points twice and lose others, and race to
+    create its tables. The lock is ``<file>.accelopt-lock``, released when the process ends.
+    """
+    path = sqlite_file(url)
+    if path is None or not path.resolve().parent.is_dir():  # open_storage says what is wrong
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(f"{path.resolve()}.accelopt-lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise AccelOptError(f"another accelopt process is running trials on "
+                            f"{storage_label(url)}: {SQLITE_WORKERS}") from None  # fmt: skip
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# Owners, heartbeats and dead workers.
+
+
+def owner(trial: optuna.Trial) -> None:
+    """Record who runs a trial: a later run finds RUNNING trials whose process is gone."""
+    trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+
+
+def heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
+    """Seconds between heartbeats where the storage keeps them (databases), else None."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    if isinstance(storage, BaseHeartbeat):
+        return storage.get_heartbeat_interval()
+    return None
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Beat for ``trial`` while the block runs, where the storage keeps heartbeats (databases).
+
+    The first beat is recorded before the block starts: entered under the study's lock, the
+    trial has a heartbeat before any other worker can look at it.
+    """
+    storage = study._storage
+    interval = heartbeat_interval(storage)
+    if interval is None:
+        yield
+        return
+    storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            with contextlib.suppress(Exception):  # a missed beat is retried; the trial goes on
+                storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale_trials(study: optuna.Study) -> bool:
+    """On storages with heartbeats: FAIL trials whose heartbeat stopped, queue each once more.
+
+    Returns False where the storage keeps no heartbeats (the caller checks owners instead)."""
+    if heartbeat_interval(study._storage) is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return True
+
+
+def retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue a failed trial again with the same parameters, once; returns whether it was.
+
+    Optuna's ``RetryHeartbeatStaleTrialCallback(max_retry=1)``, which keeps the parameters and
+    the grid point a trial was given (``fixed_params``) but had not drawn yet, given the trial
+    without the user attributes of the failed run (its owner, why it failed, what it half
+    measured), which would otherwise show on the retry.
+    """
+    if trial.system_attrs.get("retry_history"):
+        return False  # a retry that failed too: once is enough
+    kept = copy.copy(trial)
+    kept.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in CARRIED}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, kept)
+    return True
+
+
+def recover_stale_trials(study: optuna.Study, *, by_owner: bool = True) -> list[int]:
+    """FAIL the RUNNING trials whose worker is gone and queue each again once; returns their
+    numbers.
+
+    Gone: the owner process on this host no longer exists (``by_owner``: storages without
+    heartbeats), or the trial never got an owner and started ``ORPHAN_GRACE`` seconds ago or
+    more (a worker killed between creating it and recording who runs it).
+    """
+    host = socket.gethostname()
+    now = dt.datetime.now()
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = t.user_attrs.get("owner")
+        if who is None:
+            started = t.datetime_start
+            if started is not None and (now - started).total_seconds() < ORPHAN_GRACE:
+                continue
+            why = "its worker died before it recorded its owner"
+        elif by_owner and who.get("host") == host and not _alive(int(who.get("pid", -1))):
+            why = "its worker process is gone"
+        else:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "failed", why)
+        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            retry(study, study._storage.get_trial(t._trial_id))
+            recovered.append(t.number)
+    return recovered
+
+
+def recover(study: optuna.Study, log: Callable[[str], None]) -> None:
+    """FAIL and queue again the trials of dead workers: by heartbeat where the storage keeps
+    them (databases), else by the owner's process id (journal files and SQLite: one host); on
+    any storage, the trials that never got an owner. Call under the study's lock."""
+    beats = fail_stale_trials(study)
+    stale = recover_stale_trials(study, by_owner=not beats)
+    if stale:
+        log(f"{study.study_name}: trials {stale} were left RUNNING by a process that is gone: "
+            f"marked FAIL and queued again once")  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

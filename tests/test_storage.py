@@ -1,0 +1,357 @@
+"""Tests for accelopt/storage.py: its place in the layout, URL redaction, journal faults, the
+SQLite writer lock and trials whose worker died before it recorded its owner."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileSymlinkLock
+from optuna.trial import TrialState
+
+from accelopt import storage as storages
+from accelopt.cli import main
+from accelopt.spec import load_spec
+from accelopt.storage import (
+    JournalFile,
+    open_storage,
+    recover_stale_trials,
+    repair_journal,
+    storage_label,
+)
+
+PACKAGE = Path(__file__).resolve().parent.parent / "accelopt"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACCELOPT_STORAGE", raising=False)
+    return tmp_path
+
+
+# Layout: storage is a room of its own, and no module imports another in a circle.
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The accelopt modules ``path`` imports anywhere, in functions too."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module in modules:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names} & modules
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names} & modules
+    return found
+
+
+def test_no_accelopt_module_imports_another_in_a_circle() -> None:
+    """Function-level imports included: a circle dodged inside a function is still a circle."""
+    paths = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: _imports(p, set(paths)) - {m} for m, p in paths.items()}
+
+    def reaches(start: str, goal: str) -> list[str] | None:
+        todo, seen = [[start]], {start}
+        while todo:
+            path = todo.pop()
+            for nxt in graph[path[-1]]:
+                if nxt == goal:
+                    return [*path, nxt]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append([*path, nxt])
+        return None
+
+    circles = [c for m in graph if (c := reaches(m, m))]
+    assert circles == []
+    assert not graph["accelopt.storage"] - {"accelopt.errors"}  # the run loop uses it, never back
+
+
+@pytest.mark.parametrize(
+    "module", ["storage", "workers", "study", "export", "warmstart", "launch", "results"]
+)
+def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    code = (
+        f"import sys\nimport accelopt.{module}\n"
+        "print(sorted(m for m in sys.modules if m in ('accelopt.study', 'accelopt.workers', "
+        "'accelopt.launch', 'torch')))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    if module == "storage":
+        assert run.stdout.strip() == "[]"
+
+
+# URLs: one redaction for every form, wherever a URL is shown or stored.
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+psycopg2://alice:s3cret@db.example:5432/optuna",
+            "postgresql+psycopg2://alice:***@db.example:5432/optuna",
+        ),
+        ("postgresql://alice:p@ss@db/optuna", "postgresql://alice:***@db/optuna"),
+        ("postgresql://alice:a/b?c#d@db/optuna", "postgresql://alice:***@db/optuna"),
+        (
+            "postgresql://alice@db/optuna?password=s3cret&sslmode=require",
+            "postgresql://alice@db/optuna?password=***&sslmode=require",
+        ),
+        (
+            "postgresql://db/optuna?sslmode=require&sslpassword=s3cret",
+            "postgresql://db/optuna?sslmode=require&sslpassword=***",
+        ),
+        ("mysql://db/x?user=a&PASSWD=s3cret", "mysql://db/x?user=a&PASSWD=***"),
+        ("postgresql://db/x?pass%77ord=s3cret", "postgresql://db/x?pass%77ord=***"),
+        ("postgresql://db/x?access_token=s3cret", "postgresql://db/x?access_token=***"),
+        ("postgresql:/alice:s3cret@db/optuna", "postgresql:/alice:***@db/optuna"),
+        ("postgresql:alice:s3cret@db/optuna", "postgresql:alice:***@db/optuna"),
+        ("postgresql://alice@db/optuna", "postgresql://alice@db/optuna"),
+        ("sqlite:///accelopt.db", "sqlite:///accelopt.db"),
+        ("studies.journal", "studies.journal"),
+    ],
+)
+def test_storage_label_redacts_every_password_form(url: str, shown: str) -> None:
+    assert storage_label(url) == shown
+    assert "s3cret" not in storage_label(url)
+
+
+@pytest.mark.parametrize("command", ["run", "best", "list", "report", "dashboard"])
+def test_a_one_slash_url_is_refused_and_shows_no_password(
+    command: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``postgresql:/...`` was taken for a journal file in a folder ``postgresql:``, and its
+    traceback printed the whole URL."""
+    url = "postgresql:/alice:s3cret@db.example/optuna"
+    argv = {"run": ["run", "--study", "TinySD-DDIM-10", "--quiet"], "list": ["list"],
+            "dashboard": ["dashboard"]}.get(command, [command, "--study", "X"])  # fmt: skip
+    assert main([*argv, "--storage", url]) == 2
+    out, err = capsys.readouterr()
+    assert err == (
+        "accelopt: error: storage postgresql:/alice:***@db.example/optuna is neither a URL nor "
+        "a journal file: a database URL starts with postgresql:// (two slashes); a journal file "
+        "whose name holds a colon needs a folder in front (./NAME)\n"
+    )
+    assert "s3cret" not in out + err
+    assert list(workdir.iterdir()) == []  # no folder "postgresql:", no journal
+
+
+def test_a_storage_that_cannot_be_opened_shows_no_part_of_its_password(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLAlchemy ends the password at its first "@" and takes "ss@127.0.0.1" for the host;
+    the driver's error then names that host."""
+    url = "postgresql://alice:p@ss@127.0.0.1:1/optuna?password=s3cret"
+    assert main(["best", "--study", "X", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "accelopt: error: cannot open storage "
+        "postgresql://alice:***@127.0.0.1:1/optuna?password=***: "
+    )
+    assert len(err.splitlines()) == 1
+    assert "s3cret" not in err and "p@ss" not in err and "ss@" not in err
+
+
+def test_an_exported_entry_keeps_the_storage_without_its_password() -> None:
+    from accelopt.export import entries_for
+    from accelopt.study import _spec_record
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("spec", _spec_record(load_spec("TinySD-DDIM-10-deepcache")))
+    attrs = {"accelerators": {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
+             "speedup": 2.0, "feasible": True, "score_loss": 0.0}  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))
+    url = "postgresql://alice:p@ss@db/optuna?sslpassword=s3cret"
+    (entry,) = entries_for(study, url).values()
+    assert entry["study"]["storage"] == "postgresql://alice:***@db/optuna?sslpassword=***"
+
+
+# Journal files: a corrupt line, a half line, the start-up repair and `accelopt storage repair`.
+
+
+def _journal(path: Path, trials: int = 3) -> list[bytes]:
+    """A journal with one study and ``trials`` finished trials; returns its lines."""
+    storage = optuna.storages.JournalStorage(JournalFile(str(path)))
+    study = optuna.create_study(study_name="S", storage=storage, direction="maximize")
+    for i in range(trials):
+        trial = study.ask()
+        trial.suggest_int("x", 0, 10)
+        study.tell(trial, float(i))
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _line_of(lines: list[bytes], op_code: int, nth: int = 0) -> int:
+    """The 0-based index of the ``nth`` line with ``op_code``."""
+    found = [i for i, line in enumerate(lines) if json.loads(line)["op_code"] == op_code]
+    return found[nth]
+
+
+@pytest.mark.parametrize("command", ["best", "list", "run"])
+def test_a_corrupt_line_in_the_middle_names_the_file_and_line_and_the_repair(
+    command: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = workdir / "studies.journal"
+    lines = _journal(journal)
+    lines[2] = b'{"op_code": 5, "worker_id": "x", "tri\n'
+    journal.write_bytes(b"".join(lines))
+    argv = {"best": ["best", "--study", "S"], "list": ["list"],
+            "run": ["run", "--study", "TinySD-DDIM-10", "--quiet"]}[command]  # fmt: skip
+    assert main([*argv, "--storage", str(journal)]) == 2
+    assert capsys.readouterr().err == (
+        f"accelopt: error: journal file {journal}, line 3: not a journal record (the file is "
+        f"corrupt from there); stop its workers, then run: accelopt storage repair {journal} "
+        f"(it keeps every good line and a backup)\n"
+    )
+
+
+def test_storage_repair_keeps_every_good_line_and_a_backup(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = workdir / "studies.journal"
+    lines = _journal(journal)
+    create = _line_of(lines, 4, 1)  # trial 1's creation: its loss would renumber trials 1, 2
+    setter = _line_of(lines, 5, 2)  # trial 2's parameter, after a half line a killed writer left
+    lines[create] = b"\x00\x00garbage\n"
+    lines[setter] = b'{"op_code":8,"worker_id":"dead","trial_i' + lines[setter]
+    broken = b"".join(lines)
+    journal.write_bytes(broken)
+
+    assert main(["storage", "repair", str(journal)]) == 0
+    (backup,) = workdir.glob("studies.journal.broken-*")
+    assert capsys.readouterr().out == (
+        f"repaired {journal}: kept {len(lines) - 1} of {len(lines)} lines; kept the record at "
+        f"the end of line(s) {setter + 1}; dropped line(s) {create + 1}; line(s) {create + 1} "
+        f"had created a trial: a trial takes its place, so that later ones keep their numbers "
+        f"(what later lines say of it is kept; left RUNNING, the next run fails it and queues "
+        f"it again); the original is kept as {backup}\n"
+    )
+    assert backup.read_bytes() == broken
+    study = optuna.load_study(study_name="S", storage=open_storage(str(journal))[0])
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert [t.value for t in study.trials] == [0.0, 1.0, 2.0]  # each trial kept its number
+    assert "x" in study.trials[1].params and "x" in study.trials[2].params  # 2: salvaged
+    assert main(["best", "--study", "S", "--storage", str(journal)]) == 0
+
+    assert main(["storage", "repair", str(journal)]) == 0  # whole now: nothing to do
+    assert capsys.readouterr().out.endswith("lines are records; nothing to repair\n")
+    assert len(list(workdir.glob("studies.journal.broken-*"))) == 1
+    assert main(["storage", "repair", str(workdir / "nowhere.journal")]) == 2
+
+
+def test_a_half_line_left_while_a_worker_runs_is_cut_before_its_next_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Upstream appended after it: the two merged into one corrupt line, the worker died, and
+    so did every later run."""
+    journal = tmp_path / "studies.journal"
+    _journal(journal, trials=1)
+    storage, _ = open_storage(str(journal))
+    study = optuna.load_study(study_name="S", storage=storage)
+    whole = journal.read_bytes()
+    with journal.open("ab") as f:  # another worker, killed in the middle of its line
+        f.write(b'{"op_code":8,"worker_id":"dead","trial_id":0,"us')
+    study.set_user_attr("after", 1)  # this worker goes on
+    assert "ended in a half-written line" in capsys.readouterr().err
+    (backup,) = tmp_path.glob("studies.journal.broken-*")
+    assert backup.read_bytes().startswith(whole) and backup.read_bytes() != whole
+    again = optuna.load_study(study_name="S", storage=open_storage(str(journal))[0])
+    assert again.user_attrs == {"after": 1} and len(again.trials) == 1
+    assert journal.read_bytes().startswith(whole)
+
+
+def test_the_start_up_repair_never_cuts_a_line_another_worker_is_still_writing(
+    tmp_path: Path,
+) -> None:
+    """A writer holds the journal's lock for the whole of its line; the start-up repair took no
+    lock, so it cut a line still being written (and the writer's rest then went to the file it
+    had replaced): the repair now waits for the lock."""
+    journal = tmp_path / "studies.journal"
+    _journal(journal, trials=1)
+    whole = journal.read_bytes()
+    line = b'{"op_code":2,"worker_id":"w","study_id":0,"user_attr":{"k":1}}\n'
+    lock = JournalFileSymlinkLock(str(journal))
+    lock.acquire()
+    with journal.open("ab") as f:  # a slow writer: half its line is on disk
+        f.write(line[:20])
+        f.flush()
+        result: list[Path | None] = []
+        repair = threading.Thread(target=lambda: result.append(repair_journal(journal)))
+        repair.start()
+        time.sleep(1.0)
+        assert repair.is_alive() and journal.read_bytes() == whole + line[:20]
+        f.write(line[20:])
+    lock.release()
+    repair.join(timeout=30)
+    assert result == [None]  # whole by then: nothing cut, nothing backed up
+    assert journal.read_bytes() == whole + line
+    assert not list(tmp_path.glob("studies.journal.broken-*"))
+
+
+def test_a_storage_path_that_is_not_a_regular_file_is_refused(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.mkfifo(workdir / "fifo")  # reading it would wait forever
+    assert main(["best", "--study", "S", "--storage", "fifo"]) == 2
+    assert "storage fifo is not a journal file" in capsys.readouterr().err
+
+
+# SQLite: one writer process at a time.
+
+
+def test_a_second_process_running_trials_on_one_sqlite_file_is_refused(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Four plain `accelopt run`s on the default file measured grid points twice (the lock was
+    a no-op for SQLite) and raced to create its tables."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom accelopt.storage import sole_writer\n"
+         "with sole_writer('sqlite:///accelopt.db'):\n    print('held', flush=True)\n"
+         "    sys.stdin.read()\n"],
+        cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert main(["run", "--study", "TinySD-DDIM-10", "--quiet"]) == 2
+    finally:
+        holder.communicate("")
+    err = capsys.readouterr().err
+    assert err == (
+        "accelopt: error: another accelopt process is running trials on sqlite:///accelopt.db: "
+        "SQLite cannot serve several workers at once (its writers lock each other out and "
+        "trials are lost); use a journal file on one host (--storage accelopt.journal) or "
+        "PostgreSQL for many hosts (--storage postgresql://USER@HOST/DB, password in "
+        "$PGPASSWORD or ~/.pgpass)\n"
+    )
+    assert not (workdir / "accelopt.db").exists()  # refused before a table was made
+
+
+# Trials whose worker died before it recorded its owner.
+
+
+def test_an_ownerless_running_trial_is_stale_once_the_grace_is_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    study = optuna.create_study()
+    orphan = study.ask()  # its worker died before owner()
+    assert recover_stale_trials(study) == []  # it may be a writer that takes no lock
+    monkeypatch.setattr(storages, "ORPHAN_GRACE", 0.0)
+    assert recover_stale_trials(study) == [orphan.number]
+    frozen = study.trials[orphan.number]
+    assert frozen.state == TrialState.FAIL
+    assert frozen.user_attrs["failed"] == "its worker died before it recorded its owner"
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.system_attrs["failed_trial"] == orphan.number
