@@ -80,7 +80,7 @@ def _keyed(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         (lambda e: e["measured"].update(device="\ud800"), "measured.device: Input should be"),
         (lambda e: e["study"].update(name="x" * 5000), "a string longer than 4096"),
         (lambda e: e.update(execution={"mode": "graphs\nimport os"}), "execution.mode: Input"),
-        (lambda e: e.update(targets=["tgate"]), "targets must be sorted names holding"),
+        (lambda e: e.update(targets=["tgate", "deepcache"]), "targets must be sorted, each"),
         (lambda e: e.update(scheduler="LMS"), "unknown scheduler 'LMS'"),
     ],
 )

@@ -398,8 +398,9 @@ def test_a_worker_killed_between_ask_and_its_owner_does_not_hang_the_study(
     """The trial was RUNNING with no owner (and, on PostgreSQL, no heartbeat yet): recovery
     skipped it, and every later worker waited for it for good."""
     spec = _spec(tmp_path, "tpe")
+    # No warm start: a shared PostgreSQL database holds other tests' TinyWorkers studies.
     argv = ["run", "--spec", str(spec), "--storage", shared, "--n-trials", "2", "--quiet",
-            "--timeout", "120"]  # fmt: skip
+            "--timeout", "120", "--no-warm-start"]  # fmt: skip
     ask = optuna.Study.ask
 
     def dies(self: optuna.Study, *args: object, **kwargs: object) -> optuna.Trial:
