@@ -33,4 +33,4 @@ unit: install
 test: lint unit
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache accelopt.db
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache accelopt.db accelopt.db.accelopt-lock
