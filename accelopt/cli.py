@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -95,7 +96,7 @@ def _load_spec(args: argparse.Namespace):
     if (args.study is None) == (args.spec is None):
         raise AccelOptError("give exactly one of --study NAME or --spec FILE")
     spec = load_spec(args.study) if args.spec is None else load_spec(path=Path(args.spec))
-    changes = {}
+    changes: dict[str, Any] = {}
     if getattr(args, "sampler", None):
         changes["sampler"] = spec.sampler.__class__(args.sampler, spec.sampler.seed)
     if getattr(args, "seed", None) is not None:
@@ -103,6 +104,8 @@ def _load_spec(args: argparse.Namespace):
         changes["sampler"] = sampler.__class__(sampler.name, args.seed)
     if getattr(args, "max_score_loss", None) is not None:
         changes["max_score_loss"] = args.max_score_loss
+    if _bound_args(args):
+        changes["constraints"] = dataclasses.replace(spec.constraints, **_bound_args(args))
     if getattr(args, "objective", None):
         changes["objective"] = args.objective
     if getattr(args, "execution", None):
@@ -112,18 +115,21 @@ def _load_spec(args: argparse.Namespace):
 
 def _frontier_line(study, hint: bool = True) -> str:
     """One line about a pareto study's frontier (empty for any other study)."""
-    from accelopt.results import frontier, is_pareto
+    from accelopt.constraints import METRICS
+    from accelopt.results import frontier, is_pareto, pareto_metric
 
     if not is_pareto(study):
         return ""
-    front = frontier(study.trials)
+    metric = METRICS[pareto_metric(study)]
+    front = frontier(study.trials, metric.name)
     if not front:
         return f"{study.study_name}: Pareto frontier: no completed trial yet"
     speedups = [t.user_attrs["speedup"] for t in front]
-    losses = [100 * t.user_attrs["score_loss"] for t in front]
+    values = sorted(t.user_attrs[metric.name] for t in front)
     line = (
         f"{study.study_name}: Pareto frontier of {len(front)} trials, {min(speedups):.2f}x-"
-        f"{max(speedups):.2f}x at a score loss of {min(losses):.2f}%-{max(losses):.2f}%"
+        f"{max(speedups):.2f}x at {metric.label} {metric.show(values[0])}-"
+        f"{metric.show(values[-1])}"
     )
     return f"{line} (accelopt best --study {study.study_name} lists them)" if hint else line
 
@@ -141,8 +147,16 @@ def _describe(trial) -> str:
     beside = f" ({eager:.2f}x against eager)" if eager is not None and mode != "eager" else ""
     return (
         f"trial {trial.number}: {knobs}\n  speedup {a['speedup']:.2f}x{beside} under {mode}, "
-        f"{a['time_per_image']:.4f} s/image, CLIP score loss {100 * a['score_loss']:.2f}%"
+        f"{a['time_per_image']:.4f} s/image, {_quality(a)}"
     )
+
+
+def _quality(measured: dict) -> str:
+    """Every quality metric measured: ``CLIP score loss 1.20%, PSNR 31.4 dB, SSIM 0.912``."""
+    from accelopt.constraints import METRICS
+
+    return ", ".join(f"{m.label} {m.show(measured[m.name])}" for m in METRICS.values()
+                     if isinstance(measured.get(m.name), int | float))  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -213,7 +227,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if best is None or best.user_attrs["speedup"] <= 1.0:
         why = "no feasible accelerated trial" if best is None else "none beats the baseline"
-        print(f"no acceleration: {why} within a {100 * spec.max_score_loss:g}% score loss")
+        bounds = ", ".join(b.describe() for b in spec.bounds())
+        print(f"no acceleration: {why} within {bounds}")
         return 0
     print(f"best {_describe(best)}")
     return 0
@@ -506,7 +521,8 @@ def _codegen(args: argparse.Namespace) -> int:
     else:
         targets = parse_request_targets(args.targets)
         requests = [Request(args.pipe, args.sched, args.steps, targets, args.req_speedup,
-                            args.max_score_loss, args.req_time)]  # fmt: skip
+                            args.max_score_loss, args.req_time,
+                            **_bound_args(args))]  # fmt: skip
     store = store_path(args.store)
     read, entries, problems = _read_usable(args.store)
     for key, why in problems:  # reported, never used
@@ -517,12 +533,33 @@ def _codegen(args: argparse.Namespace) -> int:
         if entry.get("objective") == "pareto":  # one point of a stored frontier
             m = entry["measured"]
             point = (f"; frontier point: trial {entry['study']['trial']}, {m['speedup']:.2f}x, "
-                     f"score loss {100 * m['score_loss']:.2f}%")  # fmt: skip
+                     f"{_quality(m)}")  # fmt: skip
         print(f"wrote {printable(str(path))} ({printable(entry['key'], 120)}{point})")
     # After the answers: an unmet request stays one line of error.
     print(f"read {len(entries)} usable entries of {len(read.entries) + len(read.problems)} "
           f"from {printable(str(store))} ({read.layout} layout)", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _bound_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The fidelity bounds given on the command line (``--min-psnr`` ...), by constraint key."""
+    from accelopt.codegen import BOUND_FLAGS
+
+    return {k: getattr(args, k) for k in BOUND_FLAGS if getattr(args, k, None) is not None}
+
+
+def _bound_options(p: argparse.ArgumentParser, what: str) -> None:
+    from accelopt.codegen import BOUND_FLAGS
+
+    helps = {
+        "psnr_min": "PSNR against the baseline image, at least DB",
+        "ssim_min": "SSIM against the baseline image, at least S",
+        "clip_image_min": "CLIP image-embedding similarity to the baseline image, at least C",
+        "lpips_max": "LPIPS distance to the baseline image, at most D (needs its weights)",
+    }
+    for key, flag in BOUND_FLAGS.items():
+        p.add_argument(flag, dest=key, type=float, metavar=key.split("_")[0].upper(),
+                       help=f"{what}: {helps[key]}")  # fmt: skip
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -627,17 +664,18 @@ def _open_study(args: argparse.Namespace):
 def _best(args: argparse.Namespace) -> int:
     import json
 
-    from accelopt.results import best_trial, frontier, is_pareto
+    from accelopt.constraints import METRICS
+    from accelopt.results import best_trial, frontier, is_pareto, pareto_metric
 
     study = _open_study(args)
     best = best_trial(study)
-    shown = ("speedup", "time_per_image", "score_loss", "device")
+    shown = ("speedup", "time_per_image", *METRICS, "device")
 
     def record(t) -> dict:
         return {"trial": t.number, "accelerators": t.user_attrs["accelerators"],
-                **{k: t.user_attrs[k] for k in shown}}  # fmt: skip
+                **{k: t.user_attrs[k] for k in shown if k in t.user_attrs}}  # fmt: skip
 
-    front = frontier(study.trials) if is_pareto(study) else None
+    front = frontier(study.trials, pareto_metric(study)) if is_pareto(study) else None
     if args.json:
         out: dict = {"study": args.study, "best": None if best is None else record(best)}
         if front is not None:  # fastest first
@@ -660,7 +698,7 @@ def _list(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from accelopt.results import best_trial, frontier, is_pareto
+    from accelopt.results import best_trial, frontier, is_pareto, pareto_metric
     from accelopt.spec import shipped_specs
     from accelopt.storage import open_storage, storage_url
 
@@ -681,7 +719,7 @@ def _list(args: argparse.Namespace) -> int:
         best = best_trial(study)
         shown = f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible trial"
         if is_pareto(study):
-            shown += f", Pareto frontier of {len(frontier(study.trials))}"
+            shown += f", Pareto frontier of {len(frontier(study.trials, pareto_metric(study)))}"
         print(f"  {printable(summary.study_name, 120):40} {counted}/{budget} trials  {shown}")
     return 0
 
@@ -787,6 +825,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("tpe", "grid"), help="override the spec's sampler")
     p.add_argument("--seed", type=int, help="sampler seed (default: the spec's)")
     p.add_argument("--max-score-loss", type=float, help="CLIP score loss budget (default 0.02)")
+    _bound_options(p, "a bound of the study, as [constraints] in its spec")
     trial_options(p)
     p.add_argument(
         "--workers",
@@ -854,6 +893,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="T",
         help="at most T seconds per image (on a frontier: the least loss this fast)",
     )
+    _bound_options(p, "only entries that measured it")
     p.add_argument("--tasks", help="a JSON or TOML list of requests (README, 'codegen')")
     p.add_argument("--store", help="params store (default: $ACCELOPT_STORE or search_params.json)")
     p.add_argument("-o", "--output", required=True, help="script path (a folder with --tasks)")

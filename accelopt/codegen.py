@@ -43,9 +43,11 @@ from typing import Any
 
 import tomllib
 
+from accelopt.constraints import BOUNDS, METRICS, Bound, quality_loss
 from accelopt.errors import AccelOptError, printable
 
 __all__ = [
+    "BOUND_FLAGS",
     "HEADER_NAMES",
     "Request",
     "find_entry",
@@ -60,6 +62,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_SCORE_LOSS = 0.02  # a request's quality budget when it names none (no frontier)
+FIDELITY_BOUNDS = tuple(k for k in BOUNDS if k != "clip_loss")
+# The command-line flag of each fidelity bound, for codegen requests and run alike.
+BOUND_FLAGS = {"psnr_min": "--min-psnr", "ssim_min": "--min-ssim",
+               "clip_image_min": "--min-clip-image", "lpips_max": "--max-lpips"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,21 @@ class Request:
     req_speedup: float | None = None
     max_score_loss: float | None = None
     req_time: float | None = None
+    # Fidelity bounds (``accelopt.constraints``): an entry answers only if it measured the
+    # metric and meets the bound (entries exported before fidelity was measured do not).
+    psnr_min: float | None = None
+    ssim_min: float | None = None
+    clip_image_min: float | None = None
+    lpips_max: float | None = None
     output: str | None = field(default=None, compare=False)
+
+    @property
+    def bounds(self) -> list[Bound]:
+        """The fidelity bounds asked for."""
+        return [Bound(k, v) for k in FIDELITY_BOUNDS if (v := getattr(self, k)) is not None]
+
+    def fidelity_met(self, measured: Mapping[str, Any]) -> bool:
+        return all(b.holds(measured.get(b.name)) for b in self.bounds)
 
     @property
     def loss_budget(self) -> float:
@@ -109,7 +129,7 @@ class Request:
             parts.append(f"speedup >= {self.req_speedup:g}x")
         if self.req_time is not None:
             parts.append(f"<= {self.req_time:g} s/image")
-        return parts
+        return parts + [b.describe() for b in self.bounds]
 
     def run_command(self) -> str:
         """The ``accelopt run`` command that would produce an entry for this request."""
@@ -126,6 +146,8 @@ class Request:
             cmd += f" --req-speedup {self.req_speedup:g}"
         if self.req_time is not None:
             cmd += f" --req-time {self.req_time:g}"
+        for bound in self.bounds:
+            cmd += f" {BOUND_FLAGS[bound.key]} {bound.limit:.10g}"
         return cmd + " --export"
 
     def script_name(self) -> str:
@@ -147,7 +169,8 @@ def parse_request_targets(value: str | list[str] | None) -> tuple[str, ...] | No
 
 _TASK_KEYS: dict[str, Any] = {"pipe": str, "sched": str, "steps": int, "targets": (str, list),
               "req_speedup": (int, float), "max_score_loss": (int, float),
-              "req_time": (int, float), "output": str}  # fmt: skip
+              "req_time": (int, float), "output": str,
+              **dict.fromkeys(FIDELITY_BOUNDS, (int, float))}  # fmt: skip
 
 
 def load_tasks(path: Path) -> list[Request]:
@@ -255,6 +278,8 @@ def _meets(entry: Mapping[str, Any], request: Request) -> bool:
         return False
     if request.req_speedup is not None and m["speedup"] < request.req_speedup:
         return False
+    if not request.fidelity_met(m):
+        return False
     if request.req_time is None:
         return True
     return _number(m.get("time_per_image")) and m["time_per_image"] <= request.req_time
@@ -357,12 +382,21 @@ def _pick(points: list[dict[str, Any]], request: Request) -> dict[str, Any] | No
             budget = _own_budget(p)
         return budget is None or p["measured"]["score_loss"] <= budget
 
-    found = [p for p in points if _fast_enough(p, request) and within(p)]
+    found = [p for p in points if _fast_enough(p, request) and within(p)
+             and request.fidelity_met(p["measured"])]  # fmt: skip
     if not found:
         return None
-    if request.fast:  # this fast, losing least
-        return min(found, key=lambda p: (p["measured"]["score_loss"], -p["measured"]["speedup"]))
-    return max(found, key=lambda p: (p["measured"]["speedup"], -p["measured"]["score_loss"]))
+    if request.fast:  # this fast, losing least (by its frontier's own second objective)
+        return min(found, key=lambda p: (_loss(p), -p["measured"]["speedup"]))
+    return max(found, key=lambda p: (p["measured"]["speedup"], -_loss(p)))
+
+
+def _loss(point: Mapping[str, Any]) -> float:
+    """A point's quality as a loss, by the metric its frontier was searched on (the score loss
+    for older entries and other entries' single points)."""
+    metric = point.get("pareto_metric") or "score_loss"
+    value = quality_loss(point["measured"], metric)
+    return float(point["measured"]["score_loss"]) if value is None else value
 
 
 def _nearest_point(
@@ -401,11 +435,16 @@ def nearest(entries: Mapping[str, Mapping[str, Any]], request: Request, n: int =
         return (0 if same_pipe else 1, abs(e["steps"] - request.steps),
                 0 if _same_model(e, request) else 1)  # fmt: skip
 
+    def fidelity(m: Mapping[str, Any]) -> str:  # what the request bounds, as measured
+        return "".join(f", {b.metric.label} {b.metric.show(m.get(b.name))}"
+                       for b in request.bounds)  # fmt: skip
+
     ranked = sorted(entries.values(), key=distance)[:n]
     return [
         f"{printable(e['pipeline'], 60)} {printable(e['scheduler'], 40)} {e['steps']} "
         f"{'+'.join(sorted(e['accelerators']))}: "
         f"{e['measured']['speedup']:.2f}x, loss {_percent(e['measured']['score_loss'])}"
+        f"{fidelity(e['measured'])}"
         for e in ranked
     ]
 
@@ -554,9 +593,11 @@ def render_script(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> str:
     )
     seconds = m.get("time_per_image")
     per_image = "time per image not recorded" if seconds is None else f"{seconds:.4f} s per image"
+    fidelity = "".join(f", {METRICS[k].label} {METRICS[k].show(m[k])}" for k in METRICS
+                       if k != "score_loss" and m.get(k) is not None)  # fmt: skip
     summary = (
         f"Measured by accelopt on {m['device']}: {m['speedup']:.2f}x the plain pipeline, "
-        f"{per_image}, CLIP score loss {_percent(m['score_loss'])}."
+        f"{per_image}, CLIP score loss {_percent(m['score_loss'])}{fidelity}."
     )
     if entry.get("layout") == "seed":  # accelopt.seed_format: the seed kept only these
         summary = (

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from accelopt import accelerators
+from accelopt.constraints import METRICS
 from accelopt.metrics import score_loss
 
 __all__ = [
@@ -45,12 +46,15 @@ class Confirmation:
     """One configuration measured again on the held-out prompts."""
 
     trial: int
-    passed: bool  # held-out score loss within the study's budget
+    passed: bool  # every bound of the study held on the held-out prompts
     score_loss: float
     speedup: float  # median over the alternated pairs
     speedups: list[float]
     prompts: int
     seed: int
+    # Each fidelity metric's mean on the held-out prompts, against their baseline images.
+    fidelity: dict[str, float] = dataclasses.field(default_factory=dict)
+    failed: list[str] = dataclasses.field(default_factory=list)  # the bounds that did not hold
 
 
 def candidates(study: optuna.Study, k: int = TOP_K, requirement: Any = None) -> list[FrozenTrial]:
@@ -91,14 +95,20 @@ def confirm(
         spec.prompts, split="heldout", seed=spec.prompts.seed + SEED_OFFSET
     )
     heldout = Bench(
-        spec.replace(prompts=prompts), bench.pipe, bench.scorer, bench.device, bench.mode
+        spec.replace(prompts=prompts),
+        bench.pipe,
+        bench.scorer,
+        bench.device,
+        bench.mode,
+        lpips=bench.lpips,
     )
     accelerators.remove(heldout.pipe)
-    reference = heldout.measure()
+    reference = heldout.measure(keep_images=True)
+    heldout.set_reference(reference.images)
     results = []
     for trial in todo:
         configs = trial.user_attrs["accelerators"]
-        ratios, scores = [], reference.scores
+        ratios, m = [], reference
         for _ in range(pairs):  # A, B, A, B: drift hits the baseline and the candidate alike
             accelerators.remove(heldout.pipe)
             plain = heldout.measure().time_per_image
@@ -108,20 +118,23 @@ def confirm(
             finally:
                 accelerators.remove(heldout.pipe)
             ratios.append(plain / m.time_per_image)
-            scores = m.scores
-        loss = score_loss(reference.scores, scores)
+        metrics = {"score_loss": score_loss(reference.scores, m.scores), **m.means()}
+        failed = [b.describe() for b in spec.bounds() if not b.holds(metrics.get(b.name))]
         result = Confirmation(
             trial=trial.number,
-            passed=loss <= spec.max_score_loss,
-            score_loss=loss,
+            passed=not failed,
+            score_loss=metrics["score_loss"],
             speedup=statistics.median(ratios),
             speedups=ratios,
-            prompts=len(scores),
+            prompts=len(m.scores),
             seed=prompts.seed,
+            fidelity={k: v for k, v in metrics.items() if k != "score_loss"},
+            failed=failed,
         )
+        shown = ", ".join(f"{METRICS[k].label} {METRICS[k].show(v)}" for k, v in metrics.items())
+        verdict = "passes" if result.passed else f"FAILS {'; '.join(failed)}"
         log(f"{study.study_name}: trial {trial.number} on {result.prompts} held-out prompts: "
-            f"{result.speedup:.2f}x, score loss {100 * loss:.2f}% -> "
-            f"{'passes' if result.passed else 'FAILS'}")  # fmt: skip
+            f"{result.speedup:.2f}x, {shown} -> {verdict}")  # fmt: skip
         results.append(result)
     stored = study.user_attrs.get("confirmations") or {}
     stored.update({str(r.trial): dataclasses.asdict(r) for r in results})

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from accelopt.constraints import PSNR_CAP
 from accelopt.errors import AccelOptError, printable
 
 __all__ = ["MAX_DEPTH", "MAX_STRING", "InvalidEntry", "check_entry", "usable_entries"]
@@ -48,6 +49,11 @@ class _Measured(_Strict):
     score_loss: Finite | None = None
     peak_memory: Annotated[int, Field(ge=0)] | None = None
     device: Text | None = None
+    # Fidelity to the baseline images (accelopt.constraints); absent from older entries.
+    psnr: Annotated[float, Field(ge=0, le=PSNR_CAP, allow_inf_nan=False)] | None = None
+    ssim: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None
+    clip_image: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None
+    lpips: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
 
 
 class _Generation(_Strict):
@@ -61,6 +67,10 @@ class _Requirement(_Strict):
     req_speedup: Positive | None = None
     max_score_loss: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
     req_time: Positive | None = None
+    psnr_min: Annotated[float, Field(gt=0, lt=PSNR_CAP, allow_inf_nan=False)] | None = None
+    ssim_min: Annotated[float, Field(gt=-1, lt=1, allow_inf_nan=False)] | None = None
+    clip_image_min: Annotated[float, Field(gt=-1, lt=1, allow_inf_nan=False)] | None = None
+    lpips_max: Annotated[float, Field(gt=0, lt=10, allow_inf_nan=False)] | None = None
 
 
 class _Execution(_Strict):
@@ -95,6 +105,7 @@ class _Entry(_Strict):
     study: _Study | None = None
     layout: Literal["seed"] | None = None
     objective: Literal["pareto"] | None = None
+    pareto_metric: Literal["score_loss", "psnr", "ssim", "clip_image", "lpips"] | None = None
     frontier: list[_Point] | None = None
 
 

@@ -31,6 +31,19 @@ PACKAGES = ("accelopt", "torch", "diffusers", "transformers", "DeepCache", "tgat
 # Our parameter names -> the seed system's (only T-GATE's warm_up differs).
 SEED_PARAMS = {"warm_up": "warmup"}
 MEASURED = ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device")
+FIDELITY = ("psnr", "ssim", "clip_image", "lpips")  # stored where the trial measured them
+
+
+def _measured(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What an entry says was measured: speed and CLIP always, fidelity where there was any."""
+    return {**{k: attrs.get(k) for k in MEASURED},
+            **{k: attrs[k] for k in FIDELITY if k in attrs}}  # fmt: skip
+
+
+def _bounds(spec: dict[str, Any]) -> dict[str, float]:
+    """The study's fidelity bounds (``[constraints]``), none for studies stored before them."""
+    stored = spec.get("constraints") or {}
+    return {k: float(v) for k, v in stored.items() if v is not None}
 
 
 def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
@@ -62,6 +75,7 @@ def _entry(
         spec["max_score_loss"],
         requirement.speedup,
         requirement.time_per_image,
+        _bounds(spec),
     )
     entry = {
         "key": key,
@@ -75,6 +89,7 @@ def _entry(
             "req_speedup": requirement.speedup,
             "max_score_loss": spec["max_score_loss"],
             "req_time": requirement.time_per_image,
+            **_bounds(spec),
         },
         "accelerators": accelerators,
         "params": _flat(accelerators),
@@ -84,7 +99,7 @@ def _entry(
             "dtype": spec["dtype"],
             "prompt_set": (spec.get("prompts") or {}).get("set"),  # the scripts' example prompt
         },
-        "measured": {k: a.get(k) for k in MEASURED},
+        "measured": _measured(a),
         "baseline": {
             "time_per_image": a.get("baseline_time_per_image"),
             "scores": study.user_attrs.get("baseline_scores"),
@@ -121,7 +136,7 @@ def _point(trial: FrozenTrial, heldout: dict[str, Any] | None) -> dict[str, Any]
         "trial": trial.number,
         "accelerators": a["accelerators"],
         "params": _flat(a["accelerators"]),
-        "measured": {k: a.get(k) for k in MEASURED},
+        "measured": _measured(a),
         "baseline": {"time_per_image": a.get("baseline_time_per_image")},
         "heldout": heldout,
     }
@@ -142,7 +157,9 @@ def _frontier_entries(
         used = sorted(targets)
         members = [t for t in complete if i == 0 or sorted(t.user_attrs["accelerators"]) == used]
         entry["objective"] = "pareto"
-        entry["frontier"] = [_point(t, heldout.get(str(t.number))) for t in frontier(members)]
+        entry["pareto_metric"] = study.user_attrs["spec"].get("pareto_metric", "score_loss")
+        front = frontier(members, entry["pareto_metric"])
+        entry["frontier"] = [_point(t, heldout.get(str(t.number))) for t in front]
         entries[key] = entry
     return entries
 

@@ -1,10 +1,12 @@
-"""One trial: apply -> warm up -> generate the prompts (timed) -> CLIP score -> remove.
+"""One trial: apply -> warm up -> generate the prompts (timed) -> score -> remove.
 
-``Bench`` holds what every trial of a study shares (the pipeline, prompts, seeds and scorer) and
-measures one configuration; ``Objective`` turns a measurement into an Optuna trial: speedup to
-maximise, relative score loss as a constraint, everything else as user attributes. In a pareto
-study the score loss is a second objective instead (to minimise), and the single-objective
-shortcuts are off: no dominance skip, no early stop.
+``Bench`` holds what every trial of a study shares (the pipeline, prompts, seeds, scorer and the
+plain pipeline's images) and measures one configuration: its time, each image's CLIP score and
+its fidelity to the baseline image of the same prompt and seed (PSNR, SSIM, CLIP image
+similarity, LPIPS when asked for). ``Objective`` turns a measurement into an Optuna trial:
+speedup to maximise, each of the study's bounds (``accelopt.constraints``) a constraint of its
+own, every metric a user attribute. In a pareto study one metric is the second objective
+instead, and the single-objective shortcuts are off: no dominance skip, no early stop.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -23,7 +25,9 @@ import torch
 
 from accelopt import accelerators, execution, schedules
 from accelopt._types import Pipeline
-from accelopt.metrics import ClipScorer, loss_bound
+from accelopt.constraints import Bound, capped_psnr
+from accelopt.errors import AccelOptError
+from accelopt.metrics import ClipScorer, loss_bound, prompt_losses, psnr, ssim
 from accelopt.prompts import load_prompts
 from accelopt.search import Space, dominating_trial
 from accelopt.spec import StudySpec
@@ -31,8 +35,11 @@ from accelopt.timing import device_name, median, peak_memory, reset_peak_memory,
 
 __all__ = ["Bench", "Measurement", "Objective"]
 
-Check = Callable[[list[float]], "str | None"]  # scores so far -> why to stop, or None
+# Per-prompt values so far ("score" and each fidelity metric) -> why to stop, or None.
+Check = Callable[[Mapping[str, list[float]]], "str | None"]
+FIDELITY = ("psnr", "ssim", "clip_image", "lpips")  # measured against the baseline images
 BASELINE_EVERY = 10  # re-time the baseline after this many trials, so drift shows in speedups
+SSIM_WINDOW = 11  # pixels: SSIM's Gaussian window; smaller images have no SSIM
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,19 @@ class Measurement:
     peak_memory: int | None
     stopped: str | None = None  # why generation stopped before the last prompt
     compile_seconds: float = 0.0  # compiling and capturing graphs (not in warmup_seconds)
+    # Per prompt, each fidelity metric against the bench's reference images (none without them).
+    fidelity: dict[str, list[float]] = field(default_factory=dict)
+    images: Any = field(default=None, repr=False)  # the images, when the caller kept them
+
+    def summary(self) -> dict[str, Any]:
+        """The plain numbers, for a trial's user attributes (no images, no per-prompt lists)."""
+        skip = ("scores", "stopped", "fidelity", "images")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in skip}  # fmt: skip
+
+    def means(self) -> dict[str, float]:
+        """Each fidelity metric's mean over the prompts measured."""
+        return {k: statistics.fmean(v) for k, v in self.fidelity.items() if v}
 
 
 @dataclass
@@ -60,13 +80,42 @@ class Bench:
     mode: str = "eager"  # the execution mode every generation runs under (accelopt.execution)
     # Told what is compiling before a generation compiles or captures a graph (progress bars).
     on_compile: Callable[[str], None] | None = None
+    lpips: Callable[[torch.Tensor, torch.Tensor], list[float]] | None = None  # when measured
     prompts: list[str] = field(init=False)
+    # The plain pipeline's images of every prompt (``set_reference``): fidelity compares with them.
+    reference: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         p = self.spec.prompts
         chosen = load_prompts(p.split, p.count, p.set)
         self.prompts = [p.text for p in chosen]
         self.traits = accelerators.PipeTraits.of(self.pipe)
+        self._reference_embeddings: torch.Tensor | None = None
+
+    def set_reference(self, images: torch.Tensor) -> None:
+        """Compare later measurements with ``images``, the plain pipeline's of every prompt."""
+        if len(images) != len(self.prompts):
+            raise ValueError(f"need {len(self.prompts)} reference images, got {len(images)}")
+        self.reference = images
+        self._reference_embeddings = self.scorer.embed_images(images)
+
+    def score(self, images: torch.Tensor, start: int, stop: int) -> dict[str, list[float]]:
+        """Per image of prompts start..stop: its CLIP ``score`` and, once there are reference
+        images, its fidelity to them (``FIDELITY``; SSIM only where its window fits)."""
+        out = {"score": list(self.scorer(images, self.prompts[start:stop]))}
+        if self.reference is None or self._reference_embeddings is None:
+            return out
+        reference = self.reference[start:stop].to(images.device)
+        out["psnr"] = capped_psnr(psnr(images, reference))
+        if min(images.shape[-2:]) >= SSIM_WINDOW:
+            out["ssim"] = ssim(images, reference)
+        # The scorer embeds the images once more for this (its score keeps no embeddings):
+        # scoring time, never generation time.
+        similarity = self.scorer.embed_images(images) * self._reference_embeddings[start:stop]
+        out["clip_image"] = similarity.sum(dim=-1).clamp(-1.0, 1.0).tolist()
+        if self.lpips is not None:
+            out["lpips"] = self.lpips(images, reference)
+        return out
 
     def generate(self, start: int, stop: int) -> torch.Tensor:
         """Images (B, 3, H, W in [0, 1]) for prompts start..stop, each with its own seed."""
@@ -86,18 +135,21 @@ class Bench:
         )
         return out.images
 
-    def measure(self, check: Check | None = None) -> Measurement:
+    def measure(self, check: Check | None = None, keep_images: bool = False) -> Measurement:
         """Generate every prompt in batches (timed), after warm-up calls, scoring each batch,
         under the bench's execution mode (a graph missing for a batch is made in warm-up).
 
-        ``check(scores so far)`` may stop the measurement after a batch by returning why.
+        ``check(per-prompt values so far)`` may stop the measurement after a batch by returning
+        why. ``keep_images`` keeps the images on the measurement (the baseline's, as reference).
         """
         with execution.run(self.pipe, self.mode, self.on_compile) as compiled:
             spent = compiled.seconds
-            m = self._measure(check, compiled)
+            m = self._measure(check, compiled, keep_images)
         return dataclasses.replace(m, compile_seconds=compiled.seconds - spent)
 
-    def _measure(self, check: Check | None, compiled: execution.Compiled) -> Measurement:
+    def _measure(
+        self, check: Check | None, compiled: execution.Compiled, keep_images: bool
+    ) -> Measurement:
         batches = [
             (start, min(start + self.spec.prompts.batch_size, len(self.prompts)))
             for start in range(0, len(self.prompts), self.spec.prompts.batch_size)
@@ -112,19 +164,23 @@ class Bench:
         warmup = sum(timed(partial(self.generate, *b), self.device)[1] for b in warm)
         warmup -= compiled.seconds - spent
         reset_peak_memory(self.device)
-        scores: list[float] = []
+        values: dict[str, list[float]] = {}
+        kept: list[torch.Tensor] = []
         seconds = scoring = 0.0
         stopped = None
         for start, stop in batches:
             images, took = timed(partial(self.generate, start, stop), self.device)
             seconds += took
-            score = partial(self.scorer, images, self.prompts[start:stop])
-            batch, took = timed(score, self.device)
+            batch, took = timed(partial(self.score, images, start, stop), self.device)
             scoring += took
-            scores += batch
-            stopped = check(scores) if check is not None and stop < len(self.prompts) else None
+            for key, got in batch.items():
+                values.setdefault(key, []).extend(got)
+            if keep_images:
+                kept.append(images)
+            stopped = check(values) if check is not None and stop < len(self.prompts) else None
             if stopped:
                 break
+        scores = values.pop("score")
         return Measurement(
             time_per_image=seconds / len(scores),
             generation_seconds=seconds,
@@ -133,15 +189,19 @@ class Bench:
             scores=scores,
             peak_memory=peak_memory(self.device),
             stopped=stopped,
+            fidelity=values,
+            images=torch.cat(kept) if kept else None,
         )
 
 
 class Objective:
-    """Optuna objective for one study: maximise speedup, score loss as a constraint.
+    """Optuna objective for one study: maximise speedup, each bound a constraint.
 
     The baseline's scores come from the study (measured once, by the first worker); its time is
     measured by every worker at start and again every ``BASELINE_EVERY`` trials, and speedups use
-    the median of those timings, so clock drift over a long study shows instead of hiding.
+    the median of those timings, so clock drift over a long study shows instead of hiding. Its
+    images are each worker's own (the first baseline it measures): fidelity compares images
+    made on the same device under the same mode.
     """
 
     def __init__(
@@ -163,13 +223,39 @@ class Objective:
         self._branches: tuple[int, ...] = ()
         self._schedules: dict[str, tuple[Any, ...]] = {}
 
+    @property
+    def bounds(self) -> tuple[Bound, ...]:
+        """The bounds that are constraints: all of the spec's, but a pareto study's objective."""
+        spec = self.bench.spec
+        return tuple(
+            b for b in spec.bounds() if not (self.pareto and b.name == spec.pareto_metric)
+        )
+
     def measure_baseline(self) -> Measurement:
-        """Measure the plain pipeline; its time joins the baseline timings."""
-        accelerators.remove(self.bench.pipe)
-        m = self.bench.measure()
+        """Measure the plain pipeline; its time joins the baseline timings. The first one's
+        images become the bench's reference images."""
+        bench = self.bench
+        accelerators.remove(bench.pipe)
+        first = bench.reference is None
+        m = bench.measure(keep_images=first)
+        if first:
+            bench.set_reference(m.images)
+            self._check_measured(m.images[:1])
         self.baseline_times.append(m.time_per_image)
         self.trials_since_baseline = 0
         return m
+
+    def _check_measured(self, image: torch.Tensor) -> None:
+        """Refuse a bound (or a pareto objective) on a metric this bench does not measure,
+        before any trial runs: SSIM on images smaller than its window, LPIPS not loaded."""
+        spec = self.bench.spec
+        measured = {"score_loss", *self.bench.score(image, 0, 1)}
+        wanted = [b.name for b in spec.bounds()] + [spec.pareto_metric] * self.pareto
+        missing = next((n for n in wanted if n not in measured), None)
+        if missing is not None:
+            why = {"ssim": f"images under {SSIM_WINDOW} px have none",
+                   "lpips": "its network is not loaded"}.get(missing, "not measured")  # fmt: skip
+            raise AccelOptError(f"study {spec.name}: cannot measure {missing} ({why}); drop it")
 
     def time_baseline(self) -> float:
         return self.measure_baseline().time_per_image
@@ -246,37 +332,52 @@ class Objective:
             )
         return self._schedules[key]
 
-    def over_budget(self, scores: list[float]) -> str | None:
-        """Why to stop a trial now: its score loss is over the budget with the spec's confidence,
+    def over_budget(self, values: Mapping[str, list[float]]) -> str | None:
+        """Why to stop a trial now: one of its bounds is broken with the spec's confidence,
         judged on two batches or more (one batch is too few prompts to be sure)."""
-        if len(scores) < 2 * self.bench.spec.prompts.batch_size:
-            return None
         spec = self.bench.spec
-        z = statistics.NormalDist().inv_cdf(spec.early_stop)
-        estimate, lower = loss_bound(self.baseline_scores, scores, z)
-        if lower <= spec.max_score_loss:
+        measured = len(values["score"])
+        if measured < 2 * spec.prompts.batch_size:
             return None
-        return (
-            f"stopped after {len(scores)} of {len(self.bench.prompts)} prompts: score loss "
-            f"{100 * estimate:.2f}%, over {100 * spec.max_score_loss:g}% with "
-            f"{100 * spec.early_stop:g}% confidence (lower bound {100 * lower:.2f}%)"
-        )
+        z = statistics.NormalDist().inv_cdf(spec.early_stop)
+        for bound in self.bounds:
+            per_prompt = self._per_prompt(bound.name, values)
+            broken = bound.broken(per_prompt, z) if per_prompt else None
+            if broken is None:
+                continue
+            estimate, best_case = broken
+            show = bound.metric.show
+            return (
+                f"stopped after {measured} of {len(self.bench.prompts)} prompts: "
+                f"{bound.metric.label} {show(estimate)}, breaking {bound.describe()} with "
+                f"{100 * spec.early_stop:g}% confidence (at best {show(best_case)})"
+            )
+        return None
+
+    def _per_prompt(self, metric: str, values: Mapping[str, list[float]]) -> list[float]:
+        """Each prompt's value of ``metric``; their mean is the trial's value."""
+        if metric == "score_loss":
+            return prompt_losses(self.baseline_scores, values["score"])
+        return list(values.get(metric, []))
 
     def _record(self, trial: optuna.Trial, m: Measurement, wall: float) -> tuple[float, float]:
+        spec = self.bench.spec
         speedup = self.reference_time / m.time_per_image
-        loss = loss_bound(self.baseline_scores, m.scores, 0.0)[0]  # = score_loss when complete
-        limit = self.bench.spec.max_score_loss
-        if not self.pareto:  # a pareto study's loss is an objective, not a constraint
-            trial.set_constraint("score_loss", loss - limit)
+        # Every metric's mean over the prompts measured (the score loss = score_loss when all).
+        metrics = {"score_loss": loss_bound(self.baseline_scores, m.scores, 0.0)[0], **m.means()}
+        violations = {b.name: b.violation(metrics[b.name]) for b in self.bounds}
+        for name, violation in violations.items():
+            trial.set_constraint(name, violation)
         attrs: dict[str, Any] = {
-            **{k: v for k, v in asdict(m).items() if k not in ("scores", "stopped")},
+            **m.summary(),
             "prompts_measured": len(m.scores),
             "speedup": speedup,
             "score": sum(m.scores) / len(m.scores),
-            "score_loss": loss,
-            "constraint": loss - limit,  # mirrored: optuna-dashboard does not show constraints
-            # pareto: within the study's own budget, the point codegen answers by default
-            "feasible": loss <= limit and not m.stopped,
+            **metrics,
+            # mirrored: optuna-dashboard does not show constraints (the worst bound's)
+            "constraint": max(violations.values(), default=0.0),
+            # pareto: within the study's own bounds, the point codegen answers by default
+            "feasible": all(b.holds(metrics.get(b.name)) for b in spec.bounds()) and not m.stopped,
             "baseline_time_per_image": self.baseline_time,
             "execution": self.bench.mode,
             "reference_time_per_image": self.reference_time,  # the fastest plain pipeline
@@ -289,6 +390,8 @@ class Objective:
             - m.scoring_seconds
             - m.compile_seconds,
         }
+        if len(self.bounds) > 1:
+            attrs["constraints"] = violations
         eager = (
             self.baseline_time if self.bench.mode == "eager" else self.mode_baselines.get("eager")
         )
@@ -296,8 +399,8 @@ class Objective:
             attrs["speedup_vs_eager"] = eager / m.time_per_image
         if m.stopped:
             attrs["stopped_early"] = m.stopped
-        if self.pareto:  # no constraint to mirror
+        if not violations:  # a pareto study whose one bound is its objective
             del attrs["constraint"]
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        return speedup, loss
+        return speedup, metrics[spec.pareto_metric] if self.pareto else metrics["score_loss"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from accelopt.constraints import BOUNDS, METRICS, Bound, quality_loss
 from accelopt.results import best_trial
 
 __all__ = [
@@ -42,6 +44,8 @@ class Point:
     feasible: bool
     label: str
     params: dict[str, Any]
+    # Every quality metric the trial measured (accelopt.constraints.METRICS), the score loss too.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,17 @@ class ReportData:
     skipped: int
     failed: int
     parallel: dict[str, list[Any]] = field(default_factory=dict)
+    bounds: list[tuple[str, float]] = field(default_factory=list)  # (constraint key, limit)
+    pareto_metric: str = "score_loss"  # the frontier's second axis
+    # Per bound (its description), the fastest trial that meets it, whatever the others say:
+    # the image grid shows what each bound lets through.
+    best_under: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics some trial measured, in METRICS order: the scatter's x-axis choices."""
+        seen = {k for p in self.points for k in p.metrics}
+        return [m for m in METRICS if m in seen]
 
 
 def _label(accelerators: dict[str, dict[str, Any]]) -> str:
@@ -68,18 +83,25 @@ def _label(accelerators: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def pareto_front(points: Sequence[Point]) -> list[int]:
-    """Trials no other trial beats on both speedup (higher) and score loss (lower)."""
+def pareto_front(points: Sequence[Point], metric: str = "score_loss") -> list[int]:
+    """Trials no other trial beats on both speedup (higher) and ``metric`` (its good way; the
+    score loss lower), ordered from the best ``metric`` down."""
+
+    def loss(p: Point) -> float:
+        value = quality_loss({"score_loss": p.score_loss, **p.metrics}, metric)
+        return math.inf if value is None else value
+
+    scored = [p for p in points if math.isfinite(loss(p))]
     front = [
         p
-        for p in points
+        for p in scored
         if not any(
-            q.speedup >= p.speedup and q.score_loss <= p.score_loss
-            and (q.speedup > p.speedup or q.score_loss < p.score_loss)
-            for q in points
+            q.speedup >= p.speedup and loss(q) <= loss(p)
+            and (q.speedup > p.speedup or loss(q) < loss(p))
+            for q in scored
         )
     ]  # fmt: skip
-    return [p.number for p in sorted(front, key=lambda p: (p.score_loss, -p.speedup))]
+    return [p.number for p in sorted(front, key=lambda p: (loss(p), -p.speedup))]
 
 
 def report_data(study: optuna.Study) -> ReportData:
@@ -88,9 +110,15 @@ def report_data(study: optuna.Study) -> ReportData:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     points = [
         Point(t.number, t.user_attrs["speedup"], t.user_attrs["score_loss"],
-              bool(t.user_attrs["feasible"]), _label(t.user_attrs["accelerators"]), dict(t.params))
+              bool(t.user_attrs["feasible"]), _label(t.user_attrs["accelerators"]), dict(t.params),
+              {m: float(t.user_attrs[m]) for m in METRICS
+               if isinstance(t.user_attrs.get(m), int | float)})
         for t in complete
     ]  # fmt: skip
+    limits = {k: v for k, v in (spec.get("constraints") or {}).items() if v is not None}
+    bounds = [Bound("clip_loss", spec.get("max_score_loss", 0.02))]
+    bounds += [Bound(k, float(v)) for k, v in limits.items() if k in BOUNDS]
+    metric = spec.get("pareto_metric") or "score_loss"
     history, best_so_far = [], None
     for p in points:
         if p.feasible and (best_so_far is None or p.speedup > best_so_far):
@@ -113,14 +141,23 @@ def report_data(study: optuna.Study) -> ReportData:
         max_score_loss=spec.get("max_score_loss", 0.02),
         baseline_time=study.user_attrs.get("baseline_time_per_image"),
         points=points,
-        frontier=pareto_front(points),
+        frontier=pareto_front(points, metric),
         best=None if best is None else best.number,
         history=history,
         importances={k: float(v) for k, v in importances.items()},
         skipped=states.count(TrialState.PRUNED),
         failed=states.count(TrialState.FAIL),
         parallel=parallel,
+        bounds=[(b.key, b.limit) for b in bounds],
+        pareto_metric=metric,
+        best_under={b.describe(): _fastest(points, b) for b in bounds},
     )
+
+
+def _fastest(points: Sequence[Point], bound: Bound) -> int | None:
+    """The fastest completed trial that meets ``bound``."""
+    meeting = [p for p in points if bound.holds(p.metrics.get(bound.name))]
+    return max(meeting, key=lambda p: p.speedup).number if meeting else None
 
 
 def figures(data: ReportData) -> dict[str, Any]:
@@ -128,31 +165,7 @@ def figures(data: ReportData) -> dict[str, Any]:
     import plotly.graph_objects as go
 
     figs: dict[str, Any] = {}
-    scatter = go.Figure()
-    for feasible, name, symbol in ((True, "feasible", "circle"), (False, "over budget", "x")):
-        chosen = [p for p in data.points if p.feasible == feasible]
-        scatter.add_trace(go.Scatter(
-            x=[100 * p.score_loss for p in chosen], y=[p.speedup for p in chosen],
-            mode="markers", name=name, marker={"symbol": symbol, "size": 9},
-            text=[f"trial {p.number}: {p.label}" for p in chosen], hoverinfo="text+x+y",
-        ))  # fmt: skip
-    by_number = {p.number: p for p in data.points}
-    front = [by_number[n] for n in data.frontier]
-    scatter.add_trace(go.Scatter(
-        x=[100 * p.score_loss for p in front], y=[p.speedup for p in front],
-        mode="lines", name="Pareto frontier", line={"dash": "dot"},
-    ))  # fmt: skip
-    if data.best is not None:
-        b = by_number[data.best]
-        scatter.add_trace(go.Scatter(
-            x=[100 * b.score_loss], y=[b.speedup], mode="markers", name=f"best (trial {b.number})",
-            marker={"symbol": "star", "size": 16},
-        ))  # fmt: skip
-    scatter.add_vline(x=100 * data.max_score_loss, line_dash="dash",
-                      annotation_text=f"budget {100 * data.max_score_loss:g}%")  # fmt: skip
-    scatter.add_hline(y=1.0, line_dash="dot", annotation_text="baseline")
-    scatter.update_layout(xaxis_title="CLIP score loss (%)", yaxis_title="speedup (x)")
-    figs["Speedup against score loss"] = scatter
+    figs["Speedup against quality"] = _scatter(data)
 
     history = go.Figure()
     history.add_trace(go.Scatter(x=[h[0] for h in data.history], y=[h[1] for h in data.history],
@@ -180,6 +193,60 @@ def figures(data: ReportData) -> dict[str, Any]:
     return figs
 
 
+def _scatter(data: ReportData) -> Any:
+    """Speedup against one quality metric, the score loss first; a menu switches the x-axis to
+    any other metric the trials measured, with that metric's bound drawn where there is one."""
+    import plotly.graph_objects as go
+
+    by_number = {p.number: p for p in data.points}
+    groups = [
+        ("feasible", [p for p in data.points if p.feasible], {"mode": "markers",
+         "marker": {"symbol": "circle", "size": 9}}),
+        ("outside a bound", [p for p in data.points if not p.feasible], {"mode": "markers",
+         "marker": {"symbol": "x", "size": 9}}),
+        ("Pareto frontier", [by_number[n] for n in data.frontier],
+         {"mode": "lines", "line": {"dash": "dot"}}),
+    ]  # fmt: skip
+    if data.best is not None:
+        b = by_number[data.best]
+        groups.append((f"best (trial {b.number})", [b],
+                       {"mode": "markers", "marker": {"symbol": "star", "size": 16}}))  # fmt: skip
+    metrics = data.metrics or ["score_loss"]
+
+    def scale(metric: str) -> float:
+        return 100.0 if METRICS[metric].percent else 1.0
+
+    def xs(points: Sequence[Point], metric: str) -> list[float | None]:
+        values = ({"score_loss": p.score_loss, **p.metrics}.get(metric) for p in points)
+        return [None if v is None else scale(metric) * v for v in values]
+
+    def bound_lines(metric: str) -> list[dict[str, Any]]:
+        """The metric's bound (dashed, where the study has one) and the plain pipeline's speed."""
+        lines = [{"type": "line", "yref": "paper", "y0": 0, "y1": 1, "x0": scale(metric) * limit,
+                  "x1": scale(metric) * limit, "line": {"dash": "dash"}}
+                 for key, limit in data.bounds if BOUNDS[key] == metric]  # fmt: skip
+        plain = {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1,
+                 "line": {"dash": "dot"}}  # fmt: skip
+        return [*lines, plain]
+
+    fig = go.Figure()
+    for name, points, style in groups:
+        fig.add_trace(go.Scatter(
+            x=xs(points, metrics[0]), y=[p.speedup for p in points], name=name,
+            text=[f"trial {p.number}: {p.label}" for p in points], hoverinfo="text+x+y", **style,
+        ))  # fmt: skip
+    fig.update_layout(xaxis_title=METRICS[metrics[0]].axis, yaxis_title="speedup (x)",
+                      shapes=bound_lines(metrics[0]))  # fmt: skip
+    if len(metrics) > 1:
+        buttons = [{"label": METRICS[m].label, "method": "update",
+                    "args": [{"x": [xs(points, m) for _, points, _ in groups]},
+                             {"xaxis.title.text": METRICS[m].axis, "shapes": bound_lines(m)}]}
+                   for m in metrics]  # fmt: skip
+        fig.update_layout(updatemenus=[{"buttons": buttons, "direction": "down",
+                                        "x": 1.0, "xanchor": "right", "y": 1.15}])  # fmt: skip
+    return fig
+
+
 @dataclass(frozen=True)
 class ImageRow:
     """One configuration's images for the grid: a title and PNG bytes per prompt."""
@@ -188,24 +255,42 @@ class ImageRow:
     pngs: list[bytes]
 
 
+def image_choices(data: ReportData, frontier: int = 2) -> list[tuple[int, str]]:
+    """The trials the image grid shows beside the baseline, each with its row title: the best
+    feasible, then the fastest under each bound alone (what "SSIM >= 0.9" lets through, when a
+    study has more than one bound), then up to ``frontier`` frontier points."""
+    why: dict[int, list[str]] = {}
+    if data.best is not None:
+        why[data.best] = ["best feasible"]
+    if len(data.bounds) > 1:
+        for bound, number in data.best_under.items():
+            if number is not None:
+                why.setdefault(number, []).append(f"fastest with {bound}")
+    for number in [n for n in data.frontier if n not in why][:frontier]:
+        why[number] = ["Pareto frontier"]
+    by_number = {p.number: p for p in data.points}
+    rows = []
+    for number, reasons in why.items():
+        p = by_number[number]
+        shown = ", ".join(f"{METRICS[m].label} {METRICS[m].show(v)}" for m, v in p.metrics.items())
+        rows.append((number, f"trial {number}: {p.speedup:.2f}x, {shown} ({'; '.join(reasons)})"))
+    return rows
+
+
 def image_rows(
     study: optuna.Study, data: ReportData, bench: Any, count: int = 3
 ) -> list[ImageRow]:
-    """Baseline, best and up to two more frontier points, same prompts and seeds."""
+    """The baseline's images, then those of ``image_choices``, same prompts and seeds."""
     from accelopt import accelerators
 
-    chosen = [n for n in [data.best, *data.frontier] if n is not None]
-    chosen = list(dict.fromkeys(chosen))[:3]
     by_number = {t.number: t for t in study.trials}
     bench.prompts = bench.prompts[:count]
     rows = [ImageRow("baseline", _pngs(bench.generate(0, len(bench.prompts))))]
-    for number in chosen:
-        trial = by_number[number]
-        a = trial.user_attrs
-        with accelerators.apply(bench.pipe, a["accelerators"], steps=bench.spec.steps):
+    for number, title in image_choices(data):
+        configs = by_number[number].user_attrs["accelerators"]
+        with accelerators.apply(bench.pipe, configs, steps=bench.spec.steps):
             images = bench.generate(0, len(bench.prompts))
-        title = f"trial {number}: {a['speedup']:.2f}x, loss {100 * a['score_loss']:.2f}%"
-        rows.append(ImageRow(title + (" (best)" if number == data.best else ""), _pngs(images)))
+        rows.append(ImageRow(title, _pngs(images)))
     return rows
 
 
@@ -246,13 +331,18 @@ def render_html(
     best = next((p for p in data.points if p.number == data.best), None)
     shown = "none"
     if best is not None:
-        shown = f"trial {best.number}: {best.speedup:.2f}x, loss {100 * best.score_loss:.2f}%"
-        shown += f", {best.label}"
+        quality = ", ".join(f"{METRICS[m].label} {METRICS[m].show(v)}"
+                            for m, v in best.metrics.items())  # fmt: skip
+        shown = f"trial {best.number}: {best.speedup:.2f}x, {quality}, {best.label}"
     summary = [
         ("completed trials", str(len(data.points))),
         ("skipped (dominated or duplicate)", str(data.skipped)),
         ("failed", str(data.failed)),
-        ("score-loss budget", f"{100 * data.max_score_loss:g}%"),
+        (
+            "bounds",
+            ", ".join(Bound(k, v).describe() for k, v in data.bounds)
+            or f"CLIP score loss <= {100 * data.max_score_loss:g}%",
+        ),
         ("baseline", "n/a" if data.baseline_time is None else f"{data.baseline_time:.4f} s/image"),
         ("best feasible", shown),
     ]
@@ -263,7 +353,10 @@ def render_html(
         parts.append(f"<h2>{esc(title)}</h2>")
         parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)))
     if rows:
-        parts.append("<h2>Images: baseline beside the best and frontier configurations</h2>")
+        parts.append(
+            "<h2>Images: the baseline beside the best configuration, the fastest "
+            "under each bound and frontier points</h2>"
+        )
         head = "".join(f"<th>{esc(p)}</th>" for p in prompts)
         parts.append(f"<table><tr><th>configuration</th>{head}</tr>")
         for row in rows:

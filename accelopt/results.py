@@ -18,7 +18,17 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["DONE", "Requirement", "best_trial", "frontier", "is_pareto", "never_measured"]
+from accelopt.constraints import quality_loss
+
+__all__ = [
+    "DONE",
+    "Requirement",
+    "best_trial",
+    "frontier",
+    "is_pareto",
+    "never_measured",
+    "pareto_metric",
+]
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # measured (a pruned trial was, or was skipped)
 
@@ -62,13 +72,25 @@ def is_pareto(study: optuna.Study) -> bool:
     return bool((study.user_attrs.get("spec") or {}).get("objective") == "pareto")
 
 
-def frontier(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The completed trials no other completed trial beats on both speedup and score loss,
-    fastest first (a pareto study's ``best_trials``; ``trials`` may be any subset)."""
+def pareto_metric(study: optuna.Study) -> str:
+    """A pareto study's second objective (``accelopt.constraints.METRICS``): the score loss
+    unless its spec chose another."""
+    return str((study.user_attrs.get("spec") or {}).get("pareto_metric") or "score_loss")
+
+
+def frontier(trials: Sequence[FrozenTrial], metric: str = "score_loss") -> list[FrozenTrial]:
+    """The completed trials no other completed trial beats on both speedup and ``metric`` (its
+    good direction), fastest first (a pareto study's ``best_trials``; ``trials`` may be any
+    subset). A trial that did not measure ``metric`` is on no frontier of it."""
     from accelopt.store import non_dominated
 
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    front = non_dominated(done, lambda t: (t.user_attrs["speedup"], t.user_attrs["score_loss"]))
+    done = [t for t in trials if t.state == TrialState.COMPLETE
+            and quality_loss(t.user_attrs, metric) is not None]  # fmt: skip
+
+    def values(t: FrozenTrial) -> tuple[float, float]:
+        return t.user_attrs["speedup"], quality_loss(t.user_attrs, metric) or 0.0
+
+    front = non_dominated(done, values)
     return sorted(front, key=lambda t: (-t.user_attrs["speedup"], t.number))
 
 

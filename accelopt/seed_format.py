@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from accelopt.constraints import BOUNDS
 from accelopt.errors import AccelOptError, printable
 from accelopt.store import FORMAT, locked, read_json, read_store, replace_file, seed_key
 
@@ -48,13 +49,14 @@ KNOBS = {
 # Knobs the seed had no name for, with the value that means what the seed did (dropped then).
 _UNSEEDED = {"use_rand": False, "seed": 0}
 _MAX_KEY = 1000  # characters; a seed key is about 60
+FIDELITY_BOUNDS = tuple(k for k in BOUNDS if k != "clip_loss")  # no slot in the seed's key
 
 
 def seed_layout(
     entries: Mapping[str, Mapping[str, Any]],
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """``entries`` in the seed's layout, and the keys it has no slot for: time requirements, and
-    knobs the seed did not have (ToMe's random partition).
+    """``entries`` in the seed's layout, and the keys it has no slot for: time requirements,
+    fidelity bounds, and knobs the seed did not have (ToMe's random partition).
 
     An achieved-speedup key never replaces a key some entry was exported under.
     """
@@ -63,7 +65,7 @@ def seed_layout(
     left_out = []
     for key, entry in sorted(entries.items()):
         requirement = entry["requirement"]
-        if requirement.get("req_time") is not None:
+        if any(requirement.get(k) is not None for k in ("req_time", *FIDELITY_BOUNDS)):
             left_out.append(key)
             continue
         params = {k: v for k, v in entry["params"].items() if k not in _UNSEEDED}

@@ -20,12 +20,14 @@ from typing import Any
 
 import tomllib
 
+from accelopt.constraints import BOUNDS, METRICS, Bound
 from accelopt.errors import AccelOptError, choices
 
 __all__ = [
     "DEFAULT_MAX_SCORE_LOSS",
     "EXECUTIONS",
     "OBJECTIVES",
+    "ConstraintSpec",
     "MetricSpec",
     "PromptSpec",
     "SamplerSpec",
@@ -45,6 +47,7 @@ OBJECTIVES = ("speedup", "pareto")
 EXECUTIONS = ("auto", "eager", "compile", "cuda-graphs")  # accelopt.execution.MODES and auto
 TINY_CLIP = "accelopt-tiny-clip"  # a small open_clip config shipped with accelopt, random weights
 TOY_CLIP = "accelopt-toy-clip"  # the scorer trained on the toy shapes, shipped with its weights
+LPIPS_NETS = ("alex", "vgg", "squeeze")  # LPIPS backbones (torchvision's ImageNet networks)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,23 @@ class MetricSpec:
 
     model: str = "ViT-H-14"
     pretrained: str = "laion2b_s32b_b79k"
+    # LPIPS (``accelopt.metrics``): its backbone ("alex", "vgg", "squeeze"; measured whenever a
+    # study bounds lpips_max, "alex" unless named) and a file of that backbone's weights ("":
+    # torch hub's cache). Never downloaded: missing weights stop the study, naming the file.
+    lpips: str = ""
+    lpips_weights: str = ""
+
+
+@dataclass(frozen=True)
+class ConstraintSpec:
+    """Fidelity bounds (``accelopt.constraints``) beside the score-loss budget, each against the
+    baseline image of the same prompt and seed; None leaves a metric unbounded (it is measured
+    and recorded all the same). The table's ``clip_loss`` is the spec's ``max_score_loss``."""
+
+    psnr_min: float | None = None
+    ssim_min: float | None = None
+    clip_image_min: float | None = None
+    lpips_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +128,21 @@ class StudySpec:
     # How the denoiser runs, baseline and trials alike (accelopt.execution): eager, compile or
     # cuda-graphs; "auto" is eager on a CPU and, on CUDA, the mode whose plain baseline is fastest.
     execution: str = "auto"
+    # Every bound a trial must meet besides max_score_loss ([constraints] in a spec file).
+    constraints: ConstraintSpec = field(default_factory=ConstraintSpec)
+    # A pareto study's second objective: a metric of accelopt.constraints.METRICS.
+    pareto_metric: str = "score_loss"
     source: str = "derived from the name"
+
+    def bounds(self) -> tuple[Bound, ...]:
+        """Every bound of the study, the score loss's first: one Optuna constraint each."""
+        limits = dataclasses.asdict(self.constraints)
+        chosen = [Bound(k, v) for k in BOUNDS if (v := limits.get(k)) is not None]
+        return (Bound("clip_loss", self.max_score_loss), *chosen)
+
+    @property
+    def measures_lpips(self) -> bool:
+        return bool(self.metric.lpips) or self.constraints.lpips_max is not None
 
     def replace(self, **changes: Any) -> StudySpec:
         """A copy with some fields changed, unchecked (for values already validated)."""
@@ -278,6 +312,13 @@ def _build(name: str, defaults: dict[str, Any], data: dict[str, Any], source: st
     for key, value in data.items():
         if key in _TABLES:
             values[key] = _table(where, key, value, values.get(key, _TABLES[key]()))
+        elif key == "constraints":
+            if "max_score_loss" in data and isinstance(value, dict) and "clip_loss" in value:
+                raise AccelOptError(
+                    f"{where}: the score-loss budget is set twice (max_score_loss and "
+                    f"constraints.clip_loss); keep one"
+                )
+            values.update(_constraints(where, value))
         elif key == "targets":
             values[key] = _targets(where, value)
         else:
@@ -309,6 +350,23 @@ def _table(where: str, key: str, value: Any, base: Any) -> Any:
         )
     typed = {k: _typed(where, f"{key}.{k}", v, fields[k].type) for k, v in value.items()}
     return dataclasses.replace(base, **typed)
+
+
+def _constraints(where: str, value: Any) -> dict[str, Any]:
+    """The ``[constraints]`` table: ``clip_loss`` is ``max_score_loss``, the rest fidelity."""
+    if not isinstance(value, dict):
+        raise AccelOptError(f"{where}: [constraints] must be a table")
+    unknown = sorted(set(value) - set(BOUNDS))
+    if unknown:
+        raise AccelOptError(
+            f"{where}: unknown key constraints.{unknown[0]}; allowed: {choices(BOUNDS)}"
+        )
+    typed = {k: _typed(where, f"constraints.{k}", v, "float") for k, v in value.items()}
+    out: dict[str, Any] = {"constraints": ConstraintSpec(**{k: v for k, v in typed.items()
+                                                           if k != "clip_loss"})}  # fmt: skip
+    if "clip_loss" in typed:
+        out["max_score_loss"] = typed["clip_loss"]
+    return out
 
 
 def _typed(where: str, key: str, value: Any, annotation: Any) -> Any:
@@ -377,6 +435,12 @@ def _check_ranges(where: str, spec: StudySpec) -> None:
     need(spec.resolution is None or 8 <= spec.resolution <= 4096, "resolution", "8..4096")
     need(0.0 <= spec.guidance <= 50.0, "guidance", "0..50")
     need(0.0 < spec.max_score_loss < 1.0, "max_score_loss", "more than 0, less than 1")
+    for bound in spec.bounds()[1:]:  # the score loss is checked above, under its own name
+        low, high = bound.allowed()
+        key = f"constraints.{bound.key}"
+        need(low < bound.limit < high, key, f"more than {low:g}, less than {high:g}")
+    need(spec.pareto_metric in METRICS, "pareto_metric", choices(METRICS))
+    need(spec.metric.lpips in ("", *LPIPS_NETS), "metric.lpips", choices(LPIPS_NETS))
     need(1 <= spec.n_trials <= 100_000, "n_trials", "1..100000")
     need(0 <= spec.warmup <= 10, "warmup", "0..10")
     early = spec.early_stop == 0 or 0.5 <= spec.early_stop < 1

@@ -9,7 +9,9 @@ The key is the seed system's ``str((pipe, sched, str(steps), req_speedup, max_sc
 sorted(targets)))`` with its spellings (SD1.5, SD2.1, SDXL; DDIM, DPM-Solver++,
 UniPCMultistepScheduler), so scripts written against the seed's ``search_params.json`` find
 entries by the same string. A time requirement, which the seed's key has no slot for, adds a
-seventh element ``('req_time', seconds)``.
+seventh element ``('req_time', seconds)``; each fidelity bound of the study
+(``accelopt.constraints``) adds one more, ``('psnr_min', 30.0)``, so a study bounded by PSNR
+never overwrites the entry of one that was not.
 
 An entry exported from a pareto study (``objective = "pareto"``) is an ordinary entry (its own
 configuration answers its key) with two more keys: ``"objective": "pareto"`` and ``"frontier"``,
@@ -95,6 +97,7 @@ def seed_key(
     max_score_loss: float,
     req_speedup: float | None = None,
     req_time: float | None = None,
+    bounds: Mapping[str, float] | None = None,
 ) -> str:
     """The seed system's key string for an entry.
 
@@ -111,6 +114,7 @@ def seed_key(
     )
     if req_time is not None:
         fields += (("req_time", float(req_time)),)
+    fields += tuple((k, float(v)) for k, v in (bounds or {}).items())
     return str(fields)
 
 

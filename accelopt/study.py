@@ -22,11 +22,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from accelopt import warmstart
+from accelopt.constraints import METRICS
 from accelopt.errors import AccelOptError
 from accelopt.export import package_versions
 from accelopt.results import DONE, Requirement, best_trial
 from accelopt.search import Space
-from accelopt.spec import MetricSpec, PromptSpec, SamplerSpec, StudySpec
+from accelopt.spec import ConstraintSpec, MetricSpec, PromptSpec, SamplerSpec, StudySpec
 from accelopt.storage import (
     HEARTBEAT,
     is_storage_error,
@@ -69,9 +70,14 @@ IDENTITY = (
     "warmup",
     "objective",
     "execution",
+    "constraints",
+    "pareto_metric",
 )
 # What a stored spec record without a key meant: studies stored before the key existed.
+# (A table stored without a newer field of its own gets the field's default: ``_filled``.)
 LEGACY = {"objective": "speedup", "execution": "eager"}
+_TABLES = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec,
+           "constraints": ConstraintSpec}  # fmt: skip
 AA_WARN = 0.10  # an A/A spread above this is worth a warning
 POLL_SECONDS = 2.0  # how often a worker with nothing to start looks again
 WAIT_NOTICE = 30.0  # say why a worker waits once it has waited this long
@@ -103,17 +109,20 @@ def spec_of(study: optuna.Study) -> StudySpec:
     record = dict(study.user_attrs.get("spec") or {})
     if not record:
         raise AccelOptError(f"study {study.study_name} was not made by accelopt run (no spec)")
-    tables = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec}
-    for key, cls in tables.items():
-        record[key] = cls(**record[key])
+    for key, cls in _TABLES.items():
+        if key in record:
+            record[key] = cls(**record[key])
     if record["targets"] is not None:
         record["targets"] = tuple(record["targets"])
     return StudySpec(name=study.study_name, source="stored study", **record)
 
 
 def directions(spec: StudySpec) -> list[Literal["maximize", "minimize"]]:
-    """Optuna's directions for a study: speedup up; for a pareto study, score loss down too."""
-    return ["maximize", "minimize"] if spec.objective == "pareto" else ["maximize"]
+    """Optuna's directions for a study: speedup up; for a pareto study, its second metric too
+    (score loss down, PSNR up ...)."""
+    if spec.objective != "pareto":
+        return ["maximize"]
+    return ["maximize", "maximize" if METRICS[spec.pareto_metric].higher_is_better else "minimize"]
 
 
 def check_requirement(spec: StudySpec, requirement: Requirement) -> None:
@@ -279,8 +288,8 @@ def prepare_study(
     stored = study.user_attrs.get("spec")
     if stored is None:
         study.set_user_attr("spec", record)
-    elif not _same_study({**LEGACY, **stored}, record, study_mode(study)):
-        stored = {**LEGACY, **stored}
+    elif not _same_study(_filled(stored), record, study_mode(study)):
+        stored = _filled(stored)
         changed = next(k for k in IDENTITY if stored.get(k) != record[k])
         if changed == "execution":
             stored[changed] = study_mode(study) or stored[changed]
@@ -301,6 +310,17 @@ def prepare_study(
     elif "budget" not in study.user_attrs and spec.sampler.name != "grid":
         study.set_user_attr("budget", spec.n_trials)
     return study
+
+
+def _filled(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec record as this version writes it: keys and table fields added since it was
+    stored get what studies did before them (no fidelity bound, no LPIPS)."""
+    filled = {**LEGACY, **stored}
+    for key, cls in _TABLES.items():
+        defaults = json.loads(json.dumps(dataclasses.asdict(cls())))
+        filled[key] = {**defaults, **(stored.get(key) or {})}
+    filled.setdefault("pareto_metric", "score_loss")
+    return filled
 
 
 def _same_study(stored: dict[str, Any], record: dict[str, Any], mode: str | None) -> bool:
@@ -405,7 +425,12 @@ def load_bench(
     # Random weights have no pretrained scorer either: nothing can be downloaded for them.
     pretrained = "" if weights == "random" else spec.metric.pretrained
     scorer = ClipScorer(spec.metric.model, pretrained, pipe.device)
-    return Bench(spec, pipe, scorer, pipe.device)
+    lpips = None
+    if spec.measures_lpips:  # the user's weights or none: never downloaded, never random
+        from accelopt.metrics import Lpips
+
+        lpips = Lpips(spec.metric.lpips or "alex", spec.metric.lpips_weights or None, pipe.device)
+    return Bench(spec, pipe, scorer, pipe.device, lpips=lpips)
 
 
 def _work(

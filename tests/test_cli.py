@@ -258,7 +258,7 @@ def test_no_feasible_trial_answers_no_acceleration_and_exits_0(  # type: ignore[
     argv = ["run", "--study", "TinySD-DDIM-10-tome", "--n-trials", "2", "--quiet"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "no acceleration: no feasible accelerated trial within a 2% score loss" in out
+    assert "no acceleration: no feasible accelerated trial within CLIP score loss <= 2%" in out
     assert main(["best", "--study", "TinySD-DDIM-10-tome"]) == 0
     assert "no feasible trial yet" in capsys.readouterr().out
 

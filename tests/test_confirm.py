@@ -21,6 +21,7 @@ from accelopt.schedulers import set_scheduler
 from accelopt.spec import PromptSpec, load_spec
 from accelopt.storage import open_storage
 from accelopt.study import _spec_record
+from accelopt.testing.scorers import PixelEmbeddings
 
 SPEC = load_spec("TinySD-DDIM-10-deepcache").replace(
     warmup=0, prompts=PromptSpec(count=4, batch_size=2)
@@ -30,7 +31,7 @@ SEARCH = {5: 3.0, 3: 2.0, 2: 1.5}
 HELDOUT = {5: 5.0, 3: 9.9, 2: 10.0}  # interval 5 loses 50% on unseen prompts; 3 loses 1%
 
 
-class Scorer:
+class Scorer(PixelEmbeddings):
     def __init__(self, pipe: Pipeline) -> None:
         self.pipe, self.prompts, self.seen = pipe, [], set()
 

@@ -16,9 +16,10 @@ from accelopt.objective import Bench, Objective
 from accelopt.schedulers import set_scheduler
 from accelopt.search import Space
 from accelopt.spec import PromptSpec, load_spec
+from accelopt.testing.scorers import PixelEmbeddings
 
 
-class FakeScorer:
+class FakeScorer(PixelEmbeddings):
     """10 per plain image; accelerated images get the next values of ``accelerated``."""
 
     def __init__(self, pipe: Pipeline, accelerated: Sequence[float]) -> None:
@@ -62,7 +63,10 @@ def test_a_trial_clearly_over_budget_stops_after_two_batches(
     assert trial.state == TrialState.PRUNED
     a = trial.user_attrs
     assert scorer.scored == 4 and a["prompts_measured"] == 4  # half the prompts never generated
-    assert a["stopped_early"].startswith("stopped after 4 of 8 prompts: score loss 50.00%")
+    assert a["stopped_early"] == (
+        "stopped after 4 of 8 prompts: CLIP score loss 50.00%, breaking CLIP score loss <= 2% "
+        "with 99% confidence (at best 50.00%)"
+    )
     assert a["score_loss"] == 0.5 and not a["feasible"]
     assert a["trial_seconds"] > 0 and a["speedup"] > 0  # its cost and partial numbers are kept
     assert accelerators.active(scorer.pipe) is None

@@ -33,6 +33,7 @@ from accelopt.storage import open_storage
 from accelopt.store import non_dominated, read_store, seed_key, write_entries
 from accelopt.study import _spec_record, prepare_study, run_study
 from accelopt.testing import make_entry
+from accelopt.testing.scorers import PixelEmbeddings
 from accelopt.workers import TrialSeededTPE
 
 quiet = {"progress": False, "log": lambda s: None}
@@ -435,7 +436,7 @@ def test_a_pareto_grid_runs_every_point(tmp_path: Path) -> None:
     assert states == [TrialState.COMPLETE] * 12
 
 
-class OverBudget:
+class OverBudget(PixelEmbeddings):
     """10 per plain image, 5 per accelerated one: a 50% loss, clear after two batches."""
 
     def __init__(self, pipe: Pipeline) -> None:

@@ -54,7 +54,7 @@ def test_report_data_numbers() -> None:
         1.5,
     )
     assert set(data.importances) == {"deepcache.cache_interval"}
-    assert set(figures(data)) == {"Speedup against score loss", "Optimization history",
+    assert set(figures(data)) == {"Speedup against quality", "Optimization history",
                                   "Parameter importances", "Parallel coordinates"}  # fmt: skip
 
 

@@ -309,8 +309,8 @@ def test_missing_file(tmp_path: Path) -> None:
 # --- bad files --------------------------------------------------------------------------------
 
 ALLOWED_TOP = (
-    "dtype, early_stop, execution, guidance, max_score_loss, metric, n_trials, objective, "
-    "pipeline, "
+    "constraints, dtype, early_stop, execution, guidance, max_score_loss, metric, n_trials, "
+    "objective, pareto_metric, pipeline, "
     "prompts, resolution, sampler, scheduler, steps, targets, warmup"
 )
 
@@ -325,7 +325,46 @@ ALLOWED_TOP = (
             "[prompts]\ncolor = 1\n",
             "unknown key prompts.color; allowed: batch_size, count, seed, set, split",
         ),
-        ("[metric]\nsize = 3\n", "unknown key metric.size; allowed: model, pretrained"),
+        (
+            "[metric]\nsize = 3\n",
+            "unknown key metric.size; allowed: lpips, lpips_weights, model, pretrained",
+        ),
+        (
+            "[constraints]\npsnr = 30\n",
+            "unknown key constraints.psnr; allowed: clip_loss, psnr_min, ssim_min, "
+            "clip_image_min, lpips_max",
+        ),
+        ("constraints = 3\n", "[constraints] must be a table"),
+        (
+            '[constraints]\nssim_min = "high"\n',
+            "constraints.ssim_min must be a number, got 'high'",
+        ),
+        (
+            "[constraints]\nssim_min = 1.5\n",
+            "constraints.ssim_min=1.5 is out of range; allowed: more than -1, less than 1",
+        ),
+        (
+            "[constraints]\npsnr_min = -3\n",
+            "constraints.psnr_min=-3.0 is out of range; allowed: more than 0, less than 100",
+        ),
+        (
+            "[constraints]\nclip_loss = 1.5\n",
+            "max_score_loss=1.5 is out of range; allowed: more than 0, less than 1",
+        ),
+        (
+            "max_score_loss = 0.05\n[constraints]\nclip_loss = 0.01\n",
+            "the score-loss budget is set twice (max_score_loss and constraints.clip_loss); "
+            "keep one",
+        ),
+        (
+            'pareto_metric = "fid"\n',
+            "pareto_metric='fid' is out of range; allowed: score_loss, psnr, ssim, clip_image, "
+            "lpips",
+        ),
+        (
+            '[metric]\nlpips = "resnet"\n',
+            "metric.lpips='resnet' is out of range; allowed: alex, vgg, squeeze",
+        ),
         ("[sampler]\nseeds = 3\n", "unknown key sampler.seeds; allowed: name, seed"),
         ("prompts = 3\n", "[prompts] must be a table"),
         ('steps = "ten"\n', "steps must be an integer, got 'ten'"),
@@ -495,3 +534,22 @@ def test_a_scheduler_an_accelerator_refuses_is_refused_by_name(
     assert str(info.value).endswith("deepcache cannot follow scheduler PNDM: its PRK steps repeat")
     assert load_spec("TinySD-PNDM-10-tgate").targets == ("tgate",)
     assert load_spec("TinySD-DDIM-10-deepcache").targets == ("deepcache",)
+
+
+def test_a_constraints_table_bounds_fidelity_beside_the_score_loss(tmp_path: Path) -> None:
+    path = tmp_path / "TinySD-DDIM-10.toml"
+    path.write_text(
+        "[constraints]\nclip_loss = 0.05\npsnr_min = 30\nssim_min = 0.9\n"
+        'lpips_max = 0.2\n[metric]\nlpips = "vgg"\n'
+    )
+    spec = load_spec(path=path)
+    assert spec.max_score_loss == 0.05
+    assert [(b.key, b.limit) for b in spec.bounds()] == [
+        ("clip_loss", 0.05), ("psnr_min", 30.0), ("ssim_min", 0.9), ("lpips_max", 0.2)
+    ]  # fmt: skip
+    assert [b.describe() for b in spec.bounds()] == [
+        "CLIP score loss <= 5%", "PSNR >= 30 dB", "SSIM >= 0.9", "LPIPS <= 0.2"
+    ]  # fmt: skip
+    assert spec.measures_lpips and spec.metric.lpips == "vgg"
+    plain = load_spec("TinySD-DDIM-10")
+    assert [b.key for b in plain.bounds()] == ["clip_loss"] and not plain.measures_lpips

@@ -1,0 +1,177 @@
+"""What a study bounds: the CLIP score loss and the images' fidelity to the baseline's.
+
+A study's ``[constraints]`` table bounds any of the metrics below; each bound is one Optuna
+constraint (``trial.set_constraint``) and a trial is feasible when every bound holds::
+
+    [constraints]
+    clip_loss = 0.02       # relative CLIP score loss, at most (the default; = max_score_loss)
+    psnr_min = 30          # dB against the baseline image of the same prompt and seed, at least
+    ssim_min = 0.9         # structural similarity to that image, at least
+    clip_image_min = 0.95  # cosine of the two images' CLIP embeddings, at least
+    lpips_max = 0.1        # learned perceptual distance (needs its weights), at most
+
+A trial's value of each metric is the mean of its per-prompt values, so one per-prompt sample
+serves the value, the one-sided early-stopping bound and the held-out check alike. A prompt's
+PSNR is capped at ``PSNR_CAP`` dB: identical images would otherwise give an infinite mean.
+
+Pure data and arithmetic: no torch, no Optuna; the spec, objective, export, codegen and report
+all read the bounds from here.
+
+>>> bound = Bound("psnr_min", 30.0)
+>>> bound.describe(), bound.holds(31.5), bound.violation(28.0)
+('PSNR >= 30 dB', True, 2.0)
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "BOUNDS",
+    "METRICS",
+    "PSNR_CAP",
+    "Bound",
+    "Metric",
+    "capped_psnr",
+    "quality_loss",
+]
+
+PSNR_CAP = 100.0  # dB: a prompt whose image did not change counts as this, not as infinity
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measured quality metric: the trial attribute it is stored as and which way is good."""
+
+    name: str  # the trial's user attribute, the store entry's "measured" key
+    label: str
+    higher_is_better: bool
+    percent: bool = False  # shown x100 with a percent sign (the score loss)
+    unit: str = ""
+
+    def show(self, value: float | None) -> str:
+        """``value`` as a person reads it: ``1.52%``, ``31.4 dB``, ``0.912``, ``n/a``."""
+        if value is None or not isinstance(value, int | float):
+            return "n/a"
+        if self.percent:
+            return f"{100 * value:.2f}%"
+        if self.unit:
+            return f"{value:.1f} {self.unit}"
+        return f"{value:.4f}"
+
+    @property
+    def axis(self) -> str:
+        """An axis title: the label with its unit."""
+        return f"{self.label} ({'%' if self.percent else self.unit or 'unitless'})"
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("score_loss", "CLIP score loss", higher_is_better=False, percent=True),
+        Metric("psnr", "PSNR", higher_is_better=True, unit="dB"),
+        Metric("ssim", "SSIM", higher_is_better=True),
+        Metric("clip_image", "CLIP image similarity", higher_is_better=True),
+        Metric("lpips", "LPIPS", higher_is_better=False),
+    )
+}
+# The [constraints] keys and the metric each bounds: "_min" on a metric where higher is better,
+# "_max" (and the score loss's budget) where lower is.
+BOUNDS: dict[str, str] = {
+    "clip_loss": "score_loss",
+    "psnr_min": "psnr",
+    "ssim_min": "ssim",
+    "clip_image_min": "clip_image",
+    "lpips_max": "lpips",
+}
+# What a bound may be: the score loss a fraction in (0, 1), as max_score_loss always was.
+_RANGES: dict[str, tuple[float, float]] = {
+    "clip_loss": (0.0, 1.0),
+    "psnr_min": (0.0, PSNR_CAP),
+    "ssim_min": (-1.0, 1.0),
+    "clip_image_min": (-1.0, 1.0),
+    "lpips_max": (0.0, 10.0),
+}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One constraint of a study: a ``[constraints]`` key and its limit."""
+
+    key: str
+    limit: float
+
+    def __post_init__(self) -> None:
+        if self.key not in BOUNDS:
+            raise ValueError(f"unknown constraint {self.key!r}; known: {', '.join(BOUNDS)}")
+
+    @property
+    def metric(self) -> Metric:
+        return METRICS[BOUNDS[self.key]]
+
+    @property
+    def name(self) -> str:
+        """The trial attribute it bounds (``score_loss``, ``psnr`` ...)."""
+        return self.metric.name
+
+    def allowed(self) -> tuple[float, float]:
+        """The open interval a limit must lie in."""
+        return _RANGES[self.key]
+
+    def violation(self, value: float) -> float:
+        """Optuna's constraint value: zero or less when ``value`` is within the bound."""
+        if self.metric.higher_is_better:
+            return self.limit - value
+        return value - self.limit
+
+    def holds(self, value: float | None) -> bool:
+        """Whether a measured ``value`` meets the bound; an unmeasured one (None) does not."""
+        return (
+            isinstance(value, int | float) and math.isfinite(value) and self.violation(value) <= 0
+        )
+
+    def describe(self) -> str:
+        """``CLIP score loss <= 2%``, ``PSNR >= 30 dB``."""
+        m = self.metric
+        sign = ">=" if m.higher_is_better else "<="
+        limit = f"{100 * self.limit:.10g}%" if m.percent else f"{self.limit:.10g}"
+        return f"{m.label} {sign} {limit}{' ' + m.unit if m.unit else ''}"
+
+    def broken(self, values: Sequence[float], z: float) -> tuple[float, float] | None:
+        """Whether per-prompt ``values`` break the bound with one-sided confidence ``z``:
+        ``(estimate, confidence bound)`` when the whole confidence interval is on the wrong
+        side (the mean plus or minus ``z`` standard errors), else None. Needs two values.
+
+        >>> Bound("psnr_min", 30.0).broken([20.0, 22.0], z=2.0)
+        (21.0, 23.0)
+        """
+        if len(values) < 2:
+            return None
+        mean = statistics.fmean(values)
+        margin = z * statistics.stdev(values) / math.sqrt(len(values))
+        if self.metric.higher_is_better:
+            best_case = mean + margin
+            return (mean, best_case) if best_case < self.limit else None
+        best_case = mean - margin
+        return (mean, best_case) if best_case > self.limit else None
+
+
+def capped_psnr(values: Sequence[float]) -> list[float]:
+    """Per-prompt PSNR with identical images (infinite PSNR) counted as ``PSNR_CAP``.
+
+    >>> capped_psnr([31.5, float("inf")])
+    [31.5, 100.0]
+    """
+    return [min(v, PSNR_CAP) for v in values]
+
+
+def quality_loss(measured: Mapping[str, object], metric: str) -> float | None:
+    """A metric as a loss, lower better (the score loss as is, PSNR negated ...), for ordering
+    points on a frontier whose second objective is ``metric``; None when not measured."""
+    value = measured.get(metric)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    return -float(value) if METRICS[metric].higher_is_better else float(value)
