@@ -360,6 +360,7 @@ def _worker(args: argparse.Namespace) -> int:
     import optuna
 
     from accelopt.results import Requirement
+    from accelopt.spec import canonical_name
     from accelopt.storage import open_storage
     from accelopt.study import run_study, spec_of
 
@@ -374,7 +375,8 @@ def _worker(args: argparse.Namespace) -> int:
     backend, _ = open_storage(url, heartbeat=args.heartbeat)
     try:  # the stored spec is the study's truth: other hosts need not have its file
         if spec is None:
-            spec = spec_of(optuna.load_study(study_name=args.study, storage=backend))
+            name = canonical_name(args.study)
+            spec = spec_of(optuna.load_study(study_name=name, storage=backend))
     except KeyError:
         spec = _load_spec(args)
     finally:  # run_study opens its own: this pool's connections would sit idle all run long
@@ -529,11 +531,12 @@ def _sweep(args: argparse.Namespace) -> int:
     import optuna
 
     from accelopt import sweep
-    from accelopt.spec import load_spec
+    from accelopt.spec import canonical_name, load_spec
     from accelopt.study import run_study
 
     names = sweep.matrix(args.pipes, args.scheds, args.steps,
                          args.targets or sweep.default_targets())  # fmt: skip
+    names = list(dict.fromkeys(map(canonical_name, names)))  # sdxl and SDXL: one study
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def load(name: str):
@@ -611,17 +614,31 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _open_study(args: argparse.Namespace):
+    """The stored study ``--study`` names, by its canonical name (``accelopt.spec``), else as
+    typed, else under the one other spelling a storage made before names were canonical holds."""
     import optuna
 
+    from accelopt.spec import canonical_name
     from accelopt.storage import open_storage, storage_label
 
     storage, url = open_storage(args.storage)
-    try:
-        return optuna.load_study(study_name=args.study, storage=storage)
-    except KeyError:
-        raise AccelOptError(
-            f"no study {args.study!r} in {storage_label(url)}; run it first or pass --storage"
-        ) from None
+    name = canonical_name(args.study)
+    for candidate in dict.fromkeys((name, args.study)):
+        try:
+            return optuna.load_study(study_name=candidate, storage=storage)
+        except KeyError:
+            pass
+    spellings = sorted(s for s in optuna.get_all_study_names(storage) if canonical_name(s) == name)
+    if len(spellings) == 1:
+        return optuna.load_study(study_name=spellings[0], storage=storage)
+    if spellings:
+        shown = ", ".join(printable(s, 120) for s in spellings)
+        raise AccelOptError(f"study {name} is stored under {len(spellings)} spellings in "
+                            f"{storage_label(url)} ({shown}); pass --study with one of them "
+                            f"exactly")  # fmt: skip
+    raise AccelOptError(
+        f"no study {name!r} in {storage_label(url)}; run it first or pass --storage"
+    )
 
 
 def _best(args: argparse.Namespace) -> int:
@@ -639,15 +656,15 @@ def _best(args: argparse.Namespace) -> int:
 
     front = frontier(study.trials) if is_pareto(study) else None
     if args.json:
-        out: dict = {"study": args.study, "best": None if best is None else record(best)}
+        out: dict = {"study": study.study_name, "best": None if best is None else record(best)}
         if front is not None:  # fastest first
             out.update(objective="pareto", frontier=[record(t) for t in front])
         print(json.dumps(out, indent=2))
         return 0
     if best is None:
-        print(f"{args.study}: no feasible trial yet")
+        print(f"{study.study_name}: no feasible trial yet")
     else:
-        print(f"{args.study}: best {_describe(best)}")
+        print(f"{study.study_name}: best {_describe(best)}")
     if front is not None:
         print(_frontier_line(study, hint=False) + ", fastest first:")
         for t in front:
@@ -739,12 +756,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--objective",
             choices=OBJECTIVES,
+            type=str.lower,
             help="speedup: the fastest within the score-loss budget (default); pareto: speedup "
             "and score loss together, the whole frontier kept (the spec's objective)",
         )
         p.add_argument(
             "--execution",
             choices=EXECUTIONS,
+            type=str.lower,
             help="how the baseline and every trial run: eager, compile (inductor), "
             "cuda-graphs (inductor kernels replayed as CUDA graphs); auto (default): eager on "
             "a CPU, on CUDA the mode whose plain baseline is fastest",
@@ -784,7 +803,8 @@ def _parser() -> argparse.ArgumentParser:
         help="Optuna storage URL or journal file path "
         "(default: $ACCELOPT_STORAGE or sqlite:///accelopt.db)",
     )
-    p.add_argument("--sampler", choices=("tpe", "grid"), help="override the spec's sampler")
+    p.add_argument("--sampler", choices=("tpe", "grid"), type=str.lower,
+                   help="override the spec's sampler (case-insensitive)")  # fmt: skip
     p.add_argument("--seed", type=int, help="sampler seed (default: the spec's)")
     p.add_argument("--max-score-loss", type=float, help="CLIP score loss budget (default 0.02)")
     trial_options(p)
@@ -870,7 +890,8 @@ def _parser() -> argparse.ArgumentParser:
         help="accelerator sets, e.g. deepcache tome+tgate (default: every declared combination)",
     )
     p.add_argument("--n-trials", type=int, help="trials per study (default: each spec's)")
-    p.add_argument("--objective", choices=OBJECTIVES, help="override each spec's objective")
+    p.add_argument("--objective", choices=OBJECTIVES, type=str.lower,
+                   help="override each spec's objective")  # fmt: skip
     p.add_argument("--storage", help="Optuna storage URL or journal file path")
     p.add_argument("--export", action="store_true", help="export each study when it ends")
     export_options(p)

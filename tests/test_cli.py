@@ -285,3 +285,71 @@ def test_accelerators_say_what_their_steps_count(capsys: pytest.CaptureFixture[s
     assert "steps count: denoiser calls since the generation began" in out  # DeepCache
     assert "steps count: scheduler steps, read as upstream does" in out  # T-GATE
     assert "steps count: nothing: no knob depends on the step" in out  # ToMe
+
+
+# ---- one study per study, and the stumbles of a first run (issue 20) -------------------------
+
+
+def _stop_before_running(monkeypatch: pytest.MonkeyPatch) -> list:  # type: ignore[type-arg]
+    """``run`` goes as far as the study's spec, then stops (exit 2): the specs it got."""
+    from accelopt.errors import AccelOptError
+
+    seen = []
+
+    def run_study(spec, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(spec)
+        raise AccelOptError("stopped by the test")
+
+    monkeypatch.setattr("accelopt.study.run_study", run_study)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["ToySD-ddim-20", "toysd-DDIM-20", "ToySD-DDIM-20"])
+def test_every_spelling_runs_the_shipped_study(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    from accelopt.spec import shipped_dir
+
+    seen = _stop_before_running(monkeypatch)
+    assert main(["run", "--study", name, "--quiet"]) == 2
+    assert capsys.readouterr().err == "accelopt: error: stopped by the test\n"
+    (spec,) = seen
+    assert (spec.name, spec.source) == ("ToySD-DDIM-20", str(shipped_dir() / "ToySD-DDIM-20.toml"))
+    assert (spec.n_trials, spec.prompts.set) == (12, "shapes")  # the shipped file's, not defaults
+
+
+@pytest.mark.parametrize(("flag", "name"), [("Grid", "grid"), ("GRID", "grid"), ("TPE", "tpe")])
+def test_sampler_takes_any_case(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, flag: str, name: str
+) -> None:
+    seen = _stop_before_running(monkeypatch)
+    assert main(["run", "--study", "TinySD-DDIM-10", "--sampler", flag, "--quiet"]) == 2
+    assert seen[0].sampler.name == name
+
+
+def test_an_unknown_sampler_is_still_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--study", "TinySD-DDIM-10", "--sampler", "Random"])
+    assert info.value.code == 2
+    assert "argument --sampler: invalid choice: 'random'" in capsys.readouterr().err
+
+
+def test_a_study_stored_under_an_old_spelling_is_still_found(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    storage = "sqlite:///accelopt.db"
+    for name in ("tinysd-DDIM-10", "TINYSD-DDIM-10"):
+        optuna.create_study(study_name=name, storage=storage)
+    assert main(["best", "--study", "TINYSD-DDIM-10"]) == 0  # as typed
+    assert capsys.readouterr().out == "TINYSD-DDIM-10: no feasible trial yet\n"
+    assert main(["best", "--study", "TinySD-ddim-10"]) == 2  # which one?
+    assert capsys.readouterr().err == (
+        "accelopt: error: study TinySD-DDIM-10 is stored under 2 spellings in "
+        "sqlite:///accelopt.db (TINYSD-DDIM-10, tinysd-DDIM-10); pass --study with one of them "
+        "exactly\n"
+    )
+    optuna.delete_study(study_name="TINYSD-DDIM-10", storage=storage)
+    assert main(["best", "--study", "TinySD-DDIM-10"]) == 0  # the one left
+    assert capsys.readouterr().out == "tinysd-DDIM-10: no feasible trial yet\n"
