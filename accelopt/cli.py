@@ -61,10 +61,12 @@ def _accelerators(args: argparse.Namespace) -> int:
         return 0
 
     from accelopt.accelerators import PipeTraits
-    from accelopt.pipelines import load_pipeline, model_info
+    from accelopt.pipelines import TOY_PIPELINES, load_pipeline, model_info
 
-    # A known architecture is read from its structure alone, built on "meta" in a second.
-    known = model_info(args.pipeline) is not None
+    # A known architecture is read from its structure alone, built on "meta" in a second; a
+    # toy pipeline has no random-weight build, and its shipped weights load in a second too.
+    info = model_info(args.pipeline)
+    known = info is not None and info.name not in TOY_PIPELINES
     pipe = load_pipeline(
         args.pipeline,
         weights="random" if known else "pretrained",
@@ -985,8 +987,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code(stop)
 
 
+def _check_device(device: str | None) -> None:
+    """A ``--device`` this machine lacks, refused as one line before anything loads: the same
+    for every command that takes the flag (run, worker, export, sweep, report)."""
+    if device is None:
+        return
+    import torch
+
+    from accelopt.pipelines import resolve_device
+
+    kind = resolve_device(device)  # a malformed name is refused with the valid ones
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        raise AccelOptError(f"--device {device}: this machine has no MPS device; use --device "
+                            f"cpu or leave it out")  # fmt: skip
+    if kind.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise AccelOptError(f"--device {device}: this machine has no CUDA device; use --device "
+                            f"cpu or leave it out")  # fmt: skip
+    count = torch.cuda.device_count()
+    if kind.index is not None and kind.index >= count:
+        plural = "" if count == 1 else "s"
+        raise AccelOptError(f"--device {device}: this machine has {count} CUDA device{plural} "
+                            f"(cuda:0 to cuda:{count - 1})")  # fmt: skip
+
+
 def _call(args: argparse.Namespace) -> int:
     try:
+        _check_device(getattr(args, "device", None))
         return int(args.func(args))
     except AccelOptError as err:  # its message may quote a store, a task file or a storage
         print(f"accelopt: error: {printable(str(err), 2000)}", file=sys.stderr)

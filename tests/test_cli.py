@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from accelopt.cli import main
 from accelopt.prompts import load_prompts
@@ -334,6 +335,40 @@ def test_an_unknown_sampler_is_still_a_usage_error(capsys: pytest.CaptureFixture
     assert "argument --sampler: invalid choice: 'random'" in capsys.readouterr().err
 
 
+def test_every_spelling_of_a_name_is_one_stored_study(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run, best, report and export under three spellings: one study, its canonical name; the
+    report's baseline is the store entry's, and its parallel-coordinates titles have room."""
+    import optuna
+
+    monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.0, 0.0))
+    (workdir / "studies").mkdir()
+    spec = "n_trials = 1\nwarmup = 0\n[prompts]\ncount = 1\nbatch_size = 1\n"  # seconds
+    (workdir / "studies" / "tinysd-ddim-10-DeepCache.toml").write_text(spec)
+    assert main(["run", "--study", "TINYSD-ddim-10-deepcache", "--quiet"]) == 0
+    assert "TinySD-DDIM-10-deepcache: ran 1 trials (1 in the study)" in capsys.readouterr().out
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--quiet"]) == 0
+    assert "TinySD-DDIM-10-deepcache: finished already (1 trials)" in capsys.readouterr().out
+    assert optuna.get_all_study_names("sqlite:///accelopt.db") == ["TinySD-DDIM-10-deepcache"]
+
+    assert main(["best", "--study", "tinysd-DDIM-10-deepcache", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["study"] == "TinySD-DDIM-10-deepcache"
+    store = workdir / "store.json"
+    argv = ["export", "--study", "tinysd-ddim-10-DEEPCACHE", "--top-k", "0", "--store", str(store)]
+    assert main(argv) == 0
+    (entry,) = json.loads(store.read_text())["entries"].values()
+    assert entry["study"]["name"] == "TinySD-DDIM-10-deepcache"
+    report = workdir / "report.html"
+    argv = ["report", "--study", "tinysd-ddim-10-deepcache", "--images", "0", "-o", str(report)]
+    assert main(argv) == 0
+    page = report.read_text()
+    assert "<h1>TinySD-DDIM-10-deepcache</h1>" in page
+    shown = f"{entry['baseline']['time_per_image']:.4f} s/image"
+    assert f"{shown} (the median of the baseline timings made when trial 0 (the best) ran" in page
+    assert '"labelangle":-30' in page and '"t":128' in page  # "deepcache.cache_branch_id"
+
+
 def test_a_study_stored_under_an_old_spelling_is_still_found(  # type: ignore[no-untyped-def]
     workdir, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -353,3 +388,57 @@ def test_a_study_stored_under_an_old_spelling_is_still_found(  # type: ignore[no
     optuna.delete_study(study_name="TINYSD-DDIM-10", storage=storage)
     assert main(["best", "--study", "TinySD-DDIM-10"]) == 0  # the one left
     assert capsys.readouterr().out == "tinysd-DDIM-10: no feasible trial yet\n"
+
+
+def test_accelerators_shows_the_toy_pipelines_space(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators", "--pipeline", "ToySD", "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "search space for ToySD (sd), 20 steps:"
+    space = _space(out)
+    assert {key.split(".")[0] for key in space} == {"deepcache", "tome", "tgate"}
+    assert space["deepcache.cache_branch_id"] == ["0", "1", "3"]  # one layer a block: 2 is 1
+    assert space["tgate.gate_step"] == [str(n) for n in range(5, 20)]
+
+
+NO_CUDA = "accelopt: error: --device cuda: this machine has no CUDA device; use --device cpu or "
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--study", "TinySD-DDIM-10"],
+        ["worker", "--study", "TinySD-DDIM-10", "--storage", "w.journal"],
+        ["export", "--study", "TinySD-DDIM-10"],
+        ["sweep", "--pipes", "TinySD", "--scheds", "DDIM", "--steps", "10"],
+        ["report", "--study", "TinySD-DDIM-10"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_gpu_that_is_not_there_is_one_line_and_exit_2(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main([*argv, "--device", "cuda"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", NO_CUDA + "leave it out\n")
+    assert list(workdir.iterdir()) == []  # refused before any storage or file is made
+
+
+def test_a_malformed_device_is_one_line_and_exit_2(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", "--study", "TinySD-DDIM-10", "--device", "gpu0"]) == 2
+    assert capsys.readouterr().err == (
+        "accelopt: error: unknown device 'gpu0'; use cpu, cuda, cuda:N or mps\n"
+    )
+
+
+def test_store_check_of_a_mistyped_path_says_it_does_not_exist(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["store", "check", "--store", "serach_params.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "accelopt: error: store serach_params.json does not exist; check --store"
+    )
+    assert "empty" not in err
