@@ -791,8 +791,8 @@ def _parser() -> argparse.ArgumentParser:
             "--store", help="params store (default: $ACCELOPT_STORE or search_params.json)"
         )
         p.add_argument("--format", choices=LAYOUTS, default="accelopt",
-                       help="store layout: accelopt's (default) or the seed system's flat "
-                       "search_params.json")  # fmt: skip
+                       help="store layout: accelopt's (default) or seed: the flat "
+                       "search_params.json that traversal_search.py wrote")  # fmt: skip
         p.add_argument("--top-k", type=int, default=3, metavar="K",
                        help="before exporting, measure the K best again on held-out prompts "
                        "(0: skip; default 3)")  # fmt: skip
@@ -882,7 +882,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing scripts")
     from accelopt.sweep import DEFAULT_PIPES, DEFAULT_SCHEDS, DEFAULT_STEPS
 
-    p = command("sweep", _sweep, "run a matrix of studies in order (default: the seed's matrix)")
+    p = command(
+        "sweep",
+        _sweep,
+        "run a matrix of studies in order (default: SD1.5, SD2.1, SDXL x "
+        "DDIM, DPM-Solver++, UniPC x 20, 25, 50 steps x every accelerator set)",
+    )
     p.add_argument("--pipes", nargs="+", default=list(DEFAULT_PIPES), help="pipelines")
     p.add_argument("--scheds", nargs="+", default=list(DEFAULT_SCHEDS), help="schedulers")
     p.add_argument("--steps", nargs="+", type=int, default=list(DEFAULT_STEPS), help="steps")
