@@ -2,6 +2,11 @@
 
 The package imports nothing heavy at import time; torch and diffusers load inside the functions
 that need them, so ``accelopt --help`` stays instant.
+
+"The seed system", in comments and docs, is what accelopt replaces: ``traversal_search.py`` (a
+grid search over the same accelerators, answers written into ``search_params.json``) and
+``auto_code_gen_v4.py`` (code generated from that file). Its search ranges, store keys and file
+layout (``accelopt.seed_format``) are kept, so code written against it keeps working.
 """
 
 from __future__ import annotations

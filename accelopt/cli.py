@@ -62,10 +62,12 @@ def _accelerators(args: argparse.Namespace) -> int:
         return 0
 
     from accelopt.accelerators import PipeTraits
-    from accelopt.pipelines import load_pipeline, model_info
+    from accelopt.pipelines import TOY_PIPELINES, load_pipeline, model_info
 
-    # A known architecture is read from its structure alone, built on "meta" in a second.
-    known = model_info(args.pipeline) is not None
+    # A known architecture is read from its structure alone, built on "meta" in a second; a
+    # toy pipeline has no random-weight build, and its shipped weights load in a second too.
+    info = model_info(args.pipeline)
+    known = info is not None and info.name not in TOY_PIPELINES
     pipe = load_pipeline(
         args.pipeline,
         weights="random" if known else "pretrained",
@@ -375,6 +377,7 @@ def _worker(args: argparse.Namespace) -> int:
     import optuna
 
     from accelopt.results import Requirement
+    from accelopt.spec import canonical_name
     from accelopt.storage import open_storage
     from accelopt.study import run_study, spec_of
 
@@ -389,7 +392,8 @@ def _worker(args: argparse.Namespace) -> int:
     backend, _ = open_storage(url, heartbeat=args.heartbeat)
     try:  # the stored spec is the study's truth: other hosts need not have its file
         if spec is None:
-            spec = spec_of(optuna.load_study(study_name=args.study, storage=backend))
+            name = canonical_name(args.study)
+            spec = spec_of(optuna.load_study(study_name=name, storage=backend))
     except KeyError:
         spec = _load_spec(args)
     finally:  # run_study opens its own: this pool's connections would sit idle all run long
@@ -566,11 +570,12 @@ def _sweep(args: argparse.Namespace) -> int:
     import optuna
 
     from accelopt import sweep
-    from accelopt.spec import load_spec
+    from accelopt.spec import canonical_name, load_spec
     from accelopt.study import run_study
 
     names = sweep.matrix(args.pipes, args.scheds, args.steps,
                          args.targets or sweep.default_targets())  # fmt: skip
+    names = list(dict.fromkeys(map(canonical_name, names)))  # sdxl and SDXL: one study
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def load(name: str):
@@ -648,17 +653,31 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _open_study(args: argparse.Namespace):
+    """The stored study ``--study`` names, by its canonical name (``accelopt.spec``), else as
+    typed, else under the one other spelling a storage made before names were canonical holds."""
     import optuna
 
+    from accelopt.spec import canonical_name
     from accelopt.storage import open_storage, storage_label
 
     storage, url = open_storage(args.storage)
-    try:
-        return optuna.load_study(study_name=args.study, storage=storage)
-    except KeyError:
-        raise AccelOptError(
-            f"no study {args.study!r} in {storage_label(url)}; run it first or pass --storage"
-        ) from None
+    name = canonical_name(args.study)
+    for candidate in dict.fromkeys((name, args.study)):
+        try:
+            return optuna.load_study(study_name=candidate, storage=storage)
+        except KeyError:
+            pass
+    spellings = sorted(s for s in optuna.get_all_study_names(storage) if canonical_name(s) == name)
+    if len(spellings) == 1:
+        return optuna.load_study(study_name=spellings[0], storage=storage)
+    if spellings:
+        shown = ", ".join(printable(s, 120) for s in spellings)
+        raise AccelOptError(f"study {name} is stored under {len(spellings)} spellings in "
+                            f"{storage_label(url)} ({shown}); pass --study with one of them "
+                            f"exactly")  # fmt: skip
+    raise AccelOptError(
+        f"no study {name!r} in {storage_label(url)}; run it first or pass --storage"
+    )
 
 
 def _best(args: argparse.Namespace) -> int:
@@ -677,15 +696,15 @@ def _best(args: argparse.Namespace) -> int:
 
     front = frontier(study.trials, pareto_metric(study)) if is_pareto(study) else None
     if args.json:
-        out: dict = {"study": args.study, "best": None if best is None else record(best)}
+        out: dict = {"study": study.study_name, "best": None if best is None else record(best)}
         if front is not None:  # fastest first
             out.update(objective="pareto", frontier=[record(t) for t in front])
         print(json.dumps(out, indent=2))
         return 0
     if best is None:
-        print(f"{args.study}: no feasible trial yet")
+        print(f"{study.study_name}: no feasible trial yet")
     else:
-        print(f"{args.study}: best {_describe(best)}")
+        print(f"{study.study_name}: best {_describe(best)}")
     if front is not None:
         print(_frontier_line(study, hint=False) + ", fastest first:")
         for t in front:
@@ -777,12 +796,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--objective",
             choices=OBJECTIVES,
+            type=str.lower,
             help="speedup: the fastest within the score-loss budget (default); pareto: speedup "
             "and score loss together, the whole frontier kept (the spec's objective)",
         )
         p.add_argument(
             "--execution",
             choices=EXECUTIONS,
+            type=str.lower,
             help="how the baseline and every trial run: eager, compile (inductor), "
             "cuda-graphs (inductor kernels replayed as CUDA graphs); auto (default): eager on "
             "a CPU, on CUDA the mode whose plain baseline is fastest",
@@ -808,8 +829,8 @@ def _parser() -> argparse.ArgumentParser:
             "--store", help="params store (default: $ACCELOPT_STORE or search_params.json)"
         )
         p.add_argument("--format", choices=LAYOUTS, default="accelopt",
-                       help="store layout: accelopt's (default) or the seed system's flat "
-                       "search_params.json")  # fmt: skip
+                       help="store layout: accelopt's (default) or seed: the flat "
+                       "search_params.json that traversal_search.py wrote")  # fmt: skip
         p.add_argument("--top-k", type=int, default=3, metavar="K",
                        help="before exporting, measure the K best again on held-out prompts "
                        "(0: skip; default 3)")  # fmt: skip
@@ -822,7 +843,8 @@ def _parser() -> argparse.ArgumentParser:
         help="Optuna storage URL or journal file path "
         "(default: $ACCELOPT_STORAGE or sqlite:///accelopt.db)",
     )
-    p.add_argument("--sampler", choices=("tpe", "grid"), help="override the spec's sampler")
+    p.add_argument("--sampler", choices=("tpe", "grid"), type=str.lower,
+                   help="override the spec's sampler (case-insensitive)")  # fmt: skip
     p.add_argument("--seed", type=int, help="sampler seed (default: the spec's)")
     p.add_argument("--max-score-loss", type=float, help="CLIP score loss budget (default 0.02)")
     _bound_options(p, "a bound of the study, as [constraints] in its spec")
@@ -900,7 +922,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing scripts")
     from accelopt.sweep import DEFAULT_PIPES, DEFAULT_SCHEDS, DEFAULT_STEPS
 
-    p = command("sweep", _sweep, "run a matrix of studies in order (default: the seed's matrix)")
+    p = command(
+        "sweep",
+        _sweep,
+        "run a matrix of studies in order (default: SD1.5, SD2.1, SDXL x "
+        "DDIM, DPM-Solver++, UniPC x 20, 25, 50 steps x every accelerator set)",
+    )
     p.add_argument("--pipes", nargs="+", default=list(DEFAULT_PIPES), help="pipelines")
     p.add_argument("--scheds", nargs="+", default=list(DEFAULT_SCHEDS), help="schedulers")
     p.add_argument("--steps", nargs="+", type=int, default=list(DEFAULT_STEPS), help="steps")
@@ -910,7 +937,8 @@ def _parser() -> argparse.ArgumentParser:
         help="accelerator sets, e.g. deepcache tome+tgate (default: every declared combination)",
     )
     p.add_argument("--n-trials", type=int, help="trials per study (default: each spec's)")
-    p.add_argument("--objective", choices=OBJECTIVES, help="override each spec's objective")
+    p.add_argument("--objective", choices=OBJECTIVES, type=str.lower,
+                   help="override each spec's objective")  # fmt: skip
     p.add_argument("--storage", help="Optuna storage URL or journal file path")
     p.add_argument("--export", action="store_true", help="export each study when it ends")
     export_options(p)
@@ -1004,8 +1032,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code(stop)
 
 
+def _check_device(device: str | None) -> None:
+    """A ``--device`` this machine lacks, refused as one line before anything loads: the same
+    for every command that takes the flag (run, worker, export, sweep, report)."""
+    if device is None:
+        return
+    import torch
+
+    from accelopt.pipelines import resolve_device
+
+    kind = resolve_device(device)  # a malformed name is refused with the valid ones
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        raise AccelOptError(f"--device {device}: this machine has no MPS device; use --device "
+                            f"cpu or leave it out")  # fmt: skip
+    if kind.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise AccelOptError(f"--device {device}: this machine has no CUDA device; use --device "
+                            f"cpu or leave it out")  # fmt: skip
+    count = torch.cuda.device_count()
+    if kind.index is not None and kind.index >= count:
+        plural = "" if count == 1 else "s"
+        raise AccelOptError(f"--device {device}: this machine has {count} CUDA device{plural} "
+                            f"(cuda:0 to cuda:{count - 1})")  # fmt: skip
+
+
 def _call(args: argparse.Namespace) -> int:
     try:
+        _check_device(getattr(args, "device", None))
         return int(args.func(args))
     except AccelOptError as err:  # its message may quote a store, a task file or a storage
         print(f"accelopt: error: {printable(str(err), 2000)}", file=sys.stderr)

@@ -3,7 +3,8 @@
 NAME is ``PIPE-SCHED-STEPS`` with an optional ``-TARGETS`` suffix, e.g. ``SDXL-DDIM-25`` or
 ``SD1.5-UniPC-20-deepcache+tgate``. Every well-formed NAME works without a file (defaults come
 from the name); a file of that name overrides them. Files are looked up in ``./studies`` first,
-then among those shipped with accelopt.
+then among those shipped with accelopt. Names are case-insensitive: every spelling of a name
+is one study under its ``canonical_name`` (``toysd-ddim-20`` is ``ToySD-DDIM-20``).
 
 >>> spec = load_spec("TinySD-DDIM-10")
 >>> spec.pipeline, spec.scheduler, spec.steps, spec.targets
@@ -32,6 +33,7 @@ __all__ = [
     "PromptSpec",
     "SamplerSpec",
     "StudySpec",
+    "canonical_name",
     "find_spec_file",
     "generation_defaults",
     "load_spec",
@@ -205,6 +207,23 @@ def parse_name(name: str) -> dict[str, Any]:
     return {"pipeline": pipe, "scheduler": found[1], "steps": int(match[1]), "targets": targets}
 
 
+def canonical_name(name: str) -> str:
+    """NAME as accelopt spells it: the pipeline, scheduler and accelerators written as their
+    known names (matched case-insensitively, aliases resolved, accelerators in canonical order),
+    so that every spelling of one study is one study, in storage and in files. A name that is
+    not ``PIPE-SCHED-STEPS[-TARGETS]`` (a spec file's free-form stem) comes back unchanged.
+
+    >>> canonical_name("toysd-ddim-20"), canonical_name("SD1.5-dpm++-20-TGATE+deepcache")
+    ('ToySD-DDIM-20', 'SD1.5-DPM-Solver++-20-deepcache+tgate')
+    """
+    try:
+        parts = parse_name(name)
+    except AccelOptError:
+        return name
+    canonical = f"{parts['pipeline']}-{parts['scheduler']}-{parts['steps']}"
+    return canonical + ("-" + "+".join(parts["targets"]) if parts["targets"] else "")
+
+
 def _defaults(name: str) -> dict[str, Any]:
     parts = parse_name(name)
     return {**parts, **_model_defaults(parts["pipeline"])}
@@ -263,16 +282,36 @@ def shipped_specs() -> list[Path]:
 
 
 def find_spec_file(name: str, cwd: Path | None = None) -> Path | None:
-    """``./studies/NAME.toml`` if it exists, else the shipped one, else None."""
+    """``./studies/NAME.toml`` if it exists, else the shipped one, else None.
+
+    Any spelling of NAME finds a file spelled any other way (``toysd-ddim-20`` finds
+    ``ToySD-DDIM-20.toml`` and the reverse): files are matched by their ``canonical_name``.
+    """
+    canonical = canonical_name(name)
     for folder in ((cwd or Path.cwd()) / "studies", shipped_dir()):
-        path = folder / f"{name}.toml"
+        path = folder / f"{canonical}.toml"
         if path.is_file():
             return path
+        if not folder.is_dir():
+            continue
+        same = sorted(
+            p for p in folder.glob("*.toml") if p.is_file() and canonical_name(p.stem) == canonical
+        )
+        if len(same) > 1:
+            raise AccelOptError(
+                f"{' and '.join(map(str, same))} are both study {canonical}; keep one of them"
+            )
+        if same:
+            return same[0]
     return None
 
 
 def load_spec(name: str | None = None, *, path: Path | None = None) -> StudySpec:
-    """The spec for a study NAME (file if there is one, else defaults) or for a file ``path``."""
+    """The spec for a study NAME (file if there is one, else defaults) or for a file ``path``.
+
+    The study's name is always the ``canonical_name`` of NAME (or of the file's stem)."""
+    if name is not None:
+        name = canonical_name(name)
     if path is None:
         assert name is not None
         path = find_spec_file(name)
@@ -284,7 +323,7 @@ def load_spec(name: str | None = None, *, path: Path | None = None) -> StudySpec
         data = tomllib.loads(path.read_text("utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise AccelOptError(f"{path}: not valid TOML: {err}") from None
-    name = name or path.stem
+    name = name or canonical_name(path.stem)
     try:
         defaults = _defaults(name)
     except AccelOptError:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from accelopt.cli import main
 from accelopt.prompts import load_prompts
@@ -285,3 +286,159 @@ def test_accelerators_say_what_their_steps_count(capsys: pytest.CaptureFixture[s
     assert "steps count: denoiser calls since the generation began" in out  # DeepCache
     assert "steps count: scheduler steps, read as upstream does" in out  # T-GATE
     assert "steps count: nothing: no knob depends on the step" in out  # ToMe
+
+
+# ---- one study per study, and the stumbles of a first run (issue 20) -------------------------
+
+
+def _stop_before_running(monkeypatch: pytest.MonkeyPatch) -> list:  # type: ignore[type-arg]
+    """``run`` goes as far as the study's spec, then stops (exit 2): the specs it got."""
+    from accelopt.errors import AccelOptError
+
+    seen = []
+
+    def run_study(spec, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(spec)
+        raise AccelOptError("stopped by the test")
+
+    monkeypatch.setattr("accelopt.study.run_study", run_study)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["ToySD-ddim-20", "toysd-DDIM-20", "ToySD-DDIM-20"])
+def test_every_spelling_runs_the_shipped_study(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    from accelopt.spec import shipped_dir
+
+    seen = _stop_before_running(monkeypatch)
+    assert main(["run", "--study", name, "--quiet"]) == 2
+    assert capsys.readouterr().err == "accelopt: error: stopped by the test\n"
+    (spec,) = seen
+    assert (spec.name, spec.source) == ("ToySD-DDIM-20", str(shipped_dir() / "ToySD-DDIM-20.toml"))
+    assert (spec.n_trials, spec.prompts.set) == (12, "shapes")  # the shipped file's, not defaults
+
+
+@pytest.mark.parametrize(("flag", "name"), [("Grid", "grid"), ("GRID", "grid"), ("TPE", "tpe")])
+def test_sampler_takes_any_case(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, flag: str, name: str
+) -> None:
+    seen = _stop_before_running(monkeypatch)
+    assert main(["run", "--study", "TinySD-DDIM-10", "--sampler", flag, "--quiet"]) == 2
+    assert seen[0].sampler.name == name
+
+
+def test_an_unknown_sampler_is_still_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--study", "TinySD-DDIM-10", "--sampler", "Random"])
+    assert info.value.code == 2
+    assert "argument --sampler: invalid choice: 'random'" in capsys.readouterr().err
+
+
+def test_every_spelling_of_a_name_is_one_stored_study(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run, best, report and export under three spellings: one study, its canonical name; the
+    report's baseline is the store entry's, and its parallel-coordinates titles have room."""
+    import optuna
+
+    monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.0, 0.0))
+    (workdir / "studies").mkdir()
+    spec = "n_trials = 1\nwarmup = 0\n[prompts]\ncount = 1\nbatch_size = 1\n"  # seconds
+    (workdir / "studies" / "tinysd-ddim-10-DeepCache.toml").write_text(spec)
+    assert main(["run", "--study", "TINYSD-ddim-10-deepcache", "--quiet"]) == 0
+    assert "TinySD-DDIM-10-deepcache: ran 1 trials (1 in the study)" in capsys.readouterr().out
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--quiet"]) == 0
+    assert "TinySD-DDIM-10-deepcache: finished already (1 trials)" in capsys.readouterr().out
+    assert optuna.get_all_study_names("sqlite:///accelopt.db") == ["TinySD-DDIM-10-deepcache"]
+
+    assert main(["best", "--study", "tinysd-DDIM-10-deepcache", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["study"] == "TinySD-DDIM-10-deepcache"
+    store = workdir / "store.json"
+    argv = ["export", "--study", "tinysd-ddim-10-DEEPCACHE", "--top-k", "0", "--store", str(store)]
+    assert main(argv) == 0
+    (entry,) = json.loads(store.read_text())["entries"].values()
+    assert entry["study"]["name"] == "TinySD-DDIM-10-deepcache"
+    report = workdir / "report.html"
+    argv = ["report", "--study", "tinysd-ddim-10-deepcache", "--images", "0", "-o", str(report)]
+    assert main(argv) == 0
+    page = report.read_text()
+    assert "<h1>TinySD-DDIM-10-deepcache</h1>" in page
+    shown = f"{entry['baseline']['time_per_image']:.4f} s/image"
+    assert f"{shown} (the median of the baseline timings made when trial 0 (the best) ran" in page
+    assert '"labelangle":-30' in page and '"t":128' in page  # "deepcache.cache_branch_id"
+
+
+def test_a_study_stored_under_an_old_spelling_is_still_found(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    storage = "sqlite:///accelopt.db"
+    for name in ("tinysd-DDIM-10", "TINYSD-DDIM-10"):
+        optuna.create_study(study_name=name, storage=storage)
+    assert main(["best", "--study", "TINYSD-DDIM-10"]) == 0  # as typed
+    assert capsys.readouterr().out == "TINYSD-DDIM-10: no feasible trial yet\n"
+    assert main(["best", "--study", "TinySD-ddim-10"]) == 2  # which one?
+    assert capsys.readouterr().err == (
+        "accelopt: error: study TinySD-DDIM-10 is stored under 2 spellings in "
+        "sqlite:///accelopt.db (TINYSD-DDIM-10, tinysd-DDIM-10); pass --study with one of them "
+        "exactly\n"
+    )
+    optuna.delete_study(study_name="TINYSD-DDIM-10", storage=storage)
+    assert main(["best", "--study", "TinySD-DDIM-10"]) == 0  # the one left
+    assert capsys.readouterr().out == "tinysd-DDIM-10: no feasible trial yet\n"
+
+
+def test_accelerators_shows_the_toy_pipelines_space(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators", "--pipeline", "ToySD", "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "search space for ToySD (sd), 20 steps:"
+    space = _space(out)
+    assert {key.split(".")[0] for key in space} == {"deepcache", "tome", "tgate"}
+    assert space["deepcache.cache_branch_id"] == ["0", "1", "3"]  # one layer a block: 2 is 1
+    assert space["tgate.gate_step"] == [str(n) for n in range(5, 20)]
+
+
+NO_CUDA = "accelopt: error: --device cuda: this machine has no CUDA device; use --device cpu or "
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--study", "TinySD-DDIM-10"],
+        ["worker", "--study", "TinySD-DDIM-10", "--storage", "w.journal"],
+        ["export", "--study", "TinySD-DDIM-10"],
+        ["sweep", "--pipes", "TinySD", "--scheds", "DDIM", "--steps", "10"],
+        ["report", "--study", "TinySD-DDIM-10"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_gpu_that_is_not_there_is_one_line_and_exit_2(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main([*argv, "--device", "cuda"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", NO_CUDA + "leave it out\n")
+    assert list(workdir.iterdir()) == []  # refused before any storage or file is made
+
+
+def test_a_malformed_device_is_one_line_and_exit_2(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", "--study", "TinySD-DDIM-10", "--device", "gpu0"]) == 2
+    assert capsys.readouterr().err == (
+        "accelopt: error: unknown device 'gpu0'; use cpu, cuda, cuda:N or mps\n"
+    )
+
+
+def test_store_check_of_a_mistyped_path_says_it_does_not_exist(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["store", "check", "--store", "serach_params.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "accelopt: error: store serach_params.json does not exist; check --store"
+    )
+    assert "empty" not in err

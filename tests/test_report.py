@@ -8,7 +8,15 @@ import optuna
 import pytest
 
 from accelopt.cli import main
-from accelopt.report import Point, figures, pareto_front, render_html, report_data
+from accelopt.report import (
+    LABEL_ANGLE,
+    Point,
+    figures,
+    parallel_margin,
+    pareto_front,
+    render_html,
+    report_data,
+)
 
 
 def _point(n: int, speedup: float, loss: float, feasible: bool = True) -> Point:
@@ -56,6 +64,81 @@ def test_report_data_numbers() -> None:
     assert set(data.importances) == {"deepcache.cache_interval"}
     assert set(figures(data)) == {"Speedup against quality", "Optimization history",
                                   "Parameter importances", "Parallel coordinates"}  # fmt: skip
+
+
+def _timed_study(
+    baselines: list[float], stored: float, feasible: bool = True, reference: float | None = None
+) -> optuna.Study:
+    """A study whose trials were measured against ``baselines`` (a worker's running medians)
+    while the study holds one single timing, ``stored``, as run_study writes them; speedups
+    against ``reference`` (another mode's plain pipeline) when given."""
+    study = optuna.create_study(study_name="Timed", direction="maximize")
+    study.set_user_attr("spec", {"max_score_loss": 0.02})
+    study.set_user_attr("baseline_time_per_image", stored)
+    for i, baseline in enumerate(baselines):
+        speedup = 2.0 + i
+        study.add_trial(optuna.trial.create_trial(value=speedup, user_attrs={
+            "speedup": speedup, "score_loss": 0.01, "feasible": feasible and i != 1,
+            "accelerators": {},
+            "baseline_time_per_image": baseline,
+            "reference_time_per_image": reference or baseline,
+            "time_per_image": baseline / speedup,
+        }))  # fmt: skip
+    return study
+
+
+def test_the_baseline_shown_is_the_best_trials_and_says_so() -> None:
+    # The issue's numbers: the A/A check timed 55.37 s and 36.85 s (the second one stored in
+    # the study); the trials' speedups are against their median, 46.11 s.
+    data = report_data(_timed_study([46.11, 46.11, 46.11], 36.85))
+    assert data.best == 2
+    assert data.baseline_time == 46.11
+    assert data.baseline_note == (
+        "the median of the baseline timings made when trial 2 (the best) ran: what its speedup "
+        "is against, and what export writes into the store; the study's first stored timing, "
+        "36.8500 s/image, is one pass of its first A/A check"
+    )
+    assert "46.1100 s/image (the median of the baseline timings" in render_html(data)
+
+
+def test_the_baseline_note_names_re_timings_and_the_reference() -> None:
+    data = report_data(_timed_study([1.0, 1.2, 1.1], 1.0))
+    assert (data.best, data.baseline_time) == (2, 1.1)
+    assert data.baseline_note.endswith(
+        "; trials were measured against baselines of 1.0000-1.2000 s/image; the study's "
+        "first stored timing, 1.0000 s/image, is one pass of its first A/A check"
+    )
+    data = report_data(_timed_study([2.0], 2.0, reference=0.5))  # cuda-graphs beat this mode
+    assert (data.baseline_time, data.baseline_note) == (2.0, (
+        "the median of the baseline timings made when trial 0 (the best) ran, under its "
+        "execution mode: what export writes into the store; its speedup is against the fastest "
+        "plain pipeline, 0.5000 s/image"
+    ))  # fmt: skip
+    # No feasible trial: the latest trial's baseline, named as such.
+    data = report_data(_timed_study([1.0, 1.2, 1.1], 1.0, feasible=False))
+    assert (data.best, data.baseline_time) == (None, 1.1)
+    assert data.baseline_note.startswith("the median of the baseline timings made when trial 2 "
+                                         "(the latest) ran")  # fmt: skip
+
+
+def test_parallel_coordinates_titles_fit() -> None:
+    data = report_data(_study())
+    figs = figures(data)
+    parallel = figs["Parallel coordinates"]
+    trace = parallel.data[0]
+    # Slanted titles do not run into their neighbours; the top margin is as tall as the
+    # longest (24 characters at about 7 px, slanted 30 degrees: 84 px) above the ticks (40).
+    assert (trace.labelangle, trace.labelside, LABEL_ANGLE) == (-30, "top", -30)
+    assert [d.label for d in trace.dimensions] == ["deepcache.cache_interval", "speedup"]
+    layout = parallel.layout.margin
+    assert (layout.t, layout.l, layout.r, layout.b) == (124, 60, 80, 30)
+    assert parallel_margin(["deepcache.cache_interval", "speedup"])["t"] == 124
+    assert parallel_margin(["speedup"])["t"] == 40 + 25  # 7 characters
+    # the page keeps the figure's margins (it only sets the height); the others keep theirs
+    assert {k: f.layout.margin.t for k, f in figs.items()} == {
+        "Speedup against score loss": 30, "Optimization history": 30,
+        "Parameter importances": 30, "Parallel coordinates": 124,
+    }  # fmt: skip
 
 
 def test_html_is_self_contained_and_escaped() -> None:

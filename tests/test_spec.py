@@ -16,6 +16,7 @@ from accelopt.spec import (
     PromptSpec,
     SamplerSpec,
     StudySpec,
+    canonical_name,
     find_spec_file,
     load_spec,
     parse_name,
@@ -248,6 +249,57 @@ def test_shipped_file_is_used_without_a_local_one(empty_cwd: Path) -> None:
     assert spec.source == str(shipped_dir() / "TinySD-DDIM-10.toml")
     assert spec.dtype == "float32"  # only the shipped file sets it
     assert spec.n_trials == 8
+
+
+# --- one spelling per study -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("ToySD-ddim-20", "ToySD-DDIM-20"),
+        ("toysd-DDIM-20", "ToySD-DDIM-20"),
+        ("ToySD-DDIM-20", "ToySD-DDIM-20"),
+        ("pixart-sigma-dpm++-20", "PixArt-Sigma-DPM-Solver++-20"),
+        ("sd2.1-UniPCMultistepScheduler-50-tgate+TOME", "SD2.1-UniPC-50-tome+tgate"),
+        ("TinySD-DDIM-010", "TinySD-DDIM-10"),
+        ("my-study", "my-study"),  # free-form: unchanged
+        ("SD9-DDIM-25", "SD9-DDIM-25"),  # not a known pipeline: unchanged (load_spec refuses it)
+    ],
+)
+def test_canonical_name(name: str, canonical: str) -> None:
+    assert canonical_name(name) == canonical
+
+
+@pytest.mark.parametrize("name", ["ToySD-ddim-20", "toysd-DDIM-20", "ToySD-DDIM-20"])
+def test_every_spelling_finds_the_shipped_spec(empty_cwd: Path, name: str) -> None:
+    shipped = shipped_dir() / "ToySD-DDIM-20.toml"
+    assert find_spec_file(name) == shipped
+    spec = load_spec(name)
+    assert (spec.name, spec.source) == ("ToySD-DDIM-20", str(shipped))
+    assert spec.n_trials == 12
+
+
+def test_a_file_spelled_otherwise_is_found_under_the_canonical_name(empty_cwd: Path) -> None:
+    path = write_spec(empty_cwd / "studies", "tinysd-ddim-13.toml", "n_trials = 3\n")
+    for name in ("TinySD-DDIM-13", "TINYSD-ddim-13"):
+        assert find_spec_file(name) == path
+        spec = load_spec(name)
+        assert (spec.name, spec.source, spec.n_trials) == ("TinySD-DDIM-13", str(path), 3)
+    assert load_spec(path=path).name == "TinySD-DDIM-13"  # --spec FILE: the stem, canonical
+
+
+def test_two_files_spelling_one_name_are_refused(empty_cwd: Path) -> None:
+    first = write_spec(empty_cwd / "studies", "tinysd-ddim-13.toml", "")
+    if (empty_cwd / "studies" / "TinySD-ddim-13.toml").exists():
+        pytest.skip("a case-insensitive file system holds one of the two")
+    second = write_spec(empty_cwd / "studies", "TinySD-ddim-13.toml", "")
+    with pytest.raises(AccelOptError) as info:
+        find_spec_file("TinySD-DDIM-13")
+    # sorted: upper case first
+    assert str(info.value) == (
+        f"{second} and {first} are both study TinySD-DDIM-13; keep one of them"
+    )
 
 
 def test_find_spec_file_returns_none_for_unknown_names(empty_cwd: Path) -> None:
