@@ -136,7 +136,7 @@ def test_parallel_coordinates_titles_fit() -> None:
     assert parallel_margin(["speedup"])["t"] == 40 + 25  # 7 characters
     # the page keeps the figure's margins (it only sets the height); the others keep theirs
     assert {k: f.layout.margin.t for k, f in figs.items()} == {
-        "Speedup against score loss": 30, "Optimization history": 30,
+        "Speedup against quality": 30, "Optimization history": 30,
         "Parameter importances": 30, "Parallel coordinates": 124,
     }  # fmt: skip
 
