@@ -31,7 +31,14 @@ from accelopt.metrics import ClipScorer, loss_bound, prompt_losses, psnr, ssim
 from accelopt.prompts import load_prompts
 from accelopt.search import Space, dominating_trial
 from accelopt.spec import StudySpec
-from accelopt.timing import device_name, median, peak_memory, reset_peak_memory, timed
+from accelopt.timing import (
+    Paired,
+    device_name,
+    median,
+    peak_memory,
+    reset_peak_memory,
+    timed,
+)
 
 __all__ = ["Bench", "Measurement", "Objective"]
 
@@ -81,6 +88,9 @@ class Bench:
     # Told what is compiling before a generation compiles or captures a graph (progress bars).
     on_compile: Callable[[str], None] | None = None
     lpips: Callable[[torch.Tensor, torch.Tensor], list[float]] | None = None  # when measured
+    # Told after every generation call: (what: "warm-up", "generating" or "timing pairs",
+    # calls done, calls in all), so a long measurement shows progress.
+    on_batch: Callable[[str, int, int], None] | None = None
     prompts: list[str] = field(init=False)
     # The plain pipeline's images of every prompt (``set_reference``): fidelity compares with them.
     reference: torch.Tensor | None = field(init=False, default=None)
@@ -116,6 +126,40 @@ class Bench:
         if self.lpips is not None:
             out["lpips"] = self.lpips(images, reference)
         return out
+
+    def _told(self, what: str, done: int, total: int) -> None:
+        if self.on_batch is not None:
+            self.on_batch(what, done, total)
+
+    @property
+    def timing_prompts(self) -> int:
+        """How many prompts one timed call of a pair generates: the spec's timing subset, at
+        most every prompt."""
+        return min(self.spec.timing.prompts or self.spec.prompts.batch_size, len(self.prompts))
+
+    def time_call(self) -> float:
+        """Seconds per image of one call on the timing subset, under the bench's execution mode
+        (its graphs were made by the measurement before)."""
+        with execution.run(self.pipe, self.mode, self.on_compile):
+            _, took = timed(partial(self.generate, 0, self.timing_prompts), self.device)
+        return took / self.timing_prompts
+
+    def pairs(self, configs: Mapping[str, Mapping[str, Any]], count: int) -> Paired:
+        """``count`` pairs of timed calls on the timing subset, the plain pipeline's and the
+        configuration's in alternation (plain first in even pairs, the candidate first in odd
+        ones, so a steady drift favours neither). Leaves the pipeline plain."""
+        plain, candidate = [], []
+        for i in range(count):
+            for first in (True, False) if i % 2 == 0 else (False, True):
+                accelerators.remove(self.pipe)
+                if first:
+                    plain.append(self.time_call())
+                else:
+                    with accelerators.apply(self.pipe, configs, steps=self.spec.steps):
+                        candidate.append(self.time_call())
+            self._told("timing pairs", i + 1, count)
+        accelerators.remove(self.pipe)
+        return Paired(plain, candidate)
 
     def generate(self, start: int, stop: int) -> torch.Tensor:
         """Images (B, 3, H, W in [0, 1]) for prompts start..stop, each with its own seed."""
@@ -161,15 +205,19 @@ class Bench:
         if self.mode != "eager":
             warm += [b for n, b in sizes.items() if n != batches[0][1] - batches[0][0]]
         spent = compiled.seconds
-        warmup = sum(timed(partial(self.generate, *b), self.device)[1] for b in warm)
+        warmup = 0.0
+        for i, b in enumerate(warm):
+            warmup += timed(partial(self.generate, *b), self.device)[1]
+            self._told("warm-up", i + 1, len(warm))
         warmup -= compiled.seconds - spent
         reset_peak_memory(self.device)
         values: dict[str, list[float]] = {}
         kept: list[torch.Tensor] = []
         seconds = scoring = 0.0
         stopped = None
-        for start, stop in batches:
+        for i, (start, stop) in enumerate(batches):
             images, took = timed(partial(self.generate, start, stop), self.device)
+            self._told("generating", i + 1, len(batches))
             seconds += took
             batch, took = timed(partial(self.score, images, start, stop), self.device)
             scoring += took
@@ -304,14 +352,17 @@ class Objective:
         pipe = self.bench.pipe
         # Over the budget is no reason to stop a pareto trial: its loss is an objective.
         check = self.over_budget if self.bench.spec.early_stop and not self.pareto else None
+        paired = None
         try:
             with accelerators.apply(pipe, configs, steps=self.bench.spec.steps):
                 m = self.bench.measure(check)
+            if not m.stopped and self.bench.spec.timing.pairs:
+                paired = self.bench.pairs(configs, self.bench.spec.timing.pairs)
         finally:
             accelerators.remove(pipe)  # also when apply or generation raised
             if self.bench.device.type == "cuda":
                 torch.cuda.empty_cache()
-        speedup, loss = self._record(trial, m, time.perf_counter() - started)
+        speedup, loss = self._record(trial, m, time.perf_counter() - started, paired)
         if m.stopped:  # its numbers and its cost are recorded; it cannot be the answer
             raise optuna.TrialPruned(m.stopped)
         return (speedup, loss) if self.pareto else speedup
@@ -360,9 +411,15 @@ class Objective:
             return prompt_losses(self.baseline_scores, values["score"])
         return list(values.get(metric, []))
 
-    def _record(self, trial: optuna.Trial, m: Measurement, wall: float) -> tuple[float, float]:
+    def _record(
+        self, trial: optuna.Trial, m: Measurement, wall: float, paired: Paired | None = None
+    ) -> tuple[float, float]:
         spec = self.bench.spec
-        speedup = self.reference_time / m.time_per_image
+        unpaired = self.reference_time / m.time_per_image
+        # Paired: the median ratio against this mode's plain pipeline in alternated calls,
+        # scaled to the fastest plain pipeline (1 when this mode's is the fastest).
+        scale = self.reference_time / self.baseline_time
+        speedup = unpaired if paired is None else scale * paired.speedup
         # Every metric's mean over the prompts measured (the score loss = score_loss when all).
         metrics = {"score_loss": loss_bound(self.baseline_scores, m.scores, 0.0)[0], **m.means()}
         violations = {b.name: b.violation(metrics[b.name]) for b in self.bounds}
@@ -381,7 +438,7 @@ class Objective:
             "baseline_time_per_image": self.baseline_time,
             "execution": self.bench.mode,
             "reference_time_per_image": self.reference_time,  # the fastest plain pipeline
-            "speedup_vs_mode_baseline": self.baseline_time / m.time_per_image,
+            "speedup_vs_mode_baseline": speedup / scale,
             "device": device_name(self.bench.device),
             "trial_seconds": wall,
             "overhead_seconds": wall
@@ -392,11 +449,15 @@ class Objective:
         }
         if len(self.bounds) > 1:
             attrs["constraints"] = violations
+        if paired is not None:
+            low, high, level = paired.interval()
+            attrs.update(speedup_interval=[scale * low, scale * high], speedup_level=level,
+                         speedup_unpaired=unpaired, pairs=paired.record())  # fmt: skip
         eager = (
             self.baseline_time if self.bench.mode == "eager" else self.mode_baselines.get("eager")
         )
-        if eager is not None:
-            attrs["speedup_vs_eager"] = eager / m.time_per_image
+        if eager is not None:  # eager's plain time over this trial's time, paired when it is
+            attrs["speedup_vs_eager"] = eager / self.baseline_time * speedup / scale
         if m.stopped:
             attrs["stopped_early"] = m.stopped
         if not violations:  # a pareto study whose one bound is its objective

@@ -33,6 +33,7 @@ __all__ = [
     "PromptSpec",
     "SamplerSpec",
     "StudySpec",
+    "TimingSpec",
     "canonical_name",
     "find_spec_file",
     "generation_defaults",
@@ -85,6 +86,17 @@ class MetricSpec:
 
 
 @dataclass(frozen=True)
+class TimingSpec:
+    """How a trial's speedup is timed (``accelopt.timing.Paired``): ``pairs`` alternated calls
+    of the plain pipeline and the configuration on the first ``prompts`` prompts (0: one batch),
+    after the quality pass; the speedup is the median of the pairs' ratios, with an interval.
+    ``pairs = 0`` divides the study's baseline time by the quality pass's instead (unpaired)."""
+
+    pairs: int = 3
+    prompts: int = 0
+
+
+@dataclass(frozen=True)
 class ConstraintSpec:
     """Fidelity bounds (``accelopt.constraints``) beside the score-loss budget, each against the
     baseline image of the same prompt and seed; None leaves a metric unbounded (it is measured
@@ -132,6 +144,7 @@ class StudySpec:
     execution: str = "auto"
     # Every bound a trial must meet besides max_score_loss ([constraints] in a spec file).
     constraints: ConstraintSpec = field(default_factory=ConstraintSpec)
+    timing: TimingSpec = field(default_factory=TimingSpec)
     # A pareto study's second objective: a metric of accelopt.constraints.METRICS.
     pareto_metric: str = "score_loss"
     source: str = "derived from the name"
@@ -335,7 +348,8 @@ def load_spec(name: str | None = None, *, path: Path | None = None) -> StudySpec
 
 
 # Spec tables and the dataclasses whose fields they may set.
-_TABLES = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec}
+_TABLES = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec,
+           "timing": TimingSpec}  # fmt: skip
 
 
 def _build(name: str, defaults: dict[str, Any], data: dict[str, Any], source: str) -> StudySpec:
@@ -480,6 +494,8 @@ def _check_ranges(where: str, spec: StudySpec) -> None:
         need(low < bound.limit < high, key, f"more than {low:g}, less than {high:g}")
     need(spec.pareto_metric in METRICS, "pareto_metric", choices(METRICS))
     need(spec.metric.lpips in ("", *LPIPS_NETS), "metric.lpips", choices(LPIPS_NETS))
+    need(0 <= spec.timing.pairs <= 50, "timing.pairs", "0..50")
+    need(0 <= spec.timing.prompts <= 1000, "timing.prompts", "0..1000")
     need(1 <= spec.n_trials <= 100_000, "n_trials", "1..100000")
     need(0 <= spec.warmup <= 10, "warmup", "0..10")
     early = spec.early_stop == 0 or 0.5 <= spec.early_stop < 1

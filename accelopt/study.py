@@ -27,7 +27,14 @@ from accelopt.errors import AccelOptError
 from accelopt.export import package_versions
 from accelopt.results import DONE, Requirement, best_trial
 from accelopt.search import Space
-from accelopt.spec import ConstraintSpec, MetricSpec, PromptSpec, SamplerSpec, StudySpec
+from accelopt.spec import (
+    ConstraintSpec,
+    MetricSpec,
+    PromptSpec,
+    SamplerSpec,
+    StudySpec,
+    TimingSpec,
+)
 from accelopt.storage import (
     HEARTBEAT,
     is_storage_error,
@@ -72,12 +79,13 @@ IDENTITY = (
     "execution",
     "constraints",
     "pareto_metric",
+    "timing",
 )
 # What a stored spec record without a key meant: studies stored before the key existed.
 # (A table stored without a newer field of its own gets the field's default: ``_filled``.)
 LEGACY = {"objective": "speedup", "execution": "eager"}
 _TABLES = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec,
-           "constraints": ConstraintSpec}  # fmt: skip
+           "constraints": ConstraintSpec, "timing": TimingSpec}  # fmt: skip
 AA_WARN = 0.10  # an A/A spread above this is worth a warning
 POLL_SECONDS = 2.0  # how often a worker with nothing to start looks again
 WAIT_NOTICE = 30.0  # say why a worker waits once it has waited this long
