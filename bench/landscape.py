@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 SCHEMA = 1
 KIND = "accelopt landscape"
@@ -538,6 +538,242 @@ def _run(command: list[str]) -> str | None:
     return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
 
 
+# --- fidelity: per-prompt PSNR, SSIM and CLIP-image similarity of a recorded landscape ---------
+
+# Per point, search prompts first (held-out: the same names prefixed ``heldout_``).
+FIDELITY_FIELDS = ("psnr_per_prompt", "ssim_per_prompt", "clip_image_per_prompt")
+FIDELITY_CHECKPOINT = 25  # points between partial writes
+
+
+def fidelity(args: argparse.Namespace) -> Path:
+    """Add per-prompt fidelity to a scored landscape: regenerate, compare, never re-time.
+
+    Rebuilds the study's pipeline and scorer as ``measure`` did (the recorded study, resolution,
+    dtype, weights, prompts, seeds and images per call), makes the plain pipeline's images of
+    the search and held-out prompts, then, per point, applies its accelerators as ``measure``
+    does, makes both splits' images, removes them and compares each image with the baseline
+    image of the same prompt and seed. The regenerated CLIP scores are checked against the
+    recorded ones (``fidelity.score_difference`` in the file: the largest absolute difference).
+    Points that already carry the fields are kept (a partial output resumes); ``--select`` and
+    ``--indices`` pick a subset; ``--time-budget`` stops before the next point would overrun.
+    Writes ``<out>/<study>.json``: the landscape with the new fields.
+    """
+    import torch
+
+    from accelopt import accelerators
+    from accelopt.confirm import SEED_OFFSET
+    from accelopt.metrics import ClipScorer, psnr, ssim
+    from accelopt.objective import Bench
+    from accelopt.pipelines import load_pipeline
+    from accelopt.schedulers import set_scheduler
+    from accelopt.spec import load_spec
+    from accelopt.timing import device_name
+
+    started = args.started
+    record = load(args.landscape)
+    name = record["study"]
+    if record.get("baseline_scores") is None or not record.get("heldout_seeds"):
+        raise SystemExit(
+            f"{args.landscape}: no per-prompt CLIP scores; fidelity needs a scored landscape "
+            "(bench/landscape.py measure --heldout N), e.g. ToySD-DDIM-20"
+        )
+    log = _logger(f"{name} fidelity", started)
+    spec = load_spec(name)
+    if spec.resolution != record["resolution"]:
+        spec = spec.replace(resolution=record["resolution"])
+    n_images, per_call = len(record["seeds"]), int(record["images_per_call"])
+    spec = spec.replace(prompts=replace(spec.prompts, count=n_images, batch_size=per_call))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = args.dtype or record["dtype"]  # the recorded images' dtype
+    weights: Literal["pretrained", "random"] = (
+        "pretrained" if record["weights"] == "pretrained" else "random"
+    )
+    log(f"building {spec.pipeline} ({weights} weights, {dtype}) ...")
+    pipe = load_pipeline(spec.pipeline, weights=weights, dtype=dtype, device=str(device))
+    set_scheduler(pipe, spec.scheduler)
+    scorer = ClipScorer(spec.metric.model, spec.metric.pretrained, device)
+    bench = Bench(spec, pipe, scorer, device)
+    prompts = replace(spec.prompts, split="heldout", count=len(record["heldout_seeds"]),
+                      seed=spec.prompts.seed + SEED_OFFSET)  # fmt: skip
+    held = Bench(spec.replace(prompts=prompts), pipe, scorer, device)
+    seeds = [spec.prompts.seed + i for i in range(n_images)]
+    held_seeds = [prompts.seed + i for i in range(prompts.count)]
+    for what, found, wanted in (
+        ("prompts", bench.prompts, record["prompts"]),
+        ("seeds", seeds, record["seeds"]),
+        ("heldout_prompts", held.prompts, record["heldout_prompts"]),
+        ("heldout_seeds", held_seeds, record["heldout_seeds"]),
+    ):
+        if found != wanted:
+            raise SystemExit(f"{args.landscape}: its {what} are not the study's today")
+
+    def generate(of: Any) -> torch.Tensor:
+        """Every prompt of ``of`` (the search or held-out prompts), ``per_call`` a call."""
+        count = len(of.prompts)
+        return torch.cat(
+            [of.generate(s, min(s + per_call, count)) for s in range(0, count, per_call)]
+        )
+
+    def score(images: torch.Tensor, of: Any) -> list[float]:
+        return [round(s, 4) for s in scorer(images, of.prompts)]
+
+    def difference(a: Sequence[float], b: Sequence[float]) -> float:
+        return round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 4)
+
+    log("the plain pipeline's images ...")
+    references = {"": generate(bench), "heldout_": generate(held)}
+    embedded = {split: scorer.embed_images(images) for split, images in references.items()}
+    baseline_difference = max(
+        difference(score(references[""], bench), record["baseline_scores"]),
+        difference(score(references["heldout_"], held), record["heldout_baseline_scores"]),
+    )
+
+    def compare(images: torch.Tensor, split: str) -> dict[str, list[float]]:
+        reference = references[split]
+        cosine = (scorer.embed_images(images) * embedded[split]).sum(dim=-1)
+        return {
+            f"{split}psnr_per_prompt": [round(x, 4) for x in psnr(images, reference)],
+            f"{split}ssim_per_prompt": [round(x, 6) for x in ssim(images, reference)],
+            f"{split}clip_image_per_prompt": [round(x, 6) for x in cosine.tolist()],
+        }
+
+    points = record["points"]
+    wanted_points = _fidelity_subset(points, args.select, args.indices, args.seed)
+    todo = [p for p in wanted_points if not p.get("error") and "psnr_per_prompt" not in p]
+    info: Record = {
+        "command": args.command_line,
+        "device": device_name(device),
+        **_environment(),
+        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "time_budget": args.time_budget,
+        "asked": len(todo),
+        "done": 0,
+        "stopped": None,
+        "wall_seconds": None,
+        "baseline_score_difference": baseline_difference,
+        "score_difference": None,
+        "heldout_score_difference": None,
+        "points_with_score_difference": None,
+        "psnr_difference": None,
+        "ssim_difference": None,
+    }
+    previous_info = record.get("fidelity")
+    record["fidelity"] = info
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_path = args.out / f"{name}.json"
+
+    def write() -> None:
+        info["wall_seconds"] = round(time.monotonic() - started, 1)
+        info.update(_score_differences(points))
+        info["runs"] = [*(previous_info or {}).get("runs", []), _run_of(info)]
+        write_json(out_path, record)
+        info.pop("runs")
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    budget = math.inf if args.time_budget is None else args.time_budget
+    slowest = 0.0
+    log(f"{len(todo)} points to compare ({len(points)} in the landscape)")
+    try:
+        for seq, point in enumerate(todo):
+            if time.monotonic() - started + slowest > budget:
+                info["stopped"] = f"time budget: stopped before point {seq} of {len(todo)}"
+                break
+            began = time.monotonic()
+            row: Record = {}
+            try:
+                if point["accelerators"]:
+                    accelerators.apply(pipe, point["accelerators"], steps=spec.steps)
+                images = generate(bench)
+                held_images = generate(held)
+            except Exception as err:  # one failing point must not cost the whole run
+                point["fidelity_error"] = f"{type(err).__name__}: {err}"[:500]
+                continue
+            finally:
+                accelerators.remove(pipe)  # also when apply or generation raised
+            row["rescore_difference"] = difference(score(images, bench), point["scores"])
+            row["heldout_rescore_difference"] = difference(
+                score(held_images, held), point["heldout_scores"]
+            )
+            row.update(compare(images, ""))
+            row.update(compare(held_images, "heldout_"))
+            point.update(row)
+            point.pop("fidelity_error", None)
+            info["done"] += 1
+            slowest = max(slowest, time.monotonic() - began)
+            if (seq + 1) % FIDELITY_CHECKPOINT == 0:
+                write()
+            log(_describe_fidelity(point, seq, len(todo)))
+    except (Stop, KeyboardInterrupt):
+        info["stopped"] = "interrupted"
+        accelerators.remove(pipe)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    write()
+    log(
+        f"wrote {out_path} ({info['done']} of {len(todo)} points"
+        f"{', partial' if info['stopped'] else ''}); scores differ from the recording by at "
+        f"most {info['score_difference']} (held-out {info['heldout_score_difference']}, "
+        f"baseline {baseline_difference})"
+    )
+    return out_path
+
+
+def _fidelity_subset(
+    points: Sequence[Point], count: int | None, indices: Sequence[int] | None, seed: int
+) -> list[Point]:
+    """``--indices`` (plan indices), else ``select(points, count)``: the off point and a sample."""
+    if indices is None:
+        return select(points, count, seed)
+    by_index = {p["index"]: p for p in points}
+    if unknown := sorted(set(indices) - set(by_index)):
+        raise SystemExit(f"--indices: no point with index {', '.join(map(str, unknown))}")
+    return [by_index[i] for i in sorted(set(indices))]
+
+
+def _score_differences(points: Sequence[Point]) -> Record:
+    """The largest differences of the regenerated CLIP scores from the recorded ``scores``
+    (``rescore_difference``, per point), and of the recomputed mean PSNR and SSIM from the
+    recorded ``psnr`` and ``ssim`` (a mean PSNR is inf when one image is identical)."""
+    done = [p for p in points if "rescore_difference" in p]
+    psnrs = []
+    for p in done:
+        mean = statistics.fmean(p["psnr_per_prompt"])
+        same = mean == p["psnr"] or (math.isinf(mean) and math.isinf(p["psnr"]))
+        psnrs.append(0.0 if same else abs(mean - p["psnr"]))
+    ssims = [abs(statistics.fmean(p["ssim_per_prompt"]) - p["ssim"]) for p in done]
+
+    def top(values: Iterable[float], digits: int) -> float | None:
+        found = list(values)
+        return round(max(found), digits) if found else None
+
+    return {
+        "score_difference": top((p["rescore_difference"] for p in done), 4),
+        "heldout_score_difference": top((p["heldout_rescore_difference"] for p in done), 4),
+        "points_with_score_difference": sum(
+            max(p["rescore_difference"], p["heldout_rescore_difference"]) > 0 for p in done
+        ),
+        "psnr_difference": top(psnrs, 4),
+        "ssim_difference": top(ssims, 6),
+    }
+
+
+def _run_of(info: Record) -> Record:
+    keys = ("command", "device", "git", "date", "asked", "done", "stopped", "wall_seconds")
+    return {k: info.get(k) for k in keys}
+
+
+def _describe_fidelity(point: Point, seq: int, total: int) -> str:
+    what = _short(point["accelerators"])
+    loss = 100 * point["score_loss"]
+    f = point_fidelity(point)
+    assert f is not None
+    return (
+        f"[{seq + 1}/{total}] {what:50} loss {loss:+.2f}% PSNR {f['psnr']:.2f} "
+        f"SSIM {f['ssim']:.4f} CLIP-image {f['clip_image']:.4f}"
+    )
+
+
 # --- files ------------------------------------------------------------------------------------
 
 
@@ -782,6 +1018,147 @@ def markdown(summary: Record) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- fidelity beside the CLIP loss: the summary -------------------------------------------------
+
+FIDELITY_METRICS = ("psnr", "ssim", "clip_image")
+# Bounds joined to the study's CLIP-loss budget, one configuration choice each (see
+# docs/BENCHMARKS.md for why these values); {} is the CLIP budget alone.
+FIDELITY_BOUNDS: tuple[Mapping[str, float], ...] = (
+    {},
+    {"psnr": 30.0},
+    {"psnr": 35.0},
+    {"psnr": 40.0},
+    {"ssim": 0.9},
+    {"ssim": 0.98},
+    {"clip_image": 0.95},
+    {"clip_image": 0.99},
+)
+FIDELITY_FLOORS = (40.0, 35.0, 30.0)  # dB: how many points within the budget fall below each
+
+
+def pooled_psnr(values: Iterable[float], data_range: float = 1.0) -> float:
+    """The PSNR of the images taken together: of their mean squared error, not the mean of their
+    PSNRs, so one identical image (inf) cannot make a set inf (torchmetrics' default too).
+
+    >>> pooled_psnr([math.inf, 20.0])
+    23.010299956639813
+    """
+    mses = [0.0 if math.isinf(v) else data_range**2 * 10 ** (-v / 10) for v in values]
+    mse = statistics.fmean(mses)
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def point_fidelity(point: Point, split: str = "") -> dict[str, float] | None:
+    """A point's fidelity over one split (``""``: search, ``"heldout_"``): the pooled PSNR, the
+    lowest PSNR of one prompt, and the mean SSIM and CLIP-image similarity; None: not recorded."""
+    if f"{split}psnr_per_prompt" not in point:
+        return None
+    values = point[f"{split}psnr_per_prompt"]
+    return {
+        "psnr": pooled_psnr(values),
+        "min_psnr": min(values),
+        "ssim": statistics.fmean(point[f"{split}ssim_per_prompt"]),
+        "clip_image": statistics.fmean(point[f"{split}clip_image_per_prompt"]),
+    }
+
+
+def holds(point: Point, budget: float, bounds: Mapping[str, float], split: str = "") -> bool:
+    """The CLIP-loss budget and every fidelity bound (a lower bound) hold on ``split``."""
+    loss = point["score_loss" if not split else f"{split}score_loss"]
+    found = point_fidelity(point, split) if bounds else {}
+    if found is None:
+        return False
+    return loss <= budget and all(found[k] >= v for k, v in bounds.items())
+
+
+def fidelity_summary(
+    landscape: Record,
+    bounds: Sequence[Mapping[str, float]] = FIDELITY_BOUNDS,
+    floors: Sequence[float] = FIDELITY_FLOORS,
+) -> Record:
+    """A plain record of what a fidelity bound beside the CLIP budget changes (no drawing).
+
+    Over the points with accelerators on, a timing and per-prompt fidelity (T-GATE's sample
+    included): ``families``, the fastest point within the budget per accelerator set;
+    ``choices``, per bound set, the fastest point feasible on the search prompts (the one a
+    study would choose) and how many feasible points keep the budget (``heldout_clip``) and
+    every bound (``heldout_all``) on the held-out prompts; ``below``, how many points within
+    the budget fall below each PSNR floor (pooled, and for at least one prompt).
+    """
+    if unknown := sorted({k for b in bounds for k in b} - set(FIDELITY_METRICS)):
+        raise ValueError(f"unknown fidelity metric {unknown[0]!r}; known: {FIDELITY_METRICS}")
+    budget = landscape["max_score_loss"]
+    pts = [
+        p
+        for p in landscape["points"]
+        if p["accelerators"] and p.get("speedup") and p.get("score_loss") is not None
+    ]
+    measured = [p for p in pts if "psnr_per_prompt" in p]
+    within = [p for p in measured if p["score_loss"] <= budget]
+
+    def fastest(rows: Sequence[Point]) -> Point | None:
+        return max(rows, key=lambda p: p["speedup"]) if rows else None  # ties: the first
+
+    def described(p: Point, b: Mapping[str, float]) -> Record:
+        return {
+            "index": p["index"],
+            "accelerators": p["accelerators"],
+            "speedup": p["speedup"],
+            "score_loss": p["score_loss"],
+            "heldout_score_loss": p["heldout_score_loss"],
+            "search": point_fidelity(p),
+            "heldout": point_fidelity(p, "heldout_"),
+            "passes_clip": p["heldout_score_loss"] <= budget,
+            "passes_all": holds(p, budget, b, "heldout_"),
+        }
+
+    families: dict[str, list[Point]] = {}
+    for p in within:
+        families.setdefault(plan_name(p["accelerators"]), []).append(p)
+    order = ["+".join(c) for r in (1, 2, 3) for c in itertools.combinations(ORDER, r)]
+    choices = []
+    for b in bounds:
+        feasible = [p for p in measured if holds(p, budget, b)]
+        choices.append({
+            "bounds": dict(b),
+            "feasible": len(feasible),
+            "heldout_clip": sum(p["heldout_score_loss"] <= budget for p in feasible),
+            "heldout_all": sum(holds(p, budget, b, "heldout_") for p in feasible),
+            "chosen": described(best, b) if (best := fastest(feasible)) else None,
+        })  # fmt: skip
+    below = []
+    for floor in floors:
+        found = [point_fidelity(p) for p in within]
+        below.append({
+            "floor": floor,
+            "pooled": sum(f is not None and f["psnr"] < floor for f in found),
+            "any_prompt": sum(f is not None and f["min_psnr"] < floor for f in found),
+        })  # fmt: skip
+    info = landscape.get("fidelity") or {}
+    return {
+        "study": landscape["study"],
+        "device": info.get("device", landscape["device"]),
+        "date": info.get("date", landscape["date"]),
+        "command": info.get("command"),
+        "max_score_loss": budget,
+        "prompts": len(landscape["prompts"]),
+        "heldout_prompts": len(landscape.get("heldout_prompts") or []),
+        "points": len(pts),
+        "measured": len(measured),
+        "within": len(within),
+        "score_difference": info.get("score_difference"),
+        "heldout_score_difference": info.get("heldout_score_difference"),
+        "baseline_score_difference": info.get("baseline_score_difference"),
+        "families": [
+            {"accelerators": n, "points": len(rows), **described(fastest(rows) or rows[0], {})}
+            for n in order
+            if (rows := families.get(n))
+        ],
+        "choices": choices,
+        "below": below,
+    }
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -817,7 +1194,26 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path(__file__).parent / "landscapes")
     s = sub.add_parser("summary", help="print the markdown summary of landscape files")
     s.add_argument("files", nargs="+", type=Path)
+    f = sub.add_parser("fidelity", help="add per-prompt PSNR, SSIM and CLIP-image similarity "
+                       "to a scored landscape (regenerates its images; no timing)")  # fmt: skip
+    f.add_argument("landscape", type=Path, help="e.g. bench/landscapes/ToySD-DDIM-20.json")
+    f.add_argument("--device", help="default: cuda if there is one")
+    f.add_argument("--dtype", help="default: the landscape's")
+    pick = f.add_mutually_exclusive_group()
+    pick.add_argument("--select", type=int, metavar="N",
+                      help="only N points: the off point and a seeded sample")  # fmt: skip
+    pick.add_argument("--indices", type=_indices, metavar="I,J,...", help="only these points")
+    f.add_argument("--seed", type=int, default=0, help="for --select")
+    f.add_argument("--time-budget", type=float, help="seconds from start; stop before overrun")
+    f.add_argument("--out", type=Path, default=Path("."), help="writes <out>/<study>.json")
     return top
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--indices takes I,J,...; got {text!r}") from None
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -854,6 +1250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{path}: {len(merged['points'])} points"
                 + (", partial" if merged["partial"] else "")
             )
+    elif args.command == "fidelity":
+        if args.select is not None and args.select < 1:
+            raise SystemExit(f"--select must be at least 1; got {args.select}")
+        fidelity(args)
     else:
         for path in args.files:
             print(markdown(summarize(load(path))))
