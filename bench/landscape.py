@@ -640,35 +640,30 @@ def fidelity(args: argparse.Namespace) -> Path:
     points = record["points"]
     wanted_points = _fidelity_subset(points, args.select, args.indices, args.seed)
     todo = [p for p in wanted_points if not p.get("error") and "psnr_per_prompt" not in p]
-    info: Record = {
+    k, n = args.shard
+    todo = shard(todo, k, n)
+    run: Record = {
         "command": args.command_line,
         "device": device_name(device),
         **_environment(),
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "shard": f"{k}/{n}",
         "time_budget": args.time_budget,
         "asked": len(todo),
         "done": 0,
         "stopped": None,
         "wall_seconds": None,
         "baseline_score_difference": baseline_difference,
-        "score_difference": None,
-        "heldout_score_difference": None,
-        "points_with_score_difference": None,
-        "psnr_difference": None,
-        "ssim_difference": None,
     }
-    previous_info = record.get("fidelity")
-    record["fidelity"] = info
+    runs = [*(record.get("fidelity") or {}).get("runs", []), run]
     args.out.mkdir(parents=True, exist_ok=True)
-    out_path = args.out / f"{name}.json"
+    out_path = args.out / (f"{name}.json" if n == 1 else f"{name}.fidelity-{k}-of-{n}.json")
 
     def write() -> None:
-        info["wall_seconds"] = round(time.monotonic() - started, 1)
-        info.update(_score_differences(points))
-        info["runs"] = [*(previous_info or {}).get("runs", []), _run_of(info)]
+        run["wall_seconds"] = round(time.monotonic() - started, 1)
+        record["fidelity"] = fidelity_info(points, runs)
         write_json(out_path, record)
-        info.pop("runs")
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     budget = math.inf if args.time_budget is None else args.time_budget
@@ -677,7 +672,7 @@ def fidelity(args: argparse.Namespace) -> Path:
     try:
         for seq, point in enumerate(todo):
             if time.monotonic() - started + slowest > budget:
-                info["stopped"] = f"time budget: stopped before point {seq} of {len(todo)}"
+                run["stopped"] = f"time budget: stopped before point {seq} of {len(todo)}"
                 break
             began = time.monotonic()
             row: Record = {}
@@ -699,21 +694,22 @@ def fidelity(args: argparse.Namespace) -> Path:
             row.update(compare(held_images, "heldout_"))
             point.update(row)
             point.pop("fidelity_error", None)
-            info["done"] += 1
+            run["done"] += 1
             slowest = max(slowest, time.monotonic() - began)
             if (seq + 1) % FIDELITY_CHECKPOINT == 0:
                 write()
             log(_describe_fidelity(point, seq, len(todo)))
     except (Stop, KeyboardInterrupt):
-        info["stopped"] = "interrupted"
+        run["stopped"] = "interrupted"
         accelerators.remove(pipe)
     finally:
         signal.signal(signal.SIGTERM, previous)
     write()
+    check = record["fidelity"]
     log(
-        f"wrote {out_path} ({info['done']} of {len(todo)} points"
-        f"{', partial' if info['stopped'] else ''}); scores differ from the recording by at "
-        f"most {info['score_difference']} (held-out {info['heldout_score_difference']}, "
+        f"wrote {out_path} ({run['done']} of {len(todo)} points"
+        f"{', partial' if run['stopped'] else ''}); scores differ from the recording by at "
+        f"most {check['score_difference']} (held-out {check['heldout_score_difference']}, "
         f"baseline {baseline_difference})"
     )
     return out_path
@@ -731,11 +727,24 @@ def _fidelity_subset(
     return [by_index[i] for i in sorted(set(indices))]
 
 
-def _score_differences(points: Sequence[Point]) -> Record:
-    """The largest differences of the regenerated CLIP scores from the recorded ``scores``
-    (``rescore_difference``, per point), and of the recomputed mean PSNR and SSIM from the
-    recorded ``psnr`` and ``ssim`` (a mean PSNR is inf when one image is identical)."""
-    done = [p for p in points if "rescore_difference" in p]
+FIDELITY_POINT_KEYS = (
+    *FIDELITY_FIELDS,
+    *(f"heldout_{f}" for f in FIDELITY_FIELDS),
+    "rescore_difference",
+    "heldout_rescore_difference",
+)
+
+
+def fidelity_info(points: Sequence[Point], runs: Sequence[Record]) -> Record:
+    """The file's ``fidelity`` record: the runs that added the fields and how well they match.
+
+    ``score_difference`` (``heldout_``): the largest absolute difference of a regenerated CLIP
+    score from the recorded one (per point: ``rescore_difference``); ``psnr_difference`` and
+    ``ssim_difference``: of the mean of the per-prompt values from the recorded ``psnr`` and
+    ``ssim`` (a mean PSNR is inf when one image is identical); ``baseline_score_difference``:
+    of the plain pipeline's scores, over the runs.
+    """
+    done = [p for p in points if "psnr_per_prompt" in p]
     psnrs = []
     for p in done:
         mean = statistics.fmean(p["psnr_per_prompt"])
@@ -748,6 +757,10 @@ def _score_differences(points: Sequence[Point]) -> Record:
         return round(max(found), digits) if found else None
 
     return {
+        "points": len(done),
+        "of": sum(1 for p in points if not p.get("error")),
+        "errors": sum(1 for p in points if p.get("fidelity_error")),
+        "baseline_score_difference": top((r["baseline_score_difference"] for r in runs), 4),
         "score_difference": top((p["rescore_difference"] for p in done), 4),
         "heldout_score_difference": top((p["heldout_rescore_difference"] for p in done), 4),
         "points_with_score_difference": sum(
@@ -755,12 +768,45 @@ def _score_differences(points: Sequence[Point]) -> Record:
         ),
         "psnr_difference": top(psnrs, 4),
         "ssim_difference": top(ssims, 6),
+        "runs": list(runs),
     }
 
 
-def _run_of(info: Record) -> Record:
-    keys = ("command", "device", "git", "date", "asked", "done", "stopped", "wall_seconds")
-    return {k: info.get(k) for k in keys}
+def merge_fidelity(landscape: Record, records: Sequence[Record]) -> Record:
+    """The landscape with the fidelity fields of ``records`` (``fidelity --shard`` outputs of
+    it, or any partial ones): each point's fields from the one record that has them.
+
+    Refuses a record of another study or of other points, and a point two records measured.
+    """
+    merged = {**landscape, "points": [dict(p) for p in landscape["points"]]}
+    by_index = {p["index"]: p for p in merged["points"]}
+    runs = list((landscape.get("fidelity") or {}).get("runs", []))
+    owner: dict[int, int] = {i: -1 for i, p in by_index.items() if "psnr_per_prompt" in p}
+    for n, record in enumerate(records):
+        if record["study"] != landscape["study"]:
+            raise ValueError(f"fidelity of {record['study']}, not of {landscape['study']}")
+        for p in record["points"]:
+            mine = by_index.get(p["index"])
+            if mine is None or config_key(mine["accelerators"]) != config_key(p["accelerators"]):
+                raise ValueError(f"point {p['index']} is not the landscape's")
+            if "psnr_per_prompt" not in p or owner.get(p["index"]) == -1:
+                continue  # not measured there, or already in the landscape
+            if p["index"] in owner:
+                raise ValueError(f"two files measured point {p['index']}")
+            owner[p["index"]] = n
+            mine.update({k: p[k] for k in FIDELITY_POINT_KEYS})
+            mine.pop("fidelity_error", None)
+        for p in record["points"]:
+            if p.get("fidelity_error") and p["index"] not in owner:
+                by_index[p["index"]]["fidelity_error"] = p["fidelity_error"]
+        old = {json.dumps(r, sort_keys=True) for r in runs}
+        runs += [
+            r
+            for r in (record.get("fidelity") or {}).get("runs", [])
+            if json.dumps(r, sort_keys=True) not in old
+        ]
+    merged["fidelity"] = fidelity_info(merged["points"], runs)
+    return merged
 
 
 def _describe_fidelity(point: Point, seq: int, total: int) -> str:
@@ -1204,8 +1250,14 @@ def parser() -> argparse.ArgumentParser:
                       help="only N points: the off point and a seeded sample")  # fmt: skip
     pick.add_argument("--indices", type=_indices, metavar="I,J,...", help="only these points")
     f.add_argument("--seed", type=int, default=0, help="for --select")
+    f.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="K/N",
+                   help="every N-th point left; writes <study>.fidelity-K-of-N.json")  # fmt: skip
     f.add_argument("--time-budget", type=float, help="seconds from start; stop before overrun")
     f.add_argument("--out", type=Path, default=Path("."), help="writes <out>/<study>.json")
+    fm = sub.add_parser("fidelity-merge", help="join fidelity shard files into the landscape")
+    fm.add_argument("landscape", type=Path)
+    fm.add_argument("files", nargs="+", type=Path)
+    fm.add_argument("--out", type=Path, default=Path(__file__).parent / "landscapes")
     return top
 
 
@@ -1254,6 +1306,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.select is not None and args.select < 1:
             raise SystemExit(f"--select must be at least 1; got {args.select}")
         fidelity(args)
+    elif args.command == "fidelity-merge":
+        merged = merge_fidelity(load(args.landscape), [load(p) for p in args.files])
+        merged["fidelity"]["command"] = args.command_line
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{merged['study']}.json"
+        write_json(path, merged)
+        f = merged["fidelity"]
+        print(f"{path}: fidelity of {f['points']} of {f['of']} points; scores differ from the "
+              f"recording by at most {f['score_difference']} "
+              f"(held-out {f['heldout_score_difference']})")  # fmt: skip
     else:
         for path in args.files:
             print(markdown(summarize(load(path))))
