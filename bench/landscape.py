@@ -562,7 +562,7 @@ def fidelity(args: argparse.Namespace) -> Path:
 
     from accelopt import accelerators
     from accelopt.confirm import SEED_OFFSET
-    from accelopt.metrics import ClipScorer, psnr, ssim
+    from accelopt.metrics import ClipScorer, psnr, score_loss, ssim
     from accelopt.objective import Bench
     from accelopt.pipelines import load_pipeline
     from accelopt.schedulers import set_scheduler
@@ -623,15 +623,21 @@ def fidelity(args: argparse.Namespace) -> Path:
     log("the plain pipeline's images ...")
     references = {"": generate(bench), "heldout_": generate(held)}
     embedded = {split: scorer.embed_images(images) for split, images in references.items()}
+    baselines = {"": score(references[""], bench), "heldout_": score(references["heldout_"], held)}
     baseline_difference = max(
-        difference(score(references[""], bench), record["baseline_scores"]),
-        difference(score(references["heldout_"], held), record["heldout_baseline_scores"]),
+        difference(baselines[""], record["baseline_scores"]),
+        difference(baselines["heldout_"], record["heldout_baseline_scores"]),
     )
 
-    def compare(images: torch.Tensor, split: str) -> dict[str, list[float]]:
+    def compare(images: torch.Tensor, split: str, of: Any, recorded: list[float]) -> Record:
+        """The images' scores and loss, and their fidelity to the baseline images."""
         reference = references[split]
         cosine = (scorer.embed_images(images) * embedded[split]).sum(dim=-1)
+        scores = score(images, of)
         return {
+            f"{split}rescore_difference": difference(scores, recorded),
+            f"{split}fidelity_scores": scores,
+            f"{split}fidelity_score_loss": round(score_loss(baselines[split], scores), 6),
             f"{split}psnr_per_prompt": [round(x, 4) for x in psnr(images, reference)],
             f"{split}ssim_per_prompt": [round(x, 6) for x in ssim(images, reference)],
             f"{split}clip_image_per_prompt": [round(x, 6) for x in cosine.tolist()],
@@ -655,6 +661,8 @@ def fidelity(args: argparse.Namespace) -> Path:
         "stopped": None,
         "wall_seconds": None,
         "baseline_score_difference": baseline_difference,
+        "baseline_scores": baselines[""],  # the fidelity_score_loss's, as regenerated
+        "heldout_baseline_scores": baselines["heldout_"],
     }
     runs = [*(record.get("fidelity") or {}).get("runs", []), run]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -686,12 +694,8 @@ def fidelity(args: argparse.Namespace) -> Path:
                 continue
             finally:
                 accelerators.remove(pipe)  # also when apply or generation raised
-            row["rescore_difference"] = difference(score(images, bench), point["scores"])
-            row["heldout_rescore_difference"] = difference(
-                score(held_images, held), point["heldout_scores"]
-            )
-            row.update(compare(images, ""))
-            row.update(compare(held_images, "heldout_"))
+            row.update(compare(images, "", bench, point["scores"]))
+            row.update(compare(held_images, "heldout_", held, point["heldout_scores"]))
             point.update(row)
             point.pop("fidelity_error", None)
             run["done"] += 1
@@ -727,11 +731,10 @@ def _fidelity_subset(
     return [by_index[i] for i in sorted(set(indices))]
 
 
-FIDELITY_POINT_KEYS = (
-    *FIDELITY_FIELDS,
-    *(f"heldout_{f}" for f in FIDELITY_FIELDS),
-    "rescore_difference",
-    "heldout_rescore_difference",
+FIDELITY_POINT_KEYS = tuple(
+    f"{split}{key}"
+    for split in ("", "heldout_")
+    for key in (*FIDELITY_FIELDS, "fidelity_scores", "fidelity_score_loss", "rescore_difference")
 )
 
 
@@ -1108,9 +1111,17 @@ def point_fidelity(point: Point, split: str = "") -> dict[str, float] | None:
     }
 
 
+def loss_of(point: Point, split: str = "") -> float:
+    """The CLIP-score loss of the images the fidelity fields describe (``fidelity_score_loss``;
+    the recorded ``score_loss`` where there are none): losses and fidelity of one draw, since
+    ToMe on CUDA does not repeat a draw bit for bit."""
+    found = point.get(f"{split}fidelity_score_loss")
+    return float(point[f"{split}score_loss"] if found is None else found)
+
+
 def holds(point: Point, budget: float, bounds: Mapping[str, float], split: str = "") -> bool:
     """The CLIP-loss budget and every fidelity bound (a lower bound) hold on ``split``."""
-    loss = point["score_loss" if not split else f"{split}score_loss"]
+    loss = loss_of(point, split)
     found = point_fidelity(point, split) if bounds else {}
     if found is None:
         return False
@@ -1140,7 +1151,9 @@ def fidelity_summary(
         if p["accelerators"] and p.get("speedup") and p.get("score_loss") is not None
     ]
     measured = [p for p in pts if "psnr_per_prompt" in p]
-    within = [p for p in measured if p["score_loss"] <= budget]
+    within = [p for p in measured if loss_of(p) <= budget]
+    # Feasible by the recorded loss but not by the regenerated one, or the reverse.
+    flips = [p for p in measured if (p["score_loss"] <= budget) != (loss_of(p) <= budget)]
 
     def fastest(rows: Sequence[Point]) -> Point | None:
         return max(rows, key=lambda p: p["speedup"]) if rows else None  # ties: the first
@@ -1150,11 +1163,13 @@ def fidelity_summary(
             "index": p["index"],
             "accelerators": p["accelerators"],
             "speedup": p["speedup"],
-            "score_loss": p["score_loss"],
-            "heldout_score_loss": p["heldout_score_loss"],
+            "score_loss": loss_of(p),
+            "heldout_score_loss": loss_of(p, "heldout_"),
+            "recorded_score_loss": p["score_loss"],
+            "recorded_heldout_score_loss": p["heldout_score_loss"],
             "search": point_fidelity(p),
             "heldout": point_fidelity(p, "heldout_"),
-            "passes_clip": p["heldout_score_loss"] <= budget,
+            "passes_clip": loss_of(p, "heldout_") <= budget,
             "passes_all": holds(p, budget, b, "heldout_"),
         }
 
@@ -1168,7 +1183,7 @@ def fidelity_summary(
         choices.append({
             "bounds": dict(b),
             "feasible": len(feasible),
-            "heldout_clip": sum(p["heldout_score_loss"] <= budget for p in feasible),
+            "heldout_clip": sum(loss_of(p, "heldout_") <= budget for p in feasible),
             "heldout_all": sum(holds(p, budget, b, "heldout_") for p in feasible),
             "chosen": described(best, b) if (best := fastest(feasible)) else None,
         })  # fmt: skip
@@ -1192,6 +1207,8 @@ def fidelity_summary(
         "points": len(pts),
         "measured": len(measured),
         "within": len(within),
+        "flips": len(flips),
+        "recorded_within": sum(p["score_loss"] <= budget for p in measured),
         "score_difference": info.get("score_difference"),
         "heldout_score_difference": info.get("heldout_score_difference"),
         "baseline_score_difference": info.get("baseline_score_difference"),
