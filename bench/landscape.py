@@ -569,7 +569,8 @@ def fidelity(args: argparse.Namespace) -> Path:
     recorded ones (``fidelity.score_difference`` in the file: the largest absolute difference).
     Points that already carry the fields are kept (a partial output resumes); ``--select`` and
     ``--indices`` pick a subset; ``--time-budget`` stops before the next point would overrun.
-    Writes ``<out>/<study>.json``: the landscape with the new fields.
+    Writes ``<out>/<study>.json`` (with ``--shard K/N``: ``<study>.fidelity-K-of-N.json``, for
+    ``fidelity-merge``): the landscape with the new fields.
     """
     import torch
 
