@@ -33,6 +33,19 @@ score, does not depend on the call's batch (bit for bit on a CPU). Cost of ToySD
 points take ~140-290 s per GPU on two GPUs, plus ~30 s of start and warm-up.
 
     python bench/landscape.py measure --study ToySD-DDIM-20 --prompts 32 --heldout 32 --out DIR
+
+Fidelity (``fidelity``, for a scored landscape): regenerate every point's images of both splits,
+as ``measure`` made them but untimed, and add per-prompt PSNR, SSIM and CLIP-image similarity
+against the plain pipeline's images of the same prompts and seeds, with the CLIP scores of the
+same images and how far they are from the recorded ones (bench/landscapes/README.md). Several
+processes can share one GPU (``--shard K/N``), then ``fidelity-merge`` joins their files; a
+partial output (``--time-budget``) given back to ``fidelity`` resumes. ToySD-DDIM-20 on one H200,
+four processes: ~130 s.
+
+    python bench/landscape.py fidelity bench/landscapes/ToySD-DDIM-20.json --shard 1/4 --out DIR
+    python bench/landscape.py fidelity-merge bench/landscapes/ToySD-DDIM-20.json \
+        DIR/ToySD-DDIM-20.fidelity-*-of-4.json --out bench/landscapes
+    python bench/tables.py --fidelity bench/landscapes/ToySD-DDIM-20.json
 """
 
 from __future__ import annotations
@@ -53,7 +66,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 SCHEMA = 1
 KIND = "accelopt landscape"
@@ -538,6 +551,292 @@ def _run(command: list[str]) -> str | None:
     return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
 
 
+# --- fidelity: per-prompt PSNR, SSIM and CLIP-image similarity of a recorded landscape ---------
+
+# Per point, search prompts first (held-out: the same names prefixed ``heldout_``).
+FIDELITY_FIELDS = ("psnr_per_prompt", "ssim_per_prompt", "clip_image_per_prompt")
+FIDELITY_CHECKPOINT = 25  # points between partial writes
+
+
+def fidelity(args: argparse.Namespace) -> Path:
+    """Add per-prompt fidelity to a scored landscape: regenerate, compare, never re-time.
+
+    Rebuilds the study's pipeline and scorer as ``measure`` did (the recorded study, resolution,
+    dtype, weights, prompts, seeds and images per call), makes the plain pipeline's images of
+    the search and held-out prompts, then, per point, applies its accelerators as ``measure``
+    does, makes both splits' images, removes them and compares each image with the baseline
+    image of the same prompt and seed. The regenerated CLIP scores are checked against the
+    recorded ones (``fidelity.score_difference`` in the file: the largest absolute difference).
+    Points that already carry the fields are kept (a partial output resumes); ``--select`` and
+    ``--indices`` pick a subset; ``--time-budget`` stops before the next point would overrun.
+    Writes ``<out>/<study>.json`` (with ``--shard K/N``: ``<study>.fidelity-K-of-N.json``, for
+    ``fidelity-merge``): the landscape with the new fields.
+    """
+    import torch
+
+    from accelopt import accelerators
+    from accelopt.confirm import SEED_OFFSET
+    from accelopt.metrics import ClipScorer, psnr, score_loss, ssim
+    from accelopt.objective import Bench
+    from accelopt.pipelines import load_pipeline
+    from accelopt.schedulers import set_scheduler
+    from accelopt.spec import load_spec
+    from accelopt.timing import device_name
+
+    started = args.started
+    record = load(args.landscape)
+    name = record["study"]
+    if record.get("baseline_scores") is None or not record.get("heldout_seeds"):
+        raise SystemExit(
+            f"{args.landscape}: no per-prompt CLIP scores; fidelity needs a scored landscape "
+            "(bench/landscape.py measure --heldout N), e.g. ToySD-DDIM-20"
+        )
+    log = _logger(f"{name} fidelity", started)
+    spec = load_spec(name)
+    if spec.resolution != record["resolution"]:
+        spec = spec.replace(resolution=record["resolution"])
+    n_images, per_call = len(record["seeds"]), int(record["images_per_call"])
+    spec = spec.replace(prompts=replace(spec.prompts, count=n_images, batch_size=per_call))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = args.dtype or record["dtype"]  # the recorded images' dtype
+    weights: Literal["pretrained", "random"] = (
+        "pretrained" if record["weights"] == "pretrained" else "random"
+    )
+    log(f"building {spec.pipeline} ({weights} weights, {dtype}) ...")
+    pipe = load_pipeline(spec.pipeline, weights=weights, dtype=dtype, device=str(device))
+    set_scheduler(pipe, spec.scheduler)
+    scorer = ClipScorer(spec.metric.model, spec.metric.pretrained, device)
+    bench = Bench(spec, pipe, scorer, device)
+    prompts = replace(spec.prompts, split="heldout", count=len(record["heldout_seeds"]),
+                      seed=spec.prompts.seed + SEED_OFFSET)  # fmt: skip
+    held = Bench(spec.replace(prompts=prompts), pipe, scorer, device)
+    seeds = [spec.prompts.seed + i for i in range(n_images)]
+    held_seeds = [prompts.seed + i for i in range(prompts.count)]
+    for what, found, wanted in (
+        ("prompts", bench.prompts, record["prompts"]),
+        ("seeds", seeds, record["seeds"]),
+        ("heldout_prompts", held.prompts, record["heldout_prompts"]),
+        ("heldout_seeds", held_seeds, record["heldout_seeds"]),
+    ):
+        if found != wanted:
+            raise SystemExit(f"{args.landscape}: its {what} are not the study's today")
+
+    def generate(of: Any) -> torch.Tensor:
+        """Every prompt of ``of`` (the search or held-out prompts), ``per_call`` a call."""
+        count = len(of.prompts)
+        return torch.cat(
+            [of.generate(s, min(s + per_call, count)) for s in range(0, count, per_call)]
+        )
+
+    def score(images: torch.Tensor, of: Any) -> list[float]:
+        return [round(s, 4) for s in scorer(images, of.prompts)]
+
+    def difference(a: Sequence[float], b: Sequence[float]) -> float:
+        return round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 4)
+
+    log("the plain pipeline's images ...")
+    references = {"": generate(bench), "heldout_": generate(held)}
+    embedded = {split: scorer.embed_images(images) for split, images in references.items()}
+    baselines = {"": score(references[""], bench), "heldout_": score(references["heldout_"], held)}
+    baseline_difference = max(
+        difference(baselines[""], record["baseline_scores"]),
+        difference(baselines["heldout_"], record["heldout_baseline_scores"]),
+    )
+
+    def compare(images: torch.Tensor, split: str, of: Any, recorded: list[float]) -> Record:
+        """The images' scores and loss, and their fidelity to the baseline images."""
+        reference = references[split]
+        cosine = (scorer.embed_images(images) * embedded[split]).sum(dim=-1)
+        scores = score(images, of)
+        return {
+            f"{split}rescore_difference": difference(scores, recorded),
+            f"{split}fidelity_scores": scores,
+            f"{split}fidelity_score_loss": round(score_loss(baselines[split], scores), 6),
+            f"{split}psnr_per_prompt": [round(x, 4) for x in psnr(images, reference)],
+            f"{split}ssim_per_prompt": [round(x, 6) for x in ssim(images, reference)],
+            f"{split}clip_image_per_prompt": [round(x, 6) for x in cosine.tolist()],
+        }
+
+    points = record["points"]
+    wanted_points = _fidelity_subset(points, args.select, args.indices, args.seed)
+    todo = [p for p in wanted_points if not p.get("error") and "psnr_per_prompt" not in p]
+    k, n = args.shard
+    todo = shard(todo, k, n)
+    run: Record = {
+        "command": args.command_line,
+        "device": device_name(device),
+        **_environment(),
+        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "shard": f"{k}/{n}",
+        "time_budget": args.time_budget,
+        "asked": len(todo),
+        "done": 0,
+        "stopped": None,
+        "wall_seconds": None,
+        "baseline_score_difference": baseline_difference,
+        "baseline_scores": baselines[""],  # the fidelity_score_loss's, as regenerated
+        "heldout_baseline_scores": baselines["heldout_"],
+    }
+    runs = [*(record.get("fidelity") or {}).get("runs", []), run]
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_path = args.out / (f"{name}.json" if n == 1 else f"{name}.fidelity-{k}-of-{n}.json")
+
+    def write() -> None:
+        run["wall_seconds"] = round(time.monotonic() - started, 1)
+        record["fidelity"] = fidelity_info(points, runs)
+        write_json(out_path, record)
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    budget = math.inf if args.time_budget is None else args.time_budget
+    slowest = 0.0
+    log(f"{len(todo)} points to compare ({len(points)} in the landscape)")
+    try:
+        for seq, point in enumerate(todo):
+            if time.monotonic() - started + slowest > budget:
+                run["stopped"] = f"time budget: stopped before point {seq} of {len(todo)}"
+                break
+            began = time.monotonic()
+            row: Record = {}
+            try:
+                if point["accelerators"]:
+                    accelerators.apply(pipe, point["accelerators"], steps=spec.steps)
+                images = generate(bench)
+                held_images = generate(held)
+            except Exception as err:  # one failing point must not cost the whole run
+                point["fidelity_error"] = f"{type(err).__name__}: {err}"[:500]
+                continue
+            finally:
+                accelerators.remove(pipe)  # also when apply or generation raised
+            row.update(compare(images, "", bench, point["scores"]))
+            row.update(compare(held_images, "heldout_", held, point["heldout_scores"]))
+            point.update(row)
+            point.pop("fidelity_error", None)
+            run["done"] += 1
+            slowest = max(slowest, time.monotonic() - began)
+            if (seq + 1) % FIDELITY_CHECKPOINT == 0:
+                write()
+            log(_describe_fidelity(point, seq, len(todo)))
+    except (Stop, KeyboardInterrupt):
+        run["stopped"] = "interrupted"
+        accelerators.remove(pipe)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    write()
+    check = record["fidelity"]
+    log(
+        f"wrote {out_path} ({run['done']} of {len(todo)} points"
+        f"{', partial' if run['stopped'] else ''}); scores differ from the recording by at "
+        f"most {check['score_difference']} (held-out {check['heldout_score_difference']}, "
+        f"baseline {baseline_difference})"
+    )
+    return out_path
+
+
+def _fidelity_subset(
+    points: Sequence[Point], count: int | None, indices: Sequence[int] | None, seed: int
+) -> list[Point]:
+    """``--indices`` (plan indices), else ``select(points, count)``: the off point and a sample."""
+    if indices is None:  # plan order: the off point first, whatever order a shard measured
+        return select(sorted(points, key=lambda p: p["index"]), count, seed)
+    by_index = {p["index"]: p for p in points}
+    if unknown := sorted(set(indices) - set(by_index)):
+        raise SystemExit(f"--indices: no point with index {', '.join(map(str, unknown))}")
+    return [by_index[i] for i in sorted(set(indices))]
+
+
+FIDELITY_POINT_KEYS = tuple(
+    f"{split}{key}"
+    for split in ("", "heldout_")
+    for key in (*FIDELITY_FIELDS, "fidelity_scores", "fidelity_score_loss", "rescore_difference")
+)
+
+
+def fidelity_info(points: Sequence[Point], runs: Sequence[Record]) -> Record:
+    """The file's ``fidelity`` record: the runs that added the fields and how well they match.
+
+    ``score_difference`` (``heldout_``): the largest absolute difference of a regenerated CLIP
+    score from the recorded one (per point: ``rescore_difference``); ``psnr_difference`` and
+    ``ssim_difference``: of the mean of the per-prompt values from the recorded ``psnr`` and
+    ``ssim`` (a mean PSNR is inf when one image is identical); ``baseline_score_difference``:
+    of the plain pipeline's scores, over the runs.
+    """
+    done = [p for p in points if "psnr_per_prompt" in p]
+    psnrs = []
+    for p in done:
+        mean = statistics.fmean(p["psnr_per_prompt"])
+        same = mean == p["psnr"] or (math.isinf(mean) and math.isinf(p["psnr"]))
+        psnrs.append(0.0 if same else abs(mean - p["psnr"]))
+    ssims = [abs(statistics.fmean(p["ssim_per_prompt"]) - p["ssim"]) for p in done]
+
+    def top(values: Iterable[float], digits: int) -> float | None:
+        found = list(values)
+        return round(max(found), digits) if found else None
+
+    return {
+        "points": len(done),
+        "of": sum(1 for p in points if not p.get("error")),
+        "errors": sum(1 for p in points if p.get("fidelity_error")),
+        "baseline_score_difference": top((r["baseline_score_difference"] for r in runs), 4),
+        "score_difference": top((p["rescore_difference"] for p in done), 4),
+        "heldout_score_difference": top((p["heldout_rescore_difference"] for p in done), 4),
+        "points_with_score_difference": sum(
+            max(p["rescore_difference"], p["heldout_rescore_difference"]) > 0 for p in done
+        ),
+        "psnr_difference": top(psnrs, 4),
+        "ssim_difference": top(ssims, 6),
+        "runs": list(runs),
+    }
+
+
+def merge_fidelity(landscape: Record, records: Sequence[Record]) -> Record:
+    """The landscape with the fidelity fields of ``records`` (``fidelity --shard`` outputs of
+    it, or any partial ones): each point's fields from the one record that has them.
+
+    Refuses a record of another study or of other points, and a point two records measured.
+    """
+    merged = {**landscape, "points": [dict(p) for p in landscape["points"]]}
+    by_index = {p["index"]: p for p in merged["points"]}
+    runs = list((landscape.get("fidelity") or {}).get("runs", []))
+    owner: dict[int, int] = {i: -1 for i, p in by_index.items() if "psnr_per_prompt" in p}
+    for n, record in enumerate(records):
+        if record["study"] != landscape["study"]:
+            raise ValueError(f"fidelity of {record['study']}, not of {landscape['study']}")
+        for p in record["points"]:
+            mine = by_index.get(p["index"])
+            if mine is None or config_key(mine["accelerators"]) != config_key(p["accelerators"]):
+                raise ValueError(f"point {p['index']} is not the landscape's")
+            if "psnr_per_prompt" not in p or owner.get(p["index"]) == -1:
+                continue  # not measured there, or already in the landscape
+            if p["index"] in owner:
+                raise ValueError(f"two files measured point {p['index']}")
+            owner[p["index"]] = n
+            mine.update({k: p[k] for k in FIDELITY_POINT_KEYS})
+            mine.pop("fidelity_error", None)
+        for p in record["points"]:
+            if p.get("fidelity_error") and p["index"] not in owner:
+                by_index[p["index"]]["fidelity_error"] = p["fidelity_error"]
+        old = {json.dumps(r, sort_keys=True) for r in runs}
+        runs += [
+            r
+            for r in (record.get("fidelity") or {}).get("runs", [])
+            if json.dumps(r, sort_keys=True) not in old
+        ]
+    merged["fidelity"] = fidelity_info(merged["points"], runs)
+    return merged
+
+
+def _describe_fidelity(point: Point, seq: int, total: int) -> str:
+    what = _short(point["accelerators"])
+    loss = 100 * point["score_loss"]
+    f = point_fidelity(point)
+    assert f is not None
+    return (
+        f"[{seq + 1}/{total}] {what:50} loss {loss:+.2f}% PSNR {f['psnr']:.2f} "
+        f"SSIM {f['ssim']:.4f} CLIP-image {f['clip_image']:.4f}"
+    )
+
+
 # --- files ------------------------------------------------------------------------------------
 
 
@@ -782,6 +1081,168 @@ def markdown(summary: Record) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- fidelity beside the CLIP loss: the summary -------------------------------------------------
+
+FIDELITY_METRICS = ("psnr", "ssim", "clip_image")
+# Bounds joined to the study's CLIP-loss budget, one configuration choice each (see
+# docs/BENCHMARKS.md for why these values); {} is the CLIP budget alone.
+FIDELITY_BOUNDS: tuple[Mapping[str, float], ...] = (
+    {},
+    {"psnr": 30.0},  # the issue's "say, 30 dB", and bounds of the same looseness
+    {"ssim": 0.9},
+    {"clip_image": 0.95},
+    {"psnr": 35.0},  # about the lowest third of the points within the CLIP budget
+    {"psnr": 40.0},  # about the lowest three quarters
+    {"ssim": 0.98},  # about the lowest quarter
+    {"clip_image": 0.995},  # about the lowest half
+)
+FIDELITY_FLOORS = (40.0, 35.0, 30.0)  # dB: how many points within the budget fall below each
+
+
+def pooled_psnr(values: Iterable[float], data_range: float = 1.0) -> float:
+    """The PSNR of the images taken together: of their mean squared error, not the mean of their
+    PSNRs, so one identical image (inf) cannot make a set inf (torchmetrics' default too).
+
+    >>> pooled_psnr([math.inf, 20.0])
+    23.010299956639813
+    """
+    mses = [0.0 if math.isinf(v) else data_range**2 * 10 ** (-v / 10) for v in values]
+    mse = statistics.fmean(mses)
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def point_fidelity(point: Point, split: str = "") -> dict[str, float] | None:
+    """A point's fidelity over one split (``""``: search, ``"heldout_"``): the pooled PSNR, the
+    lowest PSNR of one prompt, and the mean SSIM and CLIP-image similarity; None: not recorded."""
+    if f"{split}psnr_per_prompt" not in point:
+        return None
+    values = point[f"{split}psnr_per_prompt"]
+    return {
+        "psnr": pooled_psnr(values),
+        "min_psnr": min(values),
+        "ssim": statistics.fmean(point[f"{split}ssim_per_prompt"]),
+        "clip_image": statistics.fmean(point[f"{split}clip_image_per_prompt"]),
+    }
+
+
+def loss_of(point: Point, split: str = "") -> float:
+    """The CLIP-score loss of the images the fidelity fields describe (``fidelity_score_loss``;
+    the recorded ``score_loss`` where there are none): losses and fidelity of one draw, since
+    ToMe on CUDA does not repeat a draw bit for bit."""
+    found = point.get(f"{split}fidelity_score_loss")
+    return float(point[f"{split}score_loss"] if found is None else found)
+
+
+def holds(point: Point, budget: float, bounds: Mapping[str, float], split: str = "") -> bool:
+    """The CLIP-loss budget and every fidelity bound (a lower bound) hold on ``split``."""
+    loss = loss_of(point, split)
+    found = point_fidelity(point, split) if bounds else {}
+    if found is None:
+        return False
+    return loss <= budget and all(found[k] >= v for k, v in bounds.items())
+
+
+def fidelity_summary(
+    landscape: Record,
+    bounds: Sequence[Mapping[str, float]] = FIDELITY_BOUNDS,
+    floors: Sequence[float] = FIDELITY_FLOORS,
+) -> Record:
+    """A plain record of what a fidelity bound beside the CLIP budget changes (no drawing).
+
+    Over the points with accelerators on, a timing and per-prompt fidelity (T-GATE's sample
+    included): ``families``, the fastest point within the budget per accelerator set;
+    ``choices``, per bound set, the fastest point feasible on the search prompts (the one a
+    study would choose) and how many feasible points keep the budget (``heldout_clip``) and
+    every bound (``heldout_all``) on the held-out prompts; ``below``, how many points within
+    the budget fall below each PSNR floor (pooled, and for at least one prompt).
+    """
+    if unknown := sorted({k for b in bounds for k in b} - set(FIDELITY_METRICS)):
+        raise ValueError(f"unknown fidelity metric {unknown[0]!r}; known: {FIDELITY_METRICS}")
+    budget = landscape["max_score_loss"]
+    pts = [
+        p
+        for p in landscape["points"]
+        if p["accelerators"] and p.get("speedup") and p.get("score_loss") is not None
+    ]
+    measured = [p for p in pts if "psnr_per_prompt" in p]
+    within = [p for p in measured if loss_of(p) <= budget]
+    # Feasible by the recorded loss but not by the regenerated one, or the reverse.
+    flips = [p for p in measured if (p["score_loss"] <= budget) != (loss_of(p) <= budget)]
+
+    def fastest(rows: Sequence[Point]) -> Point | None:
+        return max(rows, key=lambda p: p["speedup"]) if rows else None  # ties: the first
+
+    def described(p: Point, b: Mapping[str, float]) -> Record:
+        return {
+            "index": p["index"],
+            "accelerators": p["accelerators"],
+            "speedup": p["speedup"],
+            "score_loss": loss_of(p),
+            "heldout_score_loss": loss_of(p, "heldout_"),
+            "recorded_score_loss": p["score_loss"],
+            "recorded_heldout_score_loss": p["heldout_score_loss"],
+            "search": point_fidelity(p),
+            "heldout": point_fidelity(p, "heldout_"),
+            "passes_clip": loss_of(p, "heldout_") <= budget,
+            "passes_all": holds(p, budget, b, "heldout_"),
+        }
+
+    families: dict[str, list[Point]] = {}
+    for p in within:
+        families.setdefault(plan_name(p["accelerators"]), []).append(p)
+    order = ["+".join(c) for r in (1, 2, 3) for c in itertools.combinations(ORDER, r)]
+    choices = []
+    for b in bounds:
+        feasible = [p for p in measured if holds(p, budget, b)]
+        choices.append({
+            "bounds": dict(b),
+            "feasible": len(feasible),
+            "heldout_clip": sum(loss_of(p, "heldout_") <= budget for p in feasible),
+            "heldout_all": sum(holds(p, budget, b, "heldout_") for p in feasible),
+            "chosen": described(best, b) if (best := fastest(feasible)) else None,
+        })  # fmt: skip
+    below = []
+    for floor in floors:
+        found = [point_fidelity(p) for p in within]
+        below.append({
+            "floor": floor,
+            "pooled": sum(f is not None and f["psnr"] < floor for f in found),
+            "any_prompt": sum(f is not None and f["min_psnr"] < floor for f in found),
+        })  # fmt: skip
+    redrawn: dict[str, list[int]] = {}  # per accelerator set: [regenerated differently, all]
+    for p in landscape["points"]:
+        if "rescore_difference" in p:
+            counts = redrawn.setdefault(plan_name(p["accelerators"]), [0, 0])
+            counts[0] += max(p["rescore_difference"], p["heldout_rescore_difference"]) > 0
+            counts[1] += 1
+    info = landscape.get("fidelity") or {}
+    return {
+        "study": landscape["study"],
+        "device": info.get("device", landscape["device"]),
+        "date": info.get("date", landscape["date"]),
+        "command": info.get("command"),
+        "max_score_loss": budget,
+        "prompts": len(landscape["prompts"]),
+        "heldout_prompts": len(landscape.get("heldout_prompts") or []),
+        "points": len(pts),
+        "measured": len(measured),
+        "within": len(within),
+        "flips": len(flips),
+        "recorded_within": sum(p["score_loss"] <= budget for p in measured),
+        "score_difference": info.get("score_difference"),
+        "heldout_score_difference": info.get("heldout_score_difference"),
+        "baseline_score_difference": info.get("baseline_score_difference"),
+        "redrawn": {n: redrawn[n] for n in ["off", *order] if n in redrawn},
+        "families": [
+            {"set": n, "points": len(rows), **described(fastest(rows) or rows[0], {})}
+            for n in order
+            if (rows := families.get(n))
+        ],
+        "choices": choices,
+        "below": below,
+    }
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -817,7 +1278,32 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path(__file__).parent / "landscapes")
     s = sub.add_parser("summary", help="print the markdown summary of landscape files")
     s.add_argument("files", nargs="+", type=Path)
+    f = sub.add_parser("fidelity", help="add per-prompt PSNR, SSIM and CLIP-image similarity "
+                       "to a scored landscape (regenerates its images; no timing)")  # fmt: skip
+    f.add_argument("landscape", type=Path, help="e.g. bench/landscapes/ToySD-DDIM-20.json")
+    f.add_argument("--device", help="default: cuda if there is one")
+    f.add_argument("--dtype", help="default: the landscape's")
+    pick = f.add_mutually_exclusive_group()
+    pick.add_argument("--select", type=int, metavar="N",
+                      help="only N points: the off point and a seeded sample")  # fmt: skip
+    pick.add_argument("--indices", type=_indices, metavar="I,J,...", help="only these points")
+    f.add_argument("--seed", type=int, default=0, help="for --select")
+    f.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="K/N",
+                   help="every N-th point left; writes <study>.fidelity-K-of-N.json")  # fmt: skip
+    f.add_argument("--time-budget", type=float, help="seconds from start; stop before overrun")
+    f.add_argument("--out", type=Path, default=Path("."), help="writes <out>/<study>.json")
+    fm = sub.add_parser("fidelity-merge", help="join fidelity shard files into the landscape")
+    fm.add_argument("landscape", type=Path)
+    fm.add_argument("files", nargs="+", type=Path)
+    fm.add_argument("--out", type=Path, default=Path(__file__).parent / "landscapes")
     return top
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--indices takes I,J,...; got {text!r}") from None
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -854,6 +1340,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{path}: {len(merged['points'])} points"
                 + (", partial" if merged["partial"] else "")
             )
+    elif args.command == "fidelity":
+        if args.select is not None and args.select < 1:
+            raise SystemExit(f"--select must be at least 1; got {args.select}")
+        fidelity(args)
+    elif args.command == "fidelity-merge":
+        merged = merge_fidelity(load(args.landscape), [load(p) for p in args.files])
+        merged["fidelity"]["command"] = args.command_line
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{merged['study']}.json"
+        write_json(path, merged)
+        f = merged["fidelity"]
+        print(f"{path}: fidelity of {f['points']} of {f['of']} points; scores differ from the "
+              f"recording by at most {f['score_difference']} "
+              f"(held-out {f['heldout_score_difference']})")  # fmt: skip
     else:
         for path in args.files:
             print(markdown(summarize(load(path))))

@@ -2,6 +2,7 @@
 
     python bench/tables.py bench/results/*.json bench/landscapes/*.json > tables.md
     python bench/tables.py $OUT/results.json
+    python bench/tables.py --fidelity bench/landscapes/ToySD-DDIM-20.json
 
 One renderer for every file the benchmarks write, so a run's tables.md and the docs' tables
 come from the same code: ``bench/all.py`` writes its tables.md with ``render``, and the tables
@@ -9,7 +10,8 @@ in docs/BENCHMARKS.md are regenerated from the recorded files with this command.
 file (``kind_of``): a speed record (bench/speed.py, or bench/all.py's merge of several), a study
 summary (bench/study_report.py), a scaling record (bench/scaling.py), a CPU record
 (bench/cpu.py), a landscape (bench/landscape.py), and bench/all.py's results.json, which holds
-a record of each suite it ran. Reads JSON, writes text; imports no torch.
+a record of each suite it ran. ``--fidelity`` renders a scored landscape's fidelity tables
+(``bench/landscape.py fidelity``) instead. Reads JSON, writes text; imports no torch.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import landscape  # bench/landscape.py, beside this file: its summary of a landscape
 
-__all__ = ["describe", "kind_of", "render", "render_files", "runs_table"]
+__all__ = ["describe", "fidelity_tables", "kind_of", "render", "render_files", "runs_table"]
 
 Record = Mapping[str, Any]
 
@@ -341,6 +343,103 @@ def _set_cells(name: str, g: Record, complete: Sequence[str]) -> list[str]:
     return [f"{g['points']}", speed, f"{best['psnr']:.1f}"]
 
 
+# --- fidelity beside the CLIP loss: bench/landscape.py fidelity -------------------------------
+
+METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "clip_image": "CLIP-image"}
+
+
+def _bounds(bounds: Mapping[str, float], budget: float) -> str:
+    clip = f"CLIP loss <= {100 * budget:g}%"
+    if not bounds:
+        return f"{clip} alone"
+    unit = {"psnr": " dB"}
+    return clip + "".join(
+        f" + {METRIC_NAMES[k]} >= {v:g}{unit.get(k, '')}" for k, v in bounds.items()
+    )
+
+
+def _pair(search: float, heldout: float, digits: int, scale: float = 1.0) -> str:
+    signed = "+" if scale != 1.0 else ""  # a loss in %: its sign says better or worse
+    return f"{scale * search:{signed}.{digits}f} / {scale * heldout:{signed}.{digits}f}"
+
+
+def _fidelity_cells(p: Record) -> list[str]:
+    """Loss, pooled PSNR, lowest prompt's PSNR, SSIM, CLIP-image: search / held-out."""
+    s, h = p["search"], p["heldout"]
+    return [
+        _pair(p["score_loss"], p["heldout_score_loss"], 2, 100.0),
+        _pair(s["psnr"], h["psnr"], 1),
+        _pair(s["min_psnr"], h["min_psnr"], 1),
+        _pair(s["ssim"], h["ssim"], 3),
+        _pair(s["clip_image"], h["clip_image"], 3),
+    ]
+
+
+def _share(count: int, of: int) -> str:
+    return f"{count} of {of} ({100 * count / of:.0f}%)" if of else "0 of 0"
+
+
+def fidelity_tables(record: dict[str, Any]) -> list[str]:
+    """A scored landscape with per-prompt fidelity (``bench/landscape.py fidelity``): what the
+    CLIP budget lets through, per accelerator set; the configuration each bound set chooses;
+    how many points within the budget fall below each PSNR floor."""
+    s = landscape.fidelity_summary(record)
+    budget = s["max_score_loss"]
+    pct = f"{100 * budget:g}%"
+    redrawn = ", ".join(f"{SET_NAMES[n]} {d} of {t}" for n, (d, t) in s["redrawn"].items())
+    lines = [
+        f"- {s['points']} configurations with accelerators on ({s['measured']} with fidelity), "
+        f"{s['prompts']} search and {s['heldout_prompts']} held-out prompts; "
+        f"{s['within']} within the {pct} CLIP budget ({s['recorded_within']} by the recorded "
+        f"scores; the regeneration flips {s['flips']})",
+        f"- regenerated CLIP scores against the recorded ones: largest difference "
+        f"{s['score_difference']:.2f} (search), {s['heldout_score_difference']:.2f} (held-out) "
+        f"on one prompt, baseline {s['baseline_score_difference']:.2f}; points that differ: "
+        f"{redrawn}",
+        "",
+        *header("accelerators", f"within {pct}", "fastest within the budget", "speedup",
+                "CLIP loss %", "PSNR dB", "lowest prompt's PSNR", "SSIM", "CLIP-image"),
+    ]  # fmt: skip
+    for g in s["families"]:
+        lines.append(row([SET_NAMES[g["set"]], str(g["points"]),
+                          _named(g["accelerators"]), f"{g['speedup']:.2f}x",
+                          *_fidelity_cells(g)]))  # fmt: skip
+    lines += ["", *header("bounds (search prompts)", "feasible", "chosen (fastest feasible)",
+                          "speedup", "CLIP loss %", "PSNR dB", "lowest prompt's PSNR", "SSIM",
+                          "CLIP-image", "chosen holds on held-out: CLIP / all bounds",
+                          "feasible that hold on held-out: CLIP", "... all bounds")]  # fmt: skip
+    for c in s["choices"]:
+        p = c["chosen"]
+        head = [_bounds(c["bounds"], budget), str(c["feasible"])]
+        if p is None:
+            lines.append(row([*head, "none", *["-"] * 9]))
+            continue
+        verdict = " / ".join("yes" if p[k] else "no" for k in ("passes_clip", "passes_all"))
+        lines.append(row([*head, _named(p["accelerators"]), f"{p['speedup']:.2f}x",
+                          *_fidelity_cells(p), verdict,
+                          _share(c["heldout_clip"], c["feasible"]),
+                          _share(c["heldout_all"], c["feasible"])]))  # fmt: skip
+    lines += ["", *header("PSNR floor", f"within {pct} CLIP loss", "pooled PSNR below it",
+                          "at least one prompt below it")]  # fmt: skip
+    for b in s["below"]:
+        lines.append(row([f"{b['floor']:g} dB", str(s["within"]),
+                          _share(b["pooled"], s["within"]),
+                          _share(b["any_prompt"], s["within"])]))  # fmt: skip
+    return lines
+
+
+def render_fidelity(records: Sequence[dict[str, Any]]) -> str:
+    """``fidelity_tables`` of each landscape that has per-prompt fidelity, under its study."""
+    parts = []
+    for record in records:
+        if record.get("fidelity") is None:
+            raise ValueError(
+                f"{record['study']}: no per-prompt fidelity; run bench/landscape.py fidelity"
+            )
+        parts.append("\n".join([f"### {record['study']}", "", *fidelity_tables(record)]))
+    return "\n\n".join(parts) + "\n"
+
+
 # --- files ------------------------------------------------------------------------------------
 
 
@@ -441,12 +540,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", type=Path, help="result JSON files")
     parser.add_argument("--out", type=Path, help="write here (default: print)")
     parser.add_argument(
+        "--fidelity",
+        action="store_true",
+        help="the fidelity tables of scored landscapes (bench/landscape.py fidelity)",
+    )
+    parser.add_argument(
         "--runs",
         action="store_true",
         help="one table of the files' speed runs side by side (runs_table)",
     )
     args = parser.parse_args(argv)
-    if args.runs:
+    if args.fidelity:
+        try:
+            text = render_fidelity([json.loads(p.read_text()) for p in args.files])
+        except ValueError as err:
+            parser.error(str(err))
+    elif args.runs:
         runs = {p.stem: speed_of(json.loads(p.read_text())) for p in args.files}
         if lacking := [name for name, r in runs.items() if "pipes" not in r]:
             parser.error(f"--runs compares speed runs; no speed run in: {', '.join(lacking)}")

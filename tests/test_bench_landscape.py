@@ -10,6 +10,7 @@ import importlib.util
 import itertools
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -347,6 +348,215 @@ def test_scores_need_a_trained_scorer(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="TinySD-DDIM-10: --heldout records CLIP scores, and"):
         landscape.main([*args, "--heldout", "2", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+# --- fidelity: per-prompt PSNR, SSIM and CLIP-image beside the CLIP loss ----------------------
+
+
+def test_fidelity_regenerates_a_fresh_measure_exactly(
+    toy: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """On the CPU, fidelity's images are measure's: the same scores to the last digit. A run
+    stopped by its budget writes a partial file, and a run on that file completes it."""
+    base = tmp_path / "shard.json"
+    landscape.write_json(base, toy[0])  # one prompt a call, as fidelity regenerates it
+    args = ["fidelity", str(base), "--device", "cpu"]
+    assert landscape.main([*args, "--time-budget", "0", "--out", str(tmp_path / "a")]) == 0
+    partial = landscape.load(tmp_path / "a" / "ToySD-DDIM-20.json")
+    (run,) = partial["fidelity"]["runs"]
+    assert run["stopped"] == f"time budget: stopped before point 0 of {len(toy[0]['points'])}"
+    assert (partial["fidelity"]["points"], run["done"]) == (0, 0)
+    assert partial["fidelity"]["baseline_score_difference"] == 0.0
+    assert partial["fidelity"]["score_difference"] is None
+    assert partial["points"] == toy[0]["points"]  # nothing else changes
+
+    resumed = tmp_path / "a" / "ToySD-DDIM-20.json"
+    assert (
+        landscape.main(["fidelity", str(resumed), "--device", "cpu", "--out", str(tmp_path / "b")])
+        == 0
+    )
+    done = landscape.load(tmp_path / "b" / "ToySD-DDIM-20.json")
+    f = done["fidelity"]
+    assert [r["done"] for r in f["runs"]] == [0, len(toy[0]["points"])]
+    assert (f["points"], f["of"], f["errors"]) == (len(toy[0]["points"]),) * 2 + (0,)
+    assert f["score_difference"] == f["heldout_score_difference"] == 0.0
+    assert f["points_with_score_difference"] == 0
+    assert f["runs"][1]["baseline_scores"] == toy[0]["baseline_scores"]
+    for p, measured in zip(done["points"], toy[0]["points"], strict=True):
+        assert {k: p[k] for k in measured} == measured  # the recording stays as it was
+        assert (p["fidelity_scores"], p["heldout_fidelity_scores"]) == (
+            measured["scores"],
+            measured["heldout_scores"],
+        )
+        assert (p["fidelity_score_loss"], p["heldout_fidelity_score_loss"]) == (
+            measured["score_loss"],
+            measured["heldout_score_loss"],
+        )
+        for key in landscape.FIDELITY_POINT_KEYS:
+            if key.endswith("_per_prompt"):
+                assert len(p[key]) == 2, key
+        if not p["accelerators"]:  # the plain pipeline: its own baseline images
+            assert p["psnr_per_prompt"] == p["heldout_psnr_per_prompt"] == [math.inf] * 2
+            assert p["ssim_per_prompt"] == p["heldout_ssim_per_prompt"] == [1.0, 1.0]
+            assert p["clip_image_per_prompt"] == [1.0, 1.0]
+        else:  # measure's mean PSNR and SSIM are the means of these
+            assert math.isclose(statistics.fmean(p["psnr_per_prompt"]), p["psnr"], abs_tol=1e-3)
+            assert math.isclose(statistics.fmean(p["ssim_per_prompt"]), p["ssim"], abs_tol=1e-5)
+            assert all(0 < c < 1 for c in p["clip_image_per_prompt"])
+
+
+def test_fidelity_needs_a_scored_landscape(tmp_path: Path) -> None:
+    old = ROOT / "bench" / "landscapes" / "SD1.5-DDIM-20.json"
+    with pytest.raises(SystemExit, match="no per-prompt CLIP scores; fidelity needs a scored"):
+        landscape.main(["fidelity", str(old), "--device", "cpu", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_fidelity_subsets(capsys: pytest.CaptureFixture[str]) -> None:
+    points = [{"index": i} for i in (3, 0, 2, 1)]  # a shard's measurement order
+    assert [p["index"] for p in landscape._fidelity_subset(points, 1, None, 0)] == [0]
+    assert [p["index"] for p in landscape._fidelity_subset(points, None, [2, 1, 2], 0)] == [1, 2]
+    with pytest.raises(SystemExit, match="--indices: no point with index 7, 9"):
+        landscape._fidelity_subset(points, None, [9, 1, 7], 0)
+    with pytest.raises(SystemExit) as stop:
+        landscape.main(["fidelity", "x.json", "--indices", "1,a"])
+    assert stop.value.code == 2
+    assert "--indices takes I,J,...; got '1,a'" in capsys.readouterr().err
+
+
+def _prompts(search: list[float], heldout: list[float]) -> dict[str, list[float]]:
+    """Per-prompt fidelity: PSNRs as given; SSIM and CLIP-image from them, so they rank alike."""
+    out: dict[str, list[float]] = {}
+    for split, values in (("", search), ("heldout_", heldout)):
+        out[f"{split}psnr_per_prompt"] = values
+        out[f"{split}ssim_per_prompt"] = [1.0 if math.isinf(v) else v / 50 for v in values]
+        out[f"{split}clip_image_per_prompt"] = [1.0 if math.isinf(v) else v / 45 for v in values]
+    return out
+
+
+def _synthetic() -> dict[str, Any]:
+    """Six points of two prompts; every number chosen so each count below is worked by hand."""
+
+    def point(
+        i: int,
+        configs: dict[str, Any],
+        speedup: float,
+        loss: float,
+        held: float,
+        search: list[float],
+        heldout: list[float],
+        **extra: Any,
+    ) -> dict[str, Any]:
+        prompts = _prompts(search, heldout)
+        means = {k: statistics.fmean(prompts[f"{k}_per_prompt"]) for k in ("psnr", "ssim")}
+        return {"index": i, "accelerators": configs, "speedup": speedup, "score_loss": loss,
+                "heldout_score_loss": held, **means, **prompts, **extra}  # fmt: skip
+
+    dc = {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}}
+    tome = {"tome": {"ratio": 0.5, "max_downsample": 1}}
+    inf = math.inf
+    return {
+        "study": "Toy", "device": "cpu", "date": "2026-12-04", "max_score_loss": 0.02,
+        "prompts": ["a", "b"], "heldout_prompts": ["c", "d"],
+        "points": [
+            point(0, {}, 1.0, 0.0, 0.0, [inf, inf], [inf, inf]),
+            # pooled PSNR of 30 and 26 dB: 10 log10(2 / (10^-3 + 10^-2.6)) = 27.55 dB
+            point(1, dc, 3.0, 0.01, 0.03, [30.0, 26.0], [30.0, 30.0]),
+            point(2, dc, 2.0, 0.0, 0.01, [40.0, 40.0], [38.0, 38.0]),
+            point(3, tome, 1.5, 0.03, 0.0, [50.0, 50.0], [50.0, 50.0]),  # over the budget
+            # 36 dB and an identical image: pooled 39.01 dB, not inf
+            point(4, {**dc, **tome}, 2.5, 0.015, 0.019, [36.0, inf], [33.0, 33.0]),
+            # within the budget by its recorded loss, over it by the regenerated one
+            point(5, dc, 5.0, 0.01, 0.0, [45.0, 45.0], [45.0, 45.0],
+                  fidelity_score_loss=0.025, heldout_fidelity_score_loss=0.0),
+        ],
+    }  # fmt: skip
+
+
+def test_pooled_psnr() -> None:
+    assert landscape.pooled_psnr([30.0, 30.0]) == pytest.approx(30.0)
+    assert landscape.pooled_psnr([30.0, 26.0]) == pytest.approx(27.5549, abs=1e-4)
+    assert landscape.pooled_psnr([36.0, math.inf]) == pytest.approx(39.0103, abs=1e-4)
+    assert landscape.pooled_psnr([math.inf, math.inf]) == math.inf
+
+
+def test_pooled_psnr_is_torchmetrics_psnr_of_the_whole_batch() -> None:
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    from accelopt.metrics import psnr
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(4, 3, 16, 16, generator=g, dtype=torch.float64)
+    b = (a + 0.05 * torch.randn(4, 3, 16, 16, generator=g, dtype=torch.float64)).clamp(0, 1)
+    b[1] = a[1]  # one identical image: inf alone, not in the pool
+    expected = float(tm.peak_signal_noise_ratio(b, a, data_range=1.0))
+    assert landscape.pooled_psnr(psnr(b, a)) == pytest.approx(expected, abs=1e-5)  # its float32
+
+
+def test_fidelity_summary_counts() -> None:
+    bounds = ({}, {"psnr": 35.0}, {"ssim": 0.9})
+    s = landscape.fidelity_summary(_synthetic(), bounds, floors=(40.0, 30.0))
+    assert (s["points"], s["measured"], s["within"], s["recorded_within"], s["flips"]) == (
+        5, 5, 3, 4, 1
+    )  # fmt: skip
+    alone, psnr, ssim = s["choices"]
+    # The budget alone: points 1, 2 and 4 (5 is over it by the regenerated loss); the fastest,
+    # 1, loses 3% on the held-out prompts; 2 and 4 keep the budget there.
+    assert (alone["feasible"], alone["heldout_clip"], alone["heldout_all"]) == (3, 2, 2)
+    assert alone["chosen"]["index"] == 1
+    assert (alone["chosen"]["passes_clip"], alone["chosen"]["passes_all"]) == (False, False)
+    assert alone["chosen"]["search"]["psnr"] == pytest.approx(27.5549, abs=1e-4)
+    assert alone["chosen"]["search"]["min_psnr"] == 26.0
+    # PSNR >= 35 dB: 2 (40) and 4 (39.01); 4 is faster, keeps the budget on the held-out
+    # prompts, but its held-out PSNR is 33 dB; 2's is 38 dB.
+    assert (psnr["feasible"], psnr["heldout_clip"], psnr["heldout_all"]) == (2, 2, 1)
+    assert psnr["chosen"]["index"] == 4
+    assert (psnr["chosen"]["passes_clip"], psnr["chosen"]["passes_all"]) == (True, False)
+    # SSIM >= 0.9 (PSNR/50 here): 1's mean is 0.56, 2's 0.8, 4's 0.86: none
+    assert (ssim["feasible"], ssim["chosen"]) == (0, None)
+    assert s["below"] == [
+        {"floor": 40.0, "pooled": 2, "any_prompt": 2},  # 1 and 4 (39.01; one prompt 36)
+        {"floor": 30.0, "pooled": 1, "any_prompt": 1},  # 1 (27.55; one prompt 26)
+    ]
+    assert [(f["set"], f["points"], f["index"]) for f in s["families"]] == [
+        ("deepcache", 2, 1),
+        ("deepcache+tome", 1, 4),
+    ]
+    with pytest.raises(ValueError, match="unknown fidelity metric 'lpips'"):
+        landscape.fidelity_summary(_synthetic(), ({"lpips": 0.1},))
+
+
+def test_merge_fidelity_takes_each_point_from_its_file() -> None:
+    full = _synthetic()
+    recorded = ("index", "accelerators", "psnr", "ssim")
+    base = {**full, "points": [{k: v for k, v in p.items() if k in recorded}
+                               for p in full["points"]]}  # fmt: skip
+    keys = ("psnr_per_prompt", "ssim_per_prompt")
+
+    def part(indices: set[int], run: str) -> dict[str, Any]:
+        points = [dict(p) if p["index"] in indices else dict(b)
+                  for p, b in zip(full["points"], base["points"], strict=True)]  # fmt: skip
+        for p in points:
+            if p["index"] in indices:
+                p.update(rescore_difference=0.0, heldout_rescore_difference=0.5,
+                         fidelity_scores=[1.0], heldout_fidelity_scores=[1.0],
+                         fidelity_score_loss=0.0, heldout_fidelity_score_loss=0.0)  # fmt: skip
+        runs = [{"shard": run, "baseline_score_difference": 0.0}]
+        return {**base, "points": points, "fidelity": {"runs": runs}}
+
+    merged = landscape.merge_fidelity(base, [part({0, 1, 2}, "1/2"), part({3, 4, 5}, "2/2")])
+    for p, want in zip(merged["points"], full["points"], strict=True):
+        assert [p[k] for k in keys] == [want[k] for k in keys]
+    f = merged["fidelity"]
+    assert [r["shard"] for r in f["runs"]] == ["1/2", "2/2"]
+    assert (f["points"], f["heldout_score_difference"], f["points_with_score_difference"]) == (
+        6, 0.5, 6
+    )  # fmt: skip
+    assert "psnr_per_prompt" not in base["points"][0]  # the inputs stay as given
+    with pytest.raises(ValueError, match="two files measured point 2"):
+        landscape.merge_fidelity(base, [part({1, 2}, "1/2"), part({2, 3}, "2/2")])
+    with pytest.raises(ValueError, match="fidelity of Other, not of Toy"):
+        landscape.merge_fidelity(base, [{**part({1}, "1/1"), "study": "Other"}])
 
 
 # --- bench/all.py -----------------------------------------------------------------------------

@@ -196,6 +196,38 @@ def test_runs_side_by_side_refuse_a_file_without_a_speed_run(
     )
 
 
+TOY = ROOT / "bench" / "landscapes" / "ToySD-DDIM-20.json"
+
+
+def test_the_fidelity_tables_are_the_docs_line_for_line(tmp_path: Path) -> None:
+    """The toy landscape's fidelity section: its tables and notes, from the recorded file."""
+    out = tmp_path / "fidelity.md"
+    assert tables.main(["--fidelity", str(TOY), "--out", str(out)]) == 0
+    text = out.read_text()
+    lines = [line for line in text.splitlines() if line.startswith(("| ", "- "))]
+    assert [line for line in lines if line not in DOCS] == []
+    families, choices, floors = parse(text)
+    record = _load(TOY)
+    summary = tables.landscape.fidelity_summary(record)
+    assert [r[0] for r in families[1]] == [tables.SET_NAMES[f["set"]] for f in summary["families"]]
+    assert len(choices[1]) == len(tables.landscape.FIDELITY_BOUNDS)
+    assert choices[1][0][:4] == ["CLIP loss <= 2% alone", "332", "DeepCache 4/0", "2.45x"]
+    assert [r[0] for r in floors[1]] == ["40 dB", "35 dB", "30 dB"]
+    assert floors[1][-1][2:] == ["0 of 332 (0%)", "198 of 332 (60%)"]
+    assert record["fidelity"]["points"] == len(record["points"]) == 475
+
+
+def test_fidelity_tables_need_the_fidelity_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        tables.main(["--fidelity", str(RANDOM_LANDSCAPES[0])])
+    assert stop.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith("SD1.5-DDIM-20: no per-prompt fidelity; run bench/landscape.py fidelity")
+    )
+
+
 def test_speed_notes_say_what_was_not_measured_and_why() -> None:
     record = _load(ROOT / "bench" / "results" / "speed-5arch-h200x2-2026-11-28.json")
     notes = tables.speed_notes(record)
