@@ -148,9 +148,19 @@ def _describe(trial) -> str:
     eager = a.get("speedup_vs_eager")
     beside = f" ({eager:.2f}x against eager)" if eager is not None and mode != "eager" else ""
     return (
-        f"trial {trial.number}: {knobs}\n  speedup {a['speedup']:.2f}x{beside} under {mode}, "
-        f"{a['time_per_image']:.4f} s/image, {_quality(a)}"
+        f"trial {trial.number}: {knobs}\n  speedup {a['speedup']:.2f}x{_interval(a)}{beside} "
+        f"under {mode}, {a['time_per_image']:.4f} s/image, {_quality(a)}"
     )
+
+
+def _interval(a: dict) -> str:
+    """`` (1.31x-1.60x, 75% over 3 pairs)``: a paired speedup's interval, if it has one."""
+    interval, pairs = a.get("speedup_interval"), a.get("pairs") or {}
+    if not isinstance(interval, list) or len(interval) != 2:
+        return ""
+    n = len(pairs.get("ratios") or [])
+    return (f" ({interval[0]:.2f}x-{interval[1]:.2f}x, {100 * a.get('speedup_level', 0):.0f}% "
+            f"over {n} pairs)")  # fmt: skip
 
 
 def _quality(measured: dict) -> str:
@@ -202,8 +212,7 @@ def _run(args: argparse.Namespace) -> int:
         return exit_code(stop)
     states = [t.state.name for t in outcome.study.trials]
     counted = states.count("COMPLETE") + states.count("PRUNED")
-    if args.export:
-        _write_export(outcome.study, args, requirement)
+    exported = _write_export(outcome.study, args, requirement) if args.export else 0
     failed = f", {states.count('FAIL')} failed" if "FAIL" in states else ""
     if outcome.already_finished:
         print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
@@ -226,14 +235,14 @@ def _run(args: argparse.Namespace) -> int:
             print(f"requirement not met: no feasible trial reached {requirement.describe()}")
             return 1
         print(f"requirement met ({requirement.describe()}) by {_describe(best)}")
-        return 0
+        return exported
     if best is None or best.user_attrs["speedup"] <= 1.0:
         why = "no feasible accelerated trial" if best is None else "none beats the baseline"
         bounds = ", ".join(b.describe() for b in spec.bounds())
         print(f"no acceleration: {why} within {bounds}")
-        return 0
+        return exported
     print(f"best {_describe(best)}")
-    return 0
+    return exported
 
 
 def _interrupted(name: str, storage: str | None, requirement: Requirement) -> str:
@@ -424,9 +433,11 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_export(study, args, requirement) -> None:
-    from accelopt.confirm import confirm, confirmations, pending
-    from accelopt.export import entries_for
+def _write_export(study, args, requirement) -> int:
+    """Confirm and export; 1 when nothing could be written because the noise left every
+    answer undecidable (it says which, and the interval)."""
+    from accelopt.confirm import confirm, confirmations, describe, pending
+    from accelopt.export import entries_for, withheld
     from accelopt.results import is_pareto
     from accelopt.seed_format import write_seed
     from accelopt.storage import storage_url
@@ -451,11 +462,26 @@ def _write_export(study, args, requirement) -> None:
         confirm(study, bench, args.top_k, log=log, requirement=requirement)
     path = store_path(args.store)
     layout = getattr(args, "format", None) or "accelopt"
-    entries = entries_for(study, storage_url(args.storage), requirement)
+    force = bool(getattr(args, "force", False))
+    entries = entries_for(study, storage_url(args.storage), requirement, force)
+    undecided = [] if force else withheld(study, requirement)
+    for t in undecided[:3]:  # what the noise kept out, with the numbers that say so
+        confirmed = (confirmations(study) or {}).get(t.number)
+        a = t.user_attrs
+        low, high = (confirmed or {}).get("interval") or a["speedup_interval"]
+        shown = (
+            describe(confirmed) if confirmed else f"{a['speedup']:.2f}x ({low:.2f}x-{high:.2f}x)"
+        )
+        print(f"{study.study_name}: trial {t.number} not exported: its speedup {shown} is "
+              f"undecidable: the interval straddles {requirement.speedup or 1.0:g}x, so this "
+              f"machine's noise hides whether it is faster; re-run on a quieter machine, or "
+              f"pass --force to export it anyway", file=sys.stderr)  # fmt: skip
     if not entries:
         why = "none passed held-out confirmation" if confirmations(study) else "none is feasible"
+        if undecided:
+            why = "no feasible configuration is surely faster than the plain pipeline"
         print(f"{study.study_name}: nothing to export: {why}", file=sys.stderr)
-        return
+        return 1 if undecided else 0
     left_out: list[str] = []
     if layout == "seed":
         left_out = write_seed(path, entries)
@@ -469,13 +495,13 @@ def _write_export(study, args, requirement) -> None:
         points = f" (a frontier of {len(entry['frontier'])})" if "frontier" in entry else ""
         print(f"exported {printable(key, 120)}{points} -> {path} ({layout} layout)",
               file=sys.stderr)  # fmt: skip
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from accelopt.results import Requirement
 
-    _write_export(_open_study(args), args, Requirement(args.req_speedup, args.req_time))
-    return 0
+    return _write_export(_open_study(args), args, Requirement(args.req_speedup, args.req_time))
 
 
 def _read_usable(store_arg: str | None) -> tuple[Any, dict[str, Any], list[tuple[str, str]]]:
@@ -688,7 +714,8 @@ def _best(args: argparse.Namespace) -> int:
 
     study = _open_study(args)
     best = best_trial(study)
-    shown = ("speedup", "time_per_image", *METRICS, "device")
+    shown = ("speedup", "speedup_interval", "speedup_level", "time_per_image", *METRICS,
+             "device")  # fmt: skip
 
     def record(t) -> dict:
         return {"trial": t.number, "accelerators": t.user_attrs["accelerators"],
@@ -834,6 +861,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--top-k", type=int, default=3, metavar="K",
                        help="before exporting, measure the K best again on held-out prompts "
                        "(0: skip; default 3)")  # fmt: skip
+        p.add_argument("--force", action="store_true",
+                       help="export a configuration whose speedup the timing pairs could "
+                       "not tell from the baseline's (undecidable); a failed bound never "
+                       "is")  # fmt: skip
 
     p = command("run", _run, "run or resume a study; prints the best configuration")
     p.add_argument("--study", help="study NAME: PIPE-SCHED-STEPS[-TARGETS], e.g. SDXL-DDIM-25")

@@ -4,8 +4,14 @@ The best of many noisy trials is biased upward: a configuration that looked best
 prompts can miss the quality budget on the next ones. Before a study's answer is exported, its
 ``k`` fastest feasible configurations are generated again on the held-out prompts with fresh
 seeds, scored against the plain pipeline's images of those prompts and seeds, and re-timed in
-pairs alternated with the baseline. Export then takes the best one that still meets the budget
-and never one that failed (``accelopt.export``).
+at least ``MIN_PAIRS`` pairs alternated with the baseline (``accelopt.timing.Paired``).
+
+A confirmation can fail twice over: a bound that does not hold on the held-out prompts, or a
+speed the pairs cannot tell from the baseline's. Its ``speed`` is ``faster`` when the whole
+interval of the median ratio lies above 1 (or above a ``--req-speedup``), ``slower`` when it
+lies at or below, and ``undecidable`` when the noise straddles it. Export then takes the best
+one that passed, never one that failed, and an undecidable one only when forced
+(``accelopt.export``).
 
 A pareto study is not confirmed before export (``accelopt export`` says so): passing is judged
 against one budget, and its frontier answers every budget. Confirmations stored anyway are
@@ -15,7 +21,6 @@ attached to the frontier's points, and filter nothing.
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +39,13 @@ __all__ = [
     "candidates",
     "confirm",
     "confirmations",
+    "describe",
+    "judgement",
     "pending",
 ]
 
 TOP_K = 3
+MIN_PAIRS = 3  # alternated pairs a confirmation re-times at least (the spec's, if more)
 SEED_OFFSET = 1_000_003  # held-out prompt i gets seed + SEED_OFFSET + i: never a search seed
 
 
@@ -46,15 +54,19 @@ class Confirmation:
     """One configuration measured again on the held-out prompts."""
 
     trial: int
-    passed: bool  # every bound of the study held on the held-out prompts
+    passed: bool  # every bound held on the held-out prompts and the speed is "faster"
     score_loss: float
-    speedup: float  # median over the alternated pairs
-    speedups: list[float]
+    speedup: float  # the median of the alternated pairs' ratios
+    speedups: list[float]  # each pair's ratio
     prompts: int
     seed: int
     # Each fidelity metric's mean on the held-out prompts, against their baseline images.
     fidelity: dict[str, float] = dataclasses.field(default_factory=dict)
     failed: list[str] = dataclasses.field(default_factory=list)  # the bounds that did not hold
+    interval: list[float] = dataclasses.field(default_factory=list)  # [low, high] of the speedup
+    level: float = 0.0  # the probability the interval covers the median ratio
+    speed: str = ""  # "faster", "undecidable" or "slower" than the threshold, by the interval
+    threshold: float = 1.0  # what the speed was judged against: 1 or the required speedup
 
 
 def candidates(study: optuna.Study, k: int = TOP_K, requirement: Any = None) -> list[FrozenTrial]:
@@ -83,7 +95,8 @@ def confirm(
 ) -> list[Confirmation]:
     """Confirm those of the top ``k`` configurations of ``study`` not confirmed yet, with
     ``bench`` (the study's pipeline); adds them to the study's ``confirmations`` and returns
-    them. A study resumed after an export thus confirms only its new leaders."""
+    them. A study resumed after an export thus confirms only its new leaders. Each is re-timed
+    in ``max(pairs, MIN_PAIRS, the spec's timing.pairs)`` alternated pairs."""
     from accelopt.objective import Bench
 
     todo = pending(study, k, requirement)
@@ -101,45 +114,73 @@ def confirm(
         bench.device,
         bench.mode,
         lpips=bench.lpips,
+        on_batch=bench.on_batch,
     )
+    pairs = max(pairs, MIN_PAIRS, spec.timing.pairs)
+    speed = getattr(requirement, "speedup", None) or 1.0
     accelerators.remove(heldout.pipe)
     reference = heldout.measure(keep_images=True)
     heldout.set_reference(reference.images)
     results = []
     for trial in todo:
         configs = trial.user_attrs["accelerators"]
-        ratios, m = [], reference
-        for _ in range(pairs):  # A, B, A, B: drift hits the baseline and the candidate alike
+        try:
+            with accelerators.apply(heldout.pipe, configs, steps=spec.steps):
+                m = heldout.measure()
+        finally:
             accelerators.remove(heldout.pipe)
-            plain = heldout.measure().time_per_image
-            try:
-                with accelerators.apply(heldout.pipe, configs, steps=spec.steps):
-                    m = heldout.measure()
-            finally:
-                accelerators.remove(heldout.pipe)
-            ratios.append(plain / m.time_per_image)
+        paired = heldout.pairs(configs, pairs)  # A, B, B, A ...: drift hits both alike
+        low, high, level = paired.interval()
         metrics = {"score_loss": score_loss(reference.scores, m.scores), **m.means()}
         failed = [b.describe() for b in spec.bounds() if not b.holds(metrics.get(b.name))]
+        verdict = paired.verdict(speed)
         result = Confirmation(
             trial=trial.number,
-            passed=not failed,
+            passed=not failed and verdict == "faster",
             score_loss=metrics["score_loss"],
-            speedup=statistics.median(ratios),
-            speedups=ratios,
+            speedup=paired.speedup,
+            speedups=paired.ratios,
             prompts=len(m.scores),
             seed=prompts.seed,
             fidelity={k: v for k, v in metrics.items() if k != "score_loss"},
             failed=failed,
+            interval=[low, high],
+            level=level,
+            speed=verdict,
+            threshold=speed,
         )
         shown = ", ".join(f"{METRICS[k].label} {METRICS[k].show(v)}" for k, v in metrics.items())
-        verdict = "passes" if result.passed else f"FAILS {'; '.join(failed)}"
         log(f"{study.study_name}: trial {trial.number} on {result.prompts} held-out prompts: "
-            f"{result.speedup:.2f}x, {shown} -> {verdict}")  # fmt: skip
+            f"{describe(result)}, {shown} -> {judgement(result)}")  # fmt: skip
         results.append(result)
     stored = study.user_attrs.get("confirmations") or {}
     stored.update({str(r.trial): dataclasses.asdict(r) for r in results})
     study.set_user_attr("confirmations", stored)
     return results
+
+
+def describe(c: Confirmation | dict[str, Any]) -> str:
+    """``1.52x (1.31x-1.60x, 75% interval over 3 pairs)``: a confirmation's speed."""
+    r = c if isinstance(c, dict) else dataclasses.asdict(c)
+    if not r.get("interval"):  # confirmed before pairs had intervals
+        return f"{r['speedup']:.2f}x"
+    low, high = r["interval"]
+    return (f"{r['speedup']:.2f}x ({low:.2f}x-{high:.2f}x, {100 * r['level']:.0f}% interval "
+            f"over {len(r['speedups'])} pairs)")  # fmt: skip
+
+
+def judgement(c: Confirmation | dict[str, Any]) -> str:
+    """``passes``, or why not: the bounds that failed, or a speed the pairs could not tell."""
+    r = c if isinstance(c, dict) else dataclasses.asdict(c)
+    if r["passed"]:
+        return "passes"
+    why = list(r.get("failed") or [])
+    threshold = r.get("threshold", 1.0)
+    if r.get("speed") == "undecidable":
+        why.append(f"UNDECIDABLE: the interval straddles {threshold:g}x (noise)")
+    elif r.get("speed") == "slower":
+        why.append(f"not faster than {threshold:g}x")
+    return "FAILS " + "; ".join(why)
 
 
 def pending(study: optuna.Study, k: int = TOP_K, requirement: Any = None) -> list[FrozenTrial]:

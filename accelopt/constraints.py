@@ -10,9 +10,12 @@ constraint (``trial.set_constraint``) and a trial is feasible when every bound h
     clip_image_min = 0.95  # cosine of the two images' CLIP embeddings, at least
     lpips_max = 0.1        # learned perceptual distance (needs its weights), at most
 
-A trial's value of each metric is the mean of its per-prompt values, so one per-prompt sample
-serves the value, the one-sided early-stopping bound and the held-out check alike. A prompt's
-PSNR is capped at ``PSNR_CAP`` dB: identical images would otherwise give an infinite mean.
+A trial's value of each metric is the mean of its per-prompt values (``mean_of``), so one
+per-prompt sample serves the value, the one-sided early-stopping bound and the held-out check
+alike. PSNR is pooled instead: the PSNR of the prompts' mean squared error (torchmetrics'
+batch PSNR), so one unchanged image (infinite PSNR) cannot make a whole set infinite; its
+bound is tested on the per-prompt squared errors, and a set of unchanged images reads as
+``PSNR_CAP`` dB.
 
 Pure data and arithmetic: no torch, no Optuna; the spec, objective, export, codegen and report
 all read the bounds from here.
@@ -35,11 +38,12 @@ __all__ = [
     "PSNR_CAP",
     "Bound",
     "Metric",
-    "capped_psnr",
+    "mean_of",
+    "pooled_psnr",
     "quality_loss",
 ]
 
-PSNR_CAP = 100.0  # dB: a prompt whose image did not change counts as this, not as infinity
+PSNR_CAP = 100.0  # dB: what a set of unchanged images reads as, not infinity
 
 
 @dataclass(frozen=True)
@@ -145,11 +149,19 @@ class Bound:
         ``(estimate, confidence bound)`` when the whole confidence interval is on the wrong
         side (the mean plus or minus ``z`` standard errors), else None. Needs two values.
 
-        >>> Bound("psnr_min", 30.0).broken([20.0, 22.0], z=2.0)
-        (21.0, 23.0)
+        >>> Bound("ssim_min", 0.9).broken([0.6, 0.8], z=1.0)
+        (0.7, 0.8)
+
+        PSNR's interval is on the squared errors its pooled value comes from, read back in dB.
         """
         if len(values) < 2:
             return None
+        if self.name == "psnr":  # a minimum PSNR is a maximum mean squared error
+            errors = [_mse(v) for v in values]
+            mean = statistics.fmean(errors)
+            margin = z * statistics.stdev(errors) / math.sqrt(len(errors))
+            best_case = mean - margin
+            return (_db(mean), _db(best_case)) if best_case > _mse(self.limit) else None
         mean = statistics.fmean(values)
         margin = z * statistics.stdev(values) / math.sqrt(len(values))
         if self.metric.higher_is_better:
@@ -159,13 +171,29 @@ class Bound:
         return (mean, best_case) if best_case > self.limit else None
 
 
-def capped_psnr(values: Sequence[float]) -> list[float]:
-    """Per-prompt PSNR with identical images (infinite PSNR) counted as ``PSNR_CAP``.
+def pooled_psnr(values: Sequence[float]) -> float:
+    """The PSNR of images taken together (dB, images in [0, 1]): of their mean squared error,
+    not the mean of their PSNRs; at most ``PSNR_CAP``.
 
-    >>> capped_psnr([31.5, float("inf")])
-    [31.5, 100.0]
+    >>> pooled_psnr([math.inf, 20.0])
+    23.010299956639813
+    >>> pooled_psnr([math.inf, math.inf])
+    100.0
     """
-    return [min(v, PSNR_CAP) for v in values]
+    return _db(statistics.fmean(_mse(v) for v in values))
+
+
+def mean_of(metric: str, values: Sequence[float]) -> float:
+    """A trial's value of ``metric`` from its per-prompt values: the mean (PSNR: pooled)."""
+    return pooled_psnr(values) if metric == "psnr" else statistics.fmean(values)
+
+
+def _mse(db: float) -> float:
+    return 0.0 if math.isinf(db) else 10 ** (-db / 10)
+
+
+def _db(mse: float) -> float:
+    return PSNR_CAP if mse <= 10 ** (-PSNR_CAP / 10) else min(PSNR_CAP, -10 * math.log10(mse))
 
 
 def quality_loss(measured: Mapping[str, object], metric: str) -> float | None:

@@ -54,6 +54,9 @@ class _Measured(_Strict):
     ssim: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None
     clip_image: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None
     lpips: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    # A paired speedup's interval and the probability it covers the median (accelopt.timing).
+    speedup_interval: Annotated[list[Positive], Field(min_length=2, max_length=2)] | None = None
+    speedup_level: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
 
 
 class _Generation(_Strict):

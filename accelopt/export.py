@@ -24,20 +24,50 @@ from accelopt.results import Requirement, frontier
 from accelopt.storage import storage_label
 from accelopt.store import seed_key, seed_pipeline, seed_scheduler, write_entries
 
-__all__ = ["entries_for", "export_study", "package_versions"]
+__all__ = ["entries_for", "export_study", "package_versions", "speed_verdict", "withheld"]
 
 PACKAGES = ("accelopt", "torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd",
             "open_clip_torch", "optuna")  # fmt: skip
 # Our parameter names -> the seed system's (only T-GATE's warm_up differs).
 SEED_PARAMS = {"warm_up": "warmup"}
 MEASURED = ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device")
-FIDELITY = ("psnr", "ssim", "clip_image", "lpips")  # stored where the trial measured them
+# Stored where the trial measured them: fidelity, and the interval of a paired speedup.
+OPTIONAL = ("psnr", "ssim", "clip_image", "lpips", "speedup_interval", "speedup_level")
 
 
 def _measured(attrs: dict[str, Any]) -> dict[str, Any]:
-    """What an entry says was measured: speed and CLIP always, fidelity where there was any."""
+    """What an entry says was measured: speed and CLIP always, the rest where there was any."""
     return {**{k: attrs.get(k) for k in MEASURED},
-            **{k: attrs[k] for k in FIDELITY if k in attrs}}  # fmt: skip
+            **{k: attrs[k] for k in OPTIONAL if k in attrs}}  # fmt: skip
+
+
+def speed_verdict(trial: FrozenTrial, confirmed: dict[int, dict[str, Any]] | None,
+                  threshold: float = 1.0) -> str:  # fmt: skip
+    """Whether a trial is faster than ``threshold``: by its held-out confirmation when the study
+    was confirmed, else by its own paired interval; ``faster`` for a trial timed before pairs
+    (nothing to judge it by but its speedup)."""
+    if confirmed is not None:
+        return str((confirmed.get(trial.number) or {}).get("speed") or "unconfirmed")
+    interval = trial.user_attrs.get("speedup_interval")
+    if not interval:
+        return "faster"
+    low, high = interval
+    return "faster" if low > threshold else "slower" if high <= threshold else "undecidable"
+
+
+def withheld(study: optuna.Study, requirement: Requirement | None = None) -> list[FrozenTrial]:
+    """Feasible trials whose speed the pairs could not tell from the baseline's (or the
+    requirement's): what export leaves out unless forced, best first."""
+    from accelopt.confirm import confirmations
+
+    confirmed = None if (study.user_attrs.get("spec") or {}).get("objective") == "pareto" else (
+        confirmations(study))  # fmt: skip
+    threshold = (requirement.speedup if requirement else None) or 1.0
+    found = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if t.user_attrs.get("feasible")
+             and speed_verdict(t, confirmed, threshold) == "undecidable"
+             and not (confirmed or {}).get(t.number, {}).get("failed")]  # fmt: skip
+    return sorted(found, key=lambda t: -t.user_attrs["speedup"])
 
 
 def _bounds(spec: dict[str, Any]) -> dict[str, float]:
@@ -165,9 +195,11 @@ def _frontier_entries(
 
 
 def entries_for(
-    study: optuna.Study, storage: str, requirement: Requirement | None = None
+    study: optuna.Study, storage: str, requirement: Requirement | None = None, force: bool = False
 ) -> dict[str, dict[str, Any]]:
-    """The store entries a study answers (empty when no trial is feasible)."""
+    """The store entries a study answers (empty when no trial is feasible, or none is surely
+    faster than the baseline: ``withheld`` lists those the noise left undecided, and ``force``
+    exports them too)."""
     from accelopt.confirm import confirmations
 
     requirement = requirement or Requirement()
@@ -183,9 +215,18 @@ def entries_for(
     # A frontier is exported as searched: held-out confirmation judges one budget's answers.
     confirmed = None if pareto else confirmations(study)
 
+    threshold = requirement.speedup or 1.0
+
     def exportable(t: FrozenTrial) -> bool:
-        """Once a study is confirmed, only what passed on the held-out prompts is exported."""
-        return confirmed is None or bool(confirmed.get(t.number, {}).get("passed"))
+        """Once a study is confirmed, only what passed on the held-out prompts is exported;
+        otherwise only what its own pairs show faster. ``force`` lets an undecidable speed
+        through, never a failed bound."""
+        if confirmed is not None and (confirmed.get(t.number) or {}).get("failed"):
+            return False
+        if confirmed is not None and (confirmed.get(t.number) or {}).get("passed"):
+            return True
+        verdict = speed_verdict(t, confirmed, threshold)
+        return verdict == "faster" or (force and verdict == "undecidable")
 
     if requirement.active:
         met = next((t for t in study.trials if requirement.met_by(t) and exportable(t)), None)
@@ -236,10 +277,14 @@ def _searched(study: optuna.Study) -> list[str]:
 
 
 def export_study(
-    study: optuna.Study, storage: str, store: Path, requirement: Requirement | None = None
+    study: optuna.Study,
+    storage: str,
+    store: Path,
+    requirement: Requirement | None = None,
+    force: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Write a study's entries into ``store``; returns them (nothing written when empty)."""
-    entries = entries_for(study, storage, requirement)
+    entries = entries_for(study, storage, requirement, force)
     if entries:
         write_entries(store, entries)
     return entries

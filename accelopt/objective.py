@@ -25,7 +25,7 @@ import torch
 
 from accelopt import accelerators, execution, schedules
 from accelopt._types import Pipeline
-from accelopt.constraints import Bound, capped_psnr
+from accelopt.constraints import Bound, mean_of
 from accelopt.errors import AccelOptError
 from accelopt.metrics import ClipScorer, loss_bound, prompt_losses, psnr, ssim
 from accelopt.prompts import load_prompts
@@ -72,8 +72,8 @@ class Measurement:
                 if f.name not in skip}  # fmt: skip
 
     def means(self) -> dict[str, float]:
-        """Each fidelity metric's mean over the prompts measured."""
-        return {k: statistics.fmean(v) for k, v in self.fidelity.items() if v}
+        """Each fidelity metric over the prompts measured (``constraints.mean_of``)."""
+        return {k: mean_of(k, v) for k, v in self.fidelity.items() if v}
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Bench:
         if self.reference is None or self._reference_embeddings is None:
             return out
         reference = self.reference[start:stop].to(images.device)
-        out["psnr"] = capped_psnr(psnr(images, reference))
+        out["psnr"] = psnr(images, reference)  # inf where unchanged: pooled by mean_of
         if min(images.shape[-2:]) >= SSIM_WINDOW:
             out["ssim"] = ssim(images, reference)
         # The scorer embeds the images once more for this (its score keeps no embeddings):

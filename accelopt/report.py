@@ -48,6 +48,7 @@ class Point:
     params: dict[str, Any]
     # Every quality metric the trial measured (accelopt.constraints.METRICS), the score loss too.
     metrics: dict[str, float] = field(default_factory=dict)
+    interval: tuple[float, float] | None = None  # a paired speedup's (accelopt.timing.Paired)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def report_data(study: optuna.Study) -> ReportData:
         Point(t.number, t.user_attrs["speedup"], t.user_attrs["score_loss"],
               bool(t.user_attrs["feasible"]), _label(t.user_attrs["accelerators"]), dict(t.params),
               {m: float(t.user_attrs[m]) for m in METRICS
-               if isinstance(t.user_attrs.get(m), int | float)})
+               if isinstance(t.user_attrs.get(m), int | float)},
+              _interval_of(t.user_attrs))
         for t in complete
     ]  # fmt: skip
     limits = {k: v for k, v in (spec.get("constraints") or {}).items() if v is not None}
@@ -200,6 +202,13 @@ def report_data(study: optuna.Study) -> ReportData:
         best_under={b.describe(): _fastest(points, b) for b in bounds},
         baseline_note=note,
     )
+
+
+def _interval_of(attrs: dict[str, Any]) -> tuple[float, float] | None:
+    found = attrs.get("speedup_interval")
+    if isinstance(found, list | tuple) and len(found) == 2:
+        return float(found[0]), float(found[1])
+    return None
 
 
 def _fastest(points: Sequence[Point], bound: Bound) -> int | None:
@@ -283,11 +292,20 @@ def _scatter(data: ReportData) -> Any:
                  "line": {"dash": "dot"}}  # fmt: skip
         return [*lines, plain]
 
+    def error_bars(points: Sequence[Point]) -> dict[str, Any]:
+        """Each paired speedup's interval as an asymmetric error bar (0 where there is none)."""
+        return {"type": "data", "symmetric": False,
+                "array": [p.interval[1] - p.speedup if p.interval else 0 for p in points],
+                "arrayminus": [p.speedup - p.interval[0] if p.interval else 0 for p in points],
+                "visible": any(p.interval for p in points)}  # fmt: skip
+
     fig = go.Figure()
     for name, points, style in groups:
+        extra = {"error_y": error_bars(points)} if style["mode"] == "markers" else {}
         fig.add_trace(go.Scatter(
             x=xs(points, metrics[0]), y=[p.speedup for p in points], name=name,
-            text=[f"trial {p.number}: {p.label}" for p in points], hoverinfo="text+x+y", **style,
+            text=[f"trial {p.number}: {p.label}{_shown_interval(p)}" for p in points],
+            hoverinfo="text+x+y", **style, **extra,
         ))  # fmt: skip
     fig.update_layout(xaxis_title=METRICS[metrics[0]].axis, yaxis_title="speedup (x)",
                       shapes=bound_lines(metrics[0]))  # fmt: skip
@@ -319,6 +337,10 @@ def _baseline_shown(data: ReportData) -> str:
         return "n/a"
     note = f" ({data.baseline_note})" if data.baseline_note else ""
     return f"{data.baseline_time:.4f} s/image{note}"
+
+
+def _shown_interval(p: Point) -> str:
+    return f" ({p.interval[0]:.2f}x-{p.interval[1]:.2f}x)" if p.interval else ""
 
 
 @dataclass(frozen=True)
@@ -407,7 +429,8 @@ def render_html(
     if best is not None:
         quality = ", ".join(f"{METRICS[m].label} {METRICS[m].show(v)}"
                             for m, v in best.metrics.items())  # fmt: skip
-        shown = f"trial {best.number}: {best.speedup:.2f}x, {quality}, {best.label}"
+        shown = (f"trial {best.number}: {best.speedup:.2f}x{_shown_interval(best)}, {quality}, "
+                 f"{best.label}")  # fmt: skip
     summary = [
         ("completed trials", str(len(data.points))),
         ("skipped (dominated or duplicate)", str(data.skipped)),

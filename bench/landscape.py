@@ -1099,16 +1099,18 @@ FIDELITY_BOUNDS: tuple[Mapping[str, float], ...] = (
 FIDELITY_FLOORS = (40.0, 35.0, 30.0)  # dB: how many points within the budget fall below each
 
 
-def pooled_psnr(values: Iterable[float], data_range: float = 1.0) -> float:
-    """The PSNR of the images taken together: of their mean squared error, not the mean of their
-    PSNRs, so one identical image (inf) cannot make a set inf (torchmetrics' default too).
+def pooled_psnr(values: Iterable[float]) -> float:
+    """``accelopt.constraints.pooled_psnr`` (of the images' mean squared error, the way a study
+    reads PSNR), except that a set of unchanged images stays ``inf``: the record says they are
+    identical, where a study's number has to stay finite.
 
     >>> pooled_psnr([math.inf, 20.0])
     23.010299956639813
     """
-    mses = [0.0 if math.isinf(v) else data_range**2 * 10 ** (-v / 10) for v in values]
-    mse = statistics.fmean(mses)
-    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+    from accelopt.constraints import pooled_psnr as study_psnr
+
+    values = list(values)
+    return math.inf if all(math.isinf(v) for v in values) else study_psnr(values)
 
 
 def point_fidelity(point: Point, split: str = "") -> dict[str, float] | None:

@@ -63,3 +63,29 @@ def pytest_report_header() -> list[str]:
             found.append(f"{name} missing")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return [f"accelopt versions: {', '.join(found)}; {gpu}"]
+
+
+class Timings:
+    """Stands in for the clock of timed pairs (``Bench.time_call``): each plain call takes the
+    next of ``plain``, each accelerated call the next of ``candidate`` (seconds per image; the
+    last value repeats), and every call is recorded as ``"plain"`` or ``"candidate"``."""
+
+    def __init__(self, plain: list[float], candidate: list[float]) -> None:
+        self.plain, self.candidate, self.calls = list(plain), list(candidate), []
+
+    def __call__(self, bench: object) -> float:
+        kind = "plain" if accelerators.active(bench.pipe) is None else "candidate"  # type: ignore[attr-defined]
+        self.calls.append(kind)
+        values = self.plain if kind == "plain" else self.candidate
+        return values.pop(0) if len(values) > 1 else values[0]
+
+
+@pytest.fixture
+def timings(monkeypatch: pytest.MonkeyPatch) -> Timings:
+    """Timed pairs that do not depend on this machine's load: plain 1.0 s, accelerated 0.5 s
+    (a steady 2x) unless a test sets ``timings.plain`` and ``timings.candidate``."""
+    from accelopt.objective import Bench
+
+    clock = Timings([1.0], [0.5])
+    monkeypatch.setattr(Bench, "time_call", lambda self: clock(self))
+    return clock

@@ -23,6 +23,10 @@ from accelopt.storage import open_storage
 from accelopt.study import _spec_record
 from accelopt.testing.scorers import PixelEmbeddings
 
+# Confirmation's timed pairs come from the ``timings`` fixture (a steady 2x): these tests are
+# about quality, and must not depend on this machine's load.
+pytestmark = pytest.mark.usefixtures("timings")
+
 SPEC = load_spec("TinySD-DDIM-10-deepcache").replace(
     warmup=0, prompts=PromptSpec(count=4, batch_size=2)
 )

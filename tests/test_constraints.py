@@ -18,7 +18,7 @@ from accelopt._types import Pipeline
 from accelopt.cli import main
 from accelopt.codegen import Request, find_entry, why_missing
 from accelopt.confirm import confirm
-from accelopt.constraints import PSNR_CAP, Bound, capped_psnr, quality_loss
+from accelopt.constraints import PSNR_CAP, Bound, mean_of, pooled_psnr, quality_loss
 from accelopt.entries import InvalidEntry, check_entry
 from accelopt.errors import AccelOptError
 from accelopt.objective import Bench, Objective
@@ -52,18 +52,28 @@ def test_a_bound_holds_on_its_side_and_says_so() -> None:
 
 
 def test_a_bound_is_broken_only_when_the_whole_interval_is_on_the_wrong_side() -> None:
+    ssim = Bound("ssim_min", 0.9)
+    # mean 0.7, standard error 0.1: with z = 2 the best case is 0.9 - not over the bound
+    assert ssim.broken([0.6, 0.8], z=1.0) == pytest.approx((0.7, 0.8))
+    assert ssim.broken([0.6, 0.8], z=2.0) is None
+    assert ssim.broken([0.6], z=2.0) is None  # one prompt says nothing about the spread
+    # PSNR on the squared errors: 20 dB and 40 dB are MSEs 0.01 and 0.0001, mean 0.00505
+    # (23.0 dB pooled), standard error 0.00495: with z = 1 the best case is 0.0001 (40 dB)
     psnr = Bound("psnr_min", 30.0)
-    # mean 21, standard error 1: with z = 2 the best case is 23 dB, still under 30
-    assert psnr.broken([20.0, 22.0], z=2.0) == (21.0, 23.0)
-    assert psnr.broken([20.0, 40.0], z=2.0) is None  # 30 +- 20: could hold
-    assert psnr.broken([20.0], z=2.0) is None  # one prompt says nothing about the spread
+    assert psnr.broken([20.0, 40.0], z=1.0) is None
+    assert psnr.broken([20.0, 20.0], z=3.0) == pytest.approx((20.0, 20.0))
+    estimate, best = psnr.broken([20.0, 24.0], z=1.0)  # type: ignore[misc]
+    assert estimate == pytest.approx(pooled_psnr([20.0, 24.0])) and estimate < best < 30.0
     lpips = Bound("lpips_max", 0.1)
     assert lpips.broken([0.3, 0.5], z=1.0) == pytest.approx((0.4, 0.3))
     assert lpips.broken([0.05, 0.07], z=1.0) is None
 
 
-def test_identical_images_count_as_the_cap_and_metrics_order_as_losses() -> None:
-    assert capped_psnr([31.5, math.inf, 250.0]) == [31.5, PSNR_CAP, PSNR_CAP]
+def test_psnr_is_pooled_and_metrics_order_as_losses() -> None:
+    assert pooled_psnr([30.0, 30.0]) == pytest.approx(30.0)
+    assert pooled_psnr([20.0, math.inf]) == pytest.approx(20.0 + 10 * math.log10(2))
+    assert pooled_psnr([math.inf, math.inf]) == PSNR_CAP == pooled_psnr([250.0])
+    assert mean_of("ssim", [0.5, 1.0]) == 0.75 and mean_of("psnr", [30.0]) == 30.0
     measured = {"score_loss": 0.01, "psnr": 31.0, "ssim": 0.9}
     assert [quality_loss(measured, m) for m in ("score_loss", "psnr", "ssim", "lpips")] == [
         0.01, -31.0, -0.9, None]  # fmt: skip
@@ -136,7 +146,8 @@ def test_the_plain_pipeline_is_its_own_reference(tiny: Callable[[str], Pipeline]
     assert plain.fidelity == {}  # nothing to compare with yet
     bench.set_reference(plain.images)
     again = bench.measure()
-    assert again.fidelity["psnr"] == [PSNR_CAP] * 8  # bit-identical on a CPU
+    assert again.fidelity["psnr"] == [math.inf] * 8  # bit-identical on a CPU
+    assert again.means()["psnr"] == PSNR_CAP
     assert again.fidelity["ssim"] == pytest.approx([1.0] * 8, abs=1e-12)
     assert again.fidelity["clip_image"] == pytest.approx([1.0] * 8, abs=1e-6)
 
@@ -150,6 +161,7 @@ def test_a_bound_on_a_metric_the_bench_cannot_measure_is_refused(
         objective.time_baseline()
 
 
+@pytest.mark.usefixtures("timings")  # a steady 2x: only the bounds decide
 def test_held_out_confirmation_judges_every_bound(tiny: Callable[[str], Pipeline]) -> None:
     for limit, passed in ((99.0, False), (1.0, True)):
         bench = _bench(tiny, psnr_min=limit)
