@@ -159,6 +159,8 @@ def _interval(a: dict) -> str:
     if not isinstance(interval, list) or len(interval) != 2:
         return ""
     n = len(pairs.get("ratios") or [])
+    if n < 2:
+        return " (one timed pair: no interval)"
     return (f" ({interval[0]:.2f}x-{interval[1]:.2f}x, {100 * a.get('speedup_level', 0):.0f}% "
             f"over {n} pairs)")  # fmt: skip
 

@@ -273,6 +273,9 @@ def _model_defaults(pipeline: str) -> dict[str, Any]:
         "prompts": PromptSpec(count=4, batch_size=4) if tiny else PromptSpec(),
         "metric": MetricSpec(TINY_CLIP, "") if tiny else MetricSpec(),
         "n_trials": 8 if tiny else 50,
+        # Random weights on a CPU, there to finish in seconds: one timed pair per trial (3
+        # would make each trial 3.5 times as long; held-out confirmation still takes 3).
+        **({"timing": TimingSpec(pairs=1)} if tiny else {}),
     }
 
 

@@ -29,7 +29,10 @@ from accelopt.testing.scorers import PixelEmbeddings
 from accelopt.timing import Paired, median_interval
 
 SPEC = load_spec("TinySD-DDIM-10-deepcache").replace(
-    warmup=0, max_score_loss=0.5, prompts=PromptSpec(count=4, batch_size=2)
+    warmup=0,
+    max_score_loss=0.5,
+    prompts=PromptSpec(count=4, batch_size=2),
+    timing=TimingSpec(pairs=3),  # a tiny study's own default is one pair
 )
 DEEPCACHE = {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}}
 
@@ -93,6 +96,12 @@ def test_a_trial_times_alternated_pairs_and_its_speedup_is_their_median(
     assert trial.value == a["speedup"] == 2.0  # the median, not one timing over another
     assert a["speedup_interval"] == pytest.approx([1.5, 3.0]) and a["speedup_level"] == 0.75
     assert a["speedup_unpaired"] == objective.baseline_time / a["time_per_image"]
+
+
+def test_tiny_pipelines_default_to_one_pair_and_real_models_to_three() -> None:
+    assert load_spec("TinySD-DDIM-10").timing.pairs == 1
+    assert load_spec("SD1.5-DDIM-20").timing.pairs == 3
+    assert load_spec("ToySD-DDIM-20").timing.pairs == 3  # trained: its speedups mean something
 
 
 def test_pairs_off_keeps_the_unpaired_ratio(bench: Bench, timings: Any) -> None:
