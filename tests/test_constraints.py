@@ -378,3 +378,41 @@ def test_the_report_shows_every_metric_and_the_fastest_under_each_bound() -> Non
     lines = [s["x0"] for s in psnr.args[1]["shapes"] if s.get("yref") == "paper"]
     assert lines == [30.0]  # the PSNR bound, drawn on the PSNR axis only
     assert [s.x0 for s in scatter.layout.shapes if s.yref == "paper"] == [2.0]  # 2%, as percent
+
+
+@pytest.mark.usefixtures("timings")
+def test_a_study_bounds_lpips_with_the_users_weights_and_names_the_file_when_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No LPIPS weights exist here: a seeded random AlexNet saved under torchvision's file name
+    stands in for the user's, so this tests the plumbing, not the published network."""
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        features = torchvision.models.alexnet(weights=None).features.state_dict()
+    weights = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save({f"features.{k}": v for k, v in features.items()}, weights)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    spec = tmp_path / "studies" / "TinySD-DDIM-10-deepcache.toml"
+    spec.write_text(
+        f"[constraints]\nlpips_max = 5.0\n[metric]\nlpips_weights = {str(weights)!r}\n"
+    )
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    argv = ["run", "--study", "TinySD-DDIM-10-deepcache", "--storage", url, "--quiet"]
+    assert main([*argv, "--n-trials", "1"]) == 0
+    (trial,) = optuna.load_study(study_name="TinySD-DDIM-10-deepcache", storage=url).trials
+    assert set(trial.constraints) == {"score_loss", "lpips"}
+    assert 0.0 < trial.user_attrs["lpips"] < 5.0  # measured against the baseline images
+
+    missing = tmp_path / "nowhere" / "alexnet-owt-7be5be79.pth"
+    spec.write_text(
+        f"[constraints]\nlpips_max = 5.0\n[metric]\nlpips_weights = {str(missing)!r}\n"
+    )
+    capsys.readouterr()
+    url2 = f"sqlite:///{tmp_path / 's2.db'}"
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--storage", url2, "--quiet",
+                 "--n-trials", "1"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert str(missing) in err and "alexnet" in err and len(err.strip().splitlines()) <= 3
