@@ -119,7 +119,7 @@ def test_pairs_off_keeps_the_unpaired_ratio(bench: Bench, timings: Any) -> None:
 # --- confirmation and export ---------------------------------------------------------------------
 
 
-def _study(tmp_path: Path, search_interval: list[float] | None = None) -> str:
+def _study(tmp_path: Path, search_interval: list[float] | None = None, **extra: Any) -> str:
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name=SPEC.name, storage=open_storage(url)[0],
                                 direction="maximize")  # fmt: skip
@@ -128,6 +128,7 @@ def _study(tmp_path: Path, search_interval: list[float] | None = None) -> str:
                              "score_loss": 0.0, "time_per_image": 0.5}  # fmt: skip
     if search_interval is not None:
         attrs.update(speedup_interval=search_interval, speedup_level=0.75)
+    attrs.update(extra)
     study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))
     return url
 
@@ -248,3 +249,17 @@ def test_a_trial_stopped_early_is_not_timed_in_pairs(
     study.enqueue_trial({"deepcache.cache_interval": 3, "deepcache.cache_branch_id": 0})
     study.optimize(objective, n_trials=1)
     assert study.trials[0].state == TrialState.PRUNED and timings.calls == []
+
+
+def test_best_and_the_report_show_the_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from accelopt.report import figures, report_data
+
+    url = _study(tmp_path, [1.5, 3.0], pairs={"ratios": [2.0, 3.0, 1.5]}, execution="eager")
+    assert main(["best", "--study", SPEC.name, "--storage", url]) == 0
+    assert "speedup 2.00x (1.50x-3.00x, 75% over 3 pairs) under eager" in capsys.readouterr().out
+    data = report_data(_load(url))
+    assert data.points[0].interval == (1.5, 3.0)
+    feasible = figures(data)["Speedup against quality"].data[0]
+    assert (list(feasible.error_y.array), list(feasible.error_y.arrayminus)) == ([1.0], [0.5])
