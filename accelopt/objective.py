@@ -61,6 +61,7 @@ class Measurement:
     peak_memory: int | None
     stopped: str | None = None  # why generation stopped before the last prompt
     compile_seconds: float = 0.0  # compiling and capturing graphs (not in warmup_seconds)
+    pair_seconds: float = 0.0  # the alternated pairs after the quality pass (Bench.pairs)
     # Per prompt, each fidelity metric against the bench's reference images (none without them).
     fidelity: dict[str, list[float]] = field(default_factory=dict)
     images: Any = field(default=None, repr=False)  # the images, when the caller kept them
@@ -352,16 +353,19 @@ class Objective:
         pipe = self.bench.pipe
         # Over the budget is no reason to stop a pareto trial: its loss is an objective.
         check = self.over_budget if self.bench.spec.early_stop and not self.pareto else None
-        paired = None
+        paired, pairing = None, 0.0
         try:
             with accelerators.apply(pipe, configs, steps=self.bench.spec.steps):
                 m = self.bench.measure(check)
             if not m.stopped and self.bench.spec.timing.pairs:
+                pairing = time.perf_counter()
                 paired = self.bench.pairs(configs, self.bench.spec.timing.pairs)
+                pairing = time.perf_counter() - pairing
         finally:
             accelerators.remove(pipe)  # also when apply or generation raised
             if self.bench.device.type == "cuda":
                 torch.cuda.empty_cache()
+        m = dataclasses.replace(m, pair_seconds=pairing)
         speedup, loss = self._record(trial, m, time.perf_counter() - started, paired)
         if m.stopped:  # its numbers and its cost are recorded; it cannot be the answer
             raise optuna.TrialPruned(m.stopped)
@@ -445,7 +449,8 @@ class Objective:
             - m.generation_seconds
             - m.warmup_seconds
             - m.scoring_seconds
-            - m.compile_seconds,
+            - m.compile_seconds
+            - m.pair_seconds,
         }
         if len(self.bounds) > 1:
             attrs["constraints"] = violations
