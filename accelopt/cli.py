@@ -176,6 +176,7 @@ def _quality(measured: dict) -> str:
 def _run(args: argparse.Namespace) -> int:
     import optuna
 
+    from accelopt.progress import Progress
     from accelopt.results import Requirement
     from accelopt.study import run_study
 
@@ -189,12 +190,13 @@ def _run(args: argparse.Namespace) -> int:
     requirement = Requirement(args.req_speedup, args.req_time)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     gpus = _gpus(args)
+    progress = Progress(enabled=not args.quiet)  # bars on a terminal, sparse lines elsewhere
     storage = args.storage
     if len(gpus) > 1:
         storage = _shared_storage(args.storage, f"{len(gpus)} workers", SHARED_STORAGE)
     try:
         if len(gpus) > 1:
-            outcome, codes = _run_workers(args, spec, gpus, requirement, storage)
+            outcome, codes = _run_workers(args, spec, gpus, requirement, storage, progress)
         else:
             codes = {}
             outcome = run_study(
@@ -205,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
                 requirement=requirement,
                 device=args.device if gpus[0] is None else f"cuda:{gpus[0]}",
                 weights="random" if args.random_weights else "pretrained",
-                progress=not args.quiet,
+                progress=progress,
                 heartbeat=args.heartbeat,
                 warm_start=args.warm_start,
             )
@@ -214,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         return exit_code(stop)
     states = [t.state.name for t in outcome.study.trials]
     counted = states.count("COMPLETE") + states.count("PRUNED")
-    exported = _write_export(outcome.study, args, requirement) if args.export else 0
+    exported = _write_export(outcome.study, args, requirement, progress) if args.export else 0
     failed = f", {states.count('FAIL')} failed" if "FAIL" in states else ""
     if outcome.already_finished:
         print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
@@ -351,7 +353,7 @@ def _gpus(args: argparse.Namespace) -> list[str | None]:
     return [str(i) for i in range(n)]
 
 
-def _run_workers(args, spec, gpus, requirement, storage):
+def _run_workers(args, spec, gpus, requirement, storage, progress=True):
     from accelopt.launch import run_workers
 
     if storage == SHARED_STORAGE:
@@ -377,7 +379,7 @@ def _run_workers(args, spec, gpus, requirement, storage):
         worker_argv=argv,
         n_trials=args.n_trials,
         requirement=requirement,
-        progress=not args.quiet,
+        progress=progress,
     )
 
 
@@ -387,6 +389,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     import optuna
 
+    from accelopt.progress import Progress
     from accelopt.results import Requirement
     from accelopt.spec import canonical_name
     from accelopt.storage import open_storage
@@ -423,7 +426,7 @@ def _worker(args: argparse.Namespace) -> int:
             requirement=Requirement(args.req_speedup, args.req_time),
             device=args.device,
             weights="random" if args.random_weights else "pretrained",
-            progress=not args.quiet,
+            progress=Progress(enabled=not args.quiet, prefix=f"{me} "),
             log=lambda s: print(f"{me} {s}", file=sys.stderr),
             heartbeat=args.heartbeat,
             warm_start=args.warm_start,
@@ -435,11 +438,12 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_export(study, args, requirement) -> int:
+def _write_export(study, args, requirement, progress=None) -> int:
     """Confirm and export; 1 when nothing could be written because the noise left every
     answer undecidable (it says which, and the interval)."""
     from accelopt.confirm import confirm, confirmations, describe, pending
     from accelopt.export import entries_for, withheld
+    from accelopt.progress import Progress, follow
     from accelopt.results import is_pareto
     from accelopt.seed_format import write_seed
     from accelopt.storage import storage_url
@@ -459,9 +463,12 @@ def _write_export(study, args, requirement) -> int:
             print(s, file=sys.stderr)
 
         weights = "random" if args.random_weights else "pretrained"
-        bench = load_bench(spec_of(study), args.device, weights, log)
+        progress = progress or Progress()
+        bench = load_bench(spec_of(study), args.device, weights, log, progress)
         bench.mode = study_mode(study) or "eager"  # re-timed the way the search timed it
-        confirm(study, bench, args.top_k, log=log, requirement=requirement)
+        with progress.phase(f"{study.study_name}: held-out confirmation") as confirming:
+            follow(bench, confirming)  # confirm's held-out bench tells what this one is told
+            confirm(study, bench, args.top_k, log=log, requirement=requirement)
     path = store_path(args.store)
     layout = getattr(args, "format", None) or "accelopt"
     force = bool(getattr(args, "force", False))
@@ -598,6 +605,7 @@ def _sweep(args: argparse.Namespace) -> int:
     import optuna
 
     from accelopt import sweep
+    from accelopt.progress import Progress
     from accelopt.spec import canonical_name, load_spec
     from accelopt.study import run_study
 
@@ -612,12 +620,14 @@ def _sweep(args: argparse.Namespace) -> int:
             spec = spec.replace(objective=args.objective)
         return spec.replace(n_trials=args.n_trials) if args.n_trials else spec
 
+    progress = Progress(enabled=not args.quiet)
+
     def run(spec):
         weights = "random" if args.random_weights else "pretrained"
         outcome = run_study(spec, storage=args.storage, device=args.device, weights=weights,
-                            progress=not args.quiet)  # fmt: skip
+                            progress=progress)  # fmt: skip
         if args.export:
-            _write_export(outcome.study, args, outcome.requirement)
+            _write_export(outcome.study, args, outcome.requirement, progress)
         return outcome
 
     rows: list[sweep.Row] = []
@@ -634,6 +644,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from accelopt.progress import Progress
     from accelopt.report import image_rows, render_html, report_data
     from accelopt.study import load_bench, spec_of
 
@@ -646,7 +657,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.images and data.points:
         weights = "random" if args.random_weights else "pretrained"
         bench = load_bench(
-            spec_of(study), args.device, weights, lambda s: print(s, file=sys.stderr)
+            spec_of(study), args.device, weights, lambda s: print(s, file=sys.stderr), Progress()
         )
         rows = image_rows(study, data, bench, args.images)
         prompts = bench.prompts
@@ -849,7 +860,7 @@ def _parser() -> argparse.ArgumentParser:
             default=True,
             help="start a new study from its neighbours' best configurations (default: on)",
         )
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--quiet", action="store_true", help="no progress (bars or lines)")
 
     def export_options(p: argparse.ArgumentParser) -> None:
         from accelopt.seed_format import LAYOUTS  # light: no torch
@@ -977,7 +988,7 @@ def _parser() -> argparse.ArgumentParser:
     export_options(p)
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if present)")
     p.add_argument("--random-weights", action="store_true", help="architectures, random weights")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress (bars or lines)")
     p = command("best", _best, "print a stored study's best feasible configuration")
     p.add_argument("--study", required=True, help="study NAME")
     p.add_argument("--storage", help="Optuna storage URL or journal file path")

@@ -23,6 +23,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from accelopt import study as studies
+from accelopt.progress import Progress
 from accelopt.results import DONE, Requirement, best_trial
 from accelopt.storage import open_storage, recover, storage_label, storage_lock
 from accelopt.workers import Slots
@@ -61,18 +62,19 @@ def watch(
     workers: Sequence[Worker],
     status: Callable[[], tuple[int, int | None, str]],
     *,
-    progress: bool,
+    progress: bool | Progress,
     log: Callable[[str], None],
     desc: str = "study",
     poll: float = 1.0,
 ) -> dict[int, int]:
     """Wait for every worker, showing the study's progress (``status`` gives done, total and a
-    note); returns each worker's exit code."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=status()[1], unit="trial", desc=desc, disable=not progress)
+    note; without a terminal a line every few percent or seconds, not one per poll); returns
+    each worker's exit code."""
+    if not isinstance(progress, Progress):
+        progress = Progress(enabled=progress)
     ended: dict[int, int] = {}
-    try:
+    done, total, _ = status()
+    with progress.phase(desc, total, "trials", initial=done) as bar:
         while len(ended) < len(workers):
             for w in workers:
                 code = w.process.poll()
@@ -81,12 +83,9 @@ def watch(
                     if code:
                         log(f"{w.describe()} {_how(code)}")
             done, total, note = status()
-            bar.total, bar.n = total, done
-            bar.set_postfix_str(note)
+            bar.update(done, note, total)
             if len(ended) < len(workers):
                 time.sleep(poll)
-    finally:
-        bar.close()
     return ended
 
 
@@ -129,7 +128,7 @@ def run_workers(
     worker_argv: Sequence[str],
     n_trials: int | None = None,
     requirement: Requirement | None = None,
-    progress: bool = True,
+    progress: bool | Progress = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
 ) -> tuple[studies.Outcome, dict[int, int]]:
     """Run ``spec``'s study with one ``accelopt worker`` process per entry of ``gpus``.
@@ -162,7 +161,7 @@ def run_workers(
         for index, gpu in enumerate(gpus):
             workers.append(start_worker(index, worker_argv, gpu, url))
             log(f"{spec.name}: started {workers[-1].describe()} on {storage_label(url)}")
-        codes = watch(workers, status, progress=progress, log=log, desc=spec.name)
+        codes = watch(workers, status, progress=progress, log=log, desc=f"{spec.name}: trials")
     except KeyboardInterrupt as err:
         stop(workers, getattr(err, "signum", signal.SIGINT), log)
         raise

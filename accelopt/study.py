@@ -25,6 +25,7 @@ from accelopt import warmstart
 from accelopt.constraints import METRICS
 from accelopt.errors import AccelOptError
 from accelopt.export import package_versions
+from accelopt.progress import Progress, follow
 from accelopt.results import DONE, Requirement, best_trial
 from accelopt.search import Space
 from accelopt.spec import (
@@ -156,7 +157,7 @@ def run_study(
     requirement: Requirement | None = None,
     device: str | None = None,
     weights: str = "pretrained",
-    progress: bool = True,
+    progress: bool | Progress = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     heartbeat: int = HEARTBEAT,
     warm_start: bool = True,
@@ -168,8 +169,11 @@ def run_study(
     same study on shared storage at once (``accelopt.workers``): the budget stays the total.
     A new study first tries its neighbours' best configurations (``accelopt.warmstart``).
     SQLite serves one such process: a second one on the same file is refused (``sole_writer``).
+    ``progress`` is the command's ``accelopt.progress.Progress`` (a bool: stderr's, on or off).
     """
     requirement = requirement or Requirement()
+    if not isinstance(progress, Progress):
+        progress = Progress(enabled=progress)
     check_requirement(spec, requirement)
     if spec.execution != "auto":  # before a study is made that nothing could run
         from accelopt import execution
@@ -201,7 +205,7 @@ def _run_study(
     requirement: Requirement,
     device: str | None,
     weights: str,
-    progress: bool,
+    progress: Progress,
     log: Callable[[str], None],
     heartbeat: int,
     warm_start: bool,
@@ -219,12 +223,12 @@ def _run_study(
     if is_finished(study, requirement):
         return outcome_of(study, 0, True, requirement)
 
-    bench = load_bench(spec, device, weights, log)
+    bench = load_bench(spec, device, weights, log, progress)
     if spec.execution != "auto" or bench.device.type == "cuda":
         from accelopt import execution
 
         execution.use_cache_dir(_beside_storage(url) / ".accelopt-inductor")
-    chosen = choose_mode(study, spec, bench, lock, log)
+    chosen = choose_mode(study, spec, bench, lock, log, progress)
     space = Space.build(bench.traits, spec.steps, spec.targets, bench.mode, spec.scheduler)
     space = space.adopt(study.get_trials(deepcopy=False))
     with lock():
@@ -241,8 +245,13 @@ def _run_study(
     log(f"{spec.name}: timing the baseline twice on {bench.device} under {bench.mode} (an A/A "
         f"check) ...")  # fmt: skip
     objective = Objective(bench, space, [], chosen.get("baselines"))
-    first = objective.time_baseline()
-    second = objective.measure_baseline()
+    with progress.phase(f"{spec.name}: baseline timing", 2, "measurements",
+                        announce=False) as timing:  # fmt: skip
+        follow(bench, timing)
+        first = objective.time_baseline()
+        timing.advance()
+        second = objective.measure_baseline()
+        timing.advance()
     spread = abs(first - second.time_per_image) / objective.baseline_time
     with lock():  # the first worker of a study fixes every worker's reference scores
         if not study.user_attrs.get("baseline_scores"):
@@ -357,6 +366,7 @@ def choose_mode(
     bench: Any,
     lock: Callable[[], contextlib.AbstractContextManager[None]],
     log: Callable[[str], None],
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The study's execution mode and each mode's plain baseline (seconds per image).
 
@@ -383,7 +393,11 @@ def choose_mode(
             log(f"{spec.name}: timing the plain pipeline under {mode}"
                 f"{' (compiling first: minutes)' if mode != 'eager' else ''} ...")  # fmt: skip
             bench.mode = mode
-            m = bench.measure()
+            with (progress or Progress(enabled=False)).phase(
+                f"{spec.name}: plain pipeline under {mode}", announce=False
+            ) as timing:
+                follow(bench, timing)
+                m = bench.measure()
             measured[mode] = m.time_per_image
             compile_seconds[mode] = m.compile_seconds
         if spec.execution != "auto":
@@ -415,7 +429,11 @@ def is_finished(study: optuna.Study, requirement: Requirement) -> bool:
 
 
 def load_bench(
-    spec: StudySpec, device: str | None, weights: str, log: Callable[[str], None]
+    spec: StudySpec,
+    device: str | None,
+    weights: str,
+    log: Callable[[str], None],
+    progress: Progress | None = None,
 ) -> Any:
     """The pipeline, scheduler, prompts and CLIP scorer a study measures with."""
     from accelopt.metrics import ClipScorer
@@ -428,11 +446,14 @@ def load_bench(
 
     tiny = info is not None and info.name in TINY_PIPELINES
     log(f"{spec.name}: loading {spec.pipeline} ({'random' if tiny else weights} weights) ...")
-    pipe = load_pipeline(spec.pipeline, weights=weights, dtype=spec.dtype, device=device)  # type: ignore[arg-type]
-    set_scheduler(pipe, spec.scheduler)
-    # Random weights have no pretrained scorer either: nothing can be downloaded for them.
-    pretrained = "" if weights == "random" else spec.metric.pretrained
-    scorer = ClipScorer(spec.metric.model, pretrained, pipe.device)
+    progress = progress or Progress(enabled=False)
+    with progress.phase(f"{spec.name}: loading {spec.pipeline}", announce=False) as loading:
+        pipe = load_pipeline(spec.pipeline, weights=weights, dtype=spec.dtype, device=device)  # type: ignore[arg-type]
+        set_scheduler(pipe, spec.scheduler)
+        loading.tell("the CLIP scorer")
+        # Random weights have no pretrained scorer either: nothing can be downloaded for them.
+        pretrained = "" if weights == "random" else spec.metric.pretrained
+        scorer = ClipScorer(spec.metric.model, pretrained, pipe.device)
     lpips = None
     if spec.measures_lpips:  # the user's weights or none: never downloaded, never random
         from accelopt.metrics import Lpips
@@ -449,11 +470,11 @@ def _work(
     lock: Callable[[], contextlib.AbstractContextManager[None]],
     timeout: float | None,
     requirement: Requirement,
-    progress: bool,
+    progress: Progress,
     log: Callable[[str], None],
 ) -> int:
-    """Take trials until the study is done; returns how many this process ran."""
-    from tqdm.auto import tqdm
+    """Take trials until the study is done; returns how many this process ran. The trials'
+    phase notes each trial's batches and timing pairs (a bar's postfix, or throttled lines)."""
 
     def done() -> int:
         return _counted(study)
@@ -461,16 +482,16 @@ def _work(
     def met(trials: Sequence[FrozenTrial]) -> bool:
         return requirement.active and any(requirement.met_by(t) for t in trials)
 
-    bar = tqdm(total=total, initial=done(), desc=study.study_name, unit="trial",
-               disable=not progress)  # fmt: skip
-
-    def compiling(what: str) -> None:  # a new graph takes a minute or more: say so
-        bar.set_postfix_str(f"compiling {what} ...")
-
-    objective.bench.on_compile = compiling
     deadline = None if timeout is None else time.monotonic() + timeout
     ran, waited = 0, 0.0
-    try:
+    shown, running = "", -1  # the best so far; the trial running
+
+    def lead() -> str:  # before each of a trial's notes: "best 1.52x; trial 3: "
+        return f"{shown}; trial {running}: " if shown else f"trial {running}: "
+
+    with progress.phase(f"{study.study_name}: trials", total, "trials",
+                        initial=done()) as bar:  # fmt: skip
+        follow(objective.bench, bar, lead)
         while deadline is None or time.monotonic() < deadline:
             trial: optuna.Trial | object | None = None
             try:
@@ -491,6 +512,7 @@ def _work(
                         continue
                     waited = 0.0
                     assert isinstance(trial, optuna.Trial)
+                    running = trial.number
                     run_trial(study, trial, objective, log)
             except KeyboardInterrupt:  # also between ask and the objective: give it back
                 if isinstance(trial, optuna.Trial):
@@ -498,12 +520,8 @@ def _work(
                 raise
             ran += 1
             best = best_trial(study)
-            bar.set_postfix_str(f"best {best.user_attrs['speedup']:.2f}x" if best
-                                else "no feasible yet")  # fmt: skip
-            bar.n = done()
-            bar.refresh()
-    finally:
-        bar.close()
+            shown = f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible yet"
+            bar.update(done(), shown)
     return ran
 
 

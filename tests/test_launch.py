@@ -141,3 +141,37 @@ def test_ctrl_c_while_a_command_starts_exits_130_without_a_traceback(tmp_path: P
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert (run.returncode, run.stderr) == (130, "accelopt: interrupted\n")
+
+
+def test_the_parent_polls_every_second_but_writes_a_line_only_by_the_throttle() -> None:
+    import io
+    from types import SimpleNamespace
+
+    from accelopt.launch import Worker, watch
+    from accelopt.progress import Progress
+
+    now = [0.0]
+    polls = iter([None] * 119 + [0])  # one worker, running for 120 polls of a second
+
+    def poll() -> int | None:
+        now[0] += 1
+        return next(polls)
+
+    worker = Worker(0, None, SimpleNamespace(poll=poll, pid=1))  # type: ignore[arg-type]
+    done = iter([0] + [0] * 40 + [1] * 30 + [4] * 49 + [20])  # of 20: 1 at 41 s, 4 at 71 s
+
+    def status() -> tuple[int, int | None, str]:
+        return next(done), 20, "no feasible yet, 1 running"
+
+    out = io.StringIO()
+    progress = Progress(out, tty=False, clock=lambda: now[0])
+    codes = watch([worker], status, progress=progress, log=print, desc="S: trials", poll=0)
+    assert codes == {0: 0}
+    assert out.getvalue().splitlines() == [
+        "S: trials: 0/20 trials ...",
+        "S: trials: 0/20 trials (0%), 30.0 s; no feasible yet, 1 running",
+        "S: trials: 1/20 trials (5%), 60.0 s; no feasible yet, 1 running",  # 30 s on
+        "S: trials: 4/20 trials (20%), 71.0 s; no feasible yet, 1 running",  # 10% more done
+        "S: trials: 4/20 trials (20%), 101.0 s; no feasible yet, 1 running",
+        "S: trials: 20/20 trials in 120.0 s",
+    ]
