@@ -114,6 +114,7 @@ def confirm(
         bench.device,
         bench.mode,
         lpips=bench.lpips,
+        on_compile=bench.on_compile,
         on_batch=bench.on_batch,
     )
     pairs = max(pairs, MIN_PAIRS, spec.timing.pairs)
