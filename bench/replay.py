@@ -263,7 +263,7 @@ class Replay:
         found = self.points[key]["scores"]
         for start in range(0, len(found), scores.batch_size):
             stop = start + scores.batch_size
-            if stop < len(found) and Objective.over_budget(self._judge, found[:stop]):
+            if stop < len(found) and Objective.over_budget(self._judge, {"score": found[:stop]}):
                 return stop
         return None
 
@@ -277,7 +277,9 @@ class Replay:
             max_score_loss=s.max_score_loss, early_stop=s.early_stop,
         )  # fmt: skip
         bench = SimpleNamespace(spec=spec, prompts=[""] * len(s.baseline))
-        return cast(Objective, SimpleNamespace(bench=bench, baseline_scores=s.baseline))
+        judge = SimpleNamespace(bench=bench, baseline_scores=s.baseline, bounds=spec.bounds())
+        judge._per_prompt = partial(Objective._per_prompt, judge)  # the score loss per prompt
+        return cast(Objective, judge)
 
     def _scores(self) -> Scores:
         if self.scores is None:

@@ -229,12 +229,12 @@ def test_ctrl_c_cleans_up_and_keeps_finished_trials(  # type: ignore[no-untyped-
 
     measure, trials = Bench.measure, []
 
-    def interrupted(self: Bench, check=None):  # type: ignore[no-untyped-def]
+    def interrupted(self: Bench, check=None, **kwargs):  # type: ignore[no-untyped-def]
         if accelerators.active(self.pipe) is not None:  # a trial, not the baseline
             trials.append(self)
             if len(trials) == 2:  # Ctrl-C during the second measured trial
                 raise KeyboardInterrupt
-        return measure(self, check)
+        return measure(self, check, **kwargs)
 
     monkeypatch.setattr(Bench, "measure", interrupted)
     argv = ["run", "--study", "TinySD-DDIM-10-deepcache", "--n-trials", "6", "--quiet"]

@@ -363,7 +363,7 @@ def test_missing_file(tmp_path: Path) -> None:
 ALLOWED_TOP = (
     "constraints, dtype, early_stop, execution, guidance, max_score_loss, metric, n_trials, "
     "objective, pareto_metric, pipeline, "
-    "prompts, resolution, sampler, scheduler, steps, targets, warmup"
+    "prompts, resolution, sampler, scheduler, steps, targets, timing, warmup"
 )
 
 
