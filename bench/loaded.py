@@ -2,7 +2,7 @@
 configuration re-measured (issue 20).
 
     python bench/loaded.py --out bench/results/loaded              # 3 runs x {loaded, idle}
-    python bench/loaded.py --table bench/results/loaded/RECORD.json   # the markdown tables
+    python bench/loaded.py --table bench/results/loaded/*.json    # the records' tables, as one
 
 Each run makes a fresh study in a temporary folder through the real CLI, ``accelopt run --study
 STUDY --device cpu --export --store S`` (its own journal file and params store), in one of two
@@ -28,8 +28,8 @@ The cost of pairing comes from the study's trials: each keeps its pairs' seconds
 (``pairs``) beside ``generation_seconds``, ``warmup_seconds``, ``scoring_seconds`` and
 ``trial_seconds``; a pair times ``Bench.timing_prompts`` images per call.
 
-Runs stop being started once ``--budget`` seconds have passed. Writes
-``loaded-cpu-DATE.json`` under ``--out`` and prints the tables docs/BENCHMARKS.md shows.
+Runs stop being started once ``--budget`` seconds have passed. Writes ``NAME-DATE.json`` under
+``--out`` (``--name``, default ``loaded-cpu``) and prints the tables docs/BENCHMARKS.md shows.
 """
 
 from __future__ import annotations
@@ -202,6 +202,17 @@ def cost_table(record: Record) -> list[str]:
     return lines
 
 
+def merge(records: Sequence[Record]) -> Record:
+    """One record of several invocations' runs, in order, numbered again within each regime
+    (each invocation numbers its own from 1)."""
+    runs, seen = [], {regime: 0 for regime in REGIMES}
+    for record in records:
+        for run in record["runs"]:
+            seen[run["regime"]] += 1
+            runs.append({**run, "run": seen[run["regime"]]})
+    return {"runs": runs}
+
+
 def markdown(record: Record) -> str:
     return "\n".join([*table(record), "", tally(record), "", *cost_table(record)])
 
@@ -354,11 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=3, help="held-out confirmations (accelopt's -k)")
     p.add_argument("--budget", type=float, default=900, help="start no run after SECONDS")
     p.add_argument("--out", type=Path, help="folder for the record (JSON)")
+    p.add_argument("--name", default="loaded-cpu", help="the record's file: NAME-DATE.json")
     p.add_argument("--table", type=Path, nargs="+", metavar="RECORD",
                    help="print these records' markdown tables instead of measuring")  # fmt: skip
     args = p.parse_args(argv)
     if args.table:
-        print("\n\n".join(markdown(json.loads(path.read_text())) for path in args.table))
+        print(markdown(merge([json.loads(path.read_text()) for path in args.table])))
         return 0
     if args.out is None:
         p.error("--out is required to measure")
@@ -385,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         record["runs"].append(one_run(args, number, regime))
     record["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"loaded-cpu-{record['date']}.json"
+    path = args.out / f"{args.name}-{record['date']}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     _log(f"wrote {path} ({record['seconds']:.0f} s; skipped {len(record['skipped'])} runs)")
     print(markdown(record))

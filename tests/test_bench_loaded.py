@@ -28,7 +28,9 @@ def test_judge_covers_misses_or_refused() -> None:
 
 
 def test_classify_by_exit_code_and_store() -> None:
-    refusal = "TinySD-DDIM-10: trial 2 not exported: its speedup 1.10x (0.86x-3.98x) is undecidable"
+    refusal = (
+        "TinySD-DDIM-10: trial 2 not exported: its speedup 1.10x (0.86x-3.98x) is undecidable"
+    )
     assert loaded.classify(0, "", {"key": {}}) == "exported"
     assert loaded.classify(0, "nothing to export: none passed", {}) == "nothing"
     assert loaded.classify(1, refusal, {}) == "refused"
@@ -48,8 +50,12 @@ def test_pair_cost_counts_both_sides_of_every_pair() -> None:
         trial([1.0, 2.0, 1.0], [0.5, 0.5, 1.0], 30.0),  # 4 s/image of baseline, 2 of candidate
         trial([0.5, 0.5, 0.5], [0.25, 0.25, 0.25], 10.0),
         {"skipped": "no accelerator on"},  # never measured
-        {"trial_seconds": 5.0, "generation_seconds": 1.0, "warmup_seconds": 0.0,
-         "scoring_seconds": 0.0},  # stopped early: no pairs  # fmt: skip
+        {
+            "trial_seconds": 5.0,
+            "generation_seconds": 1.0,
+            "warmup_seconds": 0.0,
+            "scoring_seconds": 0.0,
+        },  # stopped early: no pairs
     ]
     cost = loaded.pair_cost(trials, 4)
     # (4 + 2) * 4 images + (1.5 + 0.75) * 4 images = 24 + 9 = 33 s of 40
@@ -109,8 +115,17 @@ def test_the_tables_of_a_record() -> None:
     ]
 
 
-def test_table_command_prints_a_records_markdown(tmp_path: Path, capsys) -> None:
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps(record()))
-    assert loaded.main(["--table", str(path)]) == 0
-    assert capsys.readouterr().out == loaded.markdown(record()) + "\n"
+def test_merge_numbers_runs_again_within_each_regime() -> None:
+    merged = loaded.merge([record(), record()])
+    assert [(r["regime"], r["run"]) for r in merged["runs"]] == [
+        ("loaded", 1), ("idle", 1), ("idle", 2), ("loaded", 2), ("idle", 3), ("idle", 4),
+    ]  # fmt: skip
+    assert loaded.tally(merged).startswith("6 runs: exported 2, refused 2, nothing feasible 2")
+
+
+def test_table_command_prints_the_records_as_one(tmp_path: Path, capsys) -> None:
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path in paths:
+        path.write_text(json.dumps(record()))
+    assert loaded.main(["--table", *map(str, paths)]) == 0
+    assert capsys.readouterr().out == loaded.markdown(loaded.merge([record(), record()])) + "\n"
