@@ -160,16 +160,20 @@ def table(record: Record) -> list[str]:
 
 
 def tally(record: Record) -> str:
-    """``exported 4 of 6 runs: the held-out interval covers 5 of 6 re-measurements ...``."""
+    """How often export wrote, and how often what it wrote held: ``6 runs: exported 5, ...; of
+    8 re-measurements of an exported entry, its held-out interval covers 5 and misses 3 (the
+    trial's own interval from the search: covers 2)``."""
     runs = record["runs"]
     outcomes = [r["export"]["outcome"] for r in runs]
     judged = [m["judgement"] for r in runs for m in r["remeasured"]]
     exported = [m for r in runs if r["export"]["outcome"] == "exported" for m in r["remeasured"]]
+    searched = [m.get("trial_interval_covers") for m in exported]
     return (
         f"{len(runs)} runs: exported {outcomes.count('exported')}, refused "
         f"{outcomes.count('refused')}, nothing feasible {outcomes.count('nothing')}; of "
         f"{len(exported)} re-measurements of an exported entry, its held-out interval covers "
-        f"{judged.count('covers')} and misses {judged.count('misses')}"
+        f"{judged.count('covers')} and misses {judged.count('misses')} (the trial's own "
+        f"interval from the search: covers {searched.count('covers')})"
     )
 
 

@@ -73,7 +73,9 @@ def record() -> dict[str, object]:
     def again(speedup: float, burners: int, judgement: str) -> dict[str, object]:
         return {"speedup": speedup, "interval": [speedup - 0.1, speedup + 0.1],
                 "level": 0.984375, "ratios": [speedup] * 7, "burners": burners,
-                "judgement": judgement}  # fmt: skip
+                "judgement": judgement,
+                "trial_interval_covers": {"covers": "misses", "misses": "covers"}.get(judgement),
+                }  # fmt: skip
 
     exported = {"outcome": "exported", "speedup": 2.78, "speedup_interval": [2.28, 5.59],
                 "heldout": heldout}  # fmt: skip
@@ -104,7 +106,8 @@ def test_the_tables_of_a_record() -> None:
     ]
     assert loaded.tally(r) == (
         "3 runs: exported 1, refused 1, nothing feasible 1; of 2 re-measurements of an "
-        "exported entry, its held-out interval covers 1 and misses 1"
+        "exported entry, its held-out interval covers 1 and misses 1 (the trial's own interval "
+        "from the search: covers 1)"
     )
     assert loaded.cost_table(r)[2:] == [
         "| 1 | loaded | 1 | 1 x 4 | 6 s | 2 s | 0.2 s | 12 s | 50% |",
