@@ -14,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import loaded  # noqa: E402
+import test_bench_tables  # noqa: E402
+
+RECORDS = [
+    ROOT / "bench" / "results" / "loaded" / f"loaded-cpu{name}-2026-12-04.json"
+    for name in ("", "-idle", "-third")
+]  # the order of the docs' --table command
 
 
 def test_judge_covers_misses_or_refused() -> None:
@@ -132,3 +138,12 @@ def test_table_command_prints_the_records_as_one(tmp_path: Path, capsys) -> None
         path.write_text(json.dumps(record()))
     assert loaded.main(["--table", *map(str, paths)]) == 0
     assert capsys.readouterr().out == loaded.markdown(loaded.merge([record(), record()])) + "\n"
+
+
+def test_the_docs_tables_come_from_the_records() -> None:
+    merged = loaded.merge([json.loads(path.read_text()) for path in RECORDS])
+    lines = loaded.markdown(merged).splitlines()
+    docs = test_bench_tables.DOCS
+    assert [line for line in lines if line and line not in docs] == []
+    assert [r["export"]["outcome"] for r in merged["runs"]].count("exported") == 5
+    assert len(merged["runs"]) == 6 and len(test_bench_tables.parse("\n".join(lines))) == 2
