@@ -51,8 +51,10 @@ def speed_verdict(trial: FrozenTrial, confirmed: dict[int, dict[str, Any]] | Non
     interval = trial.user_attrs.get("speedup_interval")
     if not interval:
         return "faster"
+    from accelopt.timing import verdict
+
     low, high = interval
-    return "faster" if low > threshold else "slower" if high <= threshold else "undecidable"
+    return verdict(low, high, threshold)
 
 
 def withheld(study: optuna.Study, requirement: Requirement | None = None) -> list[FrozenTrial]:

@@ -32,6 +32,7 @@ __all__ = [
     "peak_memory",
     "reset_peak_memory",
     "timed",
+    "verdict",
 ]
 
 CONFIDENCE = 0.9  # the two-sided level a speedup interval aims for (fewer pairs reach less)
@@ -102,6 +103,14 @@ def median_interval(
     return x[k - 1], x[n - k], level(k)
 
 
+def verdict(low: float, high: float, threshold: float = 1.0) -> str:
+    """An interval ``[low, high]`` of a speedup against ``threshold``: ``faster`` above it,
+    ``slower`` at or below it, ``undecidable`` across it."""
+    if low > threshold:
+        return "faster"
+    return "slower" if high <= threshold else "undecidable"
+
+
 @dataclass(frozen=True)
 class Paired:
     """Baseline and candidate seconds timed in alternation, pair by pair."""
@@ -131,9 +140,7 @@ class Paired:
         """Whether the candidate is faster than ``threshold`` times the baseline: ``faster``
         when the interval lies above it, ``slower`` when at or below, else ``undecidable``."""
         low, high, _ = self.interval()
-        if low > threshold:
-            return "faster"
-        return "slower" if high <= threshold else "undecidable"
+        return verdict(low, high, threshold)
 
     def record(self) -> dict[str, object]:
         """The plain numbers a trial, a confirmation and a store entry keep."""

@@ -141,17 +141,7 @@ def test_noisy_pairs_make_export_refuse_and_name_the_interval(
     url, store = _study(tmp_path), tmp_path / "store.json"
     monkeypatch.setattr("accelopt.study.load_bench", lambda *args: bench)
     timings.plain, timings.candidate = [1.0], [0.8, 1.25, 0.9]  # 1.25x, 0.8x, 1.11x
-    argv = [
-        "export",
-        "--study",
-        SPEC.name,
-        "--storage",
-        url,
-        "--store",
-        str(store),
-        "--top-k",
-        "1",
-    ]
+    argv = _export(url, store)
     code = main(argv + ["--force"] * force)
     err = capsys.readouterr().err
     assert "1.11x (0.80x-1.25x, 75% interval over 3 pairs)" in err  # the confirmation's line
@@ -179,17 +169,7 @@ def test_stable_pairs_write_the_interval_into_the_entry(
     url, store = _study(tmp_path), tmp_path / "store.json"
     monkeypatch.setattr("accelopt.study.load_bench", lambda *args: bench)
     timings.plain, timings.candidate = [1.0], [0.5, 0.52, 0.49]
-    argv = [
-        "export",
-        "--study",
-        SPEC.name,
-        "--storage",
-        url,
-        "--store",
-        str(store),
-        "--top-k",
-        "1",
-    ]
+    argv = _export(url, store)
     assert main(argv) == 0
     assert "-> passes" in capsys.readouterr().err
     (entry,) = json.loads(store.read_text())["entries"].values()
@@ -207,8 +187,7 @@ def test_a_required_speedup_needs_the_whole_interval_above_it(
     url, store = _study(tmp_path), tmp_path / "store.json"
     monkeypatch.setattr("accelopt.study.load_bench", lambda *args: bench)
     timings.plain, timings.candidate = [1.0], [0.5, 0.45, 0.55]  # 2x, 2.2x, 1.8x
-    argv = ["export", "--study", SPEC.name, "--storage", url, "--store", str(store), "--top-k",
-            "1", "--req-speedup", "1.9"]  # fmt: skip
+    argv = [*_export(url, store), "--req-speedup", "1.9"]
     assert main(argv) == 1 and not store.exists()
     assert "the interval straddles 1.9x" in capsys.readouterr().err
 
@@ -225,6 +204,21 @@ def test_unconfirmed_export_goes_by_the_trials_own_pairs(
     study = _load(url)
     assert bool(entries_for(study, url)) == written
     assert bool(entries_for(study, url, force=True))  # undecidable is what --force lets through
+
+
+def _export(url: str, store: Path) -> list[str]:
+    """``accelopt export`` of the test study, confirming its one trial."""
+    return [
+        "export",
+        "--study",
+        SPEC.name,
+        "--storage",
+        url,
+        "--store",
+        str(store),
+        "--top-k",
+        "1",
+    ]
 
 
 def _load(url: str) -> optuna.Study:
