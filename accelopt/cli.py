@@ -216,7 +216,9 @@ def _run(args: argparse.Namespace) -> int:
         return exit_code(stop)
     states = [t.state.name for t in outcome.study.trials]
     counted = states.count("COMPLETE") + states.count("PRUNED")
-    exported = _write_export(outcome.study, args, requirement, progress) if args.export else 0
+    exported, written = (
+        _write_export(outcome.study, args, requirement, progress) if args.export else (0, None)
+    )
     failed = f", {states.count('FAIL')} failed" if "FAIL" in states else ""
     if outcome.already_finished:
         print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
@@ -239,6 +241,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"requirement not met: no feasible trial reached {requirement.describe()}")
             return 1
         print(f"requirement met ({requirement.describe()}) by {_describe(best)}")
+        _print_not_exported(outcome.study, best, written)
         return exported
     if best is None or best.user_attrs["speedup"] <= 1.0:
         why = "no feasible accelerated trial" if best is None else "none beats the baseline"
@@ -246,7 +249,22 @@ def _run(args: argparse.Namespace) -> int:
         print(f"no acceleration: {why} within {bounds}")
         return exported
     print(f"best {_describe(best)}")
+    _print_not_exported(outcome.study, best, written)
     return exported
+
+
+def _print_not_exported(study, best, written: list[int] | None) -> None:
+    """After ``run --export``: say so when the search's best is not what export wrote (held-out
+    confirmation failed it, or its speed was undecidable), so the last line read is not taken
+    for the stored answer."""
+    from accelopt.confirm import confirmations, describe, judgement
+
+    if written is None or best is None or best.number in written:
+        return
+    confirmed = (confirmations(study) or {}).get(best.number)
+    why = f": held-out {describe(confirmed)}, {judgement(confirmed)}" if confirmed else ""
+    stored = ", ".join(f"trial {n}" for n in written) or "nothing"
+    print(f"  not exported{why}; the store holds {stored} for this study")
 
 
 def _interrupted(name: str, storage: str | None, requirement: Requirement) -> str:
@@ -438,9 +456,9 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_export(study, args, requirement, progress=None) -> int:
-    """Confirm and export; 1 when nothing could be written because the noise left every
-    answer undecidable (it says which, and the interval)."""
+def _write_export(study, args, requirement, progress=None) -> tuple[int, list[int]]:
+    """Confirm and export: the exit code (1 when nothing could be written because the noise
+    left every answer undecidable; it says which, and the interval) and the trials written."""
     from accelopt.confirm import confirm, confirmations, describe, pending
     from accelopt.export import entries_for, withheld
     from accelopt.progress import Progress, follow
@@ -490,7 +508,7 @@ def _write_export(study, args, requirement, progress=None) -> int:
         if undecided:
             why = "no feasible configuration is surely faster than the plain pipeline"
         print(f"{study.study_name}: nothing to export: {why}", file=sys.stderr)
-        return 1 if undecided else 0
+        return (1 if undecided else 0), []
     left_out: list[str] = []
     if layout == "seed":
         left_out = write_seed(path, entries)
@@ -504,13 +522,18 @@ def _write_export(study, args, requirement, progress=None) -> int:
         points = f" (a frontier of {len(entry['frontier'])})" if "frontier" in entry else ""
         print(f"exported {printable(key, 120)}{points} -> {path} ({layout} layout)",
               file=sys.stderr)  # fmt: skip
-    return 0
+    kept = [e for k, e in entries.items() if k not in left_out]
+    written = {e["study"]["trial"] for e in kept} | {
+        p["trial"] for e in kept for p in e.get("frontier", [])
+    }
+    return 0, sorted(written)
 
 
 def _export(args: argparse.Namespace) -> int:
     from accelopt.results import Requirement
 
-    return _write_export(_open_study(args), args, Requirement(args.req_speedup, args.req_time))
+    code, _ = _write_export(_open_study(args), args, Requirement(args.req_speedup, args.req_time))
+    return code
 
 
 def _read_usable(store_arg: str | None) -> tuple[Any, dict[str, Any], list[tuple[str, str]]]:

@@ -35,7 +35,7 @@ import ast
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -583,6 +583,25 @@ def _example_prompts(prompt_set: str | None, toy: bool) -> list[str]:
     return [load_prompts("heldout", 1, chosen)[0].text]
 
 
+def _interval(interval: Sequence[float] | None, level: float | None, pairs: int = 0) -> str:
+    """`` (1.31x-1.60x, 98% interval over 7 pairs)``, or nothing without an interval."""
+    if not interval:
+        return ""
+    over = f" over {pairs} pairs" if pairs else ""
+    covers = f", {100 * level:.0f}% interval{over}" if level is not None else over
+    return f" ({interval[0]:.2f}x-{interval[1]:.2f}x{covers})"
+
+
+def _heldout(h: Mapping[str, Any] | None) -> str:
+    """The held-out confirmation's speed, the figure export decided on."""
+    if not h:
+        return ""
+    speed = h.get("speed")
+    forced = f", {speed}: exported with --force" if speed not in (None, "faster") else ""
+    shown = _interval(h.get("interval"), h.get("level"), len(h.get("speedups") or []))
+    return f"\nRe-timed on held-out prompts: {h['speedup']:.2f}x{shown}{forced}."
+
+
 def render_script(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> str:
     """The whole script for a store entry (refused unless ``entries.check_entry`` passes)."""
     values = header_values(entry, prompts)  # checks the entry first
@@ -596,8 +615,9 @@ def render_script(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> str:
     fidelity = "".join(f", {METRICS[k].label} {METRICS[k].show(m[k])}" for k in METRICS
                        if k != "score_loss" and m.get(k) is not None)  # fmt: skip
     summary = (
-        f"Measured by accelopt on {m['device']}: {m['speedup']:.2f}x the plain pipeline, "
-        f"{per_image}, CLIP score loss {_percent(m['score_loss'])}{fidelity}."
+        f"Measured by accelopt on {m['device']}: {m['speedup']:.2f}x the plain pipeline"
+        f"{_interval(m.get('speedup_interval'), m.get('speedup_level'))}, {per_image}, CLIP "
+        f"score loss {_percent(m['score_loss'])}{fidelity}.{_heldout(entry.get('heldout'))}"
     )
     if entry.get("layout") == "seed":  # accelopt.seed_format: the seed kept only these
         summary = (

@@ -59,6 +59,17 @@ class _Measured(_Strict):
     speedup_level: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
 
 
+class _Heldout(_Strict):
+    """Held-out confirmation (``accelopt.confirm.Confirmation``); older ones lack the interval."""
+
+    speedup: Positive
+    speedups: list[Positive] | None = None
+    interval: Annotated[list[Positive], Field(min_length=2, max_length=2)] | None = None
+    level: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    passed: bool | None = None
+    speed: Literal["faster", "slower", "undecidable"] | None = None
+
+
 class _Generation(_Strict):
     resolution: Annotated[int, Field(ge=8, le=4096)] | None = None
     guidance: Annotated[float, Field(ge=0, le=50, allow_inf_nan=False)]
@@ -90,6 +101,7 @@ class _Point(_Strict):
     trial: Annotated[int, Field(ge=0)] | None = None
     accelerators: dict[Text, dict[Text, Knob]]
     measured: _Measured
+    heldout: _Heldout | None = None
 
 
 class _Entry(_Strict):
@@ -104,6 +116,7 @@ class _Entry(_Strict):
     params: dict[Text, Knob] = {}
     generation: _Generation
     measured: _Measured
+    heldout: _Heldout | None = None
     execution: _Execution | None = None
     study: _Study | None = None
     layout: Literal["seed"] | None = None

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from accelopt import warmstart
 from accelopt.constraints import METRICS
-from accelopt.errors import AccelOptError
+from accelopt.errors import AccelOptError, printable
 from accelopt.export import package_versions
 from accelopt.progress import Progress, follow
 from accelopt.results import DONE, Requirement, best_trial
@@ -35,6 +35,7 @@ from accelopt.spec import (
     SamplerSpec,
     StudySpec,
     TimingSpec,
+    canonical_name,
 )
 from accelopt.storage import (
     HEARTBEAT,
@@ -216,6 +217,7 @@ def _run_study(
         return storage_lock(backend, url, spec.name)
 
     with lock():
+        adopt_old_spelling(backend, spec.name, log)
         study = prepare_study(backend, url, spec, n_trials)
         recover(study, log)
 
@@ -284,6 +286,28 @@ def _beside_storage(url: str) -> Path:
     if "://" not in url:
         return Path(url).resolve().parent
     return Path.cwd()
+
+
+def adopt_old_spelling(
+    storage: optuna.storages.BaseStorage, name: str, log: Callable[[str], None]
+) -> None:
+    """Before names were canonical (``accelopt.spec.canonical_name``), ``toysd-ddim-20`` made a
+    study of its own. When the storage has no study ``name`` but exactly one under another
+    spelling of it, copy that one to ``name`` (the old one stays), so that run resumes it
+    rather than starting afresh; with several spellings, say so and leave them."""
+    names = optuna.get_all_study_names(storage)
+    if name in names:
+        return
+    old = sorted(s for s in names if canonical_name(s) == name)
+    if len(old) == 1:
+        optuna.copy_study(from_study_name=old[0], from_storage=storage, to_storage=storage,
+                          to_study_name=name)  # fmt: skip
+        log(f"{name}: resuming the study stored as {printable(old[0], 120)} (an older spelling "
+            f"of this name): copied to {name}; the old one is kept as it was")  # fmt: skip
+    elif old:
+        shown = ", ".join(printable(s, 120) for s in old)
+        log(f"{name}: warning: starting a new study; {len(old)} studies are stored under older "
+            f"spellings of this name ({shown}) and stay as they are")  # fmt: skip
 
 
 def prepare_study(

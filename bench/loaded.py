@@ -160,21 +160,35 @@ def table(record: Record) -> list[str]:
 
 
 def tally(record: Record) -> str:
-    """How often export wrote, and how often what it wrote held: ``6 runs: exported 5, ...; of
-    8 re-measurements of an exported entry, its held-out interval covers 5 and misses 3 (the
-    trial's own interval from the search: covers 2)``."""
+    """How often export wrote, and how often what it wrote held under the load it was measured
+    under (the study's burners kept): ``6 runs: exported 5, ...; of 6 re-measurements of an
+    exported entry under the study's own load, its held-out interval covers 6 and misses 0 (the
+    trial's own interval from the search: covers 2); with the burners stopped: covers 1 of 3``.
+    A re-measurement after the burners stopped asks another question (is a speedup measured
+    under load the one without it?), so it is counted apart."""
     runs = record["runs"]
     outcomes = [r["export"]["outcome"] for r in runs]
-    judged = [m["judgement"] for r in runs for m in r["remeasured"]]
-    exported = [m for r in runs if r["export"]["outcome"] == "exported" for m in r["remeasured"]]
-    searched = [m.get("trial_interval_covers") for m in exported]
-    return (
+
+    def same(r: Record, m: Record) -> bool:
+        return m["burners"] == (r["burners"] if r["regime"] == "loaded" else 0)
+
+    exported = [(r, m) for r in runs if r["export"]["outcome"] == "exported"
+                for m in r["remeasured"]]  # fmt: skip
+    kept = [m for r, m in exported if same(r, m)]
+    stopped = [m for r, m in exported if not same(r, m)]
+    judged = [m["judgement"] for m in kept]
+    searched = [m.get("trial_interval_covers") for m in kept]
+    text = (
         f"{len(runs)} runs: exported {outcomes.count('exported')}, refused "
         f"{outcomes.count('refused')}, nothing feasible {outcomes.count('nothing')}; of "
-        f"{len(exported)} re-measurements of an exported entry, its held-out interval covers "
-        f"{judged.count('covers')} and misses {judged.count('misses')} (the trial's own "
-        f"interval from the search: covers {searched.count('covers')})"
+        f"{len(kept)} re-measurements of an exported entry under the study's own load, its "
+        f"held-out interval covers {judged.count('covers')} and misses {judged.count('misses')} "
+        f"(the trial's own interval from the search: covers {searched.count('covers')})"
     )
+    if stopped:
+        covers = [m["judgement"] for m in stopped].count("covers")
+        text += f"; with the burners stopped: covers {covers} of {len(stopped)}"
+    return text
 
 
 def cost_table(record: Record) -> list[str]:
@@ -240,13 +254,16 @@ def _log(text: str) -> None:
     print(f"[loaded {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def run_study(args: argparse.Namespace, work: Path) -> Record:
-    """``accelopt run ... --export`` in ``work``; its exit code, wall time and output."""
+def run_study(args: argparse.Namespace, work: Path, seed: int | None) -> Record:
+    """``accelopt run ... --export`` in ``work`` (the sampler's ``seed``, None: the spec's);
+    its exit code, wall time and output."""
     command = [sys.executable, "-m", "accelopt", "run", "--study", args.study, "--device", "cpu",
                "--storage", str(work / "journal.log"), "--export", "--store",
                str(work / "store.json"), "--quiet", "--top-k", str(args.top_k)]  # fmt: skip
     if args.n_trials:
         command += ["--n-trials", str(args.n_trials)]
+    if seed is not None:
+        command += ["--seed", str(seed)]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=work, capture_output=True, text=True)
     took = time.perf_counter() - started
@@ -315,7 +332,7 @@ def one_run(args: argparse.Namespace, number: int, regime: str) -> Record:
             work = Path(folder)
             load = [os.getloadavg()[0]]
             _log(f"run {number} ({regime}, {count} burners): {args.study} ...")
-            ran = run_study(args, work)
+            ran = run_study(args, work, number if args.vary_seed else None)
             load.append(os.getloadavg()[0])
             entries = read_store(work / "store.json")
             outcome = classify(ran["rc"], ran["stderr"], entries)
@@ -349,6 +366,7 @@ def one_run(args: argparse.Namespace, number: int, regime: str) -> Record:
     finally:
         stop_burners(burners)
     return {"run": number, "regime": regime, "burners": count, "study": name,
+            "seed": number if args.vary_seed else None,
             "study_seconds": ran["seconds"], "rc": ran["rc"], "load": load,
             "stderr_tail": ran["stderr"].splitlines()[-12:],
             "stdout_tail": ran["stdout"].splitlines()[-6:], "export": export,
@@ -366,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stopped", action="store_true",
                    help="also re-measure a loaded run once its burners are stopped")  # fmt: skip
     p.add_argument("--n-trials", type=int, default=0, help="the study's trials (0: its spec's)")
+    p.add_argument("--vary-seed", action="store_true",
+                   help="run N's sampler seed is N (both regimes alike), not the spec's: other "
+                        "configurations from run to run")  # fmt: skip
     p.add_argument("--top-k", type=int, default=3, help="held-out confirmations (accelopt's -k)")
     p.add_argument("--budget", type=float, default=900, help="start no run after SECONDS")
     p.add_argument("--out", type=Path, help="folder for the record (JSON)")

@@ -390,6 +390,37 @@ def test_a_study_stored_under_an_old_spelling_is_still_found(  # type: ignore[no
     assert capsys.readouterr().out == "tinysd-DDIM-10: no feasible trial yet\n"
 
 
+def test_run_resumes_a_study_stored_under_an_old_spelling(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.0, 0.0))
+    (workdir / "studies").mkdir()
+    spec = "n_trials = 1\nwarmup = 0\n[prompts]\ncount = 1\nbatch_size = 1\n"  # seconds
+    (workdir / "studies" / "TinySD-DDIM-10-deepcache.toml").write_text(spec)
+    storage = "sqlite:///accelopt.db"
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--quiet"]) == 0
+    old = "tinysd-ddim-10-DeepCache"  # as an older accelopt stored what was typed
+    optuna.copy_study(from_study_name="TinySD-DDIM-10-deepcache", from_storage=storage,
+                      to_storage=storage, to_study_name=old)  # fmt: skip
+    optuna.delete_study(study_name="TinySD-DDIM-10-deepcache", storage=storage)
+    capsys.readouterr()
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "TinySD-DDIM-10-deepcache: finished already (1 trials)" in out  # resumed, not anew
+    assert ("TinySD-DDIM-10-deepcache: resuming the study stored as tinysd-ddim-10-DeepCache "
+            "(an older spelling of this name)") in err  # fmt: skip
+    assert sorted(optuna.get_all_study_names(storage)) == ["TinySD-DDIM-10-deepcache", old]
+    optuna.copy_study(from_study_name=old, from_storage=storage, to_storage=storage,
+                      to_study_name="TINYSD-DDIM-10-deepcache")  # fmt: skip
+    optuna.delete_study(study_name="TinySD-DDIM-10-deepcache", storage=storage)
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "ran 1 trials (1 in the study)" in out  # two old spellings: which? neither
+    assert "warning: starting a new study; 2 studies are stored under older spellings" in err
+
+
 def test_accelerators_shows_the_toy_pipelines_space(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["accelerators", "--pipeline", "ToySD", "--steps", "20"]) == 0
     out = capsys.readouterr().out

@@ -479,6 +479,29 @@ def test_plain_entry_gets_a_readable_docstring() -> None:
     assert script.splitlines()[6] == '"""'
 
 
+def test_the_docstring_carries_the_intervals_export_decided_on() -> None:
+    entry = make_entry("SDXL", "DDIM", 25, {"deepcache": {"cache_interval": 3,
+                       "cache_branch_id": 0}}, speedup=2.5, device="NVIDIA H200")  # fmt: skip
+    entry["measured"].update(speedup_interval=[2.3, 2.6], speedup_level=0.75)
+    heldout = {"speedup": 2.4, "speedups": [2.4] * 7, "interval": [2.31, 2.52],
+               "level": 0.984375, "passed": True, "speed": "faster"}  # fmt: skip
+    entry["heldout"] = heldout
+    lines = render_script(entry).splitlines()
+    assert lines[3].startswith("Measured by accelopt on NVIDIA H200: 2.50x the plain pipeline "
+                               "(2.30x-2.60x, 75% interval), 0.4000 s per image")  # fmt: skip
+    assert lines[4] == ("Re-timed on held-out prompts: 2.40x (2.31x-2.52x, 98% interval over 7 "
+                        "pairs).")  # fmt: skip
+    entry["heldout"] = {**heldout, "interval": [0.9, 2.52], "speed": "undecidable"}
+    assert render_script(entry).splitlines()[4].endswith(
+        "(0.90x-2.52x, 98% interval over 7 pairs), undecidable: exported with --force."
+    )
+    for hostile in ({"speed": "fast\nimport os"}, {"interval": [1.0, math.inf]},
+                    {"level": 2.0}, {"speedup": "2.4"}):  # fmt: skip
+        entry["heldout"] = {**heldout, **hostile}
+        with pytest.raises(AccelOptError, match="heldout"):
+            render_script(entry)
+
+
 @pytest.mark.parametrize(
     ("device", "readable"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.cli import main
-from accelopt.confirm import SEED_OFFSET, candidates, confirm, confirmations, pending
+from accelopt.confirm import MIN_PAIRS, SEED_OFFSET, candidates, confirm, confirmations, pending
 from accelopt.export import entries_for
 from accelopt.objective import Bench
 from accelopt.prompts import load_prompts
@@ -79,7 +80,7 @@ def test_the_best_that_fails_held_out_is_never_exported(tmp_path: Path, bench: B
     assert [(r.trial, r.passed) for r in results] == [(0, False), (1, True)]
     assert results[0].score_loss == 0.5 and results[1].score_loss == pytest.approx(0.01)
     assert bench.scorer.seen == {5, 3}  # type: ignore[attr-defined]  # only the top two ran
-    assert all(len(r.speedups) == 3 and r.speedup == 2.0 for r in results)  # 3 steady pairs
+    assert all(len(r.speedups) == MIN_PAIRS and r.speedup == 2.0 for r in results)  # steady
     (entry,) = entries_for(study, url).values()
     assert entry["accelerators"]["deepcache"]["cache_interval"] == 3
     assert entry["heldout"]["passed"] and entry["heldout"]["score_loss"] == pytest.approx(0.01)
@@ -139,3 +140,27 @@ def test_a_resumed_study_confirms_only_its_new_leaders(tmp_path: Path, bench: Be
     assert sorted(confirmations(study) or {}) == [0, 1, 3]
     (entry,) = entries_for(study, url).values()
     assert entry["study"]["trial"] == 3 and entry["heldout"]["passed"]
+
+
+def test_run_export_says_when_the_searchs_best_is_not_what_it_stored(
+    tmp_path: Path, bench: Bench, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _, url = _study(tmp_path)
+    (tmp_path / "studies").mkdir()  # SPEC as a spec file, so that run finds the stored study's
+    (tmp_path / "studies" / f"{SPEC.name}.toml").write_text(
+        'pipeline = "TinySD"\nscheduler = "DDIM"\nsteps = 10\ntargets = ["deepcache"]\n'
+        "warmup = 0\n[prompts]\ncount = 4\nbatch_size = 2\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("accelopt.study.load_bench", lambda *args: bench)
+    store = tmp_path / "store.json"
+    argv = ["run", "--study", SPEC.name, "--storage", url, "--n-trials", "3", "--quiet",
+            "--export", "--store", str(store), "--top-k", "2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "finished already (3 trials)" in out and "best trial 0:" in out  # the search's best
+    assert ("  not exported: held-out 2.00x (2.00x-2.00x, 98% interval over 7 pairs), FAILS "
+            "CLIP score loss <= 2%; the store holds trial 1 for this study") in out  # fmt: skip
+    (entry,) = json.loads(store.read_text())["entries"].values()
+    assert entry["study"]["trial"] == 1
