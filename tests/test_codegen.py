@@ -492,9 +492,8 @@ def test_the_docstring_carries_the_intervals_export_decided_on() -> None:
     assert lines[4] == ("Re-timed on held-out prompts: 2.40x (2.31x-2.52x, 98% interval over 7 "
                         "pairs).")  # fmt: skip
     entry["heldout"] = {**heldout, "interval": [0.9, 2.52], "speed": "undecidable"}
-    assert render_script(entry).splitlines()[4].endswith(
-        "(0.90x-2.52x, 98% interval over 7 pairs), undecidable: exported with --force."
-    )
+    undecidable = "(0.90x-2.52x, 98% interval over 7 pairs), undecidable: exported with --force."
+    assert render_script(entry).splitlines()[4].endswith(undecidable)
     for hostile in ({"speed": "fast\nimport os"}, {"interval": [1.0, math.inf]},
                     {"level": 2.0}, {"speedup": "2.4"}):  # fmt: skip
         entry["heldout"] = {**heldout, **hostile}
