@@ -19,7 +19,8 @@ import test_bench_tables  # noqa: E402
 RECORDS = [
     ROOT / "bench" / "results" / "loaded" / f"loaded-cpu{name}-2026-12-04.json"
     for name in ("", "-idle", "-third")
-]  # the order of the docs' --table command
+]  # the first attempt (3 confirmation pairs), in the order of the docs' --table command
+SEVEN_PAIRS = ROOT / "bench" / "results" / "loaded" / "loaded-cpu-7pairs-2026-12-04.json"
 
 
 def test_judge_covers_misses_or_refused() -> None:
@@ -111,10 +112,11 @@ def test_the_tables_of_a_record() -> None:
         "| 2 | 0 / - | - | 20 s | nothing | - | - | - | - |",
     ]
     assert loaded.tally(r) == (
-        "3 runs: exported 1, refused 1, nothing feasible 1; of 2 re-measurements of an "
-        "exported entry, its held-out interval covers 1 and misses 1 (the trial's own interval "
-        "from the search: covers 1)"
-    )
+        "3 runs: exported 1, refused 1, nothing feasible 1; of 1 re-measurements of an "
+        "exported entry under the study's own load, its held-out interval covers 1 and misses 0 "
+        "(the trial's own interval from the search: covers 0); with the burners stopped: "
+        "covers 0 of 1"
+    )  # the re-measurement with the burners stopped asks another question: counted apart
     assert loaded.cost_table(r)[2:] == [
         "| 1 | loaded | 1 | 1 x 4 | 6 s | 2 s | 0.2 s | 12 s | 50% |",
         "| 1 | idle | 1 | 1 x 4 | 6 s | 2 s | 0.2 s | 12 s | 50% |",
@@ -147,3 +149,11 @@ def test_the_docs_tables_come_from_the_records() -> None:
     assert [line for line in lines if line and line not in docs] == []
     assert [r["export"]["outcome"] for r in merged["runs"]].count("exported") == 5
     assert len(merged["runs"]) == 6 and len(test_bench_tables.parse("\n".join(lines))) == 2
+
+
+def test_the_docs_tables_of_seven_pairs_come_from_their_record() -> None:
+    record = json.loads(SEVEN_PAIRS.read_text())
+    lines = loaded.markdown(record).splitlines()
+    assert [line for line in lines if line and line not in test_bench_tables.DOCS] == []
+    assert [r["export"]["outcome"] for r in record["runs"]].count("exported") == 5
+    assert len(record["runs"]) == 8
