@@ -127,13 +127,15 @@ def test_generated_images_follow_prompts_and_degrade_with_acceleration(toy, scor
 
 
 def test_training_writes_folders_the_real_loaders_read(tmp_path: Path) -> None:
-    small = ["vae_steps=2", "vae_batch=4", "steps=2", "batch=4"]
+    small = ["vae_steps=2", "vae_batch=4", "steps=2", "batch=4", "calibration_images=32",
+             "storage_check_prompts=2"]  # fmt: skip
     assert (
         train.main(["generator", "--out", str(tmp_path / "g"), "--device", "cpu", "--set", *small])
         == 0
     )
     record = json.loads((tmp_path / "g" / "train.json").read_text())
     assert record["unet"]["steps"] == 2 and not record["unet"]["stopped_early"]
+    assert record["recipe"]["calibration_images"] == 32  # the --set values are the ones used
     assert record["fp16_storage_psnr_db"]["min"] > 40
     pipe = load_pipeline(str(tmp_path / "g" / "ToySD"), dtype="float32", device="cpu")
     assert pipe.unet.dtype == torch.float32

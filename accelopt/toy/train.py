@@ -49,6 +49,8 @@ GENERATOR = {
     "warmup": 500,
     "ema": 0.9995,
     "uncond": 0.1,
+    "calibration_images": 1024,  # their latents set the VAE's scaling factor; 256 its PSNR
+    "storage_check_prompts": 16,  # images compared before and after the float16 round trip
 }
 SCORER = {
     "steps": 5000,
@@ -164,7 +166,8 @@ def train_vae(
     vae.eval()
     # SD's convention: latents times scaling_factor have unit variance.
     with torch.no_grad(), _autocast(device):
-        x, _ = next(batches(1024, stream="generator", seed=seed + 7, device=device))
+        size = recipe["calibration_images"]
+        x, _ = next(batches(size, stream="generator", seed=seed + 7, device=device))
         std = vae.encode(x).latent_dist.sample().float().std().item()
     vae.register_to_config(scaling_factor=round(1.0 / std, 5))
     with torch.no_grad():
@@ -282,11 +285,11 @@ def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(blur, blurred, x).clamp(-1, 1)
 
 
-def save_generator(pipe: Any, folder: Path) -> dict[str, Any]:
+def save_generator(pipe: Any, folder: Path, prompts: int = 16) -> dict[str, Any]:
     """The pipeline in float16 safetensors, tokenizer and scheduler included.
 
     Returns what storing in float16 costs: PSNR between images of the float32 weights and of
-    the saved ones loaded back (both computed in float32), over 16 prompts.
+    the saved ones loaded back (both computed in float32), over ``prompts`` held-out prompts.
     """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging
@@ -295,9 +298,9 @@ def save_generator(pipe: Any, folder: Path) -> dict[str, Any]:
 
     def images(p: Any) -> torch.Tensor:
         p.set_progress_bar_config(disable=True)
-        prompts = list(shapes.prompt_order("heldout")[:16])
-        seeds = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-        return p(prompts, num_inference_steps=20, guidance_scale=5.0, generator=seeds,
+        captions = list(shapes.prompt_order("heldout")[:prompts])
+        seeds = [torch.Generator().manual_seed(i) for i in range(len(captions))]
+        return p(captions, num_inference_steps=20, guidance_scale=5.0, generator=seeds,
                  output_type="pt").images.float().cpu()  # fmt: skip
 
     device = pipe.device
@@ -370,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = None if args.max_seconds is None else time.perf_counter() + args.max_seconds
     model, log = train(device, args.seed, recipe, deadline)
     if args.model == "generator":
-        log.update(save_generator(model, folder))
+        log.update(save_generator(model, folder, int(recipe["storage_check_prompts"])))
     else:
         save_scorer(model, folder)
     record = {
