@@ -26,7 +26,8 @@ lint: install
 	$(BIN)/mypy
 
 # One torch thread per test worker: two workers each spinning two OpenMP threads on two cores
-# run the suite ten times slower, not faster.
+# run the suite ten times slower, not faster. tests/conftest.py keeps tests that share compiled
+# kernels or a searched study in one worker, so the two never build the same thing twice.
 unit: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 

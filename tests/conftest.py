@@ -23,6 +23,36 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Parallel workers with several torch threads each oversubscribe the cores many times over.
     torch.set_num_threads(1)
 
+# Tests that share something costly stay in one test process, one after the other:
+# - the compiling ones: tests/test_execution.py's compiled pipeline is built once, and each later
+#   graph finds the kernels of an earlier one in the cache above, instead of two processes
+#   compiling the same graph at once (minutes each on two cores);
+# - the modules whose tests read one study searched by a module-scoped fixture (half a minute).
+# Everything else is spread test by test, as --dist load does. xdist's own xdist_group mark
+# cannot do this under pytest 9 (it renames items through an attribute pytest no longer reads),
+# and the scheduling process never sees the items, so the groups are test-id prefixes.
+TOGETHER = {
+    "tests/test_execution.py::": "compiling",
+    "tests/test_codegen_run.py::test_a_compile_mode_script": "compiling",
+    **{f"tests/{module}.py::": module for module in (
+        "test_bench_landscape", "test_browser", "test_export", "test_pareto", "test_seed_format",
+    )},
+}  # fmt: skip
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "load":
+        return None  # an explicit --dist choice is the caller's
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Together(LoadScopeScheduling):
+        """--dist load, except that the tests of one TOGETHER group are one unit of work."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return next((g for p, g in TOGETHER.items() if nodeid.startswith(p)), nodeid)
+
+    return Together(config, log)
+
 
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:

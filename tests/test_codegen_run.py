@@ -192,8 +192,8 @@ def test_bad_task_files_exit_2(
 
 
 # A compile-mode script on the CPU. The entry asks for what tests/test_execution.py compiles
-# (TinySD, DeepCache branch 0, four steps, two prompts with guidance), so inductor's on-disk
-# cache, shared by every test process (conftest.py), usually holds its kernels already.
+# (TinySD, DeepCache branch 0, four steps, two prompts with guidance), and runs in the same test
+# process as those tests (conftest.py: TOGETHER), so inductor's on-disk cache serves both.
 COMPILE_TOLERANCE = 1e-4  # tests/test_execution.py measured 2.3e-6 at most
 
 
