@@ -16,11 +16,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 import loaded  # noqa: E402
 import test_bench_tables  # noqa: E402
 
-RECORDS = [
-    ROOT / "bench" / "results" / "loaded" / f"loaded-cpu{name}-2026-12-04.json"
-    for name in ("", "-idle", "-third")
-]  # the first attempt (3 confirmation pairs), in the order of the docs' --table command
-SEVEN_PAIRS = ROOT / "bench" / "results" / "loaded" / "loaded-cpu-7pairs-2026-12-04.json"
+# The docs' sections, each with its --table command's records in order: the first attempt (3
+# confirmation pairs, three calls) and the one with 7 pairs.
+SECTIONS = [
+    [ROOT / "bench" / "results" / "loaded" / f"loaded-cpu{name}-2026-12-04.json" for name in names]
+    for names in (("", "-idle", "-third"), ("-7pairs",))
+]
 
 
 def test_judge_covers_misses_or_refused() -> None:
@@ -142,18 +143,11 @@ def test_table_command_prints_the_records_as_one(tmp_path: Path, capsys) -> None
     assert capsys.readouterr().out == loaded.markdown(loaded.merge([record(), record()])) + "\n"
 
 
-def test_the_docs_tables_come_from_the_records() -> None:
-    merged = loaded.merge([json.loads(path.read_text()) for path in RECORDS])
+@pytest.mark.parametrize(("paths", "runs"), [(SECTIONS[0], 6), (SECTIONS[1], 8)], ids=["3", "7"])
+def test_the_docs_tables_come_from_the_records(paths: list[Path], runs: int) -> None:
+    merged = loaded.merge([json.loads(path.read_text()) for path in paths])
     lines = loaded.markdown(merged).splitlines()
     docs = test_bench_tables.DOCS
     assert [line for line in lines if line and line not in docs] == []
     assert [r["export"]["outcome"] for r in merged["runs"]].count("exported") == 5
-    assert len(merged["runs"]) == 6 and len(test_bench_tables.parse("\n".join(lines))) == 2
-
-
-def test_the_docs_tables_of_seven_pairs_come_from_their_record() -> None:
-    record = json.loads(SEVEN_PAIRS.read_text())
-    lines = loaded.markdown(record).splitlines()
-    assert [line for line in lines if line and line not in test_bench_tables.DOCS] == []
-    assert [r["export"]["outcome"] for r in record["runs"]].count("exported") == 5
-    assert len(record["runs"]) == 8
+    assert len(merged["runs"]) == runs and len(test_bench_tables.parse("\n".join(lines))) == 2

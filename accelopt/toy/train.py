@@ -285,7 +285,7 @@ def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(blur, blurred, x).clamp(-1, 1)
 
 
-def save_generator(pipe: Any, folder: Path, prompts: int = 16) -> dict[str, Any]:
+def save_generator(pipe: Any, folder: Path, prompts: int) -> dict[str, Any]:
     """The pipeline in float16 safetensors, tokenizer and scheduler included.
 
     Returns what storing in float16 costs: PSNR between images of the float32 weights and of
