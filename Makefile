@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # One torch thread per test worker: two workers each spinning two OpenMP threads on two cores
 # run the suite ten times slower, not faster. tests/conftest.py keeps tests that share compiled

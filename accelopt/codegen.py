@@ -43,8 +43,8 @@ from typing import Any
 
 import tomllib
 
-from accelopt.constraints import BOUNDS, METRICS, Bound, quality_loss
 from accelopt.errors import AccelOptError, printable
+from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss
 
 __all__ = [
     "BOUND_FLAGS",
@@ -83,7 +83,7 @@ class Request:
     req_speedup: float | None = None
     max_score_loss: float | None = None
     req_time: float | None = None
-    # Fidelity bounds (``accelopt.constraints``): an entry answers only if it measured the
+    # Fidelity bounds (``accelopt.measure.constraints``): an entry answers only if it measured the
     # metric and meets the bound (entries exported before fidelity was measured do not).
     psnr_min: float | None = None
     ssim_min: float | None = None
@@ -133,8 +133,8 @@ class Request:
 
     def run_command(self) -> str:
         """The ``accelopt run`` command that would produce an entry for this request."""
-        from accelopt.schedulers import resolve_scheduler
-        from accelopt.store import seed_pipeline
+        from accelopt.params_store.file import seed_pipeline
+        from accelopt.pipelines.schedulers import resolve_scheduler
 
         name = f"{seed_pipeline(self.pipe)}-{resolve_scheduler(self.sched).name}-{self.steps}"
         if self.targets:
@@ -214,10 +214,11 @@ def write_scripts(
     """Write a script per answered request (``output`` is a folder for a batch); then refuse,
     in one error, every request no entry answers, naming the nearest entries and the run.
 
-    Only entries that pass ``accelopt.entries.check_entry`` are considered (the CLI reports the
+    Only entries that pass ``accelopt.params_store.check.check_entry`` are considered (the CLI
+    reports the
     others first); a batch's outputs must stay inside ``output``, and every one is checked, and
     every script made, before the first is written."""
-    from accelopt.entries import usable_entries
+    from accelopt.params_store.check import usable_entries
 
     entries = usable_entries(entries)[0]
     if batch and output.exists() and not output.is_dir():
@@ -258,8 +259,8 @@ def _inside(folder: Path, name: str) -> Path:
 
 
 def _same_model(entry: Mapping[str, Any], request: Request) -> bool:
-    from accelopt.schedulers import resolve_scheduler
-    from accelopt.store import seed_pipeline
+    from accelopt.params_store.file import seed_pipeline
+    from accelopt.pipelines.schedulers import resolve_scheduler
 
     return (
         seed_pipeline(entry["pipeline"]).lower() == seed_pipeline(request.pipe).lower()
@@ -428,7 +429,7 @@ def _point_line(p: Mapping[str, Any]) -> str:
 
 def nearest(entries: Mapping[str, Mapping[str, Any]], request: Request, n: int = 3) -> list[str]:
     """Up to ``n`` entries closest to the request, described in one short line each."""
-    from accelopt.store import seed_pipeline
+    from accelopt.params_store.file import seed_pipeline
 
     def distance(e: Mapping[str, Any]) -> tuple[int, int, int]:
         same_pipe = seed_pipeline(e["pipeline"]).lower() == seed_pipeline(request.pipe).lower()
@@ -531,9 +532,9 @@ def _execution(entry: Mapping[str, Any]) -> str:
 
 def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict[str, Any]:
     """The script's header, from a store entry."""
-    from accelopt.entries import check_entry
+    from accelopt.params_store.check import check_entry
     from accelopt.pipelines import TOY_PIPELINES, model_info, resolve_dtype
-    from accelopt.schedulers import resolve_scheduler
+    from accelopt.pipelines.schedulers import resolve_scheduler
 
     check_entry(entry.get("key"), entry)  # every value below is the right type, and in range
     info = model_info(entry["model"])
@@ -619,7 +620,9 @@ def render_script(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> str:
         f"{_interval(m.get('speedup_interval'), m.get('speedup_level'))}, {per_image}, CLIP "
         f"score loss {_percent(m['score_loss'])}{fidelity}.{_heldout(entry.get('heldout'))}"
     )
-    if entry.get("layout") == "seed":  # accelopt.seed_format: the seed kept only these
+    if (
+        entry.get("layout") == "seed"
+    ):  # accelopt.params_store.seed_layout: the seed kept only these
         summary = (
             f"From a seed-layout params file: {m['speedup']:.2f}x the plain pipeline, within a "
             f"CLIP score loss of {_percent(m['score_loss'])}; the time per image, the card "

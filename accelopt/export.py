@@ -4,15 +4,14 @@ The best feasible trial is written under the study's targets (all applicable acc
 a study without a targets suffix). A study that searched which accelerators to use also writes,
 for every set of accelerators it tried, the best feasible trial that used exactly that set.
 
-A pareto study writes the same entries, each with its frontier (``accelopt.store``): every
+A pareto study writes the same entries, each with its frontier (``accelopt.params_store.file``):
+every
 non-dominated completed trial for the study's entry, those with exactly that set for a set's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from accelopt.errors import AccelOptError
-from accelopt.results import Requirement, frontier
+from accelopt.measure.environment import package_versions
+from accelopt.params_store.file import seed_key, seed_pipeline, seed_scheduler, write_entries
 from accelopt.storage import storage_label
-from accelopt.store import seed_key, seed_pipeline, seed_scheduler, write_entries
+from accelopt.study.results import Requirement, frontier
 
-__all__ = ["entries_for", "export_study", "package_versions", "speed_verdict", "withheld"]
+__all__ = ["entries_for", "export_study", "speed_verdict", "withheld"]
 
-PACKAGES = ("accelopt", "torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd",
-            "open_clip_torch", "optuna")  # fmt: skip
 # Our parameter names -> the seed system's (only T-GATE's warm_up differs).
 SEED_PARAMS = {"warm_up": "warmup"}
 MEASURED = ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device")
@@ -51,7 +49,7 @@ def speed_verdict(trial: FrozenTrial, confirmed: dict[int, dict[str, Any]] | Non
     interval = trial.user_attrs.get("speedup_interval")
     if not interval:
         return "faster"
-    from accelopt.timing import verdict
+    from accelopt.measure.timing import verdict
 
     low, high = interval
     return verdict(low, high, threshold)
@@ -60,7 +58,7 @@ def speed_verdict(trial: FrozenTrial, confirmed: dict[int, dict[str, Any]] | Non
 def withheld(study: optuna.Study, requirement: Requirement | None = None) -> list[FrozenTrial]:
     """Feasible trials whose speed the pairs could not tell from the baseline's (or the
     requirement's): what export leaves out unless forced, best first."""
-    from accelopt.confirm import confirmations
+    from accelopt.study.confirm import confirmations
 
     confirmed = None if (study.user_attrs.get("spec") or {}).get("objective") == "pareto" else (
         confirmations(study))  # fmt: skip
@@ -76,17 +74,6 @@ def _bounds(spec: dict[str, Any]) -> dict[str, float]:
     """The study's fidelity bounds (``[constraints]``), none for studies stored before them."""
     stored = spec.get("constraints") or {}
     return {k: float(v) for k, v in stored.items() if v is not None}
-
-
-def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
-    """Installed versions of ``names`` (None for a package that is not installed)."""
-    found: dict[str, str | None] = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def _entry(
@@ -143,7 +130,7 @@ def _entry(
             "plain_baselines": (study.user_attrs.get("execution") or {}).get("baselines", {}),
             "speedup_vs_eager": a.get("speedup_vs_eager"),
         },
-        # the same configuration again on held-out prompts and fresh seeds (accelopt.confirm)
+        # the same configuration again on held-out prompts and fresh seeds (accelopt.study.confirm)
         "heldout": (study.user_attrs.get("confirmations") or {}).get(str(trial.number)),
         "versions": study.user_attrs.get("versions") or package_versions(),
         "study": {
@@ -202,7 +189,7 @@ def entries_for(
     """The store entries a study answers (empty when no trial is feasible, or none is surely
     faster than the baseline: ``withheld`` lists those the noise left undecided, and ``force``
     exports them too)."""
-    from accelopt.confirm import confirmations
+    from accelopt.study.confirm import confirmations
 
     requirement = requirement or Requirement()
     spec = study.user_attrs.get("spec")
@@ -264,9 +251,10 @@ def entries_for(
 
 
 def _checked(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``entries``, each passing the check every reader applies (``accelopt.entries``): what
+    """``entries``, each passing the check every reader applies (``accelopt.params_store.check``):
+    what
     export writes, codegen must be able to use."""
-    from accelopt.entries import check_entry
+    from accelopt.params_store.check import check_entry
 
     for key, entry in entries.items():
         check_entry(key, entry)

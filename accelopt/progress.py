@@ -183,7 +183,7 @@ class Progress:
 
 
 def follow(bench: Any, phase: Phase, lead: Callable[[], str] = lambda: "") -> None:
-    """Tell ``phase`` what a bench (``accelopt.objective.Bench``) generates and compiles,
+    """Tell ``phase`` what a bench (``accelopt.trial.bench.Bench``) generates and compiles,
     each note after ``lead()`` (``trial 3: ``). It keeps telling that phase until followed
     by another."""
 

@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from accelopt.constraints import BOUNDS, METRICS, Bound, quality_loss
-from accelopt.results import best_trial
+from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss
+from accelopt.study.results import best_trial
 
 __all__ = [
     "LABEL_ANGLE",
@@ -46,9 +46,11 @@ class Point:
     feasible: bool
     label: str
     params: dict[str, Any]
-    # Every quality metric the trial measured (accelopt.constraints.METRICS), the score loss too.
+    # Every quality metric the trial measured (accelopt.measure.constraints.METRICS), the score
+    # loss too.
     metrics: dict[str, float] = field(default_factory=dict)
-    interval: tuple[float, float] | None = None  # a paired speedup's (accelopt.timing.Paired)
+    # A paired speedup's interval (accelopt.measure.timing.Paired).
+    interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ is one study under its ``canonical_name`` (``toysd-ddim-20`` is ``ToySD-DDIM-20`
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,13 @@ from typing import Any
 
 import tomllib
 
-from accelopt.constraints import BOUNDS, METRICS, Bound
 from accelopt.errors import AccelOptError, choices
+from accelopt.measure.constraints import BOUNDS, METRICS, Bound
 
 __all__ = [
     "DEFAULT_MAX_SCORE_LOSS",
     "EXECUTIONS",
+    "IDENTITY",
     "OBJECTIVES",
     "ConstraintSpec",
     "MetricSpec",
@@ -39,7 +41,9 @@ __all__ = [
     "generation_defaults",
     "load_spec",
     "parse_name",
+    "record_of",
     "shipped_specs",
+    "spec_from_record",
 ]
 
 DEFAULT_MAX_SCORE_LOSS = 0.02
@@ -48,8 +52,6 @@ SAMPLERS = ("tpe", "grid")
 # whole frontier kept (export stores it, codegen picks any point of it).
 OBJECTIVES = ("speedup", "pareto")
 EXECUTIONS = ("auto", "eager", "compile", "cuda-graphs")  # accelopt.execution.MODES and auto
-TINY_CLIP = "accelopt-tiny-clip"  # a small open_clip config shipped with accelopt, random weights
-TOY_CLIP = "accelopt-toy-clip"  # the scorer trained on the toy shapes, shipped with its weights
 LPIPS_NETS = ("alex", "vgg", "squeeze")  # LPIPS backbones (torchvision's ImageNet networks)
 
 
@@ -78,7 +80,8 @@ class MetricSpec:
 
     model: str = "ViT-H-14"
     pretrained: str = "laion2b_s32b_b79k"
-    # LPIPS (``accelopt.metrics``): its backbone ("alex", "vgg", "squeeze"; measured whenever a
+    # LPIPS (``accelopt.measure.metrics``): its backbone ("alex", "vgg", "squeeze"; measured
+    # whenever a
     # study bounds lpips_max, "alex" unless named) and a file of that backbone's weights ("":
     # torch hub's cache). Never downloaded: missing weights stop the study, naming the file.
     lpips: str = ""
@@ -87,7 +90,8 @@ class MetricSpec:
 
 @dataclass(frozen=True)
 class TimingSpec:
-    """How a trial's speedup is timed (``accelopt.timing.Paired``): ``pairs`` alternated calls
+    """How a trial's speedup is timed (``accelopt.measure.timing.Paired``): ``pairs`` alternated
+    calls
     of the plain pipeline and the configuration on the first ``prompts`` prompts (0: one batch),
     after the quality pass; the speedup is the median of the pairs' ratios, with an interval.
     ``pairs = 0`` divides the study's baseline time by the quality pass's instead (unpaired)."""
@@ -98,7 +102,8 @@ class TimingSpec:
 
 @dataclass(frozen=True)
 class ConstraintSpec:
-    """Fidelity bounds (``accelopt.constraints``) beside the score-loss budget, each against the
+    """Fidelity bounds (``accelopt.measure.constraints``) beside the score-loss budget, each
+    against the
     baseline image of the same prompt and seed; None leaves a metric unbounded (it is measured
     and recorded all the same). The table's ``clip_loss`` is the spec's ``max_score_loss``."""
 
@@ -145,7 +150,7 @@ class StudySpec:
     # Every bound a trial must meet besides max_score_loss ([constraints] in a spec file).
     constraints: ConstraintSpec = field(default_factory=ConstraintSpec)
     timing: TimingSpec = field(default_factory=TimingSpec)
-    # A pareto study's second objective: a metric of accelopt.constraints.METRICS.
+    # A pareto study's second objective: a metric of accelopt.measure.constraints.METRICS.
     pareto_metric: str = "score_loss"
     source: str = "derived from the name"
 
@@ -184,7 +189,7 @@ def parse_name(name: str) -> dict[str, Any]:
     """
     from accelopt import accelerators
     from accelopt.pipelines import MODELS
-    from accelopt.schedulers import SCHEDULERS
+    from accelopt.pipelines.schedulers import SCHEDULERS
 
     pipes = sorted((m.name for m in MODELS), key=len, reverse=True)
     scheds = sorted(
@@ -253,6 +258,7 @@ def generation_defaults(pipeline: str) -> dict[str, Any] | None:
 
 def _model_defaults(pipeline: str) -> dict[str, Any]:
     """Defaults that follow from a known model: resolution, guidance, prompts, metric, budget."""
+    from accelopt.measure.metrics import TINY_CLIP, TOY_CLIP
     from accelopt.pipelines import model_info
 
     info = model_info(pipeline)
@@ -350,9 +356,10 @@ def load_spec(name: str | None = None, *, path: Path | None = None) -> StudySpec
     return _build(name, defaults, data, str(path))
 
 
-# Spec tables and the dataclasses whose fields they may set.
-_TABLES = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec,
-           "timing": TimingSpec}  # fmt: skip
+# Spec tables and the dataclasses whose fields they set. A TOML ``[constraints]`` table sets
+# ``max_score_loss`` too (its ``clip_loss``): ``_build`` reads it apart.
+TABLES = {"prompts": PromptSpec, "metric": MetricSpec, "sampler": SamplerSpec,
+          "timing": TimingSpec, "constraints": ConstraintSpec}  # fmt: skip
 
 
 def _build(name: str, defaults: dict[str, Any], data: dict[str, Any], source: str) -> StudySpec:
@@ -366,15 +373,15 @@ def _build(name: str, defaults: dict[str, Any], data: dict[str, Any], source: st
         )
     values = dict(defaults)
     for key, value in data.items():
-        if key in _TABLES:
-            values[key] = _table(where, key, value, values.get(key, _TABLES[key]()))
-        elif key == "constraints":
+        if key == "constraints":
             if "max_score_loss" in data and isinstance(value, dict) and "clip_loss" in value:
                 raise AccelOptError(
                     f"{where}: the score-loss budget is set twice (max_score_loss and "
                     f"constraints.clip_loss); keep one"
                 )
             values.update(_constraints(where, value))
+        elif key in TABLES:
+            values[key] = _table(where, key, value, values.get(key, TABLES[key]()))
         elif key == "targets":
             values[key] = _targets(where, value)
         else:
@@ -390,7 +397,7 @@ def _build(name: str, defaults: dict[str, Any], data: dict[str, Any], source: st
 
 
 def _canonical_scheduler(name: str) -> str:
-    from accelopt.schedulers import resolve_scheduler
+    from accelopt.pipelines.schedulers import resolve_scheduler
 
     return resolve_scheduler(name).name
 
@@ -477,8 +484,8 @@ def _check_targets(spec: StudySpec) -> None:
 
 def _check_ranges(where: str, spec: StudySpec) -> None:
     from accelopt.pipelines import resolve_dtype
+    from accelopt.pipelines.schedulers import resolve_scheduler
     from accelopt.prompts import PROMPT_SETS, SPLITS
-    from accelopt.schedulers import resolve_scheduler
 
     def need(ok: bool, key: str, allowed: str) -> None:
         if not ok:
@@ -523,3 +530,61 @@ def _check_ranges(where: str, spec: StudySpec) -> None:
             resolve_dtype(spec.dtype, torch.device("cpu"))
     except AccelOptError as err:
         raise AccelOptError(f"{where}: {err}") from None
+
+
+# The record stored with a study (its ``spec`` user attribute): the fields that define what it
+# measured; changing one needs a new study.
+IDENTITY = (
+    "pipeline",
+    "scheduler",
+    "steps",
+    "targets",
+    "resolution",
+    "guidance",
+    "dtype",
+    "prompts",
+    "metric",
+    "sampler",
+    "max_score_loss",
+    "warmup",
+    "objective",
+    "execution",
+    "constraints",
+    "pareto_metric",
+    "timing",
+)
+# What a stored record without a key meant: studies stored before the key existed. (A table
+# stored without a newer field of its own gets the field's default: ``filled_record``.)
+LEGACY = {"objective": "speedup", "execution": "eager"}
+
+
+def record_of(spec: StudySpec) -> dict[str, Any]:
+    """The JSON record stored with a study: what ``spec`` measures.
+
+    >>> record_of(load_spec("TinySD-DDIM-10"))["steps"]
+    10
+    """
+    data = dataclasses.asdict(spec)
+    return json.loads(json.dumps({k: data[k] for k in IDENTITY}))
+
+
+def spec_from_record(name: str, stored: dict[str, Any]) -> StudySpec:
+    """The spec a stored record describes (as far as it defines what was measured)."""
+    record = dict(stored)
+    for key, cls in TABLES.items():
+        if key in record:
+            record[key] = cls(**record[key])
+    if record["targets"] is not None:
+        record["targets"] = tuple(record["targets"])
+    return StudySpec(name=name, source="stored study", **record)
+
+
+def filled_record(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored record as this version writes it: keys and table fields added since it was
+    stored get what studies did before them (no fidelity bound, no LPIPS)."""
+    filled = {**LEGACY, **stored}
+    for key, cls in TABLES.items():
+        defaults = json.loads(json.dumps(dataclasses.asdict(cls())))
+        filled[key] = {**defaults, **(stored.get(key) or {})}
+    filled.setdefault("pareto_metric", "score_loss")
+    return filled

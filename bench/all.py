@@ -480,7 +480,7 @@ def _outcome(p: Plan, call: Call, suite: str) -> dict[str, Any] | None:
 
 def environment(args: argparse.Namespace, smi: str) -> dict[str, Any]:
     """Card, date, package versions: what every results file says first."""
-    from accelopt.export import package_versions
+    from accelopt.measure.environment import package_versions
 
     rows = [line.split(", ") for line in smi.splitlines()[1:] if ", " in line]
     names = sorted({r[1] for r in rows if len(r) > 1})

@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
-from accelopt import accelerators, execution, timing
+from accelopt import accelerators, execution
+from accelopt.measure import environment, timing
 from accelopt.pipelines import call_defaults, load_pipeline, model_info
-from accelopt.schedulers import set_scheduler
+from accelopt.pipelines.schedulers import set_scheduler
 
 SETTINGS = {  # steps, scheduler, guidance: each family's usual sampling
     "SD1.5": (20, "DDIM", 7.0),
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "scheduler": scheduler,
         "resolution": info.resolution,
-        "device": timing.device_name(pipe.device),
+        "device": environment.device_name(pipe.device),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python", "bench/execution.py", *(argv or sys.argv[1:])]),

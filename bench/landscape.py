@@ -23,7 +23,7 @@ Scores (``--heldout N``, for a study whose CLIP scorer is trained: ToySD-DDIM-20
 each point also records the per-prompt CLIP scores of its ``--prompts`` search images
 (``scores``) and of N held-out prompts generated with the point's accelerators still on
 (``heldout_scores``: the held-out split, prompt i seeded ``seed + SEED_OFFSET + i``, as
-``accelopt.confirm`` does), with ``score_loss`` and ``heldout_score_loss`` against the plain
+``accelopt.study.confirm`` does), with ``score_loss`` and ``heldout_score_loss`` against the plain
 pipeline's scores (top level: ``baseline_scores``, ``heldout_baseline_scores``), and the
 study's ``max_score_loss``, ``early_stop`` and ``batch_size``, so a replay can stop trials early
 exactly as the study would. ``--batch`` sets the prompts per call (default all of a split in
@@ -94,7 +94,8 @@ def config_key(configs: Mapping[str, Mapping[str, Any]]) -> str:
 def plan(space: Any, tgate_sample: int | None = None, seed: int = 0) -> list[Point]:
     """Every distinct DeepCache x ToMe configuration (T-GATE off), then a T-GATE sample.
 
-    ``space`` is an ``accelopt.search.Space`` built with ``targets=None`` (so every accelerator
+    ``space`` is an ``accelopt.trial.space.Space`` built with ``targets=None`` (so every
+    accelerator
     has its off value). Each point has an ``index`` (its place in this list), the ``params`` of
     the first grid point that gives its configuration, and ``accelerators``, the configuration
     (``{}`` for the plain pipeline, always index 0). The T-GATE sample draws grid points with
@@ -235,14 +236,15 @@ def measure(args: argparse.Namespace) -> Path:
 
     from accelopt import accelerators
     from accelopt.accelerators import PipeTraits
-    from accelopt.confirm import SEED_OFFSET
-    from accelopt.metrics import ClipScorer, psnr, score_loss, ssim
-    from accelopt.objective import Bench
+    from accelopt.measure.environment import device_name
+    from accelopt.measure.metrics import TOY_CLIP, ClipScorer, psnr, score_loss, ssim
+    from accelopt.measure.timing import timed
     from accelopt.pipelines import TOY_PIPELINES, load_pipeline, model_info
-    from accelopt.schedulers import set_scheduler
-    from accelopt.search import Space
-    from accelopt.spec import TOY_CLIP, load_spec
-    from accelopt.timing import device_name, timed
+    from accelopt.pipelines.schedulers import set_scheduler
+    from accelopt.spec import load_spec
+    from accelopt.study.confirm import SEED_OFFSET
+    from accelopt.trial.bench import Bench
+    from accelopt.trial.space import Space
 
     name = args.study or f"{args.pipeline}-{args.scheduler}-{args.steps}"
     spec = load_spec(name)
@@ -278,7 +280,7 @@ def measure(args: argparse.Namespace) -> Path:
     scorer = ClipScorer(spec.metric.model, spec.metric.pretrained, device) if scoring else None
     bench = Bench(spec, pipe, scorer, device)  # scorer None: no scores (never asked for)
     held = None
-    if scoring:  # the held-out prompts and seeds of accelopt.confirm
+    if scoring:  # the held-out prompts and seeds of accelopt.study.confirm
         prompts = replace(spec.prompts, split="heldout", count=args.heldout,
                           seed=spec.prompts.seed + SEED_OFFSET)  # fmt: skip
         held = Bench(spec.replace(prompts=prompts), pipe, scorer, device)
@@ -473,7 +475,7 @@ def _measure_point(
     import torch
 
     from accelopt import accelerators
-    from accelopt.timing import peak_memory, reset_peak_memory
+    from accelopt.measure.timing import peak_memory, reset_peak_memory
 
     device = pipe.device
     row: Point = {k: point[k] for k in ("index", "params", "accelerators")}
@@ -533,7 +535,7 @@ def _logger(prefix: str, started: float) -> Callable[[str], None]:
 def _environment() -> Record:
     import torch
 
-    from accelopt.export import package_versions
+    from accelopt.measure.environment import package_versions
 
     versions = package_versions(VERSIONS)
 
@@ -575,13 +577,13 @@ def fidelity(args: argparse.Namespace) -> Path:
     import torch
 
     from accelopt import accelerators
-    from accelopt.confirm import SEED_OFFSET
-    from accelopt.metrics import ClipScorer, psnr, score_loss, ssim
-    from accelopt.objective import Bench
+    from accelopt.measure.environment import device_name
+    from accelopt.measure.metrics import ClipScorer, psnr, score_loss, ssim
     from accelopt.pipelines import load_pipeline
-    from accelopt.schedulers import set_scheduler
+    from accelopt.pipelines.schedulers import set_scheduler
     from accelopt.spec import load_spec
-    from accelopt.timing import device_name
+    from accelopt.study.confirm import SEED_OFFSET
+    from accelopt.trial.bench import Bench
 
     started = args.started
     record = load(args.landscape)
@@ -1100,14 +1102,15 @@ FIDELITY_FLOORS = (40.0, 35.0, 30.0)  # dB: how many points within the budget fa
 
 
 def pooled_psnr(values: Iterable[float]) -> float:
-    """``accelopt.constraints.pooled_psnr`` (of the images' mean squared error, the way a study
+    """``accelopt.measure.constraints.pooled_psnr`` (of the images' mean squared error, the way a
+    study
     reads PSNR), except that a set of unchanged images stays ``inf``: the record says they are
     identical, where a study's number has to stay finite.
 
     >>> pooled_psnr([math.inf, 20.0])
     23.010299956639813
     """
-    from accelopt.constraints import pooled_psnr as study_psnr
+    from accelopt.measure.constraints import pooled_psnr as study_psnr
 
     values = list(values)
     return math.inf if all(math.isinf(v) for v in values) else study_psnr(values)

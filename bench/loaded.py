@@ -274,8 +274,8 @@ def run_study(args: argparse.Namespace, work: Path, seed: int | None) -> Record:
 def export_record(study: Any, outcome: str, entries: Mapping[str, Any]) -> Record:
     """The configuration to re-measure and what export said of it: the fastest entry written
     (the study's own), or the best trial the noise withheld."""
-    from accelopt.confirm import confirmations
     from accelopt.export import withheld
+    from accelopt.study.confirm import confirmations
 
     if outcome == "exported":
         entry = max(entries.values(), key=lambda e: e["measured"]["speedup"])
@@ -319,10 +319,11 @@ def remeasure(bench: Any, configs: Mapping[str, Any], pairs: int, burners: int) 
 def one_run(args: argparse.Namespace, number: int, regime: str) -> Record:
     import optuna
 
+    from accelopt.params_store.file import read_store
     from accelopt.spec import load_spec
     from accelopt.storage import open_storage
-    from accelopt.store import read_store
-    from accelopt.study import load_bench, spec_of, study_mode
+    from accelopt.study.prepare import spec_of, study_mode
+    from accelopt.trial.bench import Bench
 
     name = load_spec(args.study).name
     burners = start_burners(args.burners) if regime == "loaded" else []
@@ -345,7 +346,7 @@ def one_run(args: argparse.Namespace, number: int, regime: str) -> Record:
             cost = pair_cost([t.user_attrs for t in study.trials], images)
             measured = []
             if export["accelerators"]:
-                bench = load_bench(spec, "cpu", "pretrained", _log)
+                bench = Bench.load(spec, "cpu", "pretrained", _log)
                 bench.mode = study_mode(study) or "eager"
                 stages = [count] + ([0] if count and args.stopped else [])
                 for stage in stages:

@@ -5,7 +5,8 @@
 
 Each mutant makes one knob ignored or wrong where the accelerator's patch is built (so the
 single methods and the combinations all see it), and runs the tests that pin what the knobs do
-(tests/test_accelerators.py, tests/test_schedules.py), stopping at the first failure. A mutant
+(tests/accelerators_tests/test_accelerators.py, tests/accelerators_tests/test_schedules.py),
+stopping at the first failure. A mutant
 no test kills is a knob the tests do not pin. This file is also the pytest plugin that plants the
 mutant (``-p mutations``, chosen by ``$ACCELOPT_MUTANT``).
 """
@@ -22,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ("tests/test_accelerators.py", "tests/test_schedules.py")
+TESTS = (
+    "tests/accelerators_tests/test_accelerators.py",
+    "tests/accelerators_tests/test_schedules.py",
+)
 
 # knob -> how the mutant changes its value (the others keep theirs)
 MUTANTS: dict[str, Callable[[Any], Any]] = {

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from accelopt import timing
+from accelopt.measure import environment, timing
 from accelopt.pipelines import load_pipeline
-from accelopt.schedulers import set_scheduler
+from accelopt.pipelines.schedulers import set_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import PROMPT, SETTINGS  # bench/speed.py, beside this file
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     dev, index = pipe.device, torch.cuda.current_device()
     default_threads = torch.get_num_threads()
     record: dict[str, Any] = {"pipe": args.pipe, "label": args.label, "size": size,
-                              "card": timing.device_name(dev), "cores": default_threads,
+                              "card": environment.device_name(dev), "cores": default_threads,
                               "pinned": args.cores,
                               "conditions": []}  # fmt: skip
     for threads in args.threads:

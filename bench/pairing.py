@@ -4,7 +4,7 @@
         --random-weights --pairs 3 7 --out $OUT
     python bench/pairing.py --study ToySD-DDIM-20-deepcache --pairs 3 7 --out bench/results/pairing
 
-A trial (``accelopt.objective.Objective``) generates the study's prompts once for quality and
+A trial (``accelopt.trial.objective.Objective``) generates the study's prompts once for quality and
 then times ``[timing] pairs`` alternated calls of the plain pipeline and its configuration on one
 batch. Here a few DeepCache configurations (one compiled structure pair: branch 0) are run as
 trials of an in-memory study for each pair count, after the study's A/A baseline, exactly as
@@ -30,16 +30,16 @@ CONFIGS = [{"deepcache.cache_interval": i, "deepcache.cache_branch_id": 0} for i
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import optuna
 
-    from accelopt.objective import Objective
-    from accelopt.search import Space
+    from accelopt.measure.environment import device_name
     from accelopt.spec import TimingSpec, load_spec
-    from accelopt.study import load_bench
-    from accelopt.timing import device_name
+    from accelopt.trial.bench import Bench
+    from accelopt.trial.objective import Objective
+    from accelopt.trial.space import Space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(args.study)
     weights = "random" if args.random_weights else "pretrained"
-    bench = load_bench(spec, args.device, weights, lambda s: print(s, file=sys.stderr))
+    bench = Bench.load(spec, args.device, weights, lambda s: print(s, file=sys.stderr))
     bench.mode = args.execution
     space = Space.build(bench.traits, spec.steps, ("deepcache",), bench.mode, spec.scheduler)
     rows = []

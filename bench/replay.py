@@ -5,7 +5,8 @@
     python bench/replay.py bench/landscapes/ToySD-DDIM-20.json --seeds 20 --out DIR
 
 A trial is answered from the record (``bench/landscapes/README.md``) instead of running the
-pipeline. The space is the study's own Optuna parameters (``accelopt.search.Space``) cut to the
+pipeline. The space is the study's own Optuna parameters (``accelopt.trial.space.Space``) cut to
+the
 part every landscape records completely: DeepCache x ToMe, T-GATE off. A proposal whose
 configuration the record lacks (SDXL's file is partial) is never invented: it is counted as
 ``unrecorded`` and dropped at no cost (TPE is told a failed trial: no information), and the
@@ -15,7 +16,7 @@ Cost model: a measured trial costs the GPU time the record spent generating its 
 ``time_per_image * images_per_point``, times ``1 + --warmup-calls`` (default 0: the study's
 warm-up is shared, not per trial). Skipped trials cost nothing: the plain pipeline (the
 baseline, known before the search), a configuration already measured, one dominated by a
-feasible measured one (``accelopt.search.dominating_trial``), and unrecorded ones. Baseline
+feasible measured one (``accelopt.trial.space.dominating_trial``), and unrecorded ones. Baseline
 re-timings, scoring and process start are left out: every strategy pays them alike.
 
 Feasible: recorded PSNR >= ``--min-psnr`` (dB). It stands in for the study's 2% CLIP-loss budget,
@@ -23,7 +24,8 @@ since CLIP scores of random weights mean nothing. SDXL's random-weight PSNR is f
 (docs/BENCHMARKS.md), so ``--min-psnr 0`` replays it for speed only, and the output says so.
 A scored landscape (``bench/landscape.py measure --heldout N``: ToySD-DDIM-20, whose toy CLIP
 scorer is trained) has per-prompt CLIP scores instead, and the study's own rule applies: feasible
-when the relative score loss over all its search prompts (``accelopt.metrics.score_loss``) is at
+when the relative score loss over all its search prompts (``accelopt.measure.metrics.score_loss``)
+is at
 most the study's ``max_score_loss`` (``--max-score-loss`` overrides it); ``--min-psnr`` is unused.
 
 Metric: the GPU time a strategy spends until it first holds a feasible point whose speedup is at
@@ -34,11 +36,12 @@ that reached it. Speedups are the record's single timings (+-20%, docs/BENCHMARK
 dominance skip can pass over a point that timed faster than the one that dominates it.
 
 Strategies (``STRATEGIES``): ``grid``, the seed system (every grid point in a seeded order,
-``accelopt.workers.GridOrder``, with the dominance skip); ``random``, uniform over the recorded
+``accelopt.study.workers.GridOrder``, with the dominance skip); ``random``, uniform over the
+recorded
 configurations without repeats; ``tpe``, the study's sampler (``TrialSeededTPE``) driven by
 ask/tell with the study's parameters, the score loss over the budget (PSNR shortfall on an
 unscored landscape) as its constraint, repeats and dominated points pruned as
-``accelopt.objective.Objective`` prunes them. Then, on the same TPE:
+``accelopt.trial.objective.Objective`` prunes them. Then, on the same TPE:
 
 - ``tpe+early`` (scored landscapes only): a trial stops early exactly as the study's does:
   after each batch of the study's ``batch_size`` prompts but the last, ``Objective.over_budget``
@@ -48,8 +51,8 @@ unscored landscape) as its constraint, repeats and dominated points pruned as
   TPE sees its partial loss as its constraint) and, as in the Objective, counts as measured:
   a repeat of it is skipped (the same prompts and seeds would stop it again). The study's
   prompts are the recorded ones (ToySD-DDIM-20: 32, where the study itself measures 16).
-- ``tpe+warm``: ``accelopt.warmstart.warm_start`` enqueues its neighbours' best configurations
-  first. The neighbours are the other recorded landscapes (``--neighbours``; default
+- ``tpe+warm``: ``accelopt.study.warmstart.warm_start`` enqueues its neighbours' best
+  configurations first. The neighbours are the other recorded landscapes (``--neighbours``; default
   bench/landscapes/ and the replayed file's folder), each one a study in an in-memory storage
   whose best trial is its best feasible configuration in this replay's space by its own rule
   (a scored landscape's budget, else PSNR >= ``MIN_PSNR``), so warmstart's own neighbour rule
@@ -60,7 +63,7 @@ unscored landscape) as its constraint, repeats and dominated points pruned as
 
 Held-out pass rate (scored landscapes with held-out scores): when a run stops, the study would
 export its fastest feasible configuration (``exported``); it passes if its loss on the recorded
-held-out prompts (other prompts, other seeds: ``accelopt.confirm``'s) keeps the budget. With
+held-out prompts (other prompts, other seeds: ``accelopt.study.confirm``'s) keeps the budget. With
 confirmation, as accelopt does before export: of the ``TOP_K`` (3) fastest feasible
 configurations measured so far, the fastest that keeps the budget on the held-out prompts
 (``confirmed``; none: nothing is exported, which counts as not passing).
@@ -84,14 +87,14 @@ from typing import Any, cast
 import landscape as recorded  # bench/landscape.py, beside this file
 import optuna
 
-from accelopt import warmstart
 from accelopt.accelerators import Param
-from accelopt.confirm import TOP_K
-from accelopt.metrics import loss_bound, score_loss
-from accelopt.objective import Objective
-from accelopt.search import Space, dominating_trial
+from accelopt.measure.metrics import loss_bound, score_loss
 from accelopt.spec import PromptSpec, StudySpec
-from accelopt.workers import GridOrder, TrialSeededTPE
+from accelopt.study import warmstart
+from accelopt.study.confirm import TOP_K
+from accelopt.study.workers import GridOrder, TrialSeededTPE
+from accelopt.trial.objective import Objective
+from accelopt.trial.space import Space, dominating_trial
 
 __all__ = [
     "STRATEGIES",
@@ -291,7 +294,7 @@ class Replay:
 
         Each neighbouring landscape is a study of an in-memory storage (its spec's pipeline,
         scheduler and steps; one trial: its best feasible configuration), so
-        ``accelopt.warmstart.warm_start`` picks the neighbours and translates their bests.
+        ``accelopt.study.warmstart.warm_start`` picks the neighbours and translates their bests.
         """
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = optuna.storages.InMemoryStorage()
@@ -646,7 +649,8 @@ def markdown(result: dict[str, Any], command: str = "") -> str:
     for w in r.get("warm_start", []):
         lines.append(
             f"- warm start (tpe+warm): {_short(w['accelerators'])} from {w['source']} "
-            f"({w['speedup_there']:.2f}x there; accelopt.warmstart's neighbours and translate)"
+            f"({w['speedup_there']:.2f}x there; "
+            f"accelopt.study.warmstart's neighbours and translate)"
         )
     for why in r.get("unavailable", {}).values():
         lines.append(f"- not replayed: {why}")

@@ -5,7 +5,8 @@
 For each study space (a shipped study, and its single-accelerator variants), the grid points of
 ``Space.build`` with the pipeline's own layout (architectures are read on the "meta" device, in
 seconds, with nothing downloaded) and the number of distinct schedules among them
-(``accelopt.schedules``): equal schedules compute the same images, and a study measures one
+(``accelopt.accelerators.schedules``): equal schedules compute the same images, and a study
+measures one
 configuration per schedule. ToMe's part of a schedule is the same at every call and independent
 of the other methods' parts, so the count multiplies: (distinct DeepCache x T-GATE schedules,
 the plain pipeline among them) x (1 + distinct ToMe merges), less the plain pipeline.
@@ -19,11 +20,11 @@ from typing import Any
 
 from accelopt import accelerators
 from accelopt.accelerators import PipeTraits
+from accelopt.accelerators.schedules import Calls, schedule
 from accelopt.pipelines import load_pipeline
-from accelopt.schedulers import set_scheduler
-from accelopt.schedules import Calls, schedule
-from accelopt.search import Space
+from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.spec import load_spec
+from accelopt.trial.space import Space
 
 STUDIES = (
     "ToySD-DDIM-20-tgate",

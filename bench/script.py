@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from accelopt import accelerators, execution, timing
+from accelopt import accelerators, execution
 from accelopt.codegen import render_script
+from accelopt.measure import environment, timing
 from accelopt.pipelines import call_defaults, load_pipeline, model_info
-from accelopt.schedulers import set_scheduler
+from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import make_entry
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.save_pretrained(folder / "pipe")
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
-    record["device"] = timing.device_name(pipe.device)
+    record["device"] = environment.device_name(pipe.device)
 
     def generate() -> np.ndarray:
         out = accelerators.generate(

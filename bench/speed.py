@@ -37,10 +37,11 @@ import torch
 from tables import describe  # bench/tables.py, beside this file: labels and the markdown
 from tables import speed_markdown as markdown
 
-from accelopt import accelerators, timing
+from accelopt import accelerators
 from accelopt.accelerators import PipeTraits
+from accelopt.measure import environment, timing
 from accelopt.pipelines import call_defaults, load_pipeline, model_info
-from accelopt.schedulers import set_scheduler
+from accelopt.pipelines.schedulers import set_scheduler
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ TGATE_LOADERS = {
 
 
 def _versions() -> dict[str, str | None]:
-    from accelopt.export import package_versions
+    from accelopt.measure.environment import package_versions
 
     return package_versions(("torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd"))
 
@@ -347,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = started + (math.inf if args.time_budget is None else args.time_budget)
     argv_list = sys.argv[1:] if argv is None else list(argv)
     result: dict[str, Any] = {
-        "card": timing.device_name(torch.device(args.device)),
+        "card": environment.device_name(torch.device(args.device)),
         "date": time.strftime("%Y-%m-%d"),
         "versions": _versions(),
         "command": shlex.join(["python3", "bench/speed.py", *argv_list]),

@@ -17,8 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from accelopt.results import best_trial
 from accelopt.storage import open_storage
+from accelopt.study.results import best_trial
 
 WORK = ("generation_seconds", "warmup_seconds", "scoring_seconds")
 

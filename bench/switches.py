@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
-from accelopt import accelerators, execution, timing
+from accelopt import accelerators, execution
+from accelopt.measure import environment
 from accelopt.pipelines import denoiser, load_pipeline, model_info
-from accelopt.schedulers import set_scheduler
+from accelopt.pipelines.schedulers import set_scheduler
 
 sys.path.insert(0, str(Path(__file__).parent))
 from execution import PLANS, SETTINGS, generation, summary, timed_once
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                              device=args.device)  # fmt: skip
         set_scheduler(pipe, scheduler)
         pipe.set_progress_bar_config(disable=True)
-        record["device"] = timing.device_name(pipe.device)
+        record["device"] = environment.device_name(pipe.device)
         variant.prepare(pipe)
 
         generate = generation(pipe, args.pipe, args.batch)

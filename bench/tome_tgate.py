@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from accelopt import accelerators
-from accelopt.metrics import ClipScorer, psnr, score_loss, ssim
+from accelopt.measure.metrics import ClipScorer, psnr, score_loss, ssim
 from accelopt.pipelines import load_pipeline
+from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.prompts import load_prompts
-from accelopt.schedulers import set_scheduler
 
 STEPS, GUIDANCE = 20, 5.0
 TOMES = ({"ratio": 0.3, "max_downsample": 1}, {"ratio": 0.5, "max_downsample": 2})

@@ -33,9 +33,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # and the scheduling process never sees the items, so the groups are test-id prefixes.
 TOGETHER = {
     "tests/test_execution.py::": "compiling",
-    "tests/test_codegen_run.py::test_a_compile_mode_script": "compiling",
+    "tests/features/test_codegen_run.py::test_a_compile_mode_script": "compiling",
     **{f"tests/{module}.py::": module for module in (
-        "test_bench_landscape", "test_browser", "test_export", "test_pareto", "test_seed_format",
+        "bench_tests/test_bench_landscape", "features/test_browser", "test_export",
+        "study_tests/test_pareto", "params_store_tests/test_seed_format",
     )},
 }  # fmt: skip
 
@@ -117,7 +118,7 @@ class Timings:
 def timings(monkeypatch: pytest.MonkeyPatch) -> Timings:
     """Timed pairs that do not depend on this machine's load: plain 1.0 s, accelerated 0.5 s
     (a steady 2x) unless a test sets ``timings.plain`` and ``timings.candidate``."""
-    from accelopt.objective import Bench
+    from accelopt.trial.bench import Bench
 
     clock = Timings([1.0], [0.5])
     monkeypatch.setattr(Bench, "time_call", lambda self: clock(self))

@@ -1,6 +1,7 @@
 """Tests for accelopt/codegen.py: literals, rendered scripts and finding an entry for a request.
 
-Nothing here runs a script (tests/test_codegen_run.py does); scripts are parsed and their header
+Nothing here runs a script (tests/features/test_codegen_run.py does); scripts are parsed and their
+header
 values evaluated with nothing but ``float`` in scope.
 """
 
@@ -27,11 +28,11 @@ from accelopt.codegen import (
     render_script,
 )
 from accelopt.errors import AccelOptError
+from accelopt.params_store.file import seed_pipeline
 from accelopt.pipelines import MODELS, model_info
+from accelopt.pipelines.schedulers import SCHEDULERS, resolve_scheduler
 from accelopt.prompts import load_prompts
-from accelopt.schedulers import SCHEDULERS, resolve_scheduler
 from accelopt.spec import parse_name
-from accelopt.store import seed_pipeline
 from accelopt.testing import make_entry
 
 SAFE_BUILTINS = {"__builtins__": {"float": float}}
@@ -258,7 +259,7 @@ def clean_text(rng: random.Random) -> str:
 
 def valid_entry(rng: random.Random) -> tuple[dict[str, Any], list[str]]:
     """An entry every check passes, hostile only in its free text (device, names, key)."""
-    from accelopt.entries import _traits
+    from accelopt.params_store.check import _traits
 
     model = rng.choice(KNOWN) if rng.random() < 0.6 else "models/" + clean_text(rng)
     info = model_info(model)
@@ -434,7 +435,7 @@ def body_text(script: str, tree: ast.Module) -> str:
 def test_fuzzed_entries_render_safe_scripts(seed: int) -> None:
     """Valid entries with hostile text render scripts whose header evaluates back to the
     entry; every hostile change of one makes codegen refuse it, naming its key."""
-    from accelopt.entries import InvalidEntry
+    from accelopt.params_store.check import InvalidEntry
 
     rng = random.Random(seed)
     bodies = set()

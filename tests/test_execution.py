@@ -3,7 +3,7 @@
 Inductor compiles C++ on the CPU, about a minute per graph on two cores from a cold cache, so
 the compiled checks share one module fixture and few graphs: the plain UNet, DeepCache's full
 and shallow step at branch 0, and T-GATE's gate step and halved steps. CUDA graphs are
-GPU-only: tests/test_gpu.py.
+GPU-only: tests/features/test_gpu.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from accelopt._types import Pipeline
 from accelopt.accelerators import DeepCacheConfig, TGateConfig
 from accelopt.cli import main
 from accelopt.errors import AccelOptError
-from accelopt.search import Space
 from accelopt.testing import render, tiny_pipeline
+from accelopt.trial.space import Space
 
 STEPS = 4
 # Largest pixel difference of a compiled generation against eager on TinySD, float32 on the

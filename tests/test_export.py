@@ -11,9 +11,9 @@ from optuna.trial import TrialState
 
 from accelopt.cli import main
 from accelopt.export import entries_for
+from accelopt.params_store.file import read_store, seed_key
 from accelopt.spec import load_spec
-from accelopt.store import read_store, seed_key
-from accelopt.study import Requirement, run_study
+from accelopt.study.loop import Requirement, run_study
 
 quiet = {"progress": False, "log": lambda s: None}
 
@@ -117,11 +117,15 @@ def test_run_export_and_nothing_feasible(
     monkeypatch.delenv("ACCELOPT_STORE", raising=False)
     argv = ["run", "--study", "TinySD-DDIM-10-tome", "--n-trials", "1", "--quiet", "--export",
             "--top-k", "0"]  # fmt: skip
-    monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.5, 0.5))
+    monkeypatch.setattr(
+        "accelopt.trial.objective.loss_bound", lambda baseline, scores, z: (0.5, 0.5)
+    )
     assert main(argv) == 0
     assert "nothing to export: none is feasible" in capsys.readouterr().err
     assert not (tmp_path / "search_params.json").exists()
-    monkeypatch.setattr("accelopt.objective.loss_bound", lambda baseline, scores, z: (0.0, 0.0))
+    monkeypatch.setattr(
+        "accelopt.trial.objective.loss_bound", lambda baseline, scores, z: (0.0, 0.0)
+    )
     argv[2] = "TinySD-DDIM-10-deepcache"
     assert main(argv) == 0
     assert list(read_store(tmp_path / "search_params.json")) == [

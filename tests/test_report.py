@@ -154,7 +154,7 @@ def test_html_is_self_contained_and_escaped() -> None:
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     from accelopt.spec import load_spec
-    from accelopt.study import run_study
+    from accelopt.study.loop import run_study
 
     spec = load_spec("TinySD-DDIM-10-deepcache")
     study = run_study(spec, storage=storage, n_trials=3, progress=False, log=lambda s: None).study

@@ -81,13 +81,22 @@ def test_no_accelopt_module_imports_another_in_a_circle() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["storage", "workers", "study", "export", "warmstart", "launch", "results"]
+    "module",
+    [
+        "storage",
+        "study.workers",
+        "study.loop",
+        "export",
+        "study.warmstart",
+        "study.launch",
+        "study.results",
+    ],
 )
 def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
     code = (
         f"import sys\nimport accelopt.{module}\n"
-        "print(sorted(m for m in sys.modules if m in ('accelopt.study', 'accelopt.workers', "
-        "'accelopt.launch', 'torch')))"
+        "print(sorted(m for m in sys.modules if m in ('accelopt.study.loop', "
+        "'accelopt.study.workers', 'accelopt.study.launch', 'torch')))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -168,10 +177,10 @@ def test_a_storage_that_cannot_be_opened_shows_no_part_of_its_password(
 
 def test_an_exported_entry_keeps_the_storage_without_its_password() -> None:
     from accelopt.export import entries_for
-    from accelopt.study import _spec_record
+    from accelopt.spec import record_of
 
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("spec", _spec_record(load_spec("TinySD-DDIM-10-deepcache")))
+    study.set_user_attr("spec", record_of(load_spec("TinySD-DDIM-10-deepcache")))
     attrs = {"accelerators": {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
              "speedup": 2.0, "feasible": True, "score_loss": 0.0}  # fmt: skip
     study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))

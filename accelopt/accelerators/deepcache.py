@@ -3,7 +3,8 @@
 accelopt's own implementation of ``DeepCache.DeepCacheSDHelper``'s "uniform" schedule, written
 so that it also runs compiled and graph-replayed (``accelopt.execution``). On every scheduler
 whose UNet calls have distinct timesteps it computes exactly what upstream does, bit for bit
-(tests/test_accelerators.py checks this against the helper). Three things differ by design:
+(tests/accelerators_tests/test_accelerators.py checks this against the helper). Three things
+differ by design:
 
 - Which call is full is counted in UNet calls since the generation began, in a forward pre-hook,
   outside any graph. Upstream looks each call's timestep up with ``timesteps.index(t)`` and a

@@ -3,7 +3,8 @@
 accelopt's own implementation of upstream T-GATE's schedule (``accelopt.portable.tgate``, which
 generated scripts carry verbatim), so that it also runs compiled and graph-replayed. It computes
 what upstream's ``pipe.tgate(...)`` does, bit for bit, alone and with DeepCache
-(tests/test_accelerators.py checks this against the ``tgate`` package). It differs by design:
+(tests/accelerators_tests/test_accelerators.py checks this against the ``tgate`` package). It
+differs by design:
 
 - The pipeline's own call stays. Upstream forks one call per pipeline family and halves the
   batch after the gate inside it; here the denoiser's hooks pass the unconditional half on and

@@ -95,7 +95,7 @@ class Gate:
 
     def decide(self) -> None:
         """What the next call computes: every per-call choice, and nothing else (this alone
-        gives a configuration's schedule, ``accelopt.schedules``)."""
+        gives a configuration's schedule, ``accelopt.accelerators.schedules``)."""
         gate_step = self.config[0]
         if self.calls == 0:
             scheduler = self.scheduler()

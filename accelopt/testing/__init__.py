@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from accelopt.pipelines.tiny import TINY_PIPELINES, tiny_pipeline
+from accelopt.pipelines.tokenizers import clip_tokenizer, t5_tokenizer
 from accelopt.testing.entries import entry_images, make_entry
 from accelopt.testing.render import render
-from accelopt.testing.tiny import TINY_PIPELINES, tiny_pipeline
-from accelopt.testing.tokenizers import clip_tokenizer, t5_tokenizer
 from accelopt.testing.work import WorkCounter
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from accelopt.store import seed_key, seed_pipeline, seed_scheduler
+from accelopt.params_store.file import seed_key, seed_pipeline, seed_scheduler
 
 
 def make_entry(
@@ -90,7 +90,7 @@ def entry_images(
 
     from accelopt import accelerators, execution
     from accelopt.pipelines import call_defaults, resolve_dtype
-    from accelopt.schedulers import set_scheduler
+    from accelopt.pipelines.schedulers import set_scheduler
 
     dtype = resolve_dtype(entry["generation"].get("dtype"), torch.device(device))
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype).to(device)

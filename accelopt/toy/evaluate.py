@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from accelopt import accelerators
-from accelopt.metrics import ClipScorer, prompt_losses, score_loss
+from accelopt.measure.metrics import ClipScorer, prompt_losses, score_loss
 from accelopt.toy import shapes
 
 __all__ = ["CONFIGS", "generate", "main", "retrieval"]

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accelopt.testing.tokenizers import _bytes_to_unicode, _clip_vocab_and_merges
+from accelopt.pipelines.tokenizers import _bytes_to_unicode, _clip_vocab_and_merges
 from accelopt.toy import shapes
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def build_pipeline(
     unet: UNet2DConditionModel,
 ) -> StableDiffusionPipeline:
     """A StableDiffusionPipeline around trained parts, with SD's DDIM scheduler config."""
-    from accelopt.testing.tiny import sd_pipeline
+    from accelopt.pipelines.tiny import sd_pipeline
 
     return sd_pipeline(vae, text_encoder, tokenizer, unet)
 

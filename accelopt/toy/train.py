@@ -294,7 +294,7 @@ def save_generator(pipe: Any, folder: Path, prompts: int) -> dict[str, Any]:
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging
 
-    from accelopt.metrics import psnr
+    from accelopt.measure.metrics import psnr
 
     def images(p: Any) -> torch.Tensor:
         p.set_progress_bar_config(disable=True)
@@ -332,7 +332,7 @@ def save_scorer(model: Any, folder: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from accelopt.export import package_versions
+    from accelopt.measure.environment import package_versions
 
     parser = argparse.ArgumentParser(
         prog="python -m accelopt.toy.train", description=__doc__.split("\n")[0]

@@ -1,0 +1,169 @@
+"""``accelopt run --workers N``: start one ``accelopt worker`` process per GPU, watch them, and
+pass a stop on to them.
+
+The workers run in a process group of their own, so a signal reaches each exactly once, from
+the parent, at once: Ctrl-C (SIGINT) and SIGTERM are forwarded as they come, each worker gives
+its running trial back (it does not count) and exits (130, 143), and the parent exits as they
+did. A worker that has not stopped ``GIVE_BACK`` seconds later, or any worker on a second
+signal, is killed: its trial is then found dead and queued again once by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import TrialState
+
+from accelopt.progress import Progress
+from accelopt.storage import open_storage, recover, storage_label, storage_lock
+from accelopt.study import loop as studies
+from accelopt.study.results import DONE, Requirement, best_trial
+from accelopt.study.workers import Slots
+
+__all__ = ["GIVE_BACK", "Worker", "run_workers", "start_worker", "stop", "watch"]
+
+GIVE_BACK = 30.0  # seconds a stopped worker has to give its running trial back
+
+
+@dataclass
+class Worker:
+    """One ``accelopt worker`` process started by ``accelopt run --workers N``."""
+
+    index: int
+    gpu: str | None
+    process: subprocess.Popen[bytes]
+
+    def describe(self) -> str:
+        where = "the CPU" if self.gpu is None else f"GPU {self.gpu}"
+        return f"worker {self.index} (pid {self.process.pid}, {where})"
+
+
+def start_worker(index: int, argv: Sequence[str], gpu: str | None, storage: str) -> Worker:
+    """Start ``accelopt worker ARGV`` (``gpu``: the one GPU it sees; None: no GPU of its own)."""
+    # The storage URL goes through the environment: a command line is visible to every user of
+    # the host (ps), and the URL may hold a password.
+    env = {**os.environ, "ACCELOPT_STORAGE": storage}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    command = [sys.executable, "-m", "accelopt", "worker", *argv]
+    # A group of its own: the terminal's Ctrl-C reaches the parent only, which passes it on.
+    return Worker(index, gpu, subprocess.Popen(command, env=env, process_group=0))
+
+
+def watch(
+    workers: Sequence[Worker],
+    status: Callable[[], tuple[int, int | None, str]],
+    *,
+    progress: bool | Progress,
+    log: Callable[[str], None],
+    desc: str = "study",
+    poll: float = 1.0,
+) -> dict[int, int]:
+    """Wait for every worker, showing the study's progress (``status`` gives done, total and a
+    note; without a terminal a line every few percent or seconds, not one per poll); returns
+    each worker's exit code."""
+    if not isinstance(progress, Progress):
+        progress = Progress(enabled=progress)
+    ended: dict[int, int] = {}
+    done, total, _ = status()
+    with progress.phase(desc, total, "trials", initial=done) as bar:
+        while len(ended) < len(workers):
+            for w in workers:
+                code = w.process.poll()
+                if code is not None and w.index not in ended:
+                    ended[w.index] = code
+                    if code:
+                        log(f"{w.describe()} {_how(code)}")
+            done, total, note = status()
+            bar.update(done, note, total)
+            if len(ended) < len(workers):
+                time.sleep(poll)
+    return ended
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        return f"was killed by signal {-code}; its trial is queued again once"
+    if code > 128 and code - 128 in (signal.SIGINT, signal.SIGTERM):
+        return f"stopped on {signal.Signals(code - 128).name}; its running trial was given back"
+    return f"exited with code {code}"
+
+
+def stop(
+    workers: Sequence[Worker], signum: int, log: Callable[[str], None], grace: float = GIVE_BACK
+) -> None:
+    """Pass ``signum`` on to every worker still running, wait up to ``grace`` seconds for them
+    to give their trials back, then kill what is left (at once on a second signal)."""
+    for w in workers:
+        if w.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                w.process.send_signal(signum)
+    deadline = time.monotonic() + grace
+    try:
+        for w in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.process.wait(max(deadline - time.monotonic(), 0.01))
+    finally:
+        for w in workers:
+            if w.process.poll() is None:
+                w.process.kill()
+                w.process.wait()
+                log(f"{w.describe()} did not stop in time: killed; its trial is queued again "
+                    f"once")  # fmt: skip
+
+
+def run_workers(
+    spec: Any,
+    *,
+    storage: str,
+    gpus: Sequence[str | None],
+    worker_argv: Sequence[str],
+    n_trials: int | None = None,
+    requirement: Requirement | None = None,
+    progress: bool | Progress = True,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> tuple[studies.Outcome, dict[int, int]]:
+    """Run ``spec``'s study with one ``accelopt worker`` process per entry of ``gpus``.
+
+    The storage's schema and the study (spec, budget) are made here, once, before any worker
+    starts. Returns the study's outcome and each worker's exit code. On Ctrl-C or SIGTERM
+    (``KeyboardInterrupt``) the workers are stopped the same way (``stop``) before it is
+    raised again.
+    """
+    requirement = requirement or Requirement()
+    studies.check_requirement(spec, requirement)
+    backend, url = open_storage(storage)
+    with storage_lock(backend, url, spec.name):
+        study = studies.prepare_study(backend, url, spec, n_trials)
+        recover(study, log)
+    if studies.is_finished(study, requirement):
+        return studies.outcome_of(study, 0, True, requirement), {}
+    before = Slots.of(study.get_trials(deepcopy=False)).used
+
+    def status() -> tuple[int, int | None, str]:
+        trials = study.get_trials(deepcopy=False)
+        best = best_trial(study)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        shown = f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible yet"
+        done = sum(t.state in DONE for t in trials)
+        return done, study.user_attrs.get("budget"), f"{shown}, {running} running"
+
+    workers: list[Worker] = []
+    try:
+        for index, gpu in enumerate(gpus):
+            workers.append(start_worker(index, worker_argv, gpu, url))
+            log(f"{spec.name}: started {workers[-1].describe()} on {storage_label(url)}")
+        codes = watch(workers, status, progress=progress, log=log, desc=f"{spec.name}: trials")
+    except KeyboardInterrupt as err:
+        stop(workers, getattr(err, "signum", signal.SIGINT), log)
+        raise
+    ran = Slots.of(study.get_trials(deepcopy=False)).used - before
+    return studies.outcome_of(study, ran, False, requirement), codes

@@ -1,0 +1,119 @@
+"""What a study's trials answer: the best feasible trial, the frontier, a requirement met, and
+the configurations that were never measured.
+
+Plain reading of stored trials, no storage or run loop: the run loop (``accelopt.study.loop``),
+export, warm start, reports and the CLI all read a study through these.
+
+>>> best = best_trial(study)
+>>> best.user_attrs["speedup"]
+2.4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from accelopt.measure.constraints import quality_loss
+
+__all__ = [
+    "DONE",
+    "Requirement",
+    "best_trial",
+    "frontier",
+    "is_pareto",
+    "never_measured",
+    "pareto_metric",
+]
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # measured (a pruned trial was, or was skipped)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """The seed system's modes: stop at the first feasible trial reaching a speedup or a time."""
+
+    speedup: float | None = None
+    time_per_image: float | None = None
+
+    def met_by(self, trial: FrozenTrial) -> bool:
+        a = trial.user_attrs
+        if trial.state != TrialState.COMPLETE or not a.get("feasible"):
+            return False
+        if self.speedup is not None:
+            return bool(a["speedup"] >= self.speedup)
+        if self.time_per_image is not None:
+            return bool(a["time_per_image"] <= self.time_per_image)
+        return False
+
+    @property
+    def active(self) -> bool:
+        return self.speedup is not None or self.time_per_image is not None
+
+    def describe(self) -> str:
+        if self.speedup is not None:
+            return f"speedup >= {self.speedup:g}x"
+        return f"time per image <= {self.time_per_image:g} s"
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The feasible completed trial with the highest speedup, or None."""
+    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("feasible")]  # fmt: skip
+    return max(feasible, key=lambda t: t.user_attrs["speedup"], default=None)
+
+
+def is_pareto(study: optuna.Study) -> bool:
+    """Whether a stored study searched speedup and score loss together."""
+    return bool((study.user_attrs.get("spec") or {}).get("objective") == "pareto")
+
+
+def pareto_metric(study: optuna.Study) -> str:
+    """A pareto study's second objective (``accelopt.measure.constraints.METRICS``): the score loss
+    unless its spec chose another."""
+    return str((study.user_attrs.get("spec") or {}).get("pareto_metric") or "score_loss")
+
+
+def frontier(trials: Sequence[FrozenTrial], metric: str = "score_loss") -> list[FrozenTrial]:
+    """The completed trials no other completed trial beats on both speedup and ``metric`` (its
+    good direction), fastest first (a pareto study's ``best_trials``; ``trials`` may be any
+    subset). A trial that did not measure ``metric`` is on no frontier of it."""
+    from accelopt.measure.pareto import non_dominated
+
+    done = [t for t in trials if t.state == TrialState.COMPLETE
+            and quality_loss(t.user_attrs, metric) is not None]  # fmt: skip
+
+    def values(t: FrozenTrial) -> tuple[float, float]:
+        return t.user_attrs["speedup"], quality_loss(t.user_attrs, metric) or 0.0
+
+    front = non_dominated(done, values)
+    return sorted(front, key=lambda t: (-t.user_attrs["speedup"], t.number))
+
+
+def _point(trial: FrozenTrial) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(trial.system_attrs.get("fixed_params", trial.params).items()))
+
+
+def never_measured(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The given configurations (grid points, warm starts) that failed and will not be measured:
+    no trial of theirs finished, none is queued or running (a failure is retried once, so its
+    retry failed too). One trial each, the last that failed, in order of trial number.
+
+    A trial stopped by Ctrl-C gave its point back: that point is still to come, not listed.
+    """
+    measured = {_point(t) for t in trials if t.state in DONE}
+    coming = {_point(t) for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    last: dict[tuple[tuple[str, Any], ...], FrozenTrial] = {}
+    for t in trials:
+        if t.state != TrialState.FAIL or "fixed_params" not in t.system_attrs:
+            continue
+        if t.user_attrs.get("interrupted"):
+            continue
+        point = _point(t)
+        if point not in measured and point not in coming:
+            last[point] = t
+    return sorted(last.values(), key=lambda t: t.number)

@@ -1,0 +1,229 @@
+"""The search space of a study, as Optuna parameters, and the seed system's dominance skip.
+
+With targets (``SD1.5-DDIM-20-deepcache+tgate``) a study searches those accelerators' knobs, all
+on. Without, it also searches which to use: each applicable accelerator's main knob gains its
+"off" value (DeepCache interval 1, ToMe ratio 0, T-GATE gate at the last step), and an
+accelerator whose main knob is off is not applied at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
+
+from accelopt import accelerators
+from accelopt.accelerators import Param, PipeTraits
+from accelopt.errors import AccelOptError
+
+__all__ = ["Space", "dominating_trial"]
+
+# Which way each knob makes generation faster: +1 larger is faster, -1 smaller is faster.
+FASTER: dict[str, int] = {
+    "deepcache.cache_interval": +1,
+    "deepcache.cache_branch_id": -1,  # a deeper branch recomputes more
+    "tome.ratio": +1,
+    "tome.max_downsample": +1,
+    "tome.use_rand": 0,  # the same work either way
+    "tgate.gate_step": -1,  # gating earlier skips more steps of cross-attention
+    "tgate.sp_interval": +1,
+    "tgate.fi_interval": +1,
+    "tgate.warm_up": -1,
+}
+# The knob that switches each accelerator off, and its off value (None: the step count).
+PRIMARY: dict[str, tuple[str, Any]] = {
+    "deepcache": ("cache_interval", 1),
+    "tome": ("ratio", 0.0),
+    "tgate": ("gate_step", None),
+}
+
+
+@dataclass(frozen=True)
+class Space:
+    """Namespaced parameters (``"deepcache.cache_interval"``) and what they may take."""
+
+    params: dict[str, Param]
+    steps: int
+    optional: bool  # True: each accelerator can be off
+    # Distributions a stored study drew parameters from, where ours would clash (see adopt).
+    stored: dict[str, BaseDistribution] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        traits: PipeTraits,
+        steps: int,
+        targets: Iterable[str] | None,
+        mode: str = "eager",
+        scheduler: str | None = None,
+    ) -> Space:
+        """``mode``: the execution mode; accelerators it cannot run are refused when named and
+        left out of the search when not (``execution.REFUSED`` says why), and knob values it
+        cannot run are left out (``execution.REFUSED_VALUES``). The same for accelerators
+        whose step logic ``scheduler`` (a study name) breaks (``refused_schedulers``)."""
+        from accelopt import execution
+
+        if targets is not None:
+            names = tuple(targets)
+            execution.check(mode, names)
+            if scheduler is not None:
+                accelerators.check_scheduler(names, scheduler)
+        else:  # search which to use: leave out those this step count, mode or scheduler breaks
+            usable = [
+                n
+                for n in accelerators.applicable(traits)
+                if _searchable(n, traits, steps)
+                and (scheduler is None or accelerators.follows(n, scheduler))
+            ]
+            names = execution.allowed(mode, usable)
+            if not names:
+                raise AccelOptError(
+                    f"no accelerator can be searched at {steps} steps under execution mode {mode}"
+                )
+        refused = execution.REFUSED_VALUES
+        params = {
+            key: Param(tuple(v for v in p.values if (mode, key, v) not in refused))
+            for key, p in accelerators.search_space(traits, steps, names).items()
+        }
+        if targets is None:
+            for name in names:
+                knob, off = PRIMARY[name]
+                key = f"{name}.{knob}"
+                params[key] = Param((steps if off is None else off, *params[key].values))
+        return cls(params, steps, targets is None)
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The space as GridSampler takes it: every value of every parameter."""
+        return {k: list(p.values) for k, p in self.params.items()}
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for p in self.params.values():
+            n *= len(p.values)
+        return n
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """What each parameter is drawn from: integers on an even step as an integer range,
+        the rest as categories (``stored`` ones first)."""
+        found: dict[str, BaseDistribution] = {}
+        for key, p in self.params.items():
+            values = p.values
+            step = values[1] - values[0] if len(values) > 1 else 1
+            arithmetic = p.is_int and all(b - a == step for a, b in pairwise(values))
+            if key in self.stored:
+                found[key] = self.stored[key]
+            elif arithmetic and step > 0:
+                found[key] = IntDistribution(values[0], values[-1], step=step)
+            else:
+                found[key] = CategoricalDistribution(list(values))
+        return found
+
+    def adopt(self, trials: Iterable[optuna.trial.FrozenTrial]) -> Space:
+        """This space, drawing a parameter from the distribution a study's earlier ``trials``
+        drew it from where ours would clash with it (Optuna refuses a second kind of
+        distribution for one name). A stored study then resumes: one made before the space
+        left out DeepCache branch ids that repeat a smaller id's images keeps its integer
+        range, and a repeated id it draws is skipped as the same schedule."""
+        mine = self.distributions()
+        stored: dict[str, BaseDistribution] = {}
+        for trial in trials:
+            for key, theirs in trial.distributions.items():
+                if key in mine and key not in stored:
+                    try:
+                        check_distribution_compatibility(theirs, mine[key])
+                    except ValueError:
+                        stored[key] = theirs
+        return replace(self, stored=stored) if stored else self
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Draw every parameter from its distribution (``distributions``)."""
+        drawn: dict[str, Any] = {}
+        for key, dist in self.distributions().items():
+            if isinstance(dist, IntDistribution):
+                drawn[key] = trial.suggest_int(key, dist.low, dist.high, step=dist.step)
+            elif isinstance(dist, CategoricalDistribution):
+                drawn[key] = trial.suggest_categorical(key, list(dist.choices))
+            else:
+                raise AccelOptError(f"{key}: a stored {type(dist).__name__} is not one of ours")
+        return drawn
+
+    def configs(self, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Flat params -> ``{accelerator: {knob: value}}`` for the accelerators that are on."""
+        grouped: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            name, knob = key.split(".", 1)
+            grouped.setdefault(name, {})[knob] = value
+        if self.optional:
+            for name, (knob, off) in PRIMARY.items():
+                if name in grouped and grouped[name][knob] == (self.steps if off is None else off):
+                    del grouped[name]
+        return grouped
+
+
+def _searchable(name: str, traits: PipeTraits, steps: int) -> bool:
+    try:
+        accelerators.get(name).space(traits, steps)
+    except AccelOptError:
+        return False
+    return True
+
+
+def dominating_trial(
+    configs: Mapping[str, Mapping[str, Any]],
+    done: Iterable[optuna.trial.FrozenTrial],
+    *,
+    dominance: bool = True,
+    schedule_of: Callable[[Mapping[str, Mapping[str, Any]]], tuple[Any, ...]] | None = None,
+) -> tuple[optuna.trial.FrozenTrial, str] | None:
+    """A finished trial that makes running ``configs`` pointless, and why; None if there is none.
+
+    Identical configurations are never run twice, nor, with ``schedule_of`` (configs ->
+    schedule, ``accelopt.accelerators.schedules``), configurations that compute the same thing at
+    every UNet
+    call (T-GATE's intervals are step moduli, so different values often keep at the same steps).
+    A configuration that cannot be faster than a feasible trial (same accelerators) cannot beat
+    the best feasible trial: the seed system skipped those, and so do we, unless ``dominance``
+    is False (a pareto study: the slower configuration may lose less). With ``schedule_of``
+    that is one computing at least what the trial computes (``schedules.does_at_least``: work);
+    without, one whose every knob is at most as aggressive (knob order).
+    """
+    from accelopt.accelerators.schedules import does_at_least
+
+    mine = schedule_of(configs) if schedule_of is not None else None
+    for t in done:
+        other = t.user_attrs.get("accelerators")
+        if other is None:
+            continue
+        if other == configs:
+            return t, f"same configuration as trial {t.number}"
+        theirs = schedule_of(other) if schedule_of is not None else None
+        if mine is not None and theirs == mine:
+            return t, f"computes what trial {t.number} computed at every step (same schedule)"
+        if set(other) != set(configs) or not dominance or not t.user_attrs.get("feasible"):
+            continue
+        if mine is not None and theirs is not None:
+            slower = does_at_least(mine, theirs)
+            why = "computes all it computes"
+        else:
+            slower = all(
+                FASTER[f"{name}.{knob}"] * (value - other[name][knob]) <= 0
+                for name, knobs in configs.items()
+                for knob, value in knobs.items()
+            )
+            why = "no knob more aggressive"
+        if slower:
+            return t, (
+                f"cannot beat feasible trial {t.number} "
+                f"({t.user_attrs.get('speedup', 0):.2f}x): {why}"
+            )
+    return None

@@ -1,0 +1,239 @@
+"""Schedules (accelopt/schedules.py) against what the tiny pipelines really compute, per call.
+
+Hooks count, for every UNet call: the batch the UNet computes on, whether the mid block ran
+(DeepCache's full step), and which attention modules computed (their ``to_q`` ran) rather than
+reusing a kept output, by kind (self or cross) and by group (skipped by a DeepCache shallow step
+or not). The schedule, computed without a model, must say the same for every scheduler offered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from accelopt import accelerators
+from accelopt._types import Pipeline
+from accelopt.accelerators import DeepCacheConfig, TGateConfig, ToMeConfig
+from accelopt.accelerators.schedules import Calls, digest, does_at_least, schedule
+from accelopt.pipelines.schedulers import SCHEDULERS, set_scheduler
+from accelopt.portable.deepcache import skipped_modules
+from accelopt.testing import render
+
+STEPS = 8
+PLANS: dict[str, dict[str, Any]] = {
+    "deepcache": {"deepcache": DeepCacheConfig(3, 1)},
+    "tgate": {"tgate": TGateConfig(gate_step=5, sp_interval=2, fi_interval=2, warm_up=1)},
+    "deepcache+tgate": {
+        "deepcache": DeepCacheConfig(2, 0),
+        "tgate": TGateConfig(gate_step=4, sp_interval=3, fi_interval=1, warm_up=1),
+    },
+    "tome+tgate": {"tome": ToMeConfig(0.5, 1), "tgate": TGateConfig(4, 2, 1, 0)},
+}
+
+
+def observed(pipe: Pipeline, configs: dict[str, Any], guidance: float) -> list[dict[str, Any]]:
+    """Per UNet call: its batch, whether the mid block ran, and which attention computed."""
+    unet = pipe.unet
+    branch = configs["deepcache"].cache_branch_id if "deepcache" in configs else None
+    deep: set[int] = set()
+    if branch is not None:
+        for _, module in skipped_modules(unet, branch):
+            deep |= {id(m) for m in module.modules()}
+    calls: list[dict[str, Any]] = []
+    tokens: dict[int, int] = {}  # block -> tokens it was called with, this call
+    handles = [
+        unet.conv_in.register_forward_pre_hook(
+            lambda _, args: calls.append({"batch": len(args[0]), "mid": False, "computed": set()})
+        ),
+        # A skipped mid block is still called (its wrapped forward returns the kept output);
+        # its first resnet runs only when it computes.
+        unet.mid_block.resnets[0].register_forward_pre_hook(lambda *_: calls[-1].update(mid=True)),
+    ]
+
+    def computed(key: tuple[str, str], block: int) -> Callable[..., None]:
+        def hook(_: Any, args: tuple[Any, ...]) -> None:
+            # Self-attention on fewer tokens than its block has: ToMe merged its input.
+            merged = key[1] == "self" and args[0].shape[1] < tokens[block]
+            calls[-1]["computed"].add(("merged", "self") if merged else key)
+
+        return hook
+
+    for block in unet.modules():
+        if hasattr(block, "attn1"):
+            handles.append(
+                block.register_forward_pre_hook(
+                    lambda m, args, kwargs: tokens.update(
+                        {id(m): (args[0] if args else kwargs["hidden_states"]).shape[1]}
+                    ),
+                    with_kwargs=True,
+                )
+            )
+            for kind, module in (("self", block.attn1), ("cross", block.attn2)):
+                group = "deep" if id(module) in deep else "shallow"
+                handles.append(
+                    module.to_q.register_forward_pre_hook(computed((group, kind), id(block)))
+                )
+    try:
+        with accelerators.apply(pipe, configs, steps=STEPS):
+            render(pipe, steps=STEPS, prompts=("a cat",), guidance_scale=guidance)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def expected(steps: tuple[Any, ...], guidance: float) -> list[dict[str, Any]]:
+    """The same, read from a schedule."""
+    found = []
+    for call in steps:
+        out: dict[str, Any] = {"batch": 2 if guidance > 1 else 1, "mid": True, "computed": set()}
+        tgate = merged = None
+        for part in call:
+            if part[0] == "tome":
+                merged = part
+            if part[0] == "deepcache":
+                out["mid"] = part[-1] == "full"
+            if part[0] == "tgate":
+                tgate = part
+        if tgate is None:  # every attention that runs computes
+            groups = ["shallow"] if not out["mid"] else ["shallow", "deep"]
+            out["computed"] = {(g, k) for g in groups for k in ("self", "cross")}
+        else:
+            if tgate[1] == "halved":
+                out["batch"] = 1
+            for group_modes in tgate[2:]:
+                group, cross, self_ = group_modes.split()
+                for kind, mode in (("cross", cross), ("self", self_)):
+                    if mode != "reuse":
+                        out["computed"].add((group, kind))
+            if merged is not None:  # T-GATE never reuses self-attention that ToMe merged
+                out["computed"].add(("merged", "self"))
+        found.append(out)
+    return found
+
+
+@pytest.mark.parametrize("guidance", [5.0, 1.0])
+@pytest.mark.parametrize("plan", sorted(PLANS))
+@pytest.mark.parametrize("sched", [s.name for s in SCHEDULERS])
+def test_schedule_says_what_each_unet_call_computes(
+    tiny: Callable[[str], Pipeline], sched: str, plan: str, guidance: float
+) -> None:
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, sched)
+    configs = PLANS[plan]
+    steps = schedule(configs, Calls.of(pipe.scheduler, STEPS), guided=guidance > 1)
+    seen = observed(pipe, configs, guidance)
+    assert len(seen) == len(steps)
+    if "tgate" in configs and "deepcache" not in configs:
+        for call in seen:  # one group: the mid block's attention is "shallow" too
+            assert {g for g, _ in call["computed"]} <= {"shallow", "merged"}
+    assert seen == expected(steps, guidance)
+
+
+def test_equal_schedules_are_equal_images(tiny: Callable[[str], Pipeline]) -> None:
+    """sp_interval is an absolute step modulus: at gate 7 and warm-up 1, intervals 6 and 7 keep
+    self-attention at none of steps 2-5, so they compute the same images; 2 keeps at 2 and 4."""
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, "DDIM")
+    calls = Calls.of(pipe.scheduler, STEPS)
+    configs = {sp: {"tgate": TGateConfig(7, sp, 1, 1)} for sp in (6, 7, 2)}
+    digests = {sp: digest(schedule(c, calls)) for sp, c in configs.items()}
+    assert digests[6] == digests[7] != digests[2]
+    images = {}
+    for sp, c in configs.items():
+        with accelerators.apply(pipe, c, steps=STEPS):
+            images[sp] = render(pipe, steps=STEPS)
+    assert (images[6] == images[7]).all()
+    assert not (images[6] == images[2]).all()
+
+
+def test_a_branch_that_computes_another_ones_images_has_its_schedule() -> None:
+    calls = Calls((999.0, 500.0, 1.0), 1, 3)
+    one_layer = (0, 1, 3, 4, 6, 7)  # TinySD: 2 computes 1's images, 5 computes 4's
+    named = {
+        b: schedule({"deepcache": DeepCacheConfig(2, b)}, calls, branches=one_layer)
+        for b in range(6)
+    }
+    assert named[2] == named[1] != named[0]
+    assert named[5] == named[4] != named[3]
+    assert named[1][1] == (("deepcache", 1, "shallow"),)
+    plain = schedule({"deepcache": DeepCacheConfig(2, 2)}, calls)  # no layout: ids stay
+    assert plain[1] == (("deepcache", 2, "shallow"),)
+
+
+def test_same_schedule_is_skipped_as_identical() -> None:
+    import optuna
+
+    from accelopt.trial.space import dominating_trial
+
+    done = optuna.trial.create_trial(
+        value=2.0,
+        user_attrs={
+            "accelerators": {"tgate": {"gate_step": 7, "sp_interval": 6}},
+            "schedule": "abc",
+            "feasible": False,
+        },
+    )
+    done.number = 4
+    mine = {"tgate": {"gate_step": 7, "sp_interval": 7}}
+    found = dominating_trial(mine, [done], schedule_of=lambda configs: ("abc",))
+    assert found is not None
+    assert found[1] == "computes what trial 4 computed at every step (same schedule)"
+    assert dominating_trial(mine, [done], schedule_of=lambda configs: (repr(configs),)) is None
+
+
+CALLS = Calls(tuple(float(t) for t in range(999, 0, -100)), 1, 10)  # 10 calls, DDIM-like
+
+
+def _tgate(gate: int, sp: int, fi: int = 1, warm_up: int = 1) -> dict[str, Any]:
+    return {"tgate": TGateConfig(gate, sp, fi, warm_up)}
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "expected"),
+    [
+        # DeepCache: interval 2 runs 5 full calls to 3's 4; a deeper branch runs more modules.
+        ({"deepcache": DeepCacheConfig(2, 0)}, {"deepcache": DeepCacheConfig(3, 0)}, True),
+        ({"deepcache": DeepCacheConfig(3, 0)}, {"deepcache": DeepCacheConfig(2, 0)}, False),
+        ({"deepcache": DeepCacheConfig(3, 2)}, {"deepcache": DeepCacheConfig(3, 1)}, True),
+        ({"deepcache": DeepCacheConfig(2, 0)}, {"deepcache": DeepCacheConfig(3, 1)}, False),
+        # ToMe: a smaller ratio merges fewer tokens.
+        ({"tome": ToMeConfig(0.3, 1)}, {"tome": ToMeConfig(0.5, 1)}, True),
+        ({"tome": ToMeConfig(0.5, 1)}, {"tome": ToMeConfig(0.3, 2)}, False),
+        # T-GATE: a later gate computes cross-attention and guidance at more steps; with
+        # fi_interval 1, though, the earlier gate recomputes self-attention at its extra halved
+        # steps, which the later one's guided steps do not: neither covers the other then.
+        (_tgate(8, 9, fi=5), _tgate(6, 9, fi=5), True),
+        (_tgate(6, 9, fi=5), _tgate(8, 9, fi=5), False),
+        (_tgate(8, 9, fi=1), _tgate(6, 9, fi=1), False),
+        # sp_interval is a step modulus: 3 keeps at steps 3 and 6, 4 at step 4 only, so 3 does
+        # more; 4 and 5 keep once each, at different steps: neither covers the other.
+        (_tgate(8, 3), _tgate(8, 4), True),
+        (_tgate(8, 4), _tgate(8, 5), True),
+        (_tgate(8, 5), _tgate(8, 4), True),
+        (_tgate(8, 4), _tgate(8, 3), False),
+    ],
+)
+def test_does_at_least_compares_work_not_knob_order(
+    mine: dict[str, Any], theirs: dict[str, Any], expected: bool
+) -> None:
+    assert does_at_least(schedule(mine, CALLS), schedule(theirs, CALLS)) is expected
+
+
+def test_pndm_counts_deepcache_intervals_in_calls(tiny: Callable[[str], Pipeline]) -> None:
+    """Finding 1: with PRK steps, 20 PNDM steps are 29 UNet calls; upstream's timestep lookup
+    made interval 2 run 9 full UNets and interval 3 run 10. Counted in calls, interval 2 runs
+    more full calls than 3, and the dominance skip's work comparison says so."""
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, "PNDM")
+    calls = Calls.of(pipe.scheduler, 20)
+    assert len(calls.timesteps) == 29
+    full = {}
+    for interval in (2, 3, 4, 5):
+        steps = schedule({"deepcache": DeepCacheConfig(interval, 0)}, calls)
+        full[interval] = sum(call == (("deepcache", "full"),) for call in steps)
+    assert full == {2: 15, 3: 10, 4: 8, 5: 6}
+    two, three = (schedule({"deepcache": DeepCacheConfig(i, 0)}, calls) for i in (2, 3))
+    assert does_at_least(two, three) and not does_at_least(three, two)

@@ -1,0 +1,481 @@
+"""Tests for accelopt/cli.py: commands called in process, plus one subprocess smoke test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from accelopt.cli import main
+from accelopt.prompts import load_prompts
+
+COMMANDS = ("pipelines", "schedulers", "accelerators", "prompts", "run", "best", "list")
+
+
+def _space(out: str) -> dict[str, list[str]]:
+    """Parse the ``accelerators --pipeline`` table: ``  key   v1, v2`` -> {key: [v1, v2]}."""
+    rows = [line.split(None, 1) for line in out.splitlines() if line.startswith("  ")]
+    return {key: values.split(", ") for key, values in rows}
+
+
+def test_help_exits_zero_and_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: accelopt")
+    for command in COMMANDS:
+        assert command in out
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_pipelines(capsys: pytest.CaptureFixture[str]) -> None:
+    from accelopt.pipelines import MODELS
+
+    assert main(["pipelines"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in rows["SDXL"]
+    for model in MODELS:
+        assert model.name in rows
+        assert model.family in rows[model.name].split()
+        if model.hub_id:
+            assert rows[model.name].split()[-1] == model.hub_id
+
+
+def test_schedulers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schedulers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "DDIM",
+        "DPM-Solver++",
+        "UniPC",
+        "Euler",
+        "PNDM",
+    ]
+    dpm = lines[1]
+    assert "DPMSolverMultistepScheduler" in dpm
+    assert "DPM++" in dpm
+
+
+def test_accelerators_lists_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines() if line[:1].isalpha()]
+    assert names[:3] == ["deepcache", "tome", "tgate"]
+    assert "Combinations:" in out
+
+
+def test_sdxl_search_space_drops_downsample_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators", "--pipeline", "SDXL", "--steps", "25"]) == 0
+    out = capsys.readouterr().out
+    assert "(sdxl), 25 steps" in out.splitlines()[0]
+    space = _space(out)
+    # SDXL has no attention at the first level: max_downsample=1 would merge nothing.
+    assert space["tome.max_downsample"] == ["2", "4"]
+    assert {key.split(".")[0] for key in space} == {"deepcache", "tome", "tgate"}
+
+
+def test_sd15_search_space_keeps_downsample_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators", "--pipeline", "SD1.5", "--targets", "tome"]) == 0
+    space = _space(capsys.readouterr().out)
+    assert set(space) == {"tome.ratio", "tome.max_downsample", "tome.use_rand"}
+    assert space["tome.max_downsample"][0] == "1"
+    assert space["tome.use_rand"] == ["False", "True"]
+
+
+def test_inapplicable_target_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["accelerators", "--pipeline", "PixArt-Sigma", "--targets", "tome"])
+    assert code == 2
+    captured = capsys.readouterr()
+    err_lines = captured.err.splitlines()
+    assert len(err_lines) == 1
+    assert err_lines[0].startswith("accelopt: error:")
+    assert "tome" in err_lines[0]
+    assert "tgate" in err_lines[0]
+    assert captured.out == ""
+
+
+def test_unknown_pipeline_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators", "--pipeline", "SD9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("accelopt: error:")
+    assert "SD9" in err
+
+
+def test_prompts_heldout_count(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prompts", "--split", "heldout", "--count", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    expected = load_prompts("heldout", 3)
+    assert [line.split()[0] for line in lines] == [p.id for p in expected]
+    assert all(line.split()[1] == "heldout" for line in lines)
+    assert all(line.endswith(p.text) for line, p in zip(lines, expected, strict=True))
+
+
+def test_prompts_count_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prompts", "--count", "100000"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("accelopt: error:")
+    assert "100000" in captured.err
+
+
+def test_prompts_bad_split_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["prompts", "--split", "train"])
+    assert info.value.code == 2
+    assert "heldout" in capsys.readouterr().err
+
+
+def test_module_help_in_a_subprocess() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "accelopt", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "accelerators" in result.stdout
+
+
+# run / best / list: exit codes 0 ok, 1 requirement unmet, 2 bad input.
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """An empty working directory: the default SQLite storage lands here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACCELOPT_STORAGE", raising=False)
+    return tmp_path
+
+
+def test_run_prints_the_best_and_resumes(workdir, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    assert main(["run", "--study", "TinySD-DDIM-10", "--n-trials", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "TinySD-DDIM-10: ran 2 trials (2 in the study)" in out
+    assert (workdir / "accelopt.db").is_file()
+    assert main(["run", "--study", "TinySD-DDIM-10", "--n-trials", "2", "--quiet"]) == 0
+    assert "finished already (2 trials)" in capsys.readouterr().out
+
+    assert main(["best", "--study", "TinySD-DDIM-10", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["study"] == "TinySD-DDIM-10"
+    if record["best"] is not None:
+        assert record["best"]["speedup"] > 0 and record["best"]["accelerators"]
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "TinySD-DDIM-10" in listed and "2/2 trials" in listed
+
+
+def test_unmet_requirement_exits_1(workdir, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    argv = ["run", "--study", "TinySD-DDIM-10-deepcache", "--n-trials", "1", "--quiet"]
+    assert main([*argv, "--req-speedup", "1000"]) == 1
+    assert "requirement not met: no feasible trial reached speedup >= 1000x" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--study", "SD9-DDIM-25"], "does not start with a known pipeline"),
+        (["run"], "give exactly one of --study NAME or --spec FILE"),
+        (["run", "--spec", "nowhere.toml"], "spec file 'nowhere.toml' does not exist"),
+        (
+            ["run", "--study", "TinySD-DDIM-10", "--req-speedup", "2", "--req-time", "1"],
+            "give at most one of --req-speedup and --req-time",
+        ),
+        (["run", "--study", "TinySD-DDIM-10", "--n-trials", "0"], "--n-trials must be positive"),
+        (["run", "--study", "TinyPixArt-DDIM-10-tome"], "can take: tgate"),
+        (["best", "--study", "Nope-DDIM-10"], "no study 'Nope-DDIM-10' in sqlite:///accelopt.db"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("accelopt: error: ") and message in err[0]
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\nfrom accelopt.cli import main\ntry:\n    main(['run', '--help'])\n"
+        "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--req-speedup" in result.stdout
+
+
+def test_ctrl_c_cleans_up_and_keeps_finished_trials(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    from accelopt import accelerators
+    from accelopt.trial.bench import Bench
+
+    measure, trials = Bench.measure, []
+
+    def interrupted(self: Bench, check=None, **kwargs):  # type: ignore[no-untyped-def]
+        if accelerators.active(self.pipe) is not None:  # a trial, not the baseline
+            trials.append(self)
+            if len(trials) == 2:  # Ctrl-C during the second measured trial
+                raise KeyboardInterrupt
+        return measure(self, check, **kwargs)
+
+    monkeypatch.setattr(Bench, "measure", interrupted)
+    argv = ["run", "--study", "TinySD-DDIM-10-deepcache", "--n-trials", "6", "--quiet"]
+    assert main(argv) == 130
+    assert "interrupted; finished trials are stored" in capsys.readouterr().err
+    assert accelerators.active(trials[-1].pipe) is None  # the interrupted trial's patches
+    study = optuna.load_study(
+        study_name="TinySD-DDIM-10-deepcache", storage="sqlite:///accelopt.db"
+    )
+    states = [t.state.name for t in study.trials]
+    assert states[-1] == "FAIL" and states.count("COMPLETE") == 1
+    done = states.count("COMPLETE") + states.count("PRUNED")
+    monkeypatch.setattr(Bench, "measure", measure)
+    assert main(argv) == 0  # resumes: the failed trial is not counted
+    assert f"ran {6 - done} trials (6 in the study, 1 failed)" in capsys.readouterr().out
+
+
+def test_no_feasible_trial_answers_no_acceleration_and_exits_0(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        "accelopt.trial.objective.loss_bound", lambda baseline, scores, z: (0.5, 0.5)
+    )
+    argv = ["run", "--study", "TinySD-DDIM-10-tome", "--n-trials", "2", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no acceleration: no feasible accelerated trial within CLIP score loss <= 2%" in out
+    assert main(["best", "--study", "TinySD-DDIM-10-tome"]) == 0
+    assert "no feasible trial yet" in capsys.readouterr().out
+
+
+def test_flags_are_checked_as_the_spec_file_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flag cannot set what the spec file could not: --max-score-loss 1.5 is refused with the
+    allowed range, before any storage is made."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    code = main(["run", "--study", "TinySD-DDIM-10", "--max-score-loss", "1.5",
+                 "--storage", storage, "--quiet"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "command line: max_score_loss=1.5 is out of range; allowed: more than 0, less than 1"
+    )
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_accelerators_say_what_their_steps_count(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators"]) == 0
+    out = capsys.readouterr().out
+    assert "steps count: denoiser calls since the generation began" in out  # DeepCache
+    assert "steps count: scheduler steps, read as upstream does" in out  # T-GATE
+    assert "steps count: nothing: no knob depends on the step" in out  # ToMe
+
+
+# ---- one study per study, and the stumbles of a first run (issue 20) -------------------------
+
+
+def _stop_before_running(monkeypatch: pytest.MonkeyPatch) -> list:  # type: ignore[type-arg]
+    """``run`` goes as far as the study's spec, then stops (exit 2): the specs it got."""
+    from accelopt.errors import AccelOptError
+
+    seen = []
+
+    def run_study(spec, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(spec)
+        raise AccelOptError("stopped by the test")
+
+    monkeypatch.setattr("accelopt.study.loop.run_study", run_study)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["ToySD-ddim-20", "toysd-DDIM-20", "ToySD-DDIM-20"])
+def test_every_spelling_runs_the_shipped_study(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    from accelopt.spec import shipped_dir
+
+    seen = _stop_before_running(monkeypatch)
+    assert main(["run", "--study", name, "--quiet"]) == 2
+    assert capsys.readouterr().err == "accelopt: error: stopped by the test\n"
+    (spec,) = seen
+    assert (spec.name, spec.source) == ("ToySD-DDIM-20", str(shipped_dir() / "ToySD-DDIM-20.toml"))
+    assert (spec.n_trials, spec.prompts.set) == (12, "shapes")  # the shipped file's, not defaults
+
+
+@pytest.mark.parametrize(("flag", "name"), [("Grid", "grid"), ("GRID", "grid"), ("TPE", "tpe")])
+def test_sampler_takes_any_case(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, flag: str, name: str
+) -> None:
+    seen = _stop_before_running(monkeypatch)
+    assert main(["run", "--study", "TinySD-DDIM-10", "--sampler", flag, "--quiet"]) == 2
+    assert seen[0].sampler.name == name
+
+
+def test_an_unknown_sampler_is_still_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--study", "TinySD-DDIM-10", "--sampler", "Random"])
+    assert info.value.code == 2
+    assert "argument --sampler: invalid choice: 'random'" in capsys.readouterr().err
+
+
+def test_every_spelling_of_a_name_is_one_stored_study(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run, best, report and export under three spellings: one study, its canonical name; the
+    report's baseline is the store entry's, and its parallel-coordinates titles have room."""
+    import optuna
+
+    monkeypatch.setattr(
+        "accelopt.trial.objective.loss_bound", lambda baseline, scores, z: (0.0, 0.0)
+    )
+    (workdir / "studies").mkdir()
+    spec = "n_trials = 1\nwarmup = 0\n[prompts]\ncount = 1\nbatch_size = 1\n"  # seconds
+    (workdir / "studies" / "tinysd-ddim-10-DeepCache.toml").write_text(spec)
+    assert main(["run", "--study", "TINYSD-ddim-10-deepcache", "--quiet"]) == 0
+    assert "TinySD-DDIM-10-deepcache: ran 1 trials (1 in the study)" in capsys.readouterr().out
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--quiet"]) == 0
+    assert "TinySD-DDIM-10-deepcache: finished already (1 trials)" in capsys.readouterr().out
+    assert optuna.get_all_study_names("sqlite:///accelopt.db") == ["TinySD-DDIM-10-deepcache"]
+
+    assert main(["best", "--study", "tinysd-DDIM-10-deepcache", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["study"] == "TinySD-DDIM-10-deepcache"
+    store = workdir / "store.json"
+    argv = ["export", "--study", "tinysd-ddim-10-DEEPCACHE", "--top-k", "0", "--store", str(store)]
+    assert main(argv) == 0
+    (entry,) = json.loads(store.read_text())["entries"].values()
+    assert entry["study"]["name"] == "TinySD-DDIM-10-deepcache"
+    report = workdir / "report.html"
+    argv = ["report", "--study", "tinysd-ddim-10-deepcache", "--images", "0", "-o", str(report)]
+    assert main(argv) == 0
+    page = report.read_text()
+    assert "<h1>TinySD-DDIM-10-deepcache</h1>" in page
+    shown = f"{entry['baseline']['time_per_image']:.4f} s/image"
+    assert f"{shown} (the median of the baseline timings made when trial 0 (the best) ran" in page
+    assert '"labelangle":-30' in page and '"t":128' in page  # "deepcache.cache_branch_id"
+
+
+def test_a_study_stored_under_an_old_spelling_is_still_found(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    storage = "sqlite:///accelopt.db"
+    for name in ("tinysd-DDIM-10", "TINYSD-DDIM-10"):
+        optuna.create_study(study_name=name, storage=storage)
+    assert main(["best", "--study", "TINYSD-DDIM-10"]) == 0  # as typed
+    assert capsys.readouterr().out == "TINYSD-DDIM-10: no feasible trial yet\n"
+    assert main(["best", "--study", "TinySD-ddim-10"]) == 2  # which one?
+    assert capsys.readouterr().err == (
+        "accelopt: error: study TinySD-DDIM-10 is stored under 2 spellings in "
+        "sqlite:///accelopt.db (TINYSD-DDIM-10, tinysd-DDIM-10); pass --study with one of them "
+        "exactly\n"
+    )
+    optuna.delete_study(study_name="TINYSD-DDIM-10", storage=storage)
+    assert main(["best", "--study", "TinySD-DDIM-10"]) == 0  # the one left
+    assert capsys.readouterr().out == "tinysd-DDIM-10: no feasible trial yet\n"
+
+
+def test_run_resumes_a_study_stored_under_an_old_spelling(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    monkeypatch.setattr(
+        "accelopt.trial.objective.loss_bound", lambda baseline, scores, z: (0.0, 0.0)
+    )
+    (workdir / "studies").mkdir()
+    spec = "n_trials = 1\nwarmup = 0\n[prompts]\ncount = 1\nbatch_size = 1\n"  # seconds
+    (workdir / "studies" / "TinySD-DDIM-10-deepcache.toml").write_text(spec)
+    storage = "sqlite:///accelopt.db"
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--quiet"]) == 0
+    old = "tinysd-ddim-10-DeepCache"  # as an older accelopt stored what was typed
+    optuna.copy_study(from_study_name="TinySD-DDIM-10-deepcache", from_storage=storage,
+                      to_storage=storage, to_study_name=old)  # fmt: skip
+    optuna.delete_study(study_name="TinySD-DDIM-10-deepcache", storage=storage)
+    capsys.readouterr()
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "TinySD-DDIM-10-deepcache: finished already (1 trials)" in out  # resumed, not anew
+    assert ("TinySD-DDIM-10-deepcache: resuming the study stored as tinysd-ddim-10-DeepCache "
+            "(an older spelling of this name)") in err  # fmt: skip
+    assert sorted(optuna.get_all_study_names(storage)) == ["TinySD-DDIM-10-deepcache", old]
+    optuna.copy_study(from_study_name=old, from_storage=storage, to_storage=storage,
+                      to_study_name="TINYSD-DDIM-10-deepcache")  # fmt: skip
+    optuna.delete_study(study_name="TinySD-DDIM-10-deepcache", storage=storage)
+    assert main(["run", "--study", "TinySD-DDIM-10-deepcache", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "ran 1 trials (1 in the study)" in out  # two old spellings: which? neither
+    assert "warning: starting a new study; 2 studies are stored under older spellings" in err
+
+
+def test_accelerators_shows_the_toy_pipelines_space(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accelerators", "--pipeline", "ToySD", "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "search space for ToySD (sd), 20 steps:"
+    space = _space(out)
+    assert {key.split(".")[0] for key in space} == {"deepcache", "tome", "tgate"}
+    assert space["deepcache.cache_branch_id"] == ["0", "1", "3"]  # one layer a block: 2 is 1
+    assert space["tgate.gate_step"] == [str(n) for n in range(5, 20)]
+
+
+NO_CUDA = "accelopt: error: --device cuda: this machine has no CUDA device; use --device cpu or "
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--study", "TinySD-DDIM-10"],
+        ["worker", "--study", "TinySD-DDIM-10", "--storage", "w.journal"],
+        ["export", "--study", "TinySD-DDIM-10"],
+        ["sweep", "--pipes", "TinySD", "--scheds", "DDIM", "--steps", "10"],
+        ["report", "--study", "TinySD-DDIM-10"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_gpu_that_is_not_there_is_one_line_and_exit_2(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main([*argv, "--device", "cuda"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", NO_CUDA + "leave it out\n")
+    assert list(workdir.iterdir()) == []  # refused before any storage or file is made
+
+
+def test_a_malformed_device_is_one_line_and_exit_2(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", "--study", "TinySD-DDIM-10", "--device", "gpu0"]) == 2
+    assert capsys.readouterr().err == (
+        "accelopt: error: unknown device 'gpu0'; use cpu, cuda, cuda:N or mps\n"
+    )
+
+
+def test_store_check_of_a_mistyped_path_says_it_does_not_exist(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["store", "check", "--store", "serach_params.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "accelopt: error: store serach_params.json does not exist; check --store"
+    )
+    assert "empty" not in err

@@ -1,0 +1,141 @@
+"""Tests for accelopt/entries.py: the one check of a store entry, hostile shapes included."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from accelopt import accelerators
+from accelopt.errors import AccelOptError
+from accelopt.params_store.check import MAX_DEPTH, InvalidEntry, check_entry, usable_entries
+from accelopt.testing import make_entry, tiny_pipeline
+
+
+def refused(entry: dict[str, Any], key: str | None = None) -> str:
+    with pytest.raises(InvalidEntry) as info:
+        check_entry(entry["key"] if key is None else key, entry)
+    return str(info.value)
+
+
+def test_an_exported_entry_passes() -> None:
+    for entry in (make_entry(), make_entry("TinySD", "DDIM", 10, {"tome": {"ratio": 0.5}})):
+        check_entry(entry["key"], entry)
+
+
+def test_an_infinite_speedup_never_wins_a_request() -> None:
+    entry = make_entry(speedup=float("inf"))
+    assert refused(entry).endswith("measured.speedup: Input should be a finite number")
+
+
+def test_the_pipeline_must_be_the_model_it_loads() -> None:
+    entry = make_entry("TinySD")
+    entry["model"] = "someone/other-model"
+    message = refused(entry)
+    assert "pipeline TinySD is not the model it loads (someone/other-model)" in message
+
+
+@pytest.mark.parametrize(
+    ("model", "accelerators_", "why"),
+    [
+        ("SDXL", {"tome": {"ratio": 0.5, "max_downsample": 1}}, "1 merges nothing"),
+        ("TinySD", {"deepcache": {"cache_branch_id": 9}}, "valid: 0..8"),
+        (
+            "SD1.5",
+            {"tgate": {"gate_step": 10, "scale": 2}},
+            "unknown tgate parameter(s) scale",
+        ),
+        ("PixArt-Sigma", {"deepcache": {"cache_interval": 3}}, "deepcache cannot accelerate"),
+        ("SDXL", {"tome": {"ratio": 0.5, "max_downsample": 2, "use_rand": 1}}, "must be bool"),
+        ("SDXL", {"tomesd": {"ratio": 0.5}}, "unknown accelerator 'tomesd'"),
+    ],
+)
+def test_settings_accelopt_refuses_are_never_used(
+    model: str, accelerators_: dict[str, Any], why: str
+) -> None:
+    assert why in refused(make_entry(model, "DDIM", 25, accelerators_))
+
+
+def test_a_random_partition_under_cuda_graphs_is_refused() -> None:
+    tome = {"tome": {"ratio": 0.5, "max_downsample": 2, "use_rand": True}}
+    assert "cannot run under execution mode cuda-graphs" in refused(
+        make_entry("SDXL", "DDIM", 25, tome, execution="cuda-graphs")
+    )
+    check_entry(*_keyed(make_entry("SDXL", "DDIM", 25, tome)))
+
+
+def _keyed(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return entry["key"], entry
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda e: e.pop("measured"), "measured: Field required"),
+        (lambda e: e.update(steps=True), "steps: Input should be a valid integer"),
+        (lambda e: e.update(steps=10**4), "steps: Input should be less than or equal to 1000"),
+        (lambda e: e.update(model=["x"]), "model: Input should be a valid string"),
+        (lambda e: e["generation"].update(guidance="5"), "generation.guidance: Input should be"),
+        (lambda e: e["measured"].update(device="\ud800"), "measured.device: Input should be"),
+        (lambda e: e["study"].update(name="x" * 5000), "a string longer than 4096"),
+        (lambda e: e.update(execution={"mode": "graphs\nimport os"}), "execution.mode: Input"),
+        (lambda e: e.update(targets=["tgate", "deepcache"]), "targets must be sorted, each"),
+        (lambda e: e.update(scheduler="LMS"), "unknown scheduler 'LMS'"),
+    ],
+)
+def test_wrong_shapes_are_named(change: Any, why: str) -> None:
+    entry = make_entry()
+    change(entry)
+    assert why in refused(entry)
+
+
+def test_deep_nesting_is_refused_without_recursion() -> None:
+    nested: Any = 3
+    for _ in range(5000):  # a recursive walk would overflow Python's stack
+        nested = {"k": nested}
+    entry = make_entry()
+    entry["accelerators"] = {"deepcache": {"cache_interval": nested}}
+    assert f"nested deeper than {MAX_DEPTH} levels" in refused(entry)
+
+
+def test_one_junk_entry_leaves_the_others_usable() -> None:
+    good = make_entry()
+    junk = make_entry("SDXL", "DDIM", 30, speedup=float("nan"))
+    moved = make_entry("SDXL", "DDIM", 50)
+    store = {good["key"]: good, junk["key"]: junk, "\x1b[2Jother": moved, "n": 3}
+    usable, problems = usable_entries(store)
+    assert list(usable) == [good["key"]]
+    assert [k for k, _ in problems] == [junk["key"], "\\x1b[2Jother", "n"]
+    assert "its own key is" in problems[1][1]
+    assert problems[2][1] == "not an object but int"
+
+
+def test_the_check_is_the_one_apply_makes() -> None:
+    """On TinySD, random knobs pass check_entry exactly when accelerators.apply takes them."""
+    pipe = tiny_pipeline("TinySD")
+    rng = random.Random(0)
+    agreed = {True: 0, False: 0}
+    for _ in range(60):
+        name = rng.choice(["deepcache", "tome", "tgate"])
+        knobs = {
+            "deepcache": {"cache_interval": rng.randint(0, 12),
+                          "cache_branch_id": rng.randint(-1, 10)},
+            "tome": {"ratio": rng.choice([0.0, 0.5, 0.8]),
+                     "max_downsample": rng.choice([1, 3, 9])},
+            "tgate": {"gate_step": rng.randint(0, 12), "warm_up": rng.randint(-1, 12)},
+        }[name]  # fmt: skip
+        entry = make_entry("TinySD", "DDIM", 10, {name: knobs})
+        try:
+            check_entry(entry["key"], entry)
+            ok = True
+        except InvalidEntry:
+            ok = False
+        try:
+            accelerators.apply(pipe, {name: knobs}, steps=10).remove()
+            applied = True
+        except AccelOptError:
+            applied = False
+        assert ok == applied, (name, knobs)
+        agreed[ok] += 1
+    assert agreed[True] >= 10 and agreed[False] >= 10

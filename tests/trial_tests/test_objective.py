@@ -1,0 +1,130 @@
+"""Early stopping inside a trial: stop one clearly over the quality budget, keep the others."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from accelopt import accelerators
+from accelopt._types import Pipeline
+from accelopt.measure.metrics import loss_bound, score_loss
+from accelopt.pipelines.schedulers import set_scheduler
+from accelopt.spec import PromptSpec, load_spec
+from accelopt.testing.scorers import PixelEmbeddings
+from accelopt.trial.bench import Bench
+from accelopt.trial.objective import Objective
+from accelopt.trial.space import Space
+
+
+class FakeScorer(PixelEmbeddings):
+    """10 per plain image; accelerated images get the next values of ``accelerated``."""
+
+    def __init__(self, pipe: Pipeline, accelerated: Sequence[float]) -> None:
+        self.pipe, self.accelerated, self.scored = pipe, list(accelerated), 0
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> list[float]:
+        assert len(images) == len(prompts)
+        if accelerators.active(self.pipe) is None:
+            return [10.0] * len(prompts)
+        out = self.accelerated[self.scored : self.scored + len(prompts)]
+        self.scored += len(prompts)
+        return out
+
+
+def _trial(
+    tiny: Callable[[str], Pipeline],
+    accelerated: Sequence[float],
+    batch_size: int = 2,
+    early_stop: float = 0.99,
+) -> tuple[optuna.trial.FrozenTrial, FakeScorer]:
+    spec = load_spec("TinySD-DDIM-10").replace(
+        warmup=0, early_stop=early_stop, prompts=PromptSpec(count=8, batch_size=batch_size)
+    )
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, spec.scheduler)
+    scorer = FakeScorer(pipe, accelerated)
+    bench = Bench(spec, pipe, scorer, torch.device("cpu"))  # type: ignore[arg-type]
+    space = Space.build(bench.traits, spec.steps, ("deepcache",))
+    objective = Objective(bench, space, bench.measure().scores)
+    objective.time_baseline()
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"deepcache.cache_interval": 3, "deepcache.cache_branch_id": 0})
+    study.optimize(objective, n_trials=1)
+    return study.trials[0], scorer
+
+
+def test_a_trial_clearly_over_budget_stops_after_two_batches(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    trial, scorer = _trial(tiny, [5.0] * 8)
+    assert trial.state == TrialState.PRUNED
+    a = trial.user_attrs
+    assert scorer.scored == 4 and a["prompts_measured"] == 4  # half the prompts never generated
+    assert a["stopped_early"] == (
+        "stopped after 4 of 8 prompts: CLIP score loss 50.00%, breaking CLIP score loss <= 2% "
+        "with 99% confidence (at best 50.00%)"
+    )
+    assert a["score_loss"] == 0.5 and not a["feasible"]
+    assert a["trial_seconds"] > 0 and a["speedup"] > 0  # its cost and partial numbers are kept
+    assert accelerators.active(scorer.pipe) is None
+
+
+def test_a_configuration_stopped_early_is_not_measured_again(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    spec = load_spec("TinySD-DDIM-10").replace(warmup=0, prompts=PromptSpec(count=8, batch_size=2))
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, spec.scheduler)
+    scorer = FakeScorer(pipe, [5.0] * 16)
+    bench = Bench(spec, pipe, scorer, torch.device("cpu"))  # type: ignore[arg-type]
+    space = Space.build(bench.traits, spec.steps, ("deepcache",))
+    objective = Objective(bench, space, bench.measure().scores)
+    objective.time_baseline()
+    study = optuna.create_study(direction="maximize")
+    for _ in range(2):
+        study.enqueue_trial({"deepcache.cache_interval": 3, "deepcache.cache_branch_id": 0})
+    study.optimize(objective, n_trials=2)
+    first, second = study.trials
+    assert "stopped_early" in first.user_attrs and scorer.scored == 4
+    assert second.state == TrialState.PRUNED
+    assert second.user_attrs["skipped"] == "same configuration as trial 0"
+
+
+def test_a_trial_under_budget_measures_every_prompt(tiny: Callable[[str], Pipeline]) -> None:
+    trial, scorer = _trial(tiny, [10.0] * 8)
+    assert trial.state == TrialState.COMPLETE
+    assert scorer.scored == 8 and trial.user_attrs["prompts_measured"] == 8
+    assert trial.user_attrs["feasible"] and "stopped_early" not in trial.user_attrs
+
+
+def test_a_noisy_trial_is_not_stopped_on_its_mean_alone(tiny: Callable[[str], Pipeline]) -> None:
+    scores = [9.0, 10.2] * 4  # mean loss 4%, over the 2% budget, but not with 99% confidence
+    early, lower = loss_bound([10.0] * 8, scores[:4], z=2.326)
+    assert early > 0.02 >= lower
+    trial, scorer = _trial(tiny, scores)
+    assert trial.state == TrialState.COMPLETE and scorer.scored == 8
+    assert trial.user_attrs["score_loss"] == pytest.approx(score_loss([10.0] * 8, scores))
+    assert not trial.user_attrs["feasible"]  # over budget, measured in full
+
+
+@pytest.mark.parametrize(("batch_size", "early_stop"), [(4, 0.99), (2, 0.0)])
+def test_one_batch_or_early_stop_off_never_stops(
+    tiny: Callable[[str], Pipeline], batch_size: int, early_stop: float
+) -> None:
+    trial, scorer = _trial(tiny, [5.0] * 8, batch_size=batch_size, early_stop=early_stop)
+    assert trial.state == TrialState.COMPLETE and scorer.scored == 8
+    assert trial.user_attrs["score_loss"] == 0.5 and not trial.user_attrs["feasible"]
+
+
+def test_loss_bound_matches_score_loss_with_every_prompt() -> None:
+    baseline, scores = [30.0, 32.0, 31.0], [29.0, 31.5, 30.0]
+    estimate, lower = loss_bound(baseline, scores, z=2.0)
+    assert estimate == pytest.approx(score_loss(baseline, scores), abs=1e-15)
+    assert lower < estimate
+    assert loss_bound(baseline, scores[:1], z=2.0)[1] == float("-inf")
+    with pytest.raises(ValueError, match="between 1 and len"):
+        loss_bound(baseline, [], z=2.0)
