@@ -26,6 +26,7 @@ import torch
 __all__ = [
     "CONFIDENCE",
     "Paired",
+    "interval_text",
     "median",
     "median_interval",
     "peak_memory",
@@ -94,6 +95,30 @@ def median_interval(
     while k + 1 <= (n + 1) // 2 and level(k + 1) >= confidence:
         k += 1
     return x[k - 1], x[n - k], level(k)
+
+
+def interval_text(
+    interval: Sequence[float] | None, level: float | None = None, pairs: int = 0
+) -> str:
+    """How a speedup's interval reads after the speedup, everywhere it is shown (the CLI, the
+    report, held-out confirmations, a generated script's docstring)::
+
+        >>> interval_text([1.31, 1.6], 0.98, 7)
+        ' (1.31x-1.60x, 98% interval over 7 pairs)'
+        >>> interval_text([2.0, 2.0], 0.0, 1)
+        ' (one timed pair: no interval)'
+        >>> interval_text(None)
+        ''
+
+    ``pairs`` 0 means the count was not recorded; one pair has no interval to show.
+    """
+    if not interval or len(interval) != 2:
+        return ""
+    if pairs == 1:
+        return " (one timed pair: no interval)"
+    over = f" over {pairs} pairs" if pairs else ""
+    covers = f", {100 * level:.0f}% interval{over}" if level is not None else over
+    return f" ({interval[0]:.2f}x-{interval[1]:.2f}x{covers})"
 
 
 def verdict(low: float, high: float, threshold: float = 1.0) -> str:
