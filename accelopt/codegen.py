@@ -43,6 +43,7 @@ from typing import Any
 
 import tomllib
 
+from accelopt._types import is_number
 from accelopt.errors import AccelOptError, printable
 from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss
 
@@ -283,7 +284,7 @@ def _meets(entry: Mapping[str, Any], request: Request) -> bool:
         return False
     if request.req_time is None:
         return True
-    return _number(m.get("time_per_image")) and m["time_per_image"] <= request.req_time
+    return is_number(m.get("time_per_image")) and m["time_per_image"] <= request.req_time
 
 
 def find_entry(
@@ -333,7 +334,7 @@ def frontier_points(
             used, m = point.get("accelerators"), point.get("measured")
             if not isinstance(used, dict) or not isinstance(m, dict):
                 continue  # hand-edited beyond use
-            if not all(_number(m.get(k)) for k in ("speedup", "score_loss", "time_per_image")):
+            if not all(is_number(m.get(k)) for k in ("speedup", "score_loss", "time_per_image")):
                 continue
             if request.targets is None or set(used) == set(request.targets):
                 points.append(point)
@@ -355,14 +356,10 @@ def _at_point(entry: Mapping[str, Any], point: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _own_budget(point: Mapping[str, Any]) -> float:
     """The score-loss budget of the study a point comes from."""
     budget = (point.get("requirement") or {}).get("max_score_loss")
-    if isinstance(budget, int | float) and _number(budget):
+    if isinstance(budget, int | float) and is_number(budget):
         return float(budget)
     return DEFAULT_MAX_SCORE_LOSS
 

@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from accelopt._types import is_number
 from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss
 from accelopt.study.results import best_trial
 
@@ -124,9 +125,9 @@ def _baseline(
     timing, the first worker's second A/A pass, and differs from it on a noisy machine.
     """
     first = study.user_attrs.get("baseline_time_per_image")
-    first = first if _number(first) else None
+    first = first if _positive(first) else None
     seen = {t.number: t.user_attrs["baseline_time_per_image"] for t in complete
-            if _number(t.user_attrs.get("baseline_time_per_image"))}  # fmt: skip
+            if _positive(t.user_attrs.get("baseline_time_per_image"))}  # fmt: skip
     if not seen:
         return first, "" if first is None else "one timing of the plain pipeline, at the start"
     number = best if best in seen else max(seen)
@@ -135,7 +136,7 @@ def _baseline(
     note = f"the median of the baseline timings made when trial {number} ({which}) ran"
     a = next(t.user_attrs for t in complete if t.number == number)
     reference = a.get("reference_time_per_image")
-    if _number(reference) and abs(reference - shown) > 1e-9 * shown:  # another mode was faster
+    if _positive(reference) and abs(reference - shown) > 1e-9 * shown:  # another mode was faster
         note += (f", under its execution mode: what export writes into the store; its speedup "
                  f"is against the fastest plain pipeline, {reference:.4f} s/image")  # fmt: skip
     else:
@@ -149,8 +150,8 @@ def _baseline(
     return shown, note
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+def _positive(value: Any) -> bool:
+    return is_number(value) and value > 0
 
 
 def report_data(study: optuna.Study) -> ReportData:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from accelopt._types import is_number
 from accelopt.errors import AccelOptError, printable
 from accelopt.measure.constraints import BOUNDS
 from accelopt.params_store.file import (
@@ -169,7 +169,7 @@ def _entry(path: Path, key: str, params: dict[str, Any]) -> dict[str, Any]:
     pipe, sched, steps, req_speedup, loss, targets = _parse_key(key, refuse)
     accelerators: dict[str, dict[str, Any]] = {}
     for name, value in params.items():
-        if not _number(value):
+        if not is_number(value):
             raise refuse(f"{name[:40]!r} is not a number")
         if name == "speedup":
             continue
@@ -231,8 +231,8 @@ def _parse_key(key: str, refuse: Any) -> tuple[str, str, int, float | None, floa
         and isinstance(fields[1], str)
         and isinstance(fields[2], str)
         and fields[2].isdigit()
-        and (fields[3] is None or _number(fields[3]))
-        and _number(fields[4])
+        and (fields[3] is None or is_number(fields[3]))
+        and is_number(fields[4])
         and isinstance(fields[5], list)
         and all(isinstance(t, str) for t in fields[5])
     )
@@ -242,12 +242,3 @@ def _parse_key(key: str, refuse: Any) -> tuple[str, str, int, float | None, floa
         )
     pipe, sched, steps, req_speedup, loss, targets = fields
     return pipe, sched, int(steps), req_speedup, float(loss), targets
-
-
-def _number(value: Any) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False

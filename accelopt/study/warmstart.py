@@ -22,7 +22,6 @@ warm start: 2 configurations from SD1.5-UniPC-20, SD1.5-DDIM-25
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from accelopt._types import is_number
 from accelopt.spec import StudySpec
 from accelopt.study.results import best_trial
 from accelopt.trial.space import PRIMARY, Space
@@ -139,7 +139,7 @@ def translate(
         if knob not in kept[name] and key not in ADDED:
             return None
         value = kept[name].get(knob, ADDED.get(key))
-        if key in STEP_VALUED and _number(value):
+        if key in STEP_VALUED and is_number(value):
             value = value * space.steps / steps
         allowed = param.values
         if space.optional and knob == main:
@@ -151,12 +151,8 @@ def translate(
     return params
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _nearest(value: Any, allowed: tuple[Any, ...]) -> Any:
-    if not _number(value) or not all(_number(v) for v in allowed):
+    if not is_number(value) or not all(is_number(v) for v in allowed):
         return value if value in allowed else None
     return min(allowed, key=lambda v: (abs(v - value), v), default=None)
 
