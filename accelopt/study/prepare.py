@@ -27,7 +27,7 @@ from accelopt.spec import (
     record_of,
     spec_from_record,
 )
-from accelopt.storage import open_storage, storage_label
+from accelopt.storage import open_storage, sqlite_file, storage_label
 from accelopt.study.results import Requirement
 from accelopt.study.workers import Slots, TrialSeededTPE
 from accelopt.trial.bench import Bench
@@ -74,8 +74,9 @@ def check_requirement(spec: StudySpec, requirement: Requirement) -> None:
 
 def beside_storage(url: str) -> Path:
     """The folder a storage lives in: a journal file's or SQLite file's, else this one."""
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///")).resolve().parent
+    sqlite = sqlite_file(url)
+    if sqlite is not None:
+        return sqlite.resolve().parent
     if "://" not in url:
         return Path(url).resolve().parent
     return Path.cwd()

@@ -1,4 +1,4 @@
-"""Tests for accelopt/cli.py: commands called in process, plus one subprocess smoke test."""
+"""Tests for accelopt/cli/: commands called in process, plus one subprocess smoke test."""
 
 from __future__ import annotations
 

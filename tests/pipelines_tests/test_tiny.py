@@ -1,4 +1,4 @@
-"""Tests for accelopt/testing/tiny.py: tiny pipelines built from config."""
+"""Tests for accelopt/pipelines/tiny.py: tiny pipelines built from config."""
 
 from __future__ import annotations
 

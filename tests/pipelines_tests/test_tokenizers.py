@@ -1,4 +1,4 @@
-"""Tests for accelopt/testing/tokenizers.py: offline CLIP and T5 tokenizers."""
+"""Tests for accelopt/pipelines/tokenizers.py: offline CLIP and T5 tokenizers."""
 
 from __future__ import annotations
 

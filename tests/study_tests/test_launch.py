@@ -1,4 +1,4 @@
-"""Tests for accelopt/launch.py: `accelopt run --workers N` and the signals it passes on.
+"""Tests for accelopt/study/launch.py: `accelopt run --workers N` and the signals it passes on.
 
 Real processes: the parent is sent the signal the way a user or a scheduler sends it (to its
 pid only; Ctrl-C in a terminal reaches the parent alone too, its workers run in a group of
