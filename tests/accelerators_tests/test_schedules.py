@@ -1,4 +1,5 @@
-"""Schedules (accelopt/accelerators/schedules.py) against what the tiny pipelines really compute, per call.
+"""Schedules (accelopt/accelerators/schedules.py) against what the tiny pipelines really compute,
+per call.
 
 Hooks count, for every UNet call: the batch the UNet computes on, whether the mid block ran
 (DeepCache's full step), and which attention modules computed (their ``to_q`` ran) rather than

@@ -1,4 +1,5 @@
-"""Tests for accelopt/measure/timing.py on the CPU: results pass through, memory is a CUDA-only reading."""
+"""Tests for accelopt/measure/timing.py on the CPU: results pass through, memory is a CUDA-only
+reading."""
 
 from __future__ import annotations
 

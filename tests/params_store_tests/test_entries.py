@@ -1,4 +1,5 @@
-"""Tests for accelopt/params_store/check.py: the one check of a store entry, hostile shapes included."""
+"""Tests for accelopt/params_store/check.py: the one check of a store entry, hostile shapes
+included."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for accelopt/params_store/file.py: seed keys, the store's path, reads, merges and refusals."""
+"""Tests for accelopt/params_store/file.py: seed keys, the store's path, reads, merges and
+refusals."""
 
 from __future__ import annotations
 

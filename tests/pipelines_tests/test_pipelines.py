@@ -1,4 +1,5 @@
-"""Tests for accelopt/pipelines/loading.py (and the full-size configs in accelopt/pipelines/architectures.py)."""
+"""Tests for accelopt/pipelines/loading.py (and the full-size configs in
+accelopt/pipelines/architectures.py)."""
 
 from __future__ import annotations
 

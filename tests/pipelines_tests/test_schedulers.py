@@ -1,4 +1,5 @@
-"""Tests for accelopt/pipelines/schedulers.py: scheduler names, aliases and swapping them on a pipeline."""
+"""Tests for accelopt/pipelines/schedulers.py: scheduler names, aliases and swapping them on a
+pipeline."""
 
 from __future__ import annotations
 
