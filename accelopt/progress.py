@@ -26,9 +26,9 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-__all__ = ["EVERY_PERCENT", "EVERY_SECONDS", "Phase", "Progress", "follow"]
+__all__ = ["EVERY_PERCENT", "EVERY_SECONDS", "Followed", "Phase", "Progress", "follow"]
 
 EVERY_PERCENT = 10.0  # without a terminal: a line when this much more of a phase is done ...
 EVERY_SECONDS = 30.0  # ... or when this long has passed since the last line
@@ -182,7 +182,14 @@ class Progress:
             print(self.prefix + line, file=self.stream, flush=True)
 
 
-def follow(bench: Any, phase: Phase, lead: Callable[[], str] = lambda: "") -> None:
+class Followed(Protocol):
+    """What ``follow`` tells about: a bench's two callbacks (``accelopt.trial.bench.Bench``)."""
+
+    on_batch: Callable[[str, int, int], None] | None
+    on_compile: Callable[[str], None] | None
+
+
+def follow(bench: Followed, phase: Phase, lead: Callable[[], str] = lambda: "") -> None:
     """Tell ``phase`` what a bench (``accelopt.trial.bench.Bench``) generates and compiles,
     each note after ``lead()`` (``trial 3: ``). It keeps telling that phase until followed
     by another."""

@@ -15,7 +15,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -23,6 +23,9 @@ from optuna.trial import TrialState
 from accelopt._types import is_number
 from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss
 from accelopt.study.results import best_trial
+
+if TYPE_CHECKING:
+    from accelopt.trial.bench import Bench
 
 __all__ = [
     "LABEL_ANGLE",
@@ -377,7 +380,7 @@ def image_choices(data: ReportData, frontier: int = 2) -> list[tuple[int, str]]:
 
 
 def image_rows(
-    study: optuna.Study, data: ReportData, bench: Any, count: int = 3
+    study: optuna.Study, data: ReportData, bench: Bench, count: int = 3
 ) -> list[ImageRow]:
     """The baseline's images, then those of ``image_choices``, same prompts and seeds."""
     from accelopt import accelerators

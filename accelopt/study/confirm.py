@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from accelopt import accelerators
 from accelopt.measure.constraints import METRICS
 from accelopt.measure.metrics import score_loss
+from accelopt.trial.bench import Bench
 
 __all__ = [
     "SEED_OFFSET",
@@ -91,7 +92,7 @@ def candidates(study: optuna.Study, k: int = TOP_K, requirement: Any = None) -> 
 
 def confirm(
     study: optuna.Study,
-    bench: Any,
+    bench: Bench,
     k: int = TOP_K,
     pairs: int = 1,
     log: Callable[[str], None] = lambda s: None,
@@ -101,8 +102,6 @@ def confirm(
     ``bench`` (the study's pipeline); adds them to the study's ``confirmations`` and returns
     them. A study resumed after an export thus confirms only its new leaders. Each is re-timed
     in ``max(pairs, MIN_PAIRS, the spec's timing.pairs)`` alternated pairs."""
-    from accelopt.trial.bench import Bench
-
     todo = pending(study, k, requirement)
     if not todo:
         return []
