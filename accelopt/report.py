@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from accelopt._types import is_number
 from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss
+from accelopt.measure.timing import interval_text
 from accelopt.study.results import best_trial
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ def _scatter(data: ReportData) -> Any:
         extra = {"error_y": error_bars(points)} if style["mode"] == "markers" else {}
         fig.add_trace(go.Scatter(
             x=xs(points, metrics[0]), y=[p.speedup for p in points], name=name,
-            text=[f"trial {p.number}: {p.label}{_shown_interval(p)}" for p in points],
+            text=[f"trial {p.number}: {p.label}{interval_text(p.interval)}" for p in points],
             hoverinfo="text+x+y", **style, **extra,
         ))  # fmt: skip
     fig.update_layout(xaxis_title=METRICS[metrics[0]].axis, yaxis_title="speedup (x)",
@@ -343,10 +344,6 @@ def _baseline_shown(data: ReportData) -> str:
         return "n/a"
     note = f" ({data.baseline_note})" if data.baseline_note else ""
     return f"{data.baseline_time:.4f} s/image{note}"
-
-
-def _shown_interval(p: Point) -> str:
-    return f" ({p.interval[0]:.2f}x-{p.interval[1]:.2f}x)" if p.interval else ""
 
 
 @dataclass(frozen=True)
@@ -435,8 +432,8 @@ def render_html(
     if best is not None:
         quality = ", ".join(f"{METRICS[m].label} {METRICS[m].show(v)}"
                             for m, v in best.metrics.items())  # fmt: skip
-        shown = (f"trial {best.number}: {best.speedup:.2f}x{_shown_interval(best)}, {quality}, "
-                 f"{best.label}")  # fmt: skip
+        speed = f"{best.speedup:.2f}x{interval_text(best.interval)}"
+        shown = f"trial {best.number}: {speed}, {quality}, {best.label}"
     summary = [
         ("completed trials", str(len(data.points))),
         ("skipped (dominated or duplicate)", str(data.skipped)),

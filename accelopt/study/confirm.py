@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from accelopt import accelerators
 from accelopt.measure.constraints import METRICS
 from accelopt.measure.metrics import score_loss
+from accelopt.measure.timing import interval_text
 from accelopt.trial.bench import Bench
 
 __all__ = [
@@ -164,13 +165,10 @@ def confirm(
 
 
 def describe(c: Confirmation | dict[str, Any]) -> str:
-    """``1.52x (1.31x-1.60x, 75% interval over 3 pairs)``: a confirmation's speed."""
+    """``1.52x (1.31x-1.60x, 98% interval over 7 pairs)``: a confirmation's speed."""
     r = c if isinstance(c, dict) else dataclasses.asdict(c)
-    if not r.get("interval"):  # confirmed before pairs had intervals
-        return f"{r['speedup']:.2f}x"
-    low, high = r["interval"]
-    return (f"{r['speedup']:.2f}x ({low:.2f}x-{high:.2f}x, {100 * r['level']:.0f}% interval "
-            f"over {len(r['speedups'])} pairs)")  # fmt: skip
+    pairs = len(r.get("speedups") or [])
+    return f"{r['speedup']:.2f}x" + interval_text(r.get("interval"), r.get("level"), pairs)
 
 
 def judgement(c: Confirmation | dict[str, Any]) -> str:
