@@ -4,7 +4,7 @@ On the lent GPU machine, with the carried wheels (``../shared/tools/gpu-wheels.s
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
         --target .site .whl/*.whl && export PYTHONPATH=$PWD/.site:$PWD && \\
-        python3 bench/all.py --out $OUT
+        python -m bench.all --out $OUT
 
 ``--suite all`` (the default) runs three suites, each on GPUs of its own:
 
@@ -39,7 +39,7 @@ package versions), ``tables.md`` (``bench/tables.py``: the tables in docs/BENCHM
 layouts), ``all.log`` (nvidia-smi and every process's output), ``journals/`` (the studies'
 Optuna journals) and, for landscapes, ``landscapes/<study>.json``.
 
-CPU smoke test of the same path (under a minute on two cores): ``python bench/all.py --device
+CPU smoke test of the same path (under a minute on two cores): ``python -m bench.all --device
 cpu --pipes TinySD TinyPixArt --repeats 1 --workers 2 --out /tmp/bench``.
 """
 
@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -62,13 +61,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import landscape  # bench/landscape.py, bench/speed.py ... beside this file
-import scaling
-import speed
-import study_report
-import tables
+from bench import _lib, landscape_records, scaling, speed, study_report, tables
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m bench.x` runs from it
 SUITES = ("all", "speed", "study", "scaling", "landscapes")
 # Seconds, all in, from this script's start: a device call is at most 10 minutes, and the
 # wheels' install and the machine's start take 30-60 s of them before this script runs.
@@ -304,7 +299,7 @@ def spawn(command: list[str], env: dict[str, str] | None, log_path: Path, left: 
         log.write(f"$ {shlex.join(command)}\n")
         log.flush()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)  # fmt: skip
+                                cwd=ROOT, start_new_session=True)  # fmt: skip
         try:
             return proc.wait(timeout=max(left, 1))  # it stops itself before that, unless stuck
         except subprocess.TimeoutExpired:
@@ -320,7 +315,7 @@ def run_speed(i: int, task: Task, call: Call, left: float) -> dict[str, Any]:
     """bench/speed.py on the task's GPU, its pipes one after the other."""
     out = call.work / f"speed-{i}"
     command = [
-        sys.executable, str(HERE / "speed.py"), "--pipes", *task.pipes, "--repeats",
+        sys.executable, "-m", "bench.speed", "--pipes", *task.pipes, "--repeats",
         str(call.args.repeats), "--time-budget", f"{max(left - IMPORT_SECONDS, 1):.0f}",
         "--out", str(out),
     ]  # fmt: skip
@@ -480,15 +475,12 @@ def _outcome(p: Plan, call: Call, suite: str) -> dict[str, Any] | None:
 
 def environment(args: argparse.Namespace, smi: str) -> dict[str, Any]:
     """Card, date, package versions: what every results file says first."""
-    from accelopt.measure.environment import package_versions
-
     rows = [line.split(", ") for line in smi.splitlines()[1:] if ", " in line]
     names = sorted({r[1] for r in rows if len(r) > 1})
     card = f"{len(rows)}x {names[0]}" if len(names) == 1 else ", ".join(names)
     if args.device == "cpu":
-        card = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return {"card": card or "unknown", "date": time.strftime("%Y-%m-%d"),
-            "python": platform.python_version(), "versions": package_versions(),
+        card = f"cpu ({_lib.machine()})"
+    return {"card": card or "unknown", **_lib.header("date", "python", "versions"),
             "nvidia_smi": smi}  # fmt: skip
 
 
@@ -558,7 +550,7 @@ def run_shards(k: int, n: int, call: Call, deadline: float) -> None:
             call.note(f"{study} {k}/{n}: skipped, {left:.0f} s left")
             continue
         command = [
-            sys.executable, str(HERE / "landscape.py"), "measure", "--study", study,
+            sys.executable, "-m", "bench.landscape", "measure", "--study", study,
             "--prompts", str(SCORED.get(study) or STUDIES.get(study, 1)), "--shard", f"{k}/{n}",
             "--time-budget", f"{left:.0f}", "--out", str(call.work),
         ]  # fmt: skip
@@ -590,18 +582,18 @@ def landscapes(args: argparse.Namespace, call: Call, head: dict[str, Any]) -> di
     files, problems = [], []
     for study in args.studies:
         shards = sorted(call.work.glob(f"{study}.shard-*-of-{n}.json"))
-        records = [landscape.load(path) for path in shards]
+        records = [landscape_records.load(path) for path in shards]
         target = call.out / "landscapes" / f"{study}.json"
         if not records:
             problems.append(f"{study}: no shard wrote a file (see all.log)")
             continue
         try:
-            merged = landscape.merge(records, head["command"])
+            merged = landscape_records.merge(records, head["command"])
         except ValueError as err:  # keep the raw shards rather than lose the run
             target.with_suffix(".shards.json").write_text(json.dumps(records))
             problems.append(f"{study}: merge failed ({err}); shards kept as they are")
             continue
-        landscape.write_json(target, merged)
+        landscape_records.write_json(target, merged)
         files.append(str(target.relative_to(call.out)))
         if merged["partial"]:
             problems.append(f"{study}: partial")
@@ -655,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gpu_names(count))  # fmt: skip
     smi = "(cpu run)" if cpu else nvidia_smi()
     print(smi, flush=True)
-    head = {"kind": "accelopt bench", "command": shlex.join(["python3", "bench/all.py", *argv]),
+    head = {"kind": "accelopt bench", **_lib.header("command", script="all", argv=argv),
             "suite": args.suite, "time_budget": args.time_budget,
             **environment(args, smi)}  # fmt: skip
     run = landscapes if args.suite == "landscapes" else suites

@@ -1,7 +1,7 @@
 """What a user waits for on a CPU machine: `accelopt --help`, and the README's demo.
 
-    python bench/cpu.py --out bench/results            # --help cold start, demo study
-    python bench/cpu.py --out bench/results --clone    # also `make demo` in a fresh clone
+    python -m bench.cpu --out bench/results            # --help cold start, demo study
+    python -m bench.cpu --out bench/results --clone    # also `make demo` in a fresh clone
 
 - Cold start: ``accelopt --help`` run ``--repeats`` times in fresh processes (the console script
   of the interpreter running this file), median and range. Goal: <= 0.5 s.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import tables  # bench/tables.py, beside this file
+from bench import _lib, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "TinySD-DDIM-10"  # the README's demo study
@@ -77,9 +76,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="accelopt-cpu-"))
     try:
         record: dict[str, Any] = {
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "python": platform.python_version(),
+            **_lib.header("date", "machine", "python"),
             "cold_start": cold_start(args.repeats, work),
             "demo": demo(work),
         }

@@ -1,6 +1,6 @@
 """Execution modes on a GPU: each mode's plain baseline and accelerated plans, alternated.
 
-    python bench/execution.py --pipe SD1.5 --batch 1 --repeats 7 --out $OUT
+    python -m bench.execution --pipe SD1.5 --batch 1 --repeats 7 --out $OUT
 
 Full-size architecture, random fp16 weights (timing is real, images are not), latent output.
 For every mode (eager, compile, cuda-graphs) the plain pipeline and each plan are timed in
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from accelopt import accelerators, execution
-from accelopt.measure import environment, timing
-from accelopt.pipelines import call_defaults, load_pipeline, model_info
-from accelopt.pipelines.schedulers import set_scheduler
+from accelopt.measure import timing
+from accelopt.pipelines import call_defaults, model_info
+from bench import _lib
 
 SETTINGS = {  # steps, scheduler, guidance: each family's usual sampling
     "SD1.5": (20, "DDIM", 7.0),
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cuda = args.device.startswith("cuda")
     dtype = "fp16" if cuda else "fp32"
-    pipe = load_pipeline(args.pipe, weights="random", dtype=dtype, device=args.device)
-    set_scheduler(pipe, scheduler)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _lib.pipeline(args.pipe, scheduler, dtype=dtype, device=args.device)
     traits = accelerators.PipeTraits.of(pipe)
     plans = {k: v for k, v in PLANS.items() if k in args.plans}
     if traits.family == "sdxl" and "tome 0.5" in plans:  # its first level has no attention
@@ -92,10 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "scheduler": scheduler,
         "resolution": info.resolution,
-        "device": environment.device_name(pipe.device),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "bench/execution.py", *(argv or sys.argv[1:])]),
+        **_lib.header(
+            "device", "torch", "date", "command", device=pipe.device, script="execution", argv=argv
+        ),
         "build_seconds": time.perf_counter() - started,
         "modes": {},
         "work": {},

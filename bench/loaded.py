@@ -1,8 +1,8 @@
 """Does export's interval hold on a loaded machine? A study beside a CPU burner, then the exported
 configuration re-measured (issue 20).
 
-    python bench/loaded.py --out bench/results/loaded              # 3 runs x {loaded, idle}
-    python bench/loaded.py --table bench/results/loaded/*.json    # the records' tables, as one
+    python -m bench.loaded --out bench/results/loaded              # 3 runs x {loaded, idle}
+    python -m bench.loaded --table bench/results/loaded/*.json    # the records' tables, as one
 
 Each run makes a fresh study in a temporary folder through the real CLI, ``accelopt run --study
 STUDY --device cpu --export --store S`` (its own journal file and params store), in one of two
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from bench import _lib
 
 Record = dict[str, Any]
 REGIMES = ("loaded", "idle")
@@ -406,10 +407,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     record: Record = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **_lib.header("date", "machine", "python", "torch"),
         "torch_threads": torch.get_num_threads(),
         "argv": sys.argv[1:] if argv is None else list(argv),
         "runs": [],

@@ -1,14 +1,14 @@
 """Break one accelerator knob at a time and check that some test fails.
 
-    python bench/mutations.py                      # every mutant, the accelerator tests
-    python bench/mutations.py tgate.sp_interval    # one
+    python -m bench.mutations                      # every mutant, the accelerator tests
+    python -m bench.mutations tgate.sp_interval    # one
 
 Each mutant makes one knob ignored or wrong where the accelerator's patch is built (so the
 single methods and the combinations all see it), and runs the tests that pin what the knobs do
 (tests/accelerators_tests/test_accelerators.py, tests/accelerators_tests/test_schedules.py),
 stopping at the first failure. A mutant
 no test kills is a knob the tests do not pin. This file is also the pytest plugin that plants the
-mutant (``-p mutations``, chosen by ``$ACCELOPT_MUTANT``).
+mutant (``-p bench.mutations``, chosen by ``$ACCELOPT_MUTANT``).
 """
 
 from __future__ import annotations
@@ -78,12 +78,13 @@ def pytest_configure(config: Any) -> None:
 
 def run(mutant: str) -> tuple[bool, str, float]:
     """(killed, the first failing test or the tail of the output, seconds)."""
-    path = os.pathsep.join([str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")])
+    # The checkout first: pytest imports the plugin (bench.mutations) before it reads its ini.
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "ACCELOPT_MUTANT": mutant, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "mutations", "-p", "no:cacheprovider",
-         *TESTS],
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "bench.mutations",
+         "-p", "no:cacheprovider", *TESTS],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]

@@ -1,6 +1,6 @@
 """Where the A/A spread comes from: the plain pipeline timed against itself, under conditions.
 
-    python bench/noise.py --pipe SD1.5 --pairs 8 --threads 0 4 --batch 1 4 --out noise.json
+    python -m bench.noise --pipe SD1.5 --pairs 8 --threads 0 4 --batch 1 4 --out noise.json
 
 For each (CPU threads, batch) condition: ``--pairs`` A/A pairs of the plain pipeline (random
 fp16 weights), each timing with the CPU time the machine spent meanwhile (user, system and
@@ -23,18 +23,14 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from accelopt.measure import environment, timing
-from accelopt.pipelines import load_pipeline
-from accelopt.pipelines.schedulers import set_scheduler
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import PROMPT, SETTINGS  # bench/speed.py, beside this file
+from accelopt.measure import timing
+from bench import _lib
+from bench.speed import PROMPT, SETTINGS
 
 
 def cpu_times() -> list[int]:
@@ -187,13 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--cores takes a range of core numbers like 0-3, not {args.cores!r}")
         os.sched_setaffinity(0, range(int(first), int(last) + 1))
     setting = SETTINGS[args.pipe]
-    pipe = load_pipeline(args.pipe, weights="random", dtype="fp16", device="cuda")
-    set_scheduler(pipe, setting.scheduler)
+    pipe = _lib.pipeline(args.pipe, setting.scheduler, dtype="fp16", device="cuda", quiet=False)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor if hasattr(pipe, "unet") else 1024
     dev, index = pipe.device, torch.cuda.current_device()
     default_threads = torch.get_num_threads()
     record: dict[str, Any] = {"pipe": args.pipe, "label": args.label, "size": size,
-                              "card": environment.device_name(dev), "cores": default_threads,
+                              **_lib.header("card", device=dev), "cores": default_threads,
                               "pinned": args.cores,
                               "conditions": []}  # fmt: skip
     for threads in args.threads:

@@ -1,8 +1,8 @@
 """What paired timing costs a trial, and how wide its interval is, on this machine.
 
-    python bench/pairing.py --study SD1.5-DDIM-20-deepcache --execution cuda-graphs \\
+    python -m bench.pairing --study SD1.5-DDIM-20-deepcache --execution cuda-graphs \\
         --random-weights --pairs 3 7 --out $OUT
-    python bench/pairing.py --study ToySD-DDIM-20-deepcache --pairs 3 7 --out bench/results/pairing
+    python -m bench.pairing --study ToySD-DDIM-20-deepcache --pairs 3 7 --out bench/results/pairing
 
 A trial (``accelopt.trial.objective.Objective``) generates the study's prompts once for quality and
 then times ``[timing] pairs`` alternated calls of the plain pipeline and its configuration on one
@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import _lib
+
 CONFIGS = [{"deepcache.cache_interval": i, "deepcache.cache_branch_id": 0} for i in (2, 3, 5)]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import optuna
 
-    from accelopt.measure.environment import device_name
     from accelopt.spec import TimingSpec, load_spec
     from accelopt.trial.bench import Bench
     from accelopt.trial.objective import Objective
@@ -72,10 +73,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(json.dumps(rows[-1]), file=sys.stderr)
         print(f"pairs={pairs}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return {
-        "study": args.study, "execution": bench.mode, "device": device_name(bench.device),
+        "study": args.study, "execution": bench.mode, **_lib.header("device", device=bench.device),
         "prompts": spec.prompts.count, "batch_size": spec.prompts.batch_size,
-        "timing_prompts": bench.timing_prompts, "date": time.strftime("%Y-%m-%d"),
-        "command": "python bench/pairing.py " + " ".join(sys.argv[1:]), "rows": rows,
+        "timing_prompts": bench.timing_prompts,
+        **_lib.header("date", "command", script="pairing"), "rows": rows,
     }  # fmt: skip
 
 

@@ -1,8 +1,8 @@
 """Search strategies replayed offline on a recorded landscape: GPU time to a near-best point.
 
-    python bench/replay.py bench/landscapes/SD1.5-DDIM-20.json --min-psnr 35 --seeds 20 --out DIR
-    python bench/replay.py bench/landscapes/SDXL-DDIM-25.json --min-psnr 0 --seeds 20 --out DIR
-    python bench/replay.py bench/landscapes/ToySD-DDIM-20.json --seeds 20 --out DIR
+    python -m bench.replay bench/landscapes/SD1.5-DDIM-20.json --min-psnr 35 --seeds 20 --out DIR
+    python -m bench.replay bench/landscapes/SDXL-DDIM-25.json --min-psnr 0 --seeds 20 --out DIR
+    python -m bench.replay bench/landscapes/ToySD-DDIM-20.json --seeds 20 --out DIR
 
 A trial is answered from the record (``bench/landscapes/README.md``) instead of running the
 pipeline. The space is the study's own Optuna parameters (``accelopt.trial.space.Space``) cut to
@@ -22,11 +22,11 @@ re-timings, scoring and process start are left out: every strategy pays them ali
 Feasible: recorded PSNR >= ``--min-psnr`` (dB). It stands in for the study's 2% CLIP-loss budget,
 since CLIP scores of random weights mean nothing. SDXL's random-weight PSNR is flat at ~14 dB
 (docs/BENCHMARKS.md), so ``--min-psnr 0`` replays it for speed only, and the output says so.
-A scored landscape (``bench/landscape.py measure --heldout N``: ToySD-DDIM-20, whose toy CLIP
-scorer is trained) has per-prompt CLIP scores instead, and the study's own rule applies: feasible
-when the relative score loss over all its search prompts (``accelopt.measure.metrics.score_loss``)
-is at
-most the study's ``max_score_loss`` (``--max-score-loss`` overrides it); ``--min-psnr`` is unused.
+A scored landscape (``python -m bench.landscape measure --heldout N``: ToySD-DDIM-20, whose toy
+CLIP scorer is trained) has per-prompt CLIP scores instead, and the study's own rule applies:
+feasible when the relative score loss over all its search prompts
+(``accelopt.measure.metrics.score_loss``) is at most the study's ``max_score_loss``
+(``--max-score-loss`` overrides it); ``--min-psnr`` is unused.
 
 Metric: the GPU time a strategy spends until it first holds a feasible point whose speedup is at
 least ``TARGET`` (98%) of the best feasible speedup in the replayed space. A strategy that has not
@@ -74,7 +74,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shlex
 import statistics
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -84,7 +83,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-import landscape as recorded  # bench/landscape.py, beside this file
 import optuna
 
 from accelopt.accelerators import Param
@@ -95,6 +93,8 @@ from accelopt.study.confirm import TOP_K
 from accelopt.study.workers import GridOrder, TrialSeededTPE
 from accelopt.trial.objective import Objective
 from accelopt.trial.space import Space, dominating_trial
+from bench import _lib
+from bench import landscape_records as recorded
 
 __all__ = [
     "STRATEGIES",
@@ -344,8 +344,9 @@ def searched_space(record: dict[str, Any]) -> Space:
 
 
 NO_SCORES = (
-    "its landscape has no per-prompt CLIP scores (record them with bench/landscape.py measure "
-    "--heldout N, for a study with a trained scorer such as ToySD-DDIM-20)"
+    "its landscape has no per-prompt CLIP scores (record them with "
+    "python -m bench.landscape measure --heldout N, for a study with a trained scorer such as "
+    "ToySD-DDIM-20)"
 )
 
 
@@ -734,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--strategies of {', '.join(STRATEGIES)} (got {args.strategies!r}); "
             "--seeds >= 1; --warmup-calls >= 0"
         )
-    command = shlex.join(["python", "bench/replay.py", *argv])
+    command = _lib.command("replay", argv)
     record = recorded.load(args.landscape)
     if args.neighbours is None:
         found = [*LANDSCAPES.glob("*.json"), *args.landscape.parent.glob("*.json")]

@@ -1,6 +1,6 @@
 """Trials per hour with one worker against N workers on the same machine (one GPU each).
 
-    python bench/scaling.py --study SD1.5-DDIM-20 --n-trials 24 --workers 1 2 --out $OUT
+    python -m bench.scaling --study SD1.5-DDIM-20 --n-trials 24 --workers 1 2 --out $OUT
 
 Each run is an ordinary ``accelopt run --workers K --random-weights`` on its own journal file
 under --out, so both search the same study from scratch with the same seed. Throughput is read
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import tables  # bench/tables.py, beside this file
 from optuna.trial import TrialState
 
 from accelopt.storage import open_storage
+from bench import _lib, tables
 
 
 def command(
@@ -115,8 +115,7 @@ def main() -> None:
         "n_trials": args.n_trials,
         "device": "cpu" if args.cpu else torch.cuda.get_device_name(0),
         "gpus": 0 if args.cpu else torch.cuda.device_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "versions": {"torch": torch.__version__, "optuna": optuna.__version__},
+        **_lib.header("date", versions=("torch", "optuna")),
         "rows": rows,
     }
     (args.out / "scaling.json").write_text(json.dumps(record, indent=2))

@@ -1,6 +1,6 @@
 """How many distinct schedules each study space holds: what a full grid measures at most.
 
-    python bench/schedule_counts.py
+    python -m bench.schedule_counts
 
 For each study space (a shipped study, and its single-accelerator variants), the grid points of
 ``Space.build`` with the pipeline's own layout (architectures are read on the "meta" device, in

@@ -1,6 +1,6 @@
 """A generated script's own speed against accelopt's measurement of the same entry, on a GPU.
 
-    python bench/script.py --pipe SD1.5 --plan "deepcache 3/0" --execution cuda-graphs --out $OUT
+    python -m bench.script --pipe SD1.5 --plan "deepcache 3/0" --execution cuda-graphs --out $OUT
 
 Full-size architecture, random fp16 weights, saved to a temporary folder the script loads.
 accelopt times the entry's configuration in process (``accelopt.testing.entry_images``' call:
@@ -29,13 +29,12 @@ import torch
 
 from accelopt import accelerators, execution
 from accelopt.codegen import render_script
-from accelopt.measure import environment, timing
+from accelopt.measure import timing
 from accelopt.pipelines import call_defaults, load_pipeline, model_info
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import make_entry
-
-sys.path.insert(0, str(Path(__file__).parent))
-from execution import PLANS, PROMPT, SETTINGS, summary
+from bench import _lib
+from bench.execution import PLANS, PROMPT, SETTINGS, summary
 
 LINE = re.compile(r"(\d+\.\d+) s per image, median of (\d+) \((\d+\.\d+)-(\d+\.\d+);")
 
@@ -62,16 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "scheduler": scheduler,
         "resolution": info.resolution,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "bench/script.py", *(argv or sys.argv[1:])]),
+        **_lib.header("torch", "date", "command", script="script", argv=argv),
     }
     folder = Path(tempfile.mkdtemp(prefix="accelopt-script-"))
     pipe = load_pipeline(args.pipe, weights="random", dtype=dtype, device=args.device)
     pipe.save_pretrained(folder / "pipe")
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
-    record["device"] = environment.device_name(pipe.device)
+    record.update(_lib.header("device", device=pipe.device))
 
     def generate() -> np.ndarray:
         out = accelerators.generate(

@@ -1,6 +1,6 @@
 """Speed of each accelerator and combination against the plain pipeline, alternated, on a GPU.
 
-    python bench/speed.py --pipes SD1.5 SDXL --repeats 5 --time-budget 400 --out $OUT
+    python -m bench.speed --pipes SD1.5 SDXL --repeats 5 --time-budget 400 --out $OUT
 
 Full-size architectures with random fp16 weights (no download exists here): timing is real,
 images are not. Each configuration is timed ``repeats`` times, each time right after a timing
@@ -13,7 +13,7 @@ on each pipeline (PixArt: T-GATE only); the rest are listed as skipped, with the
 ``--time-budget`` splits the seconds among the pipes by their estimated cost and skips a
 configuration that would overrun its pipe's share (the most telling ones run first, the ends of
 our ranges last); SIGTERM stops at once. Either way the files say ``partial``. Writes speed.json
-(after every configuration) and speed.md to --out. ``bench/all.py --suite speed`` runs one
+(after every configuration) and speed.md to --out. ``python -m bench.all --suite speed`` runs one
 process per GPU and merges them.
 """
 
@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import math
-import shlex
 import signal
 import statistics
 import sys
@@ -34,14 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tables import describe  # bench/tables.py, beside this file: labels and the markdown
-from tables import speed_markdown as markdown
 
 from accelopt import accelerators
 from accelopt.accelerators import PipeTraits
-from accelopt.measure import environment, timing
-from accelopt.pipelines import call_defaults, load_pipeline, model_info
-from accelopt.pipelines.schedulers import set_scheduler
+from accelopt.measure import timing
+from accelopt.pipelines import call_defaults, model_info
+from bench import _lib
+from bench.tables import describe  # labels and the markdown
+from bench.tables import speed_markdown as markdown
 
 
 @dataclass(frozen=True)
@@ -217,10 +216,7 @@ TGATE_LOADERS = {
 }
 
 
-def _versions() -> dict[str, str | None]:
-    from accelopt.measure.environment import package_versions
-
-    return package_versions(("torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd"))
+VERSIONS = ("torch", "diffusers", "transformers", "DeepCache", "tgate", "tomesd")
 
 
 def bench_pipe(
@@ -230,10 +226,9 @@ def bench_pipe(
     setting = SETTINGS[name]
     info = model_info(name)
     assert info is not None, name
-    pipe = load_pipeline(name, weights="random", dtype="fp16" if device != "cpu" else None,
-                         device=device)  # fmt: skip
+    dtype = "fp16" if device != "cpu" else None
+    pipe = _lib.pipeline(name, setting.scheduler, dtype=dtype, device=device, quiet=False)
     where = pipe.device
-    set_scheduler(pipe, setting.scheduler)
     steps, size = setting.steps, info.resolution
     traits = PipeTraits.of(pipe)
     rows: dict[str, Any] = {}
@@ -348,10 +343,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = started + (math.inf if args.time_budget is None else args.time_budget)
     argv_list = sys.argv[1:] if argv is None else list(argv)
     result: dict[str, Any] = {
-        "card": environment.device_name(torch.device(args.device)),
-        "date": time.strftime("%Y-%m-%d"),
-        "versions": _versions(),
-        "command": shlex.join(["python3", "bench/speed.py", *argv_list]),
+        **_lib.header(
+            "card",
+            "date",
+            "versions",
+            "command",
+            device=args.device,
+            versions=VERSIONS,
+            script="speed",
+            argv=argv_list,
+        ),
         "repeats": args.repeats,
         "time_budget": args.time_budget,
         "partial": True,

@@ -1,6 +1,6 @@
 """Summarise a stored study: trials by state, best feasible speedup, per-trial overhead.
 
-    python bench/study_report.py --study SD1.5-DDIM-20 --storage sqlite:///gpu.db
+    python -m bench.study_report --study SD1.5-DDIM-20 --storage sqlite:///gpu.db
 
 Overhead is a trial's wall time minus its warm-up, timed generation and scoring: what the study
 machinery itself costs per trial. The study's span (first trial's start to last trial's end)

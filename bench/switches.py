@@ -1,6 +1,6 @@
 """The lossless switches of diffusers' speed-up guide, each measured on top of a graph mode.
 
-    python bench/switches.py --pipe SD1.5 --batch 1 --repeats 7 --out $OUT
+    python -m bench.switches --pipe SD1.5 --batch 1 --repeats 7 --out $OUT
 
 diffusers' "Accelerate inference" guide (optimization/fp16, torch.compile section) adds to a
 compiled pipeline: fused QKV projections (``pipe.fuse_qkv_projections()``), a channels_last
@@ -30,12 +30,9 @@ from typing import Any
 import torch
 
 from accelopt import accelerators, execution
-from accelopt.measure import environment
-from accelopt.pipelines import denoiser, load_pipeline, model_info
-from accelopt.pipelines.schedulers import set_scheduler
-
-sys.path.insert(0, str(Path(__file__).parent))
-from execution import PLANS, SETTINGS, generation, summary, timed_once
+from accelopt.pipelines import denoiser, model_info
+from bench import _lib
+from bench.execution import PLANS, SETTINGS, generation, summary, timed_once
 
 
 @dataclass(frozen=True)
@@ -89,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     record: dict[str, Any] = {
         "pipe": args.pipe, "batch": args.batch, "steps": steps, "scheduler": scheduler,
-        "resolution": info.resolution, "mode": args.mode, "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "bench/switches.py", *(argv or sys.argv[1:])]),
+        "resolution": info.resolution, "mode": args.mode,
+        **_lib.header("torch", "date", "command", script="switches", argv=argv),
         "variants": [],
     }  # fmt: skip
     path = args.out / f"switches-{args.pipe}-b{args.batch}.json"
@@ -99,11 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         variant = VARIANTS[name]
         torch._dynamo.reset()
-        pipe = load_pipeline(args.pipe, weights="random", dtype="fp16" if cuda else "fp32",
+        pipe = _lib.pipeline(args.pipe, scheduler, dtype="fp16" if cuda else "fp32",
                              device=args.device)  # fmt: skip
-        set_scheduler(pipe, scheduler)
-        pipe.set_progress_bar_config(disable=True)
-        record["device"] = environment.device_name(pipe.device)
+        record.update(_lib.header("device", device=pipe.device))
         variant.prepare(pipe)
 
         generate = generation(pipe, args.pipe, args.batch)

@@ -1,8 +1,8 @@
 """Markdown tables from benchmark result files, in the layouts docs/BENCHMARKS.md uses.
 
-    python bench/tables.py bench/results/*.json bench/landscapes/*.json > tables.md
-    python bench/tables.py $OUT/results.json
-    python bench/tables.py --fidelity bench/landscapes/ToySD-DDIM-20.json
+    python -m bench.tables bench/results/*.json bench/landscapes/*.json > tables.md
+    python -m bench.tables $OUT/results.json
+    python -m bench.tables --fidelity bench/landscapes/ToySD-DDIM-20.json
 
 One renderer for every file the benchmarks write, so a run's tables.md and the docs' tables
 come from the same code: ``bench/all.py`` writes its tables.md with ``render``, and the tables
@@ -11,7 +11,7 @@ file (``kind_of``): a speed record (bench/speed.py, or bench/all.py's merge of s
 summary (bench/study_report.py), a scaling record (bench/scaling.py), a CPU record
 (bench/cpu.py), a landscape (bench/landscape.py), and bench/all.py's results.json, which holds
 a record of each suite it ran. ``--fidelity`` renders a scored landscape's fidelity tables
-(``bench/landscape.py fidelity``) instead. Reads JSON, writes text; imports no torch.
+(``python -m bench.landscape fidelity``) instead. Reads JSON, writes text; imports no torch.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import landscape  # bench/landscape.py, beside this file: its summary of a landscape
+from bench import landscape_records
 
 __all__ = ["describe", "fidelity_tables", "kind_of", "render", "render_files", "runs_table"]
 
@@ -45,7 +45,7 @@ SUITE_TITLES = {
     "scaling": "Two GPUs, one study: `--workers 2` against one worker",
     "landscapes": "Recorded landscapes",
 }
-# Landscape accelerator sets (landscape.plan_name) as the docs name them.
+# Landscape accelerator sets (landscape_records.plan_name) as the docs name them.
 SET_NAMES = {
     "off": "plain (off)",
     "deepcache": "DeepCache",
@@ -281,11 +281,11 @@ def cpu_table(record: Record) -> list[str]:
 
 def landscape_table(records: Sequence[dict[str, Any]]) -> list[str]:
     """One row per recorded landscape: points, baseline, the fastest points above two PSNRs."""
-    floors = landscape.PSNR_FLOORS
+    floors = landscape_records.PSNR_FLOORS
     lines = header("study", "points", "baseline s/image: median (min-max of the re-timings)",
                    *(f"fastest at PSNR >= {f:g} dB" for f in floors), "peak memory")  # fmt: skip
     for record in records:
-        s = landscape.summarize(record)
+        s = landscape_records.summarize(record)
         b = s["baseline"]
         points = f"{s['measured']} of {s['planned']}"
         if s["partial"]:
@@ -310,13 +310,13 @@ def _fastest(point: Record | None) -> str:
 
 
 def _named(configs: Mapping[str, Mapping[str, Any]]) -> str:
-    return " + ".join(f"{SET_NAMES[n]} {knobs(n, configs[n])}" for n in landscape.ORDER
+    return " + ".join(f"{SET_NAMES[n]} {knobs(n, configs[n])}" for n in landscape_records.ORDER
                       if n in configs)  # fmt: skip
 
 
 def landscape_sets_table(records: Sequence[dict[str, Any]]) -> list[str]:
     """Per accelerator set, each landscape's points, median / best speedup and best's PSNR."""
-    summaries = [landscape.summarize(r) for r in records]
+    summaries = [landscape_records.summarize(r) for r in records]
     pipes = [r["pipeline"] for r in records]
     groups = [{g["accelerators"]: g for g in s["groups"]} for s in summaries]
     cells = [(f"{p} points", f"{p} median / best", "best's PSNR") for p in pipes]
@@ -380,10 +380,10 @@ def _share(count: int, of: int) -> str:
 
 
 def fidelity_tables(record: dict[str, Any]) -> list[str]:
-    """A scored landscape with per-prompt fidelity (``bench/landscape.py fidelity``): what the
-    CLIP budget lets through, per accelerator set; the configuration each bound set chooses;
+    """A scored landscape with per-prompt fidelity (``python -m bench.landscape fidelity``): what
+    the CLIP budget lets through, per accelerator set; the configuration each bound set chooses;
     how many points within the budget fall below each PSNR floor."""
-    s = landscape.fidelity_summary(record)
+    s = landscape_records.fidelity_summary(record)
     budget = s["max_score_loss"]
     pct = f"{100 * budget:g}%"
     redrawn = ", ".join(f"{SET_NAMES[n]} {d} of {t}" for n, (d, t) in s["redrawn"].items())
@@ -434,7 +434,8 @@ def render_fidelity(records: Sequence[dict[str, Any]]) -> str:
     for record in records:
         if record.get("fidelity") is None:
             raise ValueError(
-                f"{record['study']}: no per-prompt fidelity; run bench/landscape.py fidelity"
+                f"{record['study']}: no per-prompt fidelity; "
+                "run python -m bench.landscape fidelity"
             )
         parts.append("\n".join([f"### {record['study']}", "", *fidelity_tables(record)]))
     return "\n\n".join(parts) + "\n"
@@ -445,7 +446,7 @@ def render_fidelity(records: Sequence[dict[str, Any]]) -> str:
 
 def kind_of(record: Record) -> str:
     """``results``, ``speed``, ``study``, ``scaling``, ``cpu`` or ``landscape``."""
-    if record.get("kind") == landscape.KIND:
+    if record.get("kind") == landscape_records.KIND:
         return "landscape"
     for kind, key in (("results", "suites"), ("speed", "pipes"), ("cpu", "cold_start"),
                       ("study", "states"), ("scaling", "rows")):  # fmt: skip
@@ -542,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--fidelity",
         action="store_true",
-        help="the fidelity tables of scored landscapes (bench/landscape.py fidelity)",
+        help="the fidelity tables of scored landscapes (python -m bench.landscape fidelity)",
     )
     parser.add_argument(
         "--runs",

@@ -1,7 +1,7 @@
 """Is ToMe repeatable on a GPU? Run SD1.5 (random fp16 weights) twice with ToMe, with and without
 torch's deterministic mode, and print the largest pixel difference between the two runs.
 
-    CUBLAS_WORKSPACE_CONFIG=:4096:8 python bench/tome_determinism.py
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 python -m bench.tome_determinism
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Does ToMe combine with T-GATE? Measure it on the toy model, where quality means something.
 
-    python bench/tome_tgate.py --prompts 16 --out bench/results/tome_tgate/toysd-2026-12-03.json
+    python -m bench.tome_tgate --prompts 16 --out bench/results/tome_tgate/toysd-2026-12-03.json
 
 T-GATE keeps each self-attention's output from the last step that computed it. Under ToMe that
 output is in the merged order of that step's partition, and a later step unmerges it with its

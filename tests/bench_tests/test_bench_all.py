@@ -7,7 +7,6 @@ on tiny pipelines: files, records and tables, no timing thresholds.
 
 from __future__ import annotations
 
-import importlib
 import json
 import signal
 import subprocess
@@ -16,26 +15,25 @@ import time
 from pathlib import Path
 
 import pytest
+import test_bench_tables  # beside this file: its table parser
+
+from bench import all as bench_all  # "all" alone would shadow the builtin
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))  # all imports speed, scaling ..., beside it
 
-import test_bench_tables  # noqa: E402
-
-bench = importlib.import_module("all")  # bench/all.py ("all" would shadow the builtin)
-Task = bench.Task
+Task = bench_all.Task
 PIPES = ("SDXL", "SD2.1", "SD1.5", "PixArt-alpha", "PixArt-Sigma")
-LAST = 520 - bench.FINISH_SECONDS - bench.GRACE_SECONDS  # 485: every task stops by then
+LAST = 520 - bench_all.FINISH_SECONDS - bench_all.GRACE_SECONDS  # 485: every task stops by then
 
 
 def test_the_estimates_the_plans_below_rest_on() -> None:
-    assert dict(bench.speed.ESTIMATE) == dict(zip(PIPES, (370, 165, 125, 70, 70), strict=True))
-    assert bench.ESTIMATE == {"study": 120.0, "scaling": 90.0}
-    assert bench.DEFAULT_BUDGET == 520 and LAST == 485
+    assert dict(bench_all.speed.ESTIMATE) == dict(zip(PIPES, (370, 165, 125, 70, 70), strict=True))
+    assert bench_all.ESTIMATE == {"study": 120.0, "scaling": 90.0}
+    assert bench_all.DEFAULT_BUDGET == 520 and LAST == 485
 
 
 def test_four_gpus_run_every_suite_at_once() -> None:
-    plan = bench.plan(4)
+    plan = bench_all.plan(4)
     assert plan.tasks == (
         Task("study", (2,), 0.0, 120.0, 360.0),
         Task("scaling", (1, 3), 0.0, 90.0, 320.0),
@@ -45,7 +43,7 @@ def test_four_gpus_run_every_suite_at_once() -> None:
         Task("speed", (3,), 90.0, 140.0, 485.0, (1,), ("PixArt-alpha", "PixArt-Sigma")),
     )
     assert plan.skipped == {}
-    assert bench.describe_plan(plan) == [
+    assert bench_all.describe_plan(plan) == [
         "GPU 0: speed SDXL (~370 s, stop by 485 s)",
         "GPU 1: scaling on GPUs 1 and 3 (~90 s, stop by 320 s), then speed SD2.1 (~165 s, stop "
         "by 485 s)",
@@ -56,7 +54,7 @@ def test_four_gpus_run_every_suite_at_once() -> None:
 
 
 def test_two_gpus_run_the_speed_suite_and_say_what_they_skip() -> None:
-    plan = bench.plan(2)
+    plan = bench_all.plan(2)
     assert plan.tasks == (
         Task("speed", (0,), 0.0, 370.0, 485.0, (), ("SDXL",)),
         Task(
@@ -76,7 +74,7 @@ def test_two_gpus_run_the_speed_suite_and_say_what_they_skip() -> None:
 
 
 def test_one_gpu_runs_what_fits_of_the_speed_suite() -> None:
-    plan = bench.plan(1)
+    plan = bench_all.plan(1)
     assert plan.tasks == (Task("speed", (0,), 0.0, 440.0, 485.0, (), ("SDXL", "PixArt-alpha")),)
     assert plan.skipped == {
         "speed SD2.1": "~165 s does not fit (GPUs planned to 370 of 485 s)",
@@ -89,20 +87,20 @@ def test_one_gpu_runs_what_fits_of_the_speed_suite() -> None:
 
 
 def test_two_gpus_run_the_study_and_scaling_one_after_the_other() -> None:
-    plan = bench.plan(2, suites=bench.suites_of("scaling"))
+    plan = bench_all.plan(2, suites=bench_all.suites_of("scaling"))
     assert plan.tasks == (
         Task("study", (0,), 0.0, 120.0, 395.0),
         Task("scaling", (0, 1), 120.0, 90.0, 485.0, (0,)),
     )
-    assert bench.suites_of("all") == ("speed", "study", "scaling")
-    assert bench.suites_of("speed") == ("speed",)
+    assert bench_all.suites_of("all") == ("speed", "study", "scaling")
+    assert bench_all.suites_of("speed") == ("speed",)
 
 
 @pytest.mark.parametrize("gpus", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("budget", [200.0, 520.0, 900.0])
 def test_tasks_on_a_gpu_never_overlap_and_stop_in_time(gpus: int, budget: float) -> None:
-    plan = bench.plan(gpus, budget)
-    last = budget - bench.FINISH_SECONDS - bench.GRACE_SECONDS
+    plan = bench_all.plan(gpus, budget)
+    last = budget - bench_all.FINISH_SECONDS - bench_all.GRACE_SECONDS
     for i, task in enumerate(plan.tasks):
         assert task.start + task.estimate <= task.end <= last
         for j in task.after:  # what comes before it on its GPUs, planned to end before it starts
@@ -119,30 +117,30 @@ def test_tasks_on_a_gpu_never_overlap_and_stop_in_time(gpus: int, budget: float)
 
 @pytest.mark.parametrize("gpus, cores", [(4, 64), (2, 32), (4, 6), (4, 2)])
 def test_each_gpu_gets_cores_of_its_own(gpus: int, cores: int) -> None:
-    runs = [bench.cores_of([k], gpus, range(cores)) for k in range(gpus)]
+    runs = [bench_all.cores_of([k], gpus, range(cores)) for k in range(gpus)]
     share = max(1, cores // gpus)
     assert all(len(r) == share for r in runs)
     if cores >= gpus:  # disjoint, in order, the remainder unused
         assert [c for r in runs for c in r] == list(range(share * gpus))
     else:  # fewer cores than GPUs: shared, never none
         assert runs == [[0], [1], [0], [1]]
-    assert bench.cores_of([0, gpus - 1], gpus, range(cores)) == sorted({*runs[0], *runs[-1]})
+    assert bench_all.cores_of([0, gpus - 1], gpus, range(cores)) == sorted({*runs[0], *runs[-1]})
 
 
 def test_processes_are_pinned_to_their_gpus_cores_where_there_is_a_gpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = bench.parser().parse_args(["--out", str(tmp_path)])
-    on_gpus = bench.Call(args, 0.0, tmp_path, tmp_path, ["0", "1", "2", "3"])
-    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: set(range(8)))
-    monkeypatch.setattr(bench.shutil, "which", lambda name: f"/usr/bin/{name}")
+    args = bench_all.parser().parse_args(["--out", str(tmp_path)])
+    on_gpus = bench_all.Call(args, 0.0, tmp_path, tmp_path, ["0", "1", "2", "3"])
+    monkeypatch.setattr(bench_all.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(bench_all.shutil, "which", lambda name: f"/usr/bin/{name}")
     assert on_gpus.pinned(["python3", "x.py"], [1, 3]) == [
         "/usr/bin/taskset", "-c", "2,3,6,7", "python3", "x.py"]  # fmt: skip
     env = on_gpus.env([1, 3])
     assert env is not None and env["CUDA_VISIBLE_DEVICES"] == "1,3"
-    on_cpu = bench.Call(args, 0.0, tmp_path, tmp_path, [])
+    on_cpu = bench_all.Call(args, 0.0, tmp_path, tmp_path, [])
     assert on_cpu.pinned(["python3", "x.py"], [0]) == ["python3", "x.py"]
-    monkeypatch.setattr(bench.shutil, "which", lambda name: None)  # no taskset: run unpinned
+    monkeypatch.setattr(bench_all.shutil, "which", lambda name: None)  # no taskset: run unpinned
     assert on_gpus.pinned(["python3", "x.py"], [0]) == ["python3", "x.py"]
 
 
@@ -150,7 +148,7 @@ def test_a_process_past_its_stop_is_terminated_with_what_it_started(tmp_path: Pa
     child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
     child += "'import time; time.sleep(60)']); print('started', flush=True); time.sleep(60)"
     started = time.monotonic()
-    rc = bench.spawn([sys.executable, "-c", child], None, tmp_path / "log", 3)
+    rc = bench_all.spawn([sys.executable, "-c", child], None, tmp_path / "log", 3)
     assert rc == -signal.SIGTERM
     assert time.monotonic() - started < 20
     assert "started" in (tmp_path / "log").read_text()
@@ -182,7 +180,7 @@ def test_one_call_on_the_cpu_runs_every_suite(tmp_path: Path) -> None:
     assert files == ["all.log", *journals, "results.json", "tables.md"]
     results = json.loads((out / "results.json").read_text())
     assert results["partial"] is False and results["card"].startswith("cpu")
-    assert results["command"].startswith("python3 bench/all.py --device cpu --pipes TinyPixArt")
+    assert results["command"].startswith("python -m bench.all --device cpu --pipes TinyPixArt")
     assert results["versions"]["torch"] and results["versions"]["optuna"]
     assert [t["suite"] for t in results["plan"]["tasks"]] == ["study", "scaling", "speed"]
     suites = results["suites"]
@@ -196,6 +194,6 @@ def test_one_call_on_the_cpu_runs_every_suite(tmp_path: Path) -> None:
 
 
 def _call(pipes: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(ROOT / "bench" / "all.py"), "--device", "cpu", "--pipes"]
+    command = [sys.executable, "-m", "bench.all", "--device", "cpu", "--pipes"]
     command += [*pipes, "--repeats", "1", "--workers", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -6,7 +6,6 @@ studies are checked without building their pipelines. No timing thresholds: time
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -14,26 +13,17 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from accelopt.accelerators import PipeTraits
 from accelopt.trial.space import Space
+from bench import landscape
+from bench import landscape_records as records
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _import(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-landscape = _import("landscape")
 
 # The traits PipeTraits.of reads from the full-size configs (and from TinySD's), written out so
 # the GPU studies' plans can be checked here without building 860M- and 2.6B-parameter UNets.
@@ -47,7 +37,7 @@ def _space(traits: PipeTraits, steps: int) -> Any:
 
 
 def _keys(points: list[dict[str, Any]]) -> list[str]:
-    return [landscape.config_key(p["accelerators"]) for p in points]
+    return [records.config_key(p["accelerators"]) for p in points]
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -79,9 +69,7 @@ def test_plan_is_every_deepcache_tome_configuration_of_the_study_space() -> None
     assert off_tgate["tgate.gate_step"] == 25  # the off value comes first
     fixed = {**grid, "tome.use_rand": [False]}  # landscapes keep ToMe's fixed partition
     expected = {
-        landscape.config_key(
-            space.configs({**dict(zip(dc_tome, values, strict=True)), **off_tgate})
-        )
+        records.config_key(space.configs({**dict(zip(dc_tome, values, strict=True)), **off_tgate}))
         for values in itertools.product(*(fixed[k] for k in dc_tome))
     }
     keys = _keys(points)
@@ -191,7 +179,7 @@ def test_the_file_says_what_was_measured(shards: list[dict[str, Any]]) -> None:
     assert s["images_per_point"] == len(s["prompts"]) == len(s["seeds"]) == 1
     assert s["device"].startswith("cpu")
     assert {"torch", "diffusers"} <= set(s["versions"])
-    assert s["command"].startswith("python bench/landscape.py measure --pipeline TinySD")
+    assert s["command"].startswith("python -m bench.landscape measure --pipeline TinySD")
     for p in s["points"]:
         assert p["time_per_image"] > 0
         assert p["speedup"] > 0
@@ -216,7 +204,7 @@ def test_the_off_point_and_every_baseline_are_bit_identical(
 
 
 def test_merge_joins_the_shards(shards: list[dict[str, Any]], tmp_path: Path) -> None:
-    merged = landscape.merge(shards)
+    merged = records.merge(shards)
     assert [p["index"] for p in merged["points"]] == sorted(
         p["index"] for s in shards for p in s["points"]
     )
@@ -229,30 +217,30 @@ def test_merge_joins_the_shards(shards: list[dict[str, Any]], tmp_path: Path) ->
     files = []
     for k, s in enumerate(shards):
         files.append(tmp_path / f"s{k}.json")
-        landscape.write_json(files[-1], s)
+        records.write_json(files[-1], s)
     assert landscape.main(["merge", *map(str, files), "--out", str(tmp_path / "out")]) == 0
-    back = landscape.load(tmp_path / "out" / "TinySD-DDIM-10.json")
+    back = records.load(tmp_path / "out" / "TinySD-DDIM-10.json")
     assert back["points"] == merged["points"]
-    assert set(landscape.lookup(back)) == set(_keys(merged["points"]))
+    assert set(records.lookup(back)) == set(_keys(merged["points"]))
 
 
 def test_merge_refuses_a_shard_twice_and_flags_a_missing_one(
     shards: list[dict[str, Any]],
 ) -> None:
     with pytest.raises(ValueError, match="given twice"):
-        landscape.merge([shards[0], shards[0]])
-    alone = landscape.merge([shards[1]])
+        records.merge([shards[0], shards[0]])
+    alone = records.merge([shards[1]])
     assert alone["partial"] is True
     assert alone["missing"] is None  # shard 1 of 2 is not here at all
 
 
 def test_summary_markdown(shards: list[dict[str, Any]]) -> None:
-    summary = landscape.summarize(landscape.merge(shards))
+    summary = records.summarize(records.merge(shards))
     assert (summary["measured"], summary["planned"], summary["partial"]) == (POINTS, POINTS, False)
     assert summary["off"] == {"psnr": math.inf, "ssim": 1.0}
     assert summary["baseline"]["count"] == summary["baseline"]["identical"] == 5
     assert sum(g["points"] for g in summary["groups"]) == POINTS
-    text = landscape.markdown(summary)
+    text = records.markdown(summary)
     assert text.startswith("### TinySD-DDIM-10 (cpu")
     assert "points: 5 of 5 (complete); errors: 0" in text
     assert "5 of 5 bit-identical" in text
@@ -318,29 +306,29 @@ def test_a_scored_landscape_records_the_studys_prompts_seeds_and_rules(
 
 
 def test_scored_shards_merge_and_summarize(toy: list[dict[str, Any]]) -> None:
-    merged = landscape.merge(toy)
+    merged = records.merge(toy)
     assert len(merged["points"]) == 3 and merged["partial"] is False
     assert merged["baseline_scores"] == toy[0]["baseline_scores"]
     # One prompt a call or two: each prompt has its own generator, so the same images.
     assert merged["baseline_score_spread"] <= 1e-3
-    summary = landscape.summarize(merged)
+    summary = records.summarize(merged)
     scores = summary["scores"]
     assert (scores["points"], scores["prompts"], scores["heldout_prompts"]) == (2, 2, 2)
     assert scores["within"] == sum(
         p["score_loss"] <= 0.02 for p in merged["points"] if p["accelerators"]
     )
-    text = landscape.markdown(summary)
+    text = records.markdown(summary)
     assert "- CLIP-score loss (accelopt-toy-clip), budget 2%: " in text
     other = dict(toy[1], heldout_seeds=[7, 8])
     with pytest.raises(ValueError, match="shards differ in 'heldout_seeds'"):
-        landscape.merge([toy[0], other])
+        records.merge([toy[0], other])
 
 
 def test_an_unscored_landscape_loads_and_summarizes_as_before() -> None:
-    old = landscape.load(ROOT / "bench" / "landscapes" / "SD1.5-DDIM-20.json")
+    old = records.load(ROOT / "bench" / "landscapes" / "SD1.5-DDIM-20.json")
     assert "baseline_scores" not in old and "scores" not in old["points"][0]
-    assert landscape.summarize(old)["scores"] is None
-    assert "CLIP-score" not in landscape.markdown(landscape.summarize(old))
+    assert records.summarize(old)["scores"] is None
+    assert "CLIP-score" not in records.markdown(records.summarize(old))
 
 
 def test_scores_need_a_trained_scorer(tmp_path: Path) -> None:
@@ -359,10 +347,10 @@ def test_fidelity_regenerates_a_fresh_measure_exactly(
     """On the CPU, fidelity's images are measure's: the same scores to the last digit. A run
     stopped by its budget writes a partial file, and a run on that file completes it."""
     base = tmp_path / "shard.json"
-    landscape.write_json(base, toy[0])  # one prompt a call, as fidelity regenerates it
+    records.write_json(base, toy[0])  # one prompt a call, as fidelity regenerates it
     args = ["fidelity", str(base), "--device", "cpu"]
     assert landscape.main([*args, "--time-budget", "0", "--out", str(tmp_path / "a")]) == 0
-    partial = landscape.load(tmp_path / "a" / "ToySD-DDIM-20.json")
+    partial = records.load(tmp_path / "a" / "ToySD-DDIM-20.json")
     (run,) = partial["fidelity"]["runs"]
     assert run["stopped"] == f"time budget: stopped before point 0 of {len(toy[0]['points'])}"
     assert (partial["fidelity"]["points"], run["done"]) == (0, 0)
@@ -375,7 +363,7 @@ def test_fidelity_regenerates_a_fresh_measure_exactly(
         landscape.main(["fidelity", str(resumed), "--device", "cpu", "--out", str(tmp_path / "b")])
         == 0
     )
-    done = landscape.load(tmp_path / "b" / "ToySD-DDIM-20.json")
+    done = records.load(tmp_path / "b" / "ToySD-DDIM-20.json")
     f = done["fidelity"]
     assert [r["done"] for r in f["runs"]] == [0, len(toy[0]["points"])]
     assert (f["points"], f["of"], f["errors"]) == (len(toy[0]["points"]),) * 2 + (0,)
@@ -392,7 +380,7 @@ def test_fidelity_regenerates_a_fresh_measure_exactly(
             measured["score_loss"],
             measured["heldout_score_loss"],
         )
-        for key in landscape.FIDELITY_POINT_KEYS:
+        for key in records.FIDELITY_POINT_KEYS:
             if key.endswith("_per_prompt"):
                 assert len(p[key]) == 2, key
         if not p["accelerators"]:  # the plain pipeline: its own baseline images
@@ -474,10 +462,10 @@ def _synthetic() -> dict[str, Any]:
 
 
 def test_pooled_psnr() -> None:
-    assert landscape.pooled_psnr([30.0, 30.0]) == pytest.approx(30.0)
-    assert landscape.pooled_psnr([30.0, 26.0]) == pytest.approx(27.5549, abs=1e-4)
-    assert landscape.pooled_psnr([36.0, math.inf]) == pytest.approx(39.0103, abs=1e-4)
-    assert landscape.pooled_psnr([math.inf, math.inf]) == math.inf
+    assert records.pooled_psnr([30.0, 30.0]) == pytest.approx(30.0)
+    assert records.pooled_psnr([30.0, 26.0]) == pytest.approx(27.5549, abs=1e-4)
+    assert records.pooled_psnr([36.0, math.inf]) == pytest.approx(39.0103, abs=1e-4)
+    assert records.pooled_psnr([math.inf, math.inf]) == math.inf
 
 
 def test_pooled_psnr_is_torchmetrics_psnr_of_the_whole_batch() -> None:
@@ -490,12 +478,12 @@ def test_pooled_psnr_is_torchmetrics_psnr_of_the_whole_batch() -> None:
     b = (a + 0.05 * torch.randn(4, 3, 16, 16, generator=g, dtype=torch.float64)).clamp(0, 1)
     b[1] = a[1]  # one identical image: inf alone, not in the pool
     expected = float(tm.peak_signal_noise_ratio(b, a, data_range=1.0))
-    assert landscape.pooled_psnr(psnr(b, a)) == pytest.approx(expected, abs=1e-5)  # its float32
+    assert records.pooled_psnr(psnr(b, a)) == pytest.approx(expected, abs=1e-5)  # its float32
 
 
 def test_fidelity_summary_counts() -> None:
     bounds = ({}, {"psnr": 35.0}, {"ssim": 0.9})
-    s = landscape.fidelity_summary(_synthetic(), bounds, floors=(40.0, 30.0))
+    s = records.fidelity_summary(_synthetic(), bounds, floors=(40.0, 30.0))
     assert (s["points"], s["measured"], s["within"], s["recorded_within"], s["flips"]) == (
         5, 5, 3, 4, 1
     )  # fmt: skip
@@ -523,7 +511,7 @@ def test_fidelity_summary_counts() -> None:
         ("deepcache+tome", 1, 4),
     ]
     with pytest.raises(ValueError, match="unknown fidelity metric 'lpips'"):
-        landscape.fidelity_summary(_synthetic(), ({"lpips": 0.1},))
+        records.fidelity_summary(_synthetic(), ({"lpips": 0.1},))
 
 
 def test_merge_fidelity_takes_each_point_from_its_file() -> None:
@@ -544,7 +532,7 @@ def test_merge_fidelity_takes_each_point_from_its_file() -> None:
         runs = [{"shard": run, "baseline_score_difference": 0.0}]
         return {**base, "points": points, "fidelity": {"runs": runs}}
 
-    merged = landscape.merge_fidelity(base, [part({0, 1, 2}, "1/2"), part({3, 4, 5}, "2/2")])
+    merged = records.merge_fidelity(base, [part({0, 1, 2}, "1/2"), part({3, 4, 5}, "2/2")])
     for p, want in zip(merged["points"], full["points"], strict=True):
         assert [p[k] for k in keys] == [want[k] for k in keys]
     f = merged["fidelity"]
@@ -554,9 +542,9 @@ def test_merge_fidelity_takes_each_point_from_its_file() -> None:
     )  # fmt: skip
     assert "psnr_per_prompt" not in base["points"][0]  # the inputs stay as given
     with pytest.raises(ValueError, match="two files measured point 2"):
-        landscape.merge_fidelity(base, [part({1, 2}, "1/2"), part({2, 3}, "2/2")])
+        records.merge_fidelity(base, [part({1, 2}, "1/2"), part({2, 3}, "2/2")])
     with pytest.raises(ValueError, match="fidelity of Other, not of Toy"):
-        landscape.merge_fidelity(base, [{**part({1}, "1/1"), "study": "Other"}])
+        records.merge_fidelity(base, [{**part({1}, "1/1"), "study": "Other"}])
 
 
 # --- bench/all.py -----------------------------------------------------------------------------
@@ -564,14 +552,14 @@ def test_merge_fidelity_takes_each_point_from_its_file() -> None:
 
 def test_the_one_call_entry_point(tmp_path: Path) -> None:
     out = tmp_path / "OUT"
-    command = [sys.executable, str(ROOT / "bench" / "all.py"), "--suite", "landscapes"]
+    command = [sys.executable, "-m", "bench.all", "--suite", "landscapes"]
     command += ["--studies", "TinySD-DDIM-10"]
     command += ["--device", "cpu", "--workers", "2", "--points", "3", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["all.log", "landscapes/TinySD-DDIM-10.json", "results.json", "tables.md"]
-    merged = landscape.load(out / "landscapes" / "TinySD-DDIM-10.json")
+    merged = records.load(out / "landscapes" / "TinySD-DDIM-10.json")
     assert len(merged["points"]) == 3
     assert merged["partial"] is False
     assert [s["cuda_visible_devices"] for s in merged["shards"]] == [None, None]

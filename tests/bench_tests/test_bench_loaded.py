@@ -5,16 +5,14 @@ synthetic one here, the recorded one against docs/BENCHMARKS.md). No study runs.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+import test_bench_tables  # beside this file: its table parser
+
+from bench import loaded
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import loaded  # noqa: E402
-import test_bench_tables  # noqa: E402
 
 # The docs' sections, each with its --table command's records in order: the first attempt (3
 # confirmation pairs, three calls) and the one with 7 pairs.

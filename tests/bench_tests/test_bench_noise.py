@@ -4,16 +4,14 @@ tables docs/BENCHMARKS.md shows come out of the records line for line."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+import test_bench_tables  # beside this file: its table parser
+
+from bench import noise
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))  # noise imports speed, beside it
-
-import noise  # noqa: E402
-import test_bench_tables  # noqa: E402
 
 FOLDER = ROOT / "bench" / "results" / "noise-h200x4-2026-11-28"
 # As the docs' command gives them: unpinned first, each alone then its four at once.

@@ -12,17 +12,14 @@ from __future__ import annotations
 import functools
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))  # replay imports landscape, beside it
+from bench import landscape_records, replay
 
-import landscape  # noqa: E402
-import replay  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 # (cache_interval, ratio): (GPU seconds for the point's 2 images, speedup, PSNR)
 TABLE: dict[tuple[int, float], tuple[float, float, float]] = {
@@ -49,7 +46,7 @@ def configs(dc: int, ratio: float) -> dict[str, Any]:
 
 
 def key(dc: int, ratio: float) -> str:
-    return landscape.config_key(configs(dc, ratio))
+    return landscape_records.config_key(configs(dc, ratio))
 
 
 def record(table: dict[tuple[int, float], tuple[float, float, float]] = TABLE) -> dict[str, Any]:
@@ -71,8 +68,8 @@ def record(table: dict[tuple[int, float], tuple[float, float, float]] = TABLE) -
         "accelerators": tgate, "time_per_image": 0.5, "psnr": 50.0, "speedup": 9.0,
     })  # fmt: skip
     return {
-        "schema": landscape.SCHEMA,
-        "kind": landscape.KIND,
+        "schema": landscape_records.SCHEMA,
+        "kind": landscape_records.KIND,
         "study": "Tiny-3x3",
         "steps": 10,
         "images_per_point": 2,
@@ -248,7 +245,7 @@ def test_main_on_the_recorded_sd15_landscape(tmp_path: Path, capsys: Any) -> Non
     argv = [str(path), "--seeds", "2", "--out", str(tmp_path), "--neighbours"]
     assert replay.main(argv) == 0
     result = json.loads((tmp_path / "replay-SD1.5-DDIM-20.json").read_text())
-    assert result["command"] == f"python bench/replay.py {' '.join(argv)}"
+    assert result["command"] == f"python -m bench.replay {' '.join(argv)}"
     assert result["min_psnr"] == 35.0 and not result["speed_only"] and result["seeds"] == [0, 1]
     assert result["candidates"] == 424 and result["missing"] == []  # 16 DC, 24 ToMe, 384 both
     # The default: the strategies this landscape allows; the others say why not.

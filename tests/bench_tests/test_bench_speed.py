@@ -7,29 +7,15 @@ thresholds: times only exist.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 from accelopt.accelerators import PipeTraits
+from bench import speed
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))  # speed imports tables, beside it
-
-
-def _import(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-speed = _import("speed")
 
 # What PipeTraits.of reads from the full-size configs (tests/bench_tests/test_bench_landscape.py
 # has them too).
@@ -80,10 +66,10 @@ def test_pixart_gets_tgate_only_and_the_rest_is_skipped_with_the_reason() -> Non
 
 def test_the_one_call_entry_point_on_tiny_pipes(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    command = [sys.executable, str(ROOT / "bench" / "all.py"), "--suite", "speed"]
+    command = [sys.executable, "-m", "bench.all", "--suite", "speed"]
     command += ["--pipes", "TinySD", "TinyPixArt", "--repeats", "1", "--device", "cpu"]
     command += ["--workers", "2", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["all.log", "results.json", "tables.md"]
     result = json.loads((out / "results.json").read_text())["suites"]["speed"]

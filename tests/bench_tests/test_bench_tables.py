@@ -4,16 +4,14 @@ tables docs/BENCHMARKS.md shows come out of the files line for line."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))  # tables imports landscape, beside it
+from bench import landscape_records, tables
 
-import tables  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 RESULTS = sorted((ROOT / "bench" / "results").glob("*.json"))
 # The files the docs' tables were written from (2026-11-28), before bench/tables.py existed.
@@ -208,9 +206,9 @@ def test_the_fidelity_tables_are_the_docs_line_for_line(tmp_path: Path) -> None:
     assert [line for line in lines if line not in DOCS] == []
     families, choices, floors = parse(text)
     record = _load(TOY)
-    summary = tables.landscape.fidelity_summary(record)
+    summary = landscape_records.fidelity_summary(record)
     assert [r[0] for r in families[1]] == [tables.SET_NAMES[f["set"]] for f in summary["families"]]
-    assert len(choices[1]) == len(tables.landscape.FIDELITY_BOUNDS)
+    assert len(choices[1]) == len(landscape_records.FIDELITY_BOUNDS)
     assert choices[1][0][:4] == ["CLIP loss <= 2% alone", "332", "DeepCache 4/0", "2.45x"]
     assert [r[0] for r in floors[1]] == ["40 dB", "35 dB", "30 dB"]
     assert floors[1][-1][2:] == ["0 of 332 (0%)", "198 of 332 (60%)"]
@@ -224,7 +222,7 @@ def test_fidelity_tables_need_the_fidelity_fields(capsys: pytest.CaptureFixture[
     assert (
         capsys.readouterr()
         .err.splitlines()[-1]
-        .endswith("SD1.5-DDIM-20: no per-prompt fidelity; run bench/landscape.py fidelity")
+        .endswith("SD1.5-DDIM-20: no per-prompt fidelity; run python -m bench.landscape fidelity")
     )
 
 
