@@ -274,7 +274,8 @@ def test_best_and_the_report_show_the_interval(
 
     url = _study(tmp_path, [1.5, 3.0], pairs={"ratios": [2.0, 3.0, 1.5]}, execution="eager")
     assert main(["best", "--study", SPEC.name, "--storage", url]) == 0
-    assert "speedup 2.00x (1.50x-3.00x, 75% interval over 3 pairs) under eager" in capsys.readouterr().out
+    shown = "speedup 2.00x (1.50x-3.00x, 75% interval over 3 pairs) under eager"
+    assert shown in capsys.readouterr().out
     data = report_data(_load(url))
     assert data.points[0].interval == (1.5, 3.0)
     feasible = figures(data)["Speedup against quality"].data[0]
