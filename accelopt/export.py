@@ -1,4 +1,10 @@
-"""Export a study's answers into the params store.
+"""Export a study's answers into the params store: ``export`` is the one way in, for the CLI
+(``accelopt export``, ``run --export``, ``sweep --export``) and the Python API alike.
+
+``export`` confirms the top trials on held-out prompts first (``accelopt.study.confirm``: the
+best of many noisy trials is biased upward), withholds a trial whose speed the timing pairs
+could not tell from the baseline's (unless forced), and writes the entries in the chosen
+layout; it returns what it wrote and why not (``Exported``), and prints nothing.
 
 The best feasible trial is written under the study's targets (all applicable accelerators for
 a study without a targets suffix). A study that searched which accelerators to use also writes,
@@ -12,8 +18,10 @@ non-dominated completed trial for the study's entry, those with exactly that set
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -22,9 +30,14 @@ from accelopt.errors import AccelOptError
 from accelopt.measure.environment import package_versions
 from accelopt.params_store.file import seed_key, seed_pipeline, seed_scheduler, write_entries
 from accelopt.storage import storage_label
+from accelopt.study.confirm import TOP_K
 from accelopt.study.results import Requirement, frontier
 
-__all__ = ["entries_for", "export_study", "speed_verdict", "withheld"]
+if TYPE_CHECKING:
+    from accelopt.progress import Progress
+    from accelopt.trial.bench import Bench
+
+__all__ = ["Exported", "Withheld", "entries_for", "export", "speed_verdict", "withheld"]
 
 # Our parameter names -> the seed system's (only T-GATE's warm_up differs).
 SEED_PARAMS = {"warm_up": "warmup"}
@@ -266,15 +279,135 @@ def _searched(study: optuna.Study) -> list[str]:
     return sorted(names)
 
 
-def export_study(
+@dataclass(frozen=True)
+class Withheld:
+    """A feasible trial left out because its speed is undecidable: its interval straddles
+    ``Exported.threshold``. ``confirmation`` is its held-out record, None if never confirmed."""
+
+    trial: FrozenTrial
+    confirmation: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What ``export`` did: the entries it wrote, what it left out and why.
+
+    ``entries`` is every entry the study answers; those keyed in ``left_out`` were not written
+    (the seed layout has no slot for them). ``withheld`` lists undecidable trials, best first.
+    ``reason`` says why nothing was written when ``entries`` is empty.
+    """
+
+    study: str
+    store: Path
+    layout: str
+    entries: dict[str, dict[str, Any]]
+    left_out: tuple[str, ...] = ()
+    withheld: tuple[Withheld, ...] = ()
+    threshold: float = 1.0
+    unconfirmed_frontier: bool = False  # confirmation was asked for, but a frontier is exported
+    reason: str = ""
+
+    @property
+    def written(self) -> dict[str, dict[str, Any]]:
+        """The entries in the store now."""
+        return {k: e for k, e in self.entries.items() if k not in self.left_out}
+
+    @property
+    def trials(self) -> list[int]:
+        """The numbers of the trials the written entries hold (frontier points included)."""
+        kept = self.written.values()
+        return sorted({e["study"]["trial"] for e in kept}
+                      | {p["trial"] for e in kept for p in e.get("frontier", [])})  # fmt: skip
+
+    @property
+    def refused(self) -> bool:
+        """Nothing written because the noise left every answer undecidable (the CLI exits 1)."""
+        return not self.entries and bool(self.withheld)
+
+
+def export(
     study: optuna.Study,
-    storage: str,
-    store: Path,
+    storage: str | None,
+    store: str | Path | None = None,
+    *,
     requirement: Requirement | None = None,
+    top_k: int = TOP_K,
+    layout: str = "accelopt",
     force: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """Write a study's entries into ``store``; returns them (nothing written when empty)."""
-    entries = entries_for(study, storage, requirement, force)
-    if entries:
-        write_entries(store, entries)
-    return entries
+    device: str | None = None,
+    weights: str = "pretrained",
+    bench: Bench | None = None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Exported:
+    """Confirm, withhold, write: the study's answers into the params store ``store`` (None:
+    $ACCELOPT_STORE or search_params.json), in ``layout`` ("accelopt" or "seed").
+
+    The top ``top_k`` trials are measured again on held-out prompts first (0: not at all; a
+    pareto study is exported as searched), with ``bench`` or one loaded on ``device`` with
+    ``weights``; ``log`` is told what confirmation finds. A trial whose speedup is undecidable
+    is withheld unless ``force``; a failed bound never is written.
+
+    >>> result = export(study, "sqlite:///accelopt.db", "params.json")  # doctest: +SKIP
+    >>> result.trials, [w.trial.number for w in result.withheld]  # doctest: +SKIP
+    ([3], [5])
+    """
+    from accelopt.params_store.file import store_path
+    from accelopt.params_store.seed_layout import LAYOUTS, write_seed
+    from accelopt.storage import storage_url
+    from accelopt.study.confirm import confirmations
+    from accelopt.study.results import is_pareto
+
+    if top_k < 0:
+        raise AccelOptError(f"top_k must be 0 (no confirmation) or more, got {top_k}")
+    if layout not in LAYOUTS:
+        raise AccelOptError(f"unknown store layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    requirement = requirement or Requirement()
+    pareto = is_pareto(study)
+    if top_k and not pareto:
+        _confirm(study, requirement, top_k, bench, device, weights, progress, log)
+    url = storage_url(storage)
+    entries = entries_for(study, url, requirement, force)
+    confirmed = confirmations(study) or {}
+    undecided = () if force else tuple(
+        Withheld(t, confirmed.get(t.number)) for t in withheld(study, requirement))  # fmt: skip
+    reason = "none passed held-out confirmation" if confirmations(study) else "none is feasible"
+    if undecided:
+        reason = "no feasible configuration is surely faster than the plain pipeline"
+    path = store_path(store)
+    left_out: list[str] = []
+    if entries and layout == "seed":
+        left_out = write_seed(path, entries)
+    elif entries:
+        write_entries(path, entries)
+    return Exported(study.study_name, path, layout, entries, tuple(left_out), undecided,
+                    requirement.speedup or 1.0, bool(top_k) and pareto,
+                    "" if entries else reason)  # fmt: skip
+
+
+def _confirm(
+    study: optuna.Study,
+    requirement: Requirement,
+    top_k: int,
+    bench: Bench | None,
+    device: str | None,
+    weights: str,
+    progress: Progress | None,
+    log: Callable[[str], None],
+) -> None:
+    """Measure the top ``top_k`` trials not confirmed yet again on the held-out prompts, the
+    way the search timed them."""
+    from accelopt.progress import Progress, follow
+    from accelopt.study.confirm import confirm, pending
+    from accelopt.study.prepare import spec_of, study_mode
+    from accelopt.trial.bench import Bench
+
+    if not pending(study, top_k, requirement):
+        return  # nothing to load a pipeline for
+    progress = progress or Progress(enabled=False)
+    if bench is None:
+        bench = Bench.load(spec_of(study), device, weights, log, progress)
+    bench.mode = study_mode(study) or "eager"  # re-timed the way the search timed it
+    with progress.phase(f"{study.study_name}: held-out confirmation") as confirming:
+        follow(bench, confirming)  # confirm's held-out bench tells what this one is told
+        confirm(study, bench, top_k, log=log, requirement=requirement)

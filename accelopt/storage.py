@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "HEARTBEAT",
     "ORPHAN_GRACE",
+    "SHARED_STORAGE",
     "SQLITE_WORKERS",
     "CorruptJournal",
     "JournalFile",
@@ -71,8 +72,10 @@ __all__ = [
     "repair_journal",
     "retry",
     "scrub",
+    "shared_storage",
     "sole_writer",
     "sqlite_file",
+    "sqlite_missing",
     "storage_label",
     "storage_lock",
     "storage_url",
@@ -89,6 +92,7 @@ SQLITE_WORKERS = (
     "are lost); use a journal file on one host (--storage accelopt.journal) or PostgreSQL for "
     "many hosts (--storage postgresql://USER@HOST/DB, password in $PGPASSWORD or ~/.pgpass)"
 )
+SHARED_STORAGE = "accelopt.journal"  # several workers on one host, no storage named anywhere
 # What a retry keeps of its failed trial's user attributes: where it came from, not who ran it,
 # why it failed or what it half measured.
 CARRIED = ("warm_start",)
@@ -535,6 +539,33 @@ def sqlite_file(url: str) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def sqlite_missing(url: str) -> bool:
+    """A SQLite storage whose file does not exist yet: nothing is stored in it, and opening it
+    would make the file (``accelopt list`` and an interrupted run say so instead).
+
+    >>> sqlite_missing("sqlite:///no/such/file.db"), sqlite_missing("studies.journal")
+    (True, False)
+    """
+    path = sqlite_file(url)
+    return path is not None and not path.exists()
+
+
+def shared_storage(url: str | None, workers: str, default: str = "") -> str:
+    """The storage several ``workers`` share: ``url``, else $ACCELOPT_STORAGE, else ``default``;
+    never SQLite, whose writers lock each other out.
+
+    >>> shared_storage(None, "2 workers", SHARED_STORAGE)  # doctest: +SKIP
+    'accelopt.journal'
+    """
+    url = storage_url(url, default)
+    if not url:
+        raise AccelOptError(f"{workers} need a shared --storage: a journal file on one host "
+                            f"(e.g. accelopt.journal) or a postgresql:// URL")  # fmt: skip
+    if url.startswith("sqlite"):
+        raise AccelOptError(SQLITE_WORKERS)
+    return url
 
 
 @contextlib.contextmanager

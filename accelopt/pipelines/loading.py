@@ -28,6 +28,7 @@ __all__ = [
     "TOY_PIPELINES",
     "ModelInfo",
     "call_defaults",
+    "check_device",
     "denoiser",
     "family_of",
     "load_pipeline",
@@ -106,6 +107,32 @@ def resolve_device(device: str | None = None) -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise AccelOptError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``device`` this machine lacks, as one line, before anything loads: the same for
+    every command that takes ``--device`` (run, worker, export, sweep, report).
+
+    >>> check_device("cpu")
+    """
+    if device is None:
+        return
+    import torch
+
+    kind = resolve_device(device)  # a malformed name is refused with the valid ones
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        raise AccelOptError(f"--device {device}: this machine has no MPS device; use --device "
+                            f"cpu or leave it out")  # fmt: skip
+    if kind.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise AccelOptError(f"--device {device}: this machine has no CUDA device; use --device "
+                            f"cpu or leave it out")  # fmt: skip
+    count = torch.cuda.device_count()
+    if kind.index is not None and kind.index >= count:
+        plural = "" if count == 1 else "s"
+        raise AccelOptError(f"--device {device}: this machine has {count} CUDA device{plural} "
+                            f"(cuda:0 to cuda:{count - 1})")  # fmt: skip
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:

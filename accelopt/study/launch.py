@@ -22,15 +22,101 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from accelopt.errors import AccelOptError
 from accelopt.progress import Progress
-from accelopt.storage import open_storage, recover, storage_label, storage_lock
+from accelopt.storage import (
+    open_storage,
+    recover,
+    sqlite_missing,
+    storage_label,
+    storage_lock,
+    storage_url,
+)
 from accelopt.study import loop as studies
 from accelopt.study.results import DONE, Requirement, best_trial
 from accelopt.study.workers import Slots
 
-__all__ = ["GIVE_BACK", "Worker", "run_workers", "start_worker", "stop", "watch"]
+__all__ = [
+    "GIVE_BACK",
+    "Worker",
+    "assign_gpus",
+    "finished_by_now",
+    "run_workers",
+    "start_worker",
+    "stop",
+    "watch",
+]
 
 GIVE_BACK = 30.0  # seconds a stopped worker has to give its running trial back
+
+
+def assign_gpus(workers: int | None, gpus: str | None, device: str | None) -> list[str | None]:
+    """One entry per worker: the GPU it gets, or None (the CPU, or the one ``device`` names).
+
+    ``workers`` and ``gpus`` are ``--workers N`` and ``--gpus 0,1`` (GPU numbers, a GPU may be
+    named twice); without ``gpus``, N workers take GPUs 0..N-1, or the CPU where there is none.
+
+    >>> assign_gpus(None, None, "cpu"), assign_gpus(2, None, "cpu")
+    ([None], [None, None])
+    """
+    n, chosen = workers, None
+    if gpus is not None:
+        chosen = [g.strip() for g in gpus.split(",")]
+        if not all(g.isdigit() for g in chosen):
+            raise AccelOptError(f"--gpus takes GPU numbers joined by commas, e.g. 0,1; "
+                                f"got {gpus!r}")  # fmt: skip
+        if n is not None and n != len(chosen):
+            raise AccelOptError(f"--workers {n} but --gpus names {len(chosen)}; give one GPU "
+                                f"per worker (a GPU may be named twice)")  # fmt: skip
+        if device not in (None, "cuda"):
+            raise AccelOptError("--gpus gives each worker its GPU; leave out --device")
+    elif n is not None and n > 1 and (device or "").startswith("cuda:"):
+        raise AccelOptError(f"--device {device} is one GPU; for {n} workers pass --gpus, "
+                            f"e.g. --gpus {','.join(map(str, range(n)))}")  # fmt: skip
+    if chosen is not None or (device or "").startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            asked = f"--device {device}" if chosen is None else f"--gpus {gpus}"
+            raise AccelOptError(f"{asked}: this machine has no CUDA device; use --device cpu "
+                                f"or leave both out")  # fmt: skip
+    if chosen is not None:
+        return list(chosen)
+    if n is None or n == 1:
+        return [None]
+    if device == "cpu":
+        return [None] * n
+    return _gpus_here(n)
+
+
+def _gpus_here(n: int) -> list[str | None]:
+    """GPUs 0..n-1 of this machine, or the CPU for all ``n`` workers where it has none."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        return [None] * n
+    if n > count:
+        raise AccelOptError(f"{n} workers but {count} GPUs here; pass fewer --workers or "
+                            f"--gpus with {n} GPU numbers (a GPU may be named twice)")  # fmt: skip
+    return [str(i) for i in range(n)]
+
+
+def finished_by_now(storage: str | None, name: str, requirement: Requirement) -> bool:
+    """Whether study ``name`` is finished, as far as the storage can tell: a run stopped by
+    Ctrl-C asks, since its workers may have finished the study as the stop came (then there is
+    nothing to resume). False when nothing was stored or the storage cannot answer."""
+    import optuna
+
+    url = storage_url(storage)
+    if sqlite_missing(url):
+        return False  # stopped before anything was stored: opening it would make the file
+    try:
+        backend, _ = open_storage(url)
+        study = optuna.load_study(study_name=name, storage=backend)
+        return studies.is_finished(study, requirement)
+    except Exception:  # the storage is what failed, or the study was never made
+        return False
 
 
 @dataclass

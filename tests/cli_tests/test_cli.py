@@ -479,3 +479,40 @@ def test_store_check_of_a_mistyped_path_says_it_does_not_exist(  # type: ignore[
         "accelopt: error: store serach_params.json does not exist; check --store"
     )
     assert "empty" not in err
+
+
+def test_best_json_says_the_mode_and_the_baseline_its_speedup_is_against(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Everything the text output says is in the JSON: the mode the speedup was measured under
+    and the plain baseline it is against (the study's, under every mode timed)."""
+    import optuna
+
+    from accelopt.spec import load_spec, record_of
+
+    study = optuna.create_study(study_name="TinySD-DDIM-10", storage="sqlite:///accelopt.db",
+                                direction="maximize")  # fmt: skip
+    study.set_user_attr("spec", record_of(load_spec("TinySD-DDIM-10")))
+    baselines = {"eager": 0.9, "compile": 0.6}
+    study.set_user_attr("execution", {"mode": "compile", "baselines": baselines})
+    attrs = {"accelerators": {"deepcache": {"cache_interval": 3}}, "speedup": 2.0,
+             "feasible": True, "score_loss": 0.01, "time_per_image": 0.3, "execution": "compile",
+             "speedup_vs_eager": 3.0, "baseline_time_per_image": 0.6}  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))
+    assert main(["best", "--study", "TinySD-DDIM-10"]) == 0
+    assert "speedup 2.00x (3.00x against eager) under compile" in capsys.readouterr().out
+    assert main(["best", "--study", "TinySD-DDIM-10", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["execution"] == {"mode": "compile", "baselines": baselines}
+    best = record["best"]
+    assert (best["execution"], best["baseline_time_per_image"]) == ("compile", 0.6)
+    assert (best["speedup"], best["speedup_vs_eager"]) == (2.0, 3.0)
+
+
+def test_every_command_is_one_class_in_the_table() -> None:
+    """One table: every command a ``Command`` with its own name, as ``--help`` lists them."""
+    from accelopt.cli import COMMANDS, Command
+
+    names = [c.name for c in COMMANDS]
+    assert all(isinstance(c, Command) for c in COMMANDS) and len(set(names)) == len(names)
+    assert {"run", "worker", "export", "best", "codegen", "storage"} <= set(names)

@@ -162,6 +162,28 @@ def test_noisy_pairs_make_export_refuse_and_name_the_interval(
         assert "nothing to export: no feasible configuration is surely faster" in err
 
 
+def test_the_python_api_refuses_an_undecidable_answer_as_the_cli_does(
+    tmp_path: Path, bench: Bench, timings: Any
+) -> None:
+    """``accelopt.export.export`` (the notebook's path) confirms, withholds and says why: the
+    same noisy pairs that make ``accelopt export`` exit 1 write nothing here either."""
+    from accelopt.export import export
+
+    url, store = _study(tmp_path), tmp_path / "store.json"
+    timings.plain, timings.candidate = [1.0], [0.8, 1.25, 0.9]  # 1.25x, 0.8x, then 1.11x
+    lines: list[str] = []
+    result = export(_load(url), url, store, top_k=1, bench=bench, log=lines.append)
+    assert result.refused and result.entries == {} and result.trials == [] and not store.exists()
+    (withheld,) = result.withheld
+    assert withheld.trial.number == 0 and withheld.confirmation is not None
+    assert (withheld.confirmation["speed"], withheld.confirmation["interval"]) == (
+        "undecidable", [0.8, 1.25])  # fmt: skip
+    assert result.reason == "no feasible configuration is surely faster than the plain pipeline"
+    assert any("UNDECIDABLE" in line for line in lines)  # confirmation's own line, not printed
+    forced = export(_load(url), url, store, top_k=1, bench=bench, force=True)
+    assert forced.trials == [0] and forced.withheld == () and store.exists()
+
+
 def test_stable_pairs_write_the_interval_into_the_entry(
     tmp_path: Path, bench: Bench, timings: Any, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -252,7 +274,8 @@ def test_best_and_the_report_show_the_interval(
 
     url = _study(tmp_path, [1.5, 3.0], pairs={"ratios": [2.0, 3.0, 1.5]}, execution="eager")
     assert main(["best", "--study", SPEC.name, "--storage", url]) == 0
-    assert "speedup 2.00x (1.50x-3.00x, 75% over 3 pairs) under eager" in capsys.readouterr().out
+    shown = "speedup 2.00x (1.50x-3.00x, 75% interval over 3 pairs) under eager"
+    assert shown in capsys.readouterr().out
     data = report_data(_load(url))
     assert data.points[0].interval == (1.5, 3.0)
     feasible = figures(data)["Speedup against quality"].data[0]

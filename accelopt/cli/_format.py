@@ -1,0 +1,158 @@
+"""How things read on a terminal: one module for every line the CLI prints about trials,
+frontiers, exports and stops. Stored strings pass through ``accelopt.errors.printable`` (a
+storage anyone can write to may hold escape sequences) and every interval through
+``accelopt.measure.timing.interval_text``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from accelopt.errors import printable
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from accelopt.export import Exported, Withheld
+
+__all__ = [
+    "describe",
+    "export_lines",
+    "frontier_line",
+    "interrupted",
+    "never_measured",
+    "not_exported",
+    "quality",
+    "speedup_text",
+]
+
+
+def speedup_text(a: dict[str, Any]) -> str:
+    """``2.00x (1.50x-3.00x, 75% interval over 3 pairs)``: a trial's speedup and its interval."""
+    from accelopt.measure.timing import interval_text
+
+    pairs = len((a.get("pairs") or {}).get("ratios") or [])
+    interval = a.get("speedup_interval")
+    shown = interval_text(interval if isinstance(interval, list) else None,
+                          a.get("speedup_level"), pairs)  # fmt: skip
+    return f"{a['speedup']:.2f}x{shown}"
+
+
+def quality(measured: dict[str, Any]) -> str:
+    """Every quality metric measured: ``CLIP score loss 1.20%, PSNR 31.4 dB, SSIM 0.912``."""
+    from accelopt.measure.constraints import METRICS
+
+    return ", ".join(f"{m.label} {m.show(measured[m.name])}" for m in METRICS.values()
+                     if isinstance(measured.get(m.name), int | float))  # fmt: skip
+
+
+def describe(trial: FrozenTrial) -> str:
+    """Two lines about a trial: its knobs, then speed (under which mode) and quality."""
+    a = trial.user_attrs
+    knobs = "; ".join(
+        f"{name} " + ", ".join(f"{k}={v}" for k, v in params.items())
+        for name, params in a["accelerators"].items()
+    )
+    knobs = printable(knobs, 400)
+    mode = printable(a.get("execution", "eager"), 20)
+    eager = a.get("speedup_vs_eager")
+    beside = f" ({eager:.2f}x against eager)" if eager is not None and mode != "eager" else ""
+    return (
+        f"trial {trial.number}: {knobs}\n  speedup {speedup_text(a)}{beside} "
+        f"under {mode}, {a['time_per_image']:.4f} s/image, {quality(a)}"
+    )
+
+
+def frontier_line(study: optuna.Study, hint: bool = True) -> str:
+    """One line about a pareto study's frontier (empty for any other study)."""
+    from accelopt.measure.constraints import METRICS
+    from accelopt.study.results import frontier, is_pareto, pareto_metric
+
+    if not is_pareto(study):
+        return ""
+    metric = METRICS[pareto_metric(study)]
+    front = frontier(study.trials, metric.name)
+    if not front:
+        return f"{study.study_name}: Pareto frontier: no completed trial yet"
+    speedups = [t.user_attrs["speedup"] for t in front]
+    values = sorted(t.user_attrs[metric.name] for t in front)
+    line = (
+        f"{study.study_name}: Pareto frontier of {len(front)} trials, {min(speedups):.2f}x-"
+        f"{max(speedups):.2f}x at {metric.label} {metric.show(values[0])}-"
+        f"{metric.show(values[-1])}"
+    )
+    return f"{line} (accelopt best --study {study.study_name} lists them)" if hint else line
+
+
+def never_measured(study: optuna.Study, grid: bool) -> list[str]:
+    """Lines naming the given configurations (grid points) whose trial failed, twice."""
+    from accelopt.study.results import never_measured as missed_trials
+
+    missed = missed_trials(study.trials)
+    if not missed:
+        return []
+    what = "grid point" if grid else "configuration"
+    plural = "" if len(missed) == 1 else "s"
+    lines = [f"{study.study_name}: {len(missed)} {what}{plural} never measured (failed, and so "
+             f"did the retry):"]  # fmt: skip
+    for t in missed:
+        point = ", ".join(f"{k}={v}" for k, v in sorted(t.system_attrs["fixed_params"].items()))
+        why = t.user_attrs.get("failed", "failed")
+        lines.append(printable(f"  trial {t.number}: {point} ({why})", 300))
+    return lines
+
+
+def not_exported(study: optuna.Study, best: FrozenTrial | None, written: list[int] | None) -> str:
+    """After ``run --export``: a line when the search's best is not what export wrote (held-out
+    confirmation failed it, or its speed was undecidable), so the last line read is not taken
+    for the stored answer; empty otherwise."""
+    from accelopt.study.confirm import confirmations, describe, judgement
+
+    if written is None or best is None or best.number in written:
+        return ""
+    confirmed = (confirmations(study) or {}).get(best.number)
+    why = f": held-out {describe(confirmed)}, {judgement(confirmed)}" if confirmed else ""
+    stored = ", ".join(f"trial {n}" for n in written) or "nothing"
+    return f"  not exported{why}; the store holds {stored} for this study"
+
+
+def _withheld_line(study: str, w: Withheld, threshold: float) -> str:
+    """Why an undecidable trial was not exported, with the numbers that say so."""
+    from accelopt.study.confirm import describe
+
+    shown = describe(w.confirmation) if w.confirmation else speedup_text(w.trial.user_attrs)
+    return (f"{study}: trial {w.trial.number} not exported: its speedup {shown} is "
+            f"undecidable: the interval straddles {threshold:g}x, so this machine's noise "
+            f"hides whether it is faster; re-run on a quieter machine, or pass --force to "
+            f"export it anyway")  # fmt: skip
+
+
+def export_lines(result: Exported) -> list[str]:
+    """What an export says (on stderr): frontier unconfirmed, the trials withheld (the first
+    three), then what was written where, or why nothing was."""
+    lines = []
+    if result.unconfirmed_frontier:
+        # Confirmation judges the answers of one budget; a frontier answers every budget.
+        lines.append(f"{result.study}: held-out confirmation is skipped for a pareto study: its "
+                     f"frontier is exported as searched")  # fmt: skip
+    lines += [_withheld_line(result.study, w, result.threshold) for w in result.withheld[:3]]
+    if not result.entries:
+        return [*lines, f"{result.study}: nothing to export: {result.reason}"]
+    for key, entry in result.entries.items():
+        if key in result.left_out:
+            lines.append(f"left out {key}: the seed layout has no slot for a time requirement "
+                         f"or a random ToMe partition")  # fmt: skip
+            continue
+        points = f" (a frontier of {len(entry['frontier'])})" if "frontier" in entry else ""
+        lines.append(f"exported {printable(key, 120)}{points} -> {result.store} "
+                     f"({result.layout} layout)")  # fmt: skip
+    return lines
+
+
+def interrupted(name: str, finished: bool) -> str:
+    """What a run stopped by Ctrl-C says: resume it, unless the study was finished by then."""
+    if not finished:
+        return "accelopt: interrupted; finished trials are stored, run again to resume"
+    return (f"accelopt: interrupted, but study {name} was finished by then; nothing to resume "
+            f"(accelopt best --study {name} shows its answer)")  # fmt: skip
