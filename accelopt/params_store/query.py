@@ -202,6 +202,9 @@ def load_tasks(path: Path) -> list[Request]:
     return requests
 
 
+# ---- ordinary entries ----------------------------------------------------------------------
+
+
 def _same_model(entry: Mapping[str, Any], request: Request) -> bool:
     from accelopt.params_store.file import seed_pipeline
     from accelopt.pipelines.schedulers import resolve_scheduler
@@ -302,7 +305,7 @@ def _at_point(entry: Mapping[str, Any], point: Mapping[str, Any]) -> dict[str, A
 def _own_budget(point: Mapping[str, Any]) -> float:
     """The score-loss budget of the study a point comes from."""
     budget = (point.get("requirement") or {}).get("max_score_loss")
-    if isinstance(budget, int | float) and is_number(budget):
+    if isinstance(budget, int | float) and is_number(budget):  # isinstance narrows for mypy
         return float(budget)
     return DEFAULT_MAX_SCORE_LOSS
 
@@ -365,6 +368,9 @@ def _point_line(p: Mapping[str, Any]) -> str:
         f"{m['speedup']:.2f}x, "
         f"{m['time_per_image']:.4g} s/image, score loss {_SCORE_LOSS.show(m['score_loss'])}"
     )
+
+
+# ---- what comes nearest ---------------------------------------------------------------------
 
 
 def nearest(entries: Mapping[str, Mapping[str, Any]], request: Request, n: int = 3) -> list[str]:
