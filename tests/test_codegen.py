@@ -1,8 +1,8 @@
-"""Tests for accelopt/codegen.py: literals, rendered scripts and finding an entry for a request.
+"""Tests for accelopt/codegen.py: literals, header values and rendered scripts.
 
 Nothing here runs a script (tests/features/test_codegen_run.py does); scripts are parsed and their
-header
-values evaluated with nothing but ``float`` in scope.
+header values evaluated with nothing but ``float`` in scope. Which entry answers a request is
+tests/params_store_tests/test_query.py's.
 """
 
 from __future__ import annotations
@@ -17,22 +17,19 @@ from typing import Any
 import pytest
 
 from accelopt.codegen import (
+    BODY,
     HEADER_NAMES,
     PORTABLE,
-    Request,
-    find_entry,
     header_values,
     literal,
-    nearest,
     portable_parts,
     render_script,
+    script_body,
 )
 from accelopt.errors import AccelOptError
-from accelopt.params_store.file import seed_pipeline
 from accelopt.pipelines import MODELS, model_info
 from accelopt.pipelines.schedulers import SCHEDULERS, resolve_scheduler
 from accelopt.prompts import load_prompts
-from accelopt.spec import parse_name
 from accelopt.testing import make_entry
 
 SAFE_BUILTINS = {"__builtins__": {"float": float}}
@@ -417,6 +414,7 @@ def check_script(script: str, entry: dict[str, Any], prompts: list[str]) -> ast.
         ("FunctionDef", "load"),
         ("ClassDef", "Accelerated"),
         ("FunctionDef", "execute"),
+        ("FunctionDef", "parse_args"),
         ("FunctionDef", "main"),
         ("If", None),
     ]
@@ -495,6 +493,9 @@ def test_the_docstring_carries_the_intervals_export_decided_on() -> None:
     entry["heldout"] = {**heldout, "interval": [0.9, 2.52], "speed": "undecidable"}
     undecidable = "(0.90x-2.52x, 98% interval over 7 pairs), undecidable: exported with --force."
     assert render_script(entry).splitlines()[4].endswith(undecidable)
+    entry["heldout"] = {**heldout, "speedups": [2.4]}  # measure.timing.interval_text's wording
+    one = "Re-timed on held-out prompts: 2.40x (one timed pair: no interval)."
+    assert render_script(entry).splitlines()[4] == one
     for hostile in ({"speed": "fast\nimport os"}, {"interval": [1.0, math.inf]},
                     {"level": 2.0}, {"speedup": "2.4"}):  # fmt: skip
         entry["heldout"] = {**heldout, **hostile}
@@ -547,7 +548,7 @@ def test_fixed_body_is_identical_across_scripts() -> None:
     tails = [body_text(s, t) for s, t in zip(scripts, trees, strict=True)]
     assert tails[0] == tails[1]
     assert tails[0].rstrip().endswith('if __name__ == "__main__":\n    main()')
-    assert "def load(model, device):" in tails[0]
+    assert "def load(model: str, device: str) -> Any:" in tails[0]
     for script, tree, entry in zip(scripts, trees, (first, second), strict=True):
         model = script.split("\n")[header_end(tree) - len(HEADER_NAMES)]
         assert model == f"MODEL = {header_values(entry)['MODEL']!r}"
@@ -705,274 +706,6 @@ def test_header_values_prompts_and_generation() -> None:
     assert header_values(shapes)["DEFAULT_PROMPTS"] == [shape]
 
 
-# ---- find_entry -----------------------------------------------------------------------------
-
-DC = {"cache_interval": 3, "cache_branch_id": 0}
-TG = {"gate_step": 10, "warm_up": 2}
-TM = {"ratio": 0.5, "max_downsample": 1}
-
-
-def lookup_store() -> dict[str, dict[str, Any]]:
-    """SDXL DDIM 25 entries, and faster ones that must never answer an SDXL DDIM 25 request."""
-    made = {
-        "dc": make_entry(accelerators={"deepcache": DC}, speedup=2.5, score_loss=0.015,
-                         time_per_image=0.8),
-        "dc+tg": make_entry(accelerators={"deepcache": DC, "tgate": TG}, speedup=3.0,
-                            score_loss=0.019, time_per_image=0.6),
-        "tg": make_entry(accelerators={"tgate": TG}, speedup=1.6, score_loss=0.004,
-                         time_per_image=1.2),
-        "all": make_entry(accelerators={"deepcache": DC, "tgate": TG, "tome": TM}, speedup=4.0,
-                          score_loss=0.03, time_per_image=0.5),
-        "tome-slow": make_entry(accelerators={"tome": TM}, speedup=0.9, score_loss=0.0,
-                                time_per_image=2.0),
-        "tome-even": make_entry(accelerators={"tome": TM}, speedup=1.0, score_loss=0.0,
-                                time_per_image=1.0),
-        "tome-unscored": make_entry(accelerators={"tome": TM}, speedup=9.0, score_loss=None,
-                                    time_per_image=0.1),
-        "sd15": make_entry("SD1.5", accelerators={"deepcache": DC}, speedup=10.0,
-                           score_loss=0.0, time_per_image=0.1),
-        "unipc": make_entry("SDXL", "UniPC", accelerators={"deepcache": DC}, speedup=11.0,
-                            score_loss=0.0, time_per_image=0.1),
-        "50": make_entry("SDXL", "DDIM", 50, {"deepcache": DC}, speedup=12.0, score_loss=0.0,
-                         time_per_image=0.1),
-    }  # fmt: skip
-    return {f"key-{name}": e for name, e in made.items()}
-
-
-def answer(request: Request, store: dict[str, dict[str, Any]] | None = None) -> str | None:
-    """The store key (by name) of the entry that answers ``request``."""
-    store = lookup_store() if store is None else store
-    found = find_entry(store, request)
-    if found is None:
-        return None
-    names = [k.removeprefix("key-") for k, e in store.items() if e == found]
-    assert len(names) == 1
-    return names[0]
-
-
-def test_find_best_you_have() -> None:
-    assert answer(Request("SDXL", "DDIM", 25)) == "dc+tg"
-
-
-def test_find_returns_a_copy() -> None:
-    store = lookup_store()
-    found = find_entry(store, Request("SDXL", "DDIM", 25))
-    assert found == store["key-dc+tg"]
-    assert found is not store["key-dc+tg"]
-
-
-@pytest.mark.parametrize(
-    ("req_speedup", "name"),
-    [(1.0, "dc+tg"), (2.8, "dc+tg"), (3.0, "dc+tg"), (3.01, None), (3.5, None), (5.0, None)],
-)
-def test_find_speedup_requirement(req_speedup: float, name: str | None) -> None:
-    assert answer(Request("SDXL", "DDIM", 25, req_speedup=req_speedup)) == name
-
-
-@pytest.mark.parametrize(
-    ("max_score_loss", "name"),
-    [(0.005, "tg"), (0.004, "tg"), (0.0039, None), (0.015, "dc"), (0.018, "dc"),
-     (0.019, "dc+tg"), (0.05, "all")],
-)  # fmt: skip
-def test_find_score_loss_budget(max_score_loss: float, name: str | None) -> None:
-    assert answer(Request("SDXL", "DDIM", 25, max_score_loss=max_score_loss)) == name
-
-
-@pytest.mark.parametrize(
-    ("req_time", "max_score_loss", "name"),
-    [(10.0, 0.02, "dc+tg"), (0.6, 0.02, "dc+tg"), (0.59, 0.02, None), (0.5, 0.05, "all"),
-     (0.8, 0.016, "dc"), (0.79, 0.016, None), (1.0, 0.005, None), (1.2, 0.005, "tg")],
-)  # fmt: skip
-def test_find_time_budget(req_time: float, max_score_loss: float, name: str | None) -> None:
-    request = Request("SDXL", "DDIM", 25, req_time=req_time, max_score_loss=max_score_loss)
-    assert answer(request) == name
-
-
-@pytest.mark.parametrize(
-    ("targets", "name"),
-    [
-        (("deepcache", "tgate"), "dc+tg"),
-        (("tgate", "deepcache"), "dc+tg"),
-        (("deepcache",), "dc"),
-        (("tgate",), "tg"),
-        (("tome",), None),  # only entries at or below 1x, or unscored
-        (("deepcache", "tgate", "tome"), None),  # over the score budget
-        ((), None),
-    ],
-)
-def test_find_exact_target_set(targets: tuple[str, ...], name: str | None) -> None:
-    assert answer(Request("SDXL", "DDIM", 25, targets)) == name
-
-
-def test_find_targets_with_a_requirement() -> None:
-    assert answer(Request("SDXL", "DDIM", 25, ("deepcache",), req_speedup=2.5)) == "dc"
-    assert answer(Request("SDXL", "DDIM", 25, ("deepcache",), req_speedup=2.6)) is None
-    request = Request("SDXL", "DDIM", 25, ("deepcache", "tgate", "tome"), max_score_loss=0.05)
-    assert answer(request) == "all"
-
-
-def test_find_never_answers_with_a_slowdown() -> None:
-    store = {k: e for k, e in lookup_store().items() if k.startswith("key-tome")}
-    for request in (
-        Request("SDXL", "DDIM", 25),
-        Request("SDXL", "DDIM", 25, ("tome",), max_score_loss=0.5),
-        Request("SDXL", "DDIM", 25, req_speedup=0.5),
-        Request("SDXL", "DDIM", 25, req_time=100.0),
-    ):
-        assert find_entry(store, request) is None
-
-
-@pytest.mark.parametrize(
-    ("pipe", "sched", "steps", "name"),
-    [
-        ("SD1.5", "DDIM", 25, "sd15"),
-        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "ddim", 25, "sd15"),
-        ("sdxl", "unipc", 25, "unipc"),
-        ("SDXL", "UniPCMultistepScheduler", 25, "unipc"),
-        ("stabilityai/stable-diffusion-xl-base-1.0", "DDIMScheduler", 25, "dc+tg"),
-        ("SDXL", "ddim", 50, "50"),
-        ("SDXL", "DDIM", 20, None),
-        ("SD2.1", "DDIM", 25, None),
-        ("SDXL", "dpm++", 25, None),
-        ("./somewhere", "DDIM", 25, None),
-    ],
-)
-def test_find_matches_only_the_same_model(pipe: str, sched: str, steps: int, name: str) -> None:
-    assert answer(Request(pipe, sched, steps)) == name
-
-
-def test_find_entry_scheduler_stored_by_alias() -> None:
-    store = {
-        "a": make_entry("stabilityai/stable-diffusion-xl-base-1.0", "UniPCMultistepScheduler"),
-        "b": make_entry("SD1.5", "dpm++", 20),
-    }
-    assert find_entry(store, Request("SDXL", "UniPC", 25)) == store["a"]
-    assert find_entry(store, Request("sd1.5", "DPM-Solver++", 20)) == store["b"]
-    assert find_entry(store, Request("sd1.5", "DPMSolverMultistepScheduler", 25)) is None
-    assert find_entry({}, Request("SDXL", "DDIM", 25)) is None
-
-
-# ---- nearest, describe, run_command ---------------------------------------------------------
-
-
-def nearest_store() -> dict[str, dict[str, Any]]:
-    return {
-        "a": make_entry("SDXL", "DDIM", 25, {"tgate": TG, "deepcache": DC}, speedup=3.0,
-                        score_loss=0.019),
-        "b": make_entry("stabilityai/stable-diffusion-xl-base-1.0", "UniPC", 30, {"tome": TM},
-                        speedup=1.234, score_loss=0.001),
-        "c": make_entry("SD1.5", "DDIM", 30, {"deepcache": DC}, speedup=2.5, score_loss=0.01),
-        "d": make_entry("SDXL", "DDIM", 50, {"deepcache": DC}, speedup=2.0, score_loss=0.0),
-    }  # fmt: skip
-
-
-LINES = {
-    "a": "SDXL DDIM 25 deepcache+tgate: 3.00x, loss 1.90%",
-    "b": "SDXL UniPC 30 tome: 1.23x, loss 0.10%",
-    "c": "SD1.5 DDIM 30 deepcache: 2.50x, loss 1.00%",
-    "d": "SDXL DDIM 50 deepcache: 2.00x, loss 0.00%",
-}
-
-
-@pytest.mark.parametrize(
-    ("request_", "n", "order"),
-    [
-        (Request("SDXL", "ddim", 30), 3, "bad"),
-        (Request("stabilityai/stable-diffusion-xl-base-1.0", "ddim", 30), 10, "badc"),
-        (Request("SDXL", "DDIM", 25), 4, "abdc"),
-        (Request("SDXL", "DDIM", 25), 1, "a"),
-        (Request("SD1.5", "DDIM", 30), 2, "cb"),
-        (Request("SD1.5", "DDIM", 50), 4, "cdba"),
-        (Request("SD2.1", "DDIM", 30), 2, "bc"),
-    ],
-)
-def test_nearest(request_: Request, n: int, order: str) -> None:
-    assert nearest(nearest_store(), request_, n) == [LINES[k] for k in order]
-
-
-def test_nearest_defaults_to_three_and_handles_an_empty_store() -> None:
-    assert len(nearest(nearest_store(), Request("SDXL", "DDIM", 25))) == 3
-    assert nearest({}, Request("SDXL", "DDIM", 25)) == []
-    assert nearest(nearest_store(), Request("SDXL", "DDIM", 25), 0) == []
-
-
-def test_nearest_survives_an_unscored_entry() -> None:
-    store = {"x": make_entry(score_loss=None)}
-    assert find_entry(store, Request("SDXL", "DDIM", 25)) is None
-    assert len(nearest(store, Request("SDXL", "DDIM", 25))) == 1
-
-
-@pytest.mark.parametrize(
-    ("request_", "described"),
-    [
-        (
-            Request("SDXL", "ddim", 25, ("deepcache", "tgate"), 2.0),
-            "SDXL ddim 25 steps, deepcache+tgate, speedup >= 2x, score loss <= 2%",
-        ),
-        (
-            Request("SD1.5", "dpm++", 20, req_time=1.5, max_score_loss=0.005),
-            "SD1.5 dpm++ 20 steps, <= 1.5 s/image, score loss <= 0.5%",
-        ),
-        (Request("SDXL", "DDIM", 25, ()), "SDXL DDIM 25 steps, score loss <= 2%"),
-        (
-            Request("SDXL", "UniPC", 50, ("tome",), 1.25, 0.07, 0.3),
-            "SDXL UniPC 50 steps, tome, speedup >= 1.25x, <= 0.3 s/image, score loss <= 7%",
-        ),
-    ],
-)
-def test_request_describe(request_: Request, described: str) -> None:
-    assert request_.describe() == described
-
-
-@pytest.mark.parametrize(
-    ("request_", "command"),
-    [
-        (
-            Request("SDXL", "ddim", 25, ("deepcache", "tgate"), 2.0),
-            "accelopt run --study SDXL-DDIM-25-deepcache+tgate --req-speedup 2 --export",
-        ),
-        (
-            Request(
-                "stable-diffusion-v1-5/stable-diffusion-v1-5",
-                "dpm++",
-                20,
-                req_time=1.5,
-                max_score_loss=0.005,
-            ),
-            "accelopt run --study SD1.5-DPM-Solver++-20 --max-score-loss 0.005 --req-time 1.5 "
-            "--export",
-        ),
-        (
-            Request("PixArt-Sigma", "UniPCMultistepScheduler", 50, ("tgate",)),
-            "accelopt run --study PixArt-Sigma-UniPC-50-tgate --export",
-        ),
-        (Request("SDXL", "DDIM", 25, ()), "accelopt run --study SDXL-DDIM-25 --export"),
-    ],
-)
-def test_request_run_command(request_: Request, command: str) -> None:
-    assert request_.run_command() == command
-    study = command.split()[3]
-    assert parse_name(study) == {
-        "pipeline": seed_pipeline(request_.pipe),
-        "scheduler": resolve_scheduler(request_.sched).name,
-        "steps": request_.steps,
-        "targets": tuple(request_.targets) if request_.targets else None,
-    }
-
-
-def test_an_unset_loss_budget_is_2_percent_for_ordinary_entries() -> None:
-    assert Request("SDXL", "DDIM", 25).max_score_loss is None  # on a frontier: the study's own
-    assert Request("SDXL", "DDIM", 25).loss_budget == 0.02
-    assert answer(Request("SDXL", "DDIM", 25)) == answer(
-        Request("SDXL", "DDIM", 25, max_score_loss=0.02)
-    )
-
-
-def test_request_equality_ignores_output() -> None:
-    assert Request("SDXL", "DDIM", 25, output="a.py") == Request("SDXL", "DDIM", 25, output="b")
-    assert Request("SDXL", "DDIM", 25) != Request("SDXL", "DDIM", 25, max_score_loss=0.01)
-
-
 def test_a_script_runs_under_the_mode_its_entry_was_measured_in() -> None:
     """The header carries the mode (entries from before modes ran eagerly); the docstring says
     it; an unknown mode is refused, never rendered."""
@@ -1008,9 +741,29 @@ def test_scripts_carry_the_portable_modules_verbatim_and_what_they_import(name: 
     assert not [line for line in imports if "accelopt" in line]
     assert imported(ast.parse("\n".join(imports))) <= imported(ast.parse(script))
     names = {getattr(s, "name", None) for s in ast.parse(source).body} - {None}
-    assert not names & {"load", "Accelerated", "execute", "main"}  # no clash with the body
+    body = {getattr(s, "name", None) for s in ast.parse(script_body()[1]).body} - {None}
+    assert body >= {"load", "Accelerated", "execute", "main"}
+    assert not names & body  # no clash with the script's own code
     own = resources.files("accelopt.portable").joinpath(f"{name}.py").read_text("utf-8")
     carried_before = {f"accelopt.portable.{m}" for m in PORTABLE[: PORTABLE.index(name)]}
     for module, _ in imported(ast.parse(own)):
         if module is not None and module.startswith("accelopt"):
             assert module in carried_before  # its names are already in the script
+
+
+def test_the_body_is_accelopt_portable_script_below_its_header() -> None:
+    """The script's own code is a module ruff and mypy check; scripts carry it verbatim from
+    below its header block, which declares the header's names in order and never reaches a
+    script."""
+    source = resources.files("accelopt.portable").joinpath(f"{BODY}.py").read_text("utf-8")
+    tree = ast.parse(source)
+    declared = [ast.unparse(s.target) for s in tree.body if isinstance(s, ast.AnnAssign)]
+    assert declared == list(HEADER_NAMES)
+    imports, body = script_body()
+    assert body.startswith("def load(")
+    assert body in source
+    assert not [n for n in imports if "accelopt" in ast.unparse(n)]
+    script = render_script(make_entry())
+    assert script.endswith(body)
+    assert script.count(body) == 1
+    assert 'MODEL: str = ""' not in script
