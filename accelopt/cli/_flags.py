@@ -96,7 +96,7 @@ def requirement_of(args: argparse.Namespace) -> Requirement:
 
 def bounds(p: argparse.ArgumentParser, what: str) -> None:
     """The fidelity bound flags (``--min-psnr`` ...), one per constraint key."""
-    from accelopt.codegen import BOUND_FLAGS
+    from accelopt.params_store.query import BOUND_FLAGS
 
     for key, flag in BOUND_FLAGS.items():
         p.add_argument(flag, dest=key, type=float, metavar=key.split("_")[0].upper(),
@@ -105,7 +105,7 @@ def bounds(p: argparse.ArgumentParser, what: str) -> None:
 
 def bound_args(args: argparse.Namespace) -> dict[str, Any]:
     """The fidelity bounds given on the command line, by constraint key."""
-    from accelopt.codegen import BOUND_FLAGS
+    from accelopt.params_store.query import BOUND_FLAGS
 
     return {k: getattr(args, k) for k in BOUND_FLAGS if getattr(args, k, None) is not None}
 

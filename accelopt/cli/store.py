@@ -178,7 +178,7 @@ class Codegen(Command):
         """The requests: read from ``--tasks``, or the one the flags make."""
         from pathlib import Path
 
-        from accelopt.codegen import Request, load_tasks, parse_request_targets
+        from accelopt.params_store.query import Request, load_tasks, parse_request_targets
 
         if args.tasks:
             if any(v is not None for v in (args.pipe, args.sched, args.steps)):

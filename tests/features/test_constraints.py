@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 
 from accelopt._types import Pipeline
 from accelopt.cli import main
-from accelopt.codegen import Request, find_entry, why_missing
 from accelopt.errors import AccelOptError
 from accelopt.measure.constraints import PSNR_CAP, Bound, mean_of, pooled_psnr, quality_loss
 from accelopt.params_store.check import InvalidEntry, check_entry
+from accelopt.params_store.query import Request, find_entry, why_missing
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.report import figures, image_choices, report_data
 from accelopt.spec import ConstraintSpec, PromptSpec, load_spec, record_of

@@ -21,11 +21,12 @@ from optuna.trial import FrozenTrial, TrialState
 from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.cli import main
-from accelopt.codegen import Request, find_entry, read_header, why_missing
+from accelopt.codegen import read_header
 from accelopt.errors import AccelOptError
 from accelopt.export import entries_for
 from accelopt.measure.pareto import non_dominated
 from accelopt.params_store.file import read_store, seed_key, write_entries
+from accelopt.params_store.query import Request, find_entry, why_missing
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.spec import PromptSpec, SamplerSpec, load_spec, record_of
 from accelopt.storage import open_storage
