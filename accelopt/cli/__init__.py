@@ -2,10 +2,11 @@
 
 One command table (``COMMANDS``); each command is a small class (``accelopt.cli._command``)
 that owns its flags, grouped by concern: ``info`` (what accelopt knows), ``studies`` (running
-trials), ``results`` (reading studies), ``store`` (the params store), ``storage`` (looking after
-one). Flags several commands share live in ``_flags``; how things read on a terminal in
-``_format``. Heavy imports (torch, diffusers, optuna) happen inside commands, so
-``accelopt --help`` is instant. Bad input prints one line saying what to fix and exits with 2.
+trials), ``results`` (reading studies), ``params_store`` (export, store check, codegen),
+``storage`` (looking after one). Flags several commands share live in ``_flags``; how things
+read on a terminal in ``_format``. Heavy imports (torch, diffusers, optuna) happen inside
+commands, so ``accelopt --help`` is instant. Bad input prints one line saying what to fix and
+exits with 2.
 
 >>> main(["schedulers"])  # doctest: +SKIP
 0
@@ -21,9 +22,9 @@ from collections.abc import Iterator, Sequence
 from accelopt import __version__
 from accelopt.cli._command import Command
 from accelopt.cli.info import Accelerators, Pipelines, Prompts, Schedulers
+from accelopt.cli.params_store import Codegen, Export, Store
 from accelopt.cli.results import Best, Dashboard, List, Report
 from accelopt.cli.storage import Storage
-from accelopt.cli.store import Codegen, Export, Store
 from accelopt.cli.studies import Run, Sweep, Worker
 from accelopt.errors import AccelOptError, Interrupted, exit_code, printable
 

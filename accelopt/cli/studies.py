@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from accelopt.cli import _flags as flags
 from accelopt.cli import _format as fmt
 from accelopt.cli._command import Command
-from accelopt.cli.store import write_export
+from accelopt.cli.params_store import write_export
 from accelopt.errors import AccelOptError, exit_code
 
 if TYPE_CHECKING:
