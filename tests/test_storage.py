@@ -51,8 +51,12 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module in modules:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names} & modules
+            # ``from accelopt.study import loop`` imports the submodule; the package counts only
+            # where a name is taken from its __init__.
+            submodules = {f"{node.module}.{a.name}" for a in node.names} & modules
+            found |= submodules
+            if len(submodules) < len(node.names):
+                found.add(node.module)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names} & modules
     return found
