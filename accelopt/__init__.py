@@ -25,8 +25,8 @@ __all__ = ["AccelOptError", "__version__"]
 
 __version__ = "0.1.0"
 
-# Modules that moved into rooms in 0.2 (the layout issue), importable under their old names
-# for one release with a DeprecationWarning; removed in 0.3.
+# Modules that moved into rooms after 0.1.0 (the layout issue), importable under their old
+# names for one release with a DeprecationWarning, then removed.
 MOVED = {
     "accelopt.metrics": "accelopt.measure.metrics",
     "accelopt.timing": "accelopt.measure.timing",
@@ -58,7 +58,7 @@ class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         new = MOVED[module.__name__]
-        warnings.warn(f"{module.__name__} moved to {new}; the old name goes in accelopt 0.3",
+        warnings.warn(f"{module.__name__} moved to {new}; the old name goes in the next release",
                       DeprecationWarning, stacklevel=2)  # fmt: skip
         target = importlib.import_module(new)
         module.__getattr__ = lambda attr: getattr(target, attr)  # type: ignore[method-assign]
