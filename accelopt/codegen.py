@@ -81,9 +81,8 @@ def write_scripts(
     in one error, every request no entry answers, naming the nearest entries and the run.
 
     Only entries that pass ``accelopt.params_store.check.check_entry`` are considered (the CLI
-    reports the
-    others first); a batch's outputs must stay inside ``output``, and every one is checked, and
-    every script made, before the first is written."""
+    reports the others first); a batch's outputs must stay inside ``output``, and every one is
+    checked, and every script made, before the first is written."""
     from accelopt.params_store.check import usable_entries
 
     entries = usable_entries(entries)[0]

@@ -11,8 +11,8 @@ a study without a targets suffix). A study that searched which accelerators to u
 for every set of accelerators it tried, the best feasible trial that used exactly that set.
 
 A pareto study writes the same entries, each with its frontier (``accelopt.params_store.file``):
-every
-non-dominated completed trial for the study's entry, those with exactly that set for a set's.
+every non-dominated completed trial for the study's entry, those with exactly that set for a
+set's.
 """
 
 from __future__ import annotations
@@ -265,8 +265,7 @@ def entries_for(
 
 def _checked(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """``entries``, each passing the check every reader applies (``accelopt.params_store.check``):
-    what
-    export writes, codegen must be able to use."""
+    what export writes, codegen must be able to use."""
     from accelopt.params_store.check import check_entry
 
     for key, entry in entries.items():

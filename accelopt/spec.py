@@ -81,9 +81,8 @@ class MetricSpec:
     model: str = "ViT-H-14"
     pretrained: str = "laion2b_s32b_b79k"
     # LPIPS (``accelopt.measure.metrics``): its backbone ("alex", "vgg", "squeeze"; measured
-    # whenever a
-    # study bounds lpips_max, "alex" unless named) and a file of that backbone's weights ("":
-    # torch hub's cache). Never downloaded: missing weights stop the study, naming the file.
+    # whenever a study bounds lpips_max, "alex" unless named) and a file of that backbone's weights
+    # ("": torch hub's cache). Never downloaded: missing weights stop the study, naming the file.
     lpips: str = ""
     lpips_weights: str = ""
 
@@ -91,9 +90,9 @@ class MetricSpec:
 @dataclass(frozen=True)
 class TimingSpec:
     """How a trial's speedup is timed (``accelopt.measure.timing.Paired``): ``pairs`` alternated
-    calls
-    of the plain pipeline and the configuration on the first ``prompts`` prompts (0: one batch),
-    after the quality pass; the speedup is the median of the pairs' ratios, with an interval.
+    calls of the plain pipeline and the configuration on the first ``prompts`` prompts (0: one
+    batch), after the quality pass; the speedup is the median of the pairs' ratios, with an
+    interval.
     ``pairs = 0`` divides the study's baseline time by the quality pass's instead (unpaired)."""
 
     pairs: int = 3
@@ -103,9 +102,9 @@ class TimingSpec:
 @dataclass(frozen=True)
 class ConstraintSpec:
     """Fidelity bounds (``accelopt.measure.constraints``) beside the score-loss budget, each
-    against the
-    baseline image of the same prompt and seed; None leaves a metric unbounded (it is measured
-    and recorded all the same). The table's ``clip_loss`` is the spec's ``max_score_loss``."""
+    against the baseline image of the same prompt and seed; None leaves a metric unbounded (it is
+    measured and recorded all the same). The table's ``clip_loss`` is the spec's
+    ``max_score_loss``."""
 
     psnr_min: float | None = None
     ssim_min: float | None = None

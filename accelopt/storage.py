@@ -1,8 +1,7 @@
 """Storage: opening one, repairing a journal file, finding trials whose worker is gone, locks.
 
 The run loop (``accelopt.study.loop``) and the hand-out of trials (``accelopt.study.workers``) use
-this
-module; it imports neither. A storage is an Optuna URL (SQLite, PostgreSQL) or a plain path,
+this module; it imports neither. A storage is an Optuna URL (SQLite, PostgreSQL) or a plain path,
 which is a journal file.
 
 - **URLs are redacted** wherever they are shown or stored (``storage_label``): a password, also

@@ -446,9 +446,8 @@ FIDELITY_FLOORS = (40.0, 35.0, 30.0)  # dB: how many points within the budget fa
 
 def pooled_psnr(values: Iterable[float]) -> float:
     """``accelopt.measure.constraints.pooled_psnr`` (of the images' mean squared error, the way a
-    study
-    reads PSNR), except that a set of unchanged images stays ``inf``: the record says they are
-    identical, where a study's number has to stay finite.
+    study reads PSNR), except that a set of unchanged images stays ``inf``: the record says they
+    are identical, where a study's number has to stay finite.
 
     >>> pooled_psnr([math.inf, 20.0])
     23.010299956639813

@@ -6,8 +6,7 @@
 
 A trial is answered from the record (``bench/landscapes/README.md``) instead of running the
 pipeline. The space is the study's own Optuna parameters (``accelopt.trial.space.Space``) cut to
-the
-part every landscape records completely: DeepCache x ToMe, T-GATE off. A proposal whose
+the part every landscape records completely: DeepCache x ToMe, T-GATE off. A proposal whose
 configuration the record lacks (SDXL's file is partial) is never invented: it is counted as
 ``unrecorded`` and dropped at no cost (TPE is told a failed trial: no information), and the
 table says how many configurations are missing. Only recorded points set the target.
@@ -37,9 +36,8 @@ dominance skip can pass over a point that timed faster than the one that dominat
 
 Strategies (``STRATEGIES``): ``grid``, the seed system (every grid point in a seeded order,
 ``accelopt.study.workers.GridOrder``, with the dominance skip); ``random``, uniform over the
-recorded
-configurations without repeats; ``tpe``, the study's sampler (``TrialSeededTPE``) driven by
-ask/tell with the study's parameters, the score loss over the budget (PSNR shortfall on an
+recorded configurations without repeats; ``tpe``, the study's sampler (``TrialSeededTPE``) driven
+by ask/tell with the study's parameters, the score loss over the budget (PSNR shortfall on an
 unscored landscape) as its constraint, repeats and dominated points pruned as
 ``accelopt.trial.objective.Objective`` prunes them. Then, on the same TPE:
 

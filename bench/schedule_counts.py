@@ -6,10 +6,9 @@ For each study space (a shipped study, and its single-accelerator variants), the
 ``Space.build`` with the pipeline's own layout (architectures are read on the "meta" device, in
 seconds, with nothing downloaded) and the number of distinct schedules among them
 (``accelopt.accelerators.schedules``): equal schedules compute the same images, and a study
-measures one
-configuration per schedule. ToMe's part of a schedule is the same at every call and independent
-of the other methods' parts, so the count multiplies: (distinct DeepCache x T-GATE schedules,
-the plain pipeline among them) x (1 + distinct ToMe merges), less the plain pipeline.
+measures one configuration per schedule. ToMe's part of a schedule is the same at every call and
+independent of the other methods' parts, so the count multiplies: (distinct DeepCache x T-GATE
+schedules, the plain pipeline among them) x (1 + distinct ToMe merges), less the plain pipeline.
 """
 
 from __future__ import annotations

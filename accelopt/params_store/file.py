@@ -7,12 +7,11 @@ Format (``"version": 1``)::
 
 The key is the seed system's ``str((pipe, sched, str(steps), req_speedup, max_score_loss,
 sorted(targets)))`` with its spellings (SD1.5, SD2.1, SDXL; DDIM, DPM-Solver++,
-UniPCMultistepScheduler), so scripts written against the seed's ``search_params.json`` find
-entries by the same string. A time requirement, which the seed's key has no slot for, adds a
-seventh element ``('req_time', seconds)``; each fidelity bound of the study
+UniPCMultistepScheduler), so scripts written against the seed's ``search_params.json`` find entries
+by the same string. A time requirement, which the seed's key has no slot for, adds a seventh
+element ``('req_time', seconds)``; each fidelity bound of the study
 (``accelopt.measure.constraints``) adds one more, ``('psnr_min', 30.0)``, so a study bounded by
-PSNR
-never overwrites the entry of one that was not.
+PSNR never overwrites the entry of one that was not.
 
 An entry exported from a pareto study (``objective = "pareto"``) is an ordinary entry (its own
 configuration answers its key) with two more keys: ``"objective": "pareto"`` and ``"frontier"``,

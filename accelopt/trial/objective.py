@@ -164,9 +164,8 @@ class Objective:
 
     def schedule_of(self, configs: Mapping[str, Mapping[str, Any]]) -> tuple[Any, ...]:
         """What ``configs`` computes at every UNet call (``accelopt.accelerators.schedules``):
-        equal
-        schedules are equal images, so the second is never measured. Kept per configuration:
-        each trial compares itself with every finished one."""
+        equal schedules are equal images, so the second is never measured. Kept per
+        configuration: each trial compares itself with every finished one."""
         key = json.dumps(configs, sort_keys=True)
         if key not in self._schedules:
             spec = self.bench.spec

@@ -187,15 +187,14 @@ def dominating_trial(
 ) -> tuple[optuna.trial.FrozenTrial, str] | None:
     """A finished trial that makes running ``configs`` pointless, and why; None if there is none.
 
-    Identical configurations are never run twice, nor, with ``schedule_of`` (configs ->
-    schedule, ``accelopt.accelerators.schedules``), configurations that compute the same thing at
-    every UNet
-    call (T-GATE's intervals are step moduli, so different values often keep at the same steps).
-    A configuration that cannot be faster than a feasible trial (same accelerators) cannot beat
-    the best feasible trial: the seed system skipped those, and so do we, unless ``dominance``
-    is False (a pareto study: the slower configuration may lose less). With ``schedule_of``
-    that is one computing at least what the trial computes (``schedules.does_at_least``: work);
-    without, one whose every knob is at most as aggressive (knob order).
+    Identical configurations are never run twice, nor, with ``schedule_of`` (configs -> schedule,
+    ``accelopt.accelerators.schedules``), configurations that compute the same thing at every UNet
+    call (T-GATE's intervals are step moduli, so different values often keep at the same steps). A
+    configuration that cannot be faster than a feasible trial (same accelerators) cannot beat the
+    best feasible trial: the seed system skipped those, and so do we, unless ``dominance`` is False
+    (a pareto study: the slower configuration may lose less). With ``schedule_of`` that is one
+    computing at least what the trial computes (``schedules.does_at_least``: work); without, one
+    whose every knob is at most as aggressive (knob order).
     """
     from accelopt.accelerators.schedules import does_at_least
 

@@ -1,6 +1,6 @@
-"""Tests for accelopt/measure/metrics.py: score loss, CLIP scorer (tiny, offline), PSNR, SSIM,
-CLIP image
-similarity and the learned metrics (LPIPS, PickScore, HPSv2), built offline with random weights."""
+"""Tests for accelopt/measure/metrics.py: score loss, CLIP scorer (tiny, offline), PSNR, SSIM, CLIP
+image similarity and the learned metrics (LPIPS, PickScore, HPSv2), built offline with random
+weights."""
 
 from __future__ import annotations
 

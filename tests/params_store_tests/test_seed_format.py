@@ -1,6 +1,5 @@
 """The seed system's search_params.json layout (accelopt/params_store/seed_layout.py), read by its
-own kind of
-client: a lookup reconstructed from the seed's description, not from our code."""
+own kind of client: a lookup reconstructed from the seed's description, not from our code."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Tests for accelopt/trial/space.py: the study's search space as Optuna parameters, and the skip
-of
-trials a finished one already dominates. Traits are built by hand: no pipeline is loaded."""
+of trials a finished one already dominates. Traits are built by hand: no pipeline is loaded."""
 
 from __future__ import annotations
 
