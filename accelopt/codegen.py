@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from accelopt.errors import AccelOptError, printable
-from accelopt.measure.constraints import METRICS
+from accelopt.measure.constraints import METRICS, quality_text
 from accelopt.measure.timing import interval_text
 from accelopt.params_store.query import (
     BOUND_FLAGS,
@@ -288,8 +288,10 @@ def _docstring_text(entry: Mapping[str, Any], execution: str) -> str:
     )
     seconds = m.get("time_per_image")
     per_image = "time per image not recorded" if seconds is None else f"{seconds:.4f} s per image"
-    fidelity = "".join(f", {METRICS[k].label} {METRICS[k].show(m[k])}" for k in METRICS
-                       if k != "score_loss" and m.get(k) is not None)  # fmt: skip
+    measured = quality_text(
+        {k: m[k] for k in METRICS if k != "score_loss" and m.get(k) is not None}
+    )
+    fidelity = f", {measured}" if measured else ""
     loss = _SCORE_LOSS.show(m["score_loss"])
     summary = (
         f"Measured by accelopt on {m['device']}: {m['speedup']:.2f}x the plain pipeline"

@@ -370,7 +370,7 @@ def export(
     confirmed = confirmations(study) or {}
     undecided = () if force else tuple(
         Withheld(t, confirmed.get(t.number)) for t in withheld(study, requirement))  # fmt: skip
-    reason = "none passed held-out confirmation" if confirmations(study) else "none is feasible"
+    reason = "none passed held-out confirmation" if confirmed else "none is feasible"
     if undecided:
         reason = "no feasible configuration is surely faster than the plain pipeline"
     path = store_path(store)

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from accelopt._types import is_number
-from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss
+from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss, quality_text
 from accelopt.measure.timing import interval_text
 from accelopt.study.results import best_trial
 
@@ -371,7 +371,7 @@ def image_choices(data: ReportData, frontier: int = 2) -> list[tuple[int, str]]:
     rows = []
     for number, reasons in why.items():
         p = by_number[number]
-        shown = ", ".join(f"{METRICS[m].label} {METRICS[m].show(v)}" for m, v in p.metrics.items())
+        shown = quality_text(p.metrics)
         rows.append((number, f"trial {number}: {p.speedup:.2f}x, {shown} ({'; '.join(reasons)})"))
     return rows
 
@@ -430,8 +430,7 @@ def render_html(
     best = next((p for p in data.points if p.number == data.best), None)
     shown = "none"
     if best is not None:
-        quality = ", ".join(f"{METRICS[m].label} {METRICS[m].show(v)}"
-                            for m, v in best.metrics.items())  # fmt: skip
+        quality = quality_text(best.metrics)
         speed = f"{best.speedup:.2f}x{interval_text(best.interval)}"
         shown = f"trial {best.number}: {speed}, {quality}, {best.label}"
     summary = [

@@ -41,10 +41,10 @@ def speedup_text(a: dict[str, Any]) -> str:
 
 def quality(measured: dict[str, Any]) -> str:
     """Every quality metric measured: ``CLIP score loss 1.20%, PSNR 31.4 dB, SSIM 0.912``."""
-    from accelopt.measure.constraints import METRICS
+    from accelopt.measure.constraints import METRICS, quality_text
 
-    return ", ".join(f"{m.label} {m.show(measured[m.name])}" for m in METRICS.values()
-                     if isinstance(measured.get(m.name), int | float))  # fmt: skip
+    return quality_text({k: measured[k] for k in METRICS
+                         if isinstance(measured.get(k), int | float)})  # fmt: skip
 
 
 def describe(trial: FrozenTrial) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "mean_of",
     "pooled_psnr",
     "quality_loss",
+    "quality_text",
 ]
 
 PSNR_CAP = 100.0  # dB: what a set of unchanged images reads as, not infinity
@@ -82,6 +83,18 @@ METRICS: dict[str, Metric] = {
         Metric("lpips", "LPIPS", higher_is_better=False),
     )
 }
+
+
+def quality_text(values: Mapping[str, float | None]) -> str:
+    """Quality metrics as a person reads them, in ``values``' order: the CLI, the report,
+    held-out confirmations and the scripts' docstrings all show them this way.
+
+    >>> quality_text({"score_loss": 0.012, "psnr": 31.44})
+    'CLIP score loss 1.20%, PSNR 31.4 dB'
+    """
+    return ", ".join(f"{METRICS[k].label} {METRICS[k].show(v)}" for k, v in values.items())
+
+
 # The [constraints] keys and the metric each bounds: "_min" on a metric where higher is better,
 # "_max" (and the score loss's budget) where lower is.
 BOUNDS: dict[str, str] = {

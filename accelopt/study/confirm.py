@@ -29,7 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from accelopt import accelerators
-from accelopt.measure.constraints import METRICS
+from accelopt.measure.constraints import quality_text
 from accelopt.measure.metrics import score_loss
 from accelopt.measure.timing import interval_text
 from accelopt.trial.bench import Bench
@@ -154,7 +154,7 @@ def confirm(
             speed=verdict,
             threshold=speed,
         )
-        shown = ", ".join(f"{METRICS[k].label} {METRICS[k].show(v)}" for k, v in metrics.items())
+        shown = quality_text(metrics)
         log(f"{study.study_name}: trial {trial.number} on {result.prompts} held-out prompts: "
             f"{describe(result)}, {shown} -> {judgement(result)}")  # fmt: skip
         results.append(result)
