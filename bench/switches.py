@@ -50,6 +50,28 @@ def _channels_last(pipe: Any) -> None:
     denoiser(pipe).to(memory_format=torch.channels_last)
 
 
+# Regional compilation: inductor compiles each repeated block (one code object, reused by every
+# block of the same shapes), the rest of the denoiser runs PyTorch's kernels, and the whole
+# forward is captured as one CUDA graph per structure. A new DeepCache branch then costs a
+# capture; a ToMe ratio or a T-GATE mode recompiles only the blocks it changes.
+REGIONS = {
+    "regional": ("BasicTransformerBlock",),  # diffusers' compile_repeated_blocks for UNets
+    "regional-all": ("BasicTransformerBlock", "ResnetBlock2D", "Downsample2D", "Upsample2D"),
+}
+
+
+def _regions(names: tuple[str, ...]) -> Callable[[Any], None]:
+    def prepare(pipe: Any) -> None:
+        compiled = 0
+        for module in denoiser(pipe).modules():
+            if type(module).__name__ in names:
+                module.compile(fullgraph=False, dynamic=False)
+                compiled += 1
+        print(f"  compiling {compiled} blocks ({', '.join(names)}) by region", flush=True)
+
+    return prepare
+
+
 FLAGS = {"conv_1x1_as_mm": True, "epilogue_fusion": False}
 DESCENT = {"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True}
 VARIANTS = {
@@ -59,6 +81,7 @@ VARIANTS = {
     "channels-last": Variant(prepare=_channels_last),
     "inductor-flags": Variant(inductor_config=FLAGS),
     "coordinate-descent": Variant(inductor_config=DESCENT),
+    **{n: Variant(prepare=_regions(blocks), inductor=False) for n, blocks in REGIONS.items()},
 }
 
 
