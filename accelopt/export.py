@@ -42,30 +42,43 @@ __all__ = ["Exported", "Withheld", "entries_for", "export", "speed_verdict", "wi
 # Our parameter names -> the seed system's (only T-GATE's warm_up differs).
 SEED_PARAMS = {"warm_up": "warmup"}
 MEASURED = ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device")
-# Stored where the trial measured them: fidelity, and the interval of a paired speedup.
-OPTIONAL = ("psnr", "ssim", "clip_image", "lpips", "speedup_interval", "speedup_level")
+# Stored where the trial measured them: fidelity; the interval of a paired speedup (two pairs
+# or more) and the pair count; the plain pipeline's time in the same pairs, the batch size the
+# timed calls ran at, the quality pass's own time, and the speedup before it was scaled to the
+# fastest plain pipeline (accelopt.trial.objective).
+OPTIONAL = ("psnr", "ssim", "clip_image", "lpips", "speedup_interval", "speedup_level",
+            "speedup_pairs", "paired_baseline_time_per_image", "timing_batch_size",
+            "quality_pass_time_per_image", "speedup_vs_mode_baseline")  # fmt: skip
 
 
 def _measured(attrs: dict[str, Any]) -> dict[str, Any]:
-    """What an entry says was measured: speed and CLIP always, the rest where there was any."""
-    return {**{k: attrs.get(k) for k in MEASURED},
-            **{k: attrs[k] for k in OPTIONAL if k in attrs}}  # fmt: skip
+    """What an entry says was measured: speed and CLIP always, the rest where there was any
+    (a trial timed in one pair before that stopped recording an interval: its pair count, not
+    its degenerate interval)."""
+    from accelopt.measure.timing import one_pair_read
+
+    return one_pair_read({**{k: attrs.get(k) for k in MEASURED},
+                          **{k: attrs[k] for k in OPTIONAL if k in attrs}})  # fmt: skip
 
 
 def speed_verdict(trial: FrozenTrial, confirmed: dict[int, dict[str, Any]] | None,
                   threshold: float = 1.0) -> str:  # fmt: skip
     """Whether a trial is faster than ``threshold``: by its held-out confirmation when the study
     was confirmed, else by its own paired interval; ``faster`` for a trial timed before pairs
-    (nothing to judge it by but its speedup)."""
+    (nothing to judge it by but its speedup), or one timed in a single pair (its one ratio
+    against ``threshold``: one pair has no interval)."""
     if confirmed is not None:
         return str((confirmed.get(trial.number) or {}).get("speed") or "unconfirmed")
-    interval = trial.user_attrs.get("speedup_interval")
-    if not interval:
-        return "faster"
     from accelopt.measure.timing import verdict
 
-    low, high = interval
-    return verdict(low, high, threshold)
+    interval = trial.user_attrs.get("speedup_interval")
+    if interval:
+        low, high = interval
+        return verdict(low, high, threshold)
+    if trial.user_attrs.get("speedup_pairs") == 1:
+        speedup = trial.user_attrs["speedup"]
+        return verdict(speedup, speedup, threshold)
+    return "faster"
 
 
 def withheld(study: optuna.Study, requirement: Requirement | None = None) -> list[FrozenTrial]:

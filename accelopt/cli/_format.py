@@ -32,7 +32,8 @@ def speedup_text(a: dict[str, Any]) -> str:
     """``2.00x (1.50x-3.00x, 75% interval over 3 pairs)``: a trial's speedup and its interval."""
     from accelopt.measure.timing import interval_text
 
-    pairs = len((a.get("pairs") or {}).get("ratios") or [])
+    # trials recorded before the count was have it in their pairs
+    pairs = a.get("speedup_pairs") or len((a.get("pairs") or {}).get("ratios") or [])
     interval = a.get("speedup_interval")
     shown = interval_text(interval if isinstance(interval, list) else None,
                           a.get("speedup_level"), pairs)  # fmt: skip
@@ -48,7 +49,10 @@ def quality(measured: dict[str, Any]) -> str:
 
 
 def describe(trial: FrozenTrial) -> str:
-    """Two lines about a trial: its knobs, then speed (under which mode) and quality."""
+    """Two lines about a trial: its knobs, then speed (under which mode; its time per image
+    from the same timed calls as its speedup, with their batch size) and quality."""
+    from accelopt.measure.timing import time_text
+
     a = trial.user_attrs
     knobs = "; ".join(
         f"{name} " + ", ".join(f"{k}={v}" for k, v in params.items())
@@ -60,7 +64,7 @@ def describe(trial: FrozenTrial) -> str:
     beside = f" ({eager:.2f}x against eager)" if eager is not None and mode != "eager" else ""
     return (
         f"trial {trial.number}: {knobs}\n  speedup {speedup_text(a)}{beside} "
-        f"under {mode}, {a['time_per_image']:.4f} s/image, {quality(a)}"
+        f"under {mode}, {time_text(a)}, {quality(a)}"
     )
 
 
