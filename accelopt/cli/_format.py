@@ -117,6 +117,9 @@ def not_exported(study: optuna.Study, best: FrozenTrial | None, written: list[in
         return ""
     confirmed = (confirmations(study) or {}).get(best.number)
     why = f": held-out {describe(confirmed)}, {judgement(confirmed)}" if confirmed else ""
+    if confirmed and confirmed.get("passed"):  # passed, and another passed better
+        why = (f": held-out {describe(confirmed)} passes, but export ranks by the held-out "
+               f"lower bound")  # fmt: skip
     stored = ", ".join(f"trial {n}" for n in written) or "nothing"
     return f"  not exported{why}; the store holds {stored} for this study"
 
@@ -135,6 +138,8 @@ def _withheld_line(study: str, w: Withheld, threshold: float) -> str:
 def export_lines(result: Exported) -> list[str]:
     """What an export says (on stderr): frontier unconfirmed, the trials withheld (the first
     three), then what was written where, or why nothing was."""
+    from accelopt.export import ranked_by
+
     lines = []
     if result.unconfirmed_frontier:
         # Confirmation judges the answers of one budget; a frontier answers every budget.
@@ -148,9 +153,14 @@ def export_lines(result: Exported) -> list[str]:
             lines.append(f"left out {key}: the seed layout has no slot for a time requirement "
                          f"or a random ToMe partition")  # fmt: skip
             continue
-        points = f" (a frontier of {len(entry['frontier'])})" if "frontier" in entry else ""
-        lines.append(f"exported {printable(key, 120)}{points} -> {result.store} "
-                     f"({result.layout} layout)")  # fmt: skip
+        if "frontier" in entry:  # searched, never confirmed: no choice to explain
+            lines.append(
+                f"exported {printable(key, 120)} (a frontier of "
+                f"{len(entry['frontier'])}) -> {result.store} ({result.layout} layout)"
+            )
+            continue
+        lines.append(f"exported {printable(key, 120)} -> {result.store} ({result.layout} "
+                     f"layout): trial {entry['study']['trial']}, {ranked_by(entry)}")  # fmt: skip
     return lines
 
 
