@@ -31,7 +31,7 @@ from typing import Any
 
 from accelopt.errors import AccelOptError, printable
 from accelopt.measure.constraints import METRICS, quality_text
-from accelopt.measure.timing import interval_text
+from accelopt.measure.timing import interval_text, time_text
 from accelopt.params_store.query import (
     BOUND_FLAGS,
     Request,
@@ -286,8 +286,11 @@ def _docstring_text(entry: Mapping[str, Any], execution: str) -> str:
         f"{entry['pipeline']}, {entry['scheduler']}, {entry['steps']} steps, "
         f"{' + '.join(sorted(entry['accelerators'])) or 'no accelerator'}."
     )
-    seconds = m.get("time_per_image")
-    per_image = "time per image not recorded" if seconds is None else f"{seconds:.4f} s per image"
+    # the batch size it was timed at and what the speedup compares it with
+    per_image = time_text(m, "s per image")
+    shown = interval_text(
+        m.get("speedup_interval"), m.get("speedup_level"), m.get("speedup_pairs")
+    )
     measured = quality_text(
         {k: m[k] for k in METRICS if k != "score_loss" and m.get(k) is not None}
     )
@@ -295,8 +298,7 @@ def _docstring_text(entry: Mapping[str, Any], execution: str) -> str:
     loss = _SCORE_LOSS.show(m["score_loss"])
     summary = (
         f"Measured by accelopt on {m['device']}: {m['speedup']:.2f}x the plain pipeline"
-        f"{interval_text(m.get('speedup_interval'), m.get('speedup_level'))}, {per_image}, "
-        f"CLIP score loss {loss}{fidelity}.{_heldout(entry.get('heldout'))}"
+        f"{shown}, {per_image}, CLIP score loss {loss}{fidelity}.{_heldout(entry.get('heldout'))}"
     )
     if entry.get("layout") == "seed":  # accelopt.params_store.seed_layout: the seed kept these
         summary = (

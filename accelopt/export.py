@@ -9,6 +9,8 @@ layout; it returns what it wrote and why not (``Exported``), and prints nothing.
 The best feasible trial is written under the study's targets (all applicable accelerators for
 a study without a targets suffix). A study that searched which accelerators to use also writes,
 for every set of accelerators it tried, the best feasible trial that used exactly that set.
+"Best" is by the held-out confirmation's lower bound once the study is confirmed, never by the
+search's speedup (``ranking_speed``; ``ranked_by`` says which figure chose an entry).
 
 A pareto study writes the same entries, each with its frontier (``accelopt.params_store.file``):
 every non-dominated completed trial for the study's entry, those with exactly that set for a
@@ -29,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from accelopt.errors import AccelOptError
 from accelopt.measure.environment import package_versions
 from accelopt.params_store.file import seed_key, seed_pipeline, seed_scheduler, write_entries
+from accelopt.params_store.query import ranking_speed
 from accelopt.storage import storage_label
 from accelopt.study.confirm import TOP_K
 from accelopt.study.results import Requirement, frontier
@@ -37,35 +40,56 @@ if TYPE_CHECKING:
     from accelopt.progress import Progress
     from accelopt.trial.bench import Bench
 
-__all__ = ["Exported", "Withheld", "entries_for", "export", "speed_verdict", "withheld"]
+__all__ = [
+    "Exported",
+    "Withheld",
+    "entries_for",
+    "export",
+    "ranked_by",
+    "speed_verdict",
+    "withheld",
+]
 
 # Our parameter names -> the seed system's (only T-GATE's warm_up differs).
 SEED_PARAMS = {"warm_up": "warmup"}
 MEASURED = ("speedup", "time_per_image", "score", "score_loss", "peak_memory", "device")
-# Stored where the trial measured them: fidelity, and the interval of a paired speedup.
-OPTIONAL = ("psnr", "ssim", "clip_image", "lpips", "speedup_interval", "speedup_level")
+# Stored where the trial measured them: fidelity; the interval of a paired speedup (two pairs
+# or more) and the pair count; the plain pipeline's time in the same pairs, the batch size the
+# timed calls ran at, the quality pass's own time, and the speedup before it was scaled to the
+# fastest plain pipeline (accelopt.trial.objective).
+OPTIONAL = ("psnr", "ssim", "clip_image", "lpips", "speedup_interval", "speedup_level",
+            "speedup_pairs", "paired_baseline_time_per_image", "timing_batch_size",
+            "quality_pass_time_per_image", "speedup_vs_mode_baseline")  # fmt: skip
 
 
 def _measured(attrs: dict[str, Any]) -> dict[str, Any]:
-    """What an entry says was measured: speed and CLIP always, the rest where there was any."""
-    return {**{k: attrs.get(k) for k in MEASURED},
-            **{k: attrs[k] for k in OPTIONAL if k in attrs}}  # fmt: skip
+    """What an entry says was measured: speed and CLIP always, the rest where there was any
+    (a trial timed in one pair before that stopped recording an interval: its pair count, not
+    its degenerate interval)."""
+    from accelopt.measure.timing import one_pair_read
+
+    return one_pair_read({**{k: attrs.get(k) for k in MEASURED},
+                          **{k: attrs[k] for k in OPTIONAL if k in attrs}})  # fmt: skip
 
 
 def speed_verdict(trial: FrozenTrial, confirmed: dict[int, dict[str, Any]] | None,
                   threshold: float = 1.0) -> str:  # fmt: skip
     """Whether a trial is faster than ``threshold``: by its held-out confirmation when the study
     was confirmed, else by its own paired interval; ``faster`` for a trial timed before pairs
-    (nothing to judge it by but its speedup)."""
+    (nothing to judge it by but its speedup), or one timed in a single pair (its one ratio
+    against ``threshold``: one pair has no interval)."""
     if confirmed is not None:
         return str((confirmed.get(trial.number) or {}).get("speed") or "unconfirmed")
-    interval = trial.user_attrs.get("speedup_interval")
-    if not interval:
-        return "faster"
     from accelopt.measure.timing import verdict
 
-    low, high = interval
-    return verdict(low, high, threshold)
+    interval = trial.user_attrs.get("speedup_interval")
+    if interval:
+        low, high = interval
+        return verdict(low, high, threshold)
+    if trial.user_attrs.get("speedup_pairs") == 1:
+        speedup = trial.user_attrs["speedup"]
+        return verdict(speedup, speedup, threshold)
+    return "faster"
 
 
 def withheld(study: optuna.Study, requirement: Requirement | None = None) -> list[FrozenTrial]:
@@ -80,7 +104,37 @@ def withheld(study: optuna.Study, requirement: Requirement | None = None) -> lis
              if t.user_attrs.get("feasible")
              and speed_verdict(t, confirmed, threshold) == "undecidable"
              and not (confirmed or {}).get(t.number, {}).get("failed")]  # fmt: skip
-    return sorted(found, key=lambda t: -t.user_attrs["speedup"])
+    return sorted(found, key=lambda t: _ranking(t, confirmed), reverse=True)
+
+
+def _ranking(
+    trial: FrozenTrial, confirmed: dict[int, dict[str, Any]] | None
+) -> tuple[float, float]:
+    """What export ranks a trial by (``accelopt.params_store.query.ranking_speed``): its
+    held-out lower bound once confirmed, the search's speedup only to break a tie."""
+    a = trial.user_attrs
+    return ranking_speed(a, (confirmed or {}).get(trial.number))[0], a["speedup"]
+
+
+def ranked_by(entry: dict[str, Any]) -> str:
+    """Which figure chose an entry's trial among the study's others, with its value::
+
+    ``ranked by its held-out speedup's lower bound: 2.36x (2.06x-2.55x, 98% interval over 7
+    pairs)``
+    """
+    from accelopt.measure.timing import interval_text
+    from accelopt.study.confirm import describe
+
+    heldout, m = entry.get("heldout"), entry["measured"]
+    requirement = entry.get("requirement") or {}
+    if not heldout and (requirement.get("req_speedup") or requirement.get("req_time")):
+        return "the first to meet the requirement (not confirmed on held-out prompts)"
+    figure, what = ranking_speed(m, heldout)
+    if heldout:
+        return f"ranked by its {what}: {describe(heldout)}"
+    shown = interval_text(m.get("speedup_interval"), m.get("speedup_level"),
+                          m.get("speedup_pairs"))  # fmt: skip
+    return f"ranked by its {what}: {figure:.2f}x{shown}"
 
 
 def _bounds(spec: dict[str, Any]) -> dict[str, float]:
@@ -231,13 +285,17 @@ def entries_for(
         return verdict == "faster" or (force and verdict == "undecidable")
 
     if requirement.active:
-        met = next((t for t in study.trials if requirement.met_by(t) and exportable(t)), None)
+        meeting = [t for t in study.trials if requirement.met_by(t) and exportable(t)]
+        if confirmed is not None:  # among those confirmed: the best on held-out prompts
+            meeting.sort(key=lambda t: _ranking(t, confirmed), reverse=True)
+        met = meeting[0] if meeting else None  # unconfirmed: the first, as the search stopped
         chosen = [] if met is None else [(met, sorted(met.user_attrs["accelerators"]))]
     else:
+        # Best first by the held-out figure once confirmed (the search's best is biased up).
         ranked = sorted(
             (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
              if t.user_attrs.get("feasible") and exportable(t)),
-            key=lambda t: -t.user_attrs["speedup"],
+            key=lambda t: _ranking(t, confirmed), reverse=True,
         )  # fmt: skip
         best = ranked[0] if ranked else None
         searched = spec["targets"] or _searched(study)
@@ -246,10 +304,7 @@ def entries_for(
             by_set: dict[tuple[str, ...], FrozenTrial] = {}
             for t in ranked:
                 used = tuple(sorted(t.user_attrs["accelerators"]))
-                if (
-                    used not in by_set
-                    or t.user_attrs["speedup"] > by_set[used].user_attrs["speedup"]
-                ):
+                if used not in by_set:  # ranked: the first of a set is its best
                     by_set[used] = t
             chosen += [(t, list(used)) for used, t in sorted(by_set.items())]
     if pareto:

@@ -54,8 +54,11 @@ class Point:
     # Every quality metric the trial measured (accelopt.measure.constraints.METRICS), the score
     # loss too.
     metrics: dict[str, float] = field(default_factory=dict)
-    # A paired speedup's interval (accelopt.measure.timing.Paired).
+    # A paired speedup's interval (accelopt.measure.timing.Paired; none for one pair), its
+    # pair count (0: unpaired, or not recorded) and the interval's level.
     interval: tuple[float, float] | None = None
+    pairs: int = 0
+    level: float | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def report_data(study: optuna.Study) -> ReportData:
               bool(t.user_attrs["feasible"]), _label(t.user_attrs["accelerators"]), dict(t.params),
               {m: float(t.user_attrs[m]) for m in METRICS
                if isinstance(t.user_attrs.get(m), int | float)},
-              _interval_of(t.user_attrs))
+              *_interval_of(t.user_attrs))
         for t in complete
     ]  # fmt: skip
     limits = {k: v for k, v in (spec.get("constraints") or {}).items() if v is not None}
@@ -211,11 +214,20 @@ def report_data(study: optuna.Study) -> ReportData:
     )
 
 
-def _interval_of(attrs: dict[str, Any]) -> tuple[float, float] | None:
-    found = attrs.get("speedup_interval")
+def _interval_of(
+    attrs: dict[str, Any],
+) -> tuple[tuple[float, float] | None, int, float | None]:
+    """A trial's speedup interval (none for one pair, also as stored before: [x, x] at level
+    0), its pair count (0 when not recorded) and the interval's level."""
+    from accelopt.measure.timing import one_pair_read
+
+    a = one_pair_read(attrs)
+    pairs = a.get("speedup_pairs") or len((a.get("pairs") or {}).get("ratios") or [])
+    found, stored = a.get("speedup_interval"), a.get("speedup_level")
+    level = float(stored) if isinstance(stored, int | float) and is_number(stored) else None
     if isinstance(found, list | tuple) and len(found) == 2:
-        return float(found[0]), float(found[1])
-    return None
+        return (float(found[0]), float(found[1])), int(pairs), level
+    return None, int(pairs), None
 
 
 def _fastest(points: Sequence[Point], bound: Bound) -> int | None:
@@ -311,7 +323,8 @@ def _scatter(data: ReportData) -> Any:
         extra = {"error_y": error_bars(points)} if style["mode"] == "markers" else {}
         fig.add_trace(go.Scatter(
             x=xs(points, metrics[0]), y=[p.speedup for p in points], name=name,
-            text=[f"trial {p.number}: {p.label}{interval_text(p.interval)}" for p in points],
+            text=[f"trial {p.number}: {p.label}{interval_text(p.interval, p.level, p.pairs)}"
+                  for p in points],
             hoverinfo="text+x+y", **style, **extra,
         ))  # fmt: skip
     fig.update_layout(xaxis_title=METRICS[metrics[0]].axis, yaxis_title="speedup (x)",
@@ -431,7 +444,7 @@ def render_html(
     shown = "none"
     if best is not None:
         quality = quality_text(best.metrics)
-        speed = f"{best.speedup:.2f}x{interval_text(best.interval)}"
+        speed = f"{best.speedup:.2f}x{interval_text(best.interval, best.level, best.pairs)}"
         shown = f"trial {best.number}: {speed}, {quality}, {best.label}"
     summary = [
         ("completed trials", str(len(data.points))),

@@ -60,13 +60,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             p = a["pairs"]
             paired = bench.timing_prompts * (sum(p["baseline"]) + sum(p["candidate"]))
-            low, high = a["speedup_interval"]
+            # one pair has no interval: its one ratio, at level 0
+            low, high = a.get("speedup_interval") or (a["speedup"], a["speedup"])
             rows.append({
                 "pairs": pairs, "trial": t.number, "params": t.params,
                 "quality_pass_seconds": a["generation_seconds"] + a["warmup_seconds"],
                 "pair_seconds": paired, "trial_seconds": a["trial_seconds"],
                 "pair_share": paired / a["trial_seconds"], "speedup": a["speedup"],
-                "interval": [low, high], "level": a["speedup_level"],
+                "interval": [low, high], "level": a.get("speedup_level", 0.0),
                 "relative_width": (high - low) / a["speedup"],
                 "unpaired": a["speedup_unpaired"], "compile_seconds": a["compile_seconds"],
             })  # fmt: skip

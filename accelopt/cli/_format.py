@@ -32,7 +32,8 @@ def speedup_text(a: dict[str, Any]) -> str:
     """``2.00x (1.50x-3.00x, 75% interval over 3 pairs)``: a trial's speedup and its interval."""
     from accelopt.measure.timing import interval_text
 
-    pairs = len((a.get("pairs") or {}).get("ratios") or [])
+    # trials recorded before the count was have it in their pairs
+    pairs = a.get("speedup_pairs") or len((a.get("pairs") or {}).get("ratios") or [])
     interval = a.get("speedup_interval")
     shown = interval_text(interval if isinstance(interval, list) else None,
                           a.get("speedup_level"), pairs)  # fmt: skip
@@ -48,7 +49,10 @@ def quality(measured: dict[str, Any]) -> str:
 
 
 def describe(trial: FrozenTrial) -> str:
-    """Two lines about a trial: its knobs, then speed (under which mode) and quality."""
+    """Two lines about a trial: its knobs, then speed (under which mode; its time per image
+    from the same timed calls as its speedup, with their batch size) and quality."""
+    from accelopt.measure.timing import time_text
+
     a = trial.user_attrs
     knobs = "; ".join(
         f"{name} " + ", ".join(f"{k}={v}" for k, v in params.items())
@@ -60,7 +64,7 @@ def describe(trial: FrozenTrial) -> str:
     beside = f" ({eager:.2f}x against eager)" if eager is not None and mode != "eager" else ""
     return (
         f"trial {trial.number}: {knobs}\n  speedup {speedup_text(a)}{beside} "
-        f"under {mode}, {a['time_per_image']:.4f} s/image, {quality(a)}"
+        f"under {mode}, {time_text(a)}, {quality(a)}"
     )
 
 
@@ -113,6 +117,9 @@ def not_exported(study: optuna.Study, best: FrozenTrial | None, written: list[in
         return ""
     confirmed = (confirmations(study) or {}).get(best.number)
     why = f": held-out {describe(confirmed)}, {judgement(confirmed)}" if confirmed else ""
+    if confirmed and confirmed.get("passed"):  # passed, and another passed better
+        why = (f": held-out {describe(confirmed)} passes, but export ranks by the held-out "
+               f"lower bound")  # fmt: skip
     stored = ", ".join(f"trial {n}" for n in written) or "nothing"
     return f"  not exported{why}; the store holds {stored} for this study"
 
@@ -131,6 +138,8 @@ def _withheld_line(study: str, w: Withheld, threshold: float) -> str:
 def export_lines(result: Exported) -> list[str]:
     """What an export says (on stderr): frontier unconfirmed, the trials withheld (the first
     three), then what was written where, or why nothing was."""
+    from accelopt.export import ranked_by
+
     lines = []
     if result.unconfirmed_frontier:
         # Confirmation judges the answers of one budget; a frontier answers every budget.
@@ -144,9 +153,14 @@ def export_lines(result: Exported) -> list[str]:
             lines.append(f"left out {key}: the seed layout has no slot for a time requirement "
                          f"or a random ToMe partition")  # fmt: skip
             continue
-        points = f" (a frontier of {len(entry['frontier'])})" if "frontier" in entry else ""
-        lines.append(f"exported {printable(key, 120)}{points} -> {result.store} "
-                     f"({result.layout} layout)")  # fmt: skip
+        if "frontier" in entry:  # searched, never confirmed: no choice to explain
+            lines.append(
+                f"exported {printable(key, 120)} (a frontier of "
+                f"{len(entry['frontier'])}) -> {result.store} ({result.layout} layout)"
+            )
+            continue
+        lines.append(f"exported {printable(key, 120)} -> {result.store} ({result.layout} "
+                     f"layout): trial {entry['study']['trial']}, {ranked_by(entry)}")  # fmt: skip
     return lines
 
 

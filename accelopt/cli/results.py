@@ -23,10 +23,16 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def _trial_record(t: FrozenTrial) -> dict[str, Any]:
     """What ``best --json`` says of one trial: everything its text says, as numbers."""
     from accelopt.measure.constraints import METRICS
+    from accelopt.measure.timing import one_pair_read
 
-    a = t.user_attrs
-    shown = ("speedup", "speedup_interval", "speedup_level", "speedup_vs_eager",
-             "time_per_image", *METRICS, "device")  # fmt: skip
+    a = one_pair_read(t.user_attrs)  # one pair, stored before: its count, not [x, x]
+    # time_per_image is from the same timed calls as the speedup (the pairs when paired,
+    # speedup_pairs of them, at timing_batch_size images a call), beside the plain pipeline's
+    shown = ("speedup", "speedup_interval", "speedup_level", "speedup_pairs",
+             "speedup_vs_eager", "speedup_vs_mode_baseline", "time_per_image",
+             "timing_batch_size",
+             "paired_baseline_time_per_image", "quality_pass_time_per_image", *METRICS,
+             "device")  # fmt: skip
     return {
         "trial": t.number,
         "accelerators": a["accelerators"],

@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+
+from accelopt._types import is_number
 
 __all__ = [
     "CONFIDENCE",
@@ -29,8 +31,10 @@ __all__ = [
     "interval_text",
     "median",
     "median_interval",
+    "one_pair_read",
     "peak_memory",
     "reset_peak_memory",
+    "time_text",
     "timed",
     "verdict",
 ]
@@ -98,27 +102,82 @@ def median_interval(
 
 
 def interval_text(
-    interval: Sequence[float] | None, level: float | None = None, pairs: int = 0
+    interval: Sequence[float] | None, level: float | None = None, pairs: int | None = 0
 ) -> str:
     """How a speedup's interval reads after the speedup, everywhere it is shown (the CLI, the
     report, held-out confirmations, a generated script's docstring)::
 
         >>> interval_text([1.31, 1.6], 0.98, 7)
         ' (1.31x-1.60x, 98% interval over 7 pairs)'
-        >>> interval_text([2.0, 2.0], 0.0, 1)
+        >>> interval_text(None, None, 1)
+        ' (one timed pair: no interval)'
+        >>> interval_text([2.0, 2.0], 0.0)  # stored before one pair stopped storing one
         ' (one timed pair: no interval)'
         >>> interval_text(None)
         ''
 
-    ``pairs`` 0 means the count was not recorded; one pair has no interval to show.
+    ``pairs`` 0 (or None) means the count was not recorded. One pair has no interval: records
+    made before that was so hold a degenerate one, ``[x, x]`` at level 0 (only one pair gives
+    level 0), and read the same.
     """
+    if pairs == 1 or (interval and level == 0):
+        return " (one timed pair: no interval)"
     if not interval or len(interval) != 2:
         return ""
-    if pairs == 1:
-        return " (one timed pair: no interval)"
     over = f" over {pairs} pairs" if pairs else ""
     covers = f", {100 * level:.0f}% interval{over}" if level is not None else over
     return f" ({interval[0]:.2f}x-{interval[1]:.2f}x{covers})"
+
+
+def one_pair_read(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` (a trial's attributes, an entry's ``measured``) as one pair reads now: a
+    degenerate interval stored before one pair stopped storing one (level 0) becomes its pair
+    count instead; any other record is copied as it is.
+
+    >>> one_pair_read({"speedup": 2.0, "speedup_interval": [2.0, 2.0], "speedup_level": 0.0})
+    {'speedup': 2.0, 'speedup_pairs': 1}
+    """
+    out = dict(record)
+    if out.get("speedup_level") == 0:
+        del out["speedup_level"]
+        out.pop("speedup_interval", None)
+        out["speedup_pairs"] = 1
+    return out
+
+
+def time_text(measured: Mapping[str, Any], unit: str = "s/image") -> str:
+    """How a trial's (or a store entry's) time per image reads beside its speedup: the batch
+    size its timed calls ran at, and what the speedup compares it with::
+
+        >>> time_text({"speedup": 2.5, "time_per_image": 0.4, "timing_batch_size": 4,
+        ...            "paired_baseline_time_per_image": 1.0, "speedup_vs_mode_baseline": 2.5})
+        '0.4000 s/image in batches of 4 (plain: 1.0000 s/image in the same pairs)'
+        >>> time_text({"time_per_image": 0.4, "speedup_pairs": 0})
+        '0.4000 s/image (unpaired: the quality pass against the baseline timed apart)'
+        >>> time_text({"time_per_image": 0.4})  # recorded before batch sizes were
+        '0.4000 s/image'
+
+    A paired trial's time is its candidate's in the pairs its speedup came from, beside the
+    plain pipeline's in them; when the speedup was scaled to a faster plain pipeline (another
+    execution mode's), that is said with the speedup against this mode's.
+    """
+    seconds = measured.get("time_per_image")
+    if not is_number(seconds):
+        return "time per image not recorded"
+    batch = measured.get("timing_batch_size")
+    shown = f"{seconds:.4f} {unit}" + (f" in batches of {batch}" if batch else "")
+    plain = measured.get("paired_baseline_time_per_image")
+    if is_number(plain):
+        scaled = ""
+        own: Any = measured.get("speedup_vs_mode_baseline")
+        speedup: Any = measured.get("speedup")
+        if is_number(own) and is_number(speedup) and abs(own - speedup) > 1e-6 * speedup:
+            scaled = (f", {own:.2f}x against it; the speedup is scaled to the fastest plain "
+                      f"pipeline, another execution mode's")  # fmt: skip
+        shown += f" (plain: {plain:.4f} {unit} in the same pairs{scaled})"
+    elif measured.get("speedup_pairs") == 0:
+        shown += " (unpaired: the quality pass against the baseline timed apart)"
+    return shown
 
 
 def verdict(low: float, high: float, threshold: float = 1.0) -> str:
@@ -161,8 +220,15 @@ class Paired:
         return verdict(low, high, threshold)
 
     def record(self) -> dict[str, object]:
-        """The plain numbers a trial, a confirmation and a store entry keep."""
-        low, high, level = self.interval()
-        return {"speedup": self.speedup, "interval": [low, high], "level": level,
-                "ratios": self.ratios, "baseline": self.baseline,
-                "candidate": self.candidate}  # fmt: skip
+        """The plain numbers a trial, a confirmation and a store entry keep (an interval only
+        from two pairs on)."""
+        out: dict[str, object] = {
+            "speedup": self.speedup,
+            "ratios": self.ratios,
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+        }
+        if len(self.ratios) > 1:  # one pair has no interval: none is stored
+            low, high, level = self.interval()
+            out.update(interval=[low, high], level=level)
+        return out

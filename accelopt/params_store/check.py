@@ -58,6 +58,14 @@ class _Measured(_Strict):
     # (accelopt.measure.timing).
     speedup_interval: Annotated[list[Positive], Field(min_length=2, max_length=2)] | None = None
     speedup_level: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    # How the speed was timed (accelopt.trial.objective), absent from older entries: the pairs
+    # (0: unpaired), the plain pipeline's time in them, the batch size of the timed calls, the
+    # quality pass's own time, and the speedup before scaling to the fastest plain pipeline.
+    speedup_pairs: Annotated[int, Field(ge=0)] | None = None
+    paired_baseline_time_per_image: Positive | None = None
+    timing_batch_size: Annotated[int, Field(ge=1)] | None = None
+    quality_pass_time_per_image: Positive | None = None
+    speedup_vs_mode_baseline: Positive | None = None
 
 
 class _Heldout(_Strict):

@@ -47,6 +47,7 @@ __all__ = [
     "load_tasks",
     "nearest",
     "parse_request_targets",
+    "ranking_speed",
     "why_missing",
 ]
 
@@ -233,16 +234,53 @@ def _meets(entry: Mapping[str, Any], request: Request) -> bool:
     return is_number(m.get("time_per_image")) and m["time_per_image"] <= request.req_time
 
 
+def ranking_speed(
+    measured: Mapping[str, Any], heldout: Mapping[str, Any] | None
+) -> tuple[float, str]:
+    """The speed a configuration is ranked by among others, and what that figure is: its
+    held-out confirmation's lower bound (paired, on prompts the search never saw: the best of
+    many noisy trials is biased upward, and a wide interval is no promise); that confirmation's
+    speedup when it has no interval; the search's speedup when it was never confirmed.
+
+    ``measured`` is a trial's user attributes or an entry's ``measured``, ``heldout`` its
+    confirmation (``accelopt.study.confirm``). Export's choice among a study's trials and
+    codegen's among a store's entries both rank by it::
+
+        >>> ranking_speed({"speedup": 7.0}, {"speedup": 1.9, "interval": [1.5, 2.1],
+        ...                                  "level": 0.98})
+        (1.5, "held-out speedup's lower bound")
+        >>> ranking_speed({"speedup": 7.0}, None)
+        (7.0, 'search speedup (not confirmed on held-out prompts)')
+    """
+    if isinstance(heldout, Mapping) and is_number(heldout.get("speedup")):
+        interval, level = heldout.get("interval"), heldout.get("level")
+        if (isinstance(interval, list) and len(interval) == 2 and is_number(interval[0])
+                and level != 0):  # fmt: skip
+            return float(interval[0]), "held-out speedup's lower bound"
+        return float(heldout["speedup"]), "held-out speedup"
+    return float(measured["speedup"]), "search speedup (not confirmed on held-out prompts)"
+
+
 def find_entry(
     entries: Mapping[str, Mapping[str, Any]], request: Request
 ) -> dict[str, Any] | None:
-    """The fastest entry that answers ``request``, or None; where the store holds a frontier
-    for the model, the point of it the request picks (as an entry of its own)."""
+    """The fastest entry that answers ``request`` (by ``ranking_speed``: held-out figures
+    where there are), or None; where the store holds a frontier for the model, the point of it
+    the request picks (as an entry of its own)."""
     points = frontier_points(entries, request)
     if points:
         return _pick(points, request)
-    found = [e for e in entries.values() if _same_model(e, request) and _meets(e, request)]
-    return dict(max(found, key=lambda e: e["measured"]["speedup"])) if found else None
+    found: list[Mapping[str, Any]] = [
+        e for e in entries.values() if _same_model(e, request) and _meets(e, request)
+    ]
+    if not found:
+        return None
+
+    def rank(e: Mapping[str, Any]) -> tuple[float, float]:  # the search's speedup breaks ties
+        return ranking_speed(e["measured"], e.get("heldout"))[0], e["measured"]["speedup"]
+
+    best = max(found, key=rank)
+    return dict(best)
 
 
 def why_missing(entries: Mapping[str, Mapping[str, Any]], request: Request) -> str:

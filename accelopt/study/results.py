@@ -46,7 +46,7 @@ class Requirement:
             return False
         if self.speedup is not None:
             return bool(a["speedup"] >= self.speedup)
-        if self.time_per_image is not None:
+        if self.time_per_image is not None:  # timed as its speedup was: in its pairs if any
             return bool(a["time_per_image"] <= self.time_per_image)
         return False
 
