@@ -326,6 +326,7 @@ def test_one_pair_gives_a_time_and_a_speedup_that_agree_and_no_interval_anywhere
     assert (m["speedup"], m["time_per_image"], m["paired_baseline_time_per_image"]) == (
         2.5, 0.4, 1.0)  # fmt: skip
     assert (m["speedup_pairs"], m["timing_batch_size"]) == (1, 2)
+    assert entry["baseline"]["time_per_image"] / m["time_per_image"] == m["speedup"]
     assert result.trials == [0]
     assert export_lines(result)[0].endswith(
         ": trial 0, ranked by its search speedup (not confirmed on held-out prompts): 2.50x "
