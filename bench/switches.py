@@ -151,12 +151,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['compile_seconds']:.0f} s)", flush=True)  # fmt: skip
             if name in args.plan_variants:
                 for label in args.plans:
-                    row["plans"][label] = _plan(pipe, PLANS[label], steps, once, mode, args)
+                    row["plans"][label] = got = _plan(pipe, PLANS[label], steps, once, mode, args)
                     print(
-                        f"  {label}: {row['plans'][label]['median']:.4f} s, "
-                        f"{row['plans'][label]['paired_speedup']:.2f}x paired",
+                        f"  {label}: {got['median']:.4f} s, {got['paired_speedup']:.2f}x "
+                        f"paired, {got['compile_seconds']:.0f} s compiling",
                         flush=True,
                     )
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(record, indent=1))  # a killed run keeps it
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
         del pipe
