@@ -27,7 +27,7 @@ from accelopt.codegen import (
     script_body,
 )
 from accelopt.errors import AccelOptError
-from accelopt.pipelines import MODELS, model_info
+from accelopt.pipelines import MODELS, TOY_PIPELINES, model_info
 from accelopt.pipelines.schedulers import SCHEDULERS, resolve_scheduler
 from accelopt.prompts import load_prompts
 from accelopt.testing import make_entry
@@ -197,13 +197,15 @@ ALLOWED_HEADER_NODES = (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.Load, a
 IMPORTS = [
     ("ImportFrom", ["annotations"]),
     ("Import", ["argparse"]),
+    ("Import", ["importlib"]),
     ("Import", ["json"]),
     ("Import", ["statistics"]),
+    ("Import", ["sys"]),
     ("Import", ["time"]),
     ("ImportFrom", ["Callable", "Hashable", "Iterator"]),
     ("ImportFrom", ["dataclass"]),
     ("ImportFrom", ["Path"]),
-    ("ImportFrom", ["Any"]),
+    ("ImportFrom", ["Any", "NoReturn"]),
     ("Import", ["diffusers"]),
     ("Import", ["numpy"]),
     ("Import", ["torch"]),
@@ -352,6 +354,23 @@ def expected_docstring(entry: dict[str, Any]) -> str:
     )
 
 
+def needs_accelopt(entry: dict[str, Any]) -> str:
+    """The docstring's paragraph for a model accelopt builds (tiny) or ships (toy)."""
+    info = model_info(entry["model"])
+    if info is None or info.hub_id is not None:
+        return ""
+    how = (
+        f"loads {info.name} from the folder the accelopt package ships"
+        if info.name in TOY_PIPELINES
+        else f"builds {info.name} from config with accelopt (random weights, seeded as the "
+        "study built them)"
+    )
+    return (
+        f"\nThis script {how}: it needs accelopt installed (pip install accelopt, or run it from "
+        "the checkout's venv), unless --model names a saved pipeline folder.\n"
+    )
+
+
 def header_end(tree: ast.Module) -> int:
     """The line the header's last assignment ends on."""
     (last,) = [
@@ -382,7 +401,7 @@ def check_script(script: str, entry: dict[str, Any], prompts: list[str]) -> ast.
     doc = body.pop(0)
     assert isinstance(doc, ast.Expr)
     assert isinstance(doc.value, ast.Constant)
-    assert doc.value.value == expected_docstring(entry)
+    assert doc.value.value == expected_docstring(entry) + needs_accelopt(entry)
 
     imports = []
     while isinstance(body[0], ast.Import | ast.ImportFrom):
@@ -411,11 +430,17 @@ def check_script(script: str, entry: dict[str, Any], prompts: list[str]) -> ast.
 
     assert [(type(s).__name__, getattr(s, "name", None)) for s in body] == [
         *portable_statements(),
+        ("FunctionDef", "refuse"),
+        ("FunctionDef", "with_accelopt"),
+        ("FunctionDef", "check_device"),
+        ("FunctionDef", "model_source"),
         ("FunctionDef", "load"),
+        ("ClassDef", "Patches"),
         ("ClassDef", "Accelerated"),
         ("FunctionDef", "execute"),
         ("FunctionDef", "parse_args"),
         ("FunctionDef", "main"),
+        ("FunctionDef", "timing"),
         ("If", None),
     ]
     guard = body[-1]
@@ -548,7 +573,7 @@ def test_fixed_body_is_identical_across_scripts() -> None:
     tails = [body_text(s, t) for s, t in zip(scripts, trees, strict=True)]
     assert tails[0] == tails[1]
     assert tails[0].rstrip().endswith('if __name__ == "__main__":\n    main()')
-    assert "def load(model: str, device: str) -> Any:" in tails[0]
+    assert "def load(model: str, source: str | None, device: str) -> Any:" in tails[0]
     for script, tree, entry in zip(scripts, trees, (first, second), strict=True):
         model = script.split("\n")[header_end(tree) - len(HEADER_NAMES)]
         assert model == f"MODEL = {header_values(entry)['MODEL']!r}"
@@ -564,6 +589,7 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
     assert header_values(entry) == {
         "MODEL": "stabilityai/stable-diffusion-xl-base-1.0",
         "PACKAGED_MODEL": None,
+        "BUILT_MODEL": None,
         "SCHEDULER": "DDIMScheduler",
         "SCHEDULER_CONFIG": {},
         "STEPS": 25,
@@ -580,16 +606,24 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "source"),
+    ("model", "source", "built"),
     [
-        ("SD1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
-        ("TinySD", "TinySD"),  # no weights anywhere: the script is run with --model FOLDER
-        ("./my-finetune", "./my-finetune"),
+        ("SD1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", None),
+        # No weights anywhere: the script builds it with accelopt, unless --model names a folder.
+        ("TinySD", "TinySD", "TinySD"),
+        ("tinypixart", "TinyPixArt", "TinyPixArt"),
+        ("./my-finetune", "./my-finetune", None),
     ],
 )
-def test_scripts_load_from_the_hub_id_or_the_given_source(model: str, source: str) -> None:
-    entry = make_entry(model, "ddim", 25, {"tome": {"ratio": 0.5}})
-    assert header_values(entry)["MODEL"] == source
+def test_scripts_load_from_the_hub_id_or_the_given_source(
+    model: str, source: str, built: str | None
+) -> None:
+    entry = make_entry(model, "ddim", 25, {"tgate": {"gate_step": 10}})
+    values = header_values(entry)
+    assert (values["MODEL"], values["BUILT_MODEL"]) == (source, built)
+    doc = ast.get_docstring(ast.parse(render_script(entry)), clean=False)
+    assert doc is not None
+    assert ("it needs accelopt installed" in doc) is (built is not None)
 
 
 def test_toy_scripts_find_the_model_shipped_with_accelopt() -> None:
@@ -760,7 +794,7 @@ def test_the_body_is_accelopt_portable_script_below_its_header() -> None:
     declared = [ast.unparse(s.target) for s in tree.body if isinstance(s, ast.AnnAssign)]
     assert declared == list(HEADER_NAMES)
     imports, body = script_body()
-    assert body.startswith("def load(")
+    assert body.startswith("def refuse(")
     assert body in source
     assert not [n for n in imports if "accelopt" in ast.unparse(n)]
     script = render_script(make_entry())

@@ -14,12 +14,14 @@ drops it and writes the entry's values in its place, so nothing between the impo
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
+import sys
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import diffusers
 import numpy as np
@@ -35,6 +37,7 @@ from accelopt.portable.tgate import Gate, gate_attention, is_guided
 # ---- the header: codegen writes the entry's values in place of these placeholders ----
 MODEL: str = ""  # hub id or local pipeline folder
 PACKAGED_MODEL: list[str] | None = None  # [package, folder in it] of a model shipped in one
+BUILT_MODEL: str | None = None  # a tiny pipeline accelopt builds from config, as studies do
 SCHEDULER: str = ""  # a diffusers scheduler class name
 SCHEDULER_CONFIG: dict[str, Any] = {}
 STEPS: int = 0
@@ -49,28 +52,178 @@ TGATE: dict[str, Any] | None = None
 DEFAULT_PROMPTS: list[str] = []
 
 
-def load(model: str, device: str) -> Any:
-    """The pipeline with the stored scheduler, on ``device``."""
+def refuse(message: str) -> NoReturn:
+    """A bad argument: one line on stderr, as argparse words its errors, and exit code 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def with_accelopt(module: str, what: str) -> Any:
+    """accelopt's ``module``, imported only where the script needs accelopt (``what`` the
+    script does with it); refused in one line where accelopt is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("accelopt"):
+            raise  # accelopt is there but lacks a dependency: its own traceback says which
+        refuse(
+            f"this script {what}; pip install accelopt (or run it from the checkout's venv), "
+            f"or pass --model DIR"
+        )
+
+
+def check_device(device: str) -> None:
+    """Refuse ``device`` in one line when torch does not know it or this machine lacks it."""
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        refuse(f"--device {device}: not a device; use cpu, cuda, cuda:N or mps")
+    lacks = f"--device {device}: this machine has no {{}} device; use --device cpu or leave it out"
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        refuse(lacks.format("MPS"))
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            refuse(lacks.format("CUDA"))
+        count = torch.cuda.device_count()
+        if kind.index is not None and kind.index >= count:
+            plural = "" if count == 1 else "s"
+            refuse(
+                f"--device {device}: this machine has {count} CUDA device{plural} "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+
+
+def model_source(model: str) -> str | None:
+    """Where ``--model`` loads from: the folder a package ships the stored model in, a local
+    pipeline folder or a hub id; None: accelopt builds the stored model. Refused in one line
+    when it can be none of them."""
+    if model == MODEL and BUILT_MODEL is not None:
+        with_accelopt("accelopt.pipelines", f"builds {BUILT_MODEL} from config with accelopt")
+        return None
+    if model == MODEL and PACKAGED_MODEL is not None:  # shipped inside an installed package
+        from importlib import resources
+
+        package, inside = PACKAGED_MODEL
+        with_accelopt(package, f"loads {MODEL} from the folder the {package} package ships")
+        model = str(resources.files(package).joinpath(inside))
+    path = Path(model).expanduser()
+    if path.exists() or model.startswith((".", "/", "~")):
+        if not path.is_dir():
+            refuse(
+                f"--model {model}: no such folder; pass a diffusers pipeline folder or a hub "
+                f"id (org/name)"
+            )
+        if not (path / "model_index.json").is_file():
+            refuse(f"--model {model}: not a diffusers pipeline folder (no model_index.json)")
+        return str(path)
+    if model.count("/") != 1:
+        refuse(f"--model {model}: no such folder here, nor a hub id (org/name)")
+    return model
+
+
+def load(model: str, source: str | None, device: str) -> Any:
+    """The pipeline with the stored scheduler, on ``device``: built by accelopt when ``source``
+    is None (seeded as the study built it, so these are the weights it measured), else loaded
+    from ``source``."""
     if DTYPE is not None:
         dtype = getattr(torch, DTYPE)
     else:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
+    if source is None:
+        pipelines = importlib.import_module("accelopt.pipelines")  # model_source imported it
+        pipe = pipelines.load_pipeline(
+            BUILT_MODEL, dtype=str(dtype).removeprefix("torch."), device=device
+        )
+    else:
+        try:
+            pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype)
+        except OSError as err:  # not downloaded and no way to the hub, a broken folder, ...
+            why = str(err).split(" (")[0].split("\n")[0]
+            if not Path(source).is_dir():
+                why += f"; download it first (hf download {model}) or pass a local pipeline folder"
+            refuse(f"--model {model}: {why}")
     scheduler = getattr(diffusers, SCHEDULER)
     pipe.scheduler = scheduler.from_config(pipe.scheduler.config, **SCHEDULER_CONFIG)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
+class Patches:
+    """What ``patch()`` changed on ``net``'s modules (classes, instance attributes such as
+    wrapped forwards, hook entries), recorded so that ``switch`` takes it all off and puts the
+    very same objects back: the plain pipeline is exactly the loaded one, and re-applying
+    makes nothing new, so compiled code and captured graphs stay valid for both."""
+
+    # A module's hook tables: applying the accelerators adds entries to them.
+    HOOK_TABLES = (
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+    )
+    ABSENT = object()  # an instance attribute a module does not have
+
+    def __init__(self, net: Any, patch: Callable[[], None]) -> None:
+        modules = list(net.modules())
+        before = [
+            (type(m), dict(vars(m)), [dict(getattr(m, t, {})) for t in self.HOOK_TABLES])
+            for m in modules
+        ]
+        patch()
+        self.on = True
+        # Per changed module: its classes, changed attributes and added hooks, each (off, on).
+        self.changes: list[tuple[Any, tuple[type, type], dict[str, tuple[Any, Any]], Any]] = []
+        for module, (cls, attrs, hooks) in zip(modules, before, strict=True):
+            now = vars(module)
+            changed = {
+                k: (attrs.get(k, self.ABSENT), now.get(k, self.ABSENT))
+                for k in now.keys() | attrs.keys()
+                if now.get(k, self.ABSENT) is not attrs.get(k, self.ABSENT)
+            }
+            added = [
+                (t, {k: v for k, v in getattr(module, t, {}).items() if k not in old})
+                for t, old in zip(self.HOOK_TABLES, hooks, strict=True)
+            ]
+            if type(module) is not cls or changed or any(entries for _, entries in added):
+                self.changes.append((module, (cls, type(module)), changed, added))
+
+    def switch(self, on: bool) -> None:
+        """Take the patches off (``on=False``) or put them back."""
+        if on == self.on:
+            return
+        for module, classes, changed, added in self.changes:
+            module.__class__ = classes[on]
+            for name, values in changed.items():
+                if values[on] is self.ABSENT:
+                    del vars(module)[name]
+                else:
+                    vars(module)[name] = values[on]
+            for table, entries in added:
+                hooks = getattr(module, table)
+                for key, value in entries.items():
+                    if on:
+                        hooks[key] = value
+                    else:
+                        del hooks[key]
+        self.on = on
+
+
 class Accelerated:
     """The stored accelerators: ToMe through its upstream API (first), DeepCache and T-GATE
-    through the graph-safe schedules above (together, the gate drives DeepCache's)."""
+    through the graph-safe schedules above (together, the gate drives DeepCache's). Applied
+    once; ``switch(False)`` leaves the plain pipeline, ``switch(True)`` puts them back."""
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
         self.net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
         self.schedule: Schedule | None = None
         self.gate: Gate | None = None
+        self.patches = Patches(self.net, self.apply)
+
+    def apply(self) -> None:
+        """Patch the pipeline (once: ``switch`` takes the patches off and puts them back)."""
+        pipe = self.pipe
         if TOME is not None:
             import tomesd
 
@@ -93,6 +246,10 @@ class Accelerated:
                 self.schedule,
             )
             gate_attention(self.net, self.gate, Buffers())
+
+    def switch(self, on: bool) -> None:
+        """The accelerators on (``True``) or the plain pipeline (``False``)."""
+        self.patches.switch(on)
 
     def applied(self) -> dict[str, Any]:
         """What the accelerators hold now, in the stored parameters' names."""
@@ -120,11 +277,15 @@ class Accelerated:
 
     def structure(self) -> tuple[Hashable, ...]:
         """What the next denoiser call computes: calls with equal structures share a graph."""
+        if not self.patches.on:
+            return ("plain",)
         return tuple(s.structure() for s in (self.schedule, self.gate) if s is not None)
 
     def __call__(self, **kwargs: Any) -> Any:
         # Every call starts clean: DeepCache and T-GATE count the calls of one generation, and
         # ToMe's random partition draws from a generator seeded anew.
+        if not self.patches.on:
+            return self.pipe(**kwargs)
         if TOME is not None and TOME.get("use_rand", False):
             device = next(self.pipe.unet.parameters()).device
             generator = torch.Generator(device).manual_seed(TOME.get("seed", 0))
@@ -142,6 +303,13 @@ def execute(pipe: Any, accelerated: Accelerated, mode: str) -> None:
     if mode == "eager":
         return
     net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    import torch._dynamo
+
+    # One graph per structure and input shape under the same code objects (and --compare's
+    # plain pipeline beside them): more than dynamo's default 8, as accelopt allows.
+    for name in ("recompile_limit", "cache_size_limit"):
+        if getattr(torch._dynamo.config, name, 256) < 256:
+            setattr(torch._dynamo.config, name, 256)
     # The class's forward, not the patched one; static shapes, one graph per input shape.
     forward = torch.compile(type(net).forward.__get__(net), dynamic=False)
     if mode == "compile":
@@ -152,10 +320,15 @@ def execute(pipe: Any, accelerated: Accelerated, mode: str) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    """The command line, checked: prompts and how to load, run, time and save."""
+    """The command line, checked: prompts and how to load, run, time and save. A bad value is
+    refused in one line, exit code 2, before anything loads."""
     parser = argparse.ArgumentParser(description=str(__doc__).splitlines()[0])
     parser.add_argument("prompts", nargs="*", help="prompts (default: the stored examples)")
-    parser.add_argument("--model", default=MODEL, help="hub id or local pipeline folder")
+    parser.add_argument(
+        "--model",
+        default=MODEL,
+        help="hub id or local pipeline folder (default: the model the entry was measured on)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--execution",
@@ -175,6 +348,12 @@ def parse_args() -> argparse.Namespace:
         default=3,
         help="timed generations; the last one's images are written",
     )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="time the plain pipeline too, in pairs alternated with the accelerated one "
+        "(same warm-up, prompts and seeds), and print both and the median ratio",
+    )
     parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     parser.add_argument("--out-dir", default="images", help="where PNGs go")
     parser.add_argument("--save-array", help="also save the images as a .npy array")
@@ -182,33 +361,35 @@ def parse_args() -> argparse.Namespace:
         "--show-applied", action="store_true", help="print the applied parameters as JSON first"
     )
     args = parser.parse_args()
+    check_device(args.device)
     if args.execution == "cuda-graphs" and not args.device.startswith("cuda"):
-        parser.error(f"--execution cuda-graphs needs a CUDA device, not {args.device}")
+        refuse(f"--execution cuda-graphs needs a CUDA device, not {args.device}")
     if args.warmup < 0:
-        parser.error("--warmup must be 0 or more")
+        refuse("--warmup must be 0 or more")
     if args.repeats < 1:
-        parser.error("--repeats must be 1 or more")
+        refuse("--repeats must be 1 or more")
+    args.source = model_source(args.model)
     return args
 
 
 def main() -> None:
     args = parse_args()
     prompts = args.prompts or DEFAULT_PROMPTS
-
-    model = args.model
-    if model == MODEL and PACKAGED_MODEL is not None:  # shipped inside an installed package
-        from importlib import resources
-
-        model = str(resources.files(PACKAGED_MODEL[0]).joinpath(PACKAGED_MODEL[1]))
-    pipe = load(model, args.device)
+    pipe = load(args.model, args.source, args.device)
     accelerated = Accelerated(pipe)
     if args.show_applied:
         print(json.dumps(accelerated.applied(), sort_keys=True))
     execute(pipe, accelerated, args.execution)
     size = {"height": RESOLUTION, "width": RESOLUTION} if RESOLUTION else {}
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    def generate() -> Any:
-        return accelerated(
+    def generate(on: bool) -> tuple[Any, float]:
+        """One generation of every prompt, accelerated (``on``) or plain, and its seconds per
+        image."""
+        accelerated.switch(on)
+        sync()
+        started = time.perf_counter()
+        images = accelerated(
             prompt=prompts,
             num_inference_steps=STEPS,
             guidance_scale=GUIDANCE,
@@ -217,22 +398,37 @@ def main() -> None:
             **size,
             **CALL_DEFAULTS,
         ).images
+        sync()
+        return images, (time.perf_counter() - started) / len(prompts)
 
+    kinds = (False, True) if args.compare else (True,)  # plain, accelerated
     for _ in range(args.warmup):
-        generate()
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    times = []
-    for _ in range(args.repeats):
-        sync()
-        started = time.perf_counter()
-        images = generate()
-        sync()
-        times.append((time.perf_counter() - started) / len(prompts))
+        for on in kinds:
+            generate(on)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(args.repeats):
+        # With --compare, the plain pipeline goes first in even pairs and second in odd ones
+        # (as accelopt's own pairs), so a steady drift in the machine's speed favours neither.
+        for on in kinds if i % 2 == 0 else kinds[::-1]:
+            got, seconds = generate(on)
+            times[on].append(seconds)
+            if on:
+                images = got
     print(
-        f"{statistics.median(times):.4f} s per image, median of {len(times)} "
-        f"({min(times):.4f}-{max(times):.4f}; {args.execution} on {args.device}, "
-        f"after {args.warmup} warm-up generations)"
+        f"{timing(times[True])} ({min(times[True]):.4f}-{max(times[True]):.4f}; "
+        f"{args.execution} on {args.device}, after {args.warmup} warm-up generations)"
     )
+    if args.compare:
+        plain = times[False]
+        ratios = [p / a for p, a in zip(plain, times[True], strict=True)]
+        print(
+            f"plain pipeline: {timing(plain)} ({min(plain):.4f}-{max(plain):.4f}), timed in "
+            f"pairs alternated with the accelerated one"
+        )
+        print(
+            f"{statistics.median(ratios):.2f}x the plain pipeline: the median of {len(ratios)} "
+            f"paired ratios ({min(ratios):.2f}x-{max(ratios):.2f}x)"
+        )
     if args.save_array:
         np.save(args.save_array, np.asarray(images))
     out = Path(args.out_dir)
@@ -240,6 +436,11 @@ def main() -> None:
     for i, image in enumerate(pipe.numpy_to_pil(np.asarray(images))):
         image.save(out / f"{i:03d}.png")
     print(f"wrote {len(prompts)} image{'s' if len(prompts) != 1 else ''} to {out}")
+
+
+def timing(times: list[float]) -> str:
+    """How a list of seconds per image reads: its median and how many."""
+    return f"{statistics.median(times):.4f} s per image, median of {len(times)}"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Generated scripts, run: export -> codegen -> a subprocess on a saved tiny pipeline.
+"""Generated scripts, run: export -> codegen -> a subprocess that builds the tiny pipeline.
 
 The script must apply exactly the stored parameters (it reports what the upstream objects hold)
 and produce the images accelopt produces with the same configuration.
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import accelopt
 from accelopt.cli import main
 from accelopt.codegen import read_header, render_script
 from accelopt.export import entries_for
@@ -26,6 +27,7 @@ from accelopt.study.loop import run_study
 from accelopt.testing import entry_images, make_entry, tiny_pipeline
 
 PROMPTS = ["a red cube on a table", 'a sign that says "OPEN"']
+CHECKOUT = Path(accelopt.__file__).resolve().parents[1]  # the accelopt the scripts build with
 STUDIES = {
     "TinySD": "TinySD-DDIM-10-deepcache+tome+tgate",
     "TinySDXL": "TinySDXL-DDIM-10-deepcache+tgate",
@@ -52,10 +54,13 @@ def test_export_codegen_run_matches_accelopt(pipe_name: str, tmp_path: Path) -> 
         line for line in script.read_text().splitlines() if line.startswith(("import", "from"))
     )
     array = tmp_path / "images.npy"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # No --model: the script builds the tiny pipeline with this checkout's accelopt, and its
+    # images below match accelopt's from the saved folder, so the weights are the same.
+    pythonpath = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     result = subprocess.run(
-        [sys.executable, str(script), *PROMPTS, "--model", str(folder), "--device", "cpu",
-         "--save-array", str(array), "--out-dir", str(tmp_path / "png"), "--show-applied"],
+        [sys.executable, str(script), *PROMPTS, "--device", "cpu", "--save-array", str(array),
+         "--out-dir", str(tmp_path / "png"), "--show-applied"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -73,7 +78,7 @@ def test_export_codegen_run_matches_accelopt(pipe_name: str, tmp_path: Path) -> 
 
     theirs, ours = np.load(array), entry_images(folder, entry, PROMPTS)
     assert theirs.shape == ours.shape == (2, 32, 32, 3)
-    # Same weights, same loader, same kernels: identical up to reload rounding (FINDINGS: 7e-7).
+    # Same weights, same kernels: identical up to reload rounding (FINDINGS: 7e-7).
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5)
 
 
