@@ -363,13 +363,12 @@ def test_every_spelling_of_a_name_is_one_stored_study(  # type: ignore[no-untype
     assert main(argv) == 0
     (entry,) = json.loads(store.read_text())["entries"].values()
     assert entry["study"]["name"] == "TinySD-DDIM-10-deepcache"
-    report = workdir / "report.html"
-    argv = ["report", "--study", "tinysd-ddim-10-deepcache", "--images", "0", "-o", str(report)]
-    assert main(argv) == 0
-    page = report.read_text()
+    assert main(["report", "--study", "tinysd-ddim-10-deepcache", "--images", "0"]) == 0
+    page = (workdir / "report-TinySD-DDIM-10-deepcache.html").read_text()  # the canonical name
     assert "<h1>TinySD-DDIM-10-deepcache</h1>" in page
     shown = f"{entry['baseline']['time_per_image']:.4f} s/image"
-    assert f"{shown} (the median of the baseline timings made when trial 0 (the best) ran" in page
+    assert (f"The plain pipeline took {shown}: the median of its timings made while trial 0 "
+            f"(the best) ran.") in page  # fmt: skip
     assert '"labelangle":-30' in page and '"t":128' in page  # "deepcache.cache_branch_id"
 
 
