@@ -139,6 +139,8 @@ def export_lines(result: Exported) -> list[str]:
     lines += [_withheld_line(result.study, w, result.threshold) for w in result.withheld[:3]]
     if not result.entries:
         return [*lines, f"{result.study}: nothing to export: {result.reason}"]
+    if result.created is not None:
+        lines.append(f"created folder {printable(str(result.created), 300)}/ for the params store")
     for key, entry in result.entries.items():
         if key in result.left_out:
             lines.append(f"left out {key}: the seed layout has no slot for a time requirement "
