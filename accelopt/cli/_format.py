@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from accelopt.errors import printable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import optuna
     from optuna.trial import FrozenTrial
 
@@ -25,6 +27,7 @@ __all__ = [
     "not_exported",
     "quality",
     "speedup_text",
+    "stopped_trials",
 ]
 
 
@@ -150,6 +153,16 @@ def export_lines(result: Exported) -> list[str]:
         lines.append(f"exported {printable(key, 120)}{points} -> {result.store} "
                      f"({result.layout} layout)")  # fmt: skip
     return lines
+
+
+def stopped_trials(trials: Sequence[FrozenTrial]) -> str:
+    """``1 interrupted, 2 failed``: the trials that ended without a result, each way apart (a
+    trial stopped by Ctrl-C or SIGTERM is no failure: its slot is given back); empty if none."""
+    from accelopt.study.results import ENDINGS, endings
+
+    counted = endings(trials)
+    shown = [f"{counted[k]} {ENDINGS[k]}" for k in ("interrupted", "failed") if k in counted]
+    return ", ".join(shown)
 
 
 def interrupted(name: str, finished: bool) -> str:

@@ -134,7 +134,8 @@ class List(Command):
         shown = f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible trial"
         if is_pareto(study):
             shown += f", Pareto frontier of {len(frontier(study.trials, pareto_metric(study)))}"
-        return f"{counted}/{budget} trials  {shown}"
+        stopped = fmt.stopped_trials(study.trials)
+        return f"{counted}/{budget} trials{f' ({stopped})' if stopped else ''}  {shown}"
 
 
 class Report(Command):

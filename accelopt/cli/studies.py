@@ -130,7 +130,8 @@ class Run(Command):
         study = outcome.study
         states = [t.state.name for t in study.trials]
         counted = states.count("COMPLETE") + states.count("PRUNED")
-        failed = f", {states.count('FAIL')} failed" if "FAIL" in states else ""
+        ended = fmt.stopped_trials(study.trials)
+        failed = f", {ended}" if ended else ""
         if outcome.already_finished:
             print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
         else:

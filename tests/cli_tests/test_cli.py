@@ -246,10 +246,18 @@ def test_ctrl_c_cleans_up_and_keeps_finished_trials(  # type: ignore[no-untyped-
     )
     states = [t.state.name for t in study.trials]
     assert states[-1] == "FAIL" and states.count("COMPLETE") == 1
+    assert study.trials[-1].user_attrs["interrupted"] is True
     done = states.count("COMPLETE") + states.count("PRUNED")
     monkeypatch.setattr(Bench, "measure", measure)
-    assert main(argv) == 0  # resumes: the failed trial is not counted
-    assert f"ran {6 - done} trials (6 in the study, 1 failed)" in capsys.readouterr().out
+    assert main(argv) == 0  # resumes: the interrupted trial is not counted, nor called failed
+    assert f"ran {6 - done} trials (6 in the study, 1 interrupted)" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    (listed,) = [line for line in capsys.readouterr().out.splitlines()
+                 if "TinySD-DDIM-10-deepcache " in line]  # fmt: skip
+    assert " 6/6 trials (1 interrupted)  best " in listed
+    assert main(["report", "--study", "TinySD-DDIM-10-deepcache", "--images", "0"]) == 0
+    page = (workdir / "report-TinySD-DDIM-10-deepcache.html").read_text()
+    assert "<tr><th>interrupted</th><td>1</td></tr>" in page and "<th>failed</th>" not in page
 
 
 def test_no_feasible_trial_answers_no_acceleration_and_exits_0(  # type: ignore[no-untyped-def]
