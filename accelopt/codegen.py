@@ -431,7 +431,8 @@ def _docstring(text: str) -> str:
     """A readable triple-quoted docstring when it provably evaluates to ``text``, else repr."""
     quoted = f'"""{text}"""'
     try:
-        if ast.literal_eval(quoted) == text and "\\" not in text:
+        # The backslash first: parsing one that escapes nothing warns (invalid escape sequence).
+        if "\\" not in text and ast.literal_eval(quoted) == text:
             return quoted
     except (SyntaxError, ValueError):
         pass

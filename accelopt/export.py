@@ -367,6 +367,7 @@ class Exported:
     threshold: float = 1.0
     unconfirmed_frontier: bool = False  # confirmation was asked for, but a frontier is exported
     reason: str = ""
+    created: Path | None = None  # the store's folder, where this export made it
 
     @property
     def written(self) -> dict[str, dict[str, Any]]:
@@ -437,13 +438,25 @@ def export(
         reason = "no feasible configuration is surely faster than the plain pipeline"
     path = store_path(store)
     left_out: list[str] = []
+    created = _missing_folder(path) if entries else None  # the write makes it
     if entries and layout == "seed":
         left_out = write_seed(path, entries)
     elif entries:
         write_entries(path, entries)
     return Exported(study.study_name, path, layout, entries, tuple(left_out), undecided,
                     requirement.speedup or 1.0, bool(top_k) and pareto,
-                    "" if entries else reason)  # fmt: skip
+                    "" if entries else reason, created)  # fmt: skip
+
+
+def _missing_folder(path: Path) -> Path | None:
+    """The outermost folder above ``path`` that does not exist yet (as ``path`` names it),
+    None if all do."""
+    missing = None
+    for folder in path.parents:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 def _confirm(

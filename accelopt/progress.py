@@ -28,7 +28,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any, Protocol
 
-__all__ = ["EVERY_PERCENT", "EVERY_SECONDS", "Followed", "Phase", "Progress", "follow"]
+__all__ = [
+    "EVERY_PERCENT",
+    "EVERY_SECONDS",
+    "Followed",
+    "Phase",
+    "Progress",
+    "follow",
+    "upstream_bars",
+]
 
 EVERY_PERCENT = 10.0  # without a terminal: a line when this much more of a phase is done ...
 EVERY_SECONDS = 30.0  # ... or when this long has passed since the last line
@@ -181,6 +189,10 @@ class Progress:
         if self.enabled:
             print(self.prefix + line, file=self.stream, flush=True)
 
+    def upstream(self) -> contextlib.AbstractContextManager[None]:
+        """``upstream_bars``: upstream's own bars show only where this progress draws bars."""
+        return upstream_bars(self.enabled and self.tty)
+
 
 class Followed(Protocol):
     """What ``follow`` tells about: a bench's two callbacks (``accelopt.trial.bench.Bench``)."""
@@ -202,6 +214,41 @@ def follow(bench: Followed, phase: Phase, lead: Callable[[], str] = lambda: "") 
 
     bench.on_batch = batch
     bench.on_compile = compiling
+
+
+@contextlib.contextmanager
+def upstream_bars(show: bool | None = None) -> Iterator[None]:
+    """Switch off, while the block runs, the progress bars upstream draws on stderr (diffusers'
+    "Loading pipeline components", transformers' "Loading weights", huggingface_hub's
+    downloads) unless ``show`` (default: stderr is a terminal): in a log their carriage returns
+    pile up into one endless line. Never switches a bar on; restores what was on.
+
+    >>> with upstream_bars(False):
+    ...     pipe = DiffusionPipeline.from_pretrained(folder)  # doctest: +SKIP
+    """
+    if _isatty(sys.stderr) if show is None else show:
+        yield
+        return
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as transformers_logging
+
+    was = (
+        diffusers_logging.is_progress_bar_enabled(),
+        transformers_logging.is_progress_bar_enabled(),
+        hub.are_progress_bars_disabled(),
+    )
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # huggingface_hub's too
+    try:
+        yield
+    finally:
+        if was[0]:
+            diffusers_logging.enable_progress_bar()
+        if was[1]:
+            transformers_logging.enable_progress_bar()  # huggingface_hub's too ...
+        if was[2]:
+            hub.disable_progress_bars()  # ... unless they were off
 
 
 def _isatty(stream: IO[str]) -> bool:

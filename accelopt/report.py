@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,16 +24,18 @@ from optuna.trial import TrialState
 from accelopt._types import is_number
 from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss, quality_text
 from accelopt.measure.timing import interval_text
-from accelopt.study.results import best_trial
+from accelopt.study.results import ENDINGS, best_trial, endings, why_ended
 
 if TYPE_CHECKING:
     from accelopt.trial.bench import Bench
 
 __all__ = [
     "LABEL_ANGLE",
+    "MENU_MARGIN",
     "ImageRow",
     "Point",
     "ReportData",
+    "default_output",
     "figures",
     "parallel_margin",
     "pareto_front",
@@ -66,15 +69,17 @@ class ReportData:
     study: str
     max_score_loss: float
     # The baseline the best trial was measured against (its store entry's); baseline_note says
-    # which one it is and how the study's other baseline timings differ from it.
+    # in sentences what it is and how the study's other baseline timings differ from it.
     baseline_time: float | None
     points: list[Point]
     frontier: list[int]  # trial numbers on the Pareto frontier, by increasing score loss
     best: int | None  # the best feasible trial
     history: list[tuple[int, float, float | None]]  # (trial, speedup, best feasible so far)
     importances: dict[str, float]
-    skipped: int
-    failed: int
+    # How many trials ended without completing, by ``accelopt.study.results.ENDINGS`` label
+    # (only the ways some did), and each such trial: (number, configuration, why).
+    ended: dict[str, int]
+    unfinished: list[tuple[int, str, str]]
     parallel: dict[str, list[Any]] = field(default_factory=dict)
     bounds: list[tuple[str, float]] = field(default_factory=list)  # (constraint key, limit)
     pareto_metric: str = "score_loss"  # the frontier's second axis
@@ -89,6 +94,18 @@ class ReportData:
         return [m for m in METRICS if m in seen]
 
     baseline_note: str = ""
+
+
+def default_output(study: str) -> str:
+    """The report's file name when none is given: the study's name, made safe as a file name
+    (anything but letters, digits and ``.+-`` becomes ``_``; a name never reaches a folder).
+
+    >>> default_output("TinySD-DDIM-10-deepcache+tgate")
+    'report-TinySD-DDIM-10-deepcache+tgate.html'
+    >>> default_output("../x y")
+    'report-.._x_y.html'
+    """
+    return f"report-{re.sub(r'[^A-Za-z0-9.+-]', '_', study)[:200]}.html"
 
 
 def _label(accelerators: dict[str, dict[str, Any]]) -> str:
@@ -124,7 +141,7 @@ def pareto_front(points: Sequence[Point], metric: str = "score_loss") -> list[in
 def _baseline(
     study: optuna.Study, complete: Sequence[optuna.trial.FrozenTrial], best: int | None
 ) -> tuple[float | None, str]:
-    """The baseline to show, in seconds per image, and a sentence saying which one it is.
+    """The baseline to show, in seconds per image, and sentences saying which one it is.
 
     A trial's speedup is against the median of the baseline timings its worker had made when it
     ran (re-timed at each start and every few trials), and export writes the best trial's into
@@ -136,25 +153,32 @@ def _baseline(
     seen = {t.number: t.user_attrs["baseline_time_per_image"] for t in complete
             if _positive(t.user_attrs.get("baseline_time_per_image"))}  # fmt: skip
     if not seen:
-        return first, "" if first is None else "one timing of the plain pipeline, at the start"
+        if first is None:
+            return None, ""
+        return first, f"The plain pipeline took {first:.4f} s/image, timed once at the start."
     number = best if best in seen else max(seen)
     shown = seen[number]
     which = "the best" if number == best else "the latest"
-    note = f"the median of the baseline timings made when trial {number} ({which}) ran"
     a = next(t.user_attrs for t in complete if t.number == number)
     reference = a.get("reference_time_per_image")
-    if _positive(reference) and abs(reference - shown) > 1e-9 * shown:  # another mode was faster
-        note += (f", under its execution mode: what export writes into the store; its speedup "
-                 f"is against the fastest plain pipeline, {reference:.4f} s/image")  # fmt: skip
+    other_mode = _positive(reference) and abs(reference - shown) > 1e-9 * shown
+    under = ", under its execution mode" if other_mode else ""
+    notes = [f"The plain pipeline took {shown:.4f} s/image: the median of its timings made "
+             f"while trial {number} ({which}) ran{under}."]  # fmt: skip
+    if other_mode:  # another mode's plain pipeline was faster
+        notes.append(f"Export writes this time into the store; the trial's speedup is against "
+                     f"the fastest plain pipeline, {reference:.4f} s/image.")  # fmt: skip
     else:
-        note += ": what its speedup is against, and what export writes into the store"
+        notes.append("The trial's speedup is against this time, and export writes it into the "
+                     "store.")  # fmt: skip
     low, high = min(seen.values()), max(seen.values())
     if high > low:
-        note += f"; trials were measured against baselines of {low:.4f}-{high:.4f} s/image"
+        notes.append(f"Trials were measured against baselines from {low:.4f} to {high:.4f} "
+                     f"s/image.")  # fmt: skip
     if first is not None and abs(first - shown) > 0.005 * shown:
-        note += (f"; the study's first stored timing, {first:.4f} s/image, is one pass of its "
-                 f"first A/A check")  # fmt: skip
-    return shown, note
+        notes.append(f"The study's first stored timing, {first:.4f} s/image, is one pass of its "
+                     f"first A/A check.")  # fmt: skip
+    return shown, " ".join(notes)
 
 
 def _positive(value: Any) -> bool:
@@ -193,7 +217,7 @@ def report_data(study: optuna.Study) -> ReportData:
     if points:
         parallel["speedup"] = [p.speedup for p in points]
     best = best_trial(study)
-    states = [t.state for t in study.trials]
+    ended = [t for t in study.trials if why_ended(t)]
     baseline, note = _baseline(study, complete, None if best is None else best.number)
     return ReportData(
         study=study.study_name,
@@ -204,8 +228,10 @@ def report_data(study: optuna.Study) -> ReportData:
         best=None if best is None else best.number,
         history=history,
         importances={k: float(v) for k, v in importances.items()},
-        skipped=states.count(TrialState.PRUNED),
-        failed=states.count(TrialState.FAIL),
+        ended={ENDINGS[k]: n for k, n in endings(ended).items()},
+        unfinished=[
+            (t.number, _label(t.user_attrs.get("accelerators") or {}), why_ended(t)) for t in ended
+        ],
         parallel=parallel,
         bounds=[(b.key, b.limit) for b in bounds],
         pareto_metric=metric,
@@ -334,10 +360,17 @@ def _scatter(data: ReportData) -> Any:
                     "args": [{"x": [xs(points, m) for _, points, _ in groups]},
                              {"xaxis.title.text": METRICS[m].axis, "shapes": bound_lines(m)}]}
                    for m in metrics]  # fmt: skip
+        # Top left, in a top margin of its own: plotly's toolbar (the modebar) shows at the
+        # top right on hover, where it would cover a menu.
         fig.update_layout(updatemenus=[{"buttons": buttons, "direction": "down",
-                                        "x": 1.0, "xanchor": "right", "y": 1.15}])  # fmt: skip
+                                        "x": 0.0, "xanchor": "left", "y": 1.0,
+                                        "yanchor": "bottom", "pad": {"b": 6}}],
+                          margin={"t": MENU_MARGIN})  # fmt: skip
     return fig
 
+
+# The scatter's top margin in pixels when it has a metric menu: the menu's height above the plot.
+MENU_MARGIN = 50
 
 # Parallel coordinates: knob names are long (deepcache.cache_branch_id) and the axes close
 # together, so axis titles run into each other; slanted, each title rises away from its
@@ -354,9 +387,8 @@ def parallel_margin(labels: Sequence[str]) -> dict[str, int]:
 
 def _baseline_shown(data: ReportData) -> str:
     if data.baseline_time is None:
-        return "n/a"
-    note = f" ({data.baseline_note})" if data.baseline_note else ""
-    return f"{data.baseline_time:.4f} s/image{note}"
+        return "No baseline timing is stored."
+    return data.baseline_note or f"The plain pipeline took {data.baseline_time:.4f} s/image."
 
 
 @dataclass(frozen=True)
@@ -448,8 +480,7 @@ def render_html(
         shown = f"trial {best.number}: {speed}, {quality}, {best.label}"
     summary = [
         ("completed trials", str(len(data.points))),
-        ("skipped (dominated or duplicate)", str(data.skipped)),
-        ("failed", str(data.failed)),
+        *((label, str(n)) for label, n in data.ended.items()),
         (
             "bounds",
             ", ".join(Bound(k, v).describe() for k, v in data.bounds)
@@ -478,6 +509,13 @@ def render_html(
                 for png in row.pngs
             )
             parts.append(f"<tr><th>{esc(row.title)}</th>{cells}</tr>")
+        parts.append("</table>")
+    if data.unfinished:  # last: a long search may skip dozens
+        parts.append("<h2>Trials that did not complete, and why</h2>")
+        parts.append("<table id='unfinished'><tr><th>trial</th><th>configuration</th>"
+                     "<th>why</th></tr>")  # fmt: skip
+        parts += [f"<tr><td>{n}</td><td>{esc(label)}</td><td>{esc(why)}</td></tr>"
+                  for n, label, why in data.unfinished]  # fmt: skip
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -23,7 +23,7 @@ from typing import Any
 import tomllib
 
 from accelopt.errors import AccelOptError, choices
-from accelopt.measure.constraints import BOUNDS, METRICS, Bound
+from accelopt.measure.constraints import BOUNDS, METRICS, Bound, loss_budget_refusal
 
 __all__ = [
     "DEFAULT_MAX_SCORE_LOSS",
@@ -427,6 +427,10 @@ def _constraints(where: str, value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"constraints": ConstraintSpec(**{k: v for k, v in typed.items()
                                                            if k != "clip_loss"})}  # fmt: skip
     if "clip_loss" in typed:
+        percent = loss_budget_refusal(typed["clip_loss"], f"constraints.clip_loss = "
+                                      f"{typed['clip_loss']:g}")  # fmt: skip
+        if percent is not None:
+            raise AccelOptError(f"{where}: {percent}")
         out["max_score_loss"] = typed["clip_loss"]
     return out
 
@@ -496,6 +500,9 @@ def _check_ranges(where: str, spec: StudySpec) -> None:
     need(1 <= spec.steps <= 1000, "steps", "1..1000")
     need(spec.resolution is None or 8 <= spec.resolution <= 4096, "resolution", "8..4096")
     need(0.0 <= spec.guidance <= 50.0, "guidance", "0..50")
+    percent = loss_budget_refusal(spec.max_score_loss, f"max_score_loss = {spec.max_score_loss:g}")
+    if percent is not None:
+        raise AccelOptError(f"{where}: {percent}")
     need(0.0 < spec.max_score_loss < 1.0, "max_score_loss", "more than 0, less than 1")
     for bound in spec.bounds()[1:]:  # the score loss is checked above, under its own name
         low, high = bound.allowed()

@@ -189,6 +189,8 @@ def open_storage(
             return _open_database(url, heartbeat), url
         except Exception as err:
             why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            if type(err).__name__ == "NoSuchModuleError":  # SQLAlchemy knows no such scheme
+                why = _unknown_scheme(url)
             raise AccelOptError(
                 f"cannot open storage {storage_label(url)}: {scrub(why, url)}"
             ) from None
@@ -201,6 +203,23 @@ def open_storage(
         raise AccelOptError(f"cannot open journal file {url}: {err.strerror}") from None
     repair_journal(path, backend)
     return optuna.storages.JournalStorage(backend), url
+
+
+# The databases SQLAlchemy ships a dialect for (sqlalchemy.dialects): what a mistyped scheme is
+# compared with.
+_DIALECTS = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+
+
+def _unknown_scheme(url: str) -> str:
+    """Why SQLAlchemy cannot open ``url``, with the URL meant: ``sqlte:///x.db`` is
+    ``sqlite:///x.db``, ``postgres://`` is ``postgresql://``."""
+    import difflib
+
+    scheme, rest = url.split("://", 1)
+    close = difflib.get_close_matches(scheme.lower(), _DIALECTS, 1, 0.5)
+    if not close:
+        return f"unknown scheme {scheme}://; use {', '.join(s + '://' for s in _DIALECTS)}"
+    return f"unknown scheme {scheme}://: did you mean {close[0]}://{rest}?"
 
 
 def _open_database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:

@@ -94,12 +94,18 @@ def test_cli_export_writes_the_store_and_refuses_foreign_files(  # type: ignore[
     searched, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     study, storage = searched
-    store = tmp_path / "params.json"
+    store = tmp_path / "store" / "new" / "params.json"
     argv = ["export", "--study", study.study_name, "--storage", storage, "--top-k", "0",
             "--store", str(store)]  # fmt: skip
     assert main(argv) == 0
     assert set(read_store(store)) == set(entries_for(study, storage))
-    assert "exported ('TinySD', 'DDIM', '10'" in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    created = f"created folder {tmp_path / 'store'}/ for the params store"
+    assert err[0] == created and err[1].startswith("exported ('TinySD', 'DDIM', '10'")
+    assert [p.name for p in store.parent.iterdir()] == ["params.json"]  # no lock file left
+    assert main(argv) == 0  # the folder is there now: nothing said of it
+    assert created not in capsys.readouterr().err
+    assert [p.name for p in store.parent.iterdir()] == ["params.json"]
 
     foreign = tmp_path / "foreign.json"
     foreign.write_text('{"hello": "world"}\n')

@@ -260,3 +260,31 @@ def test_run_without_a_tty_shows_every_phase_in_a_bounded_number_of_lines(
         f"{STUDY}: held-out confirmation ...",
         f"{STUDY}: held-out confirmation: done in S",
     ]
+
+
+def test_upstream_bars_are_off_only_off_a_terminal() -> None:
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as transformers_logging
+
+    from accelopt.progress import upstream_bars
+
+    def shown() -> tuple[bool, bool, bool]:
+        return (diffusers_logging.is_progress_bar_enabled(),
+                transformers_logging.is_progress_bar_enabled(),
+                not hub.are_progress_bars_disabled())  # fmt: skip
+
+    before = shown()
+    with upstream_bars(True):
+        assert shown() == before  # a terminal: as they were
+    with upstream_bars(False):
+        assert shown() == (False, False, False)
+    assert shown() == before  # restored
+    diffusers_logging.disable_progress_bar()  # off before: off after
+    try:
+        with upstream_bars(False):
+            pass
+        assert shown() == (False, *before[1:])
+    finally:
+        if before[0]:
+            diffusers_logging.enable_progress_bar()

@@ -401,7 +401,8 @@ ALLOWED_TOP = (
         ),
         (
             "[constraints]\nclip_loss = 1.5\n",
-            "max_score_loss=1.5 is out of range; allowed: more than 0, less than 1",
+            "constraints.clip_loss = 1.5 is a fraction of the baseline's score: did you mean "
+            "0.015 (1.5%)?",
         ),
         (
             "max_score_loss = 0.05\n[constraints]\nclip_loss = 0.01\n",
@@ -433,8 +434,12 @@ ALLOWED_TOP = (
             "max_score_loss=0.0 is out of range; allowed: more than 0, less than 1",
         ),
         (
-            "max_score_loss = 1.5\n",
-            "max_score_loss=1.5 is out of range; allowed: more than 0, less than 1",
+            "max_score_loss = 2\n",
+            "max_score_loss = 2 is a fraction of the baseline's score: did you mean 0.02 (2%)?",
+        ),
+        (  # no percent either
+            "max_score_loss = 150\n",
+            "max_score_loss=150.0 is out of range; allowed: more than 0, less than 1",
         ),
         ("[prompts]\ncount = 0\n", "prompts.count=0 is out of range; allowed: 1..1000"),
         (

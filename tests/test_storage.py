@@ -179,6 +179,33 @@ def test_a_storage_that_cannot_be_opened_shows_no_part_of_its_password(
     assert "s3cret" not in err and "p@ss" not in err and "ss@" not in err
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("sqlte:///x.db", "sqlte:///x.db: unknown scheme sqlte://: did you mean sqlite:///x.db?"),
+        (
+            "postgres://alice:s3cret@db/optuna",
+            "postgres://alice:***@db/optuna: unknown scheme "
+            "postgres://: did you mean postgresql://alice:***@db/optuna?",
+        ),
+        (
+            "zzz://x",
+            "zzz://x: unknown scheme zzz://; use sqlite://, postgresql://, mysql://, "
+            "oracle://, mssql://",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "best", "list"])
+def test_an_unknown_scheme_names_the_closest(
+    command: str, url: str, said: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = {"run": ["run", "--study", "TinySD-DDIM-10", "--quiet"],
+            "list": ["list"]}.get(command, [command, "--study", "X"])  # fmt: skip
+    assert main([*argv, "--storage", url]) == 2
+    assert capsys.readouterr().err == f"accelopt: error: cannot open storage {said}\n"
+    assert list(workdir.iterdir()) == []
+
+
 def test_an_exported_entry_keeps_the_storage_without_its_password() -> None:
     from accelopt.export import entries_for
     from accelopt.spec import record_of

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
+import re
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -93,11 +95,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         with _sigterm_stops():
-            args = _parser().parse_args(argv)
+            try:
+                args = _parse(argv)
+            except AccelOptError as err:
+                print(f"accelopt: error: {printable(str(err), 2000)}", file=sys.stderr)
+                return 2
             return _call(args)
     except KeyboardInterrupt as stop:  # before a command could catch it: while importing
         print("accelopt: interrupted", file=sys.stderr)
         return exit_code(stop)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's arguments; an unknown flag is refused with the closest one the
+    command takes (argparse says only "unrecognized arguments")."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    command = f"accelopt {args.command}"
+    flag = next((a for a in extra if a.startswith("-") and not _NUMBER.match(a)), None)
+    if flag is None:
+        raise AccelOptError(f"unexpected argument {extra[0]!r}; {command} --help lists what it "
+                            f"takes")  # fmt: skip
+    name = flag.split("=", 1)[0]
+    close = difflib.get_close_matches(name, _flags_of(_command_parser(parser, args.command)), 1)
+    hint = f": did you mean {close[0]}?" if close else f"; {command} --help lists its flags"
+    raise AccelOptError(f"unknown flag {name}{hint}")
+
+
+_NUMBER = re.compile(r"-\.?\d")  # a negative number is a value, not a flag
+
+
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of one command of ``parser``'s command table."""
+    for action in parser._actions:  # argparse lists a parser's arguments nowhere public
+        if isinstance(action.choices, dict) and name in action.choices:
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    return parser
+
+
+def _flags_of(parser: argparse.ArgumentParser) -> list[str]:
+    """Every flag ``parser`` takes, its subcommands' too (``storage repair``)."""
+    flags: list[str] = []
+    for action in parser._actions:
+        flags += action.option_strings
+        if isinstance(action.choices, dict):
+            for sub in action.choices.values():
+                flags += _flags_of(sub)
+    return flags
 
 
 def _call(args: argparse.Namespace) -> int:

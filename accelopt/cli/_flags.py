@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "bound_args",
     "bounds",
+    "check_loss_budget",
     "device",
     "export_options",
     "random_weights",
@@ -29,6 +30,7 @@ __all__ = [
     "study",
     "study_or_spec",
     "trial_options",
+    "warn_loss_budget",
     "weights",
 ]
 
@@ -108,6 +110,26 @@ def bound_args(args: argparse.Namespace) -> dict[str, Any]:
     from accelopt.params_store.query import BOUND_FLAGS
 
     return {k: getattr(args, k) for k in BOUND_FLAGS if getattr(args, k, None) is not None}
+
+
+def check_loss_budget(value: float | None, flag: str = "--max-score-loss") -> None:
+    """Refuse a score-loss budget written as a percent (``2`` for 2%), naming the fraction."""
+    from accelopt.measure.constraints import loss_budget_refusal
+
+    why = None if value is None else loss_budget_refusal(value, f"{flag} {value:g}")
+    if why is not None:
+        raise AccelOptError(why)
+
+
+def warn_loss_budget(value: float | None, given: str) -> None:
+    """Warn on stderr, once, about a score-loss budget over 10% (``given``: where it is set)."""
+    import sys
+
+    from accelopt.measure.constraints import loss_budget_warning
+
+    why = None if value is None else loss_budget_warning(value, given)
+    if why is not None:
+        print(f"accelopt: warning: {why}", file=sys.stderr)
 
 
 def trial_options(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from accelopt.errors import printable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import optuna
     from optuna.trial import FrozenTrial
 
@@ -25,6 +27,7 @@ __all__ = [
     "not_exported",
     "quality",
     "speedup_text",
+    "stopped_trials",
 ]
 
 
@@ -148,6 +151,8 @@ def export_lines(result: Exported) -> list[str]:
     lines += [_withheld_line(result.study, w, result.threshold) for w in result.withheld[:3]]
     if not result.entries:
         return [*lines, f"{result.study}: nothing to export: {result.reason}"]
+    if result.created is not None:
+        lines.append(f"created folder {printable(str(result.created), 300)}/ for the params store")
     for key, entry in result.entries.items():
         if key in result.left_out:
             lines.append(f"left out {key}: the seed layout has no slot for a time requirement "
@@ -162,6 +167,16 @@ def export_lines(result: Exported) -> list[str]:
         lines.append(f"exported {printable(key, 120)} -> {result.store} ({result.layout} "
                      f"layout): trial {entry['study']['trial']}, {ranked_by(entry)}")  # fmt: skip
     return lines
+
+
+def stopped_trials(trials: Sequence[FrozenTrial]) -> str:
+    """``1 interrupted, 2 failed``: the trials that ended without a result, each way apart (a
+    trial stopped by Ctrl-C or SIGTERM is no failure: its slot is given back); empty if none."""
+    from accelopt.study.results import ENDINGS, endings
+
+    counted = endings(trials)
+    shown = [f"{counted[k]} {ENDINGS[k]}" for k in ("interrupted", "failed") if k in counted]
+    return ", ".join(shown)
 
 
 def interrupted(name: str, finished: bool) -> str:

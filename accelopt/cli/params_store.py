@@ -156,7 +156,12 @@ class Codegen(Command):
         from accelopt.codegen import write_scripts
         from accelopt.params_store.file import store_path
 
+        flags.check_loss_budget(args.max_score_loss)
         requests = self._requests(args)
+        losses = {r.max_score_loss for r in requests if r.max_score_loss is not None}
+        for loss in sorted(losses):  # the flag's or the task file's, each once
+            where = f"max_score_loss = {loss:g} in {args.tasks}" if args.tasks else None
+            flags.warn_loss_budget(loss, where or f"--max-score-loss {loss:g}")
         store = store_path(args.store)
         read, entries, problems = read_usable(args.store)
         for key, why in problems:  # reported, never used

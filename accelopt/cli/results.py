@@ -140,7 +140,8 @@ class List(Command):
         shown = f"best {best.user_attrs['speedup']:.2f}x" if best else "no feasible trial"
         if is_pareto(study):
             shown += f", Pareto frontier of {len(frontier(study.trials, pareto_metric(study)))}"
-        return f"{counted}/{budget} trials  {shown}"
+        stopped = fmt.stopped_trials(study.trials)
+        return f"{counted}/{budget} trials{f' ({stopped})' if stopped else ''}  {shown}"
 
 
 class Report(Command):
@@ -152,8 +153,8 @@ class Report(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         flags.study(parser)
         flags.storage(parser)
-        parser.add_argument("-o", "--output", default="report.html",
-                            help="HTML file (report.html)")  # fmt: skip
+        parser.add_argument("-o", "--output",
+                            help="HTML file (default: report-STUDY.html here)")  # fmt: skip
         parser.add_argument("--images", type=int, default=3, metavar="N",
                             help="prompts in the image grid (0: no images, no model loaded; "
                             "default 3)")  # fmt: skip
@@ -165,14 +166,14 @@ class Report(Command):
         from pathlib import Path
 
         from accelopt.progress import Progress
-        from accelopt.report import image_rows, render_html, report_data
+        from accelopt.report import default_output, image_rows, render_html, report_data
         from accelopt.study.prepare import open_study, spec_of
         from accelopt.trial.bench import Bench
 
-        out = Path(args.output)
-        if out.exists() and not args.force:
-            raise AccelOptError(f"{out} exists; pass --force to overwrite it")
         study = open_study(args.storage, args.study)
+        out = Path(args.output or default_output(study.study_name))
+        if out.exists() and not args.force:
+            raise AccelOptError(f"{printable(str(out))} exists; pass --force to overwrite it")
         data = report_data(study)
         rows, prompts = [], []
         if args.images and data.points:

@@ -62,7 +62,11 @@ class Run(Command):
             value = getattr(args, flag)
             if value is not None and value <= 0:
                 raise AccelOptError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+        flags.check_loss_budget(args.max_score_loss)
         spec = flags.spec_from(args)
+        given = (f"max_score_loss = {spec.max_score_loss:g} in the spec" if args.max_score_loss
+                 is None else f"--max-score-loss {args.max_score_loss:g}")  # fmt: skip
+        flags.warn_loss_budget(spec.max_score_loss, given)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         gpus = assign_gpus(args.workers, args.gpus, args.device)
         progress = Progress(enabled=not args.quiet)  # bars on a terminal, sparse lines elsewhere
@@ -126,7 +130,8 @@ class Run(Command):
         study = outcome.study
         states = [t.state.name for t in study.trials]
         counted = states.count("COMPLETE") + states.count("PRUNED")
-        failed = f", {states.count('FAIL')} failed" if "FAIL" in states else ""
+        ended = fmt.stopped_trials(study.trials)
+        failed = f", {ended}" if ended else ""
         if outcome.already_finished:
             print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
         else:

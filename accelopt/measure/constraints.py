@@ -34,10 +34,13 @@ from dataclasses import dataclass
 
 __all__ = [
     "BOUNDS",
+    "LOSS_WARNING",
     "METRICS",
     "PSNR_CAP",
     "Bound",
     "Metric",
+    "loss_budget_refusal",
+    "loss_budget_warning",
     "mean_of",
     "pooled_psnr",
     "quality_loss",
@@ -45,6 +48,35 @@ __all__ = [
 ]
 
 PSNR_CAP = 100.0  # dB: what a set of unchanged images reads as, not infinity
+# A score-loss budget above this (10%, five times the default 2%) runs, with a warning: every
+# output shows the loss in percent, so 0.5 is easily taken for half a percent.
+LOSS_WARNING = 0.1
+
+
+def loss_budget_refusal(value: float, given: str) -> str | None:
+    """Why a score-loss budget (a fraction of the baseline's CLIP score) of 1 or more is
+    refused, with the fraction a percent meant; None for any other value. ``given`` is how the
+    user wrote it (``--max-score-loss 2``, ``max_score_loss = 2``).
+
+    >>> loss_budget_refusal(2, "--max-score-loss 2")
+    "--max-score-loss 2 is a fraction of the baseline's score: did you mean 0.02 (2%)?"
+    """
+    if not 1 <= value < 100:  # 100 or more is no percent either: the range check says so
+        return None
+    meant = f"did you mean {value / 100:g} ({value:g}%)?"
+    return f"{given} is a fraction of the baseline's score: {meant}"
+
+
+def loss_budget_warning(value: float, given: str) -> str | None:
+    """A warning for a score-loss budget over ``LOSS_WARNING`` (that runs); None otherwise.
+
+    >>> loss_budget_warning(0.5, "--max-score-loss 0.5")  # doctest: +ELLIPSIS
+    "a 50% loss budget: --max-score-loss 0.5 lets a trial lose 50% of ...; is that intended? ..."
+    """
+    if not LOSS_WARNING < value < 1:
+        return None
+    return (f"a {100 * value:g}% loss budget: {given} lets a trial lose {100 * value:g}% of the "
+            f"baseline's CLIP score and still count; is that intended? (2% is 0.02)")  # fmt: skip
 
 
 @dataclass(frozen=True)

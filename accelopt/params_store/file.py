@@ -24,9 +24,10 @@ every non-dominated trial of the study (or of its trials with that set of accele
 The keys are optional and the format stays version 1: a reader that does not know them uses the
 entry's own configuration, which is still right for its key.
 
-Writes take a file lock and replace the file atomically (temporary file + rename): concurrent
-exports lose nothing, a crash leaves the old file. A file that is not a store (corrupt JSON,
-another program's JSON, a newer version) is refused and never overwritten.
+Writes take a file lock (``PATH.lock``, removed when released) and replace the file atomically
+(temporary file + rename): concurrent exports lose nothing, a crash leaves the old file. A file
+that is not a store (corrupt JSON, another program's JSON, a newer version) is refused and never
+overwritten.
 """
 
 from __future__ import annotations
@@ -189,12 +190,52 @@ def write_entries(path: Path, entries: Mapping[str, Mapping[str, Any]]) -> None:
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold ``path``'s lock file (``PATH.lock``) inside the block: one writer at a time."""
-    from filelock import FileLock
+    """Hold ``path``'s lock file (``PATH.lock``) inside the block: one writer at a time. The
+    lock file is gone again when the block ends.
 
+    Removing a lock file is safe only where every writer, once it holds the lock, checks that
+    the file it locked is still the one at ``PATH.lock``: a writer that waited on a file since
+    removed would otherwise hold its lock beside a newcomer that locked a fresh file, and both
+    would write. filelock's FileLock leaves its file for that reason (filelock 3 does not check),
+    so the lock is taken here with that check (``flock``), and released by removing the file
+    while still holding it. Where there is no ``flock`` (Windows) it is filelock's, and stays.
+    """
+    lock = Path(f"{path}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    try:
+        import fcntl
+    except ImportError:
+        from filelock import FileLock
+
+        with FileLock(str(lock)):
+            yield
+        return
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _names(lock, fd):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # locked after its holder removed it: lock the file there now
+    try:
         yield
+    finally:
+        try:
+            if _names(lock, fd):  # only the file we locked: anything else there is not ours
+                lock.unlink()
+        finally:
+            os.close(fd)  # and unlocks it
+
+
+def _names(lock: Path, fd: int) -> bool:
+    """Whether ``lock`` is the file open as ``fd`` (not removed, not replaced)."""
+    try:
+        return os.path.samestat(os.fstat(fd), lock.stat())
+    except FileNotFoundError:
+        return False
 
 
 def replace_file(path: Path, text: str) -> None:

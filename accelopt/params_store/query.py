@@ -36,7 +36,13 @@ import tomllib
 
 from accelopt._types import is_number
 from accelopt.errors import AccelOptError, printable
-from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss
+from accelopt.measure.constraints import (
+    BOUNDS,
+    METRICS,
+    Bound,
+    loss_budget_refusal,
+    quality_loss,
+)
 
 __all__ = [
     "BOUND_FLAGS",
@@ -199,6 +205,10 @@ def load_tasks(path: Path) -> list[Request]:
                 continue
             if isinstance(value, bool) or not isinstance(value, _TASK_KEYS[key]):
                 raise AccelOptError(f"{path}: task {i}: {key} has the wrong type: {value!r}")
+            budget = key == "max_score_loss"
+            percent = loss_budget_refusal(value, f"{key} = {value:g}") if budget else None
+            if percent is not None:
+                raise AccelOptError(f"{path}: task {i}: {percent}")
         requests.append(Request(**{**task, "targets": parse_request_targets(task.get("targets"))}))
     return requests
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from accelopt._types import Pipeline
 from accelopt.errors import AccelOptError, choices
 from accelopt.pipelines.tiny import TINY_PIPELINES, TINY_RESOLUTION, eval_mode, tiny_pipeline
+from accelopt.progress import upstream_bars
 
 if TYPE_CHECKING:
     import torch
@@ -245,8 +246,10 @@ def _from_pretrained(
         kwargs["variant"] = variant
     from diffusers import DiffusionPipeline
 
+    where = str(path) if looks_local else source
     try:
-        return DiffusionPipeline.from_pretrained(str(path) if looks_local else source, **kwargs)
+        with upstream_bars():  # off a terminal, no "Loading pipeline components" bars in a log
+            return DiffusionPipeline.from_pretrained(where, **kwargs)
     except OSError as err:  # not downloaded and no way to the hub, a broken folder, ...
         why = str(err).split(" (")[0].split("\n")[0]
         raise AccelOptError(

@@ -9,6 +9,7 @@ would measure something else.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,7 @@ __all__ = [
     "choose_mode",
     "directions",
     "is_finished",
+    "metric_names",
     "open_study",
     "prepare_study",
     "spec_of",
@@ -60,6 +62,12 @@ def directions(spec: StudySpec) -> list[Literal["maximize", "minimize"]]:
     if spec.objective != "pareto":
         return ["maximize"]
     return ["maximize", "maximize" if METRICS[spec.pareto_metric].higher_is_better else "minimize"]
+
+
+def metric_names(spec: StudySpec) -> list[str]:
+    """The objectives' names, as optuna-dashboard labels its axes (else "Objective 0"):
+    ``["speedup"]``, or a pareto study's ``["speedup", "score_loss"]`` (its second metric)."""
+    return ["speedup"] if spec.objective != "pareto" else ["speedup", spec.pareto_metric]
 
 
 def check_requirement(spec: StudySpec, requirement: Requirement) -> None:
@@ -138,6 +146,10 @@ def prepare_study(
             f"objective(s), not the {len(directions(spec))} of objective={spec.objective!r}; "
             f"use another --storage or study name"
         )
+    if study.metric_names != metric_names(spec):  # a study stored before they were set too
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names(spec))
     study.set_user_attr("versions", package_versions())
     if n_trials is not None:
         study.set_user_attr("budget", n_trials)

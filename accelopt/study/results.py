@@ -22,12 +22,16 @@ from accelopt.measure.constraints import quality_loss
 
 __all__ = [
     "DONE",
+    "ENDINGS",
     "Requirement",
     "best_trial",
+    "ending",
+    "endings",
     "frontier",
     "is_pareto",
     "never_measured",
     "pareto_metric",
+    "why_ended",
 ]
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # measured (a pruned trial was, or was skipped)
@@ -58,6 +62,69 @@ class Requirement:
         if self.speedup is not None:
             return f"speedup >= {self.speedup:g}x"
         return f"time per image <= {self.time_per_image:g} s"
+
+
+# Why a finished trial did not complete, as every summary counts it (the report, ``run``,
+# ``list``), each kind by its label, in this order. A PRUNED trial was stopped early for
+# breaking a bound (measured in part: ``stopped_early``) or never measured (``skipped``, by
+# ``accelopt.trial.space.dominating_trial`` or for having no accelerator on); a FAIL was
+# interrupted (Ctrl-C, SIGTERM: its slot is given back) or failed.
+ENDINGS: dict[str, str] = {
+    "stopped": "stopped early for a bound",
+    "same": "skipped, same schedule as an earlier trial",
+    "dominated": "skipped, dominated",
+    "baseline": "skipped, no accelerator on",
+    "pruned": "pruned",  # by a sampler or a hand, with no reason stored
+    "interrupted": "interrupted",
+    "failed": "failed",
+}
+
+
+def ending(trial: FrozenTrial) -> str | None:
+    """The ``ENDINGS`` key of a trial that ended without completing; None for a completed,
+    running or waiting one.
+
+    >>> ending(stopped_trial)  # doctest: +SKIP
+    'stopped'
+    """
+    a = trial.user_attrs
+    if trial.state == TrialState.FAIL:
+        return "interrupted" if a.get("interrupted") else "failed"
+    if trial.state != TrialState.PRUNED:
+        return None
+    if "stopped_early" in a:
+        return "stopped"
+    skipped = str(a.get("skipped", ""))
+    # The reasons dominating_trial and the objective store (tests check they stay these).
+    if skipped.startswith("no accelerator on"):
+        return "baseline"
+    if skipped.startswith("same configuration as") or skipped.endswith("(same schedule)"):
+        return "same"
+    if skipped.startswith("cannot beat"):
+        return "dominated"
+    return "pruned"
+
+
+def why_ended(trial: FrozenTrial) -> str:
+    """One line on why a trial did not complete: its kind's label and the stored reason
+    (``stopped early for a bound: stopped after 8 of 16 prompts: ...``); empty when it did."""
+    kind = ending(trial)
+    if kind is None:
+        return ""
+    a = trial.user_attrs
+    stored = {"stopped": a.get("stopped_early"), "failed": a.get("failed")}.get(
+        kind, a.get("skipped")
+    )
+    # Their labels say it all (the objective stores "no accelerator on: that is the baseline").
+    if kind in ("interrupted", "baseline") or not isinstance(stored, str) or not stored:
+        return ENDINGS[kind]
+    return f"{ENDINGS[kind]}: {stored}"
+
+
+def endings(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """How many trials ended each way (``ENDINGS`` keys, in its order), only the ways some did."""
+    counted = [ending(t) for t in trials]
+    return {k: counted.count(k) for k in ENDINGS if k in counted}
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

@@ -105,16 +105,18 @@ class Bench:
         tiny = info is not None and info.name in TINY_PIPELINES
         log(f"{spec.name}: loading {spec.pipeline} ({'random' if tiny else weights} weights) ...")
         progress = progress or Progress(enabled=False)
-        with progress.phase(f"{spec.name}: loading {spec.pipeline}", announce=False) as loading:
+        phase = progress.phase(f"{spec.name}: loading {spec.pipeline}", announce=False)
+        # upstream's loading and download bars only where our own bars show
+        with progress.upstream(), phase as loading:
             pipe = load_pipeline(spec.pipeline, weights=weights, dtype=spec.dtype, device=device)  # type: ignore[arg-type]
             set_scheduler(pipe, spec.scheduler)
             loading.tell("the CLIP scorer")
             pretrained = "" if weights == "random" else spec.metric.pretrained
             scorer = ClipScorer(spec.metric.model, pretrained, pipe.device)
-        lpips = None
-        if spec.measures_lpips:  # the user's weights or none: never downloaded, never random
-            net = spec.metric.lpips or "alex"
-            lpips = Lpips(net, spec.metric.lpips_weights or None, pipe.device)
+            lpips = None
+            if spec.measures_lpips:  # the user's weights or none: never downloaded, never random
+                net = spec.metric.lpips or "alex"
+                lpips = Lpips(net, spec.metric.lpips_weights or None, pipe.device)
         return cls(spec, pipe, scorer, pipe.device, lpips=lpips)
 
     def __post_init__(self) -> None:

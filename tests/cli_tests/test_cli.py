@@ -246,10 +246,18 @@ def test_ctrl_c_cleans_up_and_keeps_finished_trials(  # type: ignore[no-untyped-
     )
     states = [t.state.name for t in study.trials]
     assert states[-1] == "FAIL" and states.count("COMPLETE") == 1
+    assert study.trials[-1].user_attrs["interrupted"] is True
     done = states.count("COMPLETE") + states.count("PRUNED")
     monkeypatch.setattr(Bench, "measure", measure)
-    assert main(argv) == 0  # resumes: the failed trial is not counted
-    assert f"ran {6 - done} trials (6 in the study, 1 failed)" in capsys.readouterr().out
+    assert main(argv) == 0  # resumes: the interrupted trial is not counted, nor called failed
+    assert f"ran {6 - done} trials (6 in the study, 1 interrupted)" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    (listed,) = [line for line in capsys.readouterr().out.splitlines()
+                 if "TinySD-DDIM-10-deepcache " in line]  # fmt: skip
+    assert " 6/6 trials (1 interrupted)  best " in listed
+    assert main(["report", "--study", "TinySD-DDIM-10-deepcache", "--images", "0"]) == 0
+    page = (workdir / "report-TinySD-DDIM-10-deepcache.html").read_text()
+    assert "<tr><th>interrupted</th><td>1</td></tr>" in page and "<th>failed</th>" not in page
 
 
 def test_no_feasible_trial_answers_no_acceleration_and_exits_0(  # type: ignore[no-untyped-def]
@@ -269,17 +277,110 @@ def test_no_feasible_trial_answers_no_acceleration_and_exits_0(  # type: ignore[
 def test_flags_are_checked_as_the_spec_file_is(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A flag cannot set what the spec file could not: --max-score-loss 1.5 is refused with the
+    """A flag cannot set what the spec file could not: --max-score-loss 150 is refused with the
     allowed range, before any storage is made."""
     storage = f"sqlite:///{tmp_path}/s.db"
-    code = main(["run", "--study", "TinySD-DDIM-10", "--max-score-loss", "1.5",
+    code = main(["run", "--study", "TinySD-DDIM-10", "--max-score-loss", "150",
                  "--storage", storage, "--quiet"])  # fmt: skip
     assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.endswith(
-        "command line: max_score_loss=1.5 is out of range; allowed: more than 0, less than 1"
+    assert capsys.readouterr().err == (
+        "accelopt: error: command line: max_score_loss=150.0 is out of range; allowed: more than "
+        "0, less than 1\n"
     )
     assert not (tmp_path / "s.db").exists()
+
+
+CODEGEN_IN_PERCENT = ["codegen", "--pipe", "TinySD", "--sched", "DDIM", "--steps", "10",
+                      "--max-loss", "2", "-o", "x.py"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--study", "TinySD-DDIM-10", "--max-score-loss", "2", "--quiet"],
+        CODEGEN_IN_PERCENT,
+    ],
+    ids=["run", "codegen"],
+)
+def test_a_loss_budget_in_percent_is_refused_with_the_fraction(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr() == ("", (
+        "accelopt: error: --max-score-loss 2 is a fraction of the baseline's score: did you mean "
+        "0.02 (2%)?\n"
+    ))  # fmt: skip
+    assert list(workdir.iterdir()) == []  # before any storage or script is made
+
+
+def test_a_task_file_budget_in_percent_is_refused_with_the_fraction(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks = workdir / "tasks.json"
+    tasks.write_text('[{"pipe": "TinySD", "sched": "DDIM", "steps": 10, "max_score_loss": 5}]')
+    assert main(["codegen", "--tasks", str(tasks), "-o", "out"]) == 2
+    assert capsys.readouterr().err == (
+        f"accelopt: error: {tasks}: task 0: max_score_loss = 5 is a fraction of the baseline's "
+        f"score: did you mean 0.05 (5%)?\n"
+    )
+
+
+LOSS_WARNING = (
+    "accelopt: warning: a 50% loss budget: {} lets a trial lose 50% of the baseline's CLIP "
+    "score and still count; is that intended? (2% is 0.02)\n"
+)
+
+
+def test_a_loss_budget_over_ten_percent_runs_with_one_warning(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = _stop_before_running(monkeypatch)
+    assert main(["run", "--study", "TinySD-DDIM-10", "--max-score-loss", "0.5", "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        LOSS_WARNING.format("--max-score-loss 0.5") + "accelopt: error: stopped by the test\n"
+    )
+    assert seen[0].max_score_loss == 0.5  # it runs
+    spec = workdir / "Loose.toml"
+    spec.write_text('pipeline = "TinySD"\nscheduler = "DDIM"\nsteps = 10\nmax_score_loss = 0.5\n')
+    assert main(["run", "--spec", str(spec), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(
+        LOSS_WARNING.format("max_score_loss = 0.5 in the spec")
+    )
+    assert main(["run", "--study", "TinySD-DDIM-10", "--max-score-loss", "0.1", "--quiet"]) == 2
+    assert capsys.readouterr().err == "accelopt: error: stopped by the test\n"  # 10%: no word
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["run", "--study", "TinySD-DDIM-10", "--max-scor-loss", "0.02"],
+            "unknown flag --max-scor-loss: did you mean --max-score-loss?",
+        ),
+        (
+            ["run", "--study", "TinySD-DDIM-10", "--max-scor-loss=0.02"],
+            "unknown flag --max-scor-loss: did you mean --max-score-loss?",
+        ),
+        (
+            ["best", "--study", "X", "--stroage", "x.db"],
+            "unknown flag --stroage: did you mean --storage?",
+        ),
+        (
+            ["best", "--study", "X", "--zzzz"],
+            "unknown flag --zzzz; accelopt best --help lists its flags",
+        ),
+        (
+            ["best", "--study", "X", "extra"],
+            "unexpected argument 'extra'; accelopt best --help lists what it takes",
+        ),
+    ],
+)
+def test_an_unknown_flag_names_the_closest(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr() == ("", f"accelopt: error: {said}\n")
+    assert list(workdir.iterdir()) == []
 
 
 def test_accelerators_say_what_their_steps_count(capsys: pytest.CaptureFixture[str]) -> None:
@@ -363,13 +464,12 @@ def test_every_spelling_of_a_name_is_one_stored_study(  # type: ignore[no-untype
     assert main(argv) == 0
     (entry,) = json.loads(store.read_text())["entries"].values()
     assert entry["study"]["name"] == "TinySD-DDIM-10-deepcache"
-    report = workdir / "report.html"
-    argv = ["report", "--study", "tinysd-ddim-10-deepcache", "--images", "0", "-o", str(report)]
-    assert main(argv) == 0
-    page = report.read_text()
+    assert main(["report", "--study", "tinysd-ddim-10-deepcache", "--images", "0"]) == 0
+    page = (workdir / "report-TinySD-DDIM-10-deepcache.html").read_text()  # the canonical name
     assert "<h1>TinySD-DDIM-10-deepcache</h1>" in page
     shown = f"{entry['baseline']['time_per_image']:.4f} s/image"
-    assert f"{shown} (the median of the baseline timings made when trial 0 (the best) ran" in page
+    assert (f"The plain pipeline took {shown}: the median of its timings made while trial 0 "
+            f"(the best) ran.") in page  # fmt: skip
     assert '"labelangle":-30' in page and '"t":128' in page  # "deepcache.cache_branch_id"
 
 

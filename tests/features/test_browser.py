@@ -6,6 +6,7 @@ Skipped where Debian's chromium is not installed, except in CI, which installs i
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -57,6 +58,33 @@ def test_report_renders_its_plots_without_errors(stored: tuple[str, str], tmp_pa
     figures = dom.count('class="plotly-graph-div')
     assert figures == 4
     assert dom.count('class="main-svg"') >= figures  # plotly drew an svg into every div
+
+
+# Writes the page boxes of the first figure's metric menu and toolbar (modebar) into the DOM:
+# left, top, right, bottom in pixels, once plotly has drawn.
+_BOXES = """<script>window.addEventListener('load', function () { setTimeout(function () {
+  var fig = document.querySelector('.plotly-graph-div'), root = document.documentElement;
+  ['updatemenu-header-group', 'modebar'].forEach(function (name) {
+    var b = fig.querySelector('.' + name).getBoundingClientRect();
+    root.dataset[name.replace('-header-group', '')] = [b.left, b.top, b.right, b.bottom].join(' ');
+  }); }, 1000); });</script></body>"""
+
+
+def test_nothing_covers_the_metric_menu(stored: tuple[str, str], tmp_path: Path) -> None:
+    name, storage = stored
+    out = tmp_path / "report.html"
+    argv = ["report", "--study", name, "--storage", storage, "-o", str(out), "--images", "0"]
+    assert main(argv) == 0
+    out.write_text(out.read_text().replace("</body>", _BOXES))
+    dom, _ = _dom(out.as_uri(), tmp_path / "profile")
+    found = {k: re.search(rf'data-{k}="([^"]*)"', dom) for k in ("updatemenu", "modebar")}
+    boxes = {k: [float(v) for v in m.group(1).split()] for k, m in found.items() if m}
+    menu, bar = boxes["updatemenu"], boxes["modebar"]
+    assert menu[2] > menu[0] and bar[2] > bar[0]  # both drawn
+    overlap = min(menu[2], bar[2]) > max(menu[0], bar[0]) and min(menu[3], bar[3]) > max(
+        menu[1], bar[1]
+    )
+    assert not overlap, boxes
 
 
 def test_dashboard_serves_the_trials_on_loopback(stored: tuple[str, str], tmp_path: Path) -> None:

@@ -350,8 +350,6 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     expected = {f"p{i}-{j}": {"writer": i, "n": j} for i in range(8) for j in range(25)}
     assert data["entries"] == expected
     assert list(data["entries"]) == sorted(expected)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "go",
-        "search_params.json",
-        "search_params.json.lock",
-    ]
+    # Each writer removed the lock file as it let go (and checked, once it held a lock, that
+    # its file was still there: 200 writes that remove it lost nothing above).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "search_params.json"]

@@ -511,6 +511,25 @@ def test_a_study_stored_before_objectives_is_a_speedup_study(tmp_path: Path) -> 
         prepare_study(backend, url, spec.replace(name="odd"), 4)
 
 
+def test_the_dashboard_reads_the_objectives_names(tmp_path: Path) -> None:
+    import warnings
+
+    backend, url = open_storage(str(tmp_path / "s.journal"))
+    spec = load_spec("TinySD-DDIM-10-deepcache")
+    old = optuna.create_study(study_name=spec.name, storage=backend, direction="maximize")
+    old.set_user_attr("spec", record_of(spec))  # stored before names were set
+    assert old.metric_names is None  # optuna-dashboard: "Objective 0"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_study(backend, url, spec, 4)  # its next run names it
+    assert [w for w in caught if w.category is optuna.exceptions.ExperimentalWarning] == []
+    assert optuna.load_study(study_name=spec.name, storage=backend).metric_names == ["speedup"]
+    pareto = spec.replace(name="front", objective="pareto", pareto_metric="psnr")
+    prepare_study(backend, url, pareto, 4)
+    reloaded = optuna.load_study(study_name="front", storage=backend)
+    assert reloaded.metric_names == ["speedup", "psnr"]
+
+
 def test_a_worker_cannot_join_with_another_objective(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -376,7 +376,7 @@ def test_passwords_never_reach_output_store_or_report(tmp_path: Path) -> None:
     assert report.returncode == 0, r_err
     study = _study(POSTGRES, spec)
     stored = str(study.user_attrs) + str([t.user_attrs for t in study.trials])
-    files = [(tmp_path / name).read_text() for name in ("store.json", "report.html")]
+    files = [(tmp_path / name).read_text() for name in ("store.json", f"report-{spec.stem}.html")]
     texts = [out, err, r_out, r_err, stored, *files]
     assert "postgresql://" in err  # the storage is named ...
     assert not [t for t in texts if password in t]  # ... never with its password
