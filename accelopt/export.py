@@ -34,7 +34,7 @@ from accelopt.params_store.file import seed_key, seed_pipeline, seed_scheduler, 
 from accelopt.params_store.query import ranking_speed
 from accelopt.storage import storage_label
 from accelopt.study.confirm import TOP_K
-from accelopt.study.results import Requirement, frontier
+from accelopt.study.results import Requirement, frontier, plain_time
 
 if TYPE_CHECKING:
     from accelopt.progress import Progress
@@ -187,7 +187,7 @@ def _entry(
         },
         "measured": _measured(a),
         "baseline": {
-            "time_per_image": _baseline_time(a),
+            "time_per_image": plain_time(a),
             "scores": study.user_attrs.get("baseline_scores"),
         },
         # The mode the trial ran under and every mode's plain baseline (accelopt.execution);
@@ -210,13 +210,6 @@ def _entry(
     return key, entry
 
 
-def _baseline_time(attrs: dict[str, Any]) -> Any:
-    """The plain pipeline's time per image beside a trial's in its entry: the pairs' own when
-    it was paired, so that baseline over measured time reads as the speedup; else the study's
-    running median of baseline timings."""
-    return attrs.get("paired_baseline_time_per_image", attrs.get("baseline_time_per_image"))
-
-
 def _flat(accelerators: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The knobs flat, under the seed's names."""
     return {SEED_PARAMS.get(k, k): v for knobs in accelerators.values() for k, v in knobs.items()}
@@ -230,7 +223,7 @@ def _point(trial: FrozenTrial, heldout: dict[str, Any] | None) -> dict[str, Any]
         "accelerators": a["accelerators"],
         "params": _flat(a["accelerators"]),
         "measured": _measured(a),
-        "baseline": {"time_per_image": _baseline_time(a)},
+        "baseline": {"time_per_image": plain_time(a)},
         "heldout": heldout,
     }
 

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from accelopt._types import is_number
 from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss, quality_text
 from accelopt.measure.timing import interval_text
-from accelopt.study.results import ENDINGS, best_trial, endings, why_ended
+from accelopt.study.results import ENDINGS, best_trial, endings, plain_time, why_ended
 
 if TYPE_CHECKING:
     from accelopt.trial.bench import Bench
@@ -143,15 +143,16 @@ def _baseline(
 ) -> tuple[float | None, str]:
     """The baseline to show, in seconds per image, and sentences saying which one it is.
 
-    A trial's speedup is against the median of the baseline timings its worker had made when it
-    ran (re-timed at each start and every few trials), and export writes the best trial's into
-    the store: that is the number shown. The study's own ``baseline_time_per_image`` is one
-    timing, the first worker's second A/A pass, and differs from it on a noisy machine.
+    The one export writes beside the best trial (``plain_time``): the plain pipeline's time in
+    the pairs the trial's speedup came from, or for a trial timed before pairs the median of
+    the baseline timings its worker had made when it ran. The study's own
+    ``baseline_time_per_image`` is one timing, the first worker's second A/A pass, and differs
+    from it on a noisy machine.
     """
     first = study.user_attrs.get("baseline_time_per_image")
     first = first if _positive(first) else None
-    seen = {t.number: t.user_attrs["baseline_time_per_image"] for t in complete
-            if _positive(t.user_attrs.get("baseline_time_per_image"))}  # fmt: skip
+    seen = {t.number: plain_time(t.user_attrs) for t in complete
+            if _positive(plain_time(t.user_attrs))}  # fmt: skip
     if not seen:
         if first is None:
             return None, ""
@@ -160,11 +161,18 @@ def _baseline(
     shown = seen[number]
     which = "the best" if number == best else "the latest"
     a = next(t.user_attrs for t in complete if t.number == number)
+    if "paired_baseline_time_per_image" in a:
+        batch = a.get("timing_batch_size")
+        made = (f"in the timing pairs of trial {number} ({which})"
+                + (f", in batches of {batch}" if batch else ""))  # fmt: skip
+    else:
+        made = f"the median of its timings made while trial {number} ({which}) ran"
     reference = a.get("reference_time_per_image")
-    other_mode = _positive(reference) and abs(reference - shown) > 1e-9 * shown
+    baseline = a.get("baseline_time_per_image")
+    other_mode = (_positive(reference) and _positive(baseline)
+                  and abs(reference - baseline) > 1e-9 * baseline)  # fmt: skip
     under = ", under its execution mode" if other_mode else ""
-    notes = [f"The plain pipeline took {shown:.4f} s/image: the median of its timings made "
-             f"while trial {number} ({which}) ran{under}."]  # fmt: skip
+    notes = [f"The plain pipeline took {shown:.4f} s/image: {made}{under}."]
     if other_mode:  # another mode's plain pipeline was faster
         notes.append(f"Export writes this time into the store; the trial's speedup is against "
                      f"the fastest plain pipeline, {reference:.4f} s/image.")  # fmt: skip

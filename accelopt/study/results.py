@@ -31,10 +31,23 @@ __all__ = [
     "is_pareto",
     "never_measured",
     "pareto_metric",
+    "plain_time",
     "why_ended",
 ]
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # measured (a pruned trial was, or was skipped)
+
+
+def plain_time(attrs: dict[str, Any]) -> Any:
+    """The plain pipeline's seconds per image beside a trial's, as export stores it and the
+    report shows it: the pairs' own when the trial was paired, so that baseline over measured
+    time reads as the speedup; else the running median of baseline timings it was measured
+    against (trials timed before pairs).
+
+    >>> plain_time({"baseline_time_per_image": 0.3, "paired_baseline_time_per_image": 0.28})
+    0.28
+    """
+    return attrs.get("paired_baseline_time_per_image", attrs.get("baseline_time_per_image"))
 
 
 @dataclass(frozen=True)

@@ -468,8 +468,8 @@ def test_every_spelling_of_a_name_is_one_stored_study(  # type: ignore[no-untype
     page = (workdir / "report-TinySD-DDIM-10-deepcache.html").read_text()  # the canonical name
     assert "<h1>TinySD-DDIM-10-deepcache</h1>" in page
     shown = f"{entry['baseline']['time_per_image']:.4f} s/image"
-    assert (f"The plain pipeline took {shown}: the median of its timings made while trial 0 "
-            f"(the best) ran.") in page  # fmt: skip
+    assert (f"The plain pipeline took {shown}: in the timing pairs of trial 0 (the best), in "
+            f"batches of 1.") in page  # fmt: skip
     assert '"labelangle":-30' in page and '"t":128' in page  # "deepcache.cache_branch_id"
 
 
