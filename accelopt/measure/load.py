@@ -5,17 +5,25 @@ Two timings taken seconds apart move together under a steady load, so an A/A che
 sees one (a ToySD baseline timed 15x its usual with a 14% spread). Two signals do:
 
 - **The CPU share** (``CpuReading``): the process's CPU seconds over wall seconds times the
-  threads it can use, during the baseline's timing on a CPU. A process that competes with other
-  work for the cores gets less than its threads' worth. Measured on the 2-core machine
-  (2026-12-07, TinySD-DDIM-10, 2 torch threads, spinning OpenMP waits count as CPU time): an
-  idle machine gave 85-99%, a busy loop on each core 43-55%, other helpers' work besides
-  ours 22-45%. ``SHARE_MIN`` sits between the two groups. The load average is shown beside it,
-  never judged: it counts our own threads too, lags a minute behind, and read 1.5-2.3 on the
-  idle machine right after other work stopped.
+  threads it can run at once, during the baseline's two timings on a CPU. A process that
+  competes with other work for the cores gets less than its threads' worth. Measured on the
+  2-core machine (2026-12-07, TinySD-DDIM-10; torch's waiting threads spin, so an idle
+  machine's share is near 1 with either thread count): idle (>= 99% idle CPU just before),
+  0.97-0.98 with 2 threads and 0.98-1.0 with 1; a busy loop on each core, 0.26-0.49 with 2
+  threads and 0.65-0.68 with 1 (three runnable threads on two cores: 2/3 each); other helpers'
+  work, with or without the loops, 0.18-0.43. ``SHARE_MIN`` sits between: 0.8 keeps the one
+  thread beside two busy loops (1.4-2x as slow) on the loaded side with room. The load average
+  is shown beside it, never judged: it counts our own threads, lags a minute, and read 1.1-2.4
+  on the idle machine after other work and 1.1-1.3 with the busy loops just started.
 - **The baseline's drift** (``Drift``): a baseline re-timed later (every ``BASELINE_EVERY``
   trials), or a resumed study's first timing on the same device, far off the one before it.
   This is the signal on a GPU, whose timing a CPU share cannot judge (the host waits on the
-  device), and it catches a load that comes or goes during the study.
+  device), and it catches a load that comes or goes during the study. On the same machine
+  and day, the idle TinySD baseline's medians varied up to 1.46x across runs (1 thread:
+  0.120-0.175 s/image; 2 threads: 0.086-0.114), a re-timing up to 1.29x within a run; beside
+  a busy loop on each core they took 1.4-2x (1 thread) to 3-50x (2 threads) as long.
+  ``DRIFT`` is 2: above the idle spread of a tiny pipeline, whose timings are a fraction of a
+  second; the CPU share catches the smaller slowdowns at the start.
 
 >>> CpuReading(load_average=3.9, cores=2, threads=2, cpu_share=0.48).reason()
 "this machine is loaded (load average 3.9 on 2 cores; this process got 48% of its 2 threads' \
@@ -26,7 +34,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,8 +49,8 @@ __all__ = [
     "warning",
 ]
 
-SHARE_MIN = 0.7  # a CPU share under this: the process waited for cores (see the module's text)
-DRIFT = 1.5  # a baseline this many times slower or faster than the one before it
+SHARE_MIN = 0.8  # a CPU share under this: the process waited for cores (see the module's text)
+DRIFT = 2.0  # a baseline this many times slower or faster than the one before it (see above)
 
 
 def usable_cores() -> int:
@@ -58,9 +66,10 @@ def threads_for(cores: int, workers: int, current: int) -> int:
     """Torch intra-op threads for one of ``workers`` processes sharing ``cores``: an equal
     share, at least one, and never more than ``current`` (a lower ``OMP_NUM_THREADS`` stays).
 
-    More threads than cores do not add speed but make every thread wait its turn at each
-    parallel region's barrier: two workers of two threads on two cores ran slower than two of
-    one.
+    Threads beyond the cores free to run them do not add speed but wait their turn at each
+    parallel region's barrier: beside a busy loop on each of two cores (what another worker
+    is to this one), two threads timed the TinySD baseline 3-50x slower than idle, one thread
+    1.4-2x (2026-12-07).
 
     >>> threads_for(cores=2, workers=2, current=2), threads_for(16, 1, 4), threads_for(2, 4, 2)
     (1, 4, 1)
@@ -68,10 +77,12 @@ def threads_for(cores: int, workers: int, current: int) -> int:
     return max(1, min(current, cores // max(workers, 1)))
 
 
-def warning(study: str, reason: str) -> str:
-    """The one line a loaded machine gets: ``study: warning: REASON; speedups measured now are
-    unreliable``."""
-    return f"{study}: warning: {reason}; speedups measured now are unreliable"
+def warning(study: str, record: Mapping[str, Any]) -> str:
+    """The one line a loaded machine gets, from a ``record()``: ``study: warning: REASON; ``
+    and which speedups it makes unreliable: those measured now under a starved CPU share,
+    those on either side of a drift (the load changed between them, either way)."""
+    which = "on either side of it" if record.get("signal") == "baseline drift" else "now"
+    return f"{study}: warning: {record['reason']}; speedups measured {which} are unreliable"
 
 
 @dataclass(frozen=True)
@@ -88,11 +99,12 @@ class CpuReading:
         return self.cpu_share < SHARE_MIN
 
     def reason(self) -> str:
+        cores = f"{self.cores} core{'s' if self.cores != 1 else ''}"
         threads = f"{self.threads} thread's" if self.threads == 1 else f"{self.threads} threads'"
         return (
-            f"this machine is loaded (load average {self.load_average:.1f} on {self.cores} "
-            f"core{'s' if self.cores != 1 else ''}; this process got {100 * self.cpu_share:.0f}% of its {threads} CPU time "
-            f"during the baseline)"
+            f"this machine is loaded (load average {self.load_average:.1f} on {cores}; this "
+            f"process got {100 * self.cpu_share:.0f}% of its {threads} CPU time during the "
+            f"baseline)"
         )
 
     def record(self) -> dict[str, Any]:

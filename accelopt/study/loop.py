@@ -260,7 +260,7 @@ def _note_load(
     """Warn about a loaded machine with the numbers and keep them in the study's
     ``load_warnings`` (one record per warning, naming its worker), which the study's answer,
     ``best --json`` and its store entries repeat."""
-    log(load.warning(study.study_name, record["reason"]))
+    log(load.warning(study.study_name, record))
     record = {**record, "worker": f"{socket.gethostname()}:{os.getpid()}"}
     with lock():
         study.set_user_attr("load_warnings", [*study.user_attrs.get("load_warnings", []), record])

@@ -263,7 +263,7 @@ def test_a_loaded_machine_is_warned_about_with_its_numbers_and_stored(
     assert (drift["signal"], drift["before"], drift["worker"]) == ("baseline drift", before, me)
     assert drift["reason"].startswith(f"the baseline went from {before:.3f} to ")
     assert drift["reason"].endswith("x this study's first timing on cpu (1 threads))")
-    assert load.warning("TinySD-DDIM-10", drift["reason"]) in said
+    assert load.warning("TinySD-DDIM-10", drift) in said
 
 
 # Faults: a half-written journal line, a worker killed mid-trial.
