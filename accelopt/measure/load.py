@@ -8,7 +8,7 @@ sees one (a ToySD baseline timed 15x its usual with a 14% spread). Two signals d
   threads it can run at once, during the baseline's two timings on a CPU. A process that
   competes with other work for the cores gets less than its threads' worth. Measured on the
   2-core machine (2026-12-07, TinySD-DDIM-10; torch's waiting threads spin, so an idle
-  machine's share is near 1 with either thread count): idle (>= 99% idle CPU just before),
+  machine's share is near 1 with either thread count): idle (the CPU >= 90% idle before),
   0.97-0.98 with 2 threads and 0.98-1.0 with 1; a busy loop on each core, 0.26-0.49 with 2
   threads and 0.65-0.68 with 1 (three runnable threads on two cores: 2/3 each); other helpers'
   work, with or without the loops, 0.18-0.43. ``SHARE_MIN`` sits between: 0.8 keeps the one
