@@ -72,6 +72,13 @@ def _measured(attrs: dict[str, Any]) -> dict[str, Any]:
                           **{k: attrs[k] for k in OPTIONAL if k in attrs}})  # fmt: skip
 
 
+def _under_load(study: optuna.Study) -> dict[str, Any]:
+    """``under_load``: the warnings of a machine busy while the study measured, with their
+    numbers (``accelopt.measure.load``); nothing for a study measured on a quiet machine."""
+    found = [r for r in study.user_attrs.get("load_warnings") or [] if isinstance(r, dict)]
+    return {"under_load": found} if found else {}
+
+
 def speed_verdict(trial: FrozenTrial, confirmed: dict[int, dict[str, Any]] | None,
                   threshold: float = 1.0) -> str:  # fmt: skip
     """Whether a trial is faster than ``threshold``: by its held-out confirmation when the study
@@ -185,7 +192,7 @@ def _entry(
             "dtype": spec["dtype"],
             "prompt_set": (spec.get("prompts") or {}).get("set"),  # the scripts' example prompt
         },
-        "measured": _measured(a),
+        "measured": {**_measured(a), **_under_load(study)},
         "baseline": {
             "time_per_image": plain_time(a),
             "scores": study.user_attrs.get("baseline_scores"),

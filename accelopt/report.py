@@ -167,8 +167,8 @@ def _baseline(
                 + (f", in batches of {batch}" if batch else ""))  # fmt: skip
     else:
         made = f"the median of its timings made while trial {number} ({which}) ran"
-    reference = a.get("reference_time_per_image")
-    baseline = a.get("baseline_time_per_image")
+    reference: Any = a.get("reference_time_per_image")
+    baseline: Any = a.get("baseline_time_per_image")
     other_mode = (_positive(reference) and _positive(baseline)
                   and abs(reference - baseline) > 1e-9 * baseline)  # fmt: skip
     under = ", under its execution mode" if other_mode else ""

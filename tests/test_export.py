@@ -168,3 +168,26 @@ def test_the_study_key_goes_to_the_fastest_trial_when_it_used_fewer_accelerators
     assert overall["measured"]["speedup"] == 3.0
     assert overall["accelerators"] == {"deepcache": every["deepcache"]}
     assert entries[seed_key("TinySD", "DDIM", 10, ["deepcache"], 0.99)]["study"]["trial"] == 1
+
+
+def test_an_entry_measured_under_load_says_so_with_the_numbers(tmp_path: Path) -> None:
+    """``measured.under_load``: the study's load warnings, which the entry check accepts; a
+    study measured on a quiet machine has none."""
+    from accelopt.measure.load import CpuReading
+    from accelopt.spec import record_of
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="TinySD-DDIM-10", storage=storage,
+                                direction="maximize")  # fmt: skip
+    study.set_user_attr("spec", record_of(load_spec("TinySD-DDIM-10")))
+    attrs = {"accelerators": {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
+             "speedup": 2.0, "feasible": True, "score": 0.3, "score_loss": 0.01,
+             "time_per_image": 0.3, "device": "cpu (2 threads)"}  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))
+    entries = entries_for(study, storage)  # the study's and DeepCache's
+    assert len(entries) == 2 and all("under_load" not in e["measured"] for e in entries.values())
+
+    records = [{**CpuReading(3.94, 2, 2, 0.48).record(), "worker": "host:1"}]
+    study.set_user_attr("load_warnings", records)
+    entries = entries_for(study, storage)  # checked as every reader checks them
+    assert [e["measured"]["under_load"] for e in entries.values()] == [records, records]

@@ -28,6 +28,7 @@ __all__ = [
     "quality",
     "speedup_text",
     "stopped_trials",
+    "under_load",
 ]
 
 
@@ -177,6 +178,20 @@ def stopped_trials(trials: Sequence[FrozenTrial]) -> str:
     counted = endings(trials)
     shown = [f"{counted[k]} {ENDINGS[k]}" for k in ("interrupted", "failed") if k in counted]
     return ", ".join(shown)
+
+
+def under_load(study: optuna.Study) -> str:
+    """The line an answer measured under load ends with (``accelopt.measure.load``): the first
+    warning's numbers and how many more the study keeps; empty for a study measured on a quiet
+    machine."""
+    records = [r for r in study.user_attrs.get("load_warnings") or [] if isinstance(r, dict)]
+    if not records:
+        return ""
+    more = len(records) - 1
+    also = f" (and {more} more in its load_warnings)" if more else ""
+    reason = printable(str(records[0].get("reason") or "no reason stored"), 300)
+    return (f"{study.study_name}: its speedups were measured under load: {reason}{also}; "
+            f"measure again on an idle machine to trust them")  # fmt: skip
 
 
 def interrupted(name: str, finished: bool) -> str:

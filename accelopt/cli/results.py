@@ -47,7 +47,8 @@ def _trial_record(t: FrozenTrial) -> dict[str, Any]:
 def best_record(study: optuna.Study) -> dict[str, Any]:
     """``accelopt best --json``: the best feasible trial (None if none), the execution mode the
     study's speedups were measured under with every mode's plain baseline (seconds per image),
-    and a pareto study's frontier, fastest first."""
+    the warnings of a machine under load while it measured (``under_load``, empty when none:
+    ``accelopt.measure.load``), and a pareto study's frontier, fastest first."""
     from accelopt.study.prepare import study_mode
     from accelopt.study.results import best_trial, frontier, is_pareto, pareto_metric
 
@@ -58,6 +59,7 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
         "study": study.study_name,
         "best": None if best is None else _trial_record(best),
         "execution": {"mode": study_mode(study), "baselines": baselines},
+        "under_load": list(study.user_attrs.get("load_warnings") or []),
     }
     if is_pareto(study):
         front = frontier(study.trials, pareto_metric(study))
@@ -95,6 +97,8 @@ class Best(Command):
             print(fmt.frontier_line(study, hint=False) + ", fastest first:")
             for t in frontier(study.trials, pareto_metric(study)):
                 print("  " + fmt.describe(t).replace("\n  ", "\n    "))
+        if fmt.under_load(study):
+            print(fmt.under_load(study))
         return 0
 
 

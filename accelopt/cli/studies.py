@@ -84,7 +84,10 @@ class Run(Command):
         if args.export:
             result = write_export(outcome.study, args, requirement, progress)
             written, code = result.trials, 1 if result.refused else 0
-        return self._answer(outcome, spec, requirement, codes, written) or code
+        answered = self._answer(outcome, spec, requirement, codes, written)
+        if fmt.under_load(outcome.study):  # the last line read: how far to trust the answer
+            print(fmt.under_load(outcome.study))
+        return answered or code
 
     def _search(
         self,
@@ -215,6 +218,7 @@ class Worker(Command):
 
         from accelopt.progress import Progress
         from accelopt.storage import shared_storage
+        from accelopt.study.launch import WORKERS_HERE
         from accelopt.study.loop import run_study
 
         requirement = flags.requirement_of(args)
@@ -236,6 +240,7 @@ class Worker(Command):
                 log=lambda s: print(f"{me} {s}", file=sys.stderr),
                 heartbeat=args.heartbeat,
                 warm_start=args.warm_start,
+                workers_here=_workers_here(os.environ.get(WORKERS_HERE)),
             )
         except KeyboardInterrupt as stop:
             print(f"{me} interrupted; its running trial is given back", file=sys.stderr)
@@ -269,6 +274,11 @@ class Worker(Command):
                                 f"{spec.objective!r}, not {args.objective!r}; use another "
                                 f"study name")  # fmt: skip
         return spec
+
+
+def _workers_here(value: str | None) -> int:
+    """``$ACCELOPT_WORKERS_HERE`` (set by ``run --workers N``): 1 when unset or not a count."""
+    return int(value) if value and value.isdigit() and int(value) > 0 else 1
 
 
 class Sweep(Command):

@@ -5,4 +5,5 @@
 - ``constraints``: the quality bounds a study holds its trials to
 - ``pareto``: the one non-dominated filter over (speedup, loss) pairs
 - ``environment``: package versions and the device's name, recorded beside every number
+- ``load``: whether the machine was busy while the baseline was timed; threads per worker
 """

@@ -42,6 +42,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
 
 
+class _UnderLoad(_Strict):
+    """A warning of a machine busy while the study measured (``accelopt.measure.load``)."""
+
+    signal: Text | None = None
+    reason: Text | None = None
+    worker: Text | None = None
+    load_average: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    cores: Annotated[int, Field(ge=1)] | None = None
+    threads: Annotated[int, Field(ge=1)] | None = None
+    cpu_share: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    before: Positive | None = None
+    after: Positive | None = None
+    ratio: Positive | None = None
+
+
 class _Measured(_Strict):
     speedup: Positive
     time_per_image: Positive | None = None
@@ -66,6 +81,8 @@ class _Measured(_Strict):
     timing_batch_size: Annotated[int, Field(ge=1)] | None = None
     quality_pass_time_per_image: Positive | None = None
     speedup_vs_mode_baseline: Positive | None = None
+    # Measured under load: the study's warnings, with their numbers; absent on a quiet machine.
+    under_load: list[_UnderLoad] | None = None
 
 
 class _Heldout(_Strict):

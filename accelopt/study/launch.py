@@ -38,6 +38,7 @@ from accelopt.study.workers import Slots
 
 __all__ = [
     "GIVE_BACK",
+    "WORKERS_HERE",
     "Worker",
     "assign_gpus",
     "finished_by_now",
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 GIVE_BACK = 30.0  # seconds a stopped worker has to give its running trial back
+# How many workers this launch started on the host: each takes its share of the cores' threads.
+WORKERS_HERE = "ACCELOPT_WORKERS_HERE"
 
 
 def assign_gpus(workers: int | None, gpus: str | None, device: str | None) -> list[str | None]:
@@ -132,11 +135,14 @@ class Worker:
         return f"worker {self.index} (pid {self.process.pid}, {where})"
 
 
-def start_worker(index: int, argv: Sequence[str], gpu: str | None, storage: str) -> Worker:
-    """Start ``accelopt worker ARGV`` (``gpu``: the one GPU it sees; None: no GPU of its own)."""
+def start_worker(
+    index: int, argv: Sequence[str], gpu: str | None, storage: str, workers: int = 1
+) -> Worker:
+    """Start ``accelopt worker ARGV`` (``gpu``: the one GPU it sees; None: no GPU of its own),
+    one of ``workers`` started on this host (``WORKERS_HERE``: they share its cores)."""
     # The storage URL goes through the environment: a command line is visible to every user of
     # the host (ps), and the URL may hold a password.
-    env = {**os.environ, "ACCELOPT_STORAGE": storage}
+    env = {**os.environ, "ACCELOPT_STORAGE": storage, WORKERS_HERE: str(workers)}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     command = [sys.executable, "-m", "accelopt", "worker", *argv]
@@ -245,7 +251,7 @@ def run_workers(
     workers: list[Worker] = []
     try:
         for index, gpu in enumerate(gpus):
-            workers.append(start_worker(index, worker_argv, gpu, url))
+            workers.append(start_worker(index, worker_argv, gpu, url, len(gpus)))
             log(f"{spec.name}: started {workers[-1].describe()} on {storage_label(url)}")
         codes = watch(workers, status, progress=progress, log=log, desc=f"{spec.name}: trials")
     except KeyboardInterrupt as err:

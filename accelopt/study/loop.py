@@ -9,6 +9,8 @@ starts next is ``accelopt.study.workers``'; what the trials answer, ``accelopt.s
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +20,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from accelopt.measure import load
+from accelopt.measure.environment import device_name
 from accelopt.progress import Progress, follow
 from accelopt.spec import (
     StudySpec,
@@ -89,6 +93,8 @@ def run_study(
     heartbeat: int = HEARTBEAT,
     warm_start: bool = True,
     bench: Bench | None = None,
+    workers_here: int = 1,
+    cpu_probe: Callable[[], Callable[[], load.CpuReading]] = lambda: load.CpuProbe().read,
 ) -> Outcome:
     """Run (or resume) a study until its trial budget, its grid, a requirement or a timeout.
 
@@ -99,6 +105,11 @@ def run_study(
     SQLite serves one such process: a second one on the same file is refused (``sole_writer``).
     ``progress`` is the command's ``accelopt.progress.Progress`` (a bool: stderr's, on or off).
     ``bench`` measures instead of one loaded for ``spec`` (``Bench.load``): tests pass their own.
+    ``workers_here``: the workers of this study running on this host (``--workers N``), which
+    share its cores: torch gets at most its share of threads (``load.threads_for``).
+    ``cpu_probe`` starts measuring the process's share of the cores and returns what reads it
+    (``load.CpuProbe``): on a CPU a starved baseline timing is warned about and stored in the
+    study's ``load_warnings``; tests pass their own numbers.
     """
     requirement = requirement or Requirement()
     if not isinstance(progress, Progress):
@@ -123,6 +134,8 @@ def run_study(
             heartbeat=heartbeat,
             warm_start=warm_start,
             bench=bench,
+            workers_here=workers_here,
+            cpu_probe=cpu_probe,
         )
 
 
@@ -140,6 +153,8 @@ def _run_study(
     heartbeat: int,
     warm_start: bool,
     bench: Bench | None,
+    workers_here: int,
+    cpu_probe: Callable[[], Callable[[], load.CpuReading]],
 ) -> Outcome:
     backend, url = open_storage(storage, heartbeat=heartbeat)
 
@@ -155,6 +170,7 @@ def _run_study(
     if is_finished(study, requirement):
         return outcome_of(study, 0, True, requirement)
 
+    _share_cores(spec.name, workers_here, log)
     if bench is None:
         bench = Bench.load(spec, device, weights, log, progress)
     if spec.execution != "auto" or bench.device.type == "cuda":
@@ -176,6 +192,8 @@ def _run_study(
     log(f"{spec.name}: timing the baseline twice on {bench.device} under {bench.mode} (an A/A "
         f"check) ...")  # fmt: skip
     objective = Objective(bench, space, [], chosen.get("baselines"))
+    # A CPU's share is judged; a GPU's timing is not the host's (its drift is, below and later).
+    read_share = cpu_probe() if bench.device.type == "cpu" else None
     with progress.phase(f"{spec.name}: baseline timing", 2, "measurements",
                         announce=False) as timing:  # fmt: skip
         follow(bench, timing)
@@ -183,18 +201,31 @@ def _run_study(
         timing.advance()
         second = objective.measure_baseline()
         timing.advance()
+    share = read_share() if read_share is not None else None
     spread = abs(first - second.time_per_image) / objective.baseline_time
+    here = device_name(bench.device)
     with lock():  # the first worker of a study fixes every worker's reference scores
+        stored = study.user_attrs.get("baseline_time_per_image")
         if not study.user_attrs.get("baseline_scores"):
             study.set_user_attr("baseline_scores", second.scores)
             study.set_user_attr("baseline_time_per_image", second.time_per_image)
+            study.set_user_attr("baseline_device", here)
         objective.baseline_scores = study.user_attrs["baseline_scores"]
         checks = study.user_attrs.get("aa_checks", [])
         study.set_user_attr("aa_checks", [*checks, {"spread": spread,
                                                     "device": bench.device.type}])  # fmt: skip
+        # A resumed study on the same device (its threads included) times what it timed before.
+        drift = None
+        if study.user_attrs.get("baseline_device") == here and isinstance(stored, float):
+            first_here = f"this study's first timing on {here}"
+            drift = load.Drift(stored, objective.baseline_time, first_here)
     if spread > AA_WARN:
         log(f"{spec.name}: warning: two baseline timings differ by {100 * spread:.0f}%; this "
             f"machine is noisy now and speedups will be too")  # fmt: skip
+    if share is not None and share.loaded:
+        _note_load(study, lock, log, share.record())
+    if drift is not None and drift.far:
+        _note_load(study, lock, log, drift.record())
     remaining = total - Slots.of(study.get_trials(deepcopy=False)).used
     eager = chosen.get("baselines", {}).get("eager")
     beside = f", eager {eager:.3f}" if eager is not None and bench.mode != "eager" else ""
@@ -206,6 +237,47 @@ def _run_study(
     )
     ran = _work(study, objective, total, grid, lock, timeout, requirement, progress, log)
     return outcome_of(study, ran, False, requirement)
+
+
+def _share_cores(name: str, workers_here: int, log: Callable[[str], None]) -> None:
+    """Give torch at most this worker's share of the host's cores (``load.threads_for``)."""
+    import torch
+
+    cores, current = load.usable_cores(), torch.get_num_threads()
+    threads = load.threads_for(cores, workers_here, current)
+    if threads < current:
+        torch.set_num_threads(threads)
+        log(f"{name}: {workers_here} worker{'s' if workers_here != 1 else ''} on {cores} "
+            f"cores: {threads} torch thread{'s' if threads != 1 else ''} each")  # fmt: skip
+
+
+def _note_load(
+    study: optuna.Study,
+    lock: Callable[[], contextlib.AbstractContextManager[None]],
+    log: Callable[[str], None],
+    record: dict[str, Any],
+) -> None:
+    """Warn about a loaded machine with the numbers and keep them in the study's
+    ``load_warnings`` (one record per warning, naming its worker), which the study's answer,
+    ``best --json`` and its store entries repeat."""
+    log(load.warning(study.study_name, record))
+    record = {**record, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    with lock():
+        study.set_user_attr("load_warnings", [*study.user_attrs.get("load_warnings", []), record])
+
+
+def _drifted(
+    study: optuna.Study,
+    start: float,
+    now: float,
+    lock: Callable[[], contextlib.AbstractContextManager[None]],
+    log: Callable[[str], None],
+) -> None:
+    """Warn when the baseline re-timed (``BASELINE_EVERY`` trials) is far off this worker's
+    start (``load.DRIFT``): the load changed under the study, on a CPU or a GPU alike."""
+    drift = load.Drift(start, now, "its timing at this worker's start")
+    if drift.far:
+        _note_load(study, lock, log, drift.record())
 
 
 def _work(
@@ -235,6 +307,7 @@ def _work(
     def lead() -> str:  # before each of a trial's notes: "best 1.52x; trial 3: "
         return f"{shown}; trial {running}: " if shown else f"trial {running}: "
 
+    start, timed = objective.baseline_time, len(objective.baseline_times)
     with progress.phase(f"{study.study_name}: trials", total, "trials",
                         initial=done()) as bar:  # fmt: skip
         follow(objective.bench, bar, lead)
@@ -260,6 +333,9 @@ def _work(
                     assert isinstance(trial, optuna.Trial)
                     running = trial.number
                     run_trial(study, trial, objective, log)
+                    if len(objective.baseline_times) > timed:  # re-timed before this trial
+                        timed = len(objective.baseline_times)
+                        _drifted(study, start, objective.baseline_times[-1], lock, log)
             except KeyboardInterrupt:  # also between ask and the objective: give it back
                 if isinstance(trial, optuna.Trial):
                     _abandon(study, trial, "interrupted")

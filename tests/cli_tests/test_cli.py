@@ -609,6 +609,47 @@ def test_best_json_says_the_mode_and_the_baseline_its_speedup_is_against(  # typ
     assert (best["speedup"], best["speedup_vs_eager"]) == (2.0, 3.0)
 
 
+def test_an_answer_measured_under_load_says_so(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run`` (a finished study answers again), ``best`` and ``best --json`` end with the
+    study's load warnings: its speedups were measured under load. A quiet one's say nothing."""
+    import optuna
+
+    from accelopt.measure.load import CpuReading, Drift
+    from accelopt.spec import load_spec, record_of
+
+    study = optuna.create_study(study_name="TinySD-DDIM-10", storage="sqlite:///accelopt.db",
+                                direction="maximize")  # fmt: skip
+    study.set_user_attr("spec", record_of(load_spec("TinySD-DDIM-10")))
+    study.set_user_attr("budget", 1)
+    attrs = {"accelerators": {"deepcache": {"cache_interval": 3}}, "speedup": 2.0,
+             "feasible": True, "score_loss": 0.01, "time_per_image": 0.3}  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))
+    assert main(["best", "--study", "TinySD-DDIM-10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["under_load"] == []
+    assert main(["best", "--study", "TinySD-DDIM-10"]) == 0
+    assert "load" not in capsys.readouterr().out
+
+    records = [{**CpuReading(3.94, 2, 2, 0.48).record(), "worker": "host:1"},
+               {**Drift(0.31, 4.69, "its timing at this worker's start").record()}]  # fmt: skip
+    study.set_user_attr("load_warnings", records)
+    said = (
+        "TinySD-DDIM-10: its speedups were measured under load: this machine is loaded (load "
+        "average 3.9 on 2 cores; this process got 48% of its 2 threads' CPU time during the "
+        "baseline) (and 1 more in its load_warnings); measure again on an idle machine to trust "
+        "them"
+    )
+    assert main(["run", "--study", "TinySD-DDIM-10", "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "TinySD-DDIM-10: finished already (1 trials); nothing to run"
+    assert out[-1] == said  # after the best: the last line read
+    assert main(["best", "--study", "TinySD-DDIM-10"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == said
+    assert main(["best", "--study", "TinySD-DDIM-10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["under_load"] == records
+
+
 def test_every_command_is_one_class_in_the_table() -> None:
     """One table: every command a ``Command`` with its own name, as ``--help`` lists them."""
     from accelopt.cli import COMMANDS, Command

@@ -83,6 +83,10 @@ def _keyed(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         (lambda e: e.update(execution={"mode": "graphs\nimport os"}), "execution.mode: Input"),
         (lambda e: e.update(targets=["tgate", "deepcache"]), "targets must be sorted, each"),
         (lambda e: e.update(scheduler="LMS"), "unknown scheduler 'LMS'"),
+        (
+            lambda e: e["measured"].update(under_load=[{"cpu_share": "48%"}]),
+            "measured.under_load.0.cpu_share: Input should be",
+        ),
     ],
 )
 def test_wrong_shapes_are_named(change: Any, why: str) -> None:

@@ -104,7 +104,7 @@ def test_an_interrupt_after_the_workers_finished_the_study_does_not_ask_to_resum
     spec = _spec(tmp_path)
     journal = str(tmp_path / "s.journal")
 
-    def start_worker(index: int, argv: object, gpu: object, url: str) -> launch.Worker:
+    def start_worker(index: int, argv: object, gpu: object, url: str, n: int) -> launch.Worker:
         if index == 0:  # the workers' work, done here: the study is finished
             run_study(load_spec(path=spec), storage=url, progress=False, log=lambda s: None)
         return launch.Worker(index, gpu, subprocess.Popen([sys.executable, "-c", ""]))  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.accelerators.schedules import Calls, does_at_least, schedule
 from accelopt.errors import AccelOptError
+from accelopt.measure import load
+from accelopt.measure.load import CpuReading
 from accelopt.measure.metrics import ClipScorer
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.spec import SamplerSpec, load_spec
@@ -225,6 +229,41 @@ def test_a_failing_trial_is_fail_and_the_study_goes_on(
     assert all(active is not None for active in calls)  # it failed with patches on
     assert accelerators.active(pipe) is None
     np.testing.assert_array_equal(render(pipe, steps=4), baseline)
+
+
+# A loaded machine: a starved baseline timing, a resumed study's baseline far off the stored one.
+
+
+def test_a_loaded_machine_is_warned_about_with_its_numbers_and_stored(
+    bench: Bench, storage: str
+) -> None:
+    said: list[str] = []
+    # timeout 0: each run times its baseline and runs no trial
+    run = {"storage": storage, "bench": bench, "progress": False, "log": said.append,
+           "n_trials": 1, "timeout": 0}  # fmt: skip
+    loaded = CpuReading(load_average=3.94, cores=2, threads=2, cpu_share=0.48)
+    study = run_study(bench.spec, cpu_probe=lambda: lambda: loaded, **run).study
+    assert (
+        "TinySD-DDIM-10: warning: this machine is loaded (load average 3.9 on 2 cores; this "
+        "process got 48% of its 2 threads' CPU time during the baseline); speedups measured now "
+        "are unreliable"
+    ) in said
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    assert study.user_attrs["load_warnings"] == [{**loaded.record(), "worker": me}]
+
+    # Resumed on the same device: its first baseline, stored, was ten times faster than now.
+    said.clear()
+    before = study.user_attrs["baseline_time_per_image"] / 10
+    study.set_user_attr("baseline_time_per_image", before)
+    idle = CpuReading(load_average=0.2, cores=2, threads=2, cpu_share=0.97)
+    study = run_study(bench.spec, cpu_probe=lambda: lambda: idle, **run).study
+    assert not any("this machine is loaded" in line for line in said)
+    assert len(study.user_attrs["load_warnings"]) == 2  # the first run's and this one
+    drift = study.user_attrs["load_warnings"][1]
+    assert (drift["signal"], drift["before"], drift["worker"]) == ("baseline drift", before, me)
+    assert drift["reason"].startswith(f"the baseline went from {before:.3f} to ")
+    assert drift["reason"].endswith("x this study's first timing on cpu (1 threads))")
+    assert load.warning("TinySD-DDIM-10", drift) in said
 
 
 # Faults: a half-written journal line, a worker killed mid-trial.
