@@ -150,7 +150,8 @@ def time_text(measured: Mapping[str, Any], unit: str = "s/image") -> str:
     size its timed calls ran at, and what the speedup compares it with::
 
         >>> time_text({"speedup": 2.5, "time_per_image": 0.4, "timing_batch_size": 4,
-        ...            "paired_baseline_time_per_image": 1.0, "speedup_vs_mode_baseline": 2.5})
+        ...            "paired_baseline_time_per_image": 1.0, "speedup_vs_mode_baseline": 2.5,
+        ...            "speedup_pairs": 1})
         '0.4000 s/image in batches of 4 (plain: 1.0000 s/image in the same pairs)'
         >>> time_text({"time_per_image": 0.4, "speedup_pairs": 0})
         '0.4000 s/image (unpaired: the quality pass against the baseline timed apart)'
@@ -174,7 +175,12 @@ def time_text(measured: Mapping[str, Any], unit: str = "s/image") -> str:
         if is_number(own) and is_number(speedup) and abs(own - speedup) > 1e-6 * speedup:
             scaled = (f", {own:.2f}x against it; the speedup is scaled to the fastest plain "
                       f"pipeline, another execution mode's")  # fmt: skip
-        shown += f" (plain: {plain:.4f} {unit} in the same pairs{scaled})"
+        pairs = measured.get("speedup_pairs")
+        # Medians of several pairs need not divide to the median of their ratios (a load that
+        # comes and goes moves both sides of a pair): say which is which.
+        several = (f"; medians of {pairs} pairs, the speedup is the median of their ratios"
+                   if isinstance(pairs, int) and pairs > 1 else "")  # fmt: skip
+        shown += f" (plain: {plain:.4f} {unit} in the same pairs{scaled}{several})"
     elif measured.get("speedup_pairs") == 0:
         shown += " (unpaired: the quality pass against the baseline timed apart)"
     return shown

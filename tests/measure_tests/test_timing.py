@@ -89,16 +89,19 @@ def test_the_time_per_image_says_its_batch_and_what_the_speedup_compares_it_with
     paired = {"speedup": 2.5, "speedup_vs_mode_baseline": 2.5, "time_per_image": 0.4,
               "paired_baseline_time_per_image": 1.0, "timing_batch_size": 4,
               "speedup_pairs": 3}  # fmt: skip
-    assert (
-        time_text(paired)
-        == "0.4000 s/image in batches of 4 (plain: 1.0000 s/image in the same pairs)"
+    assert time_text(paired) == (
+        "0.4000 s/image in batches of 4 (plain: 1.0000 s/image in the same pairs; medians of 3 "
+        "pairs, the speedup is the median of their ratios)"
+    )
+    assert time_text({**paired, "speedup_pairs": 1}) == (
+        "0.4000 s/image in batches of 4 (plain: 1.0000 s/image in the same pairs)"
     )
     # another execution mode's plain pipeline was faster: the speedup is against it, and says so
     scaled = {**paired, "speedup": 1.25}
     assert time_text(scaled, "s per image") == (
         "0.4000 s per image in batches of 4 (plain: 1.0000 s per image in the same pairs, "
         "2.50x against it; the speedup is scaled to the fastest plain pipeline, another "
-        "execution mode's)"
+        "execution mode's; medians of 3 pairs, the speedup is the median of their ratios)"
     )
     unpaired = {"speedup": 2.0, "time_per_image": 0.5, "timing_batch_size": 2, "speedup_pairs": 0}
     assert time_text(unpaired) == (
