@@ -130,7 +130,7 @@ class Codegen(Command):
         p.add_argument("--pipe", help="pipeline, e.g. SDXL (or its hub id)")
         p.add_argument("--sched", help="scheduler, e.g. DDIM")
         p.add_argument("--steps", type=int, help="inference steps")
-        p.add_argument("--targets", help="accelerators, e.g. deepcache,tgate (default: any)")
+        p.add_argument("--targets", help="accelerators, e.g. deepcache+tgate (default: any)")
         p.add_argument(
             "--req-speedup",
             "--min-speedup",
