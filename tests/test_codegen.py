@@ -434,6 +434,7 @@ def check_script(script: str, entry: dict[str, Any], prompts: list[str]) -> ast.
         ("FunctionDef", "with_accelopt"),
         ("FunctionDef", "check_device"),
         ("FunctionDef", "model_source"),
+        ("FunctionDef", "quiet_loading"),
         ("FunctionDef", "load"),
         ("ClassDef", "Patches"),
         ("ClassDef", "Accelerated"),

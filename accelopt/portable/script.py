@@ -121,6 +121,17 @@ def model_source(model: str) -> str | None:
     return model
 
 
+def quiet_loading() -> None:
+    """Turn off the loading bars of diffusers and transformers (the text encoder's "Loading
+    weights"; huggingface_hub's with it)."""
+    diffusers.utils.logging.disable_progress_bar()
+    try:
+        import transformers
+    except ImportError:  # a pipeline without a transformers text encoder
+        return
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load(model: str, source: str | None, device: str) -> Any:
     """The pipeline with the stored scheduler, on ``device``: built by accelopt when ``source``
     is None (seeded as the study built it, so these are the weights it measured), else loaded
@@ -135,6 +146,8 @@ def load(model: str, source: str | None, device: str) -> Any:
             BUILT_MODEL, dtype=str(dtype).removeprefix("torch."), device=device
         )
     else:
+        if not sys.stderr.isatty():  # a log gets no carriage returns from loading bars
+            quiet_loading()
         try:
             pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype)
         except OSError as err:  # not downloaded and no way to the hub, a broken folder, ...
