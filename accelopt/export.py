@@ -433,7 +433,16 @@ def export(
     confirmed = confirmations(study) or {}
     undecided = () if force else tuple(
         Withheld(t, confirmed.get(t.number)) for t in withheld(study, requirement))  # fmt: skip
-    reason = "none passed held-out confirmation" if confirmed else "none is feasible"
+    feasible = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if t.user_attrs.get("feasible"))  # fmt: skip
+    reason = "none is feasible"
+    if confirmed:
+        reason = "none passed held-out confirmation"
+    elif feasible:  # feasible, but its own pairs timed it no faster than the plain pipeline
+        reason = (
+            f"none of its {feasible} feasible trial{'s' if feasible != 1 else ''} timed "
+            f"faster than {requirement.speedup or 1.0:g}x the plain pipeline in its pairs"
+        )
     if undecided:
         reason = "no feasible configuration is surely faster than the plain pipeline"
     path = store_path(store)

@@ -192,6 +192,32 @@ def _run_study(
     log(f"{spec.name}: timing the baseline twice on {bench.device} under {bench.mode} (an A/A "
         f"check) ...")  # fmt: skip
     objective = Objective(bench, space, [], chosen.get("baselines"))
+    spread = _time_baseline(study, objective, lock, log, progress, cpu_probe)
+    remaining = total - Slots.of(study.get_trials(deepcopy=False)).used
+    eager = chosen.get("baselines", {}).get("eager")
+    beside = f", eager {eager:.3f}" if eager is not None and bench.mode != "eager" else ""
+    log(
+        f"{spec.name}: baseline {objective.baseline_time:.3f} s/image under {bench.mode}"
+        f"{beside} (A/A spread {100 * spread:.1f}%); speedups are against the fastest plain "
+        f"pipeline, {objective.reference_time:.3f} s/image; "
+        f"{max(remaining, 0)} of {total} trials to run ({storage_label(url)})"
+    )
+    ran = _work(study, objective, total, grid, lock, timeout, requirement, progress, log)
+    return outcome_of(study, ran, False, requirement)
+
+
+def _time_baseline(
+    study: optuna.Study,
+    objective: Objective,
+    lock: Callable[[], contextlib.AbstractContextManager[None]],
+    log: Callable[[str], None],
+    progress: Progress,
+    cpu_probe: Callable[[], Callable[[], load.CpuReading]],
+) -> float:
+    """Time the plain pipeline twice (the A/A check; the first worker's second timing fixes the
+    study's reference scores), judge the machine's load meanwhile, and warn; returns the two
+    timings' spread."""
+    bench, spec = objective.bench, objective.bench.spec
     # A CPU's share is judged; a GPU's timing is not the host's (its drift is, below and later).
     read_share = cpu_probe() if bench.device.type == "cpu" else None
     with progress.phase(f"{spec.name}: baseline timing", 2, "measurements",
@@ -226,17 +252,7 @@ def _run_study(
         _note_load(study, lock, log, share.record())
     if drift is not None and drift.far:
         _note_load(study, lock, log, drift.record())
-    remaining = total - Slots.of(study.get_trials(deepcopy=False)).used
-    eager = chosen.get("baselines", {}).get("eager")
-    beside = f", eager {eager:.3f}" if eager is not None and bench.mode != "eager" else ""
-    log(
-        f"{spec.name}: baseline {objective.baseline_time:.3f} s/image under {bench.mode}"
-        f"{beside} (A/A spread {100 * spread:.1f}%); speedups are against the fastest plain "
-        f"pipeline, {objective.reference_time:.3f} s/image; "
-        f"{max(remaining, 0)} of {total} trials to run ({storage_label(url)})"
-    )
-    ran = _work(study, objective, total, grid, lock, timeout, requirement, progress, log)
-    return outcome_of(study, ran, False, requirement)
+    return spread
 
 
 def _share_cores(name: str, workers_here: int, log: Callable[[str], None]) -> None:

@@ -235,6 +235,18 @@ def test_unconfirmed_export_goes_by_the_trials_own_pairs(
     assert bool(entries_for(study, url, force=True))  # undecidable is what --force lets through
 
 
+def test_a_feasible_trial_its_one_pair_timed_slower_is_not_called_infeasible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One pair at 0.8x: the trial is feasible but not faster, and export says which."""
+    url = _study(tmp_path, speedup=0.8, speedup_pairs=1)
+    argv = ["export", "--study", SPEC.name, "--storage", url, "--top-k", "0", "--store",
+            str(tmp_path / "store.json")]  # fmt: skip
+    assert main(argv) == 0  # as when none is feasible: nothing to export is no error
+    assert (f"{SPEC.name}: nothing to export: none of its 1 feasible trial timed faster than "
+            f"1x the plain pipeline in its pairs") in capsys.readouterr().err  # fmt: skip
+
+
 def _export(url: str, store: Path) -> list[str]:
     """``accelopt export`` of the test study, confirming its one trial."""
     return [

@@ -142,7 +142,8 @@ def test_export_writes_the_frontier_into_the_store(
         assert point["params"] == flat
         for k in ("speedup", "score_loss", "time_per_image", "score", "device"):
             assert point["measured"][k] == a[k]
-        assert point["baseline"] == {"time_per_image": a["baseline_time_per_image"]}
+        # the pairs' plain time when paired, so baseline over measured time is the speedup
+        assert point["baseline"] == {"time_per_image": a["paired_baseline_time_per_image"]}
         assert point["heldout"] is None
     # A set's entry holds the frontier of the trials with exactly that set.
     for other in entries.values():
