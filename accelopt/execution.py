@@ -331,7 +331,8 @@ def _counting(
 ) -> Callable[..., Any]:
     """``fn``, with the calls that made dynamo compile timed into ``record`` and, ``per_key``,
     into the cost of the call's structure and input signature (``Compiled.costs``); ``told``
-    hears of a key's first call before and after it. ``graph_count`` and ``clock`` are
+    hears of a key's first call before and after it, and after any later call that compiled
+    (dynamo compiles a key again when a guard fails: DeepCache's full step, on TinySD). ``graph_count`` and ``clock`` are
     dynamo's graph counter and the clock, unless a test injects its own."""
     told = told or _Told()
 
@@ -352,7 +353,7 @@ def _counting(
                 cost = record.costs.setdefault(key, Cost(_describe(key)))
                 cost.seconds += spent
                 cost.graphs += made
-        if new:
+        if new or (made and key is not None):  # a seen key compiled again: its cost too
             told.compiled(_describe(key), spent)
         return out
 
