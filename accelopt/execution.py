@@ -332,8 +332,9 @@ def _counting(
     """``fn``, with the calls that made dynamo compile timed into ``record`` and, ``per_key``,
     into the cost of the call's structure and input signature (``Compiled.costs``); ``told``
     hears of a key's first call before and after it, and after any later call that compiled
-    (dynamo compiles a key again when a guard fails: DeepCache's full step, on TinySD). ``graph_count`` and ``clock`` are
-    dynamo's graph counter and the clock, unless a test injects its own."""
+    (dynamo compiles a key again when a guard fails: DeepCache's full step, on TinySD).
+    ``graph_count`` and ``clock`` are dynamo's graph counter and the clock, unless a test
+    injects its own."""
     told = told or _Told()
 
     def call(*args: Any, **kwargs: Any) -> Any:
