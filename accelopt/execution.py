@@ -18,12 +18,17 @@ never compile again. Per-call logic (which step is full) runs in forward pre-hoo
 outside every graph: that is the contract an accelerator keeps to run here. Those that cannot
 are refused by name with the reason (``REFUSED``), never run eagerly behind the user's back;
 so are single knob values a mode cannot run (``REFUSED_VALUES``), which the search leaves out.
+
+Each structure's graphs are timed as they are made (``Compiled.costs``), and dynamo's own
+warnings (``torch._dynamo.utils.warn_once``: a graph break at a ``torch.Generator`` ...) are
+kept off the terminal unless asked for (``DYNAMO_WARNINGS`` or ``$TORCH_LOGS``).
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,15 +42,20 @@ from accelopt.errors import AccelOptError, choices
 from accelopt.portable.graphs import Graph, Replayer, signature
 
 __all__ = [
+    "DYNAMO_WARNINGS",
     "MODES",
     "REFUSED",
     "REFUSED_VALUES",
     "Compiled",
+    "Cost",
     "allowed",
+    "by_structure",
     "check",
     "check_values",
     "compile_stats",
+    "dynamo_warnings_asked",
     "modes_to_measure",
+    "quiet_dynamo",
     "run",
     "use_cache_dir",
 ]
@@ -71,6 +81,12 @@ REFUSED_VALUES: dict[tuple[str, str, Any], str] = {
 # Dynamo keeps one compiled graph per structure and shape under the same code objects (the
 # UNet's forward, each block's): a study needs more of them than the default limit of 8.
 RECOMPILE_LIMIT = 256
+
+# Set (to anything but "" or "0") to see dynamo's own warnings; so does any $TORCH_LOGS.
+DYNAMO_WARNINGS = "ACCELOPT_DYNAMO_WARNINGS"
+# Where dynamo's warnings come from: warn_once calls warnings.warn from dynamo's modules, so
+# a user's own warnings, replayed by dynamo from traced code, still show.
+_DYNAMO_MODULES = r"torch\._(dynamo|inductor)(\.|$)"
 
 
 def check(mode: str, names: Iterable[str] = (), device: str | None = None) -> str:
@@ -129,6 +145,27 @@ def use_cache_dir(folder: Path) -> Path:
 
 
 @dataclass
+class Cost:
+    """What one structure's graphs for one input signature cost to make."""
+
+    structure: str  # in words (``_describe``): "deepcache 0 shallow", "plain"
+    seconds: float = 0.0  # compiling and capturing them
+    graphs: int = 0  # dynamo's graphs under compile; CUDA graphs captured under cuda-graphs
+
+
+def by_structure(costs: Iterable[Cost]) -> list[dict[str, Any]]:
+    """``costs`` summed per structure over its input signatures, in the order first met:
+    ``[{"structure": "deepcache 0 shallow", "seconds": 7.1, "graphs": 2}]``."""
+    out: dict[str, dict[str, Any]] = {}
+    for cost in costs:
+        row = out.setdefault(cost.structure, {"structure": cost.structure, "seconds": 0.0,
+                                              "graphs": 0})  # fmt: skip
+        row["seconds"] += cost.seconds
+        row["graphs"] += cost.graphs
+    return list(out.values())
+
+
+@dataclass
 class Compiled:
     """What one denoiser has compiled or captured, kept across trials (see ``_COMPILED``)."""
 
@@ -139,6 +176,8 @@ class Compiled:
     compiles: int = 0  # graphs inductor made (dynamo's count) for this denoiser
     captures: int = 0
     seen: set[Hashable] = field(default_factory=set)  # keys called under compile so far
+    # Per key (a structure and input signature), in the order made: what its graphs cost.
+    costs: dict[Hashable, Cost] = field(default_factory=dict)
 
 
 _COMPILED: WeakKeyDictionary[Any, Compiled] = WeakKeyDictionary()
@@ -158,12 +197,14 @@ def run(
     on_compile: Callable[[str], None] | None = None,
     *,
     inductor: bool = True,
+    on_compiled: Callable[[str, float], None] | None = None,
 ) -> Iterator[Compiled]:
     """Run ``pipe``'s denoiser under ``mode`` inside the block; yields its compile record.
 
     Takes the accelerators applied now (``accelerators.active``) as they are: apply them first.
     ``on_compile(what)`` is told before a call that meets a structure and input shapes for the
-    first time, the call that compiles or captures (a progress bar says "compiling" then).
+    first time, the call that compiles or captures (a progress bar says "compiling" then), and
+    ``on_compiled(what, seconds)`` after it, with what it cost.
     ``inductor=False`` makes ``cuda-graphs`` capture PyTorch's own kernels, not inductor's.
     """
     from accelopt.pipelines import denoiser
@@ -184,16 +225,41 @@ def run(
             f"compiles the class's forward and would lose that patch"
         )
     _configure_dynamo()
+    told = _Told(on_compile, on_compiled)
     if mode == "compile":
-        net.forward = _counting(record, _compiled_forward(net, record), acc, on_compile)
+        net.forward = _counting(record, _compiled_forward(net, record), acc, told)
     else:
         if next(net.parameters()).device.type != "cuda":
             raise AccelOptError("execution mode cuda-graphs needs the pipeline on a CUDA device")
-        net.forward = _Replayer(net, record, acc, on_compile, inductor)
+        net.forward = _Replayer(net, record, acc, told, inductor)
     try:
-        yield record
+        # The whole block, not each call: entering catch_warnings resets every module's record
+        # of warnings shown once, and a call per denoiser step would show them again each step.
+        with quiet_dynamo(not dynamo_warnings_asked()):
+            yield record
     finally:
         del net.forward
+
+
+def dynamo_warnings_asked(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the user asked for dynamo's own warnings: ``$ACCELOPT_DYNAMO_WARNINGS`` set
+    (not "" or "0"), or any ``$TORCH_LOGS`` (whoever sets torch's logging wants its output)."""
+    return env.get(DYNAMO_WARNINGS, "") not in ("", "0") or bool(env.get("TORCH_LOGS"))
+
+
+@contextmanager
+def quiet_dynamo(quiet: bool = True) -> Iterator[None]:
+    """Inside the block, ``warnings.warn`` from dynamo and inductor shows nothing (``quiet``).
+
+    Dynamo warns through ``torch._dynamo.utils.warn_once``, which calls ``warnings.warn`` from
+    its own modules (a graph break at a builtin it cannot trace, ``torch.Generator``'s
+    included); the break itself is logged at debug level only (``TORCH_LOGS=graph_breaks``)."""
+    if not quiet:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=_DYNAMO_MODULES)
+        yield
 
 
 def _configure_dynamo() -> None:
@@ -237,26 +303,59 @@ def _describe(key: Hashable) -> str:
     return " + ".join(" ".join(map(str, part)) for part in key[0]) or "plain"
 
 
+@dataclass(frozen=True)
+class _Told:
+    """Who hears that a structure's graphs are being made, and what they cost when made."""
+
+    on_compile: Callable[[str], None] | None = None
+    on_compiled: Callable[[str, float], None] | None = None
+
+    def compiling(self, what: str) -> None:
+        if self.on_compile is not None:
+            self.on_compile(what)
+
+    def compiled(self, what: str, seconds: float) -> None:
+        if self.on_compiled is not None:
+            self.on_compiled(what, seconds)
+
+
 def _counting(
     record: Compiled,
     fn: Callable[..., Any],
     acc: Any,
-    on_compile: Callable[[str], None] | None,
+    told: _Told | None = None,
+    *,
+    per_key: bool = True,
+    graph_count: Callable[[], int] = _graph_count,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Callable[..., Any]:
-    """``fn``, with the calls that made dynamo compile timed into ``record``."""
+    """``fn``, with the calls that made dynamo compile timed into ``record`` and, ``per_key``,
+    into the cost of the call's structure and input signature (``Compiled.costs``); ``told``
+    hears of a key's first call before and after it, and after any later call that compiled
+    (dynamo compiles a key again when a guard fails: DeepCache's full step, on TinySD).
+    ``graph_count`` and ``clock`` are dynamo's graph counter and the clock, unless a test
+    injects its own."""
+    told = told or _Told()
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        if on_compile is not None:
-            key = _key(acc, args, kwargs)
-            if key not in record.seen:
-                record.seen.add(key)
-                on_compile(_describe(key))
-        before, started = _graph_count(), time.perf_counter()
+        key = _key(acc, args, kwargs) if per_key else None
+        new = key is not None and key not in record.seen
+        if new:
+            record.seen.add(key)
+            told.compiling(_describe(key))
+        before, started = graph_count(), clock()
         out = fn(*args, **kwargs)
-        made = _graph_count() - before
+        made = graph_count() - before
+        spent = clock() - started if made else 0.0
         if made:
             record.compiles += made
-            record.seconds += time.perf_counter() - started
+            record.seconds += spent
+            if key is not None:
+                cost = record.costs.setdefault(key, Cost(_describe(key)))
+                cost.seconds += spent
+                cost.graphs += made
+        if new or (made and key is not None):  # a seen key compiled again: its cost too
+            told.compiled(_describe(key), spent)
         return out
 
     return call
@@ -272,26 +371,32 @@ class _Replayer(Replayer):
         net: Any,
         record: Compiled,
         acc: Any,
-        on_compile: Callable[[str], None] | None,
+        told: _Told,
         inductor: bool = True,
     ) -> None:
         forward = _compiled_forward(net, record) if inductor else type(net).forward.__get__(net)
         super().__init__(
-            _counting(record, forward, acc, None),
+            # the capture below times and tells per key, its compiling included
+            _counting(record, forward, acc, per_key=False),
             next(net.parameters()).device,
             acc.structure if acc is not None else tuple,
             record.graphs.setdefault("inductor" if inductor else "eager", {}),
             record.pool,
         )
         self.record = record
-        self.on_compile = on_compile
+        self.told = told
 
     def capture(self, key: Hashable, leaves: list[Any], spec: Any) -> Graph:
-        if self.on_compile is not None:
-            self.on_compile(_describe(key))
+        what = _describe(key)
+        self.told.compiling(what)
         started, spent = time.perf_counter(), self.record.seconds
         graph = super().capture(key, leaves, spec)
+        took = time.perf_counter() - started
         self.record.pool = self.pool
         self.record.captures += 1
-        self.record.seconds = spent + time.perf_counter() - started  # compiling included once
+        self.record.seconds = spent + took  # compiling included once
+        cost = self.record.costs.setdefault(key, Cost(what))
+        cost.seconds += took
+        cost.graphs += 1
+        self.told.compiled(what, took)
         return graph

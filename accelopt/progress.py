@@ -199,12 +199,13 @@ class Followed(Protocol):
 
     on_batch: Callable[[str, int, int], None] | None
     on_compile: Callable[[str], None] | None
+    on_compiled: Callable[[str, float], None] | None
 
 
 def follow(bench: Followed, phase: Phase, lead: Callable[[], str] = lambda: "") -> None:
-    """Tell ``phase`` what a bench (``accelopt.trial.bench.Bench``) generates and compiles,
-    each note after ``lead()`` (``trial 3: ``). It keeps telling that phase until followed
-    by another."""
+    """Tell ``phase`` what a bench (``accelopt.trial.bench.Bench``) generates and compiles
+    (and in how many seconds it compiled), each note after ``lead()`` (``trial 3: ``). It
+    keeps telling that phase until followed by another."""
 
     def batch(what: str, done: int, total: int) -> None:
         phase.tell(f"{lead()}{what} {done}/{total}")
@@ -212,8 +213,12 @@ def follow(bench: Followed, phase: Phase, lead: Callable[[], str] = lambda: "") 
     def compiling(what: str) -> None:  # a new graph takes a minute or more: say so now
         phase.tell(f"{lead()}compiling {what} ...", force=True)
 
+    def compiled(what: str, seconds: float) -> None:  # what it cost, as a line of its own
+        phase.tell(f"{lead()}compiled {what} in {seconds:.1f} s", force=True)
+
     bench.on_batch = batch
     bench.on_compile = compiling
+    bench.on_compiled = compiled
 
 
 @contextlib.contextmanager

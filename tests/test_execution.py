@@ -196,3 +196,102 @@ def test_tgate_compiles_once_per_structure_and_off_reproduces_the_baseline(
     assert _graphs() == before
     with execution.run(pipe, "compile"):
         np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
+
+
+# What compiling costs, per structure: execution's bookkeeping driven by a fake forward, a
+# fake graph counter and a fake clock (compiling anything real takes minutes here).
+
+
+class _Acc:
+    """An applied accelerator as ``_counting`` sees it: its structure now."""
+
+    def __init__(self) -> None:
+        self.now: tuple[tuple[object, ...], ...] = ()
+
+    def structure(self) -> tuple[tuple[object, ...], ...]:
+        return self.now
+
+
+def test_each_structure_is_timed_and_told_once_with_its_cost() -> None:
+    import torch
+
+    acc, clock, graphs, told = _Acc(), [0.0], [0], []
+    shallow = (("deepcache", 0, "shallow"),)
+    # What each call "compiles" by (structure, batch): (graphs made, seconds); else a replay.
+    makes: dict[tuple[object, int], tuple[int, float]] = {
+        (shallow, 2): (2, 7.5),
+        ((), 2): (1, 3.0),
+        (shallow, 1): (1, 1.5),
+    }
+    again = [(shallow, 2)]  # a guard fails: dynamo compiles a seen key once more
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        made, took = makes.pop((acc.now, len(x)), (0, 0.25))  # a replay also takes time
+        if (made, took) == (0, 0.25) and (acc.now, len(x)) in again:
+            again.remove((acc.now, len(x)))
+            made, took = 1, 2.0
+        graphs[0] += made
+        clock[0] += took
+        return x
+
+    record = execution.Compiled()
+    call = execution._counting(
+        record, forward, acc,
+        execution._Told(lambda what: told.append(f"compiling {what}"),
+                        lambda what, s: told.append(f"compiled {what} in {s:.1f} s")),
+        graph_count=lambda: graphs[0], clock=lambda: clock[0],
+    )  # fmt: skip
+    acc.now = shallow
+    call(torch.zeros(2, 3))
+    call(torch.zeros(2, 3))  # seen, and compiled again
+    call(torch.zeros(2, 3))  # seen: a replay, no word, no cost
+    acc.now = ()
+    call(torch.zeros(2, 3))
+    acc.now = shallow
+    call(torch.zeros(1, 3))  # the same structure at another batch: a key of its own
+    assert told == [
+        "compiling deepcache 0 shallow", "compiled deepcache 0 shallow in 7.5 s",
+        "compiled deepcache 0 shallow in 2.0 s",  # no word before: it was no new key
+        "compiling plain", "compiled plain in 3.0 s",
+        "compiling deepcache 0 shallow", "compiled deepcache 0 shallow in 1.5 s",
+    ]  # fmt: skip
+    costs = list(record.costs.values())
+    assert [(c.structure, c.seconds, c.graphs) for c in costs] == [
+        ("deepcache 0 shallow", 9.5, 3), ("plain", 3.0, 1), ("deepcache 0 shallow", 1.5, 1)
+    ]  # fmt: skip
+    assert (record.compiles, record.seconds) == (5, 14.0)  # the replays' seconds are not in it
+    assert execution.by_structure(costs) == [
+        {"structure": "deepcache 0 shallow", "seconds": 11.0, "graphs": 4},
+        {"structure": "plain", "seconds": 3.0, "graphs": 1},
+    ]
+
+
+def _compiled_call(builtin: object) -> None:
+    """A call dynamo compiles (no inductor: seconds) that meets a builtin it cannot trace, so
+    it warns (``torch._dynamo.utils.warn_once``), once per builtin in a process."""
+    import torch
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x + builtin(b"x")  # type: ignore[operator]
+
+    torch.compile(f, backend="eager")(torch.ones(2))
+
+
+def test_dynamo_warnings_stay_off_the_terminal_unless_asked_for() -> None:
+    import warnings
+    import zlib
+
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        with execution.quiet_dynamo():
+            _compiled_call(zlib.crc32)
+            warnings.warn("the user's own", UserWarning, stacklevel=1)  # still shows
+        with execution.quiet_dynamo(quiet=False):
+            _compiled_call(zlib.adler32)
+    said = [str(w.message).split(".")[0] for w in got]
+    assert said == ["the user's own", "Dynamo does not know how to trace the builtin `zlib"]
+    assert "adler32" in str(got[1].message)
+
+    asked = execution.dynamo_warnings_asked
+    assert not asked({}) and not asked({"ACCELOPT_DYNAMO_WARNINGS": "0"})
+    assert asked({"ACCELOPT_DYNAMO_WARNINGS": "1"}) and asked({"TORCH_LOGS": "graph_breaks"})

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from accelopt.export import Exported, Withheld
 
 __all__ = [
+    "compile_cost",
     "describe",
     "export_lines",
     "frontier_line",
@@ -178,6 +179,18 @@ def stopped_trials(trials: Sequence[FrozenTrial]) -> str:
     counted = endings(trials)
     shown = [f"{counted[k]} {ENDINGS[k]}" for k in ("interrupted", "failed") if k in counted]
     return ", ".join(shown)
+
+
+def compile_cost(study: optuna.Study) -> str:
+    """What a run's end line adds about compiling (``accelopt.study.results.compile_cost``):
+    ``; compiling and capturing took 212 s of 431 s (49%)``; empty when nothing compiled."""
+    from accelopt.study.results import compile_cost
+
+    cost = compile_cost(study)
+    if cost["compile_seconds"] <= 0:
+        return ""
+    return (f"; compiling and capturing took {cost['compile_seconds']:.0f} s of "
+            f"{cost['seconds']:.0f} s ({100 * cost['share']:.0f}%)")  # fmt: skip
 
 
 def under_load(study: optuna.Study) -> str:

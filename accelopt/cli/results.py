@@ -48,9 +48,16 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
     """``accelopt best --json``: the best feasible trial (None if none), the execution mode the
     study's speedups were measured under with every mode's plain baseline (seconds per image),
     the warnings of a machine under load while it measured (``under_load``, empty when none:
-    ``accelopt.measure.load``), and a pareto study's frontier, fastest first."""
+    ``accelopt.measure.load``), what compiling and capturing cost it (``compile``:
+    ``accelopt.study.results.compile_cost``), and a pareto study's frontier, fastest first."""
     from accelopt.study.prepare import study_mode
-    from accelopt.study.results import best_trial, frontier, is_pareto, pareto_metric
+    from accelopt.study.results import (
+        best_trial,
+        compile_cost,
+        frontier,
+        is_pareto,
+        pareto_metric,
+    )
 
     best = best_trial(study)
     stored = study.user_attrs.get("execution")
@@ -60,6 +67,7 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
         "best": None if best is None else _trial_record(best),
         "execution": {"mode": study_mode(study), "baselines": baselines},
         "under_load": list(study.user_attrs.get("load_warnings") or []),
+        "compile": compile_cost(study),
     }
     if is_pareto(study):
         front = frontier(study.trials, pareto_metric(study))

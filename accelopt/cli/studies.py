@@ -135,10 +135,12 @@ class Run(Command):
         counted = states.count("COMPLETE") + states.count("PRUNED")
         ended = fmt.stopped_trials(study.trials)
         failed = f", {ended}" if ended else ""
+        cost = fmt.compile_cost(study)  # the study's, all its runs and workers
         if outcome.already_finished:
-            print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run")
+            print(f"{spec.name}: finished already ({counted} trials{failed}); nothing to run"
+                  f"{cost}")  # fmt: skip
         else:
-            print(f"{spec.name}: ran {outcome.ran} trials ({counted} in the study{failed})")
+            print(f"{spec.name}: ran {outcome.ran} trials ({counted} in the study{failed}){cost}")
         for line in fmt.never_measured(study, spec.sampler.name == "grid"):
             print(line)
         stopped = any(codes.values()) and not outcome.already_finished

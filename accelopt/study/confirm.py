@@ -119,6 +119,7 @@ def confirm(
         bench.mode,
         lpips=bench.lpips,
         on_compile=bench.on_compile,
+        on_compiled=bench.on_compiled,
         on_batch=bench.on_batch,
     )
     pairs = max(pairs, MIN_PAIRS, spec.timing.pairs)

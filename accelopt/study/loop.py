@@ -46,7 +46,7 @@ from accelopt.study.prepare import (
     is_finished,
     prepare_study,
 )
-from accelopt.study.results import DONE, Requirement, best_trial
+from accelopt.study.results import DONE, Requirement, best_trial, compile_cost
 from accelopt.study.workers import WAIT, GridOrder, Slots, take_trial
 from accelopt.trial.bench import Bench
 from accelopt.trial.objective import Objective
@@ -203,6 +203,8 @@ def _run_study(
         f"{max(remaining, 0)} of {total} trials to run ({storage_label(url)})"
     )
     ran = _work(study, objective, total, grid, lock, timeout, requirement, progress, log)
+    with lock():  # all its workers' so far: the last to end stores the whole study's
+        study.set_user_attr("compile_cost", compile_cost(study))
     return outcome_of(study, ran, False, requirement)
 
 

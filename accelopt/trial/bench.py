@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -73,6 +74,8 @@ class Bench:
     mode: str = "eager"  # the execution mode every generation runs under (accelopt.execution)
     # Told what is compiling before a generation compiles or captures a graph (progress bars).
     on_compile: Callable[[str], None] | None = None
+    # Told after it, with its seconds: (what, seconds compiling and capturing).
+    on_compiled: Callable[[str, float], None] | None = None
     lpips: Callable[[torch.Tensor, torch.Tensor], list[float]] | None = None  # when measured
     # Told after every generation call: (what: "warm-up", "generating" or "timing pairs",
     # calls done, calls in all), so a long measurement shows progress.
@@ -161,10 +164,14 @@ class Bench:
         most every prompt."""
         return min(self.spec.timing.prompts or self.spec.prompts.batch_size, len(self.prompts))
 
+    def _run(self) -> AbstractContextManager[execution.Compiled]:
+        """``execution.run`` of the bench's pipeline under its mode, telling its callbacks."""
+        return execution.run(self.pipe, self.mode, self.on_compile, on_compiled=self.on_compiled)
+
     def time_call(self) -> float:
         """Seconds per image of one call on the timing subset, under the bench's execution mode
         (its graphs were made by the measurement before)."""
-        with execution.run(self.pipe, self.mode, self.on_compile):
+        with self._run():
             _, took = timed(partial(self.generate, 0, self.timing_prompts), self.device)
         return took / self.timing_prompts
 
@@ -210,7 +217,7 @@ class Bench:
         ``check(per-prompt values so far)`` may stop the measurement after a batch by returning
         why. ``keep_images`` keeps the images on the measurement (the baseline's, as reference).
         """
-        with execution.run(self.pipe, self.mode, self.on_compile) as compiled:
+        with self._run() as compiled:
             spent = compiled.seconds
             m = self._measure(check, compiled, keep_images)
         return dataclasses.replace(m, compile_seconds=compiled.seconds - spent)

@@ -13,13 +13,13 @@ import dataclasses
 import json
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
 import torch
 
-from accelopt import accelerators
+from accelopt import accelerators, execution
 from accelopt.accelerators import schedules
 from accelopt.errors import AccelOptError
 from accelopt.measure.constraints import Bound
@@ -32,6 +32,9 @@ from accelopt.trial.space import Space, dominating_trial
 __all__ = ["Objective"]
 
 BASELINE_EVERY = 10  # re-time the baseline after this many trials, so drift shows in speedups
+# Which stage measured a trial (its ``stage`` attribute). Every trial is the search's today; a
+# later change re-measures the finalists in the deployed mode as a stage of its own.
+STAGE = "search"
 
 
 class Objective:
@@ -50,8 +53,10 @@ class Objective:
         space: Space,
         baseline_scores: list[float],
         mode_baselines: dict[str, float] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.bench = bench
+        self.clock = clock  # times the trial and its pairs (tests inject their own)
         self.space = space
         self.baseline_scores = baseline_scores
         self.baseline_times: list[float] = []
@@ -119,7 +124,7 @@ class Objective:
         if self.trials_since_baseline >= BASELINE_EVERY:
             self.time_baseline()
         self.trials_since_baseline += 1
-        started = time.perf_counter()
+        started = self.clock()
         configs = self.space.configs(self.space.suggest(trial))
         trial.set_user_attr("accelerators", configs)
         if not configs:
@@ -144,20 +149,27 @@ class Objective:
         pipe = self.bench.pipe
         # Over the budget is no reason to stop a pareto trial: its loss is an objective.
         check = self.over_budget if self.bench.spec.early_stop and not self.pareto else None
-        paired, pairing = None, 0.0
+        paired, pairing, pair_compiling = None, 0.0, 0.0
+        # What this trial compiles and captures, the timing pairs' too (their batch may be a
+        # shape the quality pass never ran): the denoiser's record before and after.
+        compiled = execution.compile_stats(pipe)
+        spent, known = compiled.seconds, set(compiled.costs)
         try:
             with accelerators.apply(pipe, configs, steps=self.bench.spec.steps):
                 m = self.bench.measure(check)
             if not m.stopped and self.bench.spec.timing.pairs:
-                pairing = time.perf_counter()
+                pairing, before = self.clock(), compiled.seconds
                 paired = self.bench.pairs(configs, self.bench.spec.timing.pairs)
-                pairing = time.perf_counter() - pairing
+                pairing = self.clock() - pairing
+                pair_compiling = compiled.seconds - before
         finally:
             accelerators.remove(pipe)  # also when apply or generation raised
             if self.bench.device.type == "cuda":
                 torch.cuda.empty_cache()
-        m = dataclasses.replace(m, pair_seconds=pairing)
-        speedup, loss = self._record(trial, m, time.perf_counter() - started, paired)
+        m = dataclasses.replace(m, pair_seconds=pairing - pair_compiling,
+                                compile_seconds=compiled.seconds - spent)  # fmt: skip
+        new = execution.by_structure(c for k, c in compiled.costs.items() if k not in known)
+        speedup, loss = self._record(trial, m, self.clock() - started, paired, new)
         if m.stopped:  # its numbers and its cost are recorded; it cannot be the answer
             raise optuna.TrialPruned(m.stopped)
         return (speedup, loss) if self.pareto else speedup
@@ -207,8 +219,15 @@ class Objective:
         return list(values.get(metric, []))
 
     def _record(
-        self, trial: optuna.Trial, m: Measurement, wall: float, paired: Paired | None = None
+        self,
+        trial: optuna.Trial,
+        m: Measurement,
+        wall: float,
+        paired: Paired | None = None,
+        new_structures: list[dict[str, Any]] | None = None,
     ) -> tuple[float, float]:
+        """Set the trial's constraints and user attributes; ``new_structures`` are the
+        structures it met first, with their cost (``execution.by_structure``)."""
         spec = self.bench.spec
         unpaired = self.reference_time / m.time_per_image
         # Paired: the median ratio against this mode's plain pipeline in alternated calls,
@@ -245,10 +264,14 @@ class Objective:
             "feasible": all(b.holds(metrics.get(b.name)) for b in spec.bounds()) and not m.stopped,
             "baseline_time_per_image": self.baseline_time,
             "execution": self.bench.mode,
+            "stage": STAGE,
             "reference_time_per_image": self.reference_time,  # the fastest plain pipeline
             "speedup_vs_mode_baseline": speedup / scale,
             "device": device_name(self.bench.device),
             "trial_seconds": wall,
+            "new_structures": new_structures or [],
+            # compiling and capturing (compile_seconds) over the trial's seconds
+            "compile_share": m.compile_seconds / wall if wall > 0 else 0.0,
             "overhead_seconds": wall
             - m.generation_seconds
             - m.warmup_seconds

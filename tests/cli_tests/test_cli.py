@@ -163,7 +163,7 @@ def workdir(tmp_path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyp
 def test_run_prints_the_best_and_resumes(workdir, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     assert main(["run", "--study", "TinySD-DDIM-10", "--n-trials", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "TinySD-DDIM-10: ran 2 trials (2 in the study)" in out
+    assert out.splitlines()[0] == "TinySD-DDIM-10: ran 2 trials (2 in the study)"  # eager
     assert (workdir / "accelopt.db").is_file()
     assert main(["run", "--study", "TinySD-DDIM-10", "--n-trials", "2", "--quiet"]) == 0
     assert "finished already (2 trials)" in capsys.readouterr().out
@@ -657,3 +657,46 @@ def test_every_command_is_one_class_in_the_table() -> None:
     names = [c.name for c in COMMANDS]
     assert all(isinstance(c, Command) for c in COMMANDS) and len(set(names)) == len(names)
     assert {"run", "worker", "export", "best", "codegen", "storage"} <= set(names)
+
+
+def test_the_end_line_and_best_json_say_what_compiling_cost_the_study(  # type: ignore[no-untyped-def]
+    workdir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The study's start timed the plain pipeline under compile (200 s compiling of 210 s) and
+    chose eager; its stored trial compiled for 12 s of 30. A run's end line, the study's user
+    attrs and ``best --json`` give the sums (an eager study's line says nothing of compiling:
+    ``test_run_prints_the_best_and_resumes``)."""
+    import optuna
+
+    from accelopt.spec import load_spec, record_of
+
+    study = optuna.create_study(study_name="TinySD-DDIM-10", storage="sqlite:///accelopt.db",
+                                direction="maximize")  # fmt: skip
+    study.set_user_attr("spec", record_of(load_spec("TinySD-DDIM-10")))
+    study.set_user_attr("budget", 1)
+    study.set_user_attr("execution", {"mode": "eager", "baselines": {"eager": 0.2, "compile": 0.5},
+                                      "compile_seconds": {"eager": 0.0, "compile": 200.0},
+                                      "seconds": {"eager": 10.0, "compile": 210.0}})  # fmt: skip
+    attrs = {"accelerators": {"deepcache": {"cache_interval": 3}}, "speedup": 2.0,
+             "feasible": True, "score_loss": 0.01, "time_per_image": 0.3,
+             "compile_seconds": 12.0, "trial_seconds": 30.0}  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))
+    assert main(["run", "--study", "TinySD-DDIM-10", "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "TinySD-DDIM-10: finished already (1 trials); nothing to run; compiling and capturing "
+        "took 212 s of 250 s (85%)"
+    )
+    assert main(["best", "--study", "TinySD-DDIM-10", "--json"]) == 0
+    cost = json.loads(capsys.readouterr().out)["compile"]
+    assert cost == {"compile_seconds": 212.0, "seconds": 250.0, "share": 0.848}
+
+    # One more trial, run here (eager: it compiles nothing, its seconds count).
+    assert main(["run", "--study", "TinySD-DDIM-10", "--n-trials", "2", "--quiet"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    stored = optuna.load_study(study_name="TinySD-DDIM-10", storage="sqlite:///accelopt.db")
+    total = stored.user_attrs["compile_cost"]
+    assert total["compile_seconds"] == 212.0 and total["seconds"] >= 250.0
+    assert line == (
+        f"TinySD-DDIM-10: ran 1 trials (2 in the study); compiling and capturing took 212 s "
+        f"of {total['seconds']:.0f} s ({100 * total['share']:.0f}%)"
+    )

@@ -1,4 +1,5 @@
-"""Early stopping inside a trial: stop one clearly over the quality budget, keep the others."""
+"""Early stopping inside a trial: stop one clearly over the quality budget, keep the others.
+And what a trial records of its compiling: the structures it met first, their cost, its share."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from accelopt import accelerators
+from accelopt import accelerators, execution
 from accelopt._types import Pipeline
 from accelopt.measure.metrics import loss_bound, score_loss
 from accelopt.pipelines.schedulers import set_scheduler
-from accelopt.spec import PromptSpec, load_spec
+from accelopt.spec import PromptSpec, TimingSpec, load_spec
 from accelopt.testing.scorers import PixelEmbeddings
-from accelopt.trial.bench import Bench
+from accelopt.trial.bench import Bench, Check, Measurement
 from accelopt.trial.objective import Objective
 from accelopt.trial.space import Space
 
@@ -128,3 +129,57 @@ def test_loss_bound_matches_score_loss_with_every_prompt() -> None:
     assert loss_bound(baseline, scores[:1], z=2.0)[1] == float("-inf")
     with pytest.raises(ValueError, match="between 1 and len"):
         loss_bound(baseline, [], z=2.0)
+
+
+class _Compiling(Bench):
+    """An eager bench whose measurements "compile" each DeepCache branch they meet first, as
+    ``execution`` records a compile: 7.5 s of 10 on the injected clock ``now``, 2.5 s when
+    nothing is new."""
+
+    now: list[float]
+
+    def measure(self, check: Check | None = None, keep_images: bool = False) -> Measurement:
+        m = super().measure(check, keep_images)
+        acc = accelerators.active(self.pipe)
+        record = execution.compile_stats(self.pipe)
+        key = ("deepcache", acc.configs["deepcache"].cache_branch_id) if acc else None
+        compiled = key is not None and key not in record.costs
+        if compiled:
+            record.costs[key] = execution.Cost(f"deepcache {key[1]} shallow", 7.5, 2)
+            record.seconds += 7.5
+        self.now[0] += 10.0 if compiled else 2.5
+        return m
+
+
+def test_a_trial_records_the_structures_it_met_first_with_their_cost_and_its_share(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    spec = load_spec("TinySD-DDIM-10").replace(
+        warmup=0, prompts=PromptSpec(count=2, batch_size=2), timing=TimingSpec(pairs=0)
+    )
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, spec.scheduler)
+    record = execution.compile_stats(pipe)
+    record.costs.clear()  # the session's pipeline: what other tests made is not this test's
+    # Feasible, then over the budget (so the last is not dominated by it), then feasible.
+    scorer = FakeScorer(pipe, [10.0, 10.0, 0.0, 0.0, 10.0, 10.0])
+    bench = _Compiling(spec, pipe, scorer, torch.device("cpu"))  # type: ignore[arg-type]
+    bench.now = now = [0.0]
+    space = Space.build(bench.traits, spec.steps, ("deepcache",))
+    objective = Objective(bench, space, [10.0, 10.0], clock=lambda: now[0])
+    objective.time_baseline()
+    study = optuna.create_study(direction="maximize")
+    for interval, branch in ((2, 1), (3, 0), (2, 0)):
+        study.enqueue_trial({"deepcache.cache_interval": interval,
+                             "deepcache.cache_branch_id": branch})  # fmt: skip
+    study.optimize(objective, n_trials=3)
+    attrs = [t.user_attrs for t in study.trials]
+    assert [a["new_structures"] for a in attrs] == [
+        [{"structure": "deepcache 1 shallow", "seconds": 7.5, "graphs": 2}],
+        [{"structure": "deepcache 0 shallow", "seconds": 7.5, "graphs": 2}],
+        [],  # branch 0's graphs were made by the trial before
+    ]
+    assert [a["compile_seconds"] for a in attrs] == [7.5, 7.5, 0.0]
+    assert [a["trial_seconds"] for a in attrs] == [10.0, 10.0, 2.5]
+    assert [a["compile_share"] for a in attrs] == [0.75, 0.75, 0.0]
+    assert {(a["stage"], a["execution"]) for a in attrs} == {("search", "eager")}
