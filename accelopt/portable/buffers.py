@@ -29,6 +29,16 @@ class Buffers:
         _copy_into(buffers, value)
         return value
 
+    def part(self, key: Hashable) -> Buffers:
+        """The buffers of one part (a module), kept here under ``key``. Keys inside a part need
+        not name it: compiled code that several modules share then reads no module's name, so
+        dynamo guards on shapes and not on which module runs (T-GATE under regional compiling)."""
+        part = self.saved.get(key)
+        if part is None:
+            part = self.saved[key] = Buffers()
+        assert isinstance(part, Buffers), f"{key} holds tensors, not a part"
+        return part
+
     def load(self, key: Hashable) -> Any:
         try:
             return self.saved[key]

@@ -220,6 +220,11 @@ def _gate(
     """Wrap ``module``'s forward to follow ``gate``; ``always``: its self-attention computes at
     every call (ToMe merges its input)."""
     inner = module.forward
+    # This module's own buffers, keyed by shape alone: under regional compiling one compiled
+    # transformer block serves every instance, and a key naming the module would make dynamo
+    # guard on the name and compile the block again for each instance (and again at each
+    # buffer's first use).
+    own = buffers.part(("tgate", name))
 
     def forward(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         context = args[0] if args else kwargs.get("encoder_hidden_states")
@@ -229,16 +234,16 @@ def _gate(
         mode = now[0 if cross else 1]
         if always and not cross:
             return inner(hidden_states, *args, **kwargs)
-        key = (name, tuple(hidden_states.shape), hidden_states.dtype)
+        key = (tuple(hidden_states.shape), hidden_states.dtype)
         if mode == REUSE:
-            return buffers.load(key)
+            return own.load(key)
         out = inner(hidden_states, *args, **kwargs)
         if mode == KEEP:
-            buffers.store(key, out)
+            own.store(key, out)
         elif mode == KEEP_MEAN:  # reused by the halved calls after the gate
             uncond, cond = out.chunk(2)
             half = (len(uncond), *hidden_states.shape[1:])
-            buffers.store((name, half, hidden_states.dtype), (uncond + cond) / 2)
+            own.store((half, hidden_states.dtype), (uncond + cond) / 2)
         return out
 
     module.forward = forward
