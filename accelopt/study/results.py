@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from accelopt._types import is_number
 from accelopt.measure.constraints import quality_loss
 
 __all__ = [
@@ -154,9 +155,9 @@ def compile_cost(study: optuna.Study) -> dict[str, float]:
     seconds = sum(_numbers(start.get("seconds"))) or compiling
     for trial in study.get_trials(deepcopy=False):
         a = trial.user_attrs
-        if isinstance(a.get("trial_seconds"), int | float):  # measured, not skipped
+        if is_number(a.get("trial_seconds")):  # measured, not skipped
             seconds += a["trial_seconds"]
-            compiling += a.get("compile_seconds") or 0.0
+            compiling += a["compile_seconds"] if is_number(a.get("compile_seconds")) else 0.0
     return {"compile_seconds": compiling, "seconds": seconds,
             "share": compiling / seconds if seconds > 0 else 0.0}  # fmt: skip
 
@@ -165,7 +166,7 @@ def _numbers(values: Any) -> list[float]:
     """The numbers of a stored ``{mode: seconds}`` (nothing when none is stored)."""
     if not isinstance(values, dict):
         return []
-    return [v for v in values.values() if isinstance(v, int | float)]
+    return [v for v in values.values() if is_number(v)]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
