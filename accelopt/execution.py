@@ -7,8 +7,17 @@
 
 - ``eager``: PyTorch as written.
 - ``compile``: the denoiser's forward compiled by inductor (``torch.compile``, no CUDA graphs).
-- ``cuda-graphs``: the same inductor kernels, captured by accelopt as CUDA graphs and replayed,
-  so a step costs no kernel launches on the host. CUDA only.
+- ``cuda-graphs``: inductor's kernels, captured by accelopt as CUDA graphs and replayed, so a
+  step costs no kernel launches on the host. CUDA only.
+
+Which kernels a mode runs (``KERNELS``): the plain pipeline's forward is compiled whole by
+inductor, the fastest plain pipeline a user can run and so the baseline. An accelerated one
+runs under ``cuda-graphs`` on *regional* kernels (``accelopt.portable.graphs.Regions``): each
+repeated block compiled on its own, the code between them PyTorch's, the whole forward captured
+per structure. A new structure then costs a capture of blocks compiled already, about 1-7 s
+where the whole forward's compile took 51 s (SD1.5 on an H100, docs/BENCHMARKS.md), for a
+forward 3.9% slower than the whole one compiled: speedups measured so are a little below what a
+whole compile of the winner would give, never above. Generated scripts run the same kernels.
 
 The order is fixed: accelerators patch the modules, then a mode compiles or captures what they
 left. A graph is made once per *structure* (what a call computes: ``Accelerated.structure()``,
@@ -26,6 +35,7 @@ kept off the terminal unless asked for (``DYNAMO_WARNINGS`` or ``$TORCH_LOGS``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -39,10 +49,11 @@ from weakref import WeakKeyDictionary
 from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.errors import AccelOptError, choices
-from accelopt.portable.graphs import Graph, Replayer, signature
+from accelopt.portable.graphs import Graph, Regions, Replayer, signature
 
 __all__ = [
     "DYNAMO_WARNINGS",
+    "KERNELS",
     "MODES",
     "REFUSED",
     "REFUSED_VALUES",
@@ -54,6 +65,7 @@ __all__ = [
     "check_values",
     "compile_stats",
     "dynamo_warnings_asked",
+    "kernels_for",
     "modes_to_measure",
     "quiet_dynamo",
     "run",
@@ -62,6 +74,9 @@ __all__ = [
 
 MODES = ("eager", "compile", "cuda-graphs")  # spec.EXECUTIONS adds "auto"
 GRAPH_MODES = ("compile", "cuda-graphs")
+# How a graph mode's kernels are made: the whole forward by inductor, each repeated block by
+# inductor (regional), or PyTorch's own (cuda-graphs only: capture without compiling).
+KERNELS = ("inductor", "regional", "eager")
 
 # (mode, accelerator) -> why that accelerator cannot run under that mode. Empty today: DeepCache
 # and T-GATE keep their caches in owned buffers and decide per call in hooks, and ToMe's merge
@@ -79,8 +94,9 @@ REFUSED_VALUES: dict[tuple[str, str, Any], str] = {
 }
 
 # Dynamo keeps one compiled graph per structure and shape under the same code objects (the
-# UNet's forward, each block's): a study needs more of them than the default limit of 8.
-RECOMPILE_LIMIT = 256
+# UNet's forward; under regional kernels ``nn.Module._call_impl``, every block class and shape
+# and each accelerator's changes to them): a study needs more than the default limit of 8.
+RECOMPILE_LIMIT = 512
 
 # Set (to anything but "" or "0") to see dynamo's own warnings; so does any $TORCH_LOGS.
 DYNAMO_WARNINGS = "ACCELOPT_DYNAMO_WARNINGS"
@@ -178,6 +194,7 @@ class Compiled:
     seen: set[Hashable] = field(default_factory=set)  # keys called under compile so far
     # Per key (a structure and input signature), in the order made: what its graphs cost.
     costs: dict[Hashable, Cost] = field(default_factory=dict)
+    regions: dict[str, Regions] = field(default_factory=dict)  # by torch.compile backend
 
 
 _COMPILED: WeakKeyDictionary[Any, Compiled] = WeakKeyDictionary()
@@ -196,8 +213,9 @@ def run(
     mode: str,
     on_compile: Callable[[str], None] | None = None,
     *,
-    inductor: bool = True,
+    kernels: str | None = None,
     on_compiled: Callable[[str, float], None] | None = None,
+    backend: str = "inductor",
 ) -> Iterator[Compiled]:
     """Run ``pipe``'s denoiser under ``mode`` inside the block; yields its compile record.
 
@@ -205,15 +223,19 @@ def run(
     ``on_compile(what)`` is told before a call that meets a structure and input shapes for the
     first time, the call that compiles or captures (a progress bar says "compiling" then), and
     ``on_compiled(what, seconds)`` after it, with what it cost.
-    ``inductor=False`` makes ``cuda-graphs`` capture PyTorch's own kernels, not inductor's.
+    ``kernels`` (``KERNELS``) overrides ``kernels_for``'s choice; ``backend`` is
+    ``torch.compile``'s for regional kernels (tests use "eager": no C++ compiler).
     """
     from accelopt.pipelines import denoiser
 
     acc = accelerators.active(pipe)
     check(mode, acc.names if acc is not None else ())
     check_values(mode, acc.configs if acc is not None else {})
-    if not inductor and mode != "cuda-graphs":
-        raise AccelOptError(f"inductor=False picks the kernels cuda-graphs captures, not {mode}'s")
+    kernels = kernels or kernels_for(mode, acc is not None and bool(acc.names))
+    if kernels not in KERNELS:
+        raise AccelOptError(f"unknown kernels {kernels!r}; valid: {choices(KERNELS)}")
+    if kernels == "eager" and mode != "cuda-graphs":
+        raise AccelOptError(f"eager kernels are what cuda-graphs captures, not {mode}'s")
     net = denoiser(pipe)
     record = compile_stats(pipe)
     if mode == "eager":
@@ -226,19 +248,38 @@ def run(
         )
     _configure_dynamo()
     told = _Told(on_compile, on_compiled)
+    forward = _forward(net, record, kernels)
     if mode == "compile":
-        net.forward = _counting(record, _compiled_forward(net, record), acc, told)
+        net.forward = _counting(record, forward, acc, told)
     else:
         if next(net.parameters()).device.type != "cuda":
             raise AccelOptError("execution mode cuda-graphs needs the pipeline on a CUDA device")
-        net.forward = _Replayer(net, record, acc, told, inductor)
+        net.forward = _Replayer(net, record, acc, told, forward, kernels)
+    regions = contextlib.nullcontext()
+    if kernels == "regional":
+        regions = record.regions.setdefault(backend, Regions(net, backend)).on()  # type: ignore[assignment]
     try:
         # The whole block, not each call: entering catch_warnings resets every module's record
         # of warnings shown once, and a call per denoiser step would show them again each step.
-        with quiet_dynamo(not dynamo_warnings_asked()):
+        with quiet_dynamo(not dynamo_warnings_asked()), regions:
             yield record
     finally:
         del net.forward
+
+
+def kernels_for(mode: str, accelerated: bool) -> str:
+    """The kernels ``mode`` runs: under ``cuda-graphs`` an accelerated pipeline's are regional
+    (a new structure costs a capture), the plain pipeline's the whole forward's (the fastest
+    plain pipeline, the baseline); ``compile`` always compiles the whole forward."""
+    return "regional" if mode == "cuda-graphs" and accelerated else "inductor"
+
+
+def _forward(net: Any, record: Compiled, kernels: str) -> Callable[..., Any]:
+    """The forward a graph mode calls: compiled whole, or the class's own (whose repeated
+    blocks run compiled under regional kernels)."""
+    if kernels == "inductor":
+        return _compiled_forward(net, record)
+    return type(net).forward.__get__(net)
 
 
 def dynamo_warnings_asked(env: Mapping[str, str] = os.environ) -> bool:
@@ -372,15 +413,15 @@ class _Replayer(Replayer):
         record: Compiled,
         acc: Any,
         told: _Told,
-        inductor: bool = True,
+        forward: Callable[..., Any],
+        kernels: str,
     ) -> None:
-        forward = _compiled_forward(net, record) if inductor else type(net).forward.__get__(net)
         super().__init__(
             # the capture below times and tells per key, its compiling included
             _counting(record, forward, acc, per_key=False),
             next(net.parameters()).device,
             acc.structure if acc is not None else tuple,
-            record.graphs.setdefault("inductor" if inductor else "eager", {}),
+            record.graphs.setdefault(kernels, {}),
             record.pool,
         )
         self.record = record

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             return timed_once(g, p, args.batch)
 
         def mode(p: Any = pipe, v: Variant = variant) -> Any:
-            return execution.run(p, args.mode, inductor=v.inductor)
+            return execution.run(p, args.mode, kernels="inductor" if v.inductor else "eager")
 
         row: dict[str, Any] = {"variant": name, "plans": {}}
         record["variants"].append(row)

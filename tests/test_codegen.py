@@ -203,6 +203,7 @@ IMPORTS = [
     ("Import", ["sys"]),
     ("Import", ["time"]),
     ("ImportFrom", ["Callable", "Hashable", "Iterator"]),
+    ("ImportFrom", ["contextmanager"]),
     ("ImportFrom", ["dataclass"]),
     ("ImportFrom", ["Path"]),
     ("ImportFrom", ["Any", "NoReturn"]),

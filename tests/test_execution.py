@@ -19,6 +19,7 @@ from accelopt._types import Pipeline
 from accelopt.accelerators import DeepCacheConfig, TGateConfig
 from accelopt.cli import main
 from accelopt.errors import AccelOptError
+from accelopt.portable.graphs import REGIONS
 from accelopt.testing import render, tiny_pipeline
 from accelopt.trial.space import Space
 
@@ -107,7 +108,7 @@ def test_a_patched_forward_is_refused_not_overwritten() -> None:
 def test_eager_kernels_are_a_cuda_graphs_choice_only(mode: str) -> None:
     pipe = tiny_pipeline("TinySD")
     refused = pytest.raises(AccelOptError, match=f"not {mode}'s")
-    with refused, execution.run(pipe, mode, inductor=False):
+    with refused, execution.run(pipe, mode, kernels="eager"):
         pass
     assert "forward" not in vars(pipe.unet)
 
@@ -196,6 +197,39 @@ def test_tgate_compiles_once_per_structure_and_off_reproduces_the_baseline(
     assert _graphs() == before
     with execution.run(pipe, "compile"):
         np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
+
+
+def test_regional_kernels_compile_blocks_once_and_leave_no_trace() -> None:
+    """Regional kernels on TinySD, dynamo's "eager" backend (no C++ compiler): every repeated
+    block runs compiled, the images are eager's bit for bit, the whole forward is never
+    compiled, a new DeepCache interval costs no graph and a new branch fewer than a tenth of
+    the first structure's, and leaving the mode puts every block's call back."""
+    pipe = tiny_pipeline("TinySD")
+    net = pipe.unet
+    blocks = [m for m in net.modules() if type(m).__name__ in REGIONS]
+    made = []
+    for interval, branch in ((3, 0), (2, 0), (3, 1)):
+        config = {"deepcache": DeepCacheConfig(cache_interval=interval, cache_branch_id=branch)}
+        with accelerators.apply(pipe, config, steps=STEPS):
+            eager = render(pipe, steps=STEPS)
+            before = _graphs()
+            with execution.run(pipe, "compile", kernels="regional", backend="eager") as record:
+                assert all(m._compiled_call_impl is not None for m in blocks)
+                np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
+            made.append(_graphs() - before)
+    assert record.forward is None  # the whole forward: never compiled
+    assert made[0] > 0 and made[1] == 0 and 10 * made[2] < made[0], made
+    assert all(m._compiled_call_impl is None for m in net.modules())
+    assert "forward" not in vars(net)
+
+
+def test_kernels_follow_the_mode_and_whether_the_pipeline_is_accelerated() -> None:
+    assert execution.kernels_for("cuda-graphs", accelerated=True) == "regional"
+    assert execution.kernels_for("cuda-graphs", accelerated=False) == "inductor"  # the baseline
+    assert execution.kernels_for("compile", accelerated=True) == "inductor"
+    refused = pytest.raises(AccelOptError, match="unknown kernels 'fast'; valid: inductor, reg")
+    with refused, execution.run(tiny_pipeline("TinySD"), "compile", kernels="fast"):
+        pass
 
 
 # What compiling costs, per structure: execution's bookkeeping driven by a fake forward, a

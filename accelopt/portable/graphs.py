@@ -10,9 +10,16 @@ and a scheduler may keep a model output across steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+# The blocks a denoiser repeats, by class name: regional compilation compiles each instance on
+# its own (diffusers' ``compile_repeated_blocks`` does it for the transformer blocks), and every
+# instance of a class with the same input shapes reuses one compiled graph. Matched on the
+# class's bases too, so a block whose class an accelerator swapped (ToMe's) still is one.
+REGIONS = ("BasicTransformerBlock", "ResnetBlock2D", "Downsample2D", "Upsample2D")
 
 
 def signature(
@@ -97,3 +104,40 @@ class Replayer:
         with torch.cuda.graph(graph, pool=self.pool):
             output = self.forward(*args, **kwargs)
         return Graph(graph, [x for x in static if isinstance(x, torch.Tensor)], output)
+
+
+class Regions:
+    """Regional compilation of ``net``: inductor's kernels for each repeated block (``REGIONS``)
+    and PyTorch's own for the code between them, in force only inside ``with regions.on():`` so
+    that a whole forward compiled elsewhere never traces into them.
+
+    What an accelerator changes between structures is mostly the code between the blocks
+    (DeepCache skips some blocks and reads its buffers instead), so capturing a new structure's
+    graph reuses blocks compiled already: it costs a capture, not a compile of the whole
+    forward. A block that does change (ToMe's merge, T-GATE's attention modes) compiles once
+    per class, shape and change, never per instance. ``backend`` is ``torch.compile``'s.
+    """
+
+    def __init__(self, net: Any, backend: str = "inductor") -> None:
+        import torch
+
+        self.blocks = [
+            m for m in net.modules() if any(c.__name__ in REGIONS for c in type(m).__mro__)
+        ]
+        # torch.compile is lazy: nothing compiles before a block's first call with regions on.
+        self.compiled = [
+            torch.compile(m._call_impl, dynamic=False, backend=backend) for m in self.blocks
+        ]
+
+    @contextmanager
+    def on(self) -> Iterator[None]:
+        """Inside the block, each repeated block runs its compiled code (how ``nn.Module``'s
+        own ``compile()`` does it); after it, what each had before."""
+        before = [m._compiled_call_impl for m in self.blocks]
+        for module, compiled in zip(self.blocks, self.compiled, strict=True):
+            module._compiled_call_impl = compiled
+        try:
+            yield
+        finally:
+            for module, was in zip(self.blocks, before, strict=True):
+                module._compiled_call_impl = was

@@ -31,7 +31,7 @@ from diffusers import DiffusionPipeline
 # The script carries these modules verbatim above this body, so these imports are left out.
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.deepcache import Schedule, cache_deep_features
-from accelopt.portable.graphs import Replayer
+from accelopt.portable.graphs import Regions, Replayer
 from accelopt.portable.tgate import Gate, gate_attention, is_guided
 
 # ---- the header: codegen writes the entry's values in place of these placeholders ----
@@ -312,7 +312,10 @@ class Accelerated:
 
 def execute(pipe: Any, accelerated: Accelerated, mode: str) -> None:
     """Run the denoiser under ``mode``, as accelopt measured it: ``compile`` is inductor's
-    kernels; ``cuda-graphs`` captures those kernels once per structure and replays them."""
+    kernels for the whole forward; ``cuda-graphs`` captures one graph per structure and replays
+    it, the plain pipeline's (``--compare``) over the whole forward compiled, the accelerated
+    one's over its repeated blocks compiled one by one (``Regions``), so that each of its
+    structures costs a capture rather than a compile."""
     if mode == "eager":
         return
     net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
@@ -321,15 +324,24 @@ def execute(pipe: Any, accelerated: Accelerated, mode: str) -> None:
     # One graph per structure and input shape under the same code objects (and --compare's
     # plain pipeline beside them): more than dynamo's default 8, as accelopt allows.
     for name in ("recompile_limit", "cache_size_limit"):
-        if getattr(torch._dynamo.config, name, 256) < 256:
-            setattr(torch._dynamo.config, name, 256)
+        if getattr(torch._dynamo.config, name, 512) < 512:
+            setattr(torch._dynamo.config, name, 512)
     # The class's forward, not the patched one; static shapes, one graph per input shape.
-    forward = torch.compile(type(net).forward.__get__(net), dynamic=False)
+    whole = torch.compile(type(net).forward.__get__(net), dynamic=False)
     if mode == "compile":
-        net.forward = forward
-    else:
-        device = next(net.parameters()).device
-        net.forward = Replayer(forward, device, accelerated.structure)
+        net.forward = whole
+        return
+    regions = Regions(net)
+    own = type(net).forward.__get__(net)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:  # called only to capture a graph
+        if not accelerated.patches.on:
+            return whole(*args, **kwargs)
+        with regions.on():
+            return own(*args, **kwargs)
+
+    device = next(net.parameters()).device
+    net.forward = Replayer(forward, device, accelerated.structure)
 
 
 def parse_args() -> argparse.Namespace:
