@@ -187,6 +187,12 @@ def _run_study(
             starts = warmstart.warm_start(study, backend, spec, space)
             if starts:
                 log(f"{spec.name}: {warmstart.summary(starts)}")
+            # Where a new structure costs a compile, learn first which accelerators can win.
+            if bench.mode != "eager" and spec.sampler.name != "grid":
+                probed = warmstart.probe(study, space)
+                if probed:
+                    log(f"{spec.name}: first {', '.join(probed)}, each alone at its fastest: "
+                        f"one slower than the plain pipeline is searched no further")  # fmt: skip
     grid = GridOrder(space.grid(), spec.sampler.seed) if spec.sampler.name == "grid" else None
 
     log(f"{spec.name}: timing the baseline twice on {bench.device} under {bench.mode} (an A/A "

@@ -88,6 +88,7 @@ ENDINGS: dict[str, str] = {
     "stopped": "stopped early for a bound",
     "same": "skipped, same schedule as an earlier trial",
     "dominated": "skipped, dominated",
+    "lost": "skipped, its accelerator lost alone",
     "baseline": "skipped, no accelerator on",
     "pruned": "pruned",  # by a sampler or a hand, with no reason stored
     "interrupted": "interrupted",
@@ -111,6 +112,8 @@ def ending(trial: FrozenTrial) -> str | None:
         return "stopped"
     skipped = str(a.get("skipped", ""))
     # The reasons dominating_trial and the objective store (tests check they stay these).
+    if "lost" in a:
+        return "lost"
     if skipped.startswith("no accelerator on"):
         return "baseline"
     if skipped.startswith("same configuration as") or skipped.endswith("(same schedule)"):

@@ -34,7 +34,16 @@ from accelopt.spec import StudySpec
 from accelopt.study.results import best_trial
 from accelopt.trial.space import PRIMARY, Space
 
-__all__ = ["LIMIT", "Neighbour", "Start", "neighbours", "summary", "translate", "warm_start"]
+__all__ = [
+    "LIMIT",
+    "Neighbour",
+    "Start",
+    "neighbours",
+    "probe",
+    "summary",
+    "translate",
+    "warm_start",
+]
 
 LIMIT = 5  # configurations enqueued at most: a head start, not a second search
 # Knobs that name a position in the schedule: scaled by the ratio of step counts. The others are
@@ -197,6 +206,28 @@ def warm_start(
         study.enqueue_trial(s.params, user_attrs={"warm_start": s.source})
     study.set_user_attr("warm_start", [s.source for s in starts])
     return starts
+
+
+def probe(study: optuna.Study, space: Space) -> list[str]:
+    """Enqueue each searched accelerator alone at its fastest (``Space.fastest``), once, into a
+    study that has measured nothing yet; returns their names. One whose fastest loses to the
+    plain pipeline is then searched no further (``accelopt.trial.space.lost_accelerator``):
+    where every new structure costs a compile, that is the compile time the search saves.
+    Call it under the study's lock, after ``warm_start`` (which starts only empty studies).
+
+    >>> probe(study, space)  # doctest: +SKIP
+    ['deepcache', 'tome', 'tgate']
+    """
+    waiting = optuna.trial.TrialState.WAITING
+    if "probes" in study.user_attrs or not space.optional:
+        return []
+    if any(t.state != waiting for t in study.get_trials(deepcopy=False)):
+        return []
+    names = list(dict.fromkeys(key.split(".", 1)[0] for key in space.params))
+    for name in names:
+        study.enqueue_trial(space.fastest(name), user_attrs={"probe": name})
+    study.set_user_attr("probes", names)
+    return names
 
 
 def summary(starts: list[Start]) -> str:

@@ -27,13 +27,14 @@ from accelopt.measure.environment import device_name
 from accelopt.measure.metrics import loss_bound, prompt_losses
 from accelopt.measure.timing import Paired, median
 from accelopt.trial.bench import SSIM_WINDOW, Bench, Measurement
-from accelopt.trial.space import Space, dominating_trial
+from accelopt.trial.space import Space, dominating_trial, lost_accelerator
 
 __all__ = ["Objective"]
 
 BASELINE_EVERY = 10  # re-time the baseline after this many trials, so drift shows in speedups
-# Which stage measured a trial (its ``stage`` attribute). Every trial is the search's today; a
-# later change re-measures the finalists in the deployed mode as a stage of its own.
+# Which stage measured a trial (its ``stage`` attribute). There is one: every trial is measured
+# on the kernels it deploys with (``execution.kernels_for``: regional under cuda-graphs, as the
+# generated scripts run them), against the fastest plain pipeline, so no later stage re-ranks.
 STAGE = "search"
 
 
@@ -145,6 +146,11 @@ class Objective:
         if found is not None:
             trial.set_user_attr("skipped", found[1])
             raise optuna.TrialPruned(found[1])
+        lost = lost_accelerator(configs, done, self.space)
+        if lost is not None:  # nothing to learn, and its new structures would cost compiles
+            trial.set_user_attr("lost", lost[0])
+            trial.set_user_attr("skipped", lost[1])
+            raise optuna.TrialPruned(lost[1])
 
         pipe = self.bench.pipe
         # Over the budget is no reason to stop a pareto trial: its loss is an objective.
@@ -264,6 +270,7 @@ class Objective:
             "feasible": all(b.holds(metrics.get(b.name)) for b in spec.bounds()) and not m.stopped,
             "baseline_time_per_image": self.baseline_time,
             "execution": self.bench.mode,
+            "kernels": execution.kernels_for(self.bench.mode, accelerated=True),
             "stage": STAGE,
             "reference_time_per_image": self.reference_time,  # the fastest plain pipeline
             "speedup_vs_mode_baseline": speedup / scale,
@@ -286,9 +293,8 @@ class Objective:
         if paired is not None and len(paired.ratios) > 1:  # one pair has no interval
             low, high, level = paired.interval()
             attrs.update(speedup_interval=[scale * low, scale * high], speedup_level=level)
-        eager = (
-            self.baseline_time if self.bench.mode == "eager" else self.mode_baselines.get("eager")
-        )
+        # this mode's own running median, where the study runs eagerly
+        eager = {**self.mode_baselines, self.bench.mode: self.baseline_time}.get("eager")
         if eager is not None:  # eager's plain time over this trial's time, paired when it is
             attrs["speedup_vs_eager"] = eager / self.baseline_time * speedup / scale
         if m.stopped:

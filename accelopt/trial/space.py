@@ -25,7 +25,7 @@ from accelopt import accelerators
 from accelopt.accelerators import Param, PipeTraits
 from accelopt.errors import AccelOptError
 
-__all__ = ["Space", "dominating_trial"]
+__all__ = ["Space", "dominating_trial", "lost_accelerator"]
 
 # Which way each knob makes generation faster: +1 larger is faster, -1 smaller is faster.
 FASTER: dict[str, int] = {
@@ -157,6 +157,29 @@ class Space:
                 raise AccelOptError(f"{key}: a stored {type(dist).__name__} is not one of ours")
         return drawn
 
+    def fastest(self, name: str) -> dict[str, Any]:
+        """Params that apply ``name`` alone with every knob at its faster end (``FASTER``; the
+        first value where speed does not depend on it), every other accelerator off: the
+        probe that says whether ``name`` can win at all. Searched spaces only.
+
+        >>> space.fastest("tome")  # doctest: +SKIP
+        {'deepcache.cache_interval': 1, 'tome.ratio': 0.75, ...}
+        """
+        if not self.optional:
+            raise ValueError("a space of fixed targets has no accelerator to switch off")
+        out: dict[str, Any] = {}
+        for key, p in self.params.items():
+            owner, knob = key.split(".", 1)
+            primary, off_value = PRIMARY[owner]
+            off = self.steps if off_value is None else off_value
+            if owner != name:
+                out[key] = off if knob == primary else p.values[0]
+                continue
+            on = [v for v in p.values if knob != primary or v != off]
+            faster = FASTER.get(key, 0)
+            out[key] = max(on) if faster > 0 else min(on) if faster < 0 else on[0]
+        return out
+
     def configs(self, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Flat params -> ``{accelerator: {knob: value}}`` for the accelerators that are on."""
         grouped: dict[str, dict[str, Any]] = {}
@@ -225,4 +248,33 @@ def dominating_trial(
                 f"cannot beat feasible trial {t.number} "
                 f"({t.user_attrs.get('speedup', 0):.2f}x): {why}"
             )
+    return None
+
+
+def lost_accelerator(
+    configs: Mapping[str, Mapping[str, Any]],
+    done: Iterable[optuna.trial.FrozenTrial],
+    space: Space,
+) -> tuple[str, str] | None:
+    """An accelerator in ``configs`` that has lost, and why; None if none has.
+
+    One has lost when it was measured alone at its fastest (``Space.fastest``, the study's
+    probe) and ran slower than the plain pipeline: with other accelerators it only adds its
+    own cost, so every configuration with it is slower than the same one without it (ToMe
+    under CUDA graphs at batch 1: 0.66x, docs/BENCHMARKS.md). Such configurations are not
+    measured, nor their new structures compiled. Searched spaces only: named targets stay.
+    """
+    if not space.optional:
+        return None
+    finished = [t for t in done if isinstance(t.user_attrs.get("speedup"), (int, float))]
+    for name in configs:
+        alone = space.configs(space.fastest(name))
+        for t in finished:
+            speedup = t.user_attrs["speedup"]
+            if t.user_attrs.get("accelerators") == alone and speedup < 1:
+                knobs = ", ".join(f"{k} {v}" for k, v in alone[name].items())
+                return name, (
+                    f"{name} lost: alone at its fastest ({knobs}) trial {t.number} ran "
+                    f"{speedup:.2f}x the plain pipeline, so it only slows what it joins"
+                )
     return None

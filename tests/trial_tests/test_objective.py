@@ -3,6 +3,7 @@ And what a trial records of its compiling: the structures it met first, their co
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import optuna
@@ -183,3 +184,51 @@ def test_a_trial_records_the_structures_it_met_first_with_their_cost_and_its_sha
     assert [a["trial_seconds"] for a in attrs] == [10.0, 10.0, 2.5]
     assert [a["compile_share"] for a in attrs] == [0.75, 0.75, 0.0]
     assert {(a["stage"], a["execution"]) for a in attrs} == {("search", "eager")}
+
+
+class _Timed(Bench):
+    """An eager bench whose seconds per image are injected per set of accelerators on
+    (``seconds``; the plain pipeline 1.0); ``measured`` lists what it measured."""
+
+    seconds: dict[frozenset[str], float]
+    measured: list[frozenset[str]]
+
+    def measure(self, check: Check | None = None, keep_images: bool = False) -> Measurement:
+        m = super().measure(check, keep_images)
+        acc = accelerators.active(self.pipe)
+        on = frozenset(acc.names) if acc is not None else frozenset()
+        self.measured.append(on)
+        return dataclasses.replace(m, time_per_image=self.seconds.get(on, 1.0))
+
+
+def test_an_accelerator_that_loses_alone_at_its_fastest_is_searched_no_further(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    from accelopt.study.results import ENDINGS, ending
+    from accelopt.study.warmstart import probe
+
+    spec = load_spec("TinySD-DDIM-10").replace(
+        warmup=0, prompts=PromptSpec(count=2, batch_size=2), timing=TimingSpec(pairs=0)
+    )
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, spec.scheduler)
+    bench = _Timed(spec, pipe, FakeScorer(pipe, [10.0] * 8), torch.device("cpu"))  # type: ignore[arg-type]
+    bench.seconds = {frozenset({"deepcache"}): 0.5, frozenset({"tome"}): 1.5,
+                     frozenset({"tgate"}): 0.8}  # fmt: skip
+    bench.measured = []
+    space = Space.build(bench.traits, spec.steps, None)
+    objective = Objective(bench, space, [10.0, 10.0])
+    objective.time_baseline()
+    study = optuna.create_study(direction="maximize")
+    assert probe(study, space) == ["deepcache", "tome", "tgate"]
+    assert probe(study, space) == []  # once per study
+    study.enqueue_trial({**space.fastest("deepcache"), "tome.ratio": 0.3})
+    study.optimize(objective, n_trials=4)
+    speedups = [t.user_attrs.get("speedup") for t in study.trials]
+    assert speedups[:3] == [2.0, pytest.approx(1 / 1.5), 1.25]
+    last = study.trials[3]
+    assert last.state == TrialState.PRUNED and ending(last) == "lost"
+    assert ENDINGS["lost"] == "skipped, its accelerator lost alone"
+    assert last.user_attrs["skipped"].startswith("tome lost: alone at its fastest (ratio 0.75")
+    # The probes were measured, then the baseline was not re-timed, and the lost one never ran.
+    assert bench.measured[1:] == [frozenset({n}) for n in ("deepcache", "tome", "tgate")]

@@ -13,7 +13,7 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState, create_trial
 
 from accelopt.accelerators import Param, PipeTraits, search_space
 from accelopt.errors import AccelOptError
-from accelopt.trial.space import Space, dominating_trial
+from accelopt.trial.space import Space, dominating_trial, lost_accelerator
 
 SD = PipeTraits("sd", 3, (1, 2, 4))
 SDXL = PipeTraits("sdxl", 3, (2, 4))  # no attention at full resolution
@@ -465,3 +465,48 @@ def test_a_scheduler_that_breaks_an_accelerator_leaves_it_out(
     assert "deepcache.cache_interval" in Space.build(SD, 10, None, scheduler="DDIM").params
     with pytest.raises(AccelOptError, match="deepcache cannot follow scheduler PNDM"):
         Space.build(SD, 10, ("deepcache",), scheduler="PNDM")
+
+
+# --- the probes: each accelerator alone at its fastest, and who lost -------------------------
+
+
+def test_fastest_is_one_accelerator_alone_with_every_knob_at_its_faster_end() -> None:
+    space = Space.build(SD, 10, None, "compile")  # ToMe's use_rand=True left out: compile
+    assert space.configs(space.fastest("deepcache")) == {
+        "deepcache": {"cache_interval": 5, "cache_branch_id": 0}
+    }
+    assert space.configs(space.fastest("tome")) == {
+        "tome": {"ratio": 0.75, "max_downsample": 4, "use_rand": False}
+    }
+    assert space.configs(space.fastest("tgate")) == {
+        "tgate": {"gate_step": 5, "sp_interval": 9, "fi_interval": 5, "warm_up": 1}
+    }
+    with pytest.raises(ValueError, match="fixed targets"):
+        Space.build(SD, 10, ("tome",)).fastest("tome")
+
+
+def _measured(number: int, configs: dict[str, Any], speedup: float) -> FrozenTrial:
+    trial = create_trial(value=speedup, user_attrs={"accelerators": configs, "speedup": speedup})
+    trial.number = number
+    return trial
+
+
+def test_an_accelerator_slower_than_plain_alone_at_its_fastest_has_lost() -> None:
+    space = Space.build(SD, 10, None, "compile")
+    tome = space.configs(space.fastest("tome"))
+    deepcache = {"cache_interval": 3, "cache_branch_id": 0}
+    done = [_measured(0, {"deepcache": deepcache}, 2.1), _measured(1, tome, 0.66)]
+    with_tome = {"deepcache": deepcache, "tome": {**tome["tome"], "ratio": 0.3}}
+    assert lost_accelerator(with_tome, done, space) == (
+        "tome",
+        "tome lost: alone at its fastest (ratio 0.75, max_downsample 4, use_rand False) trial 1 "
+        "ran 0.66x the plain pipeline, so it only slows what it joins",
+    )
+    assert lost_accelerator({"deepcache": deepcache}, done, space) is None
+    # At its fastest it won, or only a milder setting was measured: nothing is lost.
+    assert lost_accelerator(with_tome, [_measured(1, tome, 1.2)], space) is None
+    milder = {"tome": {**tome["tome"], "ratio": 0.5}}
+    assert lost_accelerator(with_tome, [_measured(1, milder, 0.7)], space) is None
+    # Named targets are the user's to keep.
+    fixed = Space.build(SD, 10, ("deepcache", "tome"))
+    assert lost_accelerator(with_tome, done, fixed) is None
