@@ -61,6 +61,7 @@ __all__ = [
     "Cost",
     "allowed",
     "by_structure",
+    "cache_home",
     "check",
     "check_values",
     "compile_stats",
@@ -151,11 +152,20 @@ def check_values(mode: str, configs: Mapping[str, Any]) -> None:
                 )
 
 
-def use_cache_dir(folder: Path) -> Path:
-    """Keep inductor's compiled kernels in ``folder`` (beside the storage), so re-runs and the
-    other workers on this host load them instead of compiling again. An explicit
-    ``$TORCHINDUCTOR_CACHE_DIR`` wins."""
-    chosen = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder)))
+def cache_home(env: Mapping[str, str] = os.environ) -> Path:
+    """Where inductor's compiled kernels live for every study and worker of this user on this
+    host: ``$XDG_CACHE_HOME/accelopt/inductor``, by default ``~/.cache/accelopt/inductor``."""
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "accelopt" / "inductor"
+
+
+def use_cache_dir(folder: Path | None = None) -> Path:
+    """Keep inductor's compiled kernels in ``folder`` (``cache_home()`` unless given), so that
+    re-runs, the other workers and the other studies on this host load a block or a forward
+    compiled before instead of compiling it again. An explicit ``$TORCHINDUCTOR_CACHE_DIR``
+    wins. Captured CUDA graphs live in the process: a worker captures its own, which costs
+    seconds where compiling cost minutes."""
+    chosen = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder or cache_home())))
     chosen.mkdir(parents=True, exist_ok=True)
     return chosen
 

@@ -329,3 +329,10 @@ def test_dynamo_warnings_stay_off_the_terminal_unless_asked_for() -> None:
     asked = execution.dynamo_warnings_asked
     assert not asked({}) and not asked({"ACCELOPT_DYNAMO_WARNINGS": "0"})
     assert asked({"ACCELOPT_DYNAMO_WARNINGS": "1"}) and asked({"TORCH_LOGS": "graph_breaks"})
+
+
+def test_inductor_kernels_live_in_one_cache_per_host_and_user(tmp_path: Path) -> None:
+    assert execution.cache_home({"XDG_CACHE_HOME": str(tmp_path)}) == (
+        tmp_path / "accelopt" / "inductor"
+    )
+    assert execution.cache_home({}) == Path.home() / ".cache" / "accelopt" / "inductor"

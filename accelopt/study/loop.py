@@ -40,7 +40,6 @@ from accelopt.storage import (
 from accelopt.study import warmstart
 from accelopt.study.prepare import (
     adopt_old_spelling,
-    beside_storage,
     check_requirement,
     choose_mode,
     is_finished,
@@ -176,7 +175,7 @@ def _run_study(
     if spec.execution != "auto" or bench.device.type == "cuda":
         from accelopt import execution
 
-        execution.use_cache_dir(beside_storage(url) / ".accelopt-inductor")
+        execution.use_cache_dir()
     chosen = choose_mode(study, spec, bench, lock, log, progress)
     space = Space.build(bench.traits, spec.steps, spec.targets, bench.mode, spec.scheduler)
     space = space.adopt(study.get_trials(deepcopy=False))

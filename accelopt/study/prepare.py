@@ -12,7 +12,6 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import optuna
@@ -29,14 +28,13 @@ from accelopt.spec import (
     record_of,
     spec_from_record,
 )
-from accelopt.storage import open_storage, sqlite_file, storage_label
+from accelopt.storage import open_storage, storage_label
 from accelopt.study.results import Requirement
 from accelopt.study.workers import Slots, TrialSeededTPE
 from accelopt.trial.bench import Bench
 
 __all__ = [
     "adopt_old_spelling",
-    "beside_storage",
     "check_requirement",
     "choose_mode",
     "directions",
@@ -79,16 +77,6 @@ def check_requirement(spec: StudySpec, requirement: Requirement) -> None:
             f"at {requirement.describe()}; run it without --req-speedup/--req-time and ask "
             f"codegen for the point (--req-speedup, --max-score-loss, --req-time)"
         )
-
-
-def beside_storage(url: str) -> Path:
-    """The folder a storage lives in: a journal file's or SQLite file's, else this one."""
-    sqlite = sqlite_file(url)
-    if sqlite is not None:
-        return sqlite.resolve().parent
-    if "://" not in url:
-        return Path(url).resolve().parent
-    return Path.cwd()
 
 
 def adopt_old_spelling(
