@@ -244,8 +244,8 @@ def run(
     kernels = kernels or kernels_for(mode, acc is not None and bool(acc.names))
     if kernels not in KERNELS:
         raise AccelOptError(f"unknown kernels {kernels!r}; valid: {choices(KERNELS)}")
-    if kernels == "eager" and mode != "cuda-graphs":
-        raise AccelOptError(f"eager kernels are what cuda-graphs captures, not {mode}'s")
+    if kernels == "eager" and mode == "compile":
+        raise AccelOptError("eager kernels are what cuda-graphs captures, not compile's")
     net = denoiser(pipe)
     record = compile_stats(pipe)
     if mode == "eager":
@@ -265,9 +265,11 @@ def run(
         if next(net.parameters()).device.type != "cuda":
             raise AccelOptError("execution mode cuda-graphs needs the pipeline on a CUDA device")
         net.forward = _Replayer(net, record, acc, told, forward, kernels)
-    regions = contextlib.nullcontext()
+    regions: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if kernels == "regional":
-        regions = record.regions.setdefault(backend, Regions(net, backend)).on()  # type: ignore[assignment]
+        if backend not in record.regions:  # made once: torch.compile wraps each block anew
+            record.regions[backend] = Regions(net, backend)
+        regions = record.regions[backend].on()
     try:
         # The whole block, not each call: entering catch_warnings resets every module's record
         # of warnings shown once, and a call per denoiser step would show them again each step.
@@ -280,7 +282,10 @@ def run(
 def kernels_for(mode: str, accelerated: bool) -> str:
     """The kernels ``mode`` runs: under ``cuda-graphs`` an accelerated pipeline's are regional
     (a new structure costs a capture), the plain pipeline's the whole forward's (the fastest
-    plain pipeline, the baseline); ``compile`` always compiles the whole forward."""
+    plain pipeline, the baseline); ``compile`` always compiles the whole forward; ``eager``
+    runs PyTorch's own."""
+    if mode == "eager":
+        return "eager"
     return "regional" if mode == "cuda-graphs" and accelerated else "inductor"
 
 

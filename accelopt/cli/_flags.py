@@ -147,7 +147,8 @@ def trial_options(p: argparse.ArgumentParser) -> None:
                    "objective)")  # fmt: skip
     p.add_argument("--execution", choices=EXECUTIONS, type=str.lower,
                    help="how the baseline and every trial run: eager, compile (inductor), "
-                   "cuda-graphs (inductor kernels replayed as CUDA graphs); auto (default): "
+                   "cuda-graphs (inductor's kernels replayed as CUDA graphs, an accelerated "
+                   "pipeline's compiled per block); auto (default): "
                    "eager on a CPU, on CUDA the mode whose plain baseline is fastest")  # fmt: skip
     p.add_argument(
         "--heartbeat",

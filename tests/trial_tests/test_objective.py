@@ -183,7 +183,9 @@ def test_a_trial_records_the_structures_it_met_first_with_their_cost_and_its_sha
     assert [a["compile_seconds"] for a in attrs] == [7.5, 7.5, 0.0]
     assert [a["trial_seconds"] for a in attrs] == [10.0, 10.0, 2.5]
     assert [a["compile_share"] for a in attrs] == [0.75, 0.75, 0.0]
-    assert {(a["stage"], a["execution"]) for a in attrs} == {("search", "eager")}
+    assert {(a["stage"], a["execution"], a["kernels"]) for a in attrs} == {
+        ("search", "eager", "eager")
+    }
 
 
 class _Timed(Bench):
