@@ -18,6 +18,27 @@ baseline, known before the search), a configuration already measured, one domina
 feasible measured one (``accelopt.trial.space.dominating_trial``), and unrecorded ones. Baseline
 re-timings, scoring and process start are left out: every strategy pays them alike.
 
+Structures (issue 33): under a graph mode a trial also pays, once per run, each *structure* its
+configuration meets for the first time in that run (``structures``; a later trial meeting it is
+free): DeepCache's first structure once (``--deepcache-seconds``) and each branch id
+(``--branch-seconds``), each ToMe (ratio, max_downsample) (``--tome-seconds``), T-GATE once
+(``--tgate-seconds``). The plain pipeline's own compile comes before the search and is left out.
+Defaults (``MEASURED``) are docs/BENCHMARKS.md's regional compilation on one H100 (SD1.5 B=1,
+2026-12-07, "Regional compilation: what a new structure costs"): DeepCache 3/0, the first
+DeepCache structure, cost 7 s, and DeepCache 3/1 after it 1 s, so 6 s once plus 1 s a branch;
+T-GATE's one structure 422 s (before the fix that section describes; never met here, T-GATE is
+off). **ToMe's 7 s per (ratio, max_downsample) is an assumption, not a measurement** (the same
+as the first DeepCache structure; that call ended before its ToMe plan): the output says so.
+``--structure-seconds S`` sets every family not given on its own to S; ``--structure-seconds 0``
+is the model above without structures, today's numbers exactly. The measuring part stays the
+record's eager H200 time: the two parts come from different cards and modes.
+
+``--tome-factor F`` replays the graph-mode situation on these eagerly timed landscapes: every
+configuration with ToMe on runs at F times its recorded speedup (its time divided by F). 0.66
+is ToMe 0.5's measured ratio to the plain pipeline under cuda-graphs on SD1.5 at batch 1 (one
+H200, 2026-12-02, docs/BENCHMARKS.md "Execution modes", where eager ToMe 0.5 ran 0.87x); the
+recorded eager ratios are kept under it, so F = 0.66 is the harsher reading of that figure.
+
 Feasible: recorded PSNR >= ``--min-psnr`` (dB). It stands in for the study's 2% CLIP-loss budget,
 since CLIP scores of random weights mean nothing. SDXL's random-weight PSNR is flat at ~14 dB
 (docs/BENCHMARKS.md), so ``--min-psnr 0`` replays it for speed only, and the output says so.
@@ -28,11 +49,15 @@ feasible when the relative score loss over all its search prompts
 (``--max-score-loss`` overrides it); ``--min-psnr`` is unused.
 
 Metric: the GPU time a strategy spends until it first holds a feasible point whose speedup is at
-least ``TARGET`` (98%) of the best feasible speedup in the replayed space. A strategy that has not
-got there when it runs out of points (TPE: after ``ASKS_PER_POINT`` asks per grid point) is
-charged the cost of measuring every point and flagged; the table shows the fraction of seeds
-that reached it. Speedups are the record's single timings (+-20%, docs/BENCHMARKS.md), so the
-dominance skip can pass over a point that timed faster than the one that dominates it.
+least ``TARGET`` (98%) of the best feasible speedup in the replayed space (the grid optimum; the
+landscapes carry single timings, no intervals, so 98% stands in for "within its interval"). A
+strategy that has not got there when it runs out of points (TPE: after ``ASKS_PER_POINT`` asks
+per grid point; ``tpe+cost``: when all it has left is pruned) is charged the cost of measuring
+every point and building every structure, and flagged; the table shows the fraction of seeds
+that reached it. ``spent`` is what a run paid until it stopped, reached or not, and
+``answer_speedup`` the speedup of what its study would export then. Speedups are the record's
+single timings (+-20%, docs/BENCHMARKS.md), so the dominance skip can pass over a point that
+timed faster than the one that dominates it.
 
 Strategies (``STRATEGIES``): ``grid``, the seed system (every grid point in a seeded order,
 ``accelopt.study.workers.GridOrder``, with the dominance skip); ``random``, uniform over the
@@ -58,6 +83,12 @@ unscored landscape) as its constraint, repeats and dominated points pruned as
   from SD1.5-DDIM-20's best (same 20 DDIM steps, another pipeline); SDXL-DDIM-25 is no
   neighbour of either.
 - ``tpe+early+warm``: both.
+- ``tpe+cost``: the cost-aware search of a study under a graph mode (``accelopt.study.loop``):
+  ``accelopt.study.warmstart.probe`` enqueues each accelerator of the space alone at its fastest
+  (``Space.fastest``) first, and a configuration with an accelerator whose probe ran slower than
+  the plain pipeline is pruned unmeasured, at no cost (``accelopt.trial.space.lost_accelerator``
+  on the finished trials, as the Objective records them). A run whose remaining configurations
+  are all pruned or dominated stops there.
 
 Held-out pass rate (scored landscapes with held-out scores): when a run stops, the study would
 export its fastest feasible configuration (``exported``); it passes if its loss on the recorded
@@ -74,8 +105,8 @@ import json
 import random
 import statistics
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -90,20 +121,24 @@ from accelopt.study import warmstart
 from accelopt.study.confirm import TOP_K
 from accelopt.study.workers import GridOrder, TrialSeededTPE
 from accelopt.trial.objective import Objective
-from accelopt.trial.space import Space, dominating_trial
+from accelopt.trial.space import Space, dominating_trial, lost_accelerator
 from bench import _lib
 from bench import landscape_records as recorded
 
 __all__ = [
+    "MEASURED",
     "STRATEGIES",
     "Replay",
     "Scores",
     "Step",
+    "StructureCosts",
     "exported",
     "main",
     "markdown",
+    "probes",
     "replay",
     "run",
+    "structures",
     "unavailable",
 ]
 
@@ -118,12 +153,54 @@ LANDSCAPES = Path(__file__).resolve().parent / "landscapes"
 
 
 @dataclass(frozen=True)
+class StructureCosts:
+    """GPU seconds a run pays the first time it meets a structure, per family (``structures``)."""
+
+    deepcache: float = 0.0  # once: DeepCache's first structure beyond its branch's captures
+    branch: float = 0.0  # per DeepCache branch id: its full and shallow graphs captured
+    tome: float = 0.0  # per ToMe (ratio, max_downsample): its transformer blocks compiled
+    tgate: float = 0.0  # once: T-GATE's attention modes
+
+    def __bool__(self) -> bool:
+        return any(asdict(self).values())
+
+    def seconds(self, structure: tuple[Any, ...]) -> float:
+        return float(getattr(self, structure[0]))
+
+
+# docs/BENCHMARKS.md, "Regional compilation: what a new structure costs (issue 33)", one H100,
+# SD1.5 B=1: DeepCache 3/0 (the first DeepCache structure) 7 s, then 3/1 (a new branch) 1 s;
+# T-GATE 10 422 s (before its fix). ToMe's is NOT measured: assumed as DeepCache's first.
+MEASURED = StructureCosts(deepcache=6.0, branch=1.0, tome=7.0, tgate=422.0)
+TOME_ASSUMED = "ToMe's seconds per (ratio, max_downsample) are assumed, not measured"
+
+
+def structures(configs: Mapping[str, Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """The structures generating with ``configs`` builds beyond the plain pipeline's, each a
+    tuple whose first item names its family in ``StructureCosts``.
+
+    >>> structures({"deepcache": {"cache_interval": 3, "cache_branch_id": 1},
+    ...             "tome": {"ratio": 0.5, "max_downsample": 1}})
+    [('deepcache',), ('branch', 1), ('tome', 0.5, 1)]
+    """
+    found: list[tuple[Any, ...]] = []
+    if "deepcache" in configs:
+        found += [("deepcache",), ("branch", configs["deepcache"].get("cache_branch_id", 0))]
+    if "tome" in configs:
+        knobs = configs["tome"]
+        found.append(("tome", knobs.get("ratio"), knobs.get("max_downsample")))
+    if "tgate" in configs:
+        found.append(("tgate",))
+    return found
+
+
+@dataclass(frozen=True)
 class Step:
     """One trial of a strategy: a configuration (``config_key``), measured or skipped."""
 
     key: str
     measured: bool
-    why: str = ""  # why it was skipped: "off", "repeat", "dominated", "unrecorded"; or "stopped"
+    why: str = ""  # skipped: "off", "repeat", "dominated", "unrecorded", "lost"; or "stopped"
     fraction: float = 1.0  # of the prompts generated: less than 1 when it stopped early
 
 
@@ -153,6 +230,8 @@ class Replay:
     pipeline: str = ""
     scheduler: str = ""
     neighbours: list[dict[str, Any]] = field(default_factory=list)  # see neighbour_best
+    structure_costs: StructureCosts = field(default_factory=StructureCosts)  # none: free
+    tome_factor: float = 1.0  # recorded speedups of configurations with ToMe, times this
 
     @classmethod
     def of(
@@ -162,13 +241,20 @@ class Replay:
         warmup_calls: int = 0,
         max_score_loss: float | None = None,
         neighbours: Iterable[dict[str, Any]] = (),
+        structure_costs: StructureCosts | None = None,
+        tome_factor: float = 1.0,
     ) -> Replay:
-        """The replay of ``record``; ``neighbours``: other landscapes a warm start may use."""
+        """The replay of ``record``; ``neighbours``: other landscapes a warm start may use;
+        ``structure_costs``: what a new structure costs (None: nothing); ``tome_factor``: every
+        configuration with ToMe runs at this times its recorded speedup (neighbours' too)."""
         space = searched_space(record)
         by_key = recorded.lookup(record)
         grid = GridOrder(space.grid(), 0).points
         keys = {recorded.config_key(space.configs(p)) for p in grid}
         points = {k: by_key[k] for k in sorted(keys) if k in by_key}
+        if tome_factor != 1.0:  # copies: the record (and its neighbours' view of it) stays
+            points = {k: _scaled(p, tome_factor) if "tome" in p["accelerators"] else p
+                      for k, p in points.items()}  # fmt: skip
         for key, p in points.items():
             if p.get("error") or not p.get("time_per_image") or p.get("speedup") is None:
                 raise ValueError(f"{record['study']}: point {key} has no measurement")
@@ -190,7 +276,7 @@ class Replay:
         for n in neighbours:
             if n["study"] != record["study"]:
                 others.setdefault(n["study"], n)
-        bests = (neighbour_best(n) for n in others.values())
+        bests = (neighbour_best(n, tome_factor) for n in others.values())
         return cls(
             study=record["study"],
             space=space,
@@ -203,6 +289,8 @@ class Replay:
             pipeline=record.get("pipeline", record["study"]),
             scheduler=record.get("scheduler", ""),
             neighbours=[b for b in bests if b is not None],
+            structure_costs=structure_costs or StructureCosts(),
+            tome_factor=tome_factor,
         )
 
     @property
@@ -211,8 +299,15 @@ class Replay:
         return [k for k, p in self.points.items() if p["accelerators"]]
 
     def cost(self, key: str) -> float:
+        """What measuring ``key`` costs (its structures apart: ``build``)."""
         p = self.points[key]
         return float(p["time_per_image"]) * self.images_per_point * (1 + self.warmup_calls)
+
+    def build(self, key: str, met: set[tuple[Any, ...]]) -> float:
+        """What ``key``'s structures not in ``met`` cost; adds them to ``met``."""
+        new = [s for s in structures(self.points[key]["accelerators"]) if s not in met]
+        met.update(new)
+        return sum(map(self.structure_costs.seconds, new), 0.0)
 
     def feasible(self, key: str) -> bool:
         if self.scores is not None:
@@ -330,7 +425,16 @@ class Replay:
 
     @property
     def full_cost(self) -> float:
-        return sum(self.cost(k) for k in self.candidates)
+        """Measuring every candidate, and building every structure once."""
+        met: set[tuple[Any, ...]] = set()
+        built = sum(self.build(k, met) for k in self.candidates)
+        return sum(self.cost(k) for k in self.candidates) + built
+
+
+def _scaled(point: dict[str, Any], factor: float) -> dict[str, Any]:
+    """``point`` run ``factor`` times as fast as recorded (slower, for a factor under 1)."""
+    return {**point, "speedup": float(point["speedup"]) * factor,
+            "time_per_image": float(point["time_per_image"]) / factor}  # fmt: skip
 
 
 def searched_space(record: dict[str, Any]) -> Space:
@@ -348,11 +452,11 @@ NO_SCORES = (
 )
 
 
-def neighbour_best(record: dict[str, Any]) -> dict[str, Any] | None:
+def neighbour_best(record: dict[str, Any], tome_factor: float = 1.0) -> dict[str, Any] | None:
     """A landscape as a warm start sees a neighbouring study: its pipeline, scheduler, steps and
     best feasible configuration in the replayed space, by its own rule (None: none feasible)."""
     try:
-        other = Replay.of(record)
+        other = Replay.of(record, tome_factor=tome_factor)
         best = other.best
     except ValueError:
         return None
@@ -415,6 +519,9 @@ def uniform(replay: Replay, seed: int) -> Iterator[Step]:
         yield Step(key, True)
 
 
+LOSABLE = ("", "unrecorded")  # the lost rule judges what the Objective would measure
+
+
 def tpe(
     replay: Replay,
     seed: int,
@@ -422,27 +529,48 @@ def tpe(
     *,
     early: bool = False,
     warm: bool = False,
+    cost: bool = False,
 ) -> Iterator[Step]:
     """The study's TPE, ask/tell: the loss over budget (or PSNR shortfall) as the constraint,
     skips pruned at no cost; ``early``: trials stop early as the study's do (``stop_after``);
-    ``warm``: the neighbours' best configurations enqueued first (``Replay.warm_start``)."""
-    why_not = unavailable(replay, "tpe" + "+early" * early + "+warm" * warm)
+    ``warm``: the neighbours' best configurations enqueued first (``Replay.warm_start``);
+    ``cost``: each accelerator probed alone at its fastest first (``warmstart.probe``), and
+    configurations with one that lost there pruned at no cost (``lost_accelerator``)."""
+    why_not = unavailable(replay, "tpe" + "+early" * early + "+warm" * warm + "+cost" * cost)
     if why_not:
         raise ValueError(why_not)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=TrialSeededTPE(seed * SEED_STRIDE))
     if warm:
         replay.warm_start(study)
+    if cost:  # after the warm start, as accelopt.study.loop does it
+        warmstart.probe(study, replay.space)
     left = set(replay.candidates)
     asks = max_asks if max_asks is not None else ASKS_PER_POINT * replay.space.size
     done: list[optuna.trial.FrozenTrial] = []
+    judged = -1  # how many trials were done when ``left`` was last judged
     for _ in range(asks):
         if not left:
             return
+        if cost and judged != len(done):  # nothing left to measure: the search is over
+            judged = len(done)
+            if all(_skip(replay, k, done) for k in left):
+                return
         trial = study.ask()
-        key = recorded.config_key(replay.space.configs(replay.space.suggest(trial)))
+        configs = replay.space.configs(replay.space.suggest(trial))
+        key = recorded.config_key(configs)
         why = _skip(replay, key, done)
-        if why == "unrecorded":  # the study would have measured it; we cannot: it never happened
+        # The Objective prunes a lost accelerator's configuration before measuring it, so an
+        # unrecorded one is pruned too.
+        lost = lost_accelerator(configs, done, replay.space) if cost and why in LOSABLE else None
+        if lost is not None:
+            why = "lost"
+            trial.set_user_attr("lost", lost[0])
+            trial.set_user_attr("skipped", lost[1])
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            left -= {k for k in left if lost[0] in replay.points[k]["accelerators"]}
+            judged = -1
+        elif why == "unrecorded":  # the study would have measured it; we cannot: it never happened
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         elif why:
             trial.set_user_attr("skipped", why)
@@ -474,6 +602,7 @@ STRATEGIES: dict[str, Strategy] = {
     "tpe+early": partial(tpe, early=True),
     "tpe+warm": partial(tpe, warm=True),
     "tpe+early+warm": partial(tpe, early=True, warm=True),
+    "tpe+cost": partial(tpe, cost=True),
 }
 
 
@@ -496,31 +625,38 @@ def unavailable(replay: Replay, name: str) -> str | None:
 
 def run(replay: Replay, strategy: Strategy, seed: int) -> dict[str, Any]:
     """One seed of one strategy: GPU time until it holds a target point (or all it measured),
-    and what its study would export then (``exported``)."""
-    counts = dict.fromkeys(("measured", "stopped", "off", "repeat", "dominated", "unrecorded"), 0)
-    cost, done = 0.0, []  # done: the finished trials' configurations, in order
+    and what its study would export then (``exported``). ``spent``: what it paid until it
+    stopped, reached or not; ``structure_seconds``: the part that built structures."""
+    whys = ("measured", "stopped", "off", "repeat", "dominated", "unrecorded", "lost")
+    counts = dict.fromkeys(whys, 0)
+    cost, built, done = 0.0, 0.0, []  # done: the finished trials' configurations, in order
+    met: set[tuple[Any, ...]] = set()  # the structures built so far: free from now on
     for step in strategy(replay, seed):
         counts["measured" if step.measured else step.why] += 1
         if not step.measured:
             continue
-        cost += replay.cost(step.key) * step.fraction
+        new = replay.build(step.key, met)  # a trial stopped early has built them too
+        cost += replay.cost(step.key) * step.fraction + new
+        built += new
         if step.why == "stopped":
             counts["stopped"] += 1
             continue
         done.append(step.key)
         if replay.hits(step.key):
             return {"seed": seed, "cost": cost, "reached": True, "found": step.key, **counts,
+                    "spent": cost, "structure_seconds": built,
                     **exported(replay, done)}  # fmt: skip
     return {"seed": seed, "cost": replay.full_cost, "reached": False, "found": None, **counts,
-            **exported(replay, done)}  # fmt: skip
+            "spent": cost, "structure_seconds": built, **exported(replay, done)}  # fmt: skip
 
 
 def exported(replay: Replay, done: Sequence[str]) -> dict[str, Any]:
     """What a study that finished the trials ``done`` would export, and whether it holds.
 
-    ``exported``: its fastest feasible configuration; ``confirmed``: accelopt's export after
-    held-out confirmation (of the ``TOP_K`` fastest feasible configurations, the fastest that
-    keeps the budget on the held-out prompts; None: none does, nothing is exported).
+    ``exported``: its fastest feasible configuration (``answer_speedup``: its speedup);
+    ``confirmed``: accelopt's export after held-out confirmation (of the ``TOP_K`` fastest
+    feasible configurations, the fastest that keeps the budget on the held-out prompts; None:
+    none does, nothing is exported).
     ``passes`` and ``passes_confirmed`` say whether the export keeps the budget on the
     held-out prompts (None: the landscape has no held-out scores).
     """
@@ -528,15 +664,24 @@ def exported(replay: Replay, done: Sequence[str]) -> dict[str, Any]:
         dict.fromkeys(k for k in done if replay.feasible(k)), key=lambda k: -replay.speedup(k)
     )
     export = ranked[0] if ranked else None
+    answer = None if export is None else replay.speedup(export)
     if replay.scores is None or replay.scores.heldout is None:
-        return {"exported": export, "passes": None, "confirmed": None, "passes_confirmed": None}
+        return {"exported": export, "answer_speedup": answer, "passes": None, "confirmed": None,
+                "passes_confirmed": None}  # fmt: skip
     confirmed = next((k for k in ranked[:TOP_K] if replay.passes(k)), None)
     return {
         "exported": export,
+        "answer_speedup": answer,
         "passes": export is not None and bool(replay.passes(export)),
         "confirmed": confirmed,
         "passes_confirmed": confirmed is not None,
     }
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median of those found (None: none found)."""
+    found = [v for v in values if v is not None]
+    return statistics.median(found) if found else None
 
 
 def _rate(verdicts: Sequence[bool | None]) -> float | None:
@@ -559,6 +704,10 @@ def replay(
             "mean_measured": statistics.fmean(r["measured"] for r in runs),
             "mean_stopped": statistics.fmean(r["stopped"] for r in runs),
             "mean_unrecorded": statistics.fmean(r["unrecorded"] for r in runs),
+            "mean_lost": statistics.fmean(r["lost"] for r in runs),
+            "median_spent": statistics.median(r["spent"] for r in runs),
+            "mean_structure_seconds": statistics.fmean(r["structure_seconds"] for r in runs),
+            "median_answer": _median([r["answer_speedup"] for r in runs]),
             "pass_rate": _rate([r["passes"] for r in runs]),
             "pass_rate_confirmed": _rate([r["passes_confirmed"] for r in runs]),
             "runs": runs,
@@ -582,6 +731,9 @@ def replay(
             "early_stop": s.early_stop,
         },
         "target_fraction": TARGET,
+        "structure_costs": asdict(rec.structure_costs),
+        "structure_note": TOME_ASSUMED if rec.structure_costs.tome else None,
+        "tome_factor": rec.tome_factor,
         "best": {
             "accelerators": rec.points[best]["accelerators"],
             "speedup": rec.speedup(best),
@@ -597,6 +749,7 @@ def replay(
             for w in rec.warm_starts
         ],
         "unavailable": {n: why for n in STRATEGIES if (why := unavailable(rec, n))},
+        "probes": probes(rec),
         "target_speedup": rec.target,
         "candidates": len(rec.candidates),
         "feasible": sum(rec.feasible(k) for k in rec.candidates),
@@ -608,6 +761,18 @@ def replay(
         "seeds": list(seeds),
         "strategies": results,
     }
+
+
+def probes(rec: Replay) -> dict[str, dict[str, Any]]:
+    """What ``tpe+cost`` probes first: each accelerator alone at its fastest, as recorded
+    (``speedup`` None: the record lacks it)."""
+    found = {}
+    for name in dict.fromkeys(k.split(".", 1)[0] for k in rec.space.params):
+        configs = rec.space.configs(rec.space.fastest(name))
+        key = recorded.config_key(configs)
+        speedup = rec.speedup(key) if key in rec.points else None
+        found[name] = {"accelerators": configs, "speedup": speedup}
+    return found
 
 
 def markdown(result: dict[str, Any], command: str = "") -> str:
@@ -653,6 +818,32 @@ def markdown(result: dict[str, Any], command: str = "") -> str:
         )
     for why in r.get("unavailable", {}).values():
         lines.append(f"- not replayed: {why}")
+    costs = StructureCosts(**r.get("structure_costs", {}))
+    if costs:
+        lines.append(
+            f"- structures: a trial also pays each structure it is the first in its run to meet: "
+            f"DeepCache {costs.deepcache:g} s once + {costs.branch:g} s per branch id, ToMe "
+            f"{costs.tome:g} s per (ratio, max_downsample), T-GATE {costs.tgate:g} s once"
+            + (f" (**{TOME_ASSUMED}**)" if costs.tome else "")
+        )
+    if r.get("tome_factor", 1.0) != 1.0:
+        lines.append(
+            f"- ToMe in graph mode: every configuration with ToMe runs at {r['tome_factor']:g}x "
+            "its recorded speedup (`--tome-factor`; ToMe 0.5 under cuda-graphs ran 0.66x the "
+            "plain pipeline on SD1.5 at batch 1)"
+        )
+    cost_aware = "tpe+cost" in r["strategies"]
+    if cost_aware:
+        found = ", ".join(
+            f"{_short(p['accelerators'])} "
+            + ("unrecorded" if p["speedup"] is None else f"{p['speedup']:.2f}x")
+            for p in r["probes"].values()
+        )
+        lines.append(
+            f"- tpe+cost: first each accelerator alone at its fastest ({found}); one slower than "
+            "the plain pipeline there is searched no further (`warmstart.probe`, "
+            "`lost_accelerator`)"
+        )
     if c and c["heldout_prompts"]:
         lines.append(
             "- held-out pass: the export when a run stops (its fastest feasible configuration) "
@@ -671,6 +862,11 @@ def markdown(result: dict[str, Any], command: str = "") -> str:
     held = bool(c and c["heldout_prompts"])
     extra += " stopped early (mean) |" * stops
     extra += " held-out pass | held-out pass, confirmed |" * held
+    paid = bool(costs) or cost_aware
+    extra += (
+        " median GPU s spent | structure s (mean) | pruned as lost (mean) | answer (median) |"
+        * paid
+    )
     lines += [
         "",
         "| strategy | mean GPU s | median GPU s | ratio to grid (mean) | reached | "
@@ -685,8 +881,17 @@ def markdown(result: dict[str, Any], command: str = "") -> str:
             + (f" {s['mean_unrecorded']:.1f} |" if r["missing"] else "")
             + (f" {s['mean_stopped']:.1f} |" if stops else "")
             + (f" {_percent(s['pass_rate'])} | {_percent(s['pass_rate_confirmed'])} |" * held)
+            + (
+                f" {s['median_spent']:.1f} | {s['mean_structure_seconds']:.1f} | "
+                f"{s['mean_lost']:.1f} | {_speedup(s['median_answer'])} |"
+            )
+            * paid
         )
     return "\n".join(lines) + "\n"
+
+
+def _speedup(speedup: float | None) -> str:
+    return "-" if speedup is None else f"{speedup:.2f}x"
 
 
 def _percent(rate: float | None) -> str:
@@ -711,6 +916,29 @@ def parser() -> argparse.ArgumentParser:
         help=f"of {', '.join(STRATEGIES)} (default: every one the landscape allows)",
     )
     p.add_argument("--warmup-calls", type=int, default=0, help="untimed calls charged per trial")
+    p.add_argument(
+        "--structure-seconds",
+        type=float,
+        help="GPU s of every new structure whose family's own option is not given (0: no "
+        "structure costs, the model before issue 33; default: each family's measured figure)",
+    )
+    for name, what in (
+        ("deepcache", "DeepCache's first structure, once (measured: 7 s for 3/0 less a branch)"),
+        ("branch", "each DeepCache branch id (measured: 3/1 after 3/0)"),
+        ("tome", "each ToMe (ratio, max_downsample): ASSUMED, not measured"),
+        ("tgate", "T-GATE, once (measured before its fix; T-GATE is off in the replay)"),
+    ):
+        default = getattr(MEASURED, name)
+        p.add_argument(
+            f"--{name}-seconds", type=float, help=f"GPU s of {what} (default {default:g})"
+        )
+    p.add_argument(
+        "--tome-factor",
+        type=float,
+        default=1.0,
+        help="run every configuration with ToMe at this times its recorded speedup (0.66: ToMe "
+        "0.5 under cuda-graphs, SD1.5 batch 1; default 1: as recorded, eagerly)",
+    )
     p.add_argument("--max-score-loss", type=float, help="scored landscapes (default: the study's)")
     p.add_argument(
         "--neighbours",
@@ -733,6 +961,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--strategies of {', '.join(STRATEGIES)} (got {args.strategies!r}); "
             "--seeds >= 1; --warmup-calls >= 0"
         )
+    costs = structure_costs(args)
+    if min(asdict(costs).values()) < 0 or not args.tome_factor > 0:
+        raise SystemExit("structure seconds must be >= 0 and --tome-factor > 0")
     command = _lib.command("replay", argv)
     record = recorded.load(args.landscape)
     if args.neighbours is None:
@@ -742,7 +973,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         neighbours = [recorded.load(path) for path in args.neighbours]
     rec = Replay.of(
-        record, args.min_psnr, args.warmup_calls, args.max_score_loss, neighbours=neighbours
+        record,
+        args.min_psnr,
+        args.warmup_calls,
+        args.max_score_loss,
+        neighbours=neighbours,
+        structure_costs=costs,
+        tome_factor=args.tome_factor,
     )
     refused = [why for n in names if (why := unavailable(rec, n))]
     if args.strategies is None:  # the default: every strategy this landscape allows
@@ -758,6 +995,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
         (args.out / f"{stem}.md").write_text(table)
     return 0
+
+
+def structure_costs(args: argparse.Namespace) -> StructureCosts:
+    """Each family's own option, else ``--structure-seconds``, else its ``MEASURED`` figure."""
+    chosen = {}
+    for name, measured in asdict(MEASURED).items():
+        own = getattr(args, f"{name}_seconds")
+        chosen[name] = own if own is not None else (
+            measured if args.structure_seconds is None else args.structure_seconds
+        )  # fmt: skip
+    return StructureCosts(**chosen)
 
 
 def _landscape_or_none(path: Path) -> dict[str, Any] | None:

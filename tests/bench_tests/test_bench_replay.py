@@ -4,7 +4,8 @@ The synthetic landscape is a 3x3 grid (DeepCache interval 1/2/3 x ToMe ratio 0/0
 first values off) whose points cost distinct powers of two, so a total names the points paid
 for. Its scored twin adds per-prompt CLIP scores (8 search prompts in batches of 2, 4 held-out
 ones) whose losses are exact binary fractions, so early stops and held-out verdicts are known by
-hand. No timing thresholds: the replay never times anything.
+hand. Structures cost powers of two above every point's (``BUILD``), so a total still says
+which were built. No timing thresholds: the replay never times anything.
 """
 
 from __future__ import annotations
@@ -177,9 +178,11 @@ def test_a_dominated_target_is_never_reached_and_costs_everything() -> None:
     run = replay.run(rec, replay.grid, 0)  # (3, 0.5) comes first and dominates (2, 0.5)
     assert run == {
         "seed": 0, "cost": 255.0, "reached": False, "found": None, "measured": 7, "stopped": 0,
-        "off": 1, "repeat": 0, "dominated": 1, "unrecorded": 0,
+        "off": 1, "repeat": 0, "dominated": 1, "unrecorded": 0, "lost": 0,
+        "spent": 239.0, "structure_seconds": 0.0,  # paid until it stopped: all but (2, 0.5)
         # the export: its fastest feasible point; no held-out scores, so no verdict
-        "exported": key(3, 0.5), "passes": None, "confirmed": None, "passes_confirmed": None,
+        "exported": key(3, 0.5), "answer_speedup": 2.2, "passes": None, "confirmed": None,
+        "passes_confirmed": None,
     }  # fmt: skip
 
 
@@ -249,7 +252,7 @@ def test_main_on_the_recorded_sd15_landscape(tmp_path: Path, capsys: Any) -> Non
     assert result["min_psnr"] == 35.0 and not result["speed_only"] and result["seeds"] == [0, 1]
     assert result["candidates"] == 424 and result["missing"] == []  # 16 DC, 24 ToMe, 384 both
     # The default: the strategies this landscape allows; the others say why not.
-    assert list(result["strategies"]) == ["grid", "random", "tpe"]
+    assert list(result["strategies"]) == ["grid", "random", "tpe", "tpe+cost"]
     assert list(result["unavailable"]) == ["tpe+early", "tpe+warm", "tpe+early+warm"]
     assert "no per-prompt CLIP scores" in result["unavailable"]["tpe+early"]
     assert result["scores"] is None and result["warm_start"] == []
@@ -338,7 +341,8 @@ def test_the_held_out_pass_rate_with_and_without_confirmation() -> None:
     worse[(2, 0.5)] = (SCORES[(2, 0.5)][0], [62.0] * 4)
     done = [key(2, 0.0), key(3, 0.0), key(2, 0.5), key(3, 0.5), key(1, 0.7)]
     assert replay.exported(replay.Replay.of(scored(worse)), done) == {
-        "exported": key(3, 0.5), "passes": False, "confirmed": None, "passes_confirmed": False,
+        "exported": key(3, 0.5), "answer_speedup": 2.2, "passes": False, "confirmed": None,
+        "passes_confirmed": False,
     }  # fmt: skip
     assert replay.exported(rec, done)["confirmed"] == key(2, 0.5)  # third, and it passes
     assert replay.exported(rec, [])["exported"] is None  # nothing feasible: nothing exported
@@ -403,3 +407,110 @@ def test_main_on_a_scored_landscape(tmp_path: Path, capsys: Any) -> None:
     assert "| stopped early (mean) | held-out pass | held-out pass, confirmed |" in table
     assert "- warm start (tpe+warm): deepcache 3 from Other-3x3 (2.16x there;" in table
     assert "CLIP-score loss <= 2% on 8 prompts" in table
+
+
+# --- structures and the cost-aware search (issue 33) ------------------------------------------
+
+# Powers of two above every point's cost, so a total still names what was paid for.
+BUILD = replay.StructureCosts(deepcache=512.0, branch=1024.0, tome=2048.0, tgate=8192.0)
+
+
+def test_structures_of_a_configuration() -> None:
+    both = {"deepcache": {"cache_interval": 3, "cache_branch_id": 2},
+            "tome": {"ratio": 0.5, "max_downsample": 1}, "tgate": {"gate_step": 5}}  # fmt: skip
+    assert replay.structures(both) == [("deepcache",), ("branch", 2), ("tome", 0.5, 1), ("tgate",)]
+    assert replay.structures({}) == []  # the plain pipeline's, built before the search
+    assert [BUILD.seconds(s) for s in replay.structures(both)] == [512.0, 1024.0, 2048.0, 8192.0]
+    assert not replay.StructureCosts() and BUILD
+
+
+def test_each_structure_is_charged_once_per_run() -> None:
+    rec = replay.Replay.of(record(), structure_costs=BUILD)
+    # Grid seed 5 measures (1, .7) 8 + (2, 0) 1 + (1, .5) 4 + (3, .7) 128 + (3, .5) 64 = 205 s,
+    # and builds ToMe 0.7 2048 + DeepCache 512 + its branch 1024 + ToMe 0.5 2048: (3, .7) and
+    # (3, .5) meet nothing new.
+    five = replay.run(rec, replay.grid, 5)
+    assert (five["cost"], five["structure_seconds"], five["measured"]) == (5837.0, 5632.0, 5)
+    assert five["spent"] == five["cost"]
+    # Grid seed 0 pays (3, .5) 64 and both its structures' families at once.
+    assert replay.run(rec, replay.grid, 0)["cost"] == 64.0 + 512 + 1024 + 2048
+    # Unreached: every point measured and every structure built once.
+    assert rec.full_cost == 255.0 + 512 + 1024 + 2 * 2048
+    # A trial stopped early built its structures: TPE seed 2 pays (2, 0) 1, (3, .7) 64 of its
+    # 128 and ToMe 0.7, (2, .5) 16 and ToMe 0.5, then (3, .5) 64 with nothing new.
+    early = functools.partial(replay.STRATEGIES["tpe+early"], max_asks=100)
+    scored_rec = replay.Replay.of(scored(), structure_costs=BUILD)
+    assert replay.run(scored_rec, early, 2)["cost"] == 145.0 + 512 + 1024 + 2 * 2048
+
+
+def test_structure_seconds_zero_is_the_old_cost_model(tmp_path: Path, capsys: Any) -> None:
+    path = tmp_path / "Tiny-3x3.json"
+    path.write_text(json.dumps(record()))
+    out = tmp_path / "out"
+    base = [str(path), "--seeds", "6", "--strategies", "grid,tpe", "--out", str(out)]
+    assert replay.main([*base, "--structure-seconds", "0", "--neighbours"]) == 0
+    zero = json.loads((out / "replay-Tiny-3x3.json").read_text())
+    free = replay.Replay.of(record())
+    for name in ("grid", "tpe"):
+        expected = [replay.run(free, replay.STRATEGIES[name], s) for s in range(6)]
+        assert zero["strategies"][name]["runs"] == expected
+    assert [r["cost"] for r in zero["strategies"]["grid"]["runs"]][::5] == [64.0, 205.0]
+    assert zero["full_cost"] == 255.0 and zero["structure_note"] is None
+    assert "structures:" not in capsys.readouterr().out
+    # By default each family's figure from docs/BENCHMARKS.md; ToMe's says it is assumed.
+    assert replay.main([*base, "--neighbours"]) == 0
+    measured = json.loads((out / "replay-Tiny-3x3.json").read_text())
+    assert measured["structure_costs"] == {"deepcache": 6.0, "branch": 1.0, "tome": 7.0,
+                                           "tgate": 422.0}  # fmt: skip
+    assert measured["strategies"]["grid"]["runs"][5]["cost"] == 205.0 + 6 + 1 + 2 * 7
+    assert "(**ToMe's seconds per (ratio, max_downsample) are assumed, not measured**)" in (
+        capsys.readouterr().out
+    )
+    # A family's own option beats --structure-seconds.
+    args = replay.parser().parse_args(
+        [str(path), "--structure-seconds", "0", "--tome-seconds", "3"]
+    )
+    assert replay.structure_costs(args) == replay.StructureCosts(tome=3.0)
+    with pytest.raises(SystemExit, match="structure seconds must be >= 0 and --tome-factor > 0"):
+        replay.main([*base, "--branch-seconds", "-1"])
+
+
+def test_tpe_cost_probes_first_and_prunes_a_lost_family_for_free() -> None:
+    table = dict(TABLE)
+    table[(1, 0.7)] = (8.0, 0.9, 30.0)  # ToMe alone at its fastest loses to the plain pipeline
+    table[(3, 0.0)] = (2.0, 1.8, 36.0)  # the target is (3, .5) alone, with ToMe
+    rec = replay.Replay.of(record(table), structure_costs=BUILD)
+    assert replay.probes(rec) == {
+        "deepcache": {"accelerators": configs(3, 0.0), "speedup": 1.8},
+        "tome": {"accelerators": configs(1, 0.7), "speedup": 0.9},
+    }
+    cost_aware = functools.partial(replay.STRATEGIES["tpe+cost"], max_asks=100)
+    for seed in range(4):
+        trace = steps_of(cost_aware, rec, seed)
+        # The probes (Space.fastest) come first and are measured: (3, 0) then (1, .7).
+        assert trace[:2] == [replay.Step(key(3, 0.0), True), replay.Step(key(1, 0.7), True)]
+        later = trace[2:]
+        assert not any(s.measured for s in later)  # (2, 0) is dominated by feasible (3, 0)
+        assert any(s.why == "lost" for s in later)
+        # A ToMe configuration is pruned as lost, or as a repeat of the probe (the Objective
+        # asks for repeats first).
+        tome = {(s.key, s.why) for s in later if "tome" in rec.points[s.key]["accelerators"]}
+        assert {k for k, why in tome if why != "lost"} <= {key(1, 0.7)}
+        run = replay.run(rec, cost_aware, seed)
+        # Never reached (the target has ToMe): flagged at the full cost, but it spent only
+        # the probes and their structures, and stopped when nothing was left to measure.
+        assert (run["reached"], run["cost"], run["measured"]) == (False, rec.full_cost, 2)
+        assert run["spent"] == 2.0 + 8.0 + 512 + 1024 + 2048 and run["lost"] >= 1
+        assert run["exported"] == key(3, 0.0)
+    # What the rule costs here: plain TPE finds the target, with ToMe, that it gave up.
+    plain = replay.run(rec, functools.partial(replay.tpe, max_asks=100), 0)
+    assert (plain["reached"], plain["found"]) == (True, key(3, 0.5))
+
+
+def test_tome_factor_runs_tome_configurations_slower() -> None:
+    original = record()
+    rec = replay.Replay.of(original, tome_factor=0.5)
+    assert rec.speedup(key(3, 0.5)) == 1.1 and rec.cost(key(3, 0.5)) == 128.0
+    assert rec.speedup(key(3, 0.0)) == 2.16 and rec.cost(key(3, 0.0)) == 2.0  # no ToMe: as is
+    assert rec.best == key(3, 0.0)  # the best is DeepCache alone now
+    assert replay.Replay.of(original).speedup(key(3, 0.5)) == 2.2  # the record is untouched
