@@ -11,7 +11,6 @@ ends it as ``main`` would. Imported as a library (a notebook, a test), nothing c
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from types import TracebackType
 
@@ -26,27 +25,8 @@ __all__ = [
 
 # How the command starts: ``python -m accelopt`` (or its cli), or the ``accelopt`` script.
 COMMAND_MODULES = ("accelopt", "accelopt.cli", "accelopt.__main__")
-
-
-class AccelOptError(ValueError):
-    """Bad input: an unknown name, an out-of-range value, an accelerator a pipeline cannot take.
-
-    The message is one line that says what to fix; the CLI prints it and exits with code 2.
-    """
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (``signum``), handled as Ctrl-C is: whatever catches ``KeyboardInterrupt`` gives
-    its running trial back; the CLI exits with 128 + ``signum`` (143)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def exit_code(stop: KeyboardInterrupt) -> int:
-    """The shell's code for a command stopped by a signal: 130 for Ctrl-C, 143 for SIGTERM."""
-    return 128 + int(getattr(stop, "signum", signal.SIGINT))
+SIGINT = 2  # signal.SIGINT everywhere; ``signal`` itself is imported where needed, after the
+# hook below is in place: it takes a millisecond, a window for a Ctrl-C with a traceback.
 
 
 def is_command(orig_argv: list[str], argv: list[str]) -> bool:
@@ -80,12 +60,36 @@ def _interrupted_at_start(
         print("accelopt: interrupted", file=sys.stderr, flush=True)
     except Exception:  # a closed terminal: the exit code still says it
         pass
-    os._exit(exit_code(value))
+    os._exit(128 + int(getattr(value, "signum", SIGINT)))  # exit_code's, which may not be yet
 
 
+# First, before the rest of the module: the sooner, the shorter the window left.
 _PREVIOUS_HOOK = sys.excepthook
 if is_command(list(getattr(sys, "orig_argv", [])), sys.argv):
     sys.excepthook = _interrupted_at_start
+
+
+class AccelOptError(ValueError):
+    """Bad input: an unknown name, an out-of-range value, an accelerator a pipeline cannot take.
+
+    The message is one line that says what to fix; the CLI prints it and exits with code 2.
+    """
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (``signum``), handled as Ctrl-C is: whatever catches ``KeyboardInterrupt`` gives
+    its running trial back; the CLI exits with 128 + ``signum`` (143)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code(stop: KeyboardInterrupt) -> int:
+    """The shell's code for a command stopped by a signal: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + int(getattr(stop, "signum", SIGINT))
 
 
 def choices(values: object) -> str:
