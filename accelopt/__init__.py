@@ -11,6 +11,10 @@ layout (``accelopt.params_store.seed_layout``) are kept, so code written against
 
 from __future__ import annotations
 
+# First: from here on, Ctrl-C while the command starts is one line and 130, not a traceback.
+from accelopt.errors import AccelOptError
+
+# isort: split
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -18,8 +22,6 @@ import sys
 import types
 import warnings
 from collections.abc import Sequence
-
-from accelopt.errors import AccelOptError
 
 __all__ = ["AccelOptError", "__version__"]
 

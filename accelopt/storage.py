@@ -14,6 +14,9 @@ which is a journal file.
 - **Dead workers**: a trial is owned (host and process id) from its first moment, under the
   study's lock; ``recover`` fails and queues again, once, the trials of workers that are gone:
   by heartbeat on a database server, by owner on one host, and those that never got an owner.
+  Failing a trial and queuing its retry are two writes: a failure that is not a retry and has
+  none (``retry_owed``: a worker killed between the two, or a storage error) is queued again by
+  the next ``recover``, so no crash loses a trial's point.
 - **Locks**: ``storage_lock`` orders the workers of a study; ``sole_writer`` refuses a second
   writer on a SQLite file, which cannot serve two.
 
@@ -70,6 +73,7 @@ __all__ = [
     "repair_file",
     "repair_journal",
     "retry",
+    "retry_owed",
     "scrub",
     "shared_storage",
     "sole_writer",
@@ -95,6 +99,7 @@ SHARED_STORAGE = "accelopt.journal"  # several workers on one host, no storage n
 # What a retry keeps of its failed trial's user attributes: where it came from, not who ran it,
 # why it failed or what it half measured.
 CARRIED = ("warm_start",)
+CONSTRAINTS = "constraints"  # Optuna's system attributes of measured constraints: constraints:KEY
 
 
 # URLs: one redaction for every form, shown or stored.
@@ -677,16 +682,38 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> bool:
     Optuna's ``RetryHeartbeatStaleTrialCallback(max_retry=1)``, which keeps the parameters and
     the grid point a trial was given (``fixed_params``) but had not drawn yet, given the trial
     without the user attributes of the failed run (its owner, why it failed, what it half
-    measured), which would otherwise show on the retry.
+    measured) and the constraints it had measured (a storage error may come after them), which
+    would otherwise show on the retry.
     """
     if trial.system_attrs.get("retry_history"):
         return False  # a retry that failed too: once is enough
     kept = copy.copy(trial)
     kept.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in CARRIED}
+    kept.system_attrs = {k: v for k, v in trial.system_attrs.items()
+                         if k.partition(":")[0] != CONSTRAINTS}  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, kept)
     return True
+
+
+def retry_owed(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The failed trials whose retry was never queued, in order of number.
+
+    Every failure is queued again once, in a second write after its FAIL: a worker killed
+    between the two, or a storage that broke in between (or before a trial could be told
+    anything but FAIL), leaves a failure without a retry. Not owed: a retry's own failure (once
+    is enough), and a trial stopped by Ctrl-C (``interrupted``: it gave its slot back).
+    """
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and not t.system_attrs.get("retry_history")
+        and not t.user_attrs.get("interrupted")
+        and t.number not in retried
+    ]
 
 
 def recover_stale_trials(study: optuna.Study, *, by_owner: bool = True) -> list[int]:
@@ -721,12 +748,20 @@ def recover_stale_trials(study: optuna.Study, *, by_owner: bool = True) -> list[
 def recover(study: optuna.Study, log: Callable[[str], None]) -> None:
     """FAIL and queue again the trials of dead workers: by heartbeat where the storage keeps
     them (databases), else by the owner's process id (journal files and SQLite: one host); on
-    any storage, the trials that never got an owner. Call under the study's lock."""
+    any storage, the trials that never got an owner. Then queue the retries still owed
+    (``retry_owed``): a crash between a FAIL and its retry, here or in any worker, loses no
+    point. Call under the study's lock: a worker fails a trial and queues its retry under it,
+    so what is owed here is never a retry another worker is about to queue."""
     beats = fail_stale_trials(study)
     stale = recover_stale_trials(study, by_owner=not beats)
     if stale:
         log(f"{study.study_name}: trials {stale} were left RUNNING by a process that is gone: "
             f"marked FAIL and queued again once")  # fmt: skip
+    owed = [t.number for t in retry_owed(study.get_trials(deepcopy=False)) if retry(study, t)]
+    if owed:
+        log(f"{study.study_name}: trials {owed} failed and were never queued again (their "
+            f"worker stopped before it could, or the storage failed): queued again "
+            f"once")  # fmt: skip
 
 
 def _alive(pid: int) -> bool:

@@ -67,9 +67,11 @@ def _parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """While a command runs, SIGTERM stops it as Ctrl-C does (``Interrupted``): the running
-    trial is given back and the exit code is 143. Only the main thread can take signals."""
+def _signals_stop() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP (its terminal closed) stop it as Ctrl-C does
+    (``Interrupted``): the running trial is given back, ``run --workers`` stops its workers,
+    and the exit code is 143 or 129. A SIGHUP ignored on purpose (``nohup``) stays ignored.
+    Only the main thread can take signals."""
     import signal
     import threading
 
@@ -80,21 +82,23 @@ def _sigterm_stops() -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
         raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    taken = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN]
+    previous = {s: signal.signal(s, stop) for s in taken}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 a requirement unmet or a storage error,
-    2 bad input, 130 Ctrl-C, 143 SIGTERM).
+    2 bad input, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 
     >>> main(["prompts", "--count", "1"])  # doctest: +SKIP
     """
     try:
-        with _sigterm_stops():
+        with _signals_stop():
             try:
                 args = _parse(argv)
             except AccelOptError as err:

@@ -220,7 +220,7 @@ class Worker(Command):
 
         from accelopt.progress import Progress
         from accelopt.storage import shared_storage
-        from accelopt.study.launch import WORKERS_HERE
+        from accelopt.study.launch import WORKERS_HERE, serve
         from accelopt.study.loop import run_study
 
         requirement = flags.requirement_of(args)
@@ -230,6 +230,7 @@ class Worker(Command):
         spec = self._spec(args, url)
         me = f"[{socket.gethostname()}:{os.getpid()}]"
         try:
+            serve()  # started by run --workers: never outlive that process, however it ends
             outcome = run_study(
                 spec,
                 storage=url,

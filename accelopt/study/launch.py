@@ -2,10 +2,15 @@
 pass a stop on to them.
 
 The workers run in a process group of their own, so a signal reaches each exactly once, from
-the parent, at once: Ctrl-C (SIGINT) and SIGTERM are forwarded as they come, each worker gives
-its running trial back (it does not count) and exits (130, 143), and the parent exits as they
-did. A worker that has not stopped ``GIVE_BACK`` seconds later, or any worker on a second
-signal, is killed: its trial is then found dead and queued again once by the next run.
+the parent, at once: Ctrl-C (SIGINT), SIGTERM and SIGHUP (a closed terminal) are forwarded as
+they come, each worker gives its running trial back (it does not count) and exits (130, 143,
+129), and the parent exits as they did. A worker that has not stopped ``GIVE_BACK`` seconds
+later, or any worker on a second signal, is killed: its trial is then found dead and queued
+again once by the next run.
+
+A parent that dies without passing anything on (SIGKILL, a crash) leaves no worker behind:
+each worker knows its parent (``SUPERVISOR``) and stops as if sent SIGTERM when it is gone
+(``serve``), killing itself ``GIVE_BACK`` seconds later if that did not end it.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from optuna.trial import TrialState
 
-from accelopt.errors import AccelOptError
+from accelopt.errors import AccelOptError, Interrupted
 from accelopt.progress import Progress
 from accelopt.storage import (
     open_storage,
@@ -38,11 +44,13 @@ from accelopt.study.workers import Slots
 
 __all__ = [
     "GIVE_BACK",
+    "SUPERVISOR",
     "WORKERS_HERE",
     "Worker",
     "assign_gpus",
     "finished_by_now",
     "run_workers",
+    "serve",
     "start_worker",
     "stop",
     "watch",
@@ -51,6 +59,9 @@ __all__ = [
 GIVE_BACK = 30.0  # seconds a stopped worker has to give its running trial back
 # How many workers this launch started on the host: each takes its share of the cores' threads.
 WORKERS_HERE = "ACCELOPT_WORKERS_HERE"
+# The process id of the ``run --workers`` parent a worker serves: it must not outlive it.
+SUPERVISOR = "ACCELOPT_SUPERVISOR"
+PR_SET_PDEATHSIG = 1  # Linux prctl(2): a signal for this process when its parent dies
 
 
 def assign_gpus(workers: int | None, gpus: str | None, device: str | None) -> list[str | None]:
@@ -142,12 +153,69 @@ def start_worker(
     one of ``workers`` started on this host (``WORKERS_HERE``: they share its cores)."""
     # The storage URL goes through the environment: a command line is visible to every user of
     # the host (ps), and the URL may hold a password.
-    env = {**os.environ, "ACCELOPT_STORAGE": storage, WORKERS_HERE: str(workers)}
+    env = {**os.environ, "ACCELOPT_STORAGE": storage, WORKERS_HERE: str(workers),
+           SUPERVISOR: str(os.getpid())}  # fmt: skip
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     command = [sys.executable, "-m", "accelopt", "worker", *argv]
     # A group of its own: the terminal's Ctrl-C reaches the parent only, which passes it on.
     return Worker(index, gpu, subprocess.Popen(command, env=env, process_group=0))
+
+
+def serve(
+    environ: MutableMapping[str, str] = os.environ,
+    *,
+    on_death: Callable[[int], bool] | None = None,
+    parent: Callable[[], int] = os.getppid,
+    kill: Callable[[int, int], None] = os.kill,
+    sleep: Callable[[float], object] = time.sleep,
+    poll: float = 1.0,
+    grace: float = GIVE_BACK,
+) -> threading.Thread | None:
+    """In a worker that ``run --workers`` started (``environ`` names its parent): stop when the
+    parent dies, whatever killed it. Returns the thread that watches, or None for a worker
+    started by hand (it serves no one here). Raises ``Interrupted`` where the parent is gone
+    already.
+
+    The worker stops as on SIGTERM (its running trial given back, exit 143): on Linux the kernel
+    sends it the moment the parent dies (``on_death``: prctl ``PR_SET_PDEATHSIG``); elsewhere, or
+    where that is refused, the thread sends it once the parent is gone (polled every ``poll``
+    seconds: an orphan is adopted by another process). A worker still running ``grace`` seconds
+    later is killed, as ``stop`` kills one: the next run queues its trial again. ``parent``,
+    ``kill`` and ``sleep`` are the process's own; tests pass theirs.
+    """
+    value = environ.pop(SUPERVISOR, "")  # not for the processes this worker starts
+    if not value.isdigit():
+        return None
+    supervisor, me = int(value), os.getpid()
+    armed = (on_death or _signal_on_parent_death)(signal.SIGTERM)
+    if parent() != supervisor:  # gone before the kernel was asked: nothing will come
+        raise Interrupted(signal.SIGTERM)
+
+    def watch() -> None:
+        while parent() == supervisor:
+            sleep(poll)
+        if not armed:
+            kill(me, signal.SIGTERM)
+        sleep(grace)
+        kill(me, signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="supervisor", daemon=True)
+    thread.start()
+    return thread
+
+
+def _signal_on_parent_death(signum: int) -> bool:
+    """Ask Linux to send ``signum`` to this process when its parent dies; whether it agreed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signum), 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # no libc to ask, or no prctl in it
+        return False
 
 
 def watch(
@@ -184,7 +252,7 @@ def watch(
 def _how(code: int) -> str:
     if code < 0:
         return f"was killed by signal {-code}; its trial is queued again once"
-    if code > 128 and code - 128 in (signal.SIGINT, signal.SIGTERM):
+    if code > 128 and code - 128 in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         return f"stopped on {signal.Signals(code - 128).name}; its running trial was given back"
     return f"exited with code {code}"
 
@@ -226,9 +294,9 @@ def run_workers(
     """Run ``spec``'s study with one ``accelopt worker`` process per entry of ``gpus``.
 
     The storage's schema and the study (spec, budget) are made here, once, before any worker
-    starts. Returns the study's outcome and each worker's exit code. On Ctrl-C or SIGTERM
-    (``KeyboardInterrupt``) the workers are stopped the same way (``stop``) before it is
-    raised again.
+    starts. Returns the study's outcome and each worker's exit code. On Ctrl-C, SIGTERM or
+    SIGHUP (``KeyboardInterrupt``) the workers are stopped the same way (``stop``) before it is
+    raised again; if this process dies otherwise, they stop themselves (``serve``).
     """
     requirement = requirement or Requirement()
     studies.check_requirement(spec, requirement)

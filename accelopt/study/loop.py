@@ -355,7 +355,7 @@ def _work(
                     waited = 0.0
                     assert isinstance(trial, optuna.Trial)
                     running = trial.number
-                    run_trial(study, trial, objective, log)
+                    run_trial(study, trial, objective, log, lock)
                     if len(objective.baseline_times) > timed:  # re-timed before this trial
                         timed = len(objective.baseline_times)
                         _drifted(study, start, objective.baseline_times[-1], lock, log)
@@ -371,16 +371,24 @@ def _work(
 
 
 def run_trial(
-    study: optuna.Study, trial: optuna.Trial, objective: Objective, log: Callable[[str], None]
+    study: optuna.Study,
+    trial: optuna.Trial,
+    objective: Objective,
+    log: Callable[[str], None],
+    lock: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
 ) -> FrozenTrial:
     """Run one trial and tell the study how it ended; the caller keeps its heartbeat
     (``take_trial`` starts it).
 
     A failed trial (OOM, upstream error) is FAIL, queued again once with the same parameters
     (its grid point is measured yet: the failure may have been passing, and a retry that fails
-    too is not queued again), and the study goes on. A storage error or Ctrl-C ends the trial as
-    FAIL and is raised as itself: the storage is what broke, or the user wants out. Unlike
-    ``Study.optimize``, no storage error turns into "Should not reach".
+    too is not queued again), and the study goes on. Both under ``lock`` (the study's): another
+    worker's recovery never sees the FAIL without its retry, and queues the retry itself only
+    where this process died in between (``storage.retry_owed``). A storage error or Ctrl-C
+    ends the trial as FAIL and is raised as itself: the storage is what broke, or the user
+    wants out; after a storage error the next recovery queues the trial again (Ctrl-C gives
+    its slot back instead). Unlike ``Study.optimize``, no storage error turns into "Should not
+    reach".
     """
     value, state, failure = None, TrialState.COMPLETE, ""
     try:
@@ -397,11 +405,13 @@ def run_trial(
         state, failure = TrialState.FAIL, f"{type(err).__name__}: {err}"
         with contextlib.suppress(Exception):
             trial.set_user_attr("failed", failure)
-    frozen = study.tell(trial, value, state=state)
-    if state == TrialState.FAIL:
-        again = ("queued again once" if retry(study, frozen)
-                 else "a retry itself: not queued again")  # fmt: skip
-        log(f"{study.study_name}: trial {trial.number} failed: {failure}; {again}")
+    if state != TrialState.FAIL:
+        return study.tell(trial, value, state=state)
+    with lock():
+        frozen = study.tell(trial, value, state=state)
+        queued = retry(study, frozen)
+    again = "queued again once" if queued else "a retry itself: not queued again"
+    log(f"{study.study_name}: trial {trial.number} failed: {failure}; {again}")
     return frozen
 
 

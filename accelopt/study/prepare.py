@@ -28,7 +28,7 @@ from accelopt.spec import (
     record_of,
     spec_from_record,
 )
-from accelopt.storage import open_storage, storage_label
+from accelopt.storage import open_storage, retry_owed, storage_label
 from accelopt.study.results import Requirement
 from accelopt.study.workers import Slots, TrialSeededTPE
 from accelopt.trial.bench import Bench
@@ -229,13 +229,15 @@ def choose_mode(
 
 
 def is_finished(study: optuna.Study, requirement: Requirement) -> bool:
-    """Nothing left to run: a requirement met, or the budget spent and nothing queued."""
+    """Nothing left to run: a requirement met, or the budget spent and nothing queued (nor
+    owed a retry: the next run queues it)."""
     total = study.user_attrs.get("budget")
     trials = study.get_trials(deepcopy=False)
     if requirement.active and any(requirement.met_by(t) for t in trials):
         return True
     slots = Slots.of(trials)
-    return total is not None and slots.used >= total and not (slots.waiting or slots.running)
+    busy = slots.waiting or slots.running or retry_owed(trials)
+    return total is not None and slots.used >= total and not busy
 
 
 def open_study(storage: str | None, name: str) -> optuna.Study:

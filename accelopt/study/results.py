@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from accelopt._types import is_number
 from accelopt.measure.constraints import quality_loss
+from accelopt.storage import retry_owed
 
 __all__ = [
     "DONE",
@@ -212,13 +213,16 @@ def _point(trial: FrozenTrial) -> tuple[tuple[str, Any], ...]:
 
 def never_measured(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The given configurations (grid points, warm starts) that failed and will not be measured:
-    no trial of theirs finished, none is queued or running (a failure is retried once, so its
-    retry failed too). One trial each, the last that failed, in order of trial number.
+    no trial of theirs finished, none is queued or running, and their retry failed too. One
+    trial each, the last that failed, in order of trial number.
 
-    A trial stopped by Ctrl-C gave its point back: that point is still to come, not listed.
+    Still to come, not listed: a point whose trial was stopped by Ctrl-C (it gave the point
+    back), and one whose failure was never queued again (a worker killed in between, a storage
+    error: ``storage.retry_owed``), which the next run queues.
     """
     measured = {_point(t) for t in trials if t.state in DONE}
     coming = {_point(t) for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    coming |= {_point(t) for t in retry_owed(trials)}
     last: dict[tuple[tuple[str, Any], ...], FrozenTrial] = {}
     for t in trials:
         if t.state != TrialState.FAIL or "fixed_params" not in t.system_attrs:

@@ -149,6 +149,48 @@ def test_module_help_in_a_subprocess() -> None:
     assert "accelerators" in result.stdout
 
 
+# Ctrl-C the moment an import starts: a real SIGINT, sent by a sitecustomize (which Python
+# imports before the command) as the import system looks for the module.
+CTRL_C_AT = """
+import signal, sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize(
+    ("started", "module"),
+    [
+        ("python -m accelopt", "accelopt.__main__"),  # as the package's import ends
+        ("the accelopt script", "accelopt.cli.studies"),  # the command table's
+    ],
+)
+def test_ctrl_c_at_any_moment_of_start_up_exits_130_without_a_traceback(
+    started: str, module: str, tmp_path: Path
+) -> None:
+    """Ctrl-C in the first tenth of a second printed a KeyboardInterrupt traceback: the
+    package's imports ran before any handler, and the script pip writes has none at all."""
+    import os
+
+    import accelopt
+
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_AT.format(module=module))
+    script = tmp_path / "accelopt"  # what pip writes for [project.scripts]
+    script.write_text("import sys\nfrom accelopt.cli import main\nsys.exit(main())\n")
+    checkout = str(Path(accelopt.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), checkout])}
+    command = ["-m", "accelopt"] if started.startswith("python") else [str(script)]
+    run = subprocess.run([sys.executable, *command, "list"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (run.returncode, run.stderr) == (130, "accelopt: interrupted\n")
+
+
 # run / best / list: exit codes 0 ok, 1 requirement unmet, 2 bad input.
 
 

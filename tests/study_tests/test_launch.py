@@ -20,7 +20,9 @@ import pytest
 from optuna.trial import TrialState
 
 from accelopt.cli import main
+from accelopt.errors import Interrupted
 from accelopt.storage import open_storage
+from accelopt.study.launch import SUPERVISOR, serve
 
 SPEC = """
 pipeline = "TinySD"
@@ -91,6 +93,91 @@ def test_a_signal_to_the_parent_stops_every_worker_at_once_and_gives_their_trial
     assert [(t.state, t.user_attrs.get("interrupted")) for t in given_back] == [
         (TrialState.FAIL, True)
     ] * 2
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended: an orphan's parent (whatever adopted it) may not
+    have reaped it yet, and a zombie has ended."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return not _alive(pid)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGKILL, -9), (signal.SIGHUP, 129)])
+def test_workers_never_outlive_their_parent(signum: int, code: int, tmp_path: Path) -> None:
+    """SIGHUP (a closed terminal) or SIGKILL to the parent left its workers running, for good:
+    nothing passed the signal on, and nothing told them their parent was gone. Here the parent
+    goes as soon as both workers run (they load their pipeline)."""
+    spec = _spec(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "accelopt", "run", "--spec", str(spec),
+                            "--workers", "2", "--n-trials", "30", "--storage", "s.journal",
+                            "--quiet"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert run.stderr is not None
+    pids: set[int] = set()
+    for line in run.stderr:  # "[host:pid] TinyLaunch: loading TinySD (random weights) ..."
+        if ": loading TinySD" in line:
+            pids.add(int(line.split("]", 1)[0].rsplit(":", 1)[1]))
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, run.communicate()[1]
+    try:
+        run.send_signal(signum)
+        deadline = time.monotonic() + 120  # a bound, not a timing: they stop within a second
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in pids if not _gone(pid)] == []
+    finally:  # whatever failed, no worker outlives the test
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    err = run.communicate(timeout=120)[1]  # the workers wrote to it too: they are gone
+    assert run.returncode == code, err
+    assert err.count("interrupted; its running trial is given back") == 2  # told, not killed
+    study = optuna.load_study(study_name=spec.stem, storage=open_storage(
+        str(tmp_path / "s.journal"))[0])  # fmt: skip
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs.get("interrupted") for t in failed)  # a trial running: given back
+
+
+@pytest.mark.parametrize("prctl", [True, False])
+def test_a_worker_stops_when_its_parent_is_gone_and_is_killed_if_that_hangs(
+    prctl: bool,
+) -> None:
+    """Where Linux sends SIGTERM as the parent dies (prctl), the worker adds only the kill
+    after the grace; elsewhere it sees its parent change (an orphan is adopted) and sends
+    SIGTERM itself."""
+    parents = [100, 100, 100, 1]  # the parent's pid, then init's: it died
+    sent: list[int] = []
+    slept: list[float] = []
+
+    def parent() -> int:
+        return parents.pop(0) if len(parents) > 1 else parents[0]
+
+    thread = serve({SUPERVISOR: "100"}, on_death=lambda signum: prctl, parent=parent,
+                   kill=lambda pid, signum: sent.append(signum), sleep=slept.append,
+                   poll=1.0, grace=30.0)  # fmt: skip
+    assert thread is not None
+    thread.join(60)
+    assert sent == ([] if prctl else [signal.SIGTERM]) + [signal.SIGKILL]
+    assert slept == [1.0, 1.0, 30.0]
+
+
+def test_a_worker_whose_parent_died_before_it_could_ask_stops_at_once() -> None:
+    with pytest.raises(Interrupted):
+        serve({SUPERVISOR: "100"}, on_death=lambda signum: True, parent=lambda: 1)
+
+
+def test_a_worker_started_by_hand_serves_no_parent() -> None:
+    environ = {"OTHER": "1"}
+    assert serve(environ, on_death=lambda signum: pytest.fail("asked for a signal")) is None
+    assert environ == {"OTHER": "1"}
 
 
 def test_an_interrupt_after_the_workers_finished_the_study_does_not_ask_to_resume(

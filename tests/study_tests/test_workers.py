@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,8 +25,8 @@ from optuna.trial import TrialState
 
 from accelopt.cli import main
 from accelopt.spec import load_spec
-from accelopt.storage import open_storage, retry
-from accelopt.study.loop import run_study
+from accelopt.storage import open_storage, recover, retry
+from accelopt.study.loop import run_study, run_trial
 from accelopt.study.workers import GridOrder, Slots, TrialSeededTPE, released_trials
 
 quiet = {"progress": False, "log": lambda s: None}
@@ -89,6 +90,63 @@ def test_a_retry_keeps_its_grid_point_and_is_made_once() -> None:
     assert len(study.trials) == 2 and released_trials(study.trials) == {0}
 
 
+class _DiesQueuingRetries(optuna.storages.JournalStorage):
+    """A journal storage whose writer is killed as it queues a retry: after the FAIL (the first
+    write), before the retry (the second)."""
+
+    def create_new_trial(
+        self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+    ) -> int:
+        if template_trial is not None and "failed_trial" in template_trial.system_attrs:
+            raise _Killed
+        return super().create_new_trial(study_id, template_trial)
+
+
+@pytest.mark.parametrize("where", ["recovery", "a failed trial"])
+def test_a_crash_between_a_failure_and_its_retry_loses_no_point(
+    where: str, tmp_path: Path
+) -> None:
+    """Recovery failed a dead worker's trial, then queued its retry in a second write (and
+    run_trial the same after a failure): a kill in between lost the grid point for good, and
+    the end of every later run said it "failed, and so did the retry"."""
+    from optuna.storages.journal import JournalFileBackend
+
+    from accelopt.cli._format import never_measured
+
+    path = str(tmp_path / "studies.journal")
+    dying = optuna.create_study(study_name="S", storage=_DiesQueuingRetries(
+        JournalFileBackend(path)))  # fmt: skip
+    dying.enqueue_trial({"a.x": 3})
+    trial = dying.ask()
+    with pytest.raises(_Killed):
+        if where == "recovery":
+            gone = subprocess.Popen([sys.executable, "-c", ""])
+            gone.wait()  # its worker's process: gone
+            trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": gone.pid})
+            recover(dying, lambda s: None)
+        else:
+
+            def objective(trial: optuna.Trial) -> float:
+                raise RuntimeError("out of memory")
+
+            run_trial(dying, trial, objective, lambda s: None)  # type: ignore[arg-type]
+    study = optuna.load_study(study_name="S", storage=open_storage(path)[0])
+    assert [t.state for t in study.trials] == [TrialState.FAIL]  # the first write, not the second
+    assert never_measured(study, grid=True) == []  # not lost: its retry is owed
+
+    logged: list[str] = []
+    recover(study, logged.append)  # the next run's
+    recover(study, logged.append)  # and the one after: once is enough
+    assert logged == [
+        "S: trials [0] failed and were never queued again (their worker stopped before it "
+        "could, or the storage failed): queued again once"
+    ]
+    _, queued = study.trials
+    assert (queued.state, queued.system_attrs["failed_trial"]) == (TrialState.WAITING, 0)
+    assert queued.system_attrs["fixed_params"] == {"a.x": 3}
+    assert released_trials(study.trials) == {0} and never_measured(study, grid=True) == []
+
+
 def _draws(sampler_for_worker: list[optuna.samplers.BaseSampler], n: int) -> list[int]:
     """Run n trials of one study, round robin over workers that each have their own sampler."""
     storage = optuna.storages.InMemoryStorage()
@@ -147,6 +205,15 @@ def test_a_storage_error_in_a_trial_surfaces_as_itself_and_leaves_nothing_runnin
     study = optuna.load_study(study_name="TinySD-DDIM-10-deepcache", storage=open_storage(path)[0])
     assert [t.state for t in study.trials] == [TrialState.FAIL]
     assert study.trials[0].user_attrs["failed"] == "storage error"
+
+    # Neither given back nor queued again, its point was lost: the next run queues it again.
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv[:3], "--n-trials", "1", "--storage", path, "--quiet"]) == 0
+    assert "trials [0] failed and were never queued again" in capsys.readouterr().err
+    study = optuna.load_study(study_name="TinySD-DDIM-10-deepcache", storage=open_storage(path)[0])
+    failed, again = study.trials
+    assert again.system_attrs["failed_trial"] == 0 and again.params == failed.params
+    assert again.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 # Real processes: accelopt run --workers N on a journal file and on PostgreSQL.
