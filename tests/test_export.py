@@ -115,6 +115,31 @@ def test_cli_export_writes_the_store_and_refuses_foreign_files(  # type: ignore[
     assert foreign.read_text() == '{"hello": "world"}\n'
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("folder", "folder is a folder; name a file to write"),
+        ("a" * 300 + ".json", "File name too long: give a shorter name"),
+        ("file/store.json", "Not a directory: a folder in the path is a file; give another path"),
+    ],
+    ids=["folder", "long-name", "through-a-file"],
+)
+def test_cli_export_refuses_a_store_path_the_os_refuses_in_one_line(  # type: ignore[no-untyped-def]
+    searched, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, why: str
+) -> None:
+    study, storage = searched
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("kept\n")
+    argv = ["export", "--study", study.study_name, "--storage", storage, "--top-k", "0",
+            "--store", str(tmp_path / name)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("accelopt: error: ") and err.count("\n") == 1, err
+    assert "--store " in err and why in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+    assert (tmp_path / "file").read_text() == "kept\n"
+
+
 def test_run_export_and_nothing_feasible(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

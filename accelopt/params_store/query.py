@@ -26,6 +26,7 @@ within L). A request no point meets is refused naming the nearest point there is
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -178,14 +179,22 @@ _TASK_KEYS: dict[str, Any] = {"pipe": str, "sched": str, "steps": int, "targets"
               **dict.fromkeys(FIDELITY_BOUNDS, (int, float))}  # fmt: skip
 
 
+_MAX_TASK_BYTES = 16 * 2**20
+
+
 def load_tasks(path: Path) -> list[Request]:
     """Requests from a task file: a JSON list, or a TOML file of ``[[task]]`` tables."""
+    from accelopt._files import read_regular
+
+    if not os.path.lexists(path):
+        raise AccelOptError(f"tasks file {str(path)[:200]!r} does not exist")
+    raw = read_regular(path, "task file", _MAX_TASK_BYTES)  # a FIFO or a folder: one line
     try:
-        text = path.read_text("utf-8")
+        text = raw.decode("utf-8")
         data = tomllib.loads(text)["task"] if path.suffix == ".toml" else json.loads(text)
-    except FileNotFoundError:
-        raise AccelOptError(f"tasks file {str(path)!r} does not exist") from None
-    except (ValueError, KeyError) as err:
+    except RecursionError:
+        raise AccelOptError(f"{path}: not a task list (nested too deep)") from None
+    except (ValueError, KeyError) as err:  # UnicodeDecodeError is a ValueError
         raise AccelOptError(f"{path}: not a task list ({err}); see README, 'codegen'") from None
     if not isinstance(data, list) or not data:
         raise AccelOptError(f"{path}: expected a non-empty list of tasks")
