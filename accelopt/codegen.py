@@ -367,9 +367,11 @@ def _docstring_text(entry: Mapping[str, Any], execution: str) -> str:
         {k: m[k] for k in METRICS if k != "score_loss" and m.get(k) is not None}
     )
     fidelity = f", {measured}" if measured else ""
-    loss = _SCORE_LOSS.show(m["score_loss"])
+    # Only the speedup is sure to be there (the entry check lets the rest be left out).
+    loss = _SCORE_LOSS.show(m.get("score_loss"))
+    device = m.get("device") or "a device not recorded"
     summary = (
-        f"Measured by accelopt on {m['device']}: {m['speedup']:.2f}x the plain pipeline"
+        f"Measured by accelopt on {device}: {m['speedup']:.2f}x the plain pipeline"
         f"{shown}, {per_image}, CLIP score loss {loss}{fidelity}.{_heldout(entry.get('heldout'))}"
     )
     if entry.get("layout") == "seed":  # accelopt.params_store.seed_layout: the seed kept these

@@ -337,8 +337,11 @@ def _checked(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _searched(study: optuna.Study) -> list[str]:
+    """The accelerators a study searched: those its trials drew knobs for, and any a trial
+    used (the targets of its key must hold its accelerators: ``check_entry``)."""
     names = {k.split(".")[0] for t in study.trials for k in t.params}
-    return sorted(names)
+    used = {n for t in study.trials for n in t.user_attrs.get("accelerators") or ()}
+    return sorted(names | used)
 
 
 @dataclass(frozen=True)

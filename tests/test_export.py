@@ -208,7 +208,10 @@ def test_an_entry_measured_under_load_says_so_with_the_numbers(tmp_path: Path) -
     attrs = {"accelerators": {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
              "speedup": 2.0, "feasible": True, "score": 0.3, "score_loss": 0.01,
              "time_per_image": 0.3, "device": "cpu (2 threads)"}  # fmt: skip
-    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))
+    params = {"deepcache.cache_interval": 3, "tome.ratio": 0.0}  # searched both, used one
+    dists = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in params.items()}
+    study.add_trial(optuna.trial.create_trial(value=2.0, params=params, distributions=dists,
+                                              user_attrs=attrs))  # fmt: skip
     entries = entries_for(study, storage)  # the study's and DeepCache's
     assert len(entries) == 2 and all("under_load" not in e["measured"] for e in entries.values())
 

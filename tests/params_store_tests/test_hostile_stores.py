@@ -247,6 +247,27 @@ def test_one_junk_entry_is_skipped_and_the_good_one_answers(
     compile(script.read_text(), str(script), "exec")  # the script parses
 
 
+@pytest.mark.parametrize("left_out", ["score_loss", "device"])
+def test_codegen_reads_only_what_the_entry_check_guarantees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], left_out: str
+) -> None:
+    """The check lets an entry leave out any measurement but the speedup: codegen and the
+    store's queries do without it (an entry with no score loss meets no loss budget)."""
+    entry = make_entry()
+    del entry["measured"][left_out]
+    store = write_store(tmp_path / "store.json", {entry["key"]: entry})
+    script = tmp_path / "a.py"
+    code, out, err = run([*REQUEST, "--store", str(store), "-o", str(script)], capsys)
+    assert run(["store", "check", "--store", str(store)], capsys)[0] == 0
+    if left_out == "device":
+        assert code == 0 and "Measured by accelopt on a device not recorded: 2.00x" in (
+            script.read_text()
+        )
+    else:
+        assert (code, out) == (2, "")
+        assert "(nearest: SDXL DDIM 25 deepcache: 2.00x, loss n/a); make one with" in err
+
+
 def test_a_store_swapped_for_a_fifo_after_any_check_by_name_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
