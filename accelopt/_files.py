@@ -67,6 +67,8 @@ def read_regular(path: Path, what: str, limit: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | _OPEN)
     except OSError as err:
         raise AccelOptError(f"{shown}: cannot read the {what}: {os_problem(err)}") from None
+    except ValueError:
+        raise _not_a_name(f"the {what} {shown}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -104,6 +106,8 @@ def check_output(path: Path, shown: str, force: bool) -> None:
         return
     except OSError as err:
         raise AccelOptError(f"cannot write {shown}: {os_problem(err)}") from None
+    except ValueError:
+        raise _not_a_name(shown) from None
     if stat.S_ISDIR(info.st_mode):
         raise AccelOptError(f"{shown} is a folder; name a file to write")
     if not stat.S_ISREG(info.st_mode):
@@ -111,6 +115,14 @@ def check_output(path: Path, shown: str, force: bool) -> None:
                             f"name a file to write")  # fmt: skip
     if not force:
         raise AccelOptError(f"{shown} exists; pass --force to overwrite it")
+
+
+def _not_a_name(shown: str) -> AccelOptError:
+    """A path the OS cannot even be asked about (Python raises ValueError, not OSError)."""
+    return AccelOptError(
+        f"cannot use {shown}: not a name a file system takes (a NUL byte, or a character "
+        f"with no encoding there); give another name"
+    )
 
 
 def _check_new(path: Path, shown: str) -> None:
@@ -129,6 +141,8 @@ def _check_new(path: Path, shown: str) -> None:
             continue
         except OSError as err:
             raise AccelOptError(f"cannot write {shown}: {os_problem(err)}") from None
+        except ValueError:
+            raise _not_a_name(shown) from None
         if not stat.S_ISDIR(info.st_mode):
             raise AccelOptError(f"cannot write {shown}: {printable(str(folder), 200)} is a file, "
                                 f"not a folder; give another path")  # fmt: skip
@@ -155,6 +169,8 @@ def write_output(path: Path, text: str, shown: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | _OPEN, 0o666)
     except OSError as err:
         raise AccelOptError(f"cannot write {shown}: {os_problem(err)}") from None
+    except ValueError:
+        raise _not_a_name(shown) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise AccelOptError(f"{shown} is not a regular file (a FIFO, a socket or a device); "

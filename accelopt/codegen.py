@@ -178,6 +178,13 @@ def _inside(folder: Path, name: str) -> Path:
             f"task output {printable(name, 120)} must be a relative path inside -o {folder}"
         )
     try:
+        os.fsencode(name)
+    except UnicodeError:  # a lone surrogate a JSON escape can make (\ud800)
+        raise AccelOptError(
+            f"task output {printable(name, 120)} is not a file name: it holds a character no "
+            f"file system encoding has; give another name"
+        ) from None
+    try:
         root = folder.resolve()
         target = (root / relative).resolve()
     except (OSError, RuntimeError) as err:  # a symlink loop (3.11 says it with RuntimeError)

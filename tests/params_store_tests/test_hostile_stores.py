@@ -130,8 +130,9 @@ def test_an_output_the_os_refuses_is_one_line_and_exit_2(
         (["fine.py", "loop/x.py"], "task output loop/x.py in -o {out}: Too many levels of "
                                    "symbolic links"),
         (["fine.py", "folder"], "task 1's output folder is a folder; name a file to write"),
+        (["fine.py", "\ud800.py"], "task output \\ud800.py is not a file name"),
     ],
-    ids=["same-file", "same-default-name", "long-name", "symlink-loop", "folder"],
+    ids=["same-file", "same-default-name", "long-name", "symlink-loop", "folder", "surrogate"],
 )  # fmt: skip
 def test_task_outputs_are_checked_before_any_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], outputs: list[str | None], why: str
