@@ -183,6 +183,9 @@ def _entry_of(store: dict[str, Any], rng: random.Random) -> dict[str, Any] | Non
 def mutate_value(store: Any, rng: random.Random) -> str:
     """Anything anywhere: a key removed or added, a value replaced by an odd one."""
     paths = [p for p in _paths(store) if p]
+    if not paths:  # emptied by an earlier mutation
+        store[rng.choice(ODD_STRINGS)] = odd_value(rng)
+        return "key added"
     path = rng.choice(paths)
     parent = _at(store, path[:-1])
     kind = rng.choice(["remove", "add", "replace", "replace", "number"])
