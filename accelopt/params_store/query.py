@@ -358,7 +358,7 @@ def _at_point(entry: Mapping[str, Any], point: Mapping[str, Any]) -> dict[str, A
         params=point.get("params") or {},
         measured=point.get("measured"),
         heldout=point.get("heldout"),
-        # Neither is checked: a hand-edited store may hold anything there.
+        # The check reads no baseline: a hand-edited store may hold anything there.
         baseline={**_mapping(entry.get("baseline")), **_mapping(point.get("baseline"))},
         study={**_mapping(entry.get("study")), "trial": point.get("trial")},
     )
