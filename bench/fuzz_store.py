@@ -416,11 +416,15 @@ class Fuzz:
                 code = main(argv)
         except Hang:
             self.finding(case, f"{name}: hung past {self.timeout} s: {argv}")
+        except KeyboardInterrupt:  # the fuzz itself stopped (main catches its own)
+            raise
         except BaseException as exc:  # a traceback a user would see
             self.finding(case, f"{name}: raised {type(exc).__name__}: {str(exc)[:300]}")
         finally:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)
+        if code in (130, 143):  # main took a Ctrl-C or SIGTERM meant for the fuzz: stop
+            raise KeyboardInterrupt
         self.codes[f"{name} exit {code}"] += 1
         text = err.getvalue() + out.getvalue()
         if "Traceback" in text:
