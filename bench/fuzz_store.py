@@ -390,6 +390,7 @@ class Fuzz:
         self.kinds: Counter[str] = Counter()
         self.scripts = Counter[str]()
         self.findings: list[str] = []
+        self.finding_kinds: Counter[str] = Counter()
         self.bases = [e for e in base_entries() if self._valid(e)]
 
     @staticmethod
@@ -435,6 +436,7 @@ class Fuzz:
 
     def finding(self, case: int, what: str) -> None:
         self.findings.append(f"case {case}: {what}")
+        self.finding_kinds[_kind(what)] += 1
         if self.verbose:
             print(f"FINDING case {case}: {what}", file=sys.stderr)
 
@@ -557,6 +559,15 @@ class Fuzz:
             self.scripts["applied"] += 1
 
 
+def _kind(what: str) -> str:
+    """A finding without its particulars: ``codegen: raised KeyError``, ``codegen --tasks:
+    hung``."""
+    command, _, rest = what.partition(": ")
+    if rest.startswith("raised "):
+        return f"{command}: {rest.split(':')[0]}"
+    return f"{command}: {rest.split(' ')[0]}" if rest else command
+
+
 def refusal(header: dict[str, Any]) -> str | None:
     """Why ``accelopt.accelerators.apply`` (or the execution mode) refuses a script's
     settings on its model; None if it takes them."""
@@ -620,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     print("mutations:", ", ".join(f"{k} {v}" for k, v in fuzz.kinds.most_common()))
     print("exit codes:", ", ".join(f"{k}: {v}" for k, v in sorted(fuzz.codes.items())))
     print("scripts:", ", ".join(f"{k} {v}" for k, v in fuzz.scripts.items()) or "none")
-    print(f"findings: {len(fuzz.findings)}")
+    kinds = ", ".join(f"{k} {v}" for k, v in fuzz.finding_kinds.most_common())
+    print(f"findings: {len(fuzz.findings)}" + (f" ({kinds})" if kinds else ""))
     for line in fuzz.findings[:50]:
         print("  " + line)
     return 1 if fuzz.findings else 0
