@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import functools
 import math
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -85,41 +86,111 @@ def write_scripts(
     in one error, every request no entry answers, naming the nearest entries and the run.
 
     Only entries that pass ``accelopt.params_store.check.check_entry`` are considered (the CLI
-    reports the others first); a batch's outputs must stay inside ``output``, and every one is
-    checked, and every script made, before the first is written."""
+    reports the others first); a batch's outputs must stay inside ``output``, and no two may be
+    one file. Every output is checked (``accelopt._files.check_output``), and every script
+    made, before the first is written; an OS error is one line (``AccelOptError``)."""
+    from accelopt._files import check_output, write_output
     from accelopt.params_store.check import usable_entries
 
     entries = usable_entries(entries)[0]
-    if batch and output.exists() and not output.is_dir():
-        raise AccelOptError(f"-o {output}: with --tasks, -o names a folder, and this is a file")
-    answers, missing = [], []
-    for request in requests:  # every output checked and every script made before one is written
-        target = _inside(output, request.output or request.script_name()) if batch else output
+    requests = list(requests)
+    if batch:
+        _check_folder(output)
+        outputs = [_task_output(output, i, r) for i, r in enumerate(requests)]
+    else:
+        outputs = [(output, f"-o {printable(str(output), 200)}")] * len(requests)
+    answers, missing, claimed = [], [], _Claimed()
+    for i, (request, (target, shown)) in enumerate(zip(requests, outputs, strict=True)):
         entry = find_entry(entries, request)
         if entry is None:
             missing.append(why_missing(entries, request))
             continue
-        if target.exists() and not force:
-            raise AccelOptError(f"{target} exists; pass --force to overwrite it")
-        answers.append((target, entry, render_script(entry)))
-    for target, _, script in answers:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(script, encoding="utf-8")
+        if batch:
+            claimed.add(i, target)
+        check_output(target, shown, force)
+        answers.append((target, shown, entry, render_script(entry)))
+    for done, (target, shown, _, script) in enumerate(answers):
+        try:
+            write_output(target, script, shown)
+        except AccelOptError as err:  # what no check could foresee (a full disk)
+            before = f" ({done} written before it)" if done else ""
+            raise AccelOptError(f"{err}{before}") from None
     if missing:
         raise AccelOptError(" | ".join(missing))
-    return [(target, entry) for target, entry, _ in answers]
+    return [(target, entry) for target, _, entry, _ in answers]
+
+
+def _check_folder(folder: Path) -> None:
+    """A batch's ``-o``: a folder, or a path where one can be made."""
+    from accelopt._files import check_output, os_problem
+
+    shown = printable(str(folder), 200)
+    try:
+        is_dir = folder.is_dir()  # follows a link to a folder, as writing into it does
+    except OSError as err:
+        raise AccelOptError(f"cannot write into -o {shown}: {os_problem(err)}") from None
+    if is_dir:
+        return
+    if os.path.lexists(folder):
+        what = "a link to no folder" if folder.is_symlink() else "a file"
+        raise AccelOptError(f"-o {shown}: with --tasks, -o names a folder, and this is {what}")
+    check_output(folder, f"-o {shown}", force=False)  # where the folder will be made
+
+
+def _task_output(folder: Path, i: int, request: Request) -> tuple[Path, str]:
+    """Task ``i``'s output inside ``folder``, resolved, and how errors name it."""
+    name = request.output or request.script_name()
+    return _inside(folder, name), f"task {i}'s output {printable(name, 120)}"
+
+
+class _Claimed:
+    """The files a batch's tasks will write: two tasks that would write one file (the same
+    path once resolved, or one file under two names) are refused, since the second would
+    silently replace the first."""
+
+    def __init__(self) -> None:
+        self._by: dict[Any, int] = {}
+
+    def add(self, task: int, target: Path) -> None:
+        keys: list[Any] = [target]
+        try:
+            info = os.stat(target)
+            keys.append((info.st_dev, info.st_ino))  # a hard link, a case-blind file system
+        except OSError:
+            pass  # not there yet (or refused next, in one line, by check_output)
+        for key in keys:
+            if key in self._by:
+                raise AccelOptError(
+                    f"tasks {self._by[key]} and {task} both write {printable(str(target), 200)}; "
+                    f'give each its own "output" (nothing was written)'
+                )
+        self._by.update(dict.fromkeys(keys, task))
 
 
 def _inside(folder: Path, name: str) -> Path:
     """``folder / name``, refused unless it stays inside ``folder`` once symlinks are resolved:
     a task file names its outputs, and it may come from anyone."""
+    from accelopt._files import os_problem
+
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts or not name.strip() or "\x00" in name:
         raise AccelOptError(
             f"task output {printable(name, 120)} must be a relative path inside -o {folder}"
         )
-    root = folder.resolve()
-    target = (root / relative).resolve()
+    try:
+        os.fsencode(name)
+    except UnicodeError:  # a lone surrogate a JSON escape can make (\ud800)
+        raise AccelOptError(
+            f"task output {printable(name, 120)} is not a file name: it holds a character no "
+            f"file system encoding has; give another name"
+        ) from None
+    try:
+        root = folder.resolve()
+        target = (root / relative).resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop (3.11 says it with RuntimeError)
+        raise AccelOptError(
+            f"task output {printable(name, 120)} in -o {folder}: {os_problem(err)}"
+        ) from None
     if not target.is_relative_to(root) or target == root:
         raise AccelOptError(
             f"task output {printable(name, 120)} leads outside -o {folder} (through a link)"
@@ -303,9 +374,11 @@ def _docstring_text(entry: Mapping[str, Any], execution: str) -> str:
         {k: m[k] for k in METRICS if k != "score_loss" and m.get(k) is not None}
     )
     fidelity = f", {measured}" if measured else ""
-    loss = _SCORE_LOSS.show(m["score_loss"])
+    # Only the speedup is sure to be there (the entry check lets the rest be left out).
+    loss = _SCORE_LOSS.show(m.get("score_loss"))
+    device = m.get("device") or "a device not recorded"
     summary = (
-        f"Measured by accelopt on {m['device']}: {m['speedup']:.2f}x the plain pipeline"
+        f"Measured by accelopt on {device}: {m['speedup']:.2f}x the plain pipeline"
         f"{shown}, {per_image}, CLIP score loss {loss}{fidelity}.{_heldout(entry.get('heldout'))}"
     )
     if entry.get("layout") == "seed":  # accelopt.params_store.seed_layout: the seed kept these

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from accelopt.errors import AccelOptError
+from accelopt._files import os_problem
+from accelopt.errors import AccelOptError, printable
 from accelopt.measure.environment import package_versions
 from accelopt.params_store.file import seed_key, seed_pipeline, seed_scheduler, write_entries
 from accelopt.params_store.query import ranking_speed
@@ -336,8 +337,11 @@ def _checked(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _searched(study: optuna.Study) -> list[str]:
+    """The accelerators a study searched: those its trials drew knobs for, and any a trial
+    used (the targets of its key must hold its accelerators: ``check_entry``)."""
     names = {k.split(".")[0] for t in study.trials for k in t.params}
-    return sorted(names)
+    used = {n for t in study.trials for n in t.user_attrs.get("accelerators") or ()}
+    return sorted(names | used)
 
 
 @dataclass(frozen=True)
@@ -425,6 +429,8 @@ def export(
     if layout not in LAYOUTS:
         raise AccelOptError(f"unknown store layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     requirement = requirement or Requirement()
+    path = store_path(store)
+    shown = _check_store(path)  # before confirming: a path no write can take fails at once
     pareto = is_pareto(study)
     if top_k and not pareto:
         _confirm(study, requirement, top_k, bench, device, weights, progress, log)
@@ -445,16 +451,30 @@ def export(
         )
     if undecided:
         reason = "no feasible configuration is surely faster than the plain pipeline"
-    path = store_path(store)
     left_out: list[str] = []
     created = _missing_folder(path) if entries else None  # the write makes it
-    if entries and layout == "seed":
-        left_out = write_seed(path, entries)
-    elif entries:
-        write_entries(path, entries)
+    try:
+        if entries and layout == "seed":
+            left_out = write_seed(path, entries)
+        elif entries:
+            write_entries(path, entries)
+    except OSError as err:  # what the check before could not foresee (a full disk)
+        raise AccelOptError(f"cannot write {shown}: {os_problem(err)}") from None
     return Exported(study.study_name, path, layout, entries, tuple(left_out), undecided,
                     requirement.speedup or 1.0, bool(top_k) and pareto,
                     "" if entries else reason, created)  # fmt: skip
+
+
+def _check_store(path: Path) -> str:
+    """How errors name the store at ``path``, once refused in one line if no write could
+    take it there (a folder, a FIFO, a name too long, a path through a file or a link loop);
+    its lock file (``PATH.lock``) too."""
+    from accelopt._files import check_output
+
+    shown = f"--store {printable(str(path), 200)}"
+    check_output(path, shown, force=True)
+    check_output(Path(f"{path}.lock"), f"{shown}'s lock file", force=True)
+    return shown
 
 
 def _missing_folder(path: Path) -> Path | None:

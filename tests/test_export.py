@@ -115,6 +115,31 @@ def test_cli_export_writes_the_store_and_refuses_foreign_files(  # type: ignore[
     assert foreign.read_text() == '{"hello": "world"}\n'
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("folder", "folder is a folder; name a file to write"),
+        ("a" * 300 + ".json", "File name too long: give a shorter name"),
+        ("file/store.json", "Not a directory: a folder in the path is a file; give another path"),
+    ],
+    ids=["folder", "long-name", "through-a-file"],
+)
+def test_cli_export_refuses_a_store_path_the_os_refuses_in_one_line(  # type: ignore[no-untyped-def]
+    searched, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, why: str
+) -> None:
+    study, storage = searched
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("kept\n")
+    argv = ["export", "--study", study.study_name, "--storage", storage, "--top-k", "0",
+            "--store", str(tmp_path / name)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("accelopt: error: ") and err.count("\n") == 1, err
+    assert "--store " in err and why in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+    assert (tmp_path / "file").read_text() == "kept\n"
+
+
 def test_run_export_and_nothing_feasible(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -183,7 +208,10 @@ def test_an_entry_measured_under_load_says_so_with_the_numbers(tmp_path: Path) -
     attrs = {"accelerators": {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
              "speedup": 2.0, "feasible": True, "score": 0.3, "score_loss": 0.01,
              "time_per_image": 0.3, "device": "cpu (2 threads)"}  # fmt: skip
-    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))
+    params = {"deepcache.cache_interval": 3, "tome.ratio": 0.0}  # searched both, used one
+    dists = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in params.items()}
+    study.add_trial(optuna.trial.create_trial(value=2.0, params=params, distributions=dists,
+                                              user_attrs=attrs))  # fmt: skip
     entries = entries_for(study, storage)  # the study's and DeepCache's
     assert len(entries) == 2 and all("under_load" not in e["measured"] for e in entries.values())
 

@@ -171,7 +171,7 @@ class Codegen(Command):
             point = ""
             if entry.get("objective") == "pareto":  # one point of a stored frontier
                 m = entry["measured"]
-                point = (f"; frontier point: trial {entry['study']['trial']}, "
+                point = (f"; frontier point: trial {(entry.get('study') or {}).get('trial')}, "
                          f"{m['speedup']:.2f}x, {fmt.quality(m)}")  # fmt: skip
             print(f"wrote {printable(str(path))} ({printable(entry['key'], 120)}{point})")
         # After the answers: an unmet request stays one line of error.

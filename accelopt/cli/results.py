@@ -177,15 +177,20 @@ class Report(Command):
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
 
+        from accelopt._files import check_output, write_output
         from accelopt.progress import Progress
         from accelopt.report import default_output, image_rows, render_html, report_data
         from accelopt.study.prepare import open_study, spec_of
         from accelopt.trial.bench import Bench
 
+        if args.output:  # checked before a study or a model loads
+            out, shown = Path(args.output), f"-o {printable(args.output)}"
+            check_output(out, shown, args.force)
         study = open_study(args.storage, args.study)
-        out = Path(args.output or default_output(study.study_name))
-        if out.exists() and not args.force:
-            raise AccelOptError(f"{printable(str(out))} exists; pass --force to overwrite it")
+        if not args.output:  # named after the study as stored (any spelling finds it)
+            out = Path(default_output(study.study_name))
+            shown = printable(str(out))
+            check_output(out, shown, args.force)
         data = report_data(study)
         rows, prompts = [], []
         if args.images and data.points:
@@ -193,8 +198,8 @@ class Report(Command):
                                lambda s: print(s, file=sys.stderr), Progress())  # fmt: skip
             rows = image_rows(study, data, bench, args.images)
             prompts = bench.prompts
-        out.write_text(render_html(data, rows, prompts), encoding="utf-8")
-        print(f"wrote {out}: {len(data.points)} trials, {len(rows)} image rows")
+        write_output(out, render_html(data, rows, prompts), shown)
+        print(f"wrote {printable(str(out))}: {len(data.points)} trials, {len(rows)} image rows")
         return 0
 
 

@@ -231,9 +231,9 @@ def _check_meaning(key: str, entry: _Entry) -> None:
             f"pipeline {printable(entry.pipeline, 60)} is not the model it loads "
             f"({printable(entry.model, 120)})",
         )
-    # A frontier's point keeps its entry's targets, which need not hold its accelerators.
     if entry.targets != sorted(set(entry.targets)):
         raise InvalidEntry(key, "targets must be sorted, each once")
+    _check_targets(key, entry)
     mode = entry.execution.mode if entry.execution is not None else "eager"
     traits = _traits(entry.model)
     configs = [entry.accelerators] + [p.accelerators for p in entry.frontier or ()]
@@ -250,6 +250,25 @@ def _check_meaning(key: str, entry: _Entry) -> None:
             execution.check_values(mode, built)
         except AccelOptError as err:
             raise InvalidEntry(key, str(err)) from None
+
+
+def _check_targets(key: str, entry: _Entry) -> None:
+    """The accelerators an entry's script applies agree with the targets it answers for:
+    export writes a trial that used its targets, or some of them (a study that searched which
+    to use may find fewer faster), never one outside them, and never none of them (a script
+    that applies nothing). A frontier's points are checked apart (their own sets: a point
+    answers for exactly the accelerators it used)."""
+    outside = sorted(set(entry.accelerators) - set(entry.targets))
+    if outside:
+        raise InvalidEntry(key, f"accelerators {printable(', '.join(outside), 80)} are not "
+                                f"among its targets ({_names(entry.targets)})")  # fmt: skip
+    if entry.targets and not entry.accelerators:
+        raise InvalidEntry(key, f"targets {_names(entry.targets)} but no accelerator in "
+                                f"accelerators: its script would apply nothing")  # fmt: skip
+
+
+def _names(targets: list[str]) -> str:
+    return printable(", ".join(targets), 80) if targets else "none"
 
 
 def _built(config: Mapping[str, Any], traits: Any, steps: int) -> dict[str, Any]:

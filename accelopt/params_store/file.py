@@ -32,6 +32,7 @@ overwritten.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -41,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from accelopt._files import os_problem, read_regular
 from accelopt.errors import AccelOptError, printable
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "seed_key",
     "seed_pipeline",
     "seed_scheduler",
+    "store_entries",
     "store_path",
     "write_entries",
 ]
@@ -119,23 +122,14 @@ def seed_key(
 
 
 def read_json(path: Path, what: str = "params store", limit: int = MAX_BYTES) -> Any:
-    """The JSON in ``path``, read as untrusted: a regular file only (a FIFO or a device would
-    block or never end), at most ``limit`` bytes, any JSON error (digits past Python's limit
-    and nesting past its recursion included) refused in one line."""
+    """The JSON in ``path``, read as untrusted: opened without blocking and checked after
+    opening (``accelopt._files.read_regular``: a regular file only, at most ``limit`` bytes; a
+    FIFO swapped in at any moment neither hangs nor is read), any JSON error (digits past
+    Python's limit and nesting past its recursion included) refused in one line."""
     shown = printable(str(path), 200)
+    data = read_regular(path, what, limit)
     try:
-        info = path.stat()
-    except OSError as err:
-        raise AccelOptError(f"{shown}: cannot read the {what}: {err.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise AccelOptError(f"{shown} is not a regular file; give the {what}'s path")
-    if info.st_size > limit:
-        raise AccelOptError(
-            f"{shown} is {info.st_size:,} bytes, over the {limit:,} a {what} may have"
-        )
-    try:
-        with path.open("rb") as f:
-            return json.loads(f.read(limit + 1).decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: JSON's, digits
         why = "nested too deep" if isinstance(err, RecursionError) else printable(err, 200)
         raise AccelOptError(
@@ -151,7 +145,12 @@ def read_store(path: Path) -> dict[str, dict[str, Any]]:
     use."""
     if not os.path.lexists(path):
         return {}
-    data = read_json(path)
+    return store_entries(path, read_json(path))
+
+
+def store_entries(path: Path, data: Any) -> dict[str, dict[str, Any]]:
+    """The entries of ``data``, the JSON read from the store file ``path`` (read once: what
+    was checked is what is used); refuses anything but a store of this version."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise AccelOptError(
             f'{path} is not an accelopt params store (no "format": "{FORMAT}"); left '
@@ -211,7 +210,7 @@ def locked(path: Path) -> Iterator[None]:
             yield
         return
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock(lock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if _names(lock, fd):
@@ -230,6 +229,25 @@ def locked(path: Path) -> Iterator[None]:
             os.close(fd)  # and unlocks it
 
 
+def _open_lock(lock: Path) -> int:
+    """``lock`` opened (made if missing), refused in one line unless it is a regular file: the
+    lock file is ours, so a symlink there is not followed (O_NOFOLLOW), and a FIFO put there is
+    opened without blocking and refused after opening."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    shown = printable(str(lock), 200)
+    try:
+        fd = os.open(lock, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as err:
+        problem = os_problem(err)
+        if err.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symlink
+            problem = "it is a symbolic link (or its path loops); remove it"
+        raise AccelOptError(f"cannot open the store's lock file {shown}: {problem}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AccelOptError(f"{shown} is not a regular file; remove it (it is the store's lock)")
+    return fd
+
+
 def _names(lock: Path, fd: int) -> bool:
     """Whether ``lock`` is the file open as ``fd`` (not removed, not replaced)."""
     try:
@@ -241,7 +259,8 @@ def _names(lock: Path, fd: int) -> bool:
 def replace_file(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a reader
     sees the old file or the new one, never half of either; a crash leaves the old one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The name cut short: a store's name near the file system's limit leaves no room for more.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp")
     try:
         # mkstemp makes the file 0600; a shared store keeps its mode (or gets the umask's).
         os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())

@@ -26,6 +26,7 @@ within L). A request no point meets is refused naming the nearest point there is
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -178,14 +179,22 @@ _TASK_KEYS: dict[str, Any] = {"pipe": str, "sched": str, "steps": int, "targets"
               **dict.fromkeys(FIDELITY_BOUNDS, (int, float))}  # fmt: skip
 
 
+_MAX_TASK_BYTES = 16 * 2**20
+
+
 def load_tasks(path: Path) -> list[Request]:
     """Requests from a task file: a JSON list, or a TOML file of ``[[task]]`` tables."""
+    from accelopt._files import read_regular
+
+    if not os.path.lexists(path):
+        raise AccelOptError(f"tasks file {str(path)[:200]!r} does not exist")
+    raw = read_regular(path, "task file", _MAX_TASK_BYTES)  # a FIFO or a folder: one line
     try:
-        text = path.read_text("utf-8")
+        text = raw.decode("utf-8")
         data = tomllib.loads(text)["task"] if path.suffix == ".toml" else json.loads(text)
-    except FileNotFoundError:
-        raise AccelOptError(f"tasks file {str(path)!r} does not exist") from None
-    except (ValueError, KeyError) as err:
+    except RecursionError:
+        raise AccelOptError(f"{path}: not a task list (nested too deep)") from None
+    except (ValueError, KeyError) as err:  # UnicodeDecodeError is a ValueError
         raise AccelOptError(f"{path}: not a task list ({err}); see README, 'codegen'") from None
     if not isinstance(data, list) or not data:
         raise AccelOptError(f"{path}: expected a non-empty list of tasks")
@@ -231,7 +240,8 @@ def _meets(entry: Mapping[str, Any], request: Request) -> bool:
     m = entry["measured"]
     if request.targets is not None and set(entry["accelerators"]) != set(request.targets):
         return False
-    if m["score_loss"] is None or m["score_loss"] > request.loss_budget:
+    loss = m.get("score_loss")  # the entry check lets an entry leave it out
+    if loss is None or loss > request.loss_budget:
         return False
     if m["speedup"] <= 1.0:  # slower than the plain pipeline answers nothing
         return False
@@ -339,15 +349,24 @@ def frontier_points(
 def _at_point(entry: Mapping[str, Any], point: Mapping[str, Any]) -> dict[str, Any]:
     """The entry as it would be for one point of its frontier."""
     out = {k: v for k, v in entry.items() if k != "frontier"}
+    used = point.get("accelerators")
     out.update(
-        accelerators=point.get("accelerators"),
+        # A point answers for exactly the accelerators it used (the entry check holds an
+        # entry's own to its targets).
+        targets=sorted(used) if isinstance(used, dict) else entry.get("targets"),
+        accelerators=used,
         params=point.get("params") or {},
         measured=point.get("measured"),
         heldout=point.get("heldout"),
-        baseline={**(entry.get("baseline") or {}), **(point.get("baseline") or {})},
-        study={**(entry.get("study") or {}), "trial": point.get("trial")},
+        # The check reads no baseline: a hand-edited store may hold anything there.
+        baseline={**_mapping(entry.get("baseline")), **_mapping(point.get("baseline"))},
+        study={**_mapping(entry.get("study")), "trial": point.get("trial")},
     )
     return out
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _own_budget(point: Mapping[str, Any]) -> float:
@@ -438,7 +457,8 @@ def nearest(entries: Mapping[str, Mapping[str, Any]], request: Request, n: int =
     return [
         f"{printable(e['pipeline'], 60)} {printable(e['scheduler'], 40)} {e['steps']} "
         f"{'+'.join(sorted(e['accelerators']))}: "
-        f"{e['measured']['speedup']:.2f}x, loss {_SCORE_LOSS.show(e['measured']['score_loss'])}"
+        f"{e['measured']['speedup']:.2f}x, "
+        f"loss {_SCORE_LOSS.show(e['measured'].get('score_loss'))}"
         f"{fidelity(e['measured'])}"
         for e in ranked
     ]

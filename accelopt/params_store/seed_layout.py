@@ -34,9 +34,9 @@ from accelopt.params_store.file import (
     FORMAT,
     locked,
     read_json,
-    read_store,
     replace_file,
     seed_key,
+    store_entries,
 )
 
 __all__ = ["KNOBS", "LAYOUTS", "ParamsFile", "read_params_file", "seed_layout", "write_seed"]
@@ -129,7 +129,7 @@ def read_params_file(path: Path) -> ParamsFile:
         return ParamsFile("accelopt", {}, [])
     layout, data = _load(path)
     if layout == "accelopt":
-        return ParamsFile(layout, read_store(path), [])
+        return ParamsFile(layout, store_entries(path, data), [])
     entries, problems = {}, []
     for key, params in data.items():
         try:

@@ -95,6 +95,31 @@ def test_wrong_shapes_are_named(change: Any, why: str) -> None:
     assert why in refused(entry)
 
 
+DC = {"cache_interval": 3, "cache_branch_id": 0}
+
+
+@pytest.mark.parametrize(
+    ("targets", "used", "why"),
+    [
+        (["deepcache", "tgate", "tome"], {}, "targets deepcache, tgate, tome but no "
+         "accelerator in accelerators: its script would apply nothing"),
+        ([], {"deepcache": DC}, "accelerators deepcache are not among its targets (none)"),
+        (["deepcache"], {"deepcache": DC, "tome": {"ratio": 0.5}},
+         "accelerators tome are not among its targets (deepcache)"),
+    ],
+    ids=["none-of-three", "no-targets", "one-outside"],
+)  # fmt: skip
+def test_targets_and_accelerators_must_agree(
+    targets: list[str], used: dict[str, Any], why: str
+) -> None:
+    entry = make_entry("SDXL", "DDIM", 25, used)
+    entry["targets"] = targets
+    assert refused(entry) == f"store entry {entry['key']}: {why}"
+    # Fewer than its targets is what export writes when a search found fewer faster.
+    entry.update(targets=["deepcache", "tgate", "tome"], accelerators={"deepcache": DC})
+    check_entry(entry["key"], entry)
+
+
 def test_deep_nesting_is_refused_without_recursion() -> None:
     nested: Any = 3
     for _ in range(5000):  # a recursive walk would overflow Python's stack

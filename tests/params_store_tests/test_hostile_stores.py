@@ -81,6 +81,94 @@ def test_a_task_output_through_a_link_is_refused(
     assert list(elsewhere.iterdir()) == []
 
 
+# ---- OS errors on an output: one line, exit 2, nothing written ------------------------------
+
+LONG = "a" * 300  # over the 255 bytes a file name may have
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda d: d / f"{LONG}.py", "File name too long: give a shorter name"),
+        (lambda d: d / "loop", "Too many levels of symbolic links: a symbolic link in the path "
+                               "loops; fix the link or give another path"),
+        (lambda d: d / "folder", "is a folder; name a file to write"),
+        (lambda d: d / "file.py" / "x.py", "Not a directory: a folder in the path is a file"),
+        (lambda d: _fifo(d / "fifo"), "is not a regular file (a FIFO, a socket or a device)"),
+    ],
+    ids=["long-name", "symlink-loop", "folder", "through-a-file", "fifo"],
+)  # fmt: skip
+def test_an_output_the_os_refuses_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Any, why: str
+) -> None:
+    store = good_store(tmp_path)
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.py").write_text("kept\n")
+    out = make(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run([*REQUEST, "--store", str(store), "-o", str(out), "--force"], capsys)
+    assert code == 2
+    assert err.startswith("accelopt: error: ") and err.count("\n") == 1
+    assert why in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "file.py").read_text() == "kept\n"
+
+
+@pytest.mark.parametrize(
+    ("outputs", "why"),
+    [
+        (["a.py", "same/a.py"], "tasks 0 and 1 both write {out}/a.py; give each its own "
+                                '"output" (nothing was written)'),
+        ([None, None], "tasks 0 and 1 both write {out}/SDXL-DDIM-25.py"),
+        (["fine.py", f"{LONG}.py"], "cannot write task 1's output aaaa"),
+        (["fine.py", "loop/x.py"], "task output loop/x.py in -o {out}: Too many levels of "
+                                   "symbolic links"),
+        (["fine.py", "folder"], "task 1's output folder is a folder; name a file to write"),
+        (["fine.py", "\ud800.py"], "task output \\ud800.py is not a file name"),
+    ],
+    ids=["same-file", "same-default-name", "long-name", "symlink-loop", "folder", "surrogate"],
+)  # fmt: skip
+def test_task_outputs_are_checked_before_any_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], outputs: list[str | None], why: str
+) -> None:
+    store = good_store(tmp_path)
+    out = tmp_path / "scripts"
+    out.mkdir()
+    (out / "same").symlink_to(".")  # inside -o: allowed, and the same folder
+    (out / "loop").symlink_to("loop")
+    (out / "folder").mkdir()
+    tasks = tmp_path / "tasks.json"
+    task = {"pipe": "SDXL", "sched": "DDIM", "steps": 25}
+    tasks.write_text(json.dumps([{**task, "output": o} if o else task for o in outputs]))
+    argv = ["codegen", "--tasks", str(tasks), "--store", str(store), "-o", str(out), "--force"]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert err.startswith("accelopt: error: ") and err.count("\n") == 1
+    assert why.format(out=out) in err
+    assert sorted(p.name for p in out.iterdir()) == ["folder", "loop", "same"]  # nothing new
+
+
+def test_a_report_output_the_os_refuses_is_one_line_before_any_study_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "report.html"
+    folder.mkdir()
+    storage = f"sqlite:///{tmp_path / 'none.db'}"
+    refused = [(folder, f"-o {folder} is a folder; name a file to write"),
+               (tmp_path / f"{LONG}.html", "File name too long: give a shorter name")]  # fmt: skip
+    for out, why in refused:
+        argv = ["report", "--study", "S", "--storage", storage, "-o", str(out), "--force"]
+        code, _, err = run(argv, capsys)
+        assert (code, err.count("\n")) == (2, 1) and why in err
+    assert not (tmp_path / "none.db").exists()  # refused before the storage was opened
+
+
 # ---- stored strings on a terminal -----------------------------------------------------------
 
 
@@ -158,6 +246,63 @@ def test_one_junk_entry_is_skipped_and_the_good_one_answers(
     assert f"({good['key']})" in out
     assert "read 1 usable entries of 3" in err
     compile(script.read_text(), str(script), "exec")  # the script parses
+
+
+@pytest.mark.parametrize("left_out", ["score_loss", "device"])
+def test_codegen_reads_only_what_the_entry_check_guarantees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], left_out: str
+) -> None:
+    """The check lets an entry leave out any measurement but the speedup: codegen and the
+    store's queries do without it (an entry with no score loss meets no loss budget)."""
+    entry = make_entry()
+    del entry["measured"][left_out]
+    store = write_store(tmp_path / "store.json", {entry["key"]: entry})
+    script = tmp_path / "a.py"
+    code, out, err = run([*REQUEST, "--store", str(store), "-o", str(script)], capsys)
+    assert run(["store", "check", "--store", str(store)], capsys)[0] == 0
+    if left_out == "device":
+        assert code == 0 and "Measured by accelopt on a device not recorded: 2.00x" in (
+            script.read_text()
+        )
+    else:
+        assert (code, out) == (2, "")
+        assert "(nearest: SDXL DDIM 25 deepcache: 2.00x, loss n/a); make one with" in err
+
+
+def test_a_store_swapped_for_a_fifo_after_any_check_by_name_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the path says when asked by name (``stat``, ``lstat``: here always the store
+    it was), what is opened is what is checked: a FIFO there is refused, never waited on."""
+    import threading
+
+    store = good_store(tmp_path)
+    was = os.stat(store)
+    store.unlink()
+    os.mkfifo(store)  # as if swapped in just after each check by name
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def stale(real: Any) -> Any:
+        def answer(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            return was if os.fspath(path) == str(store) else real(path, *args, **kwargs)
+
+        return answer
+
+    monkeypatch.setattr(os, "stat", stale(real_stat))
+    monkeypatch.setattr(os, "lstat", stale(real_lstat))
+    result: list[int] = []
+    argv = [*REQUEST, "--store", str(store), "-o", str(tmp_path / "a.py")]
+    codegen = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
+    codegen.start()
+    codegen.join(60)
+    hung = codegen.is_alive()
+    if hung:  # let the blocked open go: a writer comes, writes nothing, leaves
+        os.close(os.open(store, os.O_WRONLY))
+        codegen.join()
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert not hung, "codegen waited on the FIFO"
+    assert result == [2] and f"{store} is not a regular file" in err
 
 
 def test_a_fifo_store_is_refused_at_once(tmp_path: Path) -> None:
