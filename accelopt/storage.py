@@ -4,25 +4,35 @@ The run loop (``accelopt.study.loop``) and the hand-out of trials (``accelopt.st
 this module; it imports neither. A storage is an Optuna URL (SQLite, PostgreSQL) or a plain path,
 which is a journal file.
 
-- **URLs are redacted** wherever they are shown or stored (``storage_label``): a password, also
-  one holding an unescaped ``@``, and credential query parameters become ``***``.
+- **URLs are redacted** wherever they are shown or stored (``storage_label``), read as
+  SQLAlchemy and the standard (libpq) read them: a password and every query value but those
+  known to hold none become ``***``; a URL the two read differently (an unescaped ``@``, ``#``
+  or ``/`` in a password, a password in the port) is shown as its scheme and
+  ``<unparsed URL hidden>``; errors are scrubbed of every piece a driver may echo.
+- **A SQLite file has one writer** (``sole_writer``), whatever name reaches it: the lock is on
+  the file itself, found as SQLAlchemy and SQLite resolve the URL (``sqlite_database``).
 - **A journal file** (``JournalFile``) is Optuna's, with its faults handled: a half line left by
   a writer killed mid-write is cut off (and the file kept) before anything is appended after
   it, always under the journal's own lock, so a line another worker is still writing is never
-  cut; a corrupt line in the middle is an error naming the file and line, and
-  ``accelopt storage repair PATH`` (``repair_file``) keeps every good line and a backup.
+  cut; each line is checked as it is read (``Records``: UTF-8, JSON, op code, fields, types,
+  finite numbers, studies and trials that exist), a bad one is an error naming the file and
+  line, and ``accelopt storage repair PATH`` (``repair_file``) drops or mends it, says so and
+  keeps a backup; a file in another encoding is refused, not repaired.
 - **Dead workers**: a trial is owned (host and process id) from its first moment, under the
   study's lock; ``recover`` fails and queues again, once, the trials of workers that are gone:
   by heartbeat on a database server, by owner on one host, and those that never got an owner.
 - **Locks**: ``storage_lock`` orders the workers of a study; ``sole_writer`` refuses a second
   writer on a SQLite file, which cannot serve two.
 
->>> storage_label("postgresql://alice:p@ss@db/optuna?sslpassword=x")
-'postgresql://alice:***@db/optuna?sslpassword=***'
+>>> storage_label("postgresql://alice:s3cret@db/optuna?sslpassword=x&sslmode=require")
+'postgresql://alice:***@db/optuna?sslpassword=***&sslmode=require'
+>>> storage_label("postgresql://alice:p@ss@db/optuna")  # SQLAlchemy's host: "ss@db"
+'postgresql://<unparsed URL hidden>'
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import copy
 import datetime as dt
@@ -100,47 +110,246 @@ CARRIED = ("warm_start",)
 # URLs: one redaction for every form, shown or stored.
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):(/*)")
-_QUERY_PARAM = re.compile(r"(?<=[?&;])([^=&;?#]+)=([^&;#]*)")
+# SQLAlchemy's own pattern (sqlalchemy.engine.url._parse_url): a URL is read as it will be.
+_SQLALCHEMY = re.compile(
+    r"""[\w+]+://
+        (?:(?P<username>[^:/]*)(?::(?P<password>[^@]*))?@)?
+        (?:(?:\[(?P<ipv6host>[^/?]+)\]|(?P<ipv4host>[^/:?]+))?(?::(?P<port>[^/?]*))?)?
+        (?:/(?P<database>[^?]*))?
+        (?:\?(?P<query>.*))?""",
+    re.X,
+)
+# One host of a URL's host list (libpq takes several, comma-separated), with its port.
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:.%]*\]|[\w.\-%~]*)(?::\d*)?")
 _CREDENTIAL = re.compile(r"pass|pwd|secret|token|key|auth|cred|sig", re.IGNORECASE)
+# Query parameters whose value is shown (when it is a plain word): libpq's, SQLite's and
+# SQLAlchemy's that hold no secret. Any other value is hidden: an "&" or "#" inside a password
+# makes its tail look like a parameter of its own.
+_SHOWN_PARAMS = frozenset(
+    str.split(
+        "sslmode sslcompression sslrootcert sslcert sslcrl sslcrldir sslsni requiressl "
+        "gssencmode channel_binding connect_timeout client_encoding application_name "
+        "fallback_application_name keepalives keepalives_idle keepalives_interval "
+        "keepalives_count tcp_user_timeout replication target_session_attrs "
+        "load_balance_hosts host hostaddr port dbname user charset uri timeout mode cache "
+        "vfs immutable nolock psow check_same_thread isolation_level detect_types "
+        "cached_statements"
+    )
+)
+_PLAIN_VALUE = re.compile(r"[\w.\-/,+~]*")
+_PLAIN_NAME = re.compile(r"[\w.\-%]+")
+_SEPARATORS = re.compile(r"[&;]")
+HIDDEN = "<unparsed URL hidden>"
+
+
+@dataclass
+class _Reading:
+    """What one parser takes a URL for: its parts (user, password, host, port, database,
+    query, as written), the spans of text to hide, the secrets, and whether it reads at all
+    (hosts that are host names, ports that are numbers)."""
+
+    parts: tuple[str | None, ...] = ()
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    secrets: set[str] = field(default_factory=set)
+    valid: bool = True
+
+    def hide(self, start: int, end: int, text: str) -> None:
+        if end > start:
+            self.spans.append((start, end))
+            self.secrets.add(text[start:end])
+
+
+def _query(reading: _Reading, text: str, start: int, end: int) -> None:
+    """Hide the values of a query string's parameters, but those known to hold no secret, and
+    every piece without a "=" (the tail of a value cut at an "&")."""
+    from urllib.parse import unquote_plus
+
+    pos = start
+    for segment in _SEPARATORS.split(text[start:end]):
+        at, pos = pos, pos + len(segment) + 1
+        key, eq, value = segment.partition("=")
+        if not eq:
+            reading.hide(at, at + len(segment), text)
+            continue
+        name = unquote_plus(key).strip().lower()
+        known = name in _SHOWN_PARAMS or _CREDENTIAL.search(name)
+        if not known or not _PLAIN_NAME.fullmatch(key):
+            reading.hide(at, at + len(segment), text)  # a name no driver knows: a tail, maybe
+        elif _CREDENTIAL.search(name) or not _PLAIN_VALUE.fullmatch(unquote_plus(value)):
+            reading.hide(at + len(key) + 1, at + len(segment), text)
+
+
+def _standard(text: str, start: int) -> _Reading:
+    """The URL as RFC 3986 reads it (libpq, urllib), from ``start`` (after its "//"): the
+    authority up to the first "/", "?" or "#", its user and password up to its last "@", then
+    hosts and ports; a database after "/"; the query after the first "?" past it."""
+    reading = _Reading()
+    end = next((i for i in range(start, len(text)) if text[i] in "/?#"), len(text))
+    at = text.rfind("@", start, end)
+    user = password = None
+    if at >= 0:
+        user = text[start:at]
+        colon = text.find(":", start, at)
+        if colon >= 0:
+            user, password = text[start:colon], text[colon + 1 : at]
+            reading.hide(colon + 1, at, text)
+    hosts = text[at + 1 if at >= 0 else start : end]
+    reading.valid = all(_HOST.fullmatch(h) for h in hosts.split(","))
+    host, _, port = hosts.rpartition(":") if not hosts.endswith("]") else (hosts, "", "")
+    if not _:
+        host, port = hosts, ""
+    query = text.find("?", end)
+    database = None
+    if text[end : end + 1] == "/":
+        database = text[end + 1 : query if query >= 0 else len(text)]
+    if query >= 0:
+        _query(reading, text, query + 1, len(text))
+    reading.parts = (user, password, host.strip("[]") or None, port or None, database,
+                     None if query < 0 else text[query + 1 :])  # fmt: skip
+    # An "@" past the authority: the password may run on past a "/", "?" or "#" to it.
+    reading.valid = reading.valid and "@" not in text[end:]
+    return reading
+
+
+def _sqlalchemy(text: str) -> _Reading | None:
+    """The URL as SQLAlchemy reads it (its password ends at its first "@"); None where it
+    cannot read it at all."""
+    m = _SQLALCHEMY.match(text)
+    if m is None:
+        return None
+    reading = _Reading()
+    if m.group("password") is not None:
+        reading.hide(*m.span("password"), text)
+    port, host = m.group("port"), m.group("ipv6host") or m.group("ipv4host")
+    shown = f"[{host}]" if m.group("ipv6host") else host or ""
+    reading.valid = (not port or port.isdigit()) and _HOST.fullmatch(shown) is not None
+    if m.group("query") is not None:
+        _query(reading, text, *m.span("query"))
+    reading.hide(m.end(), len(text), text)  # past a newline: SQLAlchemy drops it, unread
+    reading.parts = (m.group("username"), m.group("password"), host or None, port or None,
+                     m.group("database"), m.group("query"))  # fmt: skip
+    return reading
+
+
+def _pieces(secrets: set[str]) -> set[str]:
+    """Each secret as given, decoded and encoded, and each part a parser ending it at an "@"
+    shows as host, port or database."""
+    from urllib.parse import quote, quote_plus, unquote, unquote_plus
+
+    found: set[str] = set()
+    for secret in secrets:
+        for form in {secret, unquote(secret), unquote_plus(secret)}:
+            parts = form.split("@")
+            found |= {form, *parts, *re.split(r"[=&;]", form)}
+            for part in parts[1:]:
+                found.update(re.split(r"[/:?#&]", part))
+    # as SQLAlchemy's rendering of a URL in its errors quotes them
+    found |= {quote(p, safe="") for p in found} | {quote_plus(p) for p in found}
+    return {p.strip() for p in found if p.strip()}
+
+
+def _tokens(text: str) -> set[str]:
+    """Every run of ``text`` between the characters a URL is cut at: what may be secret in a
+    URL no parser reads the same, to scrub from the errors it causes."""
+    from urllib.parse import unquote
+
+    cut = re.compile(r"[@/:?#&=;,\s\[\]+]")
+    return _pieces({w for w in [*cut.split(text), *cut.split(unquote(text))] if w})
+
+
+def _shows(text: str, piece: str) -> bool:
+    # A short secret only as a word: "a" must not hide every label.
+    if len(piece) >= 4:
+        return piece in text
+    return re.search(rf"(?<!\w){re.escape(piece)}(?!\w)", text) is not None
 
 
 def _redacted(url: str) -> tuple[str, list[str]]:
-    """``url`` with its secrets replaced by ***, and the secrets."""
-    from urllib.parse import unquote
+    """``url`` with its secrets replaced by ***, and the secrets (with the pieces a parser may
+    show of them), longest first.
 
-    scheme = _SCHEME.match(url)
-    if scheme is None:  # a plain path
-        return url, []
-    head, rest = scheme.group(0), url[scheme.end() :]
-    secrets: list[str] = []
-    # The password ends at the last "@": an unescaped "@" inside it must not show the rest.
-    at = rest.rfind("@")
-    if at >= 0:
-        user, colon, password = rest[:at].partition(":")
-        if colon:
-            # A driver that ends the password at its first "@" shows the rest as the host.
-            secrets += [password, *password.split("@")[1:]]
-            rest = f"{user}:***{rest[at:]}"
+    A URL is read as SQLAlchemy reads it (it connects) and as the standard does (what a person
+    means); where the two disagree (an "@", "#", "/" or "?" inside a password, a password in
+    the port) it is shown as its scheme and ``HIDDEN``: no reading is safe to show. A URL
+    without "//" (refused by ``check_url``) and a path holding user:password@ hide from the
+    first ":" to the last "@"."""
+    start = len(url) - len(url.lstrip())
+    scheme = _SCHEME.match(url, start)
+    head = url[start : scheme.end()] if scheme else ""
+    everything = sorted(_tokens(url[start + len(head) :]), key=len, reverse=True)
+    # hidden, the URL keeps the spaces around it: check_url says they are there
+    hidden = url[:start] + head + HIDDEN + url[len(url.rstrip()) :]
+    if scheme is None and "://" in url:
+        return hidden, everything
+    if scheme is None or not scheme.group(2).startswith("//"):
+        if scheme is None and "@" not in url and "?" not in url:  # a journal file's path
+            return url, []
+        readings = [_path(url, scheme.end() if scheme else start)]
+    else:
+        standard = _standard(url, scheme.end(1) + 3)
+        sqlalchemy = _sqlalchemy(url[start:])
+        if sqlalchemy is not None:
+            sqlalchemy.spans = [(a + start, b + start) for a, b in sqlalchemy.spans]
+        if not standard.valid or (
+            sqlalchemy is not None and (not sqlalchemy.valid or sqlalchemy.parts != standard.parts)
+        ):
+            return hidden, everything
+        readings = [standard] if sqlalchemy is None else [standard, sqlalchemy]
+    secrets = sorted(_pieces(set().union(*(r.secrets for r in readings))), key=len, reverse=True)
+    shown = _masked(url, [s for r in readings for s in r.spans])
+    if any(_shows(shown.replace("***", " "), p) for p in secrets):
+        return hidden, everything  # a secret shows elsewhere too: hide it all
+    return shown, secrets
 
-    def param(match: re.Match[str]) -> str:
-        name, value = match.group(1), match.group(2)
-        if not _CREDENTIAL.search(unquote(name)):
-            return match.group(0)
-        secrets.append(value)
-        return f"{name}=***"
 
-    return head + _QUERY_PARAM.sub(param, rest), [s for s in secrets if s]
+def _path(text: str, start: int) -> _Reading:
+    """A URL without "//", or a journal file's path, that holds what looks like a password:
+    from the first ":" past ``start`` to the last "@" (``postgresql//alice:pw@db``,
+    ``postgresql:/alice:pw@db``), and query values (``x?password=pw``)."""
+    reading = _Reading()
+    at = text.rfind("@")
+    colon = text.find(":", start, max(at, 0))
+    if colon >= 0:
+        reading.hide(colon + 1, at, text)
+    query = text.find("?")
+    if query >= 0:
+        _query(reading, text, query + 1, len(text))
+    return reading
+
+
+def _masked(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each of ``spans`` (overlapping or not) replaced by ***."""
+    merged: list[list[int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    out, last = [], 0
+    for a, b in merged:
+        out += [text[last:a], "***"]
+        last = b
+    return "".join([*out, text[last:]])
 
 
 def storage_label(url: str) -> str:
     """A storage URL fit for logs, errors and files: every secret replaced by ***.
 
-    The password of ``user:pass@host`` (up to the last ``@``, so a password holding an
-    unescaped ``@`` is hidden whole) and the values of credential query parameters
-    (``password``, ``sslpassword``, ``token``, ``api_key`` ...). A plain path is shown as is.
+    The URL is read as SQLAlchemy reads it (it connects) and as the standard does (libpq,
+    urllib: what a person means). Where they agree, the password and every query value but
+    those of parameters known to hold none (``sslmode``, ``connect_timeout`` ...) are hidden,
+    and so is a parameter no driver knows, whole (the tail of a value cut at an "&"). Where
+    they differ (an unescaped "@", "#", "/" or "?" in a password, one in the port, an "@" past
+    the host), no part is safe to show: the URL reads as its scheme and
+    ``<unparsed URL hidden>``. A URL without "//" and a path holding ``user:pass@`` hide from
+    the first ":" to the last "@". Any other path is shown as is.
 
     >>> storage_label("postgresql:/alice:s3cret@db/optuna")
     'postgresql:/alice:***@db/optuna'
+    >>> storage_label("postgresql://db:5432/x?sslmode=require&password=s3&cret")
+    'postgresql://db:5432/x?sslmode=require&password=***&***'
+    >>> storage_label(" postgresql://db:5432/x?password=aa@TAIL")  # SQLAlchemy's host: TAIL
+    ' postgresql://<unparsed URL hidden>'
     """
     return _redacted(url)[0]
 
@@ -148,12 +357,27 @@ def storage_label(url: str) -> str:
 def scrub(text: str, url: str) -> str:
     """``text`` (an error message) with ``url`` and each of its secrets redacted."""
     label, secrets = _redacted(url)
-    text = text.replace(url, label)
-    for secret in sorted(secrets, key=len, reverse=True):
+    for shown in (url, url.strip(), *_renderings(url)):
+        text = text.replace(shown, label.strip())
+    for secret in secrets:
         # A short secret is replaced only as a word: "a" must not garble the message.
         pattern = re.escape(secret) if len(secret) >= 4 else rf"(?<!\w){re.escape(secret)}(?!\w)"
         text = re.sub(pattern, "***", text)
     return text
+
+
+def _renderings(url: str) -> list[str]:
+    """How SQLAlchemy's own errors show ``url`` (its parts quoted, the password as *** or not),
+    longest first."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        shown = {u.render_as_string(hide_password=h)
+                 for u in (parsed, parsed.set(password=None)) for h in (True, False)}  # fmt: skip
+    except Exception:  # a URL SQLAlchemy cannot read: its errors do not show it
+        return []
+    return sorted(shown, key=len, reverse=True)
 
 
 def storage_url(url: str | None, default: str = DEFAULT_STORAGE) -> str:
@@ -161,15 +385,30 @@ def storage_url(url: str | None, default: str = DEFAULT_STORAGE) -> str:
     return url or os.environ.get("ACCELOPT_STORAGE") or default
 
 
+# A scheme and "//" without the colon between: "postgresql//alice@db/optuna".
+_NO_COLON = re.compile(r"\s*([A-Za-z][\w+.\-]*)//")
+
+
 def check_url(url: str) -> None:
     """Refuse what is neither a URL nor a path: ``postgresql:/...`` (one slash) would be taken
-    for a journal file in a folder ``postgresql:``, and its error would show the password."""
-    scheme = _SCHEME.match(url)
+    for a journal file in a folder ``postgresql:``, and its error would show the password; so
+    would ``postgresql//...``; a URL with spaces around it reads as no URL at all."""
+    scheme = _SCHEME.match(url.strip())
+    if "://" in url and url != url.strip():
+        raise AccelOptError(
+            f"storage '{storage_label(url)}' has spaces or line breaks around it; remove them"
+        )
     if scheme is not None and "://" not in url:
         raise AccelOptError(
             f"storage {storage_label(url)} is neither a URL nor a journal file: a database URL "
             f"starts with {scheme.group(1)}:// (two slashes); a journal file whose name holds "
             f"a colon needs a folder in front (./NAME)"
+        )
+    missing = _NO_COLON.match(url)
+    if missing is not None and missing.group(1).split("+")[0].lower() in (*_DIALECTS, "postgres"):
+        raise AccelOptError(
+            f"storage {storage_label(url)} is neither a URL nor a journal file: a database URL "
+            f"starts with {missing.group(1)}:// (a colon before the two slashes)"
         )
 
 
@@ -219,7 +458,7 @@ def _unknown_scheme(url: str) -> str:
     close = difflib.get_close_matches(scheme.lower(), _DIALECTS, 1, 0.5)
     if not close:
         return f"unknown scheme {scheme}://; use {', '.join(s + '://' for s in _DIALECTS)}"
-    return f"unknown scheme {scheme}://: did you mean {close[0]}://{rest}?"
+    return f"unknown scheme {scheme}://: did you mean {storage_label(f'{close[0]}://{rest}')}?"
 
 
 def _open_database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
