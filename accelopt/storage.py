@@ -56,7 +56,7 @@ import optuna
 from optuna.storages.journal import BaseJournalBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
-from accelopt.errors import AccelOptError
+from accelopt.errors import AccelOptError, printable
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -424,6 +424,10 @@ def open_storage(
     url = storage_url(url)
     check_url(url)
     if "://" in url:
+        database = sqlite_database(url)  # refuses a SQLite URL whose file cannot be told
+        if database is not None and database.exists() and not database.is_file():
+            raise AccelOptError(f"storage {storage_label(url)}: {database} is not a regular "
+                                f"file; give the path of a SQLite database file")  # fmt: skip
         try:
             return _open_database(url, heartbeat), url
         except Exception as err:
@@ -465,7 +469,7 @@ def _open_database(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     # pre-ping: a connection a database dropped during an idle hour is replaced, not reported
     # as an error in the middle of a study.
     kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
-    if url.startswith("sqlite"):  # one worker on one host: owners are checked by process id
+    if is_sqlite(url):  # one worker on one host: owners are checked by process id
         return optuna.storages.RDBStorage(url, **kwargs)
     kwargs.update(heartbeat_interval=heartbeat, heartbeat_stale_trial_callback=retry)
     with warnings.catch_warnings():
@@ -783,19 +787,117 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL, or None (another storage, or SQLite in memory)."""
-    if not url.startswith("sqlite"):
-        return None
+# SQLite: which file a URL opens, as SQLAlchemy and SQLite resolve it.
+
+# The VFSes SQLite ships that keep a database in a file it names (memdb keeps it in memory).
+_FILE_VFS = frozenset(
+    str.split(
+        "unix unix-dotfile unix-excl unix-none unix-namedsem unix-posix unix-flock unix-afp "
+        "unix-proxy win32 win32-longpath win32-none win32-longpath-none"
+    )
+)
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether SQLAlchemy opens ``url`` with SQLite (any driver, any spelling it accepts)."""
     from sqlalchemy.engine import make_url
 
     try:
-        database = make_url(url).database
-    except Exception:  # open_storage reports it
+        return make_url(url).get_backend_name() == "sqlite"
+    except Exception:  # no URL: a journal file, or one open_storage refuses
+        return False
+
+
+def sqlite_database(url: str) -> Path | None:
+    """The file SQLite opens for ``url``, absolute (symbolic links left as they are); None for
+    another storage or a database in memory (nothing another process could share).
+
+    Read as SQLAlchemy hands it to the driver (``sqlite:///rel.db``, ``sqlite:////abs.db``,
+    query parameters) and then as SQLite reads a ``file:`` URI under ``uri=true`` (an empty
+    or ``localhost`` authority, percent-escapes, ``mode=memory``, ``vfs=memdb``, the last of
+    a repeated parameter). A URL whose file cannot be told is refused (``AccelOptError``).
+
+    >>> sqlite_database("sqlite:///file:/tmp/a%2Edb?uri=true&mode=rwc")
+    PosixPath('/tmp/a.db')
+    """
+    from sqlalchemy.engine import make_url
+
+    if not is_sqlite(url):
         return None
-    if not database or database == ":memory:" or database.startswith("file:"):
+    try:
+        parsed = make_url(url)
+        with warnings.catch_warnings():  # parameters SQLite ignores: open_storage warns
+            warnings.simplefilter("ignore")
+            (filename, *_), options = parsed.get_dialect()().create_connect_args(parsed)
+    except Exception as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise AccelOptError(
+            f"cannot open storage {storage_label(url)}: {scrub(why, url)}"
+        ) from None
+    if not isinstance(filename, str):
+        raise AccelOptError(f"cannot open storage {storage_label(url)}: it names no file")
+    if not options.get("uri") or not filename.startswith("file:"):  # as SQLite: "FILE:" is a name
+        # SQLAlchemy made a plain name absolute already (and SQLite makes it so with uri=true)
+        return None if filename in ("", ":memory:") else Path.cwd() / filename
+    return _sqlite_uri_file(filename, url)
+
+
+def _sqlite_uri_file(uri: str, url: str) -> Path | None:
+    """The file of a SQLite ``file:`` URI, read as ``sqlite3ParseUri`` does."""
+    rest = uri[5:]
+    if rest.startswith("//"):
+        authority, slash, rest = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            raise AccelOptError(
+                f"cannot open storage {storage_label(url)}: SQLite takes no host in a file: URI "
+                f"(only file:///PATH or file://localhost/PATH)"
+            )
+        rest = slash + rest
+    rest = rest.split("#", 1)[0]
+    path, _, query = rest.partition("?")
+    options: dict[str, str] = {}
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if _sqlite_unquote(key):  # an empty name is ignored; a repeated one: the last counts
+            options[_sqlite_unquote(key)] = _sqlite_unquote(value)
+    name = _sqlite_unquote(path)
+    if options.get("mode") == "memory" or options.get("vfs") == "memdb":
         return None
-    return Path(database)
+    if options.get("vfs", "unix") not in _FILE_VFS:
+        raise AccelOptError(
+            f"cannot tell which file storage {storage_label(url)} is: SQLite's "
+            f"vfs={printable(options['vfs'], 40)} is not one of its own; use sqlite:///PATH"
+        )
+    if name in ("", ":memory:"):  # a temporary database of its own
+        return None
+    # Not normalised here: "link/.." is where the link points, as SQLite and the system see it.
+    return Path.cwd() / name
+
+
+def _sqlite_unquote(text: str) -> str:
+    """SQLite's percent-decoding: ``%HH`` with two hex digits, else as is; ``%00`` ends it."""
+    out, i = bytearray(), 0
+    raw = text.encode("utf-8", "surrogateescape")
+    while i < len(raw):
+        if raw[i : i + 1] == b"%" and re.fullmatch(rb"[0-9A-Fa-f]{2}", raw[i + 1 : i + 3]):
+            octet = int(raw[i + 1 : i + 3], 16)
+            if octet == 0:
+                break
+            out.append(octet)
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL, or None (another storage, SQLite in memory, or a URL whose
+    file cannot be told: ``open_storage`` says why)."""
+    try:
+        return sqlite_database(url)
+    except AccelOptError:
+        return None
 
 
 def sqlite_missing(url: str) -> bool:
@@ -820,9 +922,15 @@ def shared_storage(url: str | None, workers: str, default: str = "") -> str:
     if not url:
         raise AccelOptError(f"{workers} need a shared --storage: a journal file on one host "
                             f"(e.g. accelopt.journal) or a postgresql:// URL")  # fmt: skip
-    if url.startswith("sqlite"):
+    if url.strip().startswith("sqlite") or is_sqlite(url):
         raise AccelOptError(SQLITE_WORKERS)
     return url
+
+
+# Descriptors of SQLite files this process locked, kept open while the process has the file
+# open through another one: closing any descriptor of a file drops every POSIX lock the process
+# holds on it, SQLite's own among them.
+_KEPT: list[int] = []
 
 
 @contextlib.contextmanager
@@ -832,24 +940,103 @@ def sole_writer(url: str) -> Iterator[None]:
     order their writers with ``storage_lock``).
 
     Two processes on one SQLite file measure grid points twice and lose others, and race to
-    create its tables. The lock is ``<file>.accelopt-lock``, released when the process ends.
+    create its tables. The lock is on the file itself (``flock``, which SQLite's own locks
+    leave alone): every name of one file (a relative or absolute path, a ``file:`` URI, a
+    symbolic or hard link) takes the same lock, released when the block ends or the process
+    does. A file not there yet is made, empty as SQLite makes it, and removed again if nothing
+    was written to it. A URL whose file cannot be told is refused (``sqlite_database``).
     """
-    path = sqlite_file(url)
-    if path is None or not path.resolve().parent.is_dir():  # open_storage says what is wrong
+    import fcntl
+
+    path = sqlite_database(url)
+    opened = None if path is None else _open_for_lock(path, url)
+    if path is None or opened is None:  # in memory, or open_storage says what is wrong
         yield
         return
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(f"{path.resolve()}.accelopt-lock", timeout=0)
+    fd, made = opened
     try:
-        lock.acquire()
-    except Timeout:
-        raise AccelOptError(f"another accelopt process is running trials on "
-                            f"{storage_label(url)}: {SQLITE_WORKERS}") from None  # fmt: skip
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _let_go(fd)
+        raise AccelOptError(
+            f"another accelopt process is running trials on {storage_label(url)} (the file "
+            f"{path}): {SQLITE_WORKERS}"
+        ) from None
     try:
         yield
     finally:
-        lock.release()
+        with contextlib.suppress(OSError):
+            held, there = os.fstat(fd), os.stat(path)
+            if (
+                made
+                and held.st_size == 0
+                and (held.st_dev, held.st_ino)
+                == (
+                    there.st_dev,
+                    there.st_ino,
+                )
+            ):
+                os.unlink(path)  # made here, never written: as if never opened
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        _let_go(fd)
+
+
+def _open_for_lock(path: Path, url: str) -> tuple[int, bool] | None:
+    """A descriptor of the database file (made empty if it is not there) and whether it was
+    made; None where it cannot be opened (no such folder, not allowed)."""
+    import stat
+
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO must not block the open
+    for _ in range(3):
+        try:
+            fd, made = os.open(path, flags), False
+        except FileNotFoundError:
+            try:
+                fd, made = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                continue  # made by another process meanwhile: open that one
+            except OSError:
+                return None
+        except OSError:
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise AccelOptError(f"storage {storage_label(url)}: {path} is not a regular file; "
+                                f"give the path of a SQLite database file")  # fmt: skip
+        return fd, made
+    return None
+
+
+def _let_go(fd: int) -> None:
+    """Close ``fd``, or keep it open while this process has its file open through another
+    descriptor (SQLAlchemy's); close the descriptors kept earlier that no longer need it."""
+    _KEPT.append(fd)
+    for kept in list(_KEPT):
+        if not _open_elsewhere(kept):
+            _KEPT.remove(kept)
+            os.close(kept)
+
+
+def _open_elsewhere(fd: int) -> bool:
+    """Whether another descriptor of this process has ``fd``'s file open (True where the
+    system cannot tell)."""
+    mine = os.fstat(fd)
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            numbers = [int(n) for n in os.listdir(folder)]
+        except (OSError, ValueError):
+            continue
+        for n in numbers:
+            if n == fd:
+                continue
+            try:
+                other = os.fstat(n)
+            except OSError:  # the listing's own descriptor, closed by now
+                continue
+            if (other.st_dev, other.st_ino) == (mine.st_dev, mine.st_ino):
+                return True
+        return False
+    return True
 
 
 # Owners, heartbeats and dead workers.

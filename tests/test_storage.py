@@ -411,13 +411,70 @@ def test_a_second_process_running_trials_on_one_sqlite_file_is_refused(
         holder.communicate("")
     err = capsys.readouterr().err
     assert err == (
-        "accelopt: error: another accelopt process is running trials on sqlite:///accelopt.db: "
-        "SQLite cannot serve several workers at once (its writers lock each other out and "
-        "trials are lost); use a journal file on one host (--storage accelopt.journal) or "
-        "PostgreSQL for many hosts (--storage postgresql://USER@HOST/DB, password in "
-        "$PGPASSWORD or ~/.pgpass)\n"
+        f"accelopt: error: another accelopt process is running trials on sqlite:///accelopt.db "
+        f"(the file {workdir / 'accelopt.db'}): SQLite cannot serve several workers at once (its "
+        f"writers lock each other out and trials are lost); use a journal file on one host "
+        f"(--storage accelopt.journal) or PostgreSQL for many hosts (--storage "
+        f"postgresql://USER@HOST/DB, password in $PGPASSWORD or ~/.pgpass)\n"
     )
     assert not (workdir / "accelopt.db").exists()  # refused before a table was made
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "sqlite:///file:accelopt.db?uri=true",  # four runs on it measured points twice
+        "sqlite:///file:./sub/../accelopt.db?mode=rwc&uri=true",
+        "sqlite:///file:acc%2565lopt.db?uri=true",  # %65 once SQLAlchemy read %25: an "e"
+        "sqlite:///file://localhost{db}?uri=true&cache=shared",
+        "sqlite:///{db}?timeout=5",
+        "sqlite+pysqlite:///link/accelopt.db",  # a link to the folder
+        "sqlite:///alias.db",  # a link to the file
+        "sqlite:///sub/hard.db",  # another name of the same file
+    ],
+)
+def test_every_name_of_a_sqlite_file_is_refused_while_another_runs_trials_on_it(
+    spelling: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lock was keyed on the URL's text: a file: URI took none, a hard link another."""
+    (workdir / "sub").mkdir()
+    db = workdir / "accelopt.db"
+    db.write_bytes(b"")  # an empty database, as SQLite makes one
+    (workdir / "link").symlink_to(workdir, target_is_directory=True)
+    (workdir / "alias.db").symlink_to(db)
+    os.link(db, workdir / "sub" / "hard.db")
+    url = spelling.format(db=db)
+    with storages.sole_writer("sqlite:///accelopt.db"):  # another run, on the plain name
+        assert main(["run", "--study", "TinySD-DDIM-10", "--quiet", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"accelopt: error: another accelopt process is running trials on {url} ")
+    assert err.endswith(f"{storages.SQLITE_WORKERS}\n")
+    assert db.read_bytes() == b""  # refused before a table was made
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("sqlite:///file:x.db?uri=true&vfs=nope", "SQLite's vfs=nope is not one of its own"),
+        ("sqlite:///file://db.example/x.db?uri=true", "SQLite takes no host in a file: URI"),
+        ("sqlite://alice:s3cret@db.example/x.db", "Invalid SQLite URL"),
+    ],
+)
+def test_a_sqlite_url_whose_file_cannot_be_told_is_refused(
+    url: str, said: str, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--study", "TinySD-DDIM-10", "--quiet", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.splitlines()) == 1 and "s3cret" not in err
+    assert list(workdir.iterdir()) == []
+
+
+def test_sqlite_in_memory_needs_no_writer_lock(workdir: Path) -> None:
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:m.db?uri=true&mode=memory"):
+        assert storages.sqlite_database(url) is None
+        with storages.sole_writer(url), storages.sole_writer(url):
+            pass
+    assert list(workdir.iterdir()) == []
 
 
 # Trials whose worker died before it recorded its owner.
