@@ -38,6 +38,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -437,15 +438,42 @@ def open_storage(
             raise AccelOptError(
                 f"cannot open storage {storage_label(url)}: {scrub(why, url)}"
             ) from None
-    path = Path(url)
+    path, shown = Path(url), storage_label(url)
     if path.exists() and not path.is_file():
-        raise AccelOptError(f"storage {url} is not a journal file; give a file path or a URL")
+        raise AccelOptError(f"storage {shown} is not a journal file; give a file path or a URL")
     try:
         backend = JournalFile(url)
     except OSError as err:
-        raise AccelOptError(f"cannot open journal file {url}: {err.strerror}") from None
+        raise AccelOptError(f"cannot open journal file {shown}: {err.strerror}") from None
     repair_journal(path, backend)
-    return optuna.storages.JournalStorage(backend), url
+    return _JournalStorage(backend), url
+
+
+class _JournalStorage(optuna.storages.JournalStorage):
+    """Optuna's ``JournalStorage``, whose replay of a record ``Records`` let through but Optuna
+    cannot apply ends in ``CorruptJournal`` naming its line, not in Optuna's own error (errors
+    about this worker's own records, such as a study name taken, are Optuna's to raise)."""
+
+    def _sync_with_backend(self) -> None:
+        replay = self._replay_result
+        backend = self._backend
+        assert isinstance(backend, JournalFile)  # open_storage makes no other
+        last: list[dict[str, Any]] = []
+
+        def logs() -> Iterator[dict[str, Any]]:
+            for log in backend.read_logs(replay.log_number_read):
+                last[:] = [log]
+                yield log
+
+        try:
+            replay.apply_logs(logs())
+        except CorruptJournal:
+            raise
+        except Exception as err:
+            if not last or last[0].get("worker_id") == replay.worker_id:
+                raise
+            why = f"Optuna cannot replay it: {type(err).__name__}"
+            raise CorruptJournal(_corrupt(backend.path, replay.log_number_read, why)) from None
 
 
 # The databases SQLAlchemy ships a dialect for (sqlalchemy.dialects): what a mistyped scheme is
@@ -503,6 +531,299 @@ def is_storage_error(err: BaseException) -> bool:
     )
 
 
+# Journal records: what Optuna's JournalStorage reads from each line, checked before it does.
+
+# Optuna's JournalOperation codes, by name.
+CREATE_STUDY, DELETE_STUDY, SET_STUDY_USER_ATTR, SET_STUDY_SYSTEM_ATTR = 0, 1, 2, 3
+CREATE_TRIAL, SET_TRIAL_PARAM, SET_TRIAL_STATE_VALUES = 4, 5, 6
+SET_TRIAL_INTERMEDIATE_VALUE, SET_TRIAL_USER_ATTR, SET_TRIAL_SYSTEM_ATTR = 7, 8, 9
+DISCARD_TRIALS = 10  # written only by Rustuna; Optuna skips it
+TRIAL_OPS = range(SET_TRIAL_PARAM, SET_TRIAL_SYSTEM_ATTR + 1)
+_STATES = {s.value: s for s in TrialState}
+_DIRECTIONS = (0, 1, 2)  # StudyDirection: NOT_SET, MINIMIZE, MAXIMIZE
+
+
+class BadRecord(ValueError):
+    """A line that is not a record Optuna can replay; ``missing`` is the study or trial it
+    names that no earlier line created (a creating line lost): ``("trial", 7)``, else None."""
+
+    def __init__(self, why: str, missing: tuple[str, int] | None = None) -> None:
+        super().__init__(why)
+        self.missing = missing
+
+
+def _integer(log: dict[str, Any], key: str) -> int:
+    value = log.get(key)
+    if key not in log:
+        raise BadRecord(f"no {key}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRecord(f"{key} is {_kind(value)}, not a whole number >= 0")
+    return value
+
+
+def _finite(value: Any, what: str) -> None:
+    from accelopt._types import is_number
+
+    if not is_number(value):
+        raise BadRecord(f"{what} is {_kind(value)}, not a finite number")
+
+
+def _values(value: Any, what: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not value:
+        raise BadRecord(f"{what} is {_kind(value)}, not a list of numbers")
+    for v in value:
+        _finite(v, f"a value in {what}")
+
+
+def _time(log: dict[str, Any], key: str, optional: bool = False) -> None:
+    if key not in log and optional:
+        return
+    value = log.get(key)
+    if not isinstance(value, str):
+        raise BadRecord(f"{key} is {_kind(value)}, not a date and time")
+    try:
+        dt.datetime.fromisoformat(value).astimezone()
+    except (ValueError, OverflowError, OSError):
+        raise BadRecord(f"{key} {value[:40]!r} is not a date and time") from None
+
+
+def _one_attr(log: dict[str, Any], key: str) -> None:
+    value = log.get(key)
+    if not isinstance(value, dict):
+        raise BadRecord(f"{key} is {_kind(value)}, not one name and its value")
+    if len(value) != 1:
+        raise BadRecord(f"{key} holds {len(value)} names, not one")
+
+
+def _dict(log: dict[str, Any], key: str) -> dict[str, Any]:
+    value = log.get(key, {})
+    if not isinstance(value, dict):
+        raise BadRecord(f"{key} is {_kind(value)}, not an object")
+    return value
+
+
+def _distribution(text: Any, what: str) -> Any:
+    from optuna.distributions import BaseDistribution, json_to_distribution
+
+    if not isinstance(text, str):
+        raise BadRecord(f"{what} is {_kind(text)}, not a distribution")
+    try:
+        found = json_to_distribution(text)
+    except Exception:  # json_to_distribution checks nothing: any error means garbage
+        found = None
+    if not isinstance(found, BaseDistribution):
+        raise BadRecord(f"{what} {text[:60]!r} is not a distribution")
+    return found
+
+
+def _param(distribution: Any, value: Any, name: str) -> None:
+    from optuna.distributions import CategoricalDistribution
+
+    _finite(value, f"the value of parameter {name!r}")
+    if isinstance(distribution, CategoricalDistribution) and not (
+        float(value).is_integer() and 0 <= value < len(distribution.choices)
+    ):
+        raise BadRecord(f"parameter {name!r} picks choice {value} of "
+                        f"{len(distribution.choices)}")  # fmt: skip
+    try:
+        distribution.to_external_repr(value)
+    except Exception:
+        raise BadRecord(f"the value of parameter {name!r} is outside its distribution") from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return {int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _strings_are_text(value: Any) -> bool:
+    """No lone surrogate (``"\\ud800"``) anywhere: JSON allows one, no file or terminal does."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+    return True
+
+
+@dataclass
+class Records:
+    """The ids Optuna hands out while it replays a journal, kept to check each next record
+    against: a record naming a study or trial no earlier line created would be applied to
+    another one, or lost, without a word."""
+
+    next_study: int = 0
+    studies: dict[int, tuple[str, int]] = field(default_factory=dict)  # live id: name, objectives
+    objectives: dict[int, int] = field(default_factory=dict)  # every study id made: objectives
+    trial_study: list[int] = field(default_factory=list)  # trial id -> its study's id
+
+    def check(self, line: bytes, first: bool = False) -> dict[str, Any]:
+        """The record on ``line`` (its newline included or not), checked as Optuna will read it
+        and then counted; ``BadRecord`` says why it is not one. ``first``: the file's first
+        line, which may start with UTF-8's byte order mark."""
+        try:
+            text = line.decode("utf-8-sig" if first else "utf-8")
+        except UnicodeDecodeError:
+            raise BadRecord("not UTF-8 text") from None
+        try:
+            log = json.loads(text)
+        except RecursionError:
+            raise BadRecord("not JSON (nested too deep)") from None
+        except ValueError:
+            raise BadRecord("not JSON") from None
+        if not isinstance(log, dict):
+            raise BadRecord(f"{_kind(log)}, not a record")
+        op = log.get("op_code")
+        if not isinstance(op, int) or isinstance(op, bool) or not 0 <= op <= DISCARD_TRIALS:
+            shown = "missing" if "op_code" not in log else json.dumps(op)[:20]
+            raise BadRecord(f"op_code {shown} is none of Optuna's journal operations, 0 to 10")
+        if op == DISCARD_TRIALS:
+            return log
+        if not isinstance(log.get("worker_id"), str):
+            raise BadRecord(f"worker_id is {_kind(log.get('worker_id'))}, not a string")
+        if not _strings_are_text(log):
+            raise BadRecord("a string holds a lone surrogate (no Unicode text)")
+        getattr(self, f"_op{op}")(log)
+        return log
+
+    def _study(self, log: dict[str, Any]) -> int:
+        study = _integer(log, "study_id")
+        if study >= self.next_study:
+            raise BadRecord(
+                f"names study {study}, which no earlier line created", ("study", study)
+            )
+        return study
+
+    def _trial(self, log: dict[str, Any]) -> int:
+        trial = _integer(log, "trial_id")
+        if trial >= len(self.trial_study):
+            raise BadRecord(
+                f"names trial {trial}, which no earlier line created", ("trial", trial)
+            )
+        return trial
+
+    def _op0(self, log: dict[str, Any]) -> None:  # CREATE_STUDY
+        name, directions = log.get("study_name"), log.get("directions")
+        if not isinstance(name, str):
+            raise BadRecord(f"study_name is {_kind(name)}, not a string")
+        if (
+            not isinstance(directions, list)
+            or not directions
+            or any(d not in _DIRECTIONS or isinstance(d, bool) for d in directions)
+        ):
+            raise BadRecord(f"directions {json.dumps(directions)[:40]} are not a list of 0, 1, 2")
+        if name not in (n for n, _ in self.studies.values()):  # a name taken: Optuna skips it
+            self.studies[self.next_study] = (name, len(directions))
+            self.objectives[self.next_study] = len(directions)
+            self.next_study += 1
+
+    def _op1(self, log: dict[str, Any]) -> None:  # DELETE_STUDY
+        self.studies.pop(self._study(log), None)
+
+    def _op2(self, log: dict[str, Any]) -> None:  # SET_STUDY_USER_ATTR
+        self._study(log)
+        _one_attr(log, "user_attr")
+
+    def _op3(self, log: dict[str, Any]) -> None:  # SET_STUDY_SYSTEM_ATTR
+        self._study(log)
+        _one_attr(log, "system_attr")
+
+    def _op4(self, log: dict[str, Any]) -> None:  # CREATE_TRIAL
+        study = self._study(log)
+        if "datetime_start" not in log:
+            raise BadRecord("no datetime_start")
+        if log["datetime_start"] is not None:
+            _time(log, "datetime_start")
+        _time(log, "datetime_complete", optional=True)
+        state = log.get("state", TrialState.RUNNING.value)
+        if state not in _STATES or isinstance(state, bool):
+            raise BadRecord(f"state {json.dumps(state)[:20]} is no trial state, 0 to 4")
+        value, values = log.get("value"), log.get("values")
+        if value is not None and values is not None:
+            raise BadRecord("both value and values")
+        if value is not None:
+            _finite(value, "value")
+        _values(values, "values")
+        self._complete(_STATES[state], [value] if value is not None else values, study)
+        distributions = {k: _distribution(v, f"the distribution of {k!r}")
+                         for k, v in _dict(log, "distributions").items()}  # fmt: skip
+        for name, param in _dict(log, "params").items():
+            if name not in distributions:
+                raise BadRecord(f"parameter {name!r} has no distribution")
+            _param(distributions[name], param, name)
+        _dict(log, "user_attrs")
+        _dict(log, "system_attrs")
+        for step, v in _dict(log, "intermediate_values").items():
+            try:
+                int(step)
+            except ValueError:
+                raise BadRecord(f"intermediate step {step[:20]!r} is not a number") from None
+            _finite(v, f"the intermediate value of step {step[:20]}")
+        if study in self.studies:  # Optuna makes no trial in a deleted study
+            self.trial_study.append(study)
+
+    def _complete(self, state: TrialState, values: list[Any] | None, study: int) -> None:
+        """A COMPLETE trial has one value per objective of its study."""
+        if state != TrialState.COMPLETE:
+            return
+        wanted = self.objectives.get(study, 1)
+        if values is None or len(values) != wanted:
+            got = "none" if values is None else len(values)
+            raise BadRecord(f"a COMPLETE trial with {got} values for {wanted} objective(s)")
+
+    def _op5(self, log: dict[str, Any]) -> None:  # SET_TRIAL_PARAM
+        self._trial(log)
+        name = log.get("param_name")
+        if not isinstance(name, str):
+            raise BadRecord(f"param_name is {_kind(name)}, not a string")
+        distribution = _distribution(log.get("distribution"), f"the distribution of {name!r}")
+        if "param_value_internal" not in log:
+            raise BadRecord("no param_value_internal")
+        _param(distribution, log["param_value_internal"], name)
+
+    def _op6(self, log: dict[str, Any]) -> None:  # SET_TRIAL_STATE_VALUES
+        trial = self._trial(log)
+        state = log.get("state")
+        if state not in _STATES or isinstance(state, bool):
+            raise BadRecord(f"state {json.dumps(state)[:20]} is no trial state, 0 to 4")
+        if "values" not in log:
+            raise BadRecord("no values")
+        _values(log["values"], "values")
+        if _STATES[state] == TrialState.RUNNING:
+            _time(log, "datetime_start")
+        elif _STATES[state].is_finished():
+            _time(log, "datetime_complete")
+        self._complete(_STATES[state], log["values"], self.trial_study[trial])
+
+    def _op7(self, log: dict[str, Any]) -> None:  # SET_TRIAL_INTERMEDIATE_VALUE
+        self._trial(log)
+        _integer(log, "step")
+        _finite(log.get("intermediate_value"), "intermediate_value")
+
+    def _op8(self, log: dict[str, Any]) -> None:  # SET_TRIAL_USER_ATTR
+        self._trial(log)
+        _one_attr(log, "user_attr")
+
+    def _op9(self, log: dict[str, Any]) -> None:  # SET_TRIAL_SYSTEM_ATTR
+        self._trial(log)
+        _one_attr(log, "system_attr")
+
+
 # Journal files.
 
 
@@ -511,11 +832,16 @@ class JournalFile(BaseJournalBackend):
 
     Upstream's ``JournalFileBackend`` raises a bare ``JSONDecodeError`` at a corrupt line, and
     appends after a half line left by a killed writer, which merges the two into one corrupt
-    line: the worker that appended dies, and so does every later reader. Here a corrupt line is
-    a ``CorruptJournal`` error naming the file, the line and the repair command, and a half line
-    is cut off (the whole file kept as ``NAME.broken-TIME``) before anything is appended. Both
-    happen under the journal's lock (``NAME.lock``, the one upstream writers take), which a
-    writer holds for the whole of its line: what is cut is never a line still being written.
+    line: the worker that appended dies, and so does every later reader. Upstream's replay
+    trusts every line that is JSON: a record without a field it reads, an unknown op code or a
+    trial no line created ends in a ``KeyError`` or an ``AssertionError`` in every reader, or is
+    applied to another trial without a word. Here each line is checked as it is read
+    (``Records``: UTF-8, JSON, the op code, the fields that op code needs and their types,
+    finite numbers, studies and trials that exist), and one that fails is a ``CorruptJournal``
+    error naming the file, the line, why, and the repair command. A half line is cut off (the
+    whole file kept as ``NAME.broken-TIME``) before anything is appended. Both happen under the
+    journal's lock (``NAME.lock``, the one upstream writers take), which a writer holds for the
+    whole of its line: what is cut is never a line still being written.
     """
 
     def __init__(self, path: str) -> None:
@@ -524,6 +850,8 @@ class JournalFile(BaseJournalBackend):
         if not os.path.exists(path):
             open(path, "ab").close()
         self._offsets: dict[int, int] = {0: 0}  # log number -> where its line starts
+        self._records = Records()  # what the lines checked so far made
+        self._checked = 0  # lines checked so far
 
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         with open(self.path, "rb") as f:
@@ -535,12 +863,14 @@ class JournalFile(BaseJournalBackend):
             for number, line in enumerate(f, start=start):
                 if offset + len(line) > end or not line.endswith(b"\n"):
                     return  # a line still being written, or a half line: not there yet
-                try:
-                    log = json.loads(line)
-                except ValueError:
-                    log = None
-                if not isinstance(log, dict) or "op_code" not in log:
-                    raise CorruptJournal(_corrupt(self.path, number + 1))
+                if number < self._checked:  # checked on an earlier read
+                    log = json.loads(line.decode("utf-8-sig" if number == 0 else "utf-8"))
+                else:
+                    try:
+                        log = self._records.check(line, first=number == 0)
+                    except BadRecord as bad:
+                        raise CorruptJournal(_corrupt(self.path, number + 1, bad, line)) from None
+                    self._checked = number + 1
                 offset += len(line)
                 self._offsets[number + 1] = offset
                 if number >= log_number_from:
@@ -584,6 +914,12 @@ class JournalFile(BaseJournalBackend):
             return None
         with open(self.path, "rb") as f:
             cut = _last_line_start(f, os.fstat(f.fileno()).st_size)
+            f.seek(0)
+            head = f.read(64)
+            f.seek(cut)
+            tail = f.read()
+        if _foreign_encoding(head) or _foreign_encoding(tail):
+            return None  # no half line: a file in another encoding, which readers refuse
         backup = _backup(Path(self.path))
         # In place: readers keep their place, since none read past a line that had not ended.
         os.truncate(self.path, cut)
@@ -593,20 +929,52 @@ class JournalFile(BaseJournalBackend):
         return backup
 
 
-def _corrupt(path: str, line: int) -> str:
+def _corrupt(path: str, number: int, bad: BadRecord | str, line: bytes = b"") -> str:
+    """The one line a reader of a bad journal line says."""
+    shown = storage_label(path)
+    encoding = _foreign_encoding(line)
+    if encoding is not None:
+        return _not_utf8(shown, number, encoding)
     return (
-        f"journal file {path}, line {line}: not a journal record (the file is corrupt from "
-        f"there); stop its workers, then run: accelopt storage repair {path} (it keeps every "
-        f"good line and a backup)"
+        f"journal file {shown}, line {number}: not a journal record ({bad}); Optuna reads "
+        f"nothing past it. Stop its workers, then run: accelopt storage repair {shown} (it "
+        f"drops or mends the bad lines and keeps a backup)"
     )
 
 
-def _is_record(line: bytes) -> bool:
+def _not_utf8(shown: str, number: int, encoding: str) -> str:
+    return (
+        f"journal file {shown}, line {number} is {encoding}, not UTF-8: journal files are "
+        f"UTF-8; convert it back (e.g. iconv -f {encoding.split()[0]} -t UTF-8) and check it "
+        f"(accelopt storage repair changes no encoding)"
+    )
+
+
+_WIDE = {"UTF-32": (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE),
+         "UTF-16": (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)}  # fmt: skip
+
+
+def _foreign_encoding(line: bytes) -> str | None:
+    """The encoding a line that is no UTF-8 record was written in, where it is one: UTF-16 or
+    UTF-32 (a byte order mark, or a record among the zero bytes), Latin-1 (a record, once read
+    so); None for a line that is no record in any (garbage, a half line)."""
+    for name, marks in _WIDE.items():
+        if line.startswith(marks):
+            return name
+    if line.count(b"\x00") * 4 >= len(line) > 0:
+        for name, codec in (("UTF-16", "utf-16-le"), ("UTF-16", "utf-16-be"),
+                            ("UTF-32", "utf-32-le"), ("UTF-32", "utf-32-be")):  # fmt: skip
+            for shift in range(4):  # a line cut at "\n" starts inside a wide character
+                text = line[shift:].decode(codec, "ignore")
+                if '"op_code"' in text:
+                    return name
+        return None
     try:
-        log = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(log, dict) and "op_code" in log
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        if '"op_code"' in line.decode("latin-1"):
+            return "Latin-1 (or Windows-1252)"
+    return None
 
 
 def _last_line_start(f: Any, end: int) -> int:
@@ -657,25 +1025,40 @@ class Repair:
     path: Path
     lines: int = 0
     dropped: list[int] = field(default_factory=list)
+    reasons: dict[int, str] = field(default_factory=dict)  # why each dropped line was
     salvaged: list[int] = field(default_factory=list)  # a record kept from the end of the line
-    placeholders: list[int] = field(default_factory=list)  # a lost trial's place kept
+    # where a lost study's or trial's place was kept: the line, "study" or "trial"
+    placeholders: list[tuple[int, str]] = field(default_factory=list)
     backup: Path | None = None
 
     def describe(self) -> str:
+        shown = storage_label(str(self.path))
         if self.backup is None:
-            return f"{self.path}: all {self.lines} lines are records; nothing to repair"
+            return f"{shown}: all {self.lines} lines are records; nothing to repair"
         parts = [f"kept {self.lines - len(self.dropped)} of {self.lines} lines"]
         if self.salvaged:
             parts.append(f"kept the record at the end of line(s) {_numbers(self.salvaged)}")
         if self.dropped:
-            parts.append(f"dropped line(s) {_numbers(self.dropped)}")
-        if self.placeholders:
+            why = [f"{n} ({self.reasons[n]})" if n in self.reasons else str(n)
+                   for n in self.dropped[:10]]  # fmt: skip
+            more = len(self.dropped) - len(why)
+            parts.append(f"dropped line(s) {', '.join(why)}{f' and {more} more' if more else ''}")
+        trials = [n for n, kind in self.placeholders if kind == "trial"]
+        studies = [n for n, kind in self.placeholders if kind == "study"]
+        if trials:
             parts.append(
-                f"line(s) {_numbers(self.placeholders)} had created a trial: a trial takes its "
-                f"place, so that later ones keep their numbers (what later lines say of it is "
-                f"kept; left RUNNING, the next run fails it and queues it again)"
+                f"line(s) {_numbers(trials)} had created a trial, or named one no line "
+                f"created: a trial takes its place, so that later ones keep their numbers "
+                f"(what later lines say of it is kept; left RUNNING, the next run fails it and "
+                f"queues it again)"
             )
-        return f"repaired {self.path}: {'; '.join(parts)}; the original is kept as {self.backup}"
+        if studies:
+            parts.append(
+                f"line(s) {_numbers(studies)} had created a study, or named one no line "
+                f"created: a study named accelopt-repair-lost-study-N takes its place (its name "
+                f"and directions were lost; accelopt list shows it)"
+            )
+        return f"repaired {shown}: {'; '.join(parts)}; the original is kept as {self.backup}"
 
 
 def _numbers(numbers: Sequence[int]) -> str:
@@ -683,17 +1066,17 @@ def _numbers(numbers: Sequence[int]) -> str:
 
 
 RECORD_START = b'{"op_code":'
-CREATE_TRIAL, TRIAL_OPS = 4, range(5, 10)  # Optuna's JournalOperation codes
 
 
 def repair_file(path: str | Path) -> Repair:
     """Rewrite a journal file keeping every good line: ``accelopt storage repair PATH``.
 
-    A line that is not a record is dropped, except that a record at its end (a half line a
-    killed writer left, then a whole one appended after it) is kept. A dropped line that had
-    created a trial (later lines name a trial that would not exist) is replaced by a trial of
-    its own, so that every later trial keeps its number; later lines fill it in, and one left
-    RUNNING (without an owner) is failed and queued again by the next run. The original is kept
+    A line that is not a record Optuna can replay (``Records``) is dropped, except that a
+    record at its end (a half line a killed writer left, then a whole one appended after it) is
+    kept. Where a later line names a trial that would not exist (its creating line was dropped
+    or lost), a trial takes its place, so that every later trial keeps its number; later lines
+    fill it in, and one left RUNNING (without an owner) is failed and queued again by the next
+    run. A file in another encoding than UTF-8 is refused, not changed. The original is kept
     as ``<name>.broken-<time>``. Stop the workers on the file first: their place in it moves.
     """
     shown = storage_label(str(path))
@@ -701,43 +1084,20 @@ def repair_file(path: str | Path) -> Repair:
     if not path.is_file():
         raise AccelOptError(f"{shown} is not a journal file (no such file); give its path")
     backend = JournalFile(str(path))
-    report = Repair(path)
     with backend.locked():
         data = path.read_bytes()
-        lines = data.splitlines(keepends=True)
-        report.lines = len(lines)
-        kept: list[bytes] = []
-        created, last_study, lost_at = 0, 0, None  # trials created; where a lost one may be
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+        lines = re.findall(rb"[^\n]*\n|[^\n]+$", data)  # as a reader splits them: at "\n" only
         for number, line in enumerate(lines, start=1):
-            record = line.rstrip(b"\r\n")
-            if not _is_record(record):
-                salvage = record.rfind(RECORD_START, 1)
-                if salvage > 0 and _is_record(record[salvage:]):
-                    record = record[salvage:]
-                    report.salvaged.append(number)
-                else:
-                    report.dropped.append(number)
-                    lost_at = (number, len(kept))
-                    continue
-            log = json.loads(record)
-            if log["op_code"] == CREATE_TRIAL:
-                created += 1
-                last_study = log.get("study_id", last_study)
-            elif log["op_code"] in TRIAL_OPS and log.get("trial_id", -1) >= created:
-                missing = log["trial_id"] - created + 1
-                if lost_at is not None:  # a dropped line made the trial this one names
-                    at_line, index = lost_at
-                    placeholder = json.dumps({"op_code": CREATE_TRIAL,
-                                              "worker_id": "accelopt-storage-repair",
-                                              "study_id": last_study, "datetime_start": now},
-                                             separators=(",", ":")).encode()  # fmt: skip
-                    kept[index:index] = [placeholder] * missing
-                    report.placeholders.append(at_line)
-                    created += missing
-                    lost_at = None
-            kept.append(record)
-        if (not report.dropped and not report.salvaged and data.endswith(b"\n")) or not data:
+            encoding = _foreign_encoding(line)
+            if encoding is not None:
+                raise AccelOptError(_not_utf8(shown, number, encoding))
+        report = Repair(path, lines=len(lines))
+        kept = _mended(lines, report, placeholders=True)
+        if not _readable(kept):  # a placeholder moved a trial into another study: none then
+            report = Repair(path, lines=len(lines))
+            kept = _mended(lines, report, placeholders=False)
+        changed = report.dropped or report.salvaged or report.placeholders
+        if (not changed and data.endswith(b"\n")) or not data:
             return report
         report.backup = _backup(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.repair-")
@@ -748,6 +1108,137 @@ def repair_file(path: str | Path) -> Repair:
         shutil.copymode(path, tmp)
         os.replace(tmp, path)
     return report
+
+
+def _mended(lines: list[bytes], report: Repair, placeholders: bool) -> list[bytes]:
+    """The records of ``lines`` to keep, each checked against those kept before it; what was
+    dropped, salvaged or put in place goes into ``report``."""
+    records, kept = Records(), list[bytes]()
+    lost_at: tuple[int, int] | None = None  # the last line dropped: its number, its place
+    for number, line in enumerate(lines, start=1):
+        record = line.rstrip(b"\r\n")
+        result = _attempt(records, record, not kept)
+        bad = result if isinstance(result, BadRecord) else None
+        salvage = record.rfind(RECORD_START, 1)
+        if bad is not None and salvage > 0:
+            found = _attempt(records, record[salvage:], False)
+            if not isinstance(found, BadRecord):
+                result, record = found, record[salvage:]
+                report.salvaged.append(number)
+        if isinstance(result, BadRecord) and bad is not None and bad.missing and placeholders:
+            # where the lost line was: the last one dropped, if it came after the last line
+            # making what it made (else the ids of those would move), else just before this
+            made = CREATE_STUDY if bad.missing[0] == "study" else CREATE_TRIAL
+            after = _after_last(kept, made)
+            at_line, index = lost_at if lost_at and lost_at[1] >= after else (number, len(kept))
+            before = list(kept)
+            filled = _fill(kept, index, bad.missing, lines[number - 1 :], report)
+            if filled is not None:
+                result = _attempt(filled, record, not kept)
+                if isinstance(result, BadRecord):  # wrong in another way too: no place kept
+                    kept[:] = before
+                else:
+                    records, lost_at = filled, None
+                    report.placeholders.append((at_line, bad.missing[0]))
+        if isinstance(result, BadRecord):
+            report.dropped.append(number)
+            report.reasons[number] = str(bad or result)
+            lost_at = (number, len(kept))
+            continue
+        kept.append(record)
+    return kept
+
+
+def _after_last(kept: list[bytes], op: int) -> int:
+    """The place in ``kept`` just after its last record with ``op`` (0 if none)."""
+    for i in range(len(kept) - 1, -1, -1):
+        if json.loads(kept[i].decode("utf-8-sig")).get("op_code") == op:
+            return i + 1
+    return 0
+
+
+def _attempt(records: Records, line: bytes, first: bool) -> dict[str, Any] | BadRecord:
+    try:
+        return records.check(line, first)
+    except BadRecord as bad:
+        return bad
+
+
+def _fill(
+    kept: list[bytes], index: int, missing: tuple[str, int], rest: list[bytes], report: Repair
+) -> Records | None:
+    """Put studies or trials at ``kept[index]`` until the one ``missing`` names exists, as the
+    lines lost there made them; returns what the lines kept then make, or None (``kept`` as it
+    was) where that cannot be: too many for the lines lost, no study to hold a trial, or a later
+    line kept that would no longer read."""
+    before = Records()
+    for i, line in enumerate(kept[:index]):
+        before.check(line, first=i == 0)
+    kind, wanted = missing
+    made = before.next_study if kind == "study" else len(before.trial_study)
+    count = wanted - made + 1
+    # Each line lost made one at most: those dropped, or one deleted outright.
+    if count <= 0 or count > len(report.dropped) + 1:
+        return None
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+    if kind == "study":
+        taken = {name for name, _ in before.studies.values()}
+        names = [n for i in range(len(taken) + count + 1)
+                 if (n := f"accelopt-repair-lost-study-{made + i}") not in taken]  # fmt: skip
+        objectives = _objectives(rest)
+        fill = [json.dumps({"op_code": CREATE_STUDY, "worker_id": "accelopt-storage-repair",
+                            "study_name": name, "directions": [0] * objectives},
+                           separators=(",", ":")).encode() for name in names[:count]]  # fmt: skip
+    else:
+        study = before.trial_study[-1] if before.trial_study else None
+        if study not in before.studies:
+            study = next(iter(before.studies), None)
+        if study is None:
+            return None
+        fill = [json.dumps({"op_code": CREATE_TRIAL, "worker_id": "accelopt-storage-repair",
+                            "study_id": study, "datetime_start": now},
+                           separators=(",", ":")).encode()] * count  # fmt: skip
+    trial = kept[:index] + fill + kept[index:]
+    records = Records()
+    try:
+        for i, line in enumerate(trial):
+            records.check(line, first=i == 0)
+    except BadRecord:
+        return None
+    kept[:] = trial
+    return records
+
+
+def _objectives(lines: list[bytes]) -> int:
+    """How many objectives a lost study had: as many values as the first COMPLETE trial after
+    its loss has (1 when none says)."""
+    for line in lines:
+        log = _record_or_none(line)
+        if log and log.get("state") == TrialState.COMPLETE.value:
+            values = log.get("values")
+            if isinstance(values, list) and values:
+                return len(values)
+            if log.get("value") is not None:
+                return 1
+    return 1
+
+
+def _record_or_none(line: bytes) -> dict[str, Any] | None:
+    try:
+        log = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return log if isinstance(log, dict) else None
+
+
+def _readable(lines: list[bytes]) -> bool:
+    records = Records()
+    try:
+        for i, line in enumerate(lines):
+            records.check(line, first=i == 0)
+    except BadRecord:
+        return False
+    return True
 
 
 # Locks.

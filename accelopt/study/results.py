@@ -64,9 +64,10 @@ class Requirement:
         if trial.state != TrialState.COMPLETE or not a.get("feasible"):
             return False
         if self.speedup is not None:
-            return bool(a["speedup"] >= self.speedup)
+            return is_number(a.get("speedup")) and a["speedup"] >= self.speedup
         if self.time_per_image is not None:  # timed as its speedup was: in its pairs if any
-            return bool(a["time_per_image"] <= self.time_per_image)
+            seconds = a.get("time_per_image")
+            return is_number(seconds) and seconds <= self.time_per_image
         return False
 
     @property
@@ -170,9 +171,11 @@ def _numbers(values: Any) -> list[float]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The feasible completed trial with the highest speedup, or None."""
+    """The feasible completed trial with the highest speedup, or None. A trial whose speedup
+    is not stored as a number (a journal line lost) is none."""
     feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("feasible")]  # fmt: skip
+                if t.user_attrs.get("feasible")
+                and is_number(t.user_attrs.get("speedup"))]  # fmt: skip
     return max(feasible, key=lambda t: t.user_attrs["speedup"], default=None)
 
 
@@ -194,7 +197,8 @@ def frontier(trials: Sequence[FrozenTrial], metric: str = "score_loss") -> list[
     from accelopt.measure.pareto import non_dominated
 
     done = [t for t in trials if t.state == TrialState.COMPLETE
-            and quality_loss(t.user_attrs, metric) is not None]  # fmt: skip
+            and quality_loss(t.user_attrs, metric) is not None
+            and is_number(t.user_attrs.get("speedup"))]  # fmt: skip
 
     def values(t: FrozenTrial) -> tuple[float, float]:
         return t.user_attrs["speedup"], quality_loss(t.user_attrs, metric) or 0.0
