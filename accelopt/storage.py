@@ -1418,9 +1418,10 @@ def shared_storage(url: str | None, workers: str, default: str = "") -> str:
     return url
 
 
-# Descriptors of SQLite files this process locked, kept open while the process has the file
-# open through another one: closing any descriptor of a file drops every POSIX lock the process
-# holds on it, SQLite's own among them.
+# Descriptors of SQLite files this process opened to lock (``_OURS``), and those of them kept
+# open after their lock while the process has the file open through another one: closing any
+# descriptor of a file drops every POSIX lock the process holds on it, SQLite's own among them.
+_OURS: set[int] = set()
 _KEPT: list[int] = []
 
 
@@ -1494,6 +1495,7 @@ def _open_for_lock(path: Path, url: str) -> tuple[int, bool] | None:
             os.close(fd)
             raise AccelOptError(f"storage {storage_label(url)}: {path} is not a regular file; "
                                 f"give the path of a SQLite database file")  # fmt: skip
+        _OURS.add(fd)
         return fd, made
     return None
 
@@ -1505,6 +1507,7 @@ def _let_go(fd: int) -> None:
     for kept in list(_KEPT):
         if not _open_elsewhere(kept):
             _KEPT.remove(kept)
+            _OURS.discard(kept)
             os.close(kept)
 
 
@@ -1518,7 +1521,7 @@ def _open_elsewhere(fd: int) -> bool:
         except (OSError, ValueError):
             continue
         for n in numbers:
-            if n == fd:
+            if n in _OURS:  # ours hold no lock of SQLite's
                 continue
             try:
                 other = os.fstat(n)

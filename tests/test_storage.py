@@ -622,6 +622,31 @@ def test_a_sqlite_url_whose_file_cannot_be_told_is_refused(
     assert list(workdir.iterdir()) == []
 
 
+def test_the_writer_lock_keeps_no_descriptor_sqlite_does_not_need(workdir: Path) -> None:
+    """Its descriptor stays open while SQLAlchemy has the file open (closing it would drop
+    SQLite's own locks), and no longer: a fuzz of 2,000 runs had 1,100 left open."""
+    import sqlalchemy
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    url, before = "sqlite:///x.db", descriptors()
+    with storages.sole_writer(url):
+        engine = sqlalchemy.create_engine(url)
+        connection = engine.connect()  # as a run's storage keeps it
+        connection.exec_driver_sql("CREATE TABLE t (x)")
+    opened = descriptors()
+    with storages.sole_writer(url):
+        pass
+    assert descriptors() == opened + 1  # the file is open in SQLAlchemy: kept
+    connection.close()
+    engine.dispose()
+    for _ in range(5):
+        with storages.sole_writer(url):
+            pass
+    assert descriptors() == before  # SQLAlchemy's is closed, and so is each of ours
+
+
 def test_sqlite_in_memory_needs_no_writer_lock(workdir: Path) -> None:
     for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:m.db?uri=true&mode=memory"):
         assert storages.sqlite_database(url) is None
