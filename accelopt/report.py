@@ -24,7 +24,13 @@ from optuna.trial import TrialState
 from accelopt._types import is_number
 from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss, quality_text
 from accelopt.measure.timing import interval_text
-from accelopt.study.results import ENDINGS, best_trial, endings, plain_time, why_ended
+from accelopt.study.results import (
+    ENDINGS,
+    endings,
+    measured,
+    plain_time,
+    why_ended,
+)
 
 if TYPE_CHECKING:
     from accelopt.trial.bench import Bench
@@ -196,7 +202,8 @@ def _positive(value: Any) -> bool:
 def report_data(study: optuna.Study) -> ReportData:
     """Everything the report shows, as plain numbers."""
     spec = study.user_attrs.get("spec", {})
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if measured(t) and is_number(t.user_attrs.get("score_loss"))]  # fmt: skip
     points = [
         Point(t.number, t.user_attrs["speedup"], t.user_attrs["score_loss"],
               bool(t.user_attrs["feasible"]), _label(t.user_attrs["accelerators"]), dict(t.params),
@@ -224,7 +231,8 @@ def report_data(study: optuna.Study) -> ReportData:
     parallel = {k: [p.params.get(k) for p in points] for k in keys}
     if points:
         parallel["speedup"] = [p.speedup for p in points]
-    best = best_trial(study)
+    # best_trial's, among the points (a trial without its score loss is none)
+    best = max((p for p in points if p.feasible), key=lambda p: p.speedup, default=None)
     ended = [t for t in study.trials if why_ended(t)]
     baseline, note = _baseline(study, complete, None if best is None else best.number)
     return ReportData(

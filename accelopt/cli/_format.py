@@ -59,15 +59,9 @@ def describe(trial: FrozenTrial) -> str:
     from accelopt.measure.timing import time_text
 
     a = trial.user_attrs
-    accelerators = a.get("accelerators")
-    knobs = (
-        "; ".join(
-            f"{name} " + ", ".join(f"{k}={v}" for k, v in params.items())
-            for name, params in accelerators.items()
-            if isinstance(params, dict)
-        )
-        if isinstance(accelerators, dict)
-        else "accelerators not recorded"
+    knobs = "; ".join(
+        f"{name} " + ", ".join(f"{k}={v}" for k, v in params.items())
+        for name, params in a["accelerators"].items()
     )
     knobs = printable(knobs, 400)
     mode = printable(a.get("execution", "eager"), 20)

@@ -35,7 +35,7 @@ def _trial_record(t: FrozenTrial) -> dict[str, Any]:
              "device")  # fmt: skip
     return {
         "trial": t.number,
-        "accelerators": a.get("accelerators"),
+        "accelerators": a["accelerators"],
         **{k: a[k] for k in shown if k in a},
         # The speedup is against the plain pipeline timed under the same mode (stored before
         # modes existed: eagerly).
