@@ -62,16 +62,20 @@ from accelopt.errors import AccelOptError, printable
 __all__ = [
     "DEFAULT_STORAGE",
     "HEARTBEAT",
+    "HIDDEN",
     "ORPHAN_GRACE",
     "SHARED_STORAGE",
     "SQLITE_WORKERS",
+    "BadRecord",
     "CorruptJournal",
     "JournalFile",
+    "Records",
     "Repair",
     "check_url",
     "fail_stale_trials",
     "heartbeat",
     "heartbeat_interval",
+    "is_sqlite",
     "is_storage_error",
     "lock_key",
     "open_storage",
@@ -84,6 +88,7 @@ __all__ = [
     "scrub",
     "shared_storage",
     "sole_writer",
+    "sqlite_database",
     "sqlite_file",
     "sqlite_missing",
     "storage_label",
@@ -196,8 +201,8 @@ def _standard(text: str, start: int) -> _Reading:
             reading.hide(colon + 1, at, text)
     hosts = text[at + 1 if at >= 0 else start : end]
     reading.valid = all(_HOST.fullmatch(h) for h in hosts.split(","))
-    host, _, port = hosts.rpartition(":") if not hosts.endswith("]") else (hosts, "", "")
-    if not _:
+    host, sep, port = hosts.rpartition(":")
+    if not sep or hosts.endswith("]"):  # no port (an IPv6 host's colons are inside [])
         host, port = hosts, ""
     query = text.find("?", end)
     database = None
@@ -533,12 +538,13 @@ def is_storage_error(err: BaseException) -> bool:
 
 # Journal records: what Optuna's JournalStorage reads from each line, checked before it does.
 
-# Optuna's JournalOperation codes, by name.
-CREATE_STUDY, DELETE_STUDY, SET_STUDY_USER_ATTR, SET_STUDY_SYSTEM_ATTR = 0, 1, 2, 3
-CREATE_TRIAL, SET_TRIAL_PARAM, SET_TRIAL_STATE_VALUES = 4, 5, 6
-SET_TRIAL_INTERMEDIATE_VALUE, SET_TRIAL_USER_ATTR, SET_TRIAL_SYSTEM_ATTR = 7, 8, 9
-DISCARD_TRIALS = 10  # written only by Rustuna; Optuna skips it
-TRIAL_OPS = range(SET_TRIAL_PARAM, SET_TRIAL_SYSTEM_ATTR + 1)
+# Optuna's JournalOperation codes (optuna.storages.journal._storage), in order: what Records
+# checks of each, by the name of its method.
+OPERATIONS = ("create_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+              "create_trial", "set_trial_param", "set_trial_state_values",
+              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+              "discard_trials")  # fmt: skip
+CREATE_STUDY, CREATE_TRIAL, DISCARD_TRIALS = 0, 4, 10  # the last written only by Rustuna
 _STATES = {s.value: s for s in TrialState}
 _DIRECTIONS = (0, 1, 2)  # StudyDirection: NOT_SET, MINIMIZE, MAXIMIZE
 
@@ -587,6 +593,12 @@ def _time(log: dict[str, Any], key: str, optional: bool = False) -> None:
         dt.datetime.fromisoformat(value).astimezone()
     except (ValueError, OverflowError, OSError):
         raise BadRecord(f"{key} {value[:40]!r} is not a date and time") from None
+
+
+def _state(value: Any) -> TrialState:
+    if not isinstance(value, int) or isinstance(value, bool) or value not in _STATES:
+        raise BadRecord(f"state {json.dumps(value)[:20]} is no trial state, 0 to 4")
+    return _STATES[value]
 
 
 def _one_attr(log: dict[str, Any], key: str) -> None:
@@ -668,7 +680,7 @@ class Records:
     another one, or lost, without a word."""
 
     next_study: int = 0
-    studies: dict[int, tuple[str, int]] = field(default_factory=dict)  # live id: name, objectives
+    studies: dict[int, str] = field(default_factory=dict)  # live (not deleted) id: its name
     objectives: dict[int, int] = field(default_factory=dict)  # every study id made: objectives
     trial_study: list[int] = field(default_factory=list)  # trial id -> its study's id
 
@@ -698,7 +710,12 @@ class Records:
             raise BadRecord(f"worker_id is {_kind(log.get('worker_id'))}, not a string")
         if not _strings_are_text(log):
             raise BadRecord("a string holds a lone surrogate (no Unicode text)")
-        getattr(self, f"_op{op}")(log)
+        try:
+            getattr(self, f"_{OPERATIONS[op]}")(log)
+        except BadRecord:
+            raise
+        except Exception as err:  # a value no check foresaw: still one line, not a traceback
+            raise BadRecord(f"a value Optuna cannot read ({type(err).__name__})") from None
         return log
 
     def _study(self, log: dict[str, Any]) -> int:
@@ -717,7 +734,7 @@ class Records:
             )
         return trial
 
-    def _op0(self, log: dict[str, Any]) -> None:  # CREATE_STUDY
+    def _create_study(self, log: dict[str, Any]) -> None:
         name, directions = log.get("study_name"), log.get("directions")
         if not isinstance(name, str):
             raise BadRecord(f"study_name is {_kind(name)}, not a string")
@@ -727,39 +744,37 @@ class Records:
             or any(d not in _DIRECTIONS or isinstance(d, bool) for d in directions)
         ):
             raise BadRecord(f"directions {json.dumps(directions)[:40]} are not a list of 0, 1, 2")
-        if name not in (n for n, _ in self.studies.values()):  # a name taken: Optuna skips it
-            self.studies[self.next_study] = (name, len(directions))
+        if name not in self.studies.values():  # a name taken: Optuna skips the line
+            self.studies[self.next_study] = name
             self.objectives[self.next_study] = len(directions)
             self.next_study += 1
 
-    def _op1(self, log: dict[str, Any]) -> None:  # DELETE_STUDY
+    def _delete_study(self, log: dict[str, Any]) -> None:
         self.studies.pop(self._study(log), None)
 
-    def _op2(self, log: dict[str, Any]) -> None:  # SET_STUDY_USER_ATTR
+    def _set_study_user_attr(self, log: dict[str, Any]) -> None:
         self._study(log)
         _one_attr(log, "user_attr")
 
-    def _op3(self, log: dict[str, Any]) -> None:  # SET_STUDY_SYSTEM_ATTR
+    def _set_study_system_attr(self, log: dict[str, Any]) -> None:
         self._study(log)
         _one_attr(log, "system_attr")
 
-    def _op4(self, log: dict[str, Any]) -> None:  # CREATE_TRIAL
+    def _create_trial(self, log: dict[str, Any]) -> None:
         study = self._study(log)
         if "datetime_start" not in log:
             raise BadRecord("no datetime_start")
         if log["datetime_start"] is not None:
             _time(log, "datetime_start")
         _time(log, "datetime_complete", optional=True)
-        state = log.get("state", TrialState.RUNNING.value)
-        if state not in _STATES or isinstance(state, bool):
-            raise BadRecord(f"state {json.dumps(state)[:20]} is no trial state, 0 to 4")
+        state = _state(log.get("state", TrialState.RUNNING.value))
         value, values = log.get("value"), log.get("values")
         if value is not None and values is not None:
             raise BadRecord("both value and values")
         if value is not None:
             _finite(value, "value")
         _values(values, "values")
-        self._complete(_STATES[state], [value] if value is not None else values, study)
+        self._complete(state, [value] if value is not None else values, study)
         distributions = {k: _distribution(v, f"the distribution of {k!r}")
                          for k, v in _dict(log, "distributions").items()}  # fmt: skip
         for name, param in _dict(log, "params").items():
@@ -786,7 +801,7 @@ class Records:
             got = "none" if values is None else len(values)
             raise BadRecord(f"a COMPLETE trial with {got} values for {wanted} objective(s)")
 
-    def _op5(self, log: dict[str, Any]) -> None:  # SET_TRIAL_PARAM
+    def _set_trial_param(self, log: dict[str, Any]) -> None:
         self._trial(log)
         name = log.get("param_name")
         if not isinstance(name, str):
@@ -796,30 +811,28 @@ class Records:
             raise BadRecord("no param_value_internal")
         _param(distribution, log["param_value_internal"], name)
 
-    def _op6(self, log: dict[str, Any]) -> None:  # SET_TRIAL_STATE_VALUES
+    def _set_trial_state_values(self, log: dict[str, Any]) -> None:
         trial = self._trial(log)
-        state = log.get("state")
-        if state not in _STATES or isinstance(state, bool):
-            raise BadRecord(f"state {json.dumps(state)[:20]} is no trial state, 0 to 4")
+        state = _state(log.get("state"))
         if "values" not in log:
             raise BadRecord("no values")
         _values(log["values"], "values")
-        if _STATES[state] == TrialState.RUNNING:
+        if state == TrialState.RUNNING:
             _time(log, "datetime_start")
-        elif _STATES[state].is_finished():
+        elif state.is_finished():
             _time(log, "datetime_complete")
-        self._complete(_STATES[state], log["values"], self.trial_study[trial])
+        self._complete(state, log["values"], self.trial_study[trial])
 
-    def _op7(self, log: dict[str, Any]) -> None:  # SET_TRIAL_INTERMEDIATE_VALUE
+    def _set_trial_intermediate_value(self, log: dict[str, Any]) -> None:
         self._trial(log)
         _integer(log, "step")
         _finite(log.get("intermediate_value"), "intermediate_value")
 
-    def _op8(self, log: dict[str, Any]) -> None:  # SET_TRIAL_USER_ATTR
+    def _set_trial_user_attr(self, log: dict[str, Any]) -> None:
         self._trial(log)
         _one_attr(log, "user_attr")
 
-    def _op9(self, log: dict[str, Any]) -> None:  # SET_TRIAL_SYSTEM_ATTR
+    def _set_trial_system_attr(self, log: dict[str, Any]) -> None:
         self._trial(log)
         _one_attr(log, "system_attr")
 
@@ -1182,7 +1195,7 @@ def _fill(
         return None
     now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
     if kind == "study":
-        taken = {name for name, _ in before.studies.values()}
+        taken = set(before.studies.values())
         names = [n for i in range(len(taken) + count + 1)
                  if (n := f"accelopt-repair-lost-study-{made + i}") not in taken]  # fmt: skip
         objectives = _objectives(rest)

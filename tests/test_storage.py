@@ -401,7 +401,7 @@ def _first_naming(data: bytes, key: str, value: int) -> int:
 
 
 @pytest.mark.parametrize(
-    "case", ["op_code 99", "trial lost", "NaN value", "a string id", "no state"]
+    "case", ["op_code 99", "trial lost", "NaN value", "a string id", "no state", "a list state"]
 )
 def test_a_journal_line_that_is_json_but_no_record_is_one_error_naming_it(
     case: str, workdir: Path, capsys: pytest.CaptureFixture[str]
@@ -423,6 +423,8 @@ def test_a_journal_line_that_is_json_but_no_record_is_one_error_naming_it(
                         "trial_id is a string, not a whole number >= 0"),
         "no state": (_changed(lines, ended, state=None), ended + 1,
                      "state null is no trial state, 0 to 4"),
+        "a list state": (_changed(lines, ended, state=[1]), ended + 1,
+                         "state [1] is no trial state, 0 to 4"),
     }[case]  # fmt: skip
     journal.write_bytes(data)
     line = line or _first_naming(data, "trial_id", 1)
