@@ -177,10 +177,10 @@ def measured(trial: FrozenTrial) -> bool:
     """A completed trial holding what every summary of one reads: its speedup (a number),
     whether it is feasible, its accelerators. One whose journal line setting them was lost is
     none: best, list, the report and export pass over it rather than fail on it."""
-    a = trial.user_attrs
+    a, accelerators = trial.user_attrs, trial.user_attrs.get("accelerators")
     return (trial.state == TrialState.COMPLETE and is_number(a.get("speedup"))
-            and isinstance(a.get("feasible"), bool)
-            and isinstance(a.get("accelerators"), dict))  # fmt: skip
+            and isinstance(a.get("feasible"), bool) and isinstance(accelerators, dict)
+            and all(isinstance(knobs, dict) for knobs in accelerators.values()))  # fmt: skip
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
