@@ -35,7 +35,7 @@ from accelopt.params_store.file import seed_key, seed_pipeline, seed_scheduler, 
 from accelopt.params_store.query import ranking_speed
 from accelopt.storage import storage_label
 from accelopt.study.confirm import TOP_K
-from accelopt.study.results import Requirement, frontier, plain_time
+from accelopt.study.results import Requirement, frontier, measured, plain_time
 
 if TYPE_CHECKING:
     from accelopt.progress import Progress
@@ -109,7 +109,7 @@ def withheld(study: optuna.Study, requirement: Requirement | None = None) -> lis
         confirmations(study))  # fmt: skip
     threshold = (requirement.speedup if requirement else None) or 1.0
     found = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-             if t.user_attrs.get("feasible")
+             if measured(t) and t.user_attrs["feasible"]
              and speed_verdict(t, confirmed, threshold) == "undecidable"
              and not (confirmed or {}).get(t.number, {}).get("failed")]  # fmt: skip
     return sorted(found, key=lambda t: _ranking(t, confirmed), reverse=True)
@@ -241,7 +241,8 @@ def _frontier_entries(
 ) -> dict[str, dict[str, Any]]:
     """A pareto study's entries, each with the frontier of the trials it answers for: all of
     them for the first (the study's own), those with exactly its accelerators for a set's."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if measured(t)]  # fmt: skip
     heldout = study.user_attrs.get("confirmations") or {}
     entries: dict[str, dict[str, Any]] = {}
     for i, (trial, targets) in enumerate(chosen):
@@ -293,7 +294,8 @@ def entries_for(
         return verdict == "faster" or (force and verdict == "undecidable")
 
     if requirement.active:
-        meeting = [t for t in study.trials if requirement.met_by(t) and exportable(t)]
+        meeting = [t for t in study.trials if measured(t) and requirement.met_by(t)
+                   and exportable(t)]  # fmt: skip
         if confirmed is not None:  # among those confirmed: the best on held-out prompts
             meeting.sort(key=lambda t: _ranking(t, confirmed), reverse=True)
         met = meeting[0] if meeting else None  # unconfirmed: the first, as the search stopped
@@ -302,7 +304,7 @@ def entries_for(
         # Best first by the held-out figure once confirmed (the search's best is biased up).
         ranked = sorted(
             (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-             if t.user_attrs.get("feasible") and exportable(t)),
+             if measured(t) and t.user_attrs["feasible"] and exportable(t)),
             key=lambda t: _ranking(t, confirmed), reverse=True,
         )  # fmt: skip
         best = ranked[0] if ranked else None

@@ -24,7 +24,13 @@ from optuna.trial import TrialState
 from accelopt._types import is_number
 from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss, quality_text
 from accelopt.measure.timing import interval_text
-from accelopt.study.results import ENDINGS, best_trial, endings, plain_time, why_ended
+from accelopt.study.results import (
+    ENDINGS,
+    endings,
+    measured,
+    plain_time,
+    why_ended,
+)
 
 if TYPE_CHECKING:
     from accelopt.trial.bench import Bench
@@ -108,12 +114,17 @@ def default_output(study: str) -> str:
     return f"report-{re.sub(r'[^A-Za-z0-9.+-]', '_', study)[:200]}.html"
 
 
-def _label(accelerators: dict[str, dict[str, Any]]) -> str:
+def _label(accelerators: Any) -> str:
+    """``deepcache cache_interval=3; tome ratio=0.5``; what a storage holds is read as it is
+    (anything but an object of objects is no record of accelerators)."""
+    if not isinstance(accelerators, dict):
+        return "not recorded"
     if not accelerators:
         return "none"
     return "; ".join(
         f"{name} " + ", ".join(f"{k}={v}" for k, v in knobs.items())
         for name, knobs in accelerators.items()
+        if isinstance(knobs, dict)
     )
 
 
@@ -196,7 +207,8 @@ def _positive(value: Any) -> bool:
 def report_data(study: optuna.Study) -> ReportData:
     """Everything the report shows, as plain numbers."""
     spec = study.user_attrs.get("spec", {})
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if measured(t) and is_number(t.user_attrs.get("score_loss"))]  # fmt: skip
     points = [
         Point(t.number, t.user_attrs["speedup"], t.user_attrs["score_loss"],
               bool(t.user_attrs["feasible"]), _label(t.user_attrs["accelerators"]), dict(t.params),
@@ -224,7 +236,8 @@ def report_data(study: optuna.Study) -> ReportData:
     parallel = {k: [p.params.get(k) for p in points] for k in keys}
     if points:
         parallel["speedup"] = [p.speedup for p in points]
-    best = best_trial(study)
+    # best_trial's, among the points (a trial without its score loss is none)
+    best = max((p for p in points if p.feasible), key=lambda p: p.speedup, default=None)
     ended = [t for t in study.trials if why_ended(t)]
     baseline, note = _baseline(study, complete, None if best is None else best.number)
     return ReportData(
@@ -238,7 +251,7 @@ def report_data(study: optuna.Study) -> ReportData:
         importances={k: float(v) for k, v in importances.items()},
         ended={ENDINGS[k]: n for k, n in endings(ended).items()},
         unfinished=[
-            (t.number, _label(t.user_attrs.get("accelerators") or {}), why_ended(t)) for t in ended
+            (t.number, _label(t.user_attrs.get("accelerators", {})), why_ended(t)) for t in ended
         ],
         parallel=parallel,
         bounds=[(b.key, b.limit) for b in bounds],
@@ -256,12 +269,17 @@ def _interval_of(
     from accelopt.measure.timing import one_pair_read
 
     a = one_pair_read(attrs)
-    pairs = a.get("speedup_pairs") or len((a.get("pairs") or {}).get("ratios") or [])
-    found, stored = a.get("speedup_interval"), a.get("speedup_level")
-    level = float(stored) if isinstance(stored, int | float) and is_number(stored) else None
-    if isinstance(found, list | tuple) and len(found) == 2:
-        return (float(found[0]), float(found[1])), int(pairs), level
-    return None, int(pairs), None
+    pairs, stored_pairs = a.get("speedup_pairs"), a.get("pairs")
+    if not (isinstance(pairs, int) and not isinstance(pairs, bool) and pairs > 0):
+        # recorded before the count was: its pairs' ratios; a storage's garbage: none
+        ratios = stored_pairs.get("ratios") if isinstance(stored_pairs, dict) else None
+        pairs = len(ratios) if isinstance(ratios, list) else 0
+    found: Any = a.get("speedup_interval")
+    stored: Any = a.get("speedup_level")
+    level = float(stored) if is_number(stored) else None
+    if isinstance(found, list | tuple) and len(found) == 2 and all(map(is_number, found)):
+        return (float(found[0]), float(found[1])), pairs, level
+    return None, pairs, None
 
 
 def _fastest(points: Sequence[Point], bound: Bound) -> int | None:

@@ -32,6 +32,7 @@ __all__ = [
     "endings",
     "frontier",
     "is_pareto",
+    "measured",
     "never_measured",
     "pareto_metric",
     "plain_time",
@@ -64,10 +65,13 @@ class Requirement:
         a = trial.user_attrs
         if trial.state != TrialState.COMPLETE or not a.get("feasible"):
             return False
+        # a speedup or time a lost journal line left unrecorded meets nothing
+        speedup: Any = a.get("speedup")
+        seconds: Any = a.get("time_per_image")
         if self.speedup is not None:
-            return bool(a["speedup"] >= self.speedup)
+            return is_number(speedup) and bool(speedup >= self.speedup)
         if self.time_per_image is not None:  # timed as its speedup was: in its pairs if any
-            return bool(a["time_per_image"] <= self.time_per_image)
+            return is_number(seconds) and bool(seconds <= self.time_per_image)
         return False
 
     @property
@@ -173,10 +177,20 @@ def _numbers(values: Any) -> list[float]:
     return [v for v in values.values() if is_number(v)]
 
 
+def measured(trial: FrozenTrial) -> bool:
+    """A completed trial holding what every summary of one reads: its speedup (a number),
+    whether it is feasible, its accelerators. One whose journal line setting them was lost is
+    none: best, list, the report and export pass over it rather than fail on it."""
+    a, accelerators = trial.user_attrs, trial.user_attrs.get("accelerators")
+    return (trial.state == TrialState.COMPLETE and is_number(a.get("speedup"))
+            and isinstance(a.get("feasible"), bool) and isinstance(accelerators, dict)
+            and all(isinstance(knobs, dict) for knobs in accelerators.values()))  # fmt: skip
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The feasible completed trial with the highest speedup, or None."""
+    """The feasible measured trial (``measured``) with the highest speedup, or None."""
     feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("feasible")]  # fmt: skip
+                if measured(t) and t.user_attrs["feasible"]]  # fmt: skip
     return max(feasible, key=lambda t: t.user_attrs["speedup"], default=None)
 
 
@@ -197,7 +211,7 @@ def frontier(trials: Sequence[FrozenTrial], metric: str = "score_loss") -> list[
     subset). A trial that did not measure ``metric`` is on no frontier of it."""
     from accelopt.measure.pareto import non_dominated
 
-    done = [t for t in trials if t.state == TrialState.COMPLETE
+    done = [t for t in trials if measured(t)
             and quality_loss(t.user_attrs, metric) is not None]  # fmt: skip
 
     def values(t: FrozenTrial) -> tuple[float, float]:
