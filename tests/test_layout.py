@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "accelopt"
 LINT = Path(sys.executable).with_name("lint-imports")
-MAX_TOP_LEVEL = 12  # modules beside the packages, __init__ and __main__ included
+MAX_TOP_LEVEL = 13  # modules beside the packages, __init__ and __main__ included
 MAX_FUNCTION_LINES = 80
 
 
