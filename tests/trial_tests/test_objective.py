@@ -15,7 +15,7 @@ from accelopt import accelerators, execution
 from accelopt._types import Pipeline
 from accelopt.measure.metrics import loss_bound, score_loss
 from accelopt.pipelines.schedulers import set_scheduler
-from accelopt.spec import PromptSpec, TimingSpec, load_spec
+from accelopt.spec import PromptSpec, StudySpec, TimingSpec, load_spec
 from accelopt.testing.scorers import PixelEmbeddings
 from accelopt.trial.bench import Bench, Check, Measurement
 from accelopt.trial.objective import Objective
@@ -132,6 +132,16 @@ def test_loss_bound_matches_score_loss_with_every_prompt() -> None:
         loss_bound(baseline, [], z=2.0)
 
 
+def _two_prompts_unpaired(tiny: Callable[[str], Pipeline]) -> tuple[StudySpec, Pipeline]:
+    """TinySD-DDIM-10 on two prompts in one batch, no warm-up, no timing pairs."""
+    spec = load_spec("TinySD-DDIM-10").replace(
+        warmup=0, prompts=PromptSpec(count=2, batch_size=2), timing=TimingSpec(pairs=0)
+    )
+    pipe = tiny("TinySD")
+    set_scheduler(pipe, spec.scheduler)
+    return spec, pipe
+
+
 class _Compiling(Bench):
     """An eager bench whose measurements "compile" each DeepCache branch they meet first, as
     ``execution`` records a compile: 7.5 s of 10 on the injected clock ``now``, 2.5 s when
@@ -155,11 +165,7 @@ class _Compiling(Bench):
 def test_a_trial_records_the_structures_it_met_first_with_their_cost_and_its_share(
     tiny: Callable[[str], Pipeline],
 ) -> None:
-    spec = load_spec("TinySD-DDIM-10").replace(
-        warmup=0, prompts=PromptSpec(count=2, batch_size=2), timing=TimingSpec(pairs=0)
-    )
-    pipe = tiny("TinySD")
-    set_scheduler(pipe, spec.scheduler)
+    spec, pipe = _two_prompts_unpaired(tiny)
     record = execution.compile_stats(pipe)
     record.costs.clear()  # the session's pipeline: what other tests made is not this test's
     # Feasible, then over the budget (so the last is not dominated by it), then feasible.
@@ -209,11 +215,7 @@ def test_an_accelerator_that_loses_alone_at_its_fastest_is_searched_no_further(
     from accelopt.study.results import ENDINGS, ending
     from accelopt.study.warmstart import probe
 
-    spec = load_spec("TinySD-DDIM-10").replace(
-        warmup=0, prompts=PromptSpec(count=2, batch_size=2), timing=TimingSpec(pairs=0)
-    )
-    pipe = tiny("TinySD")
-    set_scheduler(pipe, spec.scheduler)
+    spec, pipe = _two_prompts_unpaired(tiny)
     bench = _Timed(spec, pipe, FakeScorer(pipe, [10.0] * 8), torch.device("cpu"))  # type: ignore[arg-type]
     bench.seconds = {frozenset({"deepcache"}): 0.5, frozenset({"tome"}): 1.5,
                      frozenset({"tgate"}): 0.8}  # fmt: skip
