@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from accelopt._files import os_problem
+from accelopt._types import is_number
 from accelopt.errors import AccelOptError, printable
 from accelopt.measure.environment import package_versions
 from accelopt.params_store.file import seed_key, seed_pipeline, seed_scheduler, write_entries
@@ -71,6 +72,26 @@ def _measured(attrs: dict[str, Any]) -> dict[str, Any]:
 
     return one_pair_read({**{k: attrs.get(k) for k in MEASURED},
                           **{k: attrs[k] for k in OPTIONAL if k in attrs}})  # fmt: skip
+
+
+def _execution(attrs: dict[str, Any], study: optuna.Study) -> dict[str, Any]:
+    """The entry's ``execution``: the mode the trial ran under, every mode's plain baseline and
+    its speedup over eager, numbers only where the storage holds positive finite ones (a
+    journal may hold Infinity; a store holds JSON, and the entry check refuses the rest)."""
+    stored = study.user_attrs.get("execution")
+    baselines = stored.get("baselines") if isinstance(stored, dict) else None
+    if not isinstance(baselines, dict):
+        baselines = {}
+    vs_eager = attrs.get("speedup_vs_eager")
+    return {
+        "mode": attrs.get("execution", "eager"),
+        "plain_baselines": {str(m): t for m, t in baselines.items() if _positive(t)},
+        "speedup_vs_eager": vs_eager if _positive(vs_eager) else None,
+    }
+
+
+def _positive(value: object) -> bool:
+    return is_number(value) and float(value) > 0  # type: ignore[arg-type]
 
 
 def _under_load(study: optuna.Study) -> dict[str, Any]:
@@ -200,11 +221,7 @@ def _entry(
         },
         # The mode the trial ran under and every mode's plain baseline (accelopt.execution);
         # entries from before modes existed were measured eagerly.
-        "execution": {
-            "mode": a.get("execution", "eager"),
-            "plain_baselines": (study.user_attrs.get("execution") or {}).get("baselines", {}),
-            "speedup_vs_eager": a.get("speedup_vs_eager"),
-        },
+        "execution": _execution(a, study),
         # the same configuration again on held-out prompts and fresh seeds (accelopt.study.confirm)
         "heldout": (study.user_attrs.get("confirmations") or {}).get(str(trial.number)),
         "versions": study.user_attrs.get("versions") or package_versions(),
@@ -342,7 +359,8 @@ def _searched(study: optuna.Study) -> list[str]:
     """The accelerators a study searched: those its trials drew knobs for, and any a trial
     used (the targets of its key must hold its accelerators: ``check_entry``)."""
     names = {k.split(".")[0] for t in study.trials for k in t.params}
-    used = {n for t in study.trials for n in t.user_attrs.get("accelerators") or ()}
+    used = {n for t in study.trials if isinstance(a := t.user_attrs.get("accelerators"), dict)
+            for n in a}  # fmt: skip
     return sorted(names | used)
 
 

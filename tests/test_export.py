@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from accelopt.cli import main
 from accelopt.export import entries_for
 from accelopt.params_store.file import read_store, seed_key
-from accelopt.spec import load_spec
+from accelopt.spec import load_spec, record_of
 from accelopt.study.loop import Requirement, run_study
 
 quiet = {"progress": False, "log": lambda s: None}
@@ -219,3 +219,29 @@ def test_an_entry_measured_under_load_says_so_with_the_numbers(tmp_path: Path) -
     study.set_user_attr("load_warnings", records)
     entries = entries_for(study, storage)  # checked as every reader checks them
     assert [e["measured"]["under_load"] for e in entries.values()] == [records, records]
+
+
+def test_numbers_a_storage_holds_badly_never_reach_the_store(tmp_path: Path) -> None:
+    """A journal may hold Infinity or NaN, and a trial's attributes may be lost or wrong: the
+    entry leaves out what is no positive number (a store holds JSON, and the check refuses it),
+    and a trial whose accelerators are no object adds no accelerator to the searched set."""
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="TinySD-DDIM-10", storage=storage,
+                                direction="maximize")  # fmt: skip
+    study.set_user_attr("spec", record_of(load_spec("TinySD-DDIM-10")))
+    baselines = {"eager": 0.5, "compile": float("inf")}
+    study.set_user_attr("execution", {"mode": "compile", "baselines": baselines})
+    attrs = {"accelerators": {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
+             "speedup": 2.0, "feasible": True, "score": 0.3, "score_loss": 0.01,
+             "execution": "compile", "speedup_vs_eager": float("inf")}  # fmt: skip
+    dists = {"deepcache.cache_interval": optuna.distributions.CategoricalDistribution([3])}
+    study.add_trial(optuna.trial.create_trial(value=2.0, params={"deepcache.cache_interval": 3},
+                                              distributions=dists, user_attrs=attrs))  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL,
+                                              user_attrs={"accelerators": True}))  # fmt: skip
+    (entry,) = entries_for(study, storage).values()
+    assert entry["execution"] == {"mode": "compile", "plain_baselines": {"eager": 0.5},
+                                  "speedup_vs_eager": None}  # fmt: skip
+    assert main(["export", "--study", "TinySD-DDIM-10", "--storage", storage,
+                 "--store", str(tmp_path / "store.json"), "--top-k", "0"]) == 0  # fmt: skip
+    json.loads((tmp_path / "store.json").read_text())  # strict JSON: no Infinity

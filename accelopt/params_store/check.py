@@ -116,6 +116,8 @@ class _Requirement(_Strict):
 
 class _Execution(_Strict):
     mode: Literal["eager", "compile", "cuda-graphs"] = "eager"
+    plain_baselines: dict[Text, Positive] = {}
+    speedup_vs_eager: Positive | None = None
 
 
 class _Study(_Strict):
