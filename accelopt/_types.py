@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 __all__ = ["Pipeline", "is_number"]
 
@@ -12,7 +12,7 @@ __all__ = ["Pipeline", "is_number"]
 Pipeline: TypeAlias = Any
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     """A finite real number, not a bool: the one check for numbers read from a store, a task
     file or a storage (JSON allows NaN, Infinity and integers no float holds).
 

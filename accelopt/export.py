@@ -91,7 +91,7 @@ def _execution(attrs: dict[str, Any], study: optuna.Study) -> dict[str, Any]:
 
 
 def _positive(value: object) -> bool:
-    return is_number(value) and float(value) > 0  # type: ignore[arg-type]
+    return is_number(value) and value > 0
 
 
 def _under_load(study: optuna.Study) -> dict[str, Any]:

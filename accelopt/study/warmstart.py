@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial
 from accelopt._types import is_number
 from accelopt.spec import StudySpec
 from accelopt.study.results import best_trial
-from accelopt.trial.space import PRIMARY, Space
+from accelopt.trial.space import Space, switch
 
 __all__ = [
     "LIMIT",
@@ -140,8 +140,7 @@ def translate(
     params: dict[str, Any] = {}
     for key, param in space.params.items():
         name, knob = key.split(".", 1)
-        main, off = PRIMARY[name]
-        off_value = space.steps if off is None else off
+        main, off_value = switch(name, space.steps)
         if name not in kept:  # only in an optional space: fixed targets all are in kept
             params[key] = off_value if knob == main else param.values[0]
             continue

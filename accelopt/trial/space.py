@@ -22,10 +22,11 @@ from optuna.distributions import (
 )
 
 from accelopt import accelerators
+from accelopt._types import is_number
 from accelopt.accelerators import Param, PipeTraits
 from accelopt.errors import AccelOptError
 
-__all__ = ["Space", "dominating_trial", "lost_accelerator"]
+__all__ = ["Space", "dominating_trial", "lost_accelerator", "switch"]
 
 # Which way each knob makes generation faster: +1 larger is faster, -1 smaller is faster.
 FASTER: dict[str, int] = {
@@ -96,9 +97,9 @@ class Space:
         }
         if targets is None:
             for name in names:
-                knob, off = PRIMARY[name]
+                knob, off = switch(name, steps)
                 key = f"{name}.{knob}"
-                params[key] = Param((steps if off is None else off, *params[key].values))
+                params[key] = Param((off, *params[key].values))
         return cls(params, steps, targets is None)
 
     def grid(self) -> dict[str, list[Any]]:
@@ -170,8 +171,7 @@ class Space:
         out: dict[str, Any] = {}
         for key, p in self.params.items():
             owner, knob = key.split(".", 1)
-            primary, off_value = PRIMARY[owner]
-            off = self.steps if off_value is None else off_value
+            primary, off = switch(owner, self.steps)
             if owner != name:
                 out[key] = off if knob == primary else p.values[0]
                 continue
@@ -187,10 +187,21 @@ class Space:
             name, knob = key.split(".", 1)
             grouped.setdefault(name, {})[knob] = value
         if self.optional:
-            for name, (knob, off) in PRIMARY.items():
-                if name in grouped and grouped[name][knob] == (self.steps if off is None else off):
+            for name in PRIMARY:
+                knob, off = switch(name, self.steps)
+                if name in grouped and grouped[name][knob] == off:
                     del grouped[name]
         return grouped
+
+
+def switch(name: str, steps: int) -> tuple[str, Any]:
+    """``name``'s primary knob and the value that switches it off at ``steps`` (``PRIMARY``).
+
+    >>> switch("tgate", 20)
+    ('gate_step', 20)
+    """
+    knob, off = PRIMARY[name]
+    return knob, steps if off is None else off
 
 
 def _searchable(name: str, traits: PipeTraits, steps: int) -> bool:
@@ -266,7 +277,7 @@ def lost_accelerator(
     """
     if not space.optional:
         return None
-    finished = [t for t in done if isinstance(t.user_attrs.get("speedup"), (int, float))]
+    finished = [t for t in done if is_number(t.user_attrs.get("speedup"))]
     for name in configs:
         alone = space.configs(space.fastest(name))
         for t in finished:
