@@ -293,8 +293,13 @@ def test_a_corrupt_line_in_the_middle_names_the_file_and_line_and_the_repair(
     argv = {"best": ["best", "--study", "S"], "list": ["list"],
             "run": ["run", "--study", "TinySD-DDIM-10", "--quiet"]}[command]  # fmt: skip
     assert main([*argv, "--storage", str(journal)]) == 2
-    assert capsys.readouterr().err == (
-        f"accelopt: error: journal file {journal}, line 3: not a journal record (not JSON); "
+    assert capsys.readouterr().err == _bad_record(journal, 3, "not JSON")
+
+
+def _bad_record(journal: Path, line: int, why: str) -> str:
+    """What every reader says of a journal's bad line, on stderr."""
+    return (
+        f"accelopt: error: journal file {journal}, line {line}: not a journal record ({why}); "
         f"Optuna reads nothing past it. Stop its workers, then run: accelopt storage repair "
         f"{journal} (it drops or mends the bad lines and keeps a backup)\n"
     )
@@ -430,11 +435,7 @@ def test_a_journal_line_that_is_json_but_no_record_is_one_error_naming_it(
     line = line or _first_naming(data, "trial_id", 1)
     for argv in (["best", "--study", "S"], ["list"]):
         assert main([*argv, "--storage", str(journal)]) == 2
-        assert capsys.readouterr().err == (
-            f"accelopt: error: journal file {journal}, line {line}: not a journal record "
-            f"({why}); Optuna reads nothing past it. Stop its workers, then run: accelopt "
-            f"storage repair {journal} (it drops or mends the bad lines and keeps a backup)\n"
-        )
+        assert capsys.readouterr().err == _bad_record(journal, line, why)
 
 
 def test_storage_repair_drops_or_mends_each_bad_record_and_says_so(
