@@ -39,7 +39,7 @@ import contextlib
 import os
 import time
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,13 +159,21 @@ def cache_home(env: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "accelopt" / "inductor"
 
 
-def use_cache_dir(folder: Path | None = None) -> Path:
+def use_cache_dir(folder: Path | None = None, env: MutableMapping[str, str] = os.environ) -> Path:
     """Keep inductor's compiled kernels in ``folder`` (``cache_home()`` unless given), so that
     re-runs, the other workers and the other studies on this host load a block or a forward
-    compiled before instead of compiling it again. An explicit ``$TORCHINDUCTOR_CACHE_DIR``
-    wins. Captured CUDA graphs live in the process: a worker captures its own, which costs
-    seconds where compiling cost minutes."""
-    chosen = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder or cache_home())))
+    compiled before instead of compiling it again. A ``$TORCHINDUCTOR_CACHE_DIR`` of the user's
+    wins; torch's own default does not: importing torch writes it into the environment
+    (``/tmp/torchinductor_$USER``), so the variable being set says nothing. Inductor reads the
+    variable at each compile, so setting it after torch's import holds. Captured CUDA graphs
+    live in the process: a worker captures its own, which costs seconds where compiling cost
+    minutes."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    given = env.get("TORCHINDUCTOR_CACHE_DIR")
+    if not given or os.path.abspath(given) == os.path.abspath(default_cache_dir()):
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(folder or cache_home(env))
+    chosen = Path(env["TORCHINDUCTOR_CACHE_DIR"])
     chosen.mkdir(parents=True, exist_ok=True)
     return chosen
 

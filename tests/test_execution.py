@@ -336,3 +336,15 @@ def test_inductor_kernels_live_in_one_cache_per_host_and_user(tmp_path: Path) ->
         tmp_path / "accelopt" / "inductor"
     )
     assert execution.cache_home({}) == Path.home() / ".cache" / "accelopt" / "inductor"
+    # Importing torch writes its own default into the environment: that is no user's choice
+    # (on a GPU study the kernels went there, not to accelopt's cache, until this was read).
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    ours = tmp_path / "accelopt" / "inductor"
+    for before in ({}, {"TORCHINDUCTOR_CACHE_DIR": default_cache_dir()}):
+        env = {"XDG_CACHE_HOME": str(tmp_path), **before}
+        assert execution.use_cache_dir(env=env) == ours and ours.is_dir()
+        assert env["TORCHINDUCTOR_CACHE_DIR"] == str(ours)
+    mine = {"XDG_CACHE_HOME": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine")}
+    assert execution.use_cache_dir(env=mine) == tmp_path / "mine"
+    assert mine["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
