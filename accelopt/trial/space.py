@@ -39,12 +39,16 @@ FASTER: dict[str, int] = {
     "tgate.sp_interval": +1,
     "tgate.fi_interval": +1,
     "tgate.warm_up": -1,
+    "magcache.threshold": +1,  # a larger accumulated error may skip more calls
+    "magcache.max_skip_steps": +1,
+    "magcache.retention_ratio": -1,  # fewer calls kept at the start
 }
 # The knob that switches each accelerator off, and its off value (None: the step count).
 PRIMARY: dict[str, tuple[str, Any]] = {
     "deepcache": ("cache_interval", 1),
     "tome": ("ratio", 0.0),
     "tgate": ("gate_step", None),
+    "magcache": ("max_skip_steps", 0),
 }
 
 
@@ -57,6 +61,9 @@ class Space:
     optional: bool  # True: each accelerator can be off
     # Distributions a stored study drew parameters from, where ours would clash (see adopt).
     stored: dict[str, BaseDistribution] = field(default_factory=dict)
+    # Knobs measured once per study, never searched (``Accelerator.calibrated``: MagCache's
+    # ratios), by accelerator: every config that turns one on carries them.
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -75,6 +82,7 @@ class Space:
 
         if targets is not None:
             names = tuple(targets)
+            accelerators.check_plan(names)
             execution.check(mode, names)
             if scheduler is not None:
                 accelerators.check_scheduler(names, scheduler)
@@ -191,7 +199,14 @@ class Space:
                 knob, off = switch(name, self.steps)
                 if name in grouped and grouped[name][knob] == off:
                     del grouped[name]
+        for name, knobs in grouped.items():
+            knobs.update(self.calibration.get(name, {}))
         return grouped
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The accelerators this space searches, in its order."""
+        return tuple(dict.fromkeys(key.split(".", 1)[0] for key in self.params))
 
 
 def switch(name: str, steps: int) -> tuple[str, Any]:
