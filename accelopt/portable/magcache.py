@@ -36,7 +36,7 @@ differs from diffusers' hook, by design:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from accelopt.portable.buffers import Buffers
@@ -45,7 +45,10 @@ MAG_COMPUTE, MAG_SKIP = "compute", "skip"
 
 
 def mag_skip_mask(
-    ratios: Sequence[float], threshold: float, max_skip_steps: int, retention_ratio: float
+    ratios: tuple[float, ...] | list[float],
+    threshold: float,
+    max_skip_steps: int,
+    retention_ratio: float,
 ) -> tuple[bool, ...]:
     """Which denoiser calls skip the block stack (True), one per calibrated ratio.
 
@@ -83,7 +86,7 @@ class MagSchedule:
         threshold: float,
         max_skip_steps: int,
         retention_ratio: float,
-        ratios: Sequence[float],
+        ratios: tuple[float, ...] | list[float],
         calls: Callable[[], int],
     ) -> None:
         self.config = (threshold, max_skip_steps, retention_ratio)

@@ -3,14 +3,15 @@
 With targets (``SD1.5-DDIM-20-deepcache+tgate``) a study searches those accelerators' knobs, all
 on. Without, it also searches which to use: each applicable accelerator's main knob gains its
 "off" value (DeepCache interval 1, ToMe ratio 0, T-GATE gate at the last step), and an
-accelerator whose main knob is off is not applied at all.
+accelerator whose main knob is off is not applied at all. Only accelerators that combine with
+each other in every declared way are searched so (``_combinable``); the others when named.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
+from itertools import combinations, pairwise
 from typing import Any
 
 import optuna
@@ -93,7 +94,7 @@ class Space:
                 if _searchable(n, traits, steps)
                 and (scheduler is None or accelerators.follows(n, scheduler))
             ]
-            names = execution.allowed(mode, usable)
+            names = _combinable(execution.allowed(mode, usable))
             if not names:
                 raise AccelOptError(
                     f"no accelerator can be searched at {steps} steps under execution mode {mode}"
@@ -217,6 +218,19 @@ def switch(name: str, steps: int) -> tuple[str, Any]:
     """
     knob, off = PRIMARY[name]
     return knob, steps if off is None else off
+
+
+def _combinable(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The accelerators a space that searches which to use takes: each, in canonical order,
+    whose every set with those taken before is a declared combination (``PLANS``), since any
+    of them may be on together. One that would make an undeclared set (MagCache beside T-GATE)
+    is left out, and searched when named."""
+    kept: list[str] = []
+    for name in names:
+        sets = [frozenset(c) for n in range(len(kept) + 1) for c in combinations(kept, n)]
+        if all(s | {name} in accelerators.PLANS for s in sets):
+            kept.append(name)
+    return tuple(kept)
 
 
 def _searchable(name: str, traits: PipeTraits, steps: int) -> bool:
