@@ -76,8 +76,8 @@ PLANS: dict[frozenset[str], tuple[Step, ...]] = {
     frozenset({"tome", "tgate"}): (_single("tome"), _single("tgate")),
     frozenset({"deepcache", "tome"}): (_single("tome"), _single("deepcache")),
     frozenset({"deepcache", "tome", "tgate"}): (_single("tome"), _deepcache_tgate),
-    # MagCache alone: with T-GATE not declared yet (which of them a skipped call's attention
-    # follows is not decided), so asking for both is refused by check_plan.
+    # MagCache alone: with T-GATE it is not declared yet (a skipped call runs no attention, so
+    # what T-GATE keeps at such a call is undecided); check_plan refuses asking for both.
     frozenset({"magcache"}): (_single("magcache"),),
 }
 ORDER = tuple(ACCELERATORS)  # canonical order for names: deepcache, tome, tgate, magcache

@@ -155,8 +155,9 @@ class Accelerator(ABC, Generic[C]):
         """Patch ``pipe`` and return the patch."""
 
     def calibrate(self, pipe: Pipeline, generate: Callable[[], Any]) -> dict[str, Any]:
-        """The ``calibrated`` knobs, measured while ``generate()`` runs ``pipe`` once with no
-        accelerator (a study's calibration prompts); JSON-safe values. None to measure here."""
+        """The ``calibrated`` knobs by name, measured while ``generate()`` runs ``pipe`` once
+        with no accelerator (a study's calibration prompts), as JSON-safe values; ``{}`` for a
+        method that has none."""
         return {}
 
     def config(self, params: Mapping[str, Any] | None = None, **kwargs: Any) -> C:
