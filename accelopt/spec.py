@@ -472,6 +472,7 @@ def _check_targets(spec: StudySpec) -> None:
     from accelopt.pipelines import model_info
 
     if spec.targets is not None:
+        accelerators.check_plan(spec.targets)
         accelerators.check_scheduler(spec.targets, spec.scheduler)
     info = model_info(spec.pipeline)
     if info is None or spec.targets is None:

@@ -3,10 +3,10 @@
 A configuration's *schedule* is the sequence of its denoiser calls' structures: DeepCache's full
 step or its shallow step at a branch, T-GATE's attention modes and whether the batch is halved,
 ToMe's merge (with T-GATE, the self-attention ToMe merges computes at every call, so the
-merge's part says that too). It is computed by running the accelerators' own per-call state
-machines (``accelopt.portable``: the code their hooks run) for the scheduler's number of calls,
-without a model. Two configurations with equal schedules compute the same images bit for bit, so a
-study measures only one of them.
+merge's part says that too), MagCache's compute or skip. It is computed by running the
+accelerators' own per-call state machines (``accelopt.portable``: the code their hooks run) for
+the scheduler's number of calls, without a model. Two configurations with equal schedules
+compute the same images bit for bit, so a study measures only one of them.
 
 >>> calls = Calls.of(pipe.scheduler, steps=20)
 >>> schedule({"deepcache": DeepCacheConfig(3, 0)}, calls)[:2]
@@ -23,6 +23,7 @@ from typing import Any
 
 from accelopt.accelerators.tome import merge_structure
 from accelopt.portable.deepcache import Schedule
+from accelopt.portable.magcache import MagSchedule
 from accelopt.portable.tgate import Gate
 
 __all__ = ["Calls", "digest", "does_at_least", "schedule"]
@@ -74,6 +75,7 @@ def schedule(
         gate = Gate(*config, scheduler=lambda: calls, deepcache=cache)
         gate.reset(guided=guided)
     merge = merge_structure(tome) if tome is not None and tome.ratio else None
+    mag = _mag_schedule(configs.get("magcache"), calls)
     found = []
     for _ in calls.timesteps:
         parts: list[Hashable] = []
@@ -88,8 +90,22 @@ def schedule(
             parts.append(merge)
         if gate is not None:
             parts.append(gate.structure())
+        if mag is not None:
+            mag.advance()
+            parts.append(mag.structure())
         found.append(tuple(parts))
     return tuple(found)
+
+
+def _mag_schedule(config: Any, calls: Calls) -> MagSchedule | None:
+    """MagCache's per-call mask as its hooks follow it; None where no call skips (max_skip_steps
+    0: every call computes, the plain pipeline's structure)."""
+    if config is None or config.max_skip_steps == 0:
+        return None
+    fields = (config.threshold, config.max_skip_steps, config.retention_ratio, config.ratios)
+    mag = MagSchedule(*fields, calls=lambda: len(calls.timesteps))
+    mag.reset()
+    return mag
 
 
 def digest(steps: tuple[Hashable, ...]) -> str:
@@ -137,6 +153,8 @@ def _covers(mine: Any, theirs: Any) -> bool:
         if kind == "tome" and (a[1] > b[1] or a[2] > b[2]):
             return False
         if kind == "tgate" and not _computes(a) >= _computes(b):
+            return False
+        if kind == "magcache" and a[1] == "skip" and b[1] != "skip":
             return False
     return True
 

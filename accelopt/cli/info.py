@@ -85,6 +85,8 @@ class Accelerators(Command):
             device="meta" if known else "cpu",
         )
         traits = PipeTraits.of(pipe)
+        if args.targets:
+            accelerators.check_plan(accelerators.parse_targets(args.targets))
         targets = args.targets or "+".join(accelerators.applicable(traits))
         space = accelerators.search_space(traits, args.steps, targets)
         print(f"search space for {args.pipeline} ({traits.family}), {args.steps} steps:")

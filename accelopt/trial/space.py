@@ -3,14 +3,15 @@
 With targets (``SD1.5-DDIM-20-deepcache+tgate``) a study searches those accelerators' knobs, all
 on. Without, it also searches which to use: each applicable accelerator's main knob gains its
 "off" value (DeepCache interval 1, ToMe ratio 0, T-GATE gate at the last step), and an
-accelerator whose main knob is off is not applied at all.
+accelerator whose main knob is off is not applied at all. Only accelerators that combine with
+each other in every declared way are searched so (``_combinable``); the others when named.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
+from itertools import combinations, pairwise
 from typing import Any
 
 import optuna
@@ -39,12 +40,16 @@ FASTER: dict[str, int] = {
     "tgate.sp_interval": +1,
     "tgate.fi_interval": +1,
     "tgate.warm_up": -1,
+    "magcache.threshold": +1,  # a larger accumulated error may skip more calls
+    "magcache.max_skip_steps": +1,
+    "magcache.retention_ratio": -1,  # fewer calls kept at the start
 }
 # The knob that switches each accelerator off, and its off value (None: the step count).
 PRIMARY: dict[str, tuple[str, Any]] = {
     "deepcache": ("cache_interval", 1),
     "tome": ("ratio", 0.0),
     "tgate": ("gate_step", None),
+    "magcache": ("max_skip_steps", 0),
 }
 
 
@@ -57,6 +62,9 @@ class Space:
     optional: bool  # True: each accelerator can be off
     # Distributions a stored study drew parameters from, where ours would clash (see adopt).
     stored: dict[str, BaseDistribution] = field(default_factory=dict)
+    # Knobs measured once per study, never searched (``Accelerator.calibrated``: MagCache's
+    # ratios), by accelerator: every config that turns one on carries them.
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -75,6 +83,7 @@ class Space:
 
         if targets is not None:
             names = tuple(targets)
+            accelerators.check_plan(names)
             execution.check(mode, names)
             if scheduler is not None:
                 accelerators.check_scheduler(names, scheduler)
@@ -85,7 +94,7 @@ class Space:
                 if _searchable(n, traits, steps)
                 and (scheduler is None or accelerators.follows(n, scheduler))
             ]
-            names = execution.allowed(mode, usable)
+            names = _combinable(execution.allowed(mode, usable))
             if not names:
                 raise AccelOptError(
                     f"no accelerator can be searched at {steps} steps under execution mode {mode}"
@@ -191,7 +200,14 @@ class Space:
                 knob, off = switch(name, self.steps)
                 if name in grouped and grouped[name][knob] == off:
                     del grouped[name]
+        for name, knobs in grouped.items():
+            knobs.update(self.calibration.get(name, {}))
         return grouped
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The accelerators this space searches, in its order."""
+        return tuple(dict.fromkeys(key.split(".", 1)[0] for key in self.params))
 
 
 def switch(name: str, steps: int) -> tuple[str, Any]:
@@ -202,6 +218,19 @@ def switch(name: str, steps: int) -> tuple[str, Any]:
     """
     knob, off = PRIMARY[name]
     return knob, steps if off is None else off
+
+
+def _combinable(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The accelerators a space that searches which to use takes: each, in canonical order,
+    whose every set with those taken before is a declared combination (``PLANS``), since any
+    of them may be on together. One that would make an undeclared set (MagCache beside T-GATE)
+    is left out, and searched when named."""
+    kept: list[str] = []
+    for name in names:
+        sets = [frozenset(c) for n in range(len(kept) + 1) for c in combinations(kept, n)]
+        if all(s | {name} in accelerators.PLANS for s in sets):
+            kept.append(name)
+    return tuple(kept)
 
 
 def _searchable(name: str, traits: PipeTraits, steps: int) -> bool:

@@ -32,6 +32,8 @@ STUDIES = {
     "TinySD": "TinySD-DDIM-10-deepcache+tome+tgate",
     "TinySDXL": "TinySDXL-DDIM-10-deepcache+tgate",
     "TinyPixArt": "TinyPixArt-DDIM-10-tgate",
+    # MagCache: the script carries the study's calibrated ratios as data
+    "TinyPixArt-magcache": "TinyPixArt-DDIM-10-magcache",
 }
 
 
@@ -47,7 +49,7 @@ def test_export_codegen_run_matches_accelopt(pipe_name: str, tmp_path: Path) -> 
         entry["accelerators"]["tome"]["use_rand"] = True
 
     folder = tmp_path / pipe_name
-    tiny_pipeline(pipe_name).save_pretrained(folder)
+    tiny_pipeline(pipe_name.split("-")[0]).save_pretrained(folder)
     script = tmp_path / "generated.py"
     script.write_text(render_script(entry))
     assert "accelopt" not in "".join(
@@ -73,6 +75,9 @@ def test_export_codegen_run_matches_accelopt(pipe_name: str, tmp_path: Path) -> 
         assert applied["tome"] == {**stored["tome"], "seed": 0}
     if "tgate" in stored:
         assert {k: applied["tgate"][k] for k in stored["tgate"]} == stored["tgate"]
+    if "magcache" in stored:  # its ratios too, read back from the script's literals exactly
+        assert applied["magcache"] == stored["magcache"]
+        assert len(stored["magcache"]["ratios"]) == 10
     assert set(applied) == set(stored)
     assert len(list((tmp_path / "png").glob("*.png"))) == len(PROMPTS)
 

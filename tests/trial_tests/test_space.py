@@ -4,6 +4,7 @@ of trials a finished one already dominates. Traits are built by hand: no pipelin
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -84,8 +85,29 @@ def test_build_refuses_a_target_the_pipeline_cannot_take() -> None:
     with pytest.raises(AccelOptError) as info:
         Space.build(PIXART, 10, ("deepcache",))
     assert str(info.value) == (
-        "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate"
+        "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate, magcache"
     )
+
+
+def test_build_without_targets_leaves_out_what_combines_undeclared() -> None:
+    """MagCache combines with no other accelerator yet (PLANS): a PixArt space that searches
+    which to use keeps T-GATE, and MagCache is searched when named or where T-GATE cannot be
+    (5 steps); naming both is refused."""
+    assert Space.build(PIXART, 10, None).names == ("tgate",)
+    assert Space.build(PIXART, 5, None).names == ("magcache",)
+    assert Space.build(PIXART, 10, ("magcache",)).names == ("magcache",)
+    with pytest.raises(AccelOptError, match=r"tgate\+magcache is not a declared combination"):
+        Space.build(PIXART, 10, ("tgate", "magcache"))
+
+
+def test_configs_carry_the_calibrated_knobs() -> None:
+    """A study's calibration (MagCache's ratios) joins every config that turns MagCache on."""
+    ratios = [1.0, 0.98, 0.99, 1.01, 1.0]
+    space = replace(Space.build(PIXART, 5, None), calibration={"magcache": {"ratios": ratios}})
+    knobs = {"threshold": 0.1, "max_skip_steps": 2, "retention_ratio": 0.2}
+    params = {f"magcache.{k}": v for k, v in knobs.items()}
+    assert space.configs(params) == {"magcache": {**knobs, "ratios": ratios}}
+    assert space.configs({**params, "magcache.max_skip_steps": 0}) == {}  # off: not applied
 
 
 def test_build_without_targets_adds_off_values_first() -> None:
