@@ -20,6 +20,7 @@ from accelopt._types import Pipeline
 from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference
 from accelopt.accelerators._snapshot import Snapshot
 from accelopt.accelerators.deepcache import DeepCache, DeepCacheConfig
+from accelopt.accelerators.taylorseer import TaylorSeer, TaylorSeerConfig
 from accelopt.accelerators.tgate import TGate, TGateConfig, apply_with_deepcache
 from accelopt.accelerators.tome import ToMe, ToMeConfig
 from accelopt.errors import AccelOptError, choices
@@ -34,10 +35,12 @@ __all__ = [
     "PipeTraits",
     "Reference",
     "TGateConfig",
+    "TaylorSeerConfig",
     "ToMeConfig",
     "active",
     "applicable",
     "apply",
+    "check_combination",
     "check_scheduler",
     "follows",
     "generate",
@@ -47,7 +50,9 @@ __all__ = [
     "search_space",
 ]
 
-ACCELERATORS: dict[str, Accelerator[Any]] = {a.name: a for a in (DeepCache(), ToMe(), TGate())}
+ACCELERATORS: dict[str, Accelerator[Any]] = {
+    a.name: a for a in (DeepCache(), ToMe(), TGate(), TaylorSeer())
+}
 
 Configs = Mapping[str, Any]
 Step = Callable[[Pipeline, Configs, PipeTraits], Patch | tuple[Patch, ...]]
@@ -72,8 +77,10 @@ PLANS: dict[frozenset[str], tuple[Step, ...]] = {
     frozenset({"tome", "tgate"}): (_single("tome"), _single("tgate")),
     frozenset({"deepcache", "tome"}): (_single("tome"), _single("deepcache")),
     frozenset({"deepcache", "tome", "tgate"}): (_single("tome"), _deepcache_tgate),
+    # TaylorSeer alone: with T-GATE, what a forecast of gated attention means is not declared.
+    frozenset({"taylorseer"}): (_single("taylorseer"),),
 }
-ORDER = tuple(ACCELERATORS)  # canonical order for names: deepcache, tome, tgate
+ORDER = tuple(ACCELERATORS)  # canonical order for names: deepcache, tome, tgate, taylorseer
 
 
 def get(name: str) -> Accelerator[Any]:
@@ -105,6 +112,18 @@ def check_scheduler(names: Iterable[str], scheduler: str) -> None:
         why = get(name).refused_schedulers.get(scheduler)
         if why:
             raise AccelOptError(f"{name} cannot follow scheduler {scheduler}: {why}")
+
+
+def check_combination(names: Iterable[str]) -> None:
+    """Refuse accelerators that ``PLANS`` does not declare as a combination, naming those it
+    does."""
+    found = parse_targets(names)
+    if frozenset(found) not in PLANS:
+        declared = sorted(sorted(map(ORDER.index, p)) for p in PLANS)
+        valid = ["+".join(ORDER[i] for i in p) for p in sorted(declared, key=len)]
+        raise AccelOptError(
+            f"{'+'.join(found)} is not a combination accelopt declares; valid: {choices(valid)}"
+        )
 
 
 def follows(name: str, scheduler: str) -> bool:
@@ -198,6 +217,7 @@ _ACTIVE: WeakKeyDictionary[Any, Accelerated] = WeakKeyDictionary()
 
 def _configs(configs: Mapping[str, Any], traits: PipeTraits, steps: int | None) -> dict[str, Any]:
     names = _check_applicable(traits, parse_targets(configs))
+    check_combination(names)
     by_name = {get(k).name: v for k, v in configs.items()}
     built = {}
     for name in names:

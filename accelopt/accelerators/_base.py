@@ -167,6 +167,8 @@ class Accelerator(ABC, Generic[C]):
                 ok = ok or isinstance(value, float)
             elif want == "bool":
                 ok = isinstance(value, bool)
+            elif want == "str":
+                ok = isinstance(value, str)
             if not ok:
                 raise AccelOptError(f"{self.name}.{key} must be {want}, got {value!r}")
         return self.config_cls(**given)
