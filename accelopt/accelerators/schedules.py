@@ -6,7 +6,8 @@ ToMe's merge (with T-GATE, the self-attention ToMe merges computes at every call
 merge's part says that too). It is computed by running the accelerators' own per-call state
 machines (``accelopt.portable``: the code their hooks run) for the scheduler's number of calls,
 without a model. Two configurations with equal schedules compute the same images bit for bit, so a
-study measures only one of them.
+study measures only one of them. TaylorSeer's part is its full call or forecast, what it caches
+and the Taylor order; a configuration with no forecast at all has none (its images are plain).
 
 >>> calls = Calls.of(pipe.scheduler, steps=20)
 >>> schedule({"deepcache": DeepCacheConfig(3, 0)}, calls)[:2]
@@ -23,6 +24,7 @@ from typing import Any
 
 from accelopt.accelerators.tome import merge_structure
 from accelopt.portable.deepcache import Schedule
+from accelopt.portable.taylorseer import Forecast
 from accelopt.portable.tgate import Gate
 
 __all__ = ["Calls", "digest", "does_at_least", "schedule"]
@@ -74,7 +76,8 @@ def schedule(
         gate = Gate(*config, scheduler=lambda: calls, deepcache=cache)
         gate.reset(guided=guided)
     merge = merge_structure(tome) if tome is not None and tome.ratio else None
-    found = []
+    forecasts = _forecasts(configs.get("taylorseer"), len(calls.timesteps))
+    found: list[Hashable] = []
     for _ in calls.timesteps:
         parts: list[Hashable] = []
         if gate is not None:
@@ -88,8 +91,28 @@ def schedule(
             parts.append(merge)
         if gate is not None:
             parts.append(gate.structure())
+        if forecasts is not None:
+            parts.append(forecasts[len(found)])
         found.append(tuple(parts))
     return tuple(found)
+
+
+def _forecasts(config: Any, calls: int) -> list[Hashable] | None:
+    """TaylorSeer's structure at each call; None where no call forecasts (interval 1, or a
+    warm-up as long as the generation): every call computes the plain images then."""
+    if config is None or config.cache_interval <= 1:
+        return None
+    forecast = Forecast(
+        config.cache_interval,
+        config.max_order,
+        config.disable_cache_before_step,
+        config.modules,
+    )
+    found: list[Hashable] = []
+    for _ in range(calls):
+        forecast.decide()
+        found.append(forecast.structure())
+    return found if forecast.fulls < calls else None
 
 
 def digest(steps: tuple[Hashable, ...]) -> str:
@@ -103,7 +126,7 @@ def does_at_least(mine: tuple[Hashable, ...], theirs: tuple[Hashable, ...]) -> b
     covers every shallow one and a shallow step at a deeper branch a shallower one's; fewer
     merged tokens cover more; a guided batch covers a halved one; attention that computes covers
     attention that reuses). Pairing, not position: DeepCache interval 2 does at least interval
-    3's work though at call 3 it is the shallow one."""
+    3's work though at call 3 it is the shallow one. A TaylorSeer full call covers a forecast."""
     if len(mine) != len(theirs):
         return False
     covering: dict[int, int] = {}  # my call -> the call of theirs it is paired with
@@ -137,6 +160,11 @@ def _covers(mine: Any, theirs: Any) -> bool:
         if kind == "tome" and (a[1] > b[1] or a[2] > b[2]):
             return False
         if kind == "tgate" and not _computes(a) >= _computes(b):
+            return False
+        # A full call covers a forecast, and a call of a higher order one of a lower: it
+        # differences or sums more factors. Forecasts of other modules do not compare.
+        full_over_forecast = (a[2], b[2]) == ("full", "forecast")
+        if kind == "taylorseer" and not full_over_forecast and (a[1:3] != b[1:3] or a[3] < b[3]):
             return False
     return True
 
