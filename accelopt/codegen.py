@@ -215,6 +215,7 @@ HEADER_NAMES = (
     "DEEPCACHE",
     "TOME",
     "TGATE",
+    "TAYLORSEER",
     "DEFAULT_PROMPTS",
 )
 
@@ -312,6 +313,7 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
         "DEEPCACHE": acc.get("deepcache"),
         "TOME": acc.get("tome"),
         "TGATE": acc.get("tgate"),
+        "TAYLORSEER": acc.get("taylorseer"),
         "DEFAULT_PROMPTS": list(prompts) or _example_prompts(gen.get("prompt_set"), toy),
     }
 
@@ -415,7 +417,7 @@ def _needs_accelopt(values: Mapping[str, Any]) -> str:
 # ---- the code every script carries: accelopt.portable ---------------------------------------
 
 # accelopt.portable's modules, in the order scripts carry them, above the body.
-PORTABLE = ("buffers", "graphs", "deepcache", "tgate")
+PORTABLE = ("buffers", "graphs", "deepcache", "tgate", "taylorseer")
 # accelopt.portable's module that is the script's own code, after the header and PORTABLE.
 BODY = "script"
 

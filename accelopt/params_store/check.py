@@ -33,7 +33,8 @@ MAX_STRING = 4096  # characters in any string of an entry
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(max_length=MAX_STRING)]
-Knob = Annotated[int, Field(strict=True)] | Finite | bool
+# A knob is a number or a flag, or a named choice (TaylorSeer's modules, "attention").
+Knob = Annotated[int, Field(strict=True)] | Finite | bool | Text
 
 
 class _Strict(BaseModel):

@@ -32,6 +32,7 @@ from diffusers import DiffusionPipeline
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.deepcache import Schedule, cache_deep_features
 from accelopt.portable.graphs import Regions, Replayer
+from accelopt.portable.taylorseer import Forecast, forecast_modules
 from accelopt.portable.tgate import Gate, gate_attention, is_guided
 
 # ---- the header: codegen writes the entry's values in place of these placeholders ----
@@ -49,6 +50,7 @@ EXECUTION: str = "eager"  # "eager", "compile" or "cuda-graphs"
 DEEPCACHE: dict[str, Any] | None = None  # each accelerator's stored knobs; None: not used
 TOME: dict[str, Any] | None = None
 TGATE: dict[str, Any] | None = None
+TAYLORSEER: dict[str, Any] | None = None
 DEFAULT_PROMPTS: list[str] = []
 
 
@@ -232,6 +234,7 @@ class Accelerated:
         self.net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
         self.schedule: Schedule | None = None
         self.gate: Gate | None = None
+        self.forecast: Forecast | None = None
         self.patches = Patches(self.net, self.apply)
 
     def apply(self) -> None:
@@ -259,6 +262,14 @@ class Accelerated:
                 self.schedule,
             )
             gate_attention(self.net, self.gate, Buffers())
+        if TAYLORSEER is not None:  # graph-safe too, alone (no combination is declared)
+            self.forecast = Forecast(
+                TAYLORSEER["cache_interval"],
+                TAYLORSEER["max_order"],
+                TAYLORSEER["disable_cache_before_step"],
+                TAYLORSEER["modules"],
+            )
+            forecast_modules(self.net, self.forecast, Buffers())
 
     def switch(self, on: bool) -> None:
         """The accelerators on (``True``) or the plain pipeline (``False``)."""
@@ -286,13 +297,21 @@ class Accelerated:
                     strict=True,
                 )
             )
+        if self.forecast is not None:
+            out["taylorseer"] = {
+                "cache_interval": self.forecast.interval,
+                "max_order": self.forecast.max_order,
+                "disable_cache_before_step": self.forecast.before,
+                "modules": self.forecast.modules,
+            }
         return out
 
     def structure(self) -> tuple[Hashable, ...]:
         """What the next denoiser call computes: calls with equal structures share a graph."""
         if not self.patches.on:
             return ("plain",)
-        return tuple(s.structure() for s in (self.schedule, self.gate) if s is not None)
+        parts = (self.schedule, self.gate, self.forecast)
+        return tuple(s.structure() for s in parts if s is not None)
 
     def __call__(self, **kwargs: Any) -> Any:
         # Every call starts clean: DeepCache and T-GATE count the calls of one generation, and
@@ -307,6 +326,8 @@ class Accelerated:
             self.schedule.reset()
         if self.gate is not None:
             self.gate.reset(guided=is_guided(self.net, kwargs["guidance_scale"]))
+        if self.forecast is not None:  # TaylorSeer counts a generation's calls too
+            self.forecast.reset()
         return self.pipe(**kwargs)
 
 
