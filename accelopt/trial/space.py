@@ -39,12 +39,17 @@ FASTER: dict[str, int] = {
     "tgate.sp_interval": +1,
     "tgate.fi_interval": +1,
     "tgate.warm_up": -1,
+    "taylorseer.cache_interval": +1,
+    "taylorseer.max_order": -1,  # a lower order sums fewer factors
+    "taylorseer.disable_cache_before_step": -1,
+    "taylorseer.modules": 0,  # a named choice: no order
 }
 # The knob that switches each accelerator off, and its off value (None: the step count).
 PRIMARY: dict[str, tuple[str, Any]] = {
     "deepcache": ("cache_interval", 1),
     "tome": ("ratio", 0.0),
     "tgate": ("gate_step", None),
+    "taylorseer": ("cache_interval", 1),
 }
 
 
@@ -85,7 +90,7 @@ class Space:
                 if _searchable(n, traits, steps)
                 and (scheduler is None or accelerators.follows(n, scheduler))
             ]
-            names = execution.allowed(mode, usable)
+            names = _declared(execution.allowed(mode, usable))
             if not names:
                 raise AccelOptError(
                     f"no accelerator can be searched at {steps} steps under execution mode {mode}"
@@ -119,7 +124,7 @@ class Space:
         found: dict[str, BaseDistribution] = {}
         for key, p in self.params.items():
             values = p.values
-            step = values[1] - values[0] if len(values) > 1 else 1
+            step = values[1] - values[0] if p.is_int and len(values) > 1 else 1
             arithmetic = p.is_int and all(b - a == step for a, b in pairwise(values))
             if key in self.stored:
                 found[key] = self.stored[key]
@@ -202,6 +207,19 @@ def switch(name: str, steps: int) -> tuple[str, Any]:
     """
     knob, off = PRIMARY[name]
     return knob, steps if off is None else off
+
+
+def _declared(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The largest combination of ``names`` that ``accelerators.PLANS`` declares, the earliest
+    in canonical order on a tie: a search of which accelerators to use draws subsets of it, and
+    never an undeclared combination (PixArt's tgate and taylorseer: tgate, as before
+    taylorseer was added)."""
+    order = accelerators.ORDER
+    declared = [p for p in accelerators.PLANS if p <= set(names)]
+    if not declared:
+        return ()
+    best = max(declared, key=lambda p: (len(p), sorted(-order.index(n) for n in p)))
+    return tuple(n for n in names if n in best)
 
 
 def _searchable(name: str, traits: PipeTraits, steps: int) -> bool:
