@@ -199,6 +199,7 @@ IMPORTS = [
     ("Import", ["argparse"]),
     ("Import", ["importlib"]),
     ("Import", ["json"]),
+    ("Import", ["math"]),
     ("Import", ["statistics"]),
     ("Import", ["sys"]),
     ("Import", ["time"]),
@@ -604,6 +605,7 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
         "DEEPCACHE": None,
         "TOME": None,
         "TGATE": {"gate_step": 10},
+        "TAYLORSEER": None,
         "DEFAULT_PROMPTS": [load_prompts("heldout", 1, "accelopt")[0].text],
     }
 
@@ -651,6 +653,7 @@ def test_toy_scripts_find_the_model_shipped_with_accelopt() -> None:
         ("SD1.5", ("deepcache", "tgate")),
         ("TinySD", ("tgate", "tome")),
         ("PixArt-Sigma", ("tgate",)),
+        ("PixArt-Sigma", ("taylorseer",)),
         ("./my-finetune", ("tgate",)),  # no loader to pick: any pipeline with attention
         ("SDXL", ()),
     ],
@@ -659,10 +662,11 @@ def test_header_values_carry_the_stored_accelerators(
     model: str, accelerators: tuple[str, ...]
 ) -> None:
     valid = {"deepcache": {"cache_interval": 3}, "tgate": {"gate_step": 7, "warm_up": 1},
-             "tome": {"ratio": 0.5, "max_downsample": 2}}  # fmt: skip
+             "tome": {"ratio": 0.5, "max_downsample": 2},
+             "taylorseer": {"cache_interval": 4, "max_order": 2, "modules": "blocks"}}  # fmt: skip
     acc = {name: valid[name] for name in accelerators}
     values = header_values(make_entry(model, "DDIM", 25, acc))
-    for name in ("deepcache", "tome", "tgate"):
+    for name in ("deepcache", "tome", "tgate", "taylorseer"):
         assert values[name.upper()] == acc.get(name)
 
 

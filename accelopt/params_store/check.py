@@ -248,6 +248,8 @@ def _check_meaning(key: str, entry: _Entry) -> None:
                 raise AccelOptError(
                     f"{', '.join(wrong)} cannot accelerate {printable(entry.pipeline, 60)}"
                 )
+            if config:  # as apply refuses them
+                accelerators.check_combination(config)
             built = _built(config, traits, entry.steps)
             execution.check(mode, built)
             execution.check_values(mode, built)

@@ -50,12 +50,23 @@ def test_the_pipeline_must_be_the_model_it_loads() -> None:
         ("PixArt-Sigma", {"deepcache": {"cache_interval": 3}}, "deepcache cannot accelerate"),
         ("SDXL", {"tome": {"ratio": 0.5, "max_downsample": 2, "use_rand": 1}}, "must be bool"),
         ("SDXL", {"tomesd": {"ratio": 0.5}}, "unknown accelerator 'tomesd'"),
+        ("PixArt-Sigma", {"taylorseer": {"modules": "attn"}}, "valid: attention, blocks"),
+        (
+            "PixArt-Sigma",
+            {"tgate": {"gate_step": 10}, "taylorseer": {}},
+            "tgate+taylorseer is not a combination accelopt declares",
+        ),
     ],
 )
 def test_settings_accelopt_refuses_are_never_used(
     model: str, accelerators_: dict[str, Any], why: str
 ) -> None:
     assert why in refused(make_entry(model, "DDIM", 25, accelerators_))
+
+
+def test_a_named_knob_is_taken() -> None:
+    taylorseer = {"taylorseer": {"cache_interval": 4, "max_order": 2, "modules": "blocks"}}
+    check_entry(*_keyed(make_entry("PixArt-Sigma", "DPM-Solver++", 20, taylorseer)))
 
 
 def test_a_random_partition_under_cuda_graphs_is_refused() -> None:
