@@ -84,7 +84,7 @@ def test_build_refuses_a_target_the_pipeline_cannot_take() -> None:
     with pytest.raises(AccelOptError) as info:
         Space.build(PIXART, 10, ("deepcache",))
     assert str(info.value) == (
-        "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate"
+        "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate, taylorseer"
     )
 
 
@@ -112,6 +112,12 @@ def test_build_without_targets_on_pixart_has_only_tgate() -> None:
         "tgate.warm_up": [1, 2, 3],
     }
     assert space.optional is True
+
+
+def test_a_named_knob_is_drawn_as_a_category() -> None:
+    distributions = Space.build(PIXART, 10, ("taylorseer",)).distributions()
+    assert distributions["taylorseer.modules"] == CategoricalDistribution(["attention", "blocks"])
+    assert distributions["taylorseer.cache_interval"] == IntDistribution(2, 6)
 
 
 def test_build_does_not_change_the_accelerators_space() -> None:
