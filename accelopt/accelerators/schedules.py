@@ -161,12 +161,17 @@ def _covers(mine: Any, theirs: Any) -> bool:
             return False
         if kind == "tgate" and not _computes(a) >= _computes(b):
             return False
-        # A full call covers a forecast, and a call of a higher order one of a lower: it
-        # differences or sums more factors. Forecasts of other modules do not compare.
-        full_over_forecast = (a[2], b[2]) == ("full", "forecast")
-        if kind == "taylorseer" and not full_over_forecast and (a[1:3] != b[1:3] or a[3] < b[3]):
+        if kind == "taylorseer" and not _forecasts_at_least(a, b):
             return False
     return True
+
+
+def _forecasts_at_least(mine: Any, theirs: Any) -> bool:
+    """A TaylorSeer call covers another: a full call covers a forecast; else the same kind on
+    the same modules at an order at least as high (it differences or sums more factors)."""
+    if (mine[2], theirs[2]) == ("full", "forecast"):
+        return True
+    return bool(mine[1:3] == theirs[1:3] and mine[3] >= theirs[3])
 
 
 def _parts(call: Any) -> dict[str, Any]:
