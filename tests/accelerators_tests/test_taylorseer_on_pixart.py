@@ -1,7 +1,8 @@
-"""TaylorSeer on TinyPixArt (accelopt/accelerators/taylorseer.py): what diffusers' hook computes,
-bit for bit; every knob changes the images; compiled, one graph per structure and none for a
-new interval. The contract every accelerator keeps is tests/accelerators_tests/
-test_accelerators.py's; the schedule by hand is test_schedules.py's."""
+"""TaylorSeer on TinyPixArt (accelopt/accelerators/taylorseer.py): what diffusers' hook
+computes, bit for bit; every knob changes the images; compiled, one graph per structure and
+none for a new interval. The contract every accelerator keeps is test_accelerators.py's, the
+schedule by hand test_schedules.py's, the forecast's arithmetic
+tests/portable_tests/test_taylorseer.py's."""
 
 from __future__ import annotations
 
