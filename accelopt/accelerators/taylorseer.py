@@ -8,21 +8,22 @@ in ``accelopt.portable.taylorseer``, which generated scripts carry verbatim; thi
 (7 graph breaks per forward on a tiny FLUX) and its default module patterns match nothing on
 PixArt, so it is not wrapped.
 
-The search ranges, and where they come from:
+The search ranges, and where they come from (the paper's repository, Shenyi-Z/TaylorSeer: each
+model's ``cache_functions/cache_init.py``, ``fresh_threshold`` / ``max_order`` /
+``first_enhance``, and TaylorSeer-DiT.md; diffusers' ``TaylorSeerCacheConfig`` defaults):
 
-- ``cache_interval`` 2..6: diffusers' default 5; the paper's code runs 6 on FLUX
-  (TaylorSeer-FLUX ``cache_init``, ``fresh_threshold``) and recommends 4 on DiT
-  (TaylorSeer-DiT.md, with 3 as the near-lossless setting); its ComfyUI node offers 3..7.
-  2 is the smallest that forecasts at all; cut to the step count.
-- ``max_order`` 0, 1, 2: diffusers' default 1; FLUX runs 1 (``cache_init``) and the ComfyUI
-  node offers 0..2 (default 2); 0 is plain reuse (FORA). The paper's DiT runs 3 and 4; ``check``
-  takes up to ``MAX_TAYLOR_ORDER`` = 4, the search stays at 2.
-- ``disable_cache_before_step`` 1..4: diffusers' default 3, FLUX's ``first_enhance`` 3, DiT's 2.
-  0 is refused: diffusers forecasts call 0 then, from nothing, and raises.
+- ``cache_interval`` 2..6: FLUX runs 6, Wan2.1 and FramePack 5, HiDream 4, DiT recommends 4
+  (3 as near-lossless); diffusers' default is 5. 2 is the smallest that forecasts at all; cut to
+  the step count.
+- ``max_order`` 0, 1, 2: FLUX, Wan2.1 and HiDream-I1-nf4 run 1, HiDream 2, FramePack 0 (plain
+  reuse, FORA); diffusers' default is 1. DiT recommends 4 and shows 3: ``check`` takes up to
+  ``MAX_TAYLOR_ORDER`` = 4, the search stays at 2.
+- ``disable_cache_before_step`` 1..4: FLUX 3, DiT 2, HiDream and FramePack 1; diffusers' default
+  is 3. 0 is refused: diffusers forecasts call 0 then, from nothing, and raises.
 - ``modules``: "attention" (each block's attn1, attn2 and ff outputs, the paper's per-block
   attention and MLP features, and what diffusers' default patterns aim at) or "blocks" (each
-  block's output, as the paper's FLUX caches its single-stream blocks); diffusers reaches both
-  through ``cache_identifiers``.
+  block's output: coarser, as the paper's FLUX forecasts a single-stream block's whole
+  attention-and-MLP branch in one piece); diffusers reaches both through ``cache_identifiers``.
 
 Step-valued knobs count denoiser calls, as diffusers' do (``counts``).
 """

@@ -39,9 +39,10 @@ forecasts call 3 as 4 + 3 + 2/2 = 8 (order 1: 7, order 0: 4; the truth is 9); th
 - Modules are named choices, not regexes (``TAYLORSEER_MODULES``): "attention" caches each
   transformer block's self-attention, cross-attention and feed-forward outputs (``attn1``,
   ``attn2``, ``ff``: the paper's per-block attention and MLP features), "blocks" each block's
-  output (the paper's FLUX single-stream blocks are cached whole). diffusers reaches both with
-  ``cache_identifiers``; its default patterns (``^transformer_blocks.*attn``, full match) match
-  nothing on PixArt, whose modules are ``attn1`` and ``attn2``: a silent no-op.
+  output (coarser: the paper's FLUX forecasts a single-stream block's whole attention-and-MLP
+  branch in one piece). diffusers reaches both with ``cache_identifiers``; its default patterns
+  (``^transformer_blocks.*attn``, full match) match nothing on PixArt, whose modules are
+  ``attn1`` and ``attn2``: a silent no-op.
 - Not offered: ``disable_cache_after_step`` (full calls at the end) and the lite mode; the
   paper's code (TaylorSeer-FLUX ``cal_type``) puts the first full call after the warm-up at
   ``before + interval - 1``, diffusers at ``before + 1``: this follows diffusers.
