@@ -34,6 +34,7 @@ forecasts call 3 as 4 + 3 + 2/2 = 8 (order 1: 7, order 0: 4; the truth is 9); th
   pre-hook fills from the first (one ``torch._foreach_copy_``) before a full call that reads
   them; it writes only the first set. So running a full call twice keeps the same state: a CUDA
   graph's warm-up and capture run it three times. diffusers replaces its factors in a dict.
+  That second set costs ``max_order`` more buffers per cached module than diffusers keeps.
 - On CUDA, diffusers divides by a host integer, which PyTorch turns into a multiplication by its
   reciprocal; ours divides by a device tensor: the factors may differ in the last bit there.
 - Modules are named choices, not regexes (``TAYLORSEER_MODULES``): "attention" caches each
@@ -150,7 +151,7 @@ def forecast_modules(net: Any, forecast: Forecast, buffers: Buffers) -> Any:
         sample = args[0] if args else next(v for v in kwargs.values() if hasattr(v, "device"))
         _write_coefficients(forecast, coefficients, sample.device)
         if forecast.full and forecast.order:
-            _keep_previous(parts, forecast.order)
+            _keep_previous(parts, forecast.order, len(sample))
 
     return net.register_forward_pre_hook(advance, with_kwargs=True)
 
@@ -174,15 +175,19 @@ def _write_coefficients(forecast: Forecast, coefficients: Buffers, device: Any) 
         forecast.powers[j].fill_(forecast.distance**j / math.factorial(j))
 
 
-def _keep_previous(parts: list[Buffers], order: int) -> None:
+def _keep_previous(parts: list[Buffers], order: int, batch: int) -> None:
     """Before a full call of ``order``: copy the factors below that order into the buffers the
-    call differences against, so that the call itself writes only what it does not read."""
+    call differences against, so that the call itself writes only what it does not read. Only
+    this call's batch: another batch's factors (a study's timing pairs) are no cost of it."""
     import torch
 
     targets, sources = [], []
     for own in parts:
         for key, current in list(own.saved.items()):
-            if isinstance(key, tuple) and key[0] == "current" and key[2] < order:
+            if not (isinstance(key, tuple) and key[0] == "current"):
+                continue
+            (shape, _), j = key[1], key[2]
+            if j < order and shape[0] == batch:
                 previous = ("previous", *key[1:])
                 if previous not in own.saved:
                     own.saved[previous] = torch.empty_like(current)
