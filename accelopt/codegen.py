@@ -216,6 +216,7 @@ HEADER_NAMES = (
     "TOME",
     "TGATE",
     "MAGCACHE",
+    "TAYLORSEER",
     "DEFAULT_PROMPTS",
 )
 
@@ -314,6 +315,7 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
         "TOME": acc.get("tome"),
         "TGATE": acc.get("tgate"),
         "MAGCACHE": acc.get("magcache"),  # its calibrated ratios with it, as data
+        "TAYLORSEER": acc.get("taylorseer"),
         "DEFAULT_PROMPTS": list(prompts) or _example_prompts(gen.get("prompt_set"), toy),
     }
 
@@ -417,7 +419,7 @@ def _needs_accelopt(values: Mapping[str, Any]) -> str:
 # ---- the code every script carries: accelopt.portable ---------------------------------------
 
 # accelopt.portable's modules, in the order scripts carry them, above the body.
-PORTABLE = ("buffers", "graphs", "deepcache", "tgate", "magcache")
+PORTABLE = ("buffers", "graphs", "deepcache", "tgate", "magcache", "taylorseer")
 # accelopt.portable's module that is the script's own code, after the header and PORTABLE.
 BODY = "script"
 

@@ -466,8 +466,8 @@ def _targets(where: str, value: Any) -> tuple[str, ...]:
 
 
 def _check_targets(spec: StudySpec) -> None:
-    """Refuse accelerators the scheduler breaks, and for a known model those its family cannot
-    take, before anything loads."""
+    """Refuse targets no combination declares, accelerators the scheduler breaks, and for a known
+    model those its family cannot take, before anything loads."""
     from accelopt import accelerators
     from accelopt.pipelines import model_info
 

@@ -162,9 +162,8 @@ def test_missing_step_count_mentions_the_expected_form() -> None:
 def test_unknown_target_lists_valid_accelerators() -> None:
     with pytest.raises(AccelOptError) as info:
         parse_name("SDXL-DDIM-25-fastcache")
-    assert (
-        str(info.value)
-        == "unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache"
+    assert str(info.value) == (
+        "unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache, taylorseer"
     )
 
 
@@ -464,7 +463,8 @@ ALLOWED_TOP = (
         ("warmup = 11\n", "warmup=11 is out of range; allowed: 0..10"),
         (
             'targets = ["fastcache"]\n',
-            "targets: unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache",
+            "targets: unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache, "
+            "taylorseer",
         ),
         ("targets = 3\n", "targets must be a list of accelerator names, got 3"),
         (
@@ -473,7 +473,7 @@ ALLOWED_TOP = (
         ),
         (
             "targets = []\n",
-            "targets: no accelerator named; valid: deepcache, tome, tgate, magcache",
+            "targets: no accelerator named; valid: deepcache, tome, tgate, magcache, taylorseer",
         ),
         (
             'dtype = "float8"\n',

@@ -21,6 +21,7 @@ from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, R
 from accelopt.accelerators._snapshot import Snapshot
 from accelopt.accelerators.deepcache import DeepCache, DeepCacheConfig
 from accelopt.accelerators.magcache import MagCache, MagCacheConfig
+from accelopt.accelerators.taylorseer import TaylorSeer, TaylorSeerConfig
 from accelopt.accelerators.tgate import TGate, TGateConfig, apply_with_deepcache
 from accelopt.accelerators.tome import ToMe, ToMeConfig
 from accelopt.errors import AccelOptError, choices
@@ -36,6 +37,7 @@ __all__ = [
     "PipeTraits",
     "Reference",
     "TGateConfig",
+    "TaylorSeerConfig",
     "ToMeConfig",
     "active",
     "applicable",
@@ -50,8 +52,9 @@ __all__ = [
     "search_space",
 ]
 
-ACCELERATORS: dict[str, Accelerator[Any]] = {a.name: a for a in (DeepCache(), ToMe(), TGate())}
-ACCELERATORS["magcache"] = MagCache()
+ACCELERATORS: dict[str, Accelerator[Any]] = {
+    a.name: a for a in (DeepCache(), ToMe(), TGate(), MagCache(), TaylorSeer())
+}
 
 Configs = Mapping[str, Any]
 Step = Callable[[Pipeline, Configs, PipeTraits], Patch | tuple[Patch, ...]]
@@ -79,8 +82,11 @@ PLANS: dict[frozenset[str], tuple[Step, ...]] = {
     # MagCache alone: with T-GATE it is not declared yet (a skipped call runs no attention, so
     # what T-GATE keeps at such a call is undecided); check_plan refuses asking for both.
     frozenset({"magcache"}): (_single("magcache"),),
+    # TaylorSeer alone: with T-GATE, what a forecast of gated attention means is not declared.
+    frozenset({"taylorseer"}): (_single("taylorseer"),),
 }
-ORDER = tuple(ACCELERATORS)  # canonical order for names: deepcache, tome, tgate, magcache
+# canonical order for names: deepcache, tome, tgate, magcache, taylorseer
+ORDER = tuple(ACCELERATORS)
 
 
 def get(name: str) -> Accelerator[Any]:
@@ -107,7 +113,9 @@ def applicable(family_or_traits: str | PipeTraits) -> tuple[str, ...]:
 
 
 def check_plan(names: Iterable[str]) -> None:
-    """Refuse accelerators that no declared combination (``PLANS``) applies together."""
+    """Refuse accelerators that no declared combination (``PLANS``) applies together, naming
+    the combinations that are declared. Apply, the study spec, the search space, ``accelopt
+    accelerators`` and the store's entry check all refuse through this one check."""
     found = frozenset(parse_targets(names))
     if found not in PLANS:
         shown = sorted((tuple(n for n in ORDER if n in p) for p in PLANS if len(p) > 1),

@@ -180,6 +180,8 @@ class Accelerator(ABC, Generic[C]):
                 ok = isinstance(value, list | tuple) and all(_is_real(v) for v in value)
                 if ok:
                     given[key] = tuple(float(v) for v in value)
+            elif want == "str":
+                ok = isinstance(value, str)
             if not ok:
                 raise AccelOptError(f"{self.name}.{key} must be {want}, got {value!r}")
         return self.config_cls(**given)

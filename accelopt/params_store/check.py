@@ -36,7 +36,9 @@ Text = Annotated[str, Field(max_length=MAX_STRING)]
 # A calibrated knob (MagCache's ratios, one per denoiser call): positive floats; the
 # accelerator's own check bounds their count by the entry's steps.
 Calibrated = Annotated[list[Positive], Field(min_length=1, max_length=2 * 1000 + 9)]
-Knob = Annotated[int, Field(strict=True)] | Finite | bool | Calibrated
+# A knob is a number or a flag, a named choice (TaylorSeer's modules, "attention"), or a
+# calibrated list.
+Knob = Annotated[int, Field(strict=True)] | Finite | bool | Text | Calibrated
 
 
 class _Strict(BaseModel):
@@ -255,6 +257,8 @@ def _check_meaning(key: str, entry: _Entry) -> None:
                 raise AccelOptError(
                     f"{', '.join(wrong)} cannot accelerate {printable(entry.pipeline, 60)}"
                 )
+            if config:  # as apply refuses them
+                accelerators.check_plan(config)
             built = _built(config, traits, entry.steps)
             execution.check(mode, built)
             execution.check_values(mode, built)

@@ -33,6 +33,7 @@ from accelopt.portable.buffers import Buffers
 from accelopt.portable.deepcache import Schedule, cache_deep_features
 from accelopt.portable.graphs import Regions, Replayer
 from accelopt.portable.magcache import MagSchedule, cache_block_residuals
+from accelopt.portable.taylorseer import Forecast, forecast_modules
 from accelopt.portable.tgate import Gate, gate_attention, is_guided
 
 # ---- the header: codegen writes the entry's values in place of these placeholders ----
@@ -51,6 +52,7 @@ DEEPCACHE: dict[str, Any] | None = None  # each accelerator's stored knobs; None
 TOME: dict[str, Any] | None = None
 TGATE: dict[str, Any] | None = None
 MAGCACHE: dict[str, Any] | None = None  # with its calibrated "ratios", one per denoiser call
+TAYLORSEER: dict[str, Any] | None = None
 DEFAULT_PROMPTS: list[str] = []
 
 
@@ -236,6 +238,7 @@ class Accelerated:
         self.schedule: Schedule | None = None
         self.gate: Gate | None = None
         self.mag: MagSchedule | None = None
+        self.forecast: Forecast | None = None
         self.patches = Patches(self.net, self.apply)
 
     def apply(self) -> None:
@@ -272,6 +275,14 @@ class Accelerated:
                 lambda: len(pipe.scheduler.timesteps),
             )
             cache_block_residuals(pipe.transformer, self.mag, Buffers())
+        if TAYLORSEER is not None:  # graph-safe too, alone (no combination is declared)
+            self.forecast = Forecast(
+                TAYLORSEER["cache_interval"],
+                TAYLORSEER["max_order"],
+                TAYLORSEER["disable_cache_before_step"],
+                TAYLORSEER["modules"],
+            )
+            forecast_modules(self.net, self.forecast, Buffers())
 
     def switch(self, on: bool) -> None:
         """The accelerators on (``True``) or the plain pipeline (``False``)."""
@@ -303,13 +314,20 @@ class Accelerated:
             knobs = ("threshold", "max_skip_steps", "retention_ratio")
             out["magcache"] = {**dict(zip(knobs, self.mag.config, strict=True)),
                                "ratios": list(self.mag.ratios)}  # fmt: skip
+        if self.forecast is not None:
+            out["taylorseer"] = {
+                "cache_interval": self.forecast.interval,
+                "max_order": self.forecast.max_order,
+                "disable_cache_before_step": self.forecast.before,
+                "modules": self.forecast.modules,
+            }
         return out
 
     def structure(self) -> tuple[Hashable, ...]:
         """What the next denoiser call computes: calls with equal structures share a graph."""
         if not self.patches.on:
             return ("plain",)
-        parts = (self.schedule, self.gate, self.mag)
+        parts = (self.schedule, self.gate, self.mag, self.forecast)
         return tuple(s.structure() for s in parts if s is not None)
 
     def __call__(self, **kwargs: Any) -> Any:
@@ -327,6 +345,8 @@ class Accelerated:
             self.gate.reset(guided=is_guided(self.net, kwargs["guidance_scale"]))
         if self.mag is not None:
             self.mag.reset()
+        if self.forecast is not None:  # TaylorSeer counts a generation's calls too
+            self.forecast.reset()
         return self.pipe(**kwargs)
 
 

@@ -18,6 +18,7 @@ from accelopt.accelerators import (
     DeepCacheConfig,
     MagCacheConfig,
     PipeTraits,
+    TaylorSeerConfig,
     TGateConfig,
     ToMeConfig,
     applicable,
@@ -25,6 +26,7 @@ from accelopt.accelerators import (
 from accelopt.accelerators._snapshot import Snapshot
 from accelopt.accelerators.tome import effective_downsamples
 from accelopt.errors import AccelOptError
+from accelopt.pipelines import denoiser
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import WorkCounter, render
 
@@ -37,6 +39,8 @@ REAL = {
     # Ratios shaped like a calibration of TinyPixArt at 8 steps (the mask depends on nothing
     # else): calls 2, 3, 5 and 6 skip.
     "magcache": MagCacheConfig(0.3, 2, 0.2, (1.0, 0.96, 0.95, 0.99, 0.99, 1.0, 1.0, 1.0)),
+    # Full calls 0, 1, 3, 6 at orders 0, 1, 2, 2; forecasts at orders 1 and 2 between.
+    "taylorseer": TaylorSeerConfig(cache_interval=3, max_order=2, disable_cache_before_step=2),
 }
 FAMILIES = {"TinySD": "sd", "TinySDXL": "sdxl", "TinyPixArt": "pixart-alpha"}
 SCHEDULERS = ("DDIM", "DPM-Solver++", "UniPC")
@@ -49,7 +53,8 @@ CASES = [
 ]
 # What each method visibly skips: DeepCache whole blocks (convolutions), ToMe merged tokens and
 # T-GATE gated cross-attention and guidance (attention score entries).
-SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attention_scores"}
+SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attention_scores",
+         "taylorseer": "attention_scores"}  # fmt: skip
 SKIPS["magcache"] = "attention_calls"  # whole blocks: two attention calls each
 
 
@@ -77,9 +82,9 @@ def case(request: pytest.FixtureRequest, tiny: Callable[[str], Pipeline]) -> Cas
 
 
 def test_cases_cover_every_plan_pipeline_and_scheduler() -> None:
-    # 7 plans on each UNet pipeline, T-GATE and MagCache alone on PixArt, each under three
-    # schedulers.
-    assert len(CASES) == (7 + 7 + 2) * 3
+    # 7 plans on each UNet pipeline, T-GATE, MagCache and TaylorSeer alone on PixArt, each
+    # under three schedulers.
+    assert len(CASES) == (7 + 7 + 3) * 3
 
 
 @pytest.mark.parametrize("case", CASES, indirect=True)
@@ -160,8 +165,7 @@ def test_removal_leaves_no_upstream_residue(tiny: Callable[[str], Pipeline]) -> 
 
 
 def _footprint(pipe: Pipeline) -> tuple[int, int, int]:
-    net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    modules = list(net.modules()) + list(pipe.text_encoder.modules())
+    modules = list(denoiser(pipe).modules()) + list(pipe.text_encoder.modules())
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
     attrs = sum(len(vars(m)) for m in modules) + len(vars(pipe))
     return len(modules), hooks, attrs
@@ -178,7 +182,8 @@ def _live_tensors() -> int:
 def test_thirty_cycles_leave_no_growth(
     tiny: Callable[[str], Pipeline], plan: tuple[str, ...]
 ) -> None:
-    pipe = tiny("TinySD" if set(plan) <= set(applicable("sd")) else "TinyPixArt")
+    # The first tiny pipeline that takes the plan (MagCache, TaylorSeer: PixArt).
+    pipe = tiny(next(n for n, f in FAMILIES.items() if set(plan) <= set(applicable(f))))
     set_scheduler(pipe, "DDIM")
     steps, cfg = 4, {**configs(plan), "tgate": TGateConfig(2, 2, 1, 1),
                      "magcache": MagCacheConfig(0.3, 1, 0.0, (1.0,) * 4)}  # fmt: skip
@@ -246,6 +251,39 @@ def test_thirty_cycles_leave_no_growth(
             "tome.max_downsample=1 is not valid here; valid: 2, 4",
         ),
         ("TinySD", {"tgate": {"gate_step": 9}}, "tgate.gate_step=9 is out of range; valid: 1..8"),
+        (
+            "TinySD",
+            {"taylorseer": {}},
+            "taylorseer cannot accelerate a sd pipeline; it can take: deepcache, tome, tgate",
+        ),
+        (
+            "TinyPixArt",
+            {"taylorseer": {"cache_interval": 9}},
+            "taylorseer.cache_interval=9 is out of range; valid: 1..8",
+        ),
+        (
+            "TinyPixArt",
+            {"taylorseer": {"max_order": 5}},
+            "taylorseer.max_order=5 is out of range; valid: 0..4",
+        ),
+        (
+            "TinyPixArt",
+            {"taylorseer": {"disable_cache_before_step": 0}},
+            "taylorseer.disable_cache_before_step=0 is out of range; valid: 1..8 (a forecast "
+            "needs a full call before it)",
+        ),
+        (
+            "TinyPixArt",
+            {"taylorseer": {"modules": "attn1"}},
+            "taylorseer.modules='attn1' is not valid here; valid: attention, blocks",
+        ),
+        ("TinyPixArt", {"taylorseer": {"modules": 1}}, "taylorseer.modules must be str, got 1"),
+        (
+            "TinyPixArt",
+            {"tgate": {}, "taylorseer": {}},
+            "tgate+taylorseer is not a declared combination; combinations: deepcache+tome, "
+            "deepcache+tgate, tome+tgate, deepcache+tome+tgate",
+        ),
         (
             "TinySD",
             {"tgate": {"gate_step": 4, "warm_up": -1}},

@@ -94,13 +94,13 @@ def test_sd15_search_space_keeps_downsample_1(capsys: pytest.CaptureFixture[str]
     assert space["tome.use_rand"] == ["False", "True"]
 
 
-def test_pixart_lists_magcache_and_refuses_an_undeclared_combination(
+def test_pixart_lists_the_block_caches_and_refuses_an_undeclared_combination(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["accelerators", "--pipeline", "TinyPixArt", "--steps", "20"]) == 0
     space = _space(capsys.readouterr().out)
     assert space["magcache.max_skip_steps"] == ["1", "2", "3", "4", "5", "6"]
-    assert {key.split(".")[0] for key in space} == {"tgate", "magcache"}
+    assert {key.split(".")[0] for key in space} == {"tgate", "magcache", "taylorseer"}
     assert "magcache.ratios" not in space  # calibrated per study, never searched
     assert main(["accelerators", "--pipeline", "TinyPixArt", "--targets", "tgate+magcache"]) == 2
     captured = capsys.readouterr()

@@ -85,12 +85,28 @@ def test_the_pipeline_must_be_the_model_it_loads() -> None:
             {"magcache": {k: v for k, v in MAGCACHE.items() if k != "ratios"}},
             "magcache needs calibrated ratios",
         ),
+        ("PixArt-Sigma", {"taylorseer": {"modules": "attn"}}, "valid: attention, blocks"),
+        (
+            "PixArt-Sigma",
+            {"tgate": {"gate_step": 10}, "taylorseer": {}},
+            "tgate+taylorseer is not a declared combination; combinations: deepcache+tome",
+        ),
+        (
+            "PixArt-Sigma",
+            {"tgate": {"gate_step": 10}, "magcache": MAGCACHE},
+            "tgate+magcache is not a declared combination; combinations: deepcache+tome",
+        ),
     ],
 )
 def test_settings_accelopt_refuses_are_never_used(
     model: str, accelerators_: dict[str, Any], why: str
 ) -> None:
     assert why in refused(make_entry(model, "DDIM", 25, accelerators_))
+
+
+def test_a_named_knob_is_taken() -> None:
+    taylorseer = {"taylorseer": {"cache_interval": 4, "max_order": 2, "modules": "blocks"}}
+    check_entry(*_keyed(make_entry("PixArt-Sigma", "DPM-Solver++", 20, taylorseer)))
 
 
 def test_a_random_partition_under_cuda_graphs_is_refused() -> None:
