@@ -98,10 +98,15 @@ def test_pixart_lists_the_block_caches_and_refuses_an_undeclared_combination(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["accelerators", "--pipeline", "TinyPixArt", "--steps", "20"]) == 0
-    space = _space(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    space = _space(out)
     assert space["magcache.max_skip_steps"] == ["1", "2", "3", "4", "5", "6"]
     assert {key.split(".")[0] for key in space} == {"tgate", "magcache", "taylorseer"}
     assert "magcache.ratios" not in space  # calibrated per study, never searched
+    # One column for the values, after the longest name.
+    rows = [line for line in out.splitlines() if line.startswith("  ")]
+    longest = "taylorseer.disable_cache_before_step"
+    assert {len(line) - len(line[2:].split(None, 1)[1]) for line in rows} == {len(longest) + 3}
     assert main(["accelerators", "--pipeline", "TinyPixArt", "--targets", "tgate+magcache"]) == 2
     captured = capsys.readouterr()
     assert captured.err == (
