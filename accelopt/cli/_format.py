@@ -53,22 +53,14 @@ def quality(measured: dict[str, Any]) -> str:
                          if isinstance(measured.get(k), int | float)})  # fmt: skip
 
 
-def _knob(value: Any) -> Any:
-    """A knob as a line shows it: a calibrated list (MagCache's ratios) by its length."""
-    return f"[{len(value)} calibrated]" if isinstance(value, list) else value
-
-
 def describe(trial: FrozenTrial) -> str:
     """Two lines about a trial: its knobs, then speed (under which mode; its time per image
     from the same timed calls as its speedup, with their batch size) and quality."""
     from accelopt.measure.timing import time_text
+    from accelopt.study.results import config_text
 
     a = trial.user_attrs
-    knobs = "; ".join(
-        f"{name} " + ", ".join(f"{k}={_knob(v)}" for k, v in params.items())
-        for name, params in a["accelerators"].items()
-    )
-    knobs = printable(knobs, 400)
+    knobs = printable(config_text(a["accelerators"]), 400)
     mode = printable(a.get("execution", "eager"), 20)
     eager = a.get("speedup_vs_eager")
     beside = f" ({eager:.2f}x against eager)" if eager is not None and mode != "eager" else ""
