@@ -215,6 +215,8 @@ HEADER_NAMES = (
     "DEEPCACHE",
     "TOME",
     "TGATE",
+    "MAGCACHE",
+    "TAYLORSEER",
     "DEFAULT_PROMPTS",
 )
 
@@ -312,6 +314,8 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
         "DEEPCACHE": acc.get("deepcache"),
         "TOME": acc.get("tome"),
         "TGATE": acc.get("tgate"),
+        "MAGCACHE": acc.get("magcache"),  # its calibrated ratios with it, as data
+        "TAYLORSEER": acc.get("taylorseer"),
         "DEFAULT_PROMPTS": list(prompts) or _example_prompts(gen.get("prompt_set"), toy),
     }
 
@@ -415,7 +419,7 @@ def _needs_accelopt(values: Mapping[str, Any]) -> str:
 # ---- the code every script carries: accelopt.portable ---------------------------------------
 
 # accelopt.portable's modules, in the order scripts carry them, above the body.
-PORTABLE = ("buffers", "graphs", "deepcache", "tgate")
+PORTABLE = ("buffers", "graphs", "deepcache", "tgate", "magcache", "taylorseer")
 # accelopt.portable's module that is the script's own code, after the header and PORTABLE.
 BODY = "script"
 

@@ -26,6 +26,7 @@ from accelopt.measure.constraints import BOUNDS, METRICS, Bound, quality_loss, q
 from accelopt.measure.timing import interval_text
 from accelopt.study.results import (
     ENDINGS,
+    config_text,
     endings,
     measured,
     plain_time,
@@ -114,20 +115,6 @@ def default_output(study: str) -> str:
     return f"report-{re.sub(r'[^A-Za-z0-9.+-]', '_', study)[:200]}.html"
 
 
-def _label(accelerators: Any) -> str:
-    """``deepcache cache_interval=3; tome ratio=0.5``; what a storage holds is read as it is
-    (anything but an object of objects is no record of accelerators)."""
-    if not isinstance(accelerators, dict):
-        return "not recorded"
-    if not accelerators:
-        return "none"
-    return "; ".join(
-        f"{name} " + ", ".join(f"{k}={v}" for k, v in knobs.items())
-        for name, knobs in accelerators.items()
-        if isinstance(knobs, dict)
-    )
-
-
 def pareto_front(points: Sequence[Point], metric: str = "score_loss") -> list[int]:
     """Trials no other trial beats on both speedup (higher) and ``metric`` (its good way; the
     score loss lower), ordered from the best ``metric`` down."""
@@ -211,7 +198,8 @@ def report_data(study: optuna.Study) -> ReportData:
                 if measured(t) and is_number(t.user_attrs.get("score_loss"))]  # fmt: skip
     points = [
         Point(t.number, t.user_attrs["speedup"], t.user_attrs["score_loss"],
-              bool(t.user_attrs["feasible"]), _label(t.user_attrs["accelerators"]), dict(t.params),
+              bool(t.user_attrs["feasible"]), config_text(t.user_attrs["accelerators"]),
+              dict(t.params),
               {m: float(t.user_attrs[m]) for m in METRICS
                if isinstance(t.user_attrs.get(m), int | float)},
               *_interval_of(t.user_attrs))
@@ -251,7 +239,8 @@ def report_data(study: optuna.Study) -> ReportData:
         importances={k: float(v) for k, v in importances.items()},
         ended={ENDINGS[k]: n for k, n in endings(ended).items()},
         unfinished=[
-            (t.number, _label(t.user_attrs.get("accelerators", {})), why_ended(t)) for t in ended
+            (t.number, config_text(t.user_attrs.get("accelerators", {})), why_ended(t))
+            for t in ended
         ],
         parallel=parallel,
         bounds=[(b.key, b.limit) for b in bounds],

@@ -466,12 +466,13 @@ def _targets(where: str, value: Any) -> tuple[str, ...]:
 
 
 def _check_targets(spec: StudySpec) -> None:
-    """Refuse accelerators the scheduler breaks, and for a known model those its family cannot
-    take, before anything loads."""
+    """Refuse targets no combination declares, accelerators the scheduler breaks, and for a known
+    model those its family cannot take, before anything loads."""
     from accelopt import accelerators
     from accelopt.pipelines import model_info
 
     if spec.targets is not None:
+        accelerators.check_plan(spec.targets)
         accelerators.check_scheduler(spec.targets, spec.scheduler)
     info = model_info(spec.pipeline)
     if info is None or spec.targets is None:

@@ -23,6 +23,7 @@ from accelopt.codegen import (
     header_values,
     literal,
     portable_parts,
+    read_header,
     render_script,
     script_body,
 )
@@ -199,6 +200,7 @@ IMPORTS = [
     ("Import", ["argparse"]),
     ("Import", ["importlib"]),
     ("Import", ["json"]),
+    ("Import", ["math"]),
     ("Import", ["statistics"]),
     ("Import", ["sys"]),
     ("Import", ["time"]),
@@ -604,6 +606,8 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
         "DEEPCACHE": None,
         "TOME": None,
         "TGATE": {"gate_step": 10},
+        "MAGCACHE": None,
+        "TAYLORSEER": None,
         "DEFAULT_PROMPTS": [load_prompts("heldout", 1, "accelopt")[0].text],
     }
 
@@ -651,6 +655,8 @@ def test_toy_scripts_find_the_model_shipped_with_accelopt() -> None:
         ("SD1.5", ("deepcache", "tgate")),
         ("TinySD", ("tgate", "tome")),
         ("PixArt-Sigma", ("tgate",)),
+        ("PixArt-Sigma", ("magcache",)),
+        ("PixArt-Sigma", ("taylorseer",)),
         ("./my-finetune", ("tgate",)),  # no loader to pick: any pipeline with attention
         ("SDXL", ()),
     ],
@@ -658,12 +664,18 @@ def test_toy_scripts_find_the_model_shipped_with_accelopt() -> None:
 def test_header_values_carry_the_stored_accelerators(
     model: str, accelerators: tuple[str, ...]
 ) -> None:
+    ratios = [1.0, 0.1 + 0.2, *[0.975] * 23]  # 0.30000000000000004 must come back exactly
     valid = {"deepcache": {"cache_interval": 3}, "tgate": {"gate_step": 7, "warm_up": 1},
-             "tome": {"ratio": 0.5, "max_downsample": 2}}  # fmt: skip
+             "tome": {"ratio": 0.5, "max_downsample": 2},
+             "magcache": {"threshold": 0.12, "ratios": ratios},
+             "taylorseer": {"cache_interval": 4, "max_order": 2, "modules": "blocks"}}  # fmt: skip
     acc = {name: valid[name] for name in accelerators}
-    values = header_values(make_entry(model, "DDIM", 25, acc))
-    for name in ("deepcache", "tome", "tgate"):
+    entry = make_entry(model, "DDIM", 25, acc)
+    values = header_values(entry)
+    for name in ("deepcache", "tome", "tgate", "magcache", "taylorseer"):
         assert values[name.upper()] == acc.get(name)
+    # Its calibrated ratios are data: rendered as literals that read back to the same floats.
+    assert read_header(render_script(entry))["MAGCACHE"] == acc.get("magcache")
 
 
 @pytest.mark.parametrize(

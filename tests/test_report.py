@@ -110,6 +110,28 @@ def _ended_study() -> optuna.Study:
     return study
 
 
+def test_a_calibrated_knob_is_labelled_by_its_length_as_on_the_terminal() -> None:
+    """MagCache's ratios (one per call) are data, not a setting to read: the report's labels
+    show their count, as ``accelopt run`` prints a trial."""
+    from accelopt.cli._format import describe
+
+    magcache = {"threshold": 0.12, "max_skip_steps": 2, "retention_ratio": 0.2,
+                "ratios": [1.0, 0.987654321] * 10}  # fmt: skip
+    study = optuna.create_study(study_name="MagCache", direction="maximize")
+    study.set_user_attr("spec", {"max_score_loss": 0.02})
+    attrs = {"speedup": 1.8, "score_loss": 0.01, "feasible": True, "time_per_image": 0.5,
+             "accelerators": {"magcache": magcache}}  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(value=1.8, user_attrs=attrs))
+    label = (
+        "magcache threshold=0.12, max_skip_steps=2, retention_ratio=0.2, ratios=[20 calibrated]"
+    )
+    (point,) = report_data(study).points
+    assert point.label == label
+    assert describe(study.trials[0]).splitlines()[0] == f"trial 0: {label}"
+    page = render_html(report_data(study))
+    assert "ratios=[20 calibrated]" in page and "0.987654321" not in page
+
+
 def test_the_report_says_why_each_trial_stopped() -> None:
     data = report_data(_ended_study())
     assert data.ended == {

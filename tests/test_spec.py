@@ -162,7 +162,9 @@ def test_missing_step_count_mentions_the_expected_form() -> None:
 def test_unknown_target_lists_valid_accelerators() -> None:
     with pytest.raises(AccelOptError) as info:
         parse_name("SDXL-DDIM-25-fastcache")
-    assert str(info.value) == "unknown accelerator 'fastcache'; valid: deepcache, tome, tgate"
+    assert str(info.value) == (
+        "unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache, taylorseer"
+    )
 
 
 def test_load_spec_of_a_bad_name_raises_the_parse_error(empty_cwd: Path) -> None:
@@ -461,14 +463,18 @@ ALLOWED_TOP = (
         ("warmup = 11\n", "warmup=11 is out of range; allowed: 0..10"),
         (
             'targets = ["fastcache"]\n',
-            "targets: unknown accelerator 'fastcache'; valid: deepcache, tome, tgate",
+            "targets: unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache, "
+            "taylorseer",
         ),
         ("targets = 3\n", "targets must be a list of accelerator names, got 3"),
         (
             'targets = ["tgate", 3]\n',
             "targets must be a list of accelerator names, got ['tgate', 3]",
         ),
-        ("targets = []\n", "targets: no accelerator named; valid: deepcache, tome, tgate"),
+        (
+            "targets = []\n",
+            "targets: no accelerator named; valid: deepcache, tome, tgate, magcache, taylorseer",
+        ),
         (
             'dtype = "float8"\n',
             "unknown dtype 'float8'; valid: bf16, bfloat16, float16, float32, fp16, fp32, half",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -134,6 +134,9 @@ class Accelerator(ABC, Generic[C]):
     # refuses those when named and leaves the method out of the search when not.
     counts: ClassVar[str] = "nothing: no knob depends on the step"
     refused_schedulers: ClassVar[Mapping[str, str]] = {}
+    # Knobs measured on the pipeline, never searched (MagCache's ratios): a study measures
+    # them once with ``calibrate`` and gives them to every trial's config.
+    calibrated: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def space(self, traits: PipeTraits, steps: int) -> dict[str, Param]:
@@ -151,6 +154,12 @@ class Accelerator(ABC, Generic[C]):
     def apply(self, pipe: Pipeline, config: C, traits: PipeTraits) -> Patch:
         """Patch ``pipe`` and return the patch."""
 
+    def calibrate(self, pipe: Pipeline, generate: Callable[[], Any]) -> dict[str, Any]:
+        """The ``calibrated`` knobs by name, measured while ``generate()`` runs ``pipe`` once
+        with no accelerator (a study's calibration prompts), as JSON-safe values; ``{}`` for a
+        method that has none."""
+        return {}
+
     def config(self, params: Mapping[str, Any] | None = None, **kwargs: Any) -> C:
         """Build a config from a plain dict of upstream parameter names (aliases accepted)."""
         given = {self.aliases.get(k, k): v for k, v in {**(params or {}), **kwargs}.items()}
@@ -167,9 +176,19 @@ class Accelerator(ABC, Generic[C]):
                 ok = ok or isinstance(value, float)
             elif want == "bool":
                 ok = isinstance(value, bool)
+            elif want == "tuple[float, ...]":  # a list of numbers (JSON has no tuples)
+                ok = isinstance(value, list | tuple) and all(_is_real(v) for v in value)
+                if ok:
+                    given[key] = tuple(float(v) for v in value)
+            elif want == "str":
+                ok = isinstance(value, str)
             if not ok:
                 raise AccelOptError(f"{self.name}.{key} must be {want}, got {value!r}")
         return self.config_cls(**given)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def in_range(accel: str, key: str, value: Any, low: Any, high: Any, why: str = "") -> None:

@@ -3,10 +3,12 @@
 A configuration's *schedule* is the sequence of its denoiser calls' structures: DeepCache's full
 step or its shallow step at a branch, T-GATE's attention modes and whether the batch is halved,
 ToMe's merge (with T-GATE, the self-attention ToMe merges computes at every call, so the
-merge's part says that too). It is computed by running the accelerators' own per-call state
-machines (``accelopt.portable``: the code their hooks run) for the scheduler's number of calls,
-without a model. Two configurations with equal schedules compute the same images bit for bit, so a
-study measures only one of them.
+merge's part says that too), MagCache's compute or skip. It is computed by running the
+accelerators' own per-call state machines (``accelopt.portable``: the code their hooks run) for
+the scheduler's number of calls, without a model. Two configurations with equal schedules
+compute the same images bit for bit, so a study measures only one of them. TaylorSeer's part is
+its full call or forecast, what it caches and the Taylor order; a configuration with no forecast
+at all has none (its images are plain).
 
 >>> calls = Calls.of(pipe.scheduler, steps=20)
 >>> schedule({"deepcache": DeepCacheConfig(3, 0)}, calls)[:2]
@@ -23,6 +25,8 @@ from typing import Any
 
 from accelopt.accelerators.tome import merge_structure
 from accelopt.portable.deepcache import Schedule
+from accelopt.portable.magcache import MagSchedule
+from accelopt.portable.taylorseer import Forecast
 from accelopt.portable.tgate import Gate
 
 __all__ = ["Calls", "digest", "does_at_least", "schedule"]
@@ -74,7 +78,9 @@ def schedule(
         gate = Gate(*config, scheduler=lambda: calls, deepcache=cache)
         gate.reset(guided=guided)
     merge = merge_structure(tome) if tome is not None and tome.ratio else None
-    found = []
+    mag = _mag_schedule(configs.get("magcache"), calls)
+    forecasts = _forecasts(configs.get("taylorseer"), len(calls.timesteps))
+    found: list[Hashable] = []
     for _ in calls.timesteps:
         parts: list[Hashable] = []
         if gate is not None:
@@ -88,8 +94,42 @@ def schedule(
             parts.append(merge)
         if gate is not None:
             parts.append(gate.structure())
+        if mag is not None:
+            mag.advance()
+            parts.append(mag.structure())
+        if forecasts is not None:
+            parts.append(forecasts[len(found)])
         found.append(tuple(parts))
     return tuple(found)
+
+
+def _mag_schedule(config: Any, calls: Calls) -> MagSchedule | None:
+    """MagCache's per-call mask as its hooks follow it; None where no call skips (max_skip_steps
+    0: every call computes, the plain pipeline's structure)."""
+    if config is None or config.max_skip_steps == 0:
+        return None
+    fields = (config.threshold, config.max_skip_steps, config.retention_ratio, config.ratios)
+    mag = MagSchedule(*fields, calls=lambda: len(calls.timesteps))
+    mag.reset()
+    return mag
+
+
+def _forecasts(config: Any, calls: int) -> list[Hashable] | None:
+    """TaylorSeer's structure at each call; None where no call forecasts (interval 1, or a
+    warm-up as long as the generation): every call computes the plain images then."""
+    if config is None or config.cache_interval <= 1:
+        return None
+    forecast = Forecast(
+        config.cache_interval,
+        config.max_order,
+        config.disable_cache_before_step,
+        config.modules,
+    )
+    found: list[Hashable] = []
+    for _ in range(calls):
+        forecast.decide()
+        found.append(forecast.structure())
+    return found if forecast.fulls < calls else None
 
 
 def digest(steps: tuple[Hashable, ...]) -> str:
@@ -103,7 +143,7 @@ def does_at_least(mine: tuple[Hashable, ...], theirs: tuple[Hashable, ...]) -> b
     covers every shallow one and a shallow step at a deeper branch a shallower one's; fewer
     merged tokens cover more; a guided batch covers a halved one; attention that computes covers
     attention that reuses). Pairing, not position: DeepCache interval 2 does at least interval
-    3's work though at call 3 it is the shallow one."""
+    3's work though at call 3 it is the shallow one. A TaylorSeer full call covers a forecast."""
     if len(mine) != len(theirs):
         return False
     covering: dict[int, int] = {}  # my call -> the call of theirs it is paired with
@@ -138,7 +178,19 @@ def _covers(mine: Any, theirs: Any) -> bool:
             return False
         if kind == "tgate" and not _computes(a) >= _computes(b):
             return False
+        if kind == "magcache" and a[1] == "skip" and b[1] != "skip":
+            return False
+        if kind == "taylorseer" and not _forecasts_at_least(a, b):
+            return False
     return True
+
+
+def _forecasts_at_least(mine: Any, theirs: Any) -> bool:
+    """A TaylorSeer call covers another: a full call covers a forecast; else the same kind on
+    the same modules at an order at least as high (it differences or sums more factors)."""
+    if (mine[2], theirs[2]) == ("full", "forecast"):
+        return True
+    return bool(mine[1:3] == theirs[1:3] and mine[3] >= theirs[3])
 
 
 def _parts(call: Any) -> dict[str, Any]:

@@ -57,13 +57,10 @@ def describe(trial: FrozenTrial) -> str:
     """Two lines about a trial: its knobs, then speed (under which mode; its time per image
     from the same timed calls as its speedup, with their batch size) and quality."""
     from accelopt.measure.timing import time_text
+    from accelopt.study.results import config_text
 
     a = trial.user_attrs
-    knobs = "; ".join(
-        f"{name} " + ", ".join(f"{k}={v}" for k, v in params.items())
-        for name, params in a["accelerators"].items()
-    )
-    knobs = printable(knobs, 400)
+    knobs = printable(config_text(a["accelerators"]), 400)
     mode = printable(a.get("execution", "eager"), 20)
     eager = a.get("speedup_vs_eager")
     beside = f" ({eager:.2f}x against eager)" if eager is not None and mode != "eager" else ""

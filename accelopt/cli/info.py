@@ -85,11 +85,14 @@ class Accelerators(Command):
             device="meta" if known else "cpu",
         )
         traits = PipeTraits.of(pipe)
+        if args.targets:
+            accelerators.check_plan(accelerators.parse_targets(args.targets))
         targets = args.targets or "+".join(accelerators.applicable(traits))
         space = accelerators.search_space(traits, args.steps, targets)
         print(f"search space for {args.pipeline} ({traits.family}), {args.steps} steps:")
+        width = max(map(len, space), default=0)  # taylorseer.disable_cache_before_step: 36
         for key, param in space.items():
-            print(f"  {key:28} {', '.join(map(str, param.values))}")
+            print(f"  {key:{width}} {', '.join(map(str, param.values))}")
         return 0
 
 

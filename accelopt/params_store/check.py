@@ -33,7 +33,12 @@ MAX_STRING = 4096  # characters in any string of an entry
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(max_length=MAX_STRING)]
-Knob = Annotated[int, Field(strict=True)] | Finite | bool
+# A calibrated knob (MagCache's ratios, one per denoiser call): positive floats; the
+# accelerator's own check bounds their count by the entry's steps.
+Calibrated = Annotated[list[Positive], Field(min_length=1, max_length=2 * 1000 + 9)]
+# A knob is a number or a flag, a named choice (TaylorSeer's modules, "attention"), or a
+# calibrated list.
+Knob = Annotated[int, Field(strict=True)] | Finite | bool | Text | Calibrated
 
 
 class _Strict(BaseModel):
@@ -173,7 +178,10 @@ def check_entry(key: Any, entry: Any) -> None:
     try:
         parsed = _Entry.model_validate(entry)
     except ValidationError as err:
-        first = err.errors()[0]
+        errors = err.errors()
+        first = errors[0]
+        if isinstance(first.get("input"), list):  # a calibrated knob: its list member says why
+            first = next((e for e in errors if _CALIBRATED in e["loc"]), first)
         where = ".".join(str(p) for p in first["loc"] if p not in _UNION_MEMBERS)
         raise InvalidEntry(key, f"{where}: {first['msg']}") from None
     if parsed.key != key:
@@ -197,7 +205,9 @@ def usable_entries(
     return good, bad
 
 
-_UNION_MEMBERS = {"int", "float", "bool", "str", "none", "constrained-int", "constrained-float"}
+_CALIBRATED = "list[constrained-float]"  # how pydantic names the Calibrated member of Knob
+_UNION_MEMBERS = {"int", "float", "bool", "str", "none", "constrained-int", "constrained-float",
+                  _CALIBRATED}  # fmt: skip
 
 
 def _check_shape(key: str, entry: dict[str, Any]) -> None:
@@ -247,6 +257,8 @@ def _check_meaning(key: str, entry: _Entry) -> None:
                 raise AccelOptError(
                     f"{', '.join(wrong)} cannot accelerate {printable(entry.pipeline, 60)}"
                 )
+            if config:  # as apply refuses them
+                accelerators.check_plan(config)
             built = _built(config, traits, entry.steps)
             execution.check(mode, built)
             execution.check_values(mode, built)

@@ -32,6 +32,8 @@ from diffusers import DiffusionPipeline
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.deepcache import Schedule, cache_deep_features
 from accelopt.portable.graphs import Regions, Replayer
+from accelopt.portable.magcache import MagSchedule, cache_block_residuals
+from accelopt.portable.taylorseer import Forecast, forecast_modules
 from accelopt.portable.tgate import Gate, gate_attention, is_guided
 
 # ---- the header: codegen writes the entry's values in place of these placeholders ----
@@ -49,6 +51,8 @@ EXECUTION: str = "eager"  # "eager", "compile" or "cuda-graphs"
 DEEPCACHE: dict[str, Any] | None = None  # each accelerator's stored knobs; None: not used
 TOME: dict[str, Any] | None = None
 TGATE: dict[str, Any] | None = None
+MAGCACHE: dict[str, Any] | None = None  # with its calibrated "ratios", one per denoiser call
+TAYLORSEER: dict[str, Any] | None = None
 DEFAULT_PROMPTS: list[str] = []
 
 
@@ -223,15 +227,18 @@ class Patches:
 
 
 class Accelerated:
-    """The stored accelerators: ToMe through its upstream API (first), DeepCache and T-GATE
-    through the graph-safe schedules above (together, the gate drives DeepCache's). Applied
-    once; ``switch(False)`` leaves the plain pipeline, ``switch(True)`` puts them back."""
+    """The stored accelerators: ToMe through its upstream API (first), DeepCache, T-GATE and
+    MagCache through the graph-safe schedules above (together, the gate drives DeepCache's).
+    Applied once; ``switch(False)`` leaves the plain pipeline, ``switch(True)`` puts them
+    back."""
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
         self.net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
         self.schedule: Schedule | None = None
         self.gate: Gate | None = None
+        self.mag: MagSchedule | None = None
+        self.forecast: Forecast | None = None
         self.patches = Patches(self.net, self.apply)
 
     def apply(self) -> None:
@@ -259,6 +266,23 @@ class Accelerated:
                 self.schedule,
             )
             gate_attention(self.net, self.gate, Buffers())
+        if MAGCACHE is not None:
+            self.mag = MagSchedule(
+                MAGCACHE["threshold"],
+                MAGCACHE["max_skip_steps"],
+                MAGCACHE["retention_ratio"],
+                MAGCACHE.get("ratios", ()),
+                lambda: len(pipe.scheduler.timesteps),
+            )
+            cache_block_residuals(pipe.transformer, self.mag, Buffers())
+        if TAYLORSEER is not None:  # graph-safe too, alone (no combination is declared)
+            self.forecast = Forecast(
+                TAYLORSEER["cache_interval"],
+                TAYLORSEER["max_order"],
+                TAYLORSEER["disable_cache_before_step"],
+                TAYLORSEER["modules"],
+            )
+            forecast_modules(self.net, self.forecast, Buffers())
 
     def switch(self, on: bool) -> None:
         """The accelerators on (``True``) or the plain pipeline (``False``)."""
@@ -286,13 +310,25 @@ class Accelerated:
                     strict=True,
                 )
             )
+        if self.mag is not None:
+            knobs = ("threshold", "max_skip_steps", "retention_ratio")
+            out["magcache"] = {**dict(zip(knobs, self.mag.config, strict=True)),
+                               "ratios": list(self.mag.ratios)}  # fmt: skip
+        if self.forecast is not None:
+            out["taylorseer"] = {
+                "cache_interval": self.forecast.interval,
+                "max_order": self.forecast.max_order,
+                "disable_cache_before_step": self.forecast.before,
+                "modules": self.forecast.modules,
+            }
         return out
 
     def structure(self) -> tuple[Hashable, ...]:
         """What the next denoiser call computes: calls with equal structures share a graph."""
         if not self.patches.on:
             return ("plain",)
-        return tuple(s.structure() for s in (self.schedule, self.gate) if s is not None)
+        parts = (self.schedule, self.gate, self.mag, self.forecast)
+        return tuple(s.structure() for s in parts if s is not None)
 
     def __call__(self, **kwargs: Any) -> Any:
         # Every call starts clean: DeepCache and T-GATE count the calls of one generation, and
@@ -307,6 +343,10 @@ class Accelerated:
             self.schedule.reset()
         if self.gate is not None:
             self.gate.reset(guided=is_guided(self.net, kwargs["guidance_scale"]))
+        if self.mag is not None:
+            self.mag.reset()
+        if self.forecast is not None:  # TaylorSeer counts a generation's calls too
+            self.forecast.reset()
         return self.pipe(**kwargs)
 
 

@@ -9,6 +9,7 @@ starts next is ``accelopt.study.workers``'; what the trials answer, ``accelopt.s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
@@ -40,6 +41,7 @@ from accelopt.storage import (
 from accelopt.study import warmstart
 from accelopt.study.prepare import (
     adopt_old_spelling,
+    calibrate,
     check_requirement,
     choose_mode,
     is_finished,
@@ -179,6 +181,9 @@ def _run_study(
     chosen = choose_mode(study, spec, bench, lock, log, progress)
     space = Space.build(bench.traits, spec.steps, spec.targets, bench.mode, spec.scheduler)
     space = space.adopt(study.get_trials(deepcopy=False))
+    calibration = calibrate(study, bench, space.names, lock, log)
+    if calibration:  # measured once per study: every trial's config carries the same values
+        space = dataclasses.replace(space, calibration=calibration)
     with lock():
         total = int(study.user_attrs.get("budget") or space.size)
         study.set_user_attr("budget", total)

@@ -35,6 +35,7 @@ from accelopt.trial.bench import Bench
 
 __all__ = [
     "adopt_old_spelling",
+    "calibrate",
     "check_requirement",
     "choose_mode",
     "directions",
@@ -226,6 +227,43 @@ def choose_mode(
                 f"{stored['mode']}")  # fmt: skip
     bench.mode = stored["mode"]
     return dict(stored)
+
+
+def calibrate(
+    study: optuna.Study,
+    bench: Bench,
+    names: tuple[str, ...],
+    lock: Callable[[], contextlib.AbstractContextManager[None]],
+    log: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
+    """The calibrated knobs (``Accelerator.calibrated``) of the accelerators in ``names`` that
+    have some, by accelerator: MagCache's ratios for this pipeline, scheduler and steps.
+
+    The first worker measures them once, eagerly, on the plain pipeline generating the study's
+    first batch of prompts (its seeds, guidance and resolution), and stores them in the study's
+    ``calibration`` user attribute (JSON: lists of floats); later workers and restarts read
+    them, so every trial of the study applies the same values.
+    """
+    from accelopt import accelerators
+
+    wanted = [n for n in names if accelerators.get(n).calibrated]
+    stored = study.user_attrs.get("calibration") or {}
+    missing = [n for n in wanted if n not in stored]
+    if missing:
+        accelerators.remove(bench.pipe)
+        batch = min(bench.spec.prompts.batch_size, len(bench.prompts))
+        made = {}
+        for name in missing:
+            log(f"{bench.spec.name}: calibrating {name} on the plain pipeline ({batch} "
+                f"prompt{'s' if batch != 1 else ''}) ...")  # fmt: skip
+            made[name] = accelerators.get(name).calibrate(
+                bench.pipe, lambda: bench.generate(0, batch)
+            )
+        with lock():
+            stored = study.user_attrs.get("calibration") or {}
+            study.set_user_attr("calibration", {**made, **stored})  # the first one stored wins
+            stored = study.user_attrs["calibration"]
+    return {n: dict(stored[n]) for n in wanted}
 
 
 def is_finished(study: optuna.Study, requirement: Requirement) -> bool:

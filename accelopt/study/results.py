@@ -28,6 +28,7 @@ __all__ = [
     "Requirement",
     "best_trial",
     "compile_cost",
+    "config_text",
     "ending",
     "endings",
     "frontier",
@@ -52,6 +53,29 @@ def plain_time(attrs: dict[str, Any]) -> Any:
     0.28
     """
     return attrs.get("paired_baseline_time_per_image", attrs.get("baseline_time_per_image"))
+
+
+def config_text(accelerators: Any) -> str:
+    """A trial's accelerators as the terminal and the report show them, a calibrated list
+    (MagCache's ratios, one per call) by its length; what a storage holds is read as it is
+    (anything but an object of objects is no record of accelerators).
+
+    >>> config_text({"tome": {"ratio": 0.5}, "magcache": {"threshold": 0.1, "ratios": [1.0]}})
+    'tome ratio=0.5; magcache threshold=0.1, ratios=[1 calibrated]'
+    """
+    if not isinstance(accelerators, dict):
+        return "not recorded"
+    if not accelerators:
+        return "none"
+    return "; ".join(
+        f"{name} " + ", ".join(f"{k}={_knob_text(v)}" for k, v in knobs.items())
+        for name, knobs in accelerators.items()
+        if isinstance(knobs, dict)
+    )
+
+
+def _knob_text(value: Any) -> Any:
+    return f"[{len(value)} calibrated]" if isinstance(value, list) else value
 
 
 @dataclass(frozen=True)

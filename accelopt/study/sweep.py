@@ -22,11 +22,16 @@ DEFAULT_STEPS = (20, 25, 50)
 
 
 def default_targets() -> tuple[str, ...]:
-    from accelopt.accelerators import ORDER, PLANS
+    """Every declared combination that some default pipeline can take (the seed system's:
+    MagCache, a transformer's cache, is not among them)."""
+    from accelopt.accelerators import ORDER, PLANS, applicable
+    from accelopt.pipelines import model_info
 
+    families = [info.family for info in map(model_info, DEFAULT_PIPES) if info is not None]
     return tuple(
         "+".join(n for n in ORDER if n in plan)
         for plan in sorted(PLANS, key=lambda p: (len(p), sorted(p)))
+        if any(plan <= set(applicable(family)) for family in families)
     )
 
 

@@ -47,7 +47,10 @@ __all__ = [
 
 LIMIT = 5  # configurations enqueued at most: a head start, not a second search
 # Knobs that name a position in the schedule: scaled by the ratio of step counts. The others are
-# strides or counts (DeepCache's interval, T-GATE's sp/fi intervals) and carry over as they are.
+# strides or counts (DeepCache's interval, T-GATE's sp/fi intervals) and carry over as they are;
+# so do warm-ups, the calls computed in full first (T-GATE's warm_up, TaylorSeer's
+# disable_cache_before_step): a length of history, not a share of the steps (TaylorSeer's
+# paper sets it per model, 1-3, whatever the step count).
 STEP_VALUED = frozenset({"tgate.gate_step"})
 
 

@@ -3,14 +3,16 @@
 With targets (``SD1.5-DDIM-20-deepcache+tgate``) a study searches those accelerators' knobs, all
 on. Without, it also searches which to use: each applicable accelerator's main knob gains its
 "off" value (DeepCache interval 1, ToMe ratio 0, T-GATE gate at the last step), and an
-accelerator whose main knob is off is not applied at all.
+accelerator whose main knob is off is not applied at all. Only the largest set of accelerators
+that combine with each other in every declared way is searched so (``_combinable``); the others
+when named.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
+from itertools import combinations, pairwise
 from typing import Any
 
 import optuna
@@ -39,12 +41,21 @@ FASTER: dict[str, int] = {
     "tgate.sp_interval": +1,
     "tgate.fi_interval": +1,
     "tgate.warm_up": -1,
+    "magcache.threshold": +1,  # a larger accumulated error may skip more calls
+    "magcache.max_skip_steps": +1,
+    "magcache.retention_ratio": -1,  # fewer calls kept at the start
+    "taylorseer.cache_interval": +1,
+    "taylorseer.max_order": -1,  # a lower order sums fewer factors
+    "taylorseer.disable_cache_before_step": -1,
+    "taylorseer.modules": 0,  # a named choice: no order
 }
 # The knob that switches each accelerator off, and its off value (None: the step count).
 PRIMARY: dict[str, tuple[str, Any]] = {
     "deepcache": ("cache_interval", 1),
     "tome": ("ratio", 0.0),
     "tgate": ("gate_step", None),
+    "magcache": ("max_skip_steps", 0),
+    "taylorseer": ("cache_interval", 1),
 }
 
 
@@ -57,6 +68,9 @@ class Space:
     optional: bool  # True: each accelerator can be off
     # Distributions a stored study drew parameters from, where ours would clash (see adopt).
     stored: dict[str, BaseDistribution] = field(default_factory=dict)
+    # Knobs measured once per study, never searched (``Accelerator.calibrated``: MagCache's
+    # ratios), by accelerator: every config that turns one on carries them.
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -75,6 +89,7 @@ class Space:
 
         if targets is not None:
             names = tuple(targets)
+            accelerators.check_plan(names)
             execution.check(mode, names)
             if scheduler is not None:
                 accelerators.check_scheduler(names, scheduler)
@@ -85,7 +100,7 @@ class Space:
                 if _searchable(n, traits, steps)
                 and (scheduler is None or accelerators.follows(n, scheduler))
             ]
-            names = execution.allowed(mode, usable)
+            names = _combinable(execution.allowed(mode, usable))
             if not names:
                 raise AccelOptError(
                     f"no accelerator can be searched at {steps} steps under execution mode {mode}"
@@ -119,7 +134,7 @@ class Space:
         found: dict[str, BaseDistribution] = {}
         for key, p in self.params.items():
             values = p.values
-            step = values[1] - values[0] if len(values) > 1 else 1
+            step = values[1] - values[0] if p.is_int and len(values) > 1 else 1
             arithmetic = p.is_int and all(b - a == step for a, b in pairwise(values))
             if key in self.stored:
                 found[key] = self.stored[key]
@@ -191,7 +206,14 @@ class Space:
                 knob, off = switch(name, self.steps)
                 if name in grouped and grouped[name][knob] == off:
                     del grouped[name]
+        for name, knobs in grouped.items():
+            knobs.update(self.calibration.get(name, {}))
         return grouped
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The accelerators this space searches, in its order."""
+        return tuple(dict.fromkeys(key.split(".", 1)[0] for key in self.params))
 
 
 def switch(name: str, steps: int) -> tuple[str, Any]:
@@ -202,6 +224,24 @@ def switch(name: str, steps: int) -> tuple[str, Any]:
     """
     knob, off = PRIMARY[name]
     return knob, steps if off is None else off
+
+
+def _combinable(
+    names: tuple[str, ...], plans: Collection[frozenset[str]] | None = None
+) -> tuple[str, ...]:
+    """The accelerators a space that searches which to use takes: the most of ``names`` (in
+    canonical order) whose every non-empty subset is a declared combination (``plans``, by
+    default ``accelerators.PLANS``), since the search may switch any of them off; on a tie the
+    earliest. One that would make an undeclared set (MagCache or TaylorSeer beside T-GATE) is
+    left out, and searched when named: PixArt searches T-GATE alone, as before the block caches
+    came, until a combination of T-GATE with one is declared."""
+    declared = accelerators.PLANS if plans is None else plans
+    for size in range(len(names), 0, -1):
+        for kept in combinations(names, size):  # in canonical order: the earliest set first
+            subsets = (frozenset(c) for n in range(1, size + 1) for c in combinations(kept, n))
+            if all(s in declared for s in subsets):
+                return kept
+    return ()
 
 
 def _searchable(name: str, traits: PipeTraits, steps: int) -> bool:

@@ -16,7 +16,9 @@ from accelopt._types import Pipeline
 from accelopt.accelerators import (
     PLANS,
     DeepCacheConfig,
+    MagCacheConfig,
     PipeTraits,
+    TaylorSeerConfig,
     TGateConfig,
     ToMeConfig,
     applicable,
@@ -24,6 +26,7 @@ from accelopt.accelerators import (
 from accelopt.accelerators._snapshot import Snapshot
 from accelopt.accelerators.tome import effective_downsamples
 from accelopt.errors import AccelOptError
+from accelopt.pipelines import denoiser
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import WorkCounter, render
 
@@ -33,6 +36,11 @@ REAL = {
     "deepcache": DeepCacheConfig(cache_interval=3, cache_branch_id=0),
     "tome": ToMeConfig(ratio=0.5, max_downsample=4),
     "tgate": TGateConfig(gate_step=4, sp_interval=2, fi_interval=1, warm_up=1),
+    # Ratios shaped like a calibration of TinyPixArt at 8 steps (the mask depends on nothing
+    # else): calls 2, 3, 5 and 6 skip.
+    "magcache": MagCacheConfig(0.3, 2, 0.2, (1.0, 0.96, 0.95, 0.99, 0.99, 1.0, 1.0, 1.0)),
+    # Full calls 0, 1, 3, 6 at orders 0, 1, 2, 2; forecasts at orders 1 and 2 between.
+    "taylorseer": TaylorSeerConfig(cache_interval=3, max_order=2, disable_cache_before_step=2),
 }
 FAMILIES = {"TinySD": "sd", "TinySDXL": "sdxl", "TinyPixArt": "pixart-alpha"}
 SCHEDULERS = ("DDIM", "DPM-Solver++", "UniPC")
@@ -45,7 +53,9 @@ CASES = [
 ]
 # What each method visibly skips: DeepCache whole blocks (convolutions), ToMe merged tokens and
 # T-GATE gated cross-attention and guidance (attention score entries).
-SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attention_scores"}
+SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attention_scores",
+         "taylorseer": "attention_scores"}  # fmt: skip
+SKIPS["magcache"] = "attention_calls"  # whole blocks: two attention calls each
 
 
 def configs(plan: tuple[str, ...], which: str = "real") -> dict[str, object]:
@@ -72,8 +82,9 @@ def case(request: pytest.FixtureRequest, tiny: Callable[[str], Pipeline]) -> Cas
 
 
 def test_cases_cover_every_plan_pipeline_and_scheduler() -> None:
-    # 7 plans on each UNet pipeline, T-GATE alone on PixArt, each under three schedulers.
-    assert len(CASES) == (7 + 7 + 1) * 3
+    # 7 plans on each UNet pipeline, T-GATE, MagCache and TaylorSeer alone on PixArt, each
+    # under three schedulers.
+    assert len(CASES) == (7 + 7 + 3) * 3
 
 
 @pytest.mark.parametrize("case", CASES, indirect=True)
@@ -154,7 +165,7 @@ def test_removal_leaves_no_upstream_residue(tiny: Callable[[str], Pipeline]) -> 
 
 
 def _footprint(pipe: Pipeline) -> tuple[int, int, int]:
-    modules = list(pipe.unet.modules()) + list(pipe.text_encoder.modules())
+    modules = list(denoiser(pipe).modules()) + list(pipe.text_encoder.modules())
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
     attrs = sum(len(vars(m)) for m in modules) + len(vars(pipe))
     return len(modules), hooks, attrs
@@ -171,9 +182,11 @@ def _live_tensors() -> int:
 def test_thirty_cycles_leave_no_growth(
     tiny: Callable[[str], Pipeline], plan: tuple[str, ...]
 ) -> None:
-    pipe = tiny("TinySD")
+    # The first tiny pipeline that takes the plan (MagCache, TaylorSeer: PixArt).
+    pipe = tiny(next(n for n, f in FAMILIES.items() if set(plan) <= set(applicable(f))))
     set_scheduler(pipe, "DDIM")
-    steps, cfg = 4, {**configs(plan), "tgate": TGateConfig(2, 2, 1, 1)}
+    steps, cfg = 4, {**configs(plan), "tgate": TGateConfig(2, 2, 1, 1),
+                     "magcache": MagCacheConfig(0.3, 1, 0.0, (1.0,) * 4)}  # fmt: skip
     cfg = {k: v for k, v in cfg.items() if k in plan}
 
     def cycle() -> None:
@@ -240,8 +253,79 @@ def test_thirty_cycles_leave_no_growth(
         ("TinySD", {"tgate": {"gate_step": 9}}, "tgate.gate_step=9 is out of range; valid: 1..8"),
         (
             "TinySD",
+            {"taylorseer": {}},
+            "taylorseer cannot accelerate a sd pipeline; it can take: deepcache, tome, tgate",
+        ),
+        (
+            "TinyPixArt",
+            {"taylorseer": {"cache_interval": 9}},
+            "taylorseer.cache_interval=9 is out of range; valid: 1..8",
+        ),
+        (
+            "TinyPixArt",
+            {"taylorseer": {"max_order": 5}},
+            "taylorseer.max_order=5 is out of range; valid: 0..4",
+        ),
+        (
+            "TinyPixArt",
+            {"taylorseer": {"disable_cache_before_step": 0}},
+            "taylorseer.disable_cache_before_step=0 is out of range; valid: 1..8 (a forecast "
+            "needs a full call before it)",
+        ),
+        (
+            "TinyPixArt",
+            {"taylorseer": {"modules": "attn1"}},
+            "taylorseer.modules='attn1' is not valid here; valid: attention, blocks",
+        ),
+        ("TinyPixArt", {"taylorseer": {"modules": 1}}, "taylorseer.modules must be str, got 1"),
+        (
+            "TinyPixArt",
+            {"tgate": {}, "taylorseer": {}},
+            "tgate+taylorseer is not a declared combination; combinations: deepcache+tome, "
+            "deepcache+tgate, tome+tgate, deepcache+tome+tgate",
+        ),
+        (
+            "TinySD",
             {"tgate": {"gate_step": 4, "warm_up": -1}},
             "tgate.warm_up=-1 is out of range; valid: 0..8",
+        ),
+        (
+            "TinySD",
+            {"magcache": {}},
+            "magcache cannot accelerate a sd pipeline; it can take: deepcache, tome, tgate",
+        ),
+        (
+            "TinyPixArt",
+            {"magcache": {"threshold": 0.1}},
+            "magcache needs calibrated ratios, one per denoiser call",
+        ),
+        (
+            "TinyPixArt",
+            {"magcache": {"ratios": [1.0] * 7 + [float("nan")]}},
+            "magcache.ratios must be finite and positive; got nan",
+        ),
+        (
+            "TinyPixArt",
+            {"magcache": {"ratios": [1.0, 0.0] * 4}},
+            "magcache.ratios must be finite and positive; got 0.0",
+        ),
+        (
+            "TinyPixArt",
+            {"magcache": {"ratios": [1.0] * 7}},
+            "magcache.ratios has 7 entries; 8 steps make 8..25 denoiser calls",
+        ),
+        ("TinyPixArt", {"magcache": {"ratios": "1.0"}}, "magcache.ratios must be tuple[float"),
+        ("TinyPixArt", {"magcache": {"ratios": [True] * 8}}, "magcache.ratios must be tuple"),
+        (
+            "TinyPixArt",
+            {"magcache": {"threshold": 1.5, "ratios": [1.0] * 8}},
+            "magcache.threshold=1.5 is out of range; valid: 0.0..1.0",
+        ),
+        (
+            "TinyPixArt",
+            {"tgate": {}, "magcache": {"ratios": [1.0] * 8}},
+            "tgate+magcache is not a declared combination; combinations: deepcache+tome, "
+            "deepcache+tgate, tome+tgate, deepcache+tome+tgate",
         ),
     ],
 )

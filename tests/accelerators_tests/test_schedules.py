@@ -9,6 +9,7 @@ or not). The schedule, computed without a model, must say the same for every sch
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from accelopt import accelerators
 from accelopt._types import Pipeline
-from accelopt.accelerators import DeepCacheConfig, TGateConfig, ToMeConfig
+from accelopt.accelerators import DeepCacheConfig, TaylorSeerConfig, TGateConfig, ToMeConfig
 from accelopt.accelerators.schedules import Calls, digest, does_at_least, schedule
 from accelopt.pipelines.schedulers import SCHEDULERS, set_scheduler
 from accelopt.portable.deepcache import skipped_modules
@@ -238,3 +239,120 @@ def test_pndm_counts_deepcache_intervals_in_calls(tiny: Callable[[str], Pipeline
     assert full == {2: 15, 3: 10, 4: 8, 5: 6}
     two, three = (schedule({"deepcache": DeepCacheConfig(i, 0)}, calls) for i in (2, 3))
     assert does_at_least(two, three) and not does_at_least(three, two)
+
+
+# TaylorSeer: its schedule by hand, and what TinyPixArt's transformer computes at each call.
+
+
+def _full(order: int, modules: str = "attention") -> tuple[Any, ...]:
+    return (("taylorseer", modules, "full", order),)
+
+
+def _forecast(order: int, modules: str = "attention") -> tuple[Any, ...]:
+    return (("taylorseer", modules, "forecast", order),)
+
+
+F, P = _full, _forecast
+TAYLORSEER_BASE = TaylorSeerConfig(cache_interval=3, max_order=1, disable_cache_before_step=2)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # Full calls 0, 1 (before 2), then 3, 6, 9 (every third from before + 1).
+        ({}, (F(0), F(1), P(1), F(1), P(1), P(1), F(1), P(1), P(1), F(1))),
+        ({"cache_interval": 4}, (F(0), F(1), P(1), F(1), P(1), P(1), P(1), F(1), P(1), P(1))),
+        # Order 2 once two full calls came before: call 3 is the first full call at order 2.
+        ({"max_order": 2}, (F(0), F(1), P(1), F(2), P(2), P(2), F(2), P(2), P(2), F(2))),
+        ({"max_order": 0}, (F(0), F(0), P(0), F(0), P(0), P(0), F(0), P(0), P(0), F(0))),
+        ({"disable_cache_before_step": 1},
+         (F(0), P(0), F(1), P(1), P(1), F(1), P(1), P(1), F(1), P(1))),
+        ({"modules": "blocks"}, (F(0, "blocks"), F(1, "blocks"), P(1, "blocks"), F(1, "blocks"),
+                                 P(1, "blocks"), P(1, "blocks"), F(1, "blocks"), P(1, "blocks"),
+                                 P(1, "blocks"), F(1, "blocks"))),
+        # No forecast at all: the plain images, no part (as interval 1).
+        ({"cache_interval": 1}, ((),) * 10),
+        ({"disable_cache_before_step": 10}, ((),) * 10),
+    ],
+    ids=["base", "interval", "order-2", "order-0", "before", "modules", "interval-1", "all-full"],
+)  # fmt: skip
+def test_taylorseer_schedule_by_hand(change: dict[str, Any], expected: tuple[Any, ...]) -> None:
+    """diffusers' rule: call i is full when i < before or (i - before - 1) % interval == 0.
+    Every knob changes the schedule; no forecast at all is the plain schedule."""
+    config = dataclasses.replace(TAYLORSEER_BASE, **change)
+    assert schedule({"taylorseer": config}, CALLS) == expected
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "expected"),
+    [
+        # Interval 2 runs full calls at 0, 1, 3, 5, 7, 9 and 3 at 0, 1, 3, 6, 9: more work.
+        (TaylorSeerConfig(2, 1, 2), TaylorSeerConfig(3, 1, 2), True),
+        (TaylorSeerConfig(3, 1, 2), TaylorSeerConfig(2, 1, 2), False),
+        # A higher order sums more factors at the same calls.
+        (TaylorSeerConfig(3, 2, 2), TaylorSeerConfig(3, 1, 2), True),
+        (TaylorSeerConfig(3, 1, 2), TaylorSeerConfig(3, 2, 2), False),
+        # Forecasting blocks or attention: neither covers the other's forecasts.
+        (TaylorSeerConfig(3, 1, 2, "blocks"), TaylorSeerConfig(3, 1, 2), False),
+    ],
+)
+def test_taylorseer_dominance_compares_work(
+    mine: TaylorSeerConfig, theirs: TaylorSeerConfig, expected: bool
+) -> None:
+    ours, other = (schedule({"taylorseer": c}, CALLS) for c in (mine, theirs))
+    assert does_at_least(ours, other) is expected
+
+
+def computed_calls(pipe: Pipeline, config: TaylorSeerConfig) -> list[int]:
+    """Per transformer call: how many of its attention and feed-forward modules computed."""
+    net = pipe.transformer
+    calls: list[int] = []
+    handles = [net.pos_embed.register_forward_pre_hook(lambda *_: calls.append(0))]
+
+    def count(*_: Any) -> None:
+        calls[-1] += 1
+
+    for block in net.transformer_blocks:
+        for module in (block.attn1.to_q, block.attn2.to_q, block.ff.net[0]):
+            handles.append(module.register_forward_pre_hook(count))
+    try:
+        with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
+            render(pipe, steps=STEPS, prompts=("a cat",))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+@pytest.mark.parametrize("modules", ["attention", "blocks"])
+@pytest.mark.parametrize("sched", [s.name for s in SCHEDULERS])
+def test_taylorseer_skips_the_block_work_its_schedule_says(
+    tiny: Callable[[str], Pipeline], sched: str, modules: str
+) -> None:
+    """Every scheduler, PNDM's repeated calls included: a full call runs each block's two
+    attentions and feed-forward, a forecast none of them (either modules choice)."""
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, sched)
+    config = TaylorSeerConfig(3, 2, 2, modules)
+    steps = schedule({"taylorseer": config}, Calls.of(pipe.scheduler, STEPS))
+    per_full = 3 * len(pipe.transformer.transformer_blocks)
+    expected = [per_full if call[0][2] == "full" else 0 for call in steps]
+    assert computed_calls(pipe, config) == expected
+    assert 0 < expected.count(0) < len(expected)
+
+
+def test_taylorseer_equal_schedules_are_equal_images(tiny: Callable[[str], Pipeline]) -> None:
+    """At 8 calls with calls 0, 1 and 3 full, intervals 5 and 6 forecast every call after 3
+    (their next full calls would be 8 and 9): one schedule, the same images; 4 computes call 7."""
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, "DDIM")
+    calls = Calls.of(pipe.scheduler, STEPS)
+    configs = {n: {"taylorseer": TaylorSeerConfig(n, 2, 2)} for n in (5, 6, 4)}
+    digests = {n: digest(schedule(c, calls)) for n, c in configs.items()}
+    assert digests[5] == digests[6] != digests[4]
+    images = {}
+    for n, c in configs.items():
+        with accelerators.apply(pipe, c, steps=STEPS):
+            images[n] = render(pipe, steps=STEPS)
+    assert (images[5] == images[6]).all()
+    assert not (images[5] == images[4]).all()

@@ -45,7 +45,12 @@ def test_unet_configurations_published_raw_combinations_then_range_ends() -> Non
         "tgate 5/9/5/1 (range end)",
         "tome 0.75 md4 (range end)",
     ]
-    assert speed.candidates(SD15, 20)[1] == {}
+    assert speed.candidates(SD15, 20)[1] == {  # a transformer's caches (PixArt's)
+        "magcache": "magcache cannot accelerate a sd pipeline "
+        "(accelerators.applicable: deepcache, tome, tgate)",
+        "taylorseer": "taylorseer cannot accelerate a sd pipeline "
+        "(accelerators.applicable: deepcache, tome, tgate)",
+    }
     assert "tome 0.5 md1 (published)" in _labels(SD15, 20)
 
 

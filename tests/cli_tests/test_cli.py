@@ -94,6 +94,27 @@ def test_sd15_search_space_keeps_downsample_1(capsys: pytest.CaptureFixture[str]
     assert space["tome.use_rand"] == ["False", "True"]
 
 
+def test_pixart_lists_the_block_caches_and_refuses_an_undeclared_combination(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["accelerators", "--pipeline", "TinyPixArt", "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    space = _space(out)
+    assert space["magcache.max_skip_steps"] == ["1", "2", "3", "4", "5", "6"]
+    assert {key.split(".")[0] for key in space} == {"tgate", "magcache", "taylorseer"}
+    assert "magcache.ratios" not in space  # calibrated per study, never searched
+    # One column for the values, after the longest name.
+    rows = [line for line in out.splitlines() if line.startswith("  ")]
+    longest = "taylorseer.disable_cache_before_step"
+    assert {len(line) - len(line[2:].split(None, 1)[1]) for line in rows} == {len(longest) + 3}
+    assert main(["accelerators", "--pipeline", "TinyPixArt", "--targets", "tgate+magcache"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "accelopt: error: tgate+magcache is not a declared combination; combinations: "
+        "deepcache+tome, deepcache+tgate, tome+tgate, deepcache+tome+tgate\n"
+    )
+
+
 def test_inapplicable_target_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["accelerators", "--pipeline", "PixArt-Sigma", "--targets", "tome"])
     assert code == 2

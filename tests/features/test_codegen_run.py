@@ -33,12 +33,20 @@ STUDIES = {
     "TinySDXL": "TinySDXL-DDIM-10-deepcache+tgate",
     "TinyPixArt": "TinyPixArt-DDIM-10-tgate",
 }
+# More methods on a pipeline already above: (pipeline, study). MagCache's script carries the
+# study's calibrated ratios as data.
+MORE_STUDIES = [
+    ("TinyPixArt", "TinyPixArt-DDIM-10-magcache"),
+    ("TinyPixArt", "TinyPixArt-DDIM-10-taylorseer"),
+]
 
 
-@pytest.mark.parametrize("pipe_name", list(STUDIES))
-def test_export_codegen_run_matches_accelopt(pipe_name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("pipe_name", "study_name"), [*STUDIES.items(), *MORE_STUDIES])
+def test_export_codegen_run_matches_accelopt(
+    pipe_name: str, study_name: str, tmp_path: Path
+) -> None:
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    spec = load_spec(STUDIES[pipe_name]).replace(max_score_loss=0.99)
+    spec = load_spec(study_name).replace(max_score_loss=0.99)
     study = run_study(spec, storage=storage, n_trials=2, progress=False, log=lambda s: None).study
     store = tmp_path / "search_params.json"
     write_entries(store, entries_for(study, storage))
@@ -73,6 +81,11 @@ def test_export_codegen_run_matches_accelopt(pipe_name: str, tmp_path: Path) -> 
         assert applied["tome"] == {**stored["tome"], "seed": 0}
     if "tgate" in stored:
         assert {k: applied["tgate"][k] for k in stored["tgate"]} == stored["tgate"]
+    if "magcache" in stored:  # its ratios too, read back from the script's literals exactly
+        assert applied["magcache"] == stored["magcache"]
+        assert len(stored["magcache"]["ratios"]) == 10
+    if "taylorseer" in stored:
+        assert applied["taylorseer"] == stored["taylorseer"]
     assert set(applied) == set(stored)
     assert len(list((tmp_path / "png").glob("*.png"))) == len(PROMPTS)
 

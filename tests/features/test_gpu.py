@@ -18,7 +18,14 @@ import torch
 
 from accelopt import accelerators
 from accelopt._types import Pipeline
-from accelopt.accelerators import PLANS, DeepCacheConfig, TGateConfig, ToMeConfig
+from accelopt.accelerators import (
+    PLANS,
+    DeepCacheConfig,
+    MagCacheConfig,
+    TGateConfig,
+    ToMeConfig,
+    applicable,
+)
 from accelopt.accelerators._snapshot import Snapshot
 from accelopt.pipelines import load_pipeline
 from accelopt.testing import WorkCounter, render
@@ -31,7 +38,8 @@ pytestmark = [
 STEPS = 10
 # (name, resolution, ToMe max_downsample that patches something on it)
 ARCHS = [("SD1.5", 512, 1), ("SDXL", 1024, 2)]
-PLAN_IDS = sorted("+".join(sorted(p)) for p in PLANS)
+# The plans a UNet takes (MagCache and TaylorSeer are PixArt's: their own tests below).
+PLAN_IDS = sorted("+".join(sorted(p)) for p in PLANS if p <= set(applicable("sd")))
 SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attention_scores"}
 
 
@@ -161,7 +169,109 @@ def test_cuda_graphs_keep_the_contract(arch: Arch, plan: str) -> None:
 GRAPH_TOLERANCE = 0.1
 
 
-def test_a_generated_cuda_graphs_script_reproduces_accelopt(tmp_path: Path) -> None:
+def test_magcache_under_cuda_graphs_captures_compute_and_skip_once() -> None:
+    """MagCache on TinyPixArt, fp16: under cuda-graphs its calls replay two captured graphs
+    (the whole block stack, and its input plus the kept residual), repeat bit for bit and stay
+    within the tolerance of eager; a setting with another mask over the same two structures
+    captures nothing new; its off setting stays within the tolerance of the graph baseline
+    (regional kernels against the whole forward's) and removal gives that baseline back."""
+    from accelopt import execution
+    from accelopt.pipelines import load_pipeline
+    from accelopt.pipelines.schedulers import set_scheduler
+
+    pipe = load_pipeline("TinyPixArt", dtype="float16", device="cuda")
+    set_scheduler(pipe, "DDIM")
+    ratios = (1.0, 0.96, 0.95, 0.99, 0.99, 1.0, 1.0, 1.0, 0.99, 1.0)  # one per call (STEPS)
+    with execution.run(pipe, "cuda-graphs") as record:
+        graph_base = render(pipe, steps=STEPS)
+    with accelerators.apply(pipe, {"magcache": MagCacheConfig(0.3, 2, 0.2, ratios)}):
+        eager = render(pipe, steps=STEPS)
+        with execution.run(pipe, "cuda-graphs"):
+            first, again = render(pipe, steps=STEPS), render(pipe, steps=STEPS)
+    captured = record.captures
+    other = {"magcache": MagCacheConfig(0.06, 1, 0.1, ratios)}  # another mask, same structures
+    with accelerators.apply(pipe, other), execution.run(pipe, "cuda-graphs"):
+        render(pipe, steps=STEPS)
+    assert record.captures == captured
+    off = {"magcache": accelerators.get("magcache").off(STEPS)}
+    with accelerators.apply(pipe, off), execution.run(pipe, "cuda-graphs"):
+        off_images = render(pipe, steps=STEPS)
+    with execution.run(pipe, "cuda-graphs"):
+        after = render(pipe, steps=STEPS)
+    diff = float(np.abs(first - eager).max())
+    print(f"\nTinyPixArt magcache under cuda-graphs: max |graphs - eager| {diff:.4f}; "
+          f"captures {record.captures}")  # fmt: skip
+    np.testing.assert_array_equal(again, first)
+    assert diff < GRAPH_TOLERANCE
+    assert not np.array_equal(first, graph_base)
+    assert float(np.abs(off_images - graph_base).max()) < GRAPH_TOLERANCE
+    np.testing.assert_array_equal(after, graph_base)
+
+
+@pytest.mark.parametrize("modules", ["attention", "blocks"])
+def test_taylorseer_under_cuda_graphs(modules: str) -> None:
+    """TinyPixArt, fp16. Captured on PyTorch's own kernels, a TaylorSeer generation is eager's
+    bit for bit, though each new structure's call runs its forward three times (two warm-ups
+    and the replay): a full call leaves the state one run leaves. On inductor's regional
+    kernels it is within the tolerance; another interval captures nothing new; the off
+    settings and removal give the plain graphs' images back."""
+    from accelopt import execution
+    from accelopt.accelerators import TaylorSeerConfig
+
+    pipe = load_pipeline("TinyPixArt", dtype="fp16", device="cuda")
+    pipe.set_progress_bar_config(disable=True)
+    plain = render(pipe, steps=STEPS)
+    with execution.run(pipe, "cuda-graphs", kernels="eager") as record:
+        plain_graphs = render(pipe, steps=STEPS)
+    config = TaylorSeerConfig(cache_interval=3, max_order=2, disable_cache_before_step=2,
+                              modules=modules)  # fmt: skip
+    with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
+        eager = render(pipe, steps=STEPS)
+        with execution.run(pipe, "cuda-graphs", kernels="eager"):
+            captured, again = render(pipe, steps=STEPS), render(pipe, steps=STEPS)
+        with execution.run(pipe, "cuda-graphs"):
+            regional = render(pipe, steps=STEPS)
+    captures = record.captures
+    other = TaylorSeerConfig(4, 2, 2, modules)  # the same structures, other calls full
+    with (
+        accelerators.apply(pipe, {"taylorseer": other}, steps=STEPS),
+        execution.run(pipe, "cuda-graphs", kernels="eager"),
+    ):
+        render(pipe, steps=STEPS)
+    assert record.captures == captures
+    off = accelerators.get("taylorseer").off(STEPS)
+    with (
+        accelerators.apply(pipe, {"taylorseer": off}, steps=STEPS),
+        execution.run(pipe, "cuda-graphs", kernels="eager"),
+    ):
+        off_images = render(pipe, steps=STEPS)
+    with execution.run(pipe, "cuda-graphs", kernels="eager"):
+        after = render(pipe, steps=STEPS)
+    diff = float(np.abs(regional - eager).max())
+    print(f"\nTinyPixArt taylorseer {modules} under cuda-graphs: max |regional - eager| "
+          f"{diff:.4f}; max |accelerated - plain| {float(np.abs(eager - plain).max()):.4f}; "
+          f"captures {record.captures}")  # fmt: skip
+    np.testing.assert_array_equal(plain_graphs, plain)
+    np.testing.assert_array_equal(captured, eager)
+    np.testing.assert_array_equal(again, eager)
+    assert not np.array_equal(eager, plain)
+    assert diff < GRAPH_TOLERANCE
+    np.testing.assert_array_equal(off_images, plain)
+    np.testing.assert_array_equal(after, plain)
+
+
+@pytest.mark.parametrize(
+    ("pipe_name", "applied"),
+    [
+        ("TinySD", {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}}),
+        ("TinyPixArt", {"taylorseer": {"cache_interval": 3, "max_order": 2,
+                                       "disable_cache_before_step": 2, "modules": "blocks"}}),
+    ],
+    ids=["deepcache", "taylorseer"],
+)  # fmt: skip
+def test_a_generated_cuda_graphs_script_reproduces_accelopt(
+    tmp_path: Path, pipe_name: str, applied: dict[str, Any]
+) -> None:
     """A script generated for a cuda-graphs entry captures and replays as accelopt does: its
     images match accelopt's under the same mode, it times itself, and says how it ran."""
     import subprocess
@@ -173,14 +283,14 @@ def test_a_generated_cuda_graphs_script_reproduces_accelopt(tmp_path: Path) -> N
 
     prompts = ["a red cube on a table", "a dog in the snow"]
     entry = make_entry(
-        "TinySD",
+        pipe_name,
         steps=STEPS,
-        accelerators={"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
+        accelerators=applied,
         generation={"resolution": TINY_RESOLUTION, "guidance": 7.0, "dtype": "float16"},
         execution="cuda-graphs",
     )
-    folder = tmp_path / "TinySD"
-    tiny_pipeline("TinySD").save_pretrained(folder)
+    folder = tmp_path / pipe_name
+    tiny_pipeline(pipe_name).save_pretrained(folder)
     script = tmp_path / "generated.py"
     script.write_text(render_script(entry))
     array = tmp_path / "images.npy"

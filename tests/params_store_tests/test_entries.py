@@ -20,8 +20,17 @@ def refused(entry: dict[str, Any], key: str | None = None) -> str:
     return str(info.value)
 
 
+# MagCache as export writes it: its knobs and the study's calibrated ratios, one per call.
+MAGCACHE = {"threshold": 0.12, "max_skip_steps": 2, "retention_ratio": 0.2,
+            "ratios": [1.0] + [0.98] * 24}  # fmt: skip
+
+
 def test_an_exported_entry_passes() -> None:
-    for entry in (make_entry(), make_entry("TinySD", "DDIM", 10, {"tome": {"ratio": 0.5}})):
+    for entry in (
+        make_entry(),
+        make_entry("TinySD", "DDIM", 10, {"tome": {"ratio": 0.5}}),
+        make_entry("PixArt-Sigma", "DDIM", 25, {"magcache": MAGCACHE}),
+    ):
         check_entry(entry["key"], entry)
 
 
@@ -50,12 +59,54 @@ def test_the_pipeline_must_be_the_model_it_loads() -> None:
         ("PixArt-Sigma", {"deepcache": {"cache_interval": 3}}, "deepcache cannot accelerate"),
         ("SDXL", {"tome": {"ratio": 0.5, "max_downsample": 2, "use_rand": 1}}, "must be bool"),
         ("SDXL", {"tomesd": {"ratio": 0.5}}, "unknown accelerator 'tomesd'"),
+        ("SDXL", {"magcache": MAGCACHE}, "magcache cannot accelerate"),
+        (
+            "PixArt-Sigma",
+            {"magcache": {**MAGCACHE, "ratios": [1.0] * 10}},
+            "magcache.ratios has 10 entries; 25 steps make 25..59 denoiser calls",
+        ),
+        (
+            "PixArt-Sigma",
+            {"magcache": {**MAGCACHE, "ratios": [1.0] * 24 + [-0.5]}},
+            "accelerators.magcache.ratios.24: Input should be greater than 0",
+        ),
+        (
+            "PixArt-Sigma",
+            {"magcache": {**MAGCACHE, "ratios": [1.0] * 24 + ["1.0"]}},
+            "accelerators.magcache.ratios.24: Input should be a valid number",
+        ),
+        (
+            "PixArt-Sigma",
+            {"magcache": {**MAGCACHE, "ratios": []}},
+            "accelerators.magcache.ratios: List should have at least 1 item",
+        ),
+        (
+            "PixArt-Sigma",
+            {"magcache": {k: v for k, v in MAGCACHE.items() if k != "ratios"}},
+            "magcache needs calibrated ratios",
+        ),
+        ("PixArt-Sigma", {"taylorseer": {"modules": "attn"}}, "valid: attention, blocks"),
+        (
+            "PixArt-Sigma",
+            {"tgate": {"gate_step": 10}, "taylorseer": {}},
+            "tgate+taylorseer is not a declared combination; combinations: deepcache+tome",
+        ),
+        (
+            "PixArt-Sigma",
+            {"tgate": {"gate_step": 10}, "magcache": MAGCACHE},
+            "tgate+magcache is not a declared combination; combinations: deepcache+tome",
+        ),
     ],
 )
 def test_settings_accelopt_refuses_are_never_used(
     model: str, accelerators_: dict[str, Any], why: str
 ) -> None:
     assert why in refused(make_entry(model, "DDIM", 25, accelerators_))
+
+
+def test_a_named_knob_is_taken() -> None:
+    taylorseer = {"taylorseer": {"cache_interval": 4, "max_order": 2, "modules": "blocks"}}
+    check_entry(*_keyed(make_entry("PixArt-Sigma", "DPM-Solver++", 20, taylorseer)))
 
 
 def test_a_random_partition_under_cuda_graphs_is_refused() -> None:

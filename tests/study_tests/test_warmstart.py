@@ -232,6 +232,24 @@ def test_translate_skips_what_it_cannot_read() -> None:
     )
 
 
+def test_translate_carries_a_warm_up_over_unscaled() -> None:
+    """TaylorSeer's disable_cache_before_step is a warm-up, like T-GATE's warm_up: from 50
+    steps to 20 it stays 3 (scaled as gate_step is, it would be 1), snapped into the space."""
+    knobs = {"cache_interval": 4, "max_order": 2, "disable_cache_before_step": 3,
+             "modules": "blocks"}  # fmt: skip
+    params = {f"taylorseer.{k}": v for k, v in knobs.items()}
+    pixart = PipeTraits("pixart-alpha")
+    assert translate({"taylorseer": knobs}, 50, Space.build(pixart, 20, ["taylorseer"])) == params
+    three = Space.build(pixart, 3, ["taylorseer"])  # interval 2..3, warm-up 1..2
+    assert translate({"taylorseer": knobs}, 50, three) == {
+        **params,
+        "taylorseer.cache_interval": 3,
+        "taylorseer.disable_cache_before_step": 2,
+    }
+    # A PixArt study that searches which to use takes T-GATE alone: nothing to start from.
+    assert translate({"taylorseer": knobs}, 50, Space.build(pixart, 20, None)) is None
+
+
 # Wired into accelopt run: a new study's first trials come from its neighbour, unless told not.
 
 

@@ -4,6 +4,7 @@ of trials a finished one already dominates. Traits are built by hand: no pipelin
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -13,7 +14,7 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState, create_trial
 
 from accelopt.accelerators import Param, PipeTraits, search_space
 from accelopt.errors import AccelOptError
-from accelopt.trial.space import Space, dominating_trial, lost_accelerator
+from accelopt.trial.space import Space, _combinable, dominating_trial, lost_accelerator
 
 SD = PipeTraits("sd", 3, (1, 2, 4))
 SDXL = PipeTraits("sdxl", 3, (2, 4))  # no attention at full resolution
@@ -84,8 +85,68 @@ def test_build_refuses_a_target_the_pipeline_cannot_take() -> None:
     with pytest.raises(AccelOptError) as info:
         Space.build(PIXART, 10, ("deepcache",))
     assert str(info.value) == (
-        "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate"
+        "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate, magcache, "
+        "taylorseer"
     )
+
+
+def test_build_without_targets_leaves_out_what_combines_undeclared() -> None:
+    """MagCache and TaylorSeer combine with no other accelerator yet (PLANS): a PixArt space
+    that searches which to use keeps T-GATE alone, and where T-GATE cannot be searched (5
+    steps) the first block cache in canonical order; each is searched when named; naming two
+    that no plan declares together is refused."""
+    assert Space.build(PIXART, 10, None).names == ("tgate",)
+    assert Space.build(PIXART, 5, None).names == ("magcache",)
+    assert Space.build(PIXART, 10, ("magcache",)).names == ("magcache",)
+    assert Space.build(PIXART, 10, ("taylorseer",)).names == ("taylorseer",)
+    for pair in (("tgate", "magcache"), ("tgate", "taylorseer"), ("magcache", "taylorseer")):
+        with pytest.raises(AccelOptError) as info:
+            Space.build(PIXART, 10, pair)
+        assert str(info.value).startswith(f"{'+'.join(pair)} is not a declared combination; ")
+
+
+PIXART_NAMES = ("tgate", "magcache", "taylorseer")
+ALONE = [frozenset({n}) for n in PIXART_NAMES]
+
+
+@pytest.mark.parametrize(
+    ("declared", "kept"),
+    [
+        ([], ()),
+        (ALONE, ("tgate",)),  # today's PLANS on PixArt: the earliest alone
+        # Declaring T-GATE with MagCache makes the searched space both.
+        ([*ALONE, frozenset({"tgate", "magcache"})], ("tgate", "magcache")),
+        # The largest set wins over the earliest accelerator.
+        ([*ALONE, frozenset({"magcache", "taylorseer"})], ("magcache", "taylorseer")),
+        # A set is taken only with every subset declared: switching T-GATE off would leave
+        # MagCache alone, undeclared here.
+        ([frozenset({"tgate"}), frozenset({"tgate", "magcache"})], ("tgate",)),
+        # All three, with every pair and single: all three.
+        (
+            [*ALONE, frozenset(PIXART_NAMES), frozenset({"tgate", "magcache"}),
+             frozenset({"tgate", "taylorseer"}), frozenset({"magcache", "taylorseer"})],
+            PIXART_NAMES,
+        ),
+    ],
+)  # fmt: skip
+def test_a_searched_space_takes_the_largest_set_closed_under_switching_off(
+    declared: list[frozenset[str]], kept: tuple[str, ...]
+) -> None:
+    assert _combinable(PIXART_NAMES, declared) == kept
+
+
+def test_sd_searches_every_unet_accelerator_as_before() -> None:
+    assert Space.build(SD, 10, None).names == ALL
+
+
+def test_configs_carry_the_calibrated_knobs() -> None:
+    """A study's calibration (MagCache's ratios) joins every config that turns MagCache on."""
+    ratios = [1.0, 0.98, 0.99, 1.01, 1.0]
+    space = replace(Space.build(PIXART, 5, None), calibration={"magcache": {"ratios": ratios}})
+    knobs = {"threshold": 0.1, "max_skip_steps": 2, "retention_ratio": 0.2}
+    params = {f"magcache.{k}": v for k, v in knobs.items()}
+    assert space.configs(params) == {"magcache": {**knobs, "ratios": ratios}}
+    assert space.configs({**params, "magcache.max_skip_steps": 0}) == {}  # off: not applied
 
 
 def test_build_without_targets_adds_off_values_first() -> None:
@@ -112,6 +173,12 @@ def test_build_without_targets_on_pixart_has_only_tgate() -> None:
         "tgate.warm_up": [1, 2, 3],
     }
     assert space.optional is True
+
+
+def test_a_named_knob_is_drawn_as_a_category() -> None:
+    distributions = Space.build(PIXART, 10, ("taylorseer",)).distributions()
+    assert distributions["taylorseer.modules"] == CategoricalDistribution(["attention", "blocks"])
+    assert distributions["taylorseer.cache_interval"] == IntDistribution(2, 6)
 
 
 def test_build_does_not_change_the_accelerators_space() -> None:

@@ -1,0 +1,189 @@
+"""TaylorSeer on TinyPixArt (accelopt/accelerators/taylorseer.py): what diffusers' hook
+computes, bit for bit; every knob changes the images; compiled, one graph per structure and
+none for a new interval. The contract every accelerator keeps is test_accelerators.py's, the
+schedule by hand test_schedules.py's, the forecast's arithmetic
+tests/portable_tests/test_taylorseer.py's."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from accelopt import accelerators, execution
+from accelopt._types import Pipeline
+from accelopt.accelerators import TaylorSeerConfig
+from accelopt.accelerators._snapshot import Snapshot
+from accelopt.errors import AccelOptError
+from accelopt.pipelines.schedulers import set_scheduler
+from accelopt.testing import render
+
+STEPS = 8
+# diffusers' cache_identifiers for each of our choices (re.fullmatch on module names).
+PATTERNS = {
+    "attention": r"transformer_blocks\.\d+\.(attn1|attn2|ff)",
+    "blocks": r"transformer_blocks\.\d+",
+}
+# (interval, max_order, before): diffusers' defaults, reuse, order 2 from one full call, ...
+SETTINGS = [(5, 1, 3), (4, 0, 3), (3, 2, 1), (2, 1, 2)]
+
+
+@contextmanager
+def diffusers_hook(net: torch.nn.Module, config: TaylorSeerConfig) -> Iterator[None]:
+    """diffusers' own TaylorSeer hook on ``net`` (float32 factors, the cache context PixArt's
+    pipeline does not open), removed after through its registry."""
+    from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
+    from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
+
+    upstream = TaylorSeerCacheConfig(
+        cache_interval=config.cache_interval,
+        disable_cache_before_step=config.disable_cache_before_step,
+        max_order=config.max_order,
+        taylor_factors_dtype=torch.float32,
+        cache_identifiers=[PATTERNS[config.modules]],
+    )
+    apply_taylorseer_cache(net, upstream)
+    registry = HookRegistry.check_if_exists_or_initialize(net)
+    registry.invalidate_child_registries_cache()
+    _set_cache_context(net, CacheContext("cond"))
+    try:
+        yield
+    finally:
+        registry.remove_hook("taylorseer_cache", recurse=True)
+
+
+@pytest.mark.parametrize("modules", sorted(PATTERNS))
+@pytest.mark.parametrize("sched", ["DDIM", "DPM-Solver++", "UniPC"])
+def test_taylorseer_computes_what_diffusers_hook_does(
+    tiny: Callable[[str], Pipeline], sched: str, modules: str
+) -> None:
+    """Ours against ``apply_taylorseer_cache`` with the same knobs and the modules named by
+    pattern, bit for bit, over diffusers' defaults and settings around them."""
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, sched)
+    for interval, order, before in SETTINGS:
+        config = TaylorSeerConfig(interval, order, before, modules)
+        with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
+            ours = render(pipe, steps=STEPS)
+        snapshot = Snapshot.take(pipe)
+        with diffusers_hook(pipe.transformer, config):
+            upstream = render(pipe, steps=STEPS)
+        snapshot.restore(pipe)  # diffusers leaves an instance forward on every hooked module
+        assert snapshot.matches(pipe)
+        np.testing.assert_array_equal(ours, upstream, err_msg=str(config))
+
+
+def test_every_knob_changes_the_images(tiny: Callable[[str], Pipeline]) -> None:
+    """From one configuration, a change of any one knob gives other images: none is ignored."""
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, "DDIM")
+    base = TaylorSeerConfig(cache_interval=3, max_order=1, disable_cache_before_step=2)
+    changes: dict[str, Any] = {
+        "cache_interval": 2,
+        "max_order": 2,
+        "disable_cache_before_step": 1,
+        "modules": "blocks",
+    }
+    assert set(changes) == {f.name for f in dataclasses.fields(TaylorSeerConfig)}
+    images = {}
+    for knob, value in {"base": None, **changes}.items():
+        config = base if value is None else dataclasses.replace(base, **{knob: value})
+        with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
+            images[knob] = render(pipe, steps=STEPS)
+    for knob in changes:
+        assert not np.array_equal(images[knob], images["base"]), knob
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+@pytest.mark.parametrize("modules", ["attention", "blocks"])
+def test_compiled_blocks_match_eager_and_a_new_interval_compiles_nothing(
+    tiny: Callable[[str], Pipeline], modules: str
+) -> None:
+    """Regional kernels, dynamo's "eager" backend (no C++ compiler): the same images as eager,
+    bit for bit; each structure compiled once (its full calls' orders 0, 1, 2 and its
+    forecasts' orders 1 and 2), and other intervals only pick among them."""
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, "DDIM")
+    made: list[int] = []
+    told: list[str] = []
+    for interval in (3, 2, 4):
+        config = TaylorSeerConfig(
+            interval, max_order=2, disable_cache_before_step=2, modules=modules
+        )
+        with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
+            eager = render(pipe, steps=STEPS)
+            before = _graphs()
+            with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
+                np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
+            made.append(_graphs() - before)
+    assert made[0] > 0 and made[1:] == [0, 0], made
+    assert told == [
+        f"taylorseer {modules} {kind} {order}"
+        for kind, order in (("full", 0), ("full", 1), ("forecast", 1), ("full", 2),
+                            ("forecast", 2))
+    ]  # fmt: skip
+
+
+def test_the_whole_forward_traces_as_one_graph_per_structure(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    """``torch.compile(fullgraph=True)`` of the transformer's forward: no graph break (diffusers'
+    hook breaks the graph at every decision), five structures, five graphs, eager's images."""
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, "DDIM")
+    net = pipe.transformer
+    whole = torch.compile(
+        type(net).forward.__get__(net), backend="eager", fullgraph=True, dynamic=False
+    )
+    config = TaylorSeerConfig(cache_interval=3, max_order=2, disable_cache_before_step=2)
+    with (
+        torch._dynamo.config.patch(recompile_limit=64),
+        accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS),
+    ):
+        eager = render(pipe, steps=STEPS)
+        before = _graphs()
+        net.forward = whole
+        try:
+            compiled = render(pipe, steps=STEPS)
+        finally:
+            del net.forward
+    np.testing.assert_array_equal(compiled, eager)
+    assert _graphs() - before == 5
+
+
+def test_off_and_plain_report_no_structure(tiny: Callable[[str], Pipeline]) -> None:
+    """Interval 1 wraps nothing, so it changes no graph; a real setting names its call."""
+    pipe = tiny("TinyPixArt")
+    off = accelerators.get("taylorseer").off(STEPS)
+    with accelerators.apply(pipe, {"taylorseer": off}, steps=STEPS) as acc:
+        assert acc.structure() == ()
+    with accelerators.apply(pipe, {"taylorseer": TaylorSeerConfig()}, steps=STEPS) as acc:
+        assert acc.structure() == (("taylorseer", "attention", "full", 0),)
+
+
+def test_the_search_space_cites_its_ranges_cut_to_the_steps(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    traits = accelerators.PipeTraits.of(tiny("TinyPixArt"))
+    space = accelerators.search_space(traits, 20, "taylorseer")
+    assert {k: v.values for k, v in space.items()} == {
+        "taylorseer.cache_interval": (2, 3, 4, 5, 6),
+        "taylorseer.max_order": (0, 1, 2),
+        "taylorseer.disable_cache_before_step": (1, 2, 3, 4),
+        "taylorseer.modules": ("attention", "blocks"),
+    }
+    short = accelerators.search_space(traits, 3, "taylorseer")
+    assert short["taylorseer.cache_interval"].values == (2, 3)
+    assert short["taylorseer.disable_cache_before_step"].values == (1, 2)
+    with pytest.raises(AccelOptError, match="taylorseer needs at least 2 steps"):
+        accelerators.search_space(traits, 1, "taylorseer")
