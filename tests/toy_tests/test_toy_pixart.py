@@ -16,11 +16,12 @@ from accelopt.pipelines import (
     family_of,
     load_pipeline,
     model_info,
+    tiny_pipeline,
     toy_folder,
     toy_shipped,
 )
 from accelopt.spec import load_spec
-from accelopt.toy import models, train
+from accelopt.toy import evaluate, models, train
 
 BUDGET = 25e6  # bytes the whole shipped pipeline may take
 CPU = torch.device("cpu")
@@ -129,3 +130,9 @@ def test_dit_recipe_refuses_a_vae_that_does_not_ship(
         train.main(["dit", "--out", str(tmp_path), "--set", "vae=SD1.5"])
     assert exit_info.value.code == 2
     assert "recipe entry vae='SD1.5': no VAE ships there; valid: ToySD" in capsys.readouterr().err
+
+
+def test_evaluation_offers_a_dit_only_what_applies_to_it() -> None:
+    names = list(evaluate.configs_for(tiny_pipeline("TinyPixArt")))
+    assert names == ["baseline", *(f"T-GATE gate {g}" for g in (15, 10, 5, 2))]
+    assert len(evaluate.configs_for(tiny_pipeline("TinySD"))) == len(evaluate.CONFIGS)
