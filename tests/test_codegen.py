@@ -28,7 +28,7 @@ from accelopt.codegen import (
     script_body,
 )
 from accelopt.errors import AccelOptError
-from accelopt.pipelines import MODELS, TOY_PIPELINES, model_info
+from accelopt.pipelines import MODELS, TOY_PIPELINES, model_info, toy_shipped
 from accelopt.pipelines.schedulers import SCHEDULERS, resolve_scheduler
 from accelopt.prompts import load_prompts
 from accelopt.testing import make_entry
@@ -185,7 +185,14 @@ def test_literal_subclasses_render_as_plain_values(value: Any) -> None:
 
 # ---- rendering: a fuzz of nasty entries ------------------------------------------------------
 
-KNOWN = [name for m in MODELS for name in (m.name, m.hub_id, m.name.upper()) if name]
+# A toy known before its training run ships (ToyPixArt) has no layout to check entries against.
+KNOWN = [
+    name
+    for m in MODELS
+    if m.name not in TOY_PIPELINES or toy_shipped(m.name)
+    for name in (m.name, m.hub_id, m.name.upper())
+    if name
+]
 SCHEDULER_NAMES = [n for s in SCHEDULERS for n in (s.name, *s.aliases, s.name.lower())]
 FAMILY_ACCELERATORS = {
     "sd": ("deepcache", "tgate", "tome"),

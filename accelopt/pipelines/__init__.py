@@ -25,6 +25,7 @@ from accelopt.pipelines.loading import (
     resolve_device,
     resolve_dtype,
     toy_folder,
+    toy_shipped,
 )
 from accelopt.pipelines.tiny import TINY_PIPELINES, tiny_pipeline
 
@@ -43,4 +44,5 @@ __all__ = [
     "resolve_dtype",
     "tiny_pipeline",
     "toy_folder",
+    "toy_shipped",
 ]

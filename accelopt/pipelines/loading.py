@@ -37,6 +37,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "toy_folder",
+    "toy_shipped",
 ]
 
 Family = Literal["sd", "sdxl", "pixart-alpha", "pixart-sigma"]
@@ -71,8 +72,9 @@ MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("TinySD", "sd", None, TINY_RESOLUTION),
     ModelInfo("TinySDXL", "sdxl", None, TINY_RESOLUTION),
     ModelInfo("TinyPixArt", "pixart-alpha", None, TINY_RESOLUTION),
-    # Trained here on the toy shapes (accelopt.toy); its folder ships inside the package.
+    # Trained here on the toy shapes (accelopt.toy); their folders ship inside the package.
     ModelInfo("ToySD", "sd", None, 64),
+    ModelInfo("ToyPixArt", "pixart-alpha", None, 64),
 )
 _MODELS = {key.lower(): m for m in MODELS for key in (m.name, m.hub_id) if key}
 
@@ -83,7 +85,7 @@ _DTYPES = {
 }  # fmt: skip
 
 
-TOY_PIPELINES = ("ToySD",)
+TOY_PIPELINES = ("ToySD", "ToyPixArt")
 
 
 def toy_folder(name: str) -> Path:
@@ -91,6 +93,16 @@ def toy_folder(name: str) -> Path:
     from importlib import resources
 
     return Path(str(resources.files("accelopt").joinpath(f"data/toy/{name}")))
+
+
+def toy_shipped(name: str) -> bool:
+    """Whether a toy pipeline's trained weights ship with this accelopt (a named toy may be
+    known before its training run has been made).
+
+    >>> toy_shipped("ToySD")
+    True
+    """
+    return (toy_folder(name) / "model_index.json").is_file()
 
 
 def model_info(name: str) -> ModelInfo | None:
@@ -198,6 +210,12 @@ def load_pipeline(
     elif info is not None and info.name in TOY_PIPELINES:
         if weights == "random":
             raise AccelOptError(f"{info.name} ships trained weights; drop --random-weights")
+        if not toy_shipped(info.name):
+            raise AccelOptError(
+                f"{info.name}'s trained weights are not shipped yet ({toy_folder(info.name)} "
+                f"holds no model_index.json); train them with python -m accelopt.toy.train and "
+                f"put the folder there, or use ToySD"
+            )
         pipe = _from_pretrained(str(toy_folder(info.name)), torch_dtype, variant)
     elif weights == "random":
         if info is None:

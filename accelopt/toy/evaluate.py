@@ -1,16 +1,19 @@
-"""Does the toy world mean something? Retrieval and CLIP-score loss figures for ToySD.
+"""Does the toy world mean something? Retrieval and CLIP-score loss figures for the toy models.
 
     python -m accelopt.toy.evaluate --out figures.json [--pipeline DIR --scorer DIR]
 
 Three figures (docs/BENCHMARKS.md shows them):
 
 1. The scorer on real held-out images: rank the true caption among 100 candidates (top-1, top-5).
-2. Generated images follow their prompts: the same retrieval on ToySD's images, baseline and
-   accelerated, for search and held-out captions.
-3. CLIP-score loss grows with acceleration (DeepCache interval, ToMe ratio, T-GATE gate step)
-   and differs from prompt to prompt: per configuration, the loss on each split and its spread.
+2. Generated images follow their prompts: the same retrieval on the generator's images (ToySD's
+   or ToyPixArt's), baseline and accelerated, for search and held-out captions.
+3. CLIP-score loss grows with acceleration (DeepCache interval, ToMe ratio, T-GATE gate step:
+   those that apply to the generator's family) and differs from prompt to prompt: per
+   configuration, the loss on each split and its spread.
 
-Without ``--pipeline``/``--scorer`` it evaluates the models shipped with accelopt.
+Images come from the pipeline's own scheduler (ToySD: DDIM; ToyPixArt: PixArt's DPM-Solver++),
+20 steps, at the guidance of its study. Without ``--pipeline``/``--scorer`` it evaluates the
+models shipped with accelopt.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import torch
 
 from accelopt import accelerators
 from accelopt.measure.metrics import ClipScorer, prompt_losses, score_loss
+from accelopt.pipelines import call_defaults, family_of
 from accelopt.toy import shapes
 
-__all__ = ["CONFIGS", "generate", "main", "retrieval"]
+__all__ = ["CONFIGS", "configs_for", "generate", "main", "retrieval"]
 
 STEPS = 20
-GUIDANCE = 5.0
+GUIDANCE = 5.0  # ToySD's; a PixArt pipeline takes its own default (4.5), as its study does
+PIXART_GUIDANCE = 4.5
 # The real images the scorer is checked on: one draw per split, apart from training's streams.
 REAL_SEEDS: dict[shapes.Split, int] = {"train": 10_005, "heldout": 10_007}
 # Each accelerator from mild to aggressive, alone, at 20 DDIM steps.
@@ -45,6 +50,17 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     **{f"ToMe {r}": {"tome": {"ratio": r, "max_downsample": 1}} for r in (0.25, 0.5, 0.75)},
     **{f"T-GATE gate {g}": {"tgate": {"gate_step": g, **_TGATE}} for g in (15, 10, 5, 2)},
 }  # fmt: skip
+
+
+def configs_for(pipe: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """The ``CONFIGS`` whose accelerators all apply to ``pipe``'s family (a DiT takes no
+    DeepCache or ToMe), the baseline first."""
+    valid = set(accelerators.applicable(family_of(pipe)))
+    return {name: c for name, c in CONFIGS.items() if set(c) <= valid}
+
+
+def _guidance(pipe: Any) -> float:
+    return PIXART_GUIDANCE if family_of(pipe).startswith("pixart") else GUIDANCE
 
 
 def retrieval(
@@ -86,8 +102,9 @@ def generate(
         for start in range(0, len(prompts), batch):
             chunk = list(prompts[start : start + batch])
             seeds = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
-            kwargs = {"prompt": chunk, "num_inference_steps": STEPS, "guidance_scale": GUIDANCE,
-                      "generator": seeds, "output_type": "pt"}  # fmt: skip
+            kwargs = {"prompt": chunk, "num_inference_steps": STEPS,
+                      "guidance_scale": _guidance(pipe), "generator": seeds, "output_type": "pt",
+                      **call_defaults(pipe)}  # fmt: skip
             images = acc(**kwargs).images if acc else pipe(**kwargs).images
             out.append(images.float().cpu())
     finally:
@@ -109,7 +126,7 @@ def figures(pipe: Any, scorer: ClipScorer, *, count: int = 100, real: int = 500)
         record["scorer_real"][split] = retrieval(scorer, images, captions, shapes.captions(split))
     prompts = {split: _prompts(split, count) for split in REAL_SEEDS}
     baseline: dict[str, list[float]] = {}
-    for name, configs in CONFIGS.items():
+    for name, configs in configs_for(pipe).items():
         row: dict[str, Any] = {}
         for split, texts in prompts.items():
             images = generate(pipe, texts, configs)
@@ -129,12 +146,17 @@ def figures(pipe: Any, scorer: ClipScorer, *, count: int = 100, real: int = 500)
     return record
 
 
+_UNET_SAMPLES = ("baseline", "DeepCache 3", "DeepCache 5", "ToMe 0.75", "T-GATE gate 5")
+_DIT_SAMPLES = ("baseline", "T-GATE gate 15", "T-GATE gate 10", "T-GATE gate 5")
+
+
 def samples(pipe: Any, path: Path, count: int = 6) -> None:
-    """A PNG grid: held-out prompts (rows) by baseline and three accelerations (columns)."""
+    """A PNG grid: held-out prompts (rows) by baseline and accelerations (columns)."""
     from PIL import Image
 
     texts = _prompts("heldout", count)
-    columns = ["baseline", "DeepCache 3", "DeepCache 5", "ToMe 0.75", "T-GATE gate 5"]
+    pixart = family_of(pipe).startswith("pixart")
+    columns = _DIT_SAMPLES if pixart else _UNET_SAMPLES
     grid = torch.stack([generate(pipe, texts, CONFIGS[c]) for c in columns], dim=1)
     grid = grid.permute(0, 3, 1, 4, 2).reshape(count * grid.shape[-2], -1, 3)
     array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
@@ -148,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m accelopt.toy.evaluate", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--pipeline", default="ToySD", help="ToySD (shipped) or a pipeline folder")
+    parser.add_argument(
+        "--pipeline", default="ToySD", help="ToySD, ToyPixArt (shipped) or a pipeline folder"
+    )
     parser.add_argument(
         "--scorer", default="accelopt-toy-clip", help="a CLIP name or local-dir:PATH"
     )

@@ -1,18 +1,24 @@
-"""Train the toy generator (ToySD) and the toy CLIP scorer from scratch, seeded.
+"""Train the toy generators (ToySD, ToyPixArt) and the toy CLIP scorer from scratch, seeded.
 
     python -m accelopt.toy.train generator --out runs/a --device cuda:0
     python -m accelopt.toy.train scorer --out runs/s --device cuda:1
+    python -m accelopt.toy.train dit --out runs/d --device cuda:0
 
 ``generator`` trains the VAE, then the text encoder and UNet together (epsilon prediction, SD's
 noise schedule, 10% empty captions for classifier-free guidance, an EMA of the weights), and
-saves a StableDiffusionPipeline folder in float16 (``OUT/ToySD``). ``scorer`` trains an open_clip
-CLIP contrastively on its own draw of the data and saves an open_clip ``local-dir`` folder
-(``OUT/toy-clip``). Each writes ``train.json``: settings, loss curve, seconds, versions.
+saves a StableDiffusionPipeline folder in float16 (``OUT/ToySD``). ``dit`` trains a small T5
+encoder and a PixArt-layout transformer together the same way, on the latents of the shipped
+ToySD's VAE (frozen: the same latent space, and no VAE stage) with PixArt's linear noise
+schedule, and saves a PixArtAlphaPipeline folder in float16 (``OUT/ToyPixArt``). ``scorer``
+trains an open_clip CLIP contrastively on its own draw of the data and saves an open_clip
+``local-dir`` folder (``OUT/toy-clip``). Each writes ``train.json``: settings, loss curve,
+seconds, versions.
 
 Every batch is drawn from a seed derived from ``--seed`` and the step, on the CPU, so a rerun
 draws the same data; GPU kernels are not bit-deterministic, so reruns agree within noise, not
 bit for bit (docs/BENCHMARKS.md compares two runs). ``--max-seconds`` stops a stage early and
-says so in the log: a run that stopped early is not the recipe.
+``--set`` changes recipe entries; either says so in the log and in ``train.json``
+(``is_recipe``): such a run is not the recipe.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch.nn.functional as F
 
 from accelopt.toy import models, shapes
 
-__all__ = ["GENERATOR", "SCORER", "batches", "main"]
+__all__ = ["DIT", "GENERATOR", "SCORER", "batches", "main"]
 
 # The recipes. Steps are fixed (not time budgets) so that a rerun is the same training. The
 # UNet's learning rate follows a 14,000-step cosine schedule, stopped at step 3,000: the shipped
@@ -59,9 +65,30 @@ SCORER = {
     "warmup": 300,
     "weight_decay": 0.1,
 }
-# Data streams: the generator and the scorer each draw their own scenes (evaluation draws its
-# real images with seeds of its own, accelopt.toy.evaluate.REAL_SEEDS).
-STREAMS = {"generator": 1, "scorer": 2}
+# ToyPixArt, sized for one device call of 10 minutes on one H100, a GPU nobody here has timed it
+# on. The estimate, from FLOPs against ToySD's measured run: a ToySD step (batch 256: VAE encode,
+# then text encoder + UNet forward and backward, about 3x forward) is 725 GFLOP and took 96 ms on
+# an H200 (3,000 steps in 288 s); a ToyPixArt step is 571 GFLOP (0.79x: no UNet, a DiT forward of
+# 0.57 GFLOP a sample at 16 caption tokens), so about 76 ms, or 300 s for 4,000 steps; up to 1.4x
+# that on an H100 (less memory bandwidth) is 425 s. ``--max-seconds`` bounds what the estimate
+# cannot. The cosine schedule ends at ``schedule_steps``, so a run stopped at step N can be
+# restated as the recipe ``steps=N`` (as ToySD's was). A shorter EMA than ToySD's: a run this
+# short still improves at its end.
+DIT = {
+    "vae": "ToySD",  # whose shipped VAE encodes the images (frozen, copied into the folder)
+    "layers": models.DIT_LAYERS,  # the transformer's depth (a smoke test shrinks it)
+    "steps": 4000,
+    "schedule_steps": 4000,
+    "batch": 256,
+    "lr": 5e-4,
+    "warmup": 500,
+    "ema": 0.999,
+    "uncond": 0.1,
+    "storage_check_prompts": 16,
+}
+# Data streams: each model draws its own scenes (evaluation draws its real images with seeds of
+# its own, accelopt.toy.evaluate.REAL_SEEDS).
+STREAMS = {"generator": 1, "scorer": 2, "dit": 3}
 LOG_EVERY = 100
 
 
@@ -76,17 +103,26 @@ def batches(
 
 
 class Tokens:
-    """Captions to token ids, cached (a training run sees a few thousand distinct captions)."""
+    """Captions to token ids, cached (a training run sees a few thousand distinct captions).
 
-    def __init__(self, device: torch.device) -> None:
-        self.tokenizer = models.tokenizer()
+    The toy CLIP tokenizer by default, padded to its 32 tokens; or ``tokenizer`` padded to
+    ``length``.
+    """
+
+    def __init__(
+        self, device: torch.device, tokenizer: Any = None, length: int | None = None
+    ) -> None:
+        self.tokenizer: Any = tokenizer if tokenizer is not None else models.tokenizer()
+        self.length = length
         self.device = device
         self._cache: dict[str, list[int]] = {}
 
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:
         missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
         if missing:
-            ids = self.tokenizer(missing, padding="max_length", truncation=True).input_ids
+            ids = self.tokenizer(
+                missing, padding="max_length", max_length=self.length, truncation=True
+            ).input_ids
             self._cache.update(zip(missing, ids, strict=True))
         return torch.tensor([self._cache[c] for c in captions], device=self.device)
 
@@ -233,6 +269,108 @@ def train_generator(
     return pipe, {"vae": vae_log, "unet": log.record()}
 
 
+def _vae_weights(name: str) -> Path:
+    """The weights file of a shipped toy pipeline's VAE; ValueError if it ships none."""
+    from accelopt.pipelines import TOY_PIPELINES, toy_folder
+
+    path = toy_folder(name) / "vae" / "diffusion_pytorch_model.safetensors"
+    if name not in TOY_PIPELINES or not path.is_file():
+        raise ValueError(f"recipe entry vae={name!r}: no VAE ships there; valid: ToySD")
+    return path
+
+
+def _shipped_vae(name: str, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The VAE of a shipped toy pipeline, frozen, and where it came from (its file's digest)."""
+    import hashlib
+
+    from diffusers import AutoencoderKL
+
+    weights = _vae_weights(name)
+    loaded: Any = AutoencoderKL.from_pretrained(weights.parent, dtype=torch.float32)
+    # Built again from its settings alone: the loaded config remembers the folder it came from,
+    # which the saved pipeline would then carry.
+    vae: Any = AutoencoderKL.from_config(
+        {k: v for k, v in loaded.config.items() if not k.startswith("_")}
+    )
+    vae.load_state_dict(loaded.state_dict())
+    vae.to(device).eval().requires_grad_(False)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return vae, {"source": f"{name}/vae", "sha256": digest,
+                 "scaling_factor": vae.config.scaling_factor}  # fmt: skip
+
+
+# PixArt's training noise schedule: linear betas, 1,000 steps (its scheduler config's).
+_PIXART_BETAS = (0.0001, 0.02)
+
+
+def train_dit(
+    device: torch.device, seed: int, recipe: dict[str, Any], deadline: float | None
+) -> tuple[Any, dict[str, Any]]:
+    """T5 encoder + PixArt transformer on the frozen shipped VAE's latents; returns the pipeline.
+
+    Epsilon prediction, as PixArt's schedulers expect (``prediction_type="epsilon"``). Captions
+    go in as the pipeline sends them: T5 ids with an attention mask that T5 and every
+    cross-attention honour, an empty caption being ``</s>`` alone (the pipeline's negative
+    prompt), shorter padding than the pipeline's (``models.DIT_CONTEXT_LENGTH``).
+    """
+    vae, vae_log = _shipped_vae(str(recipe["vae"]), device)
+    tokens = Tokens(device, models.dit_tokenizer(), models.DIT_CONTEXT_LENGTH)
+    pad = tokens.tokenizer.pad_token_id
+    torch.manual_seed(seed + 1)
+    text_encoder: Any = models.t5_encoder(len(tokens.tokenizer))
+    transformer: Any = models.transformer(int(recipe["layers"]))
+    text_encoder.to(device).train()
+    transformer.to(device).train()
+    ema = {"text": copy.deepcopy(text_encoder).eval(), "dit": copy.deepcopy(transformer).eval()}
+    betas = torch.linspace(*_PIXART_BETAS, 1000, dtype=torch.float64)
+    alphas = torch.cumprod(1 - betas, dim=0).float().to(device)
+    params = [*text_encoder.parameters(), *transformer.parameters()]
+    opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=0.01)
+    steps = recipe["steps"]
+    log = _Log("dit", steps, deadline)
+    g = torch.Generator().manual_seed(seed + 2)  # which captions are dropped, on the CPU
+    data = batches(recipe["batch"], stream="dit", seed=seed + 3, device=device)
+    scale = vae.config.scaling_factor
+    no_micro_conditions = {"resolution": None, "aspect_ratio": None}  # as the pipeline at 64 px
+    for step, (x, captions) in zip(range(steps), data, strict=False):
+        for group in opt.param_groups:
+            group["lr"] = recipe["lr"] * _schedule(
+                step, recipe["schedule_steps"], recipe["warmup"]
+            )
+        drop = (torch.rand(len(captions), generator=g) < recipe["uncond"]).tolist()
+        ids = tokens(["" if d else c for c, d in zip(captions, drop, strict=True)])
+        mask = (ids != pad).long()
+        with torch.no_grad(), _autocast(device):
+            latents = vae.encode(x).latent_dist.sample().float() * scale
+        eps = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (len(captions),), device=device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * eps
+        with _autocast(device):
+            context = text_encoder(ids, attention_mask=mask)[0]
+            prediction = transformer(
+                noisy,
+                encoder_hidden_states=context,
+                encoder_attention_mask=mask,
+                timestep=t,
+                added_cond_kwargs=no_micro_conditions,
+            ).sample
+        loss = F.mse_loss(prediction.float(), eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(recipe["ema"], (1 + step) / (10 + step))
+        _ema_update(ema["text"], text_encoder, decay)
+        _ema_update(ema["dit"], transformer, decay)
+        if not log.step(step, loss.detach()):
+            break
+    pipe = models.build_dit_pipeline(vae, ema["text"], tokens.tokenizer, ema["dit"])
+    counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+              for name in ("transformer", "text_encoder", "vae")}  # fmt: skip
+    return pipe, {"vae": vae_log, "dit": log.record(), "parameters": counts}
+
+
 def train_scorer(
     device: torch.device, seed: int, recipe: dict[str, Any], deadline: float | None
 ) -> tuple[Any, dict[str, Any]]:
@@ -285,23 +423,25 @@ def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(blur, blurred, x).clamp(-1, 1)
 
 
-def save_generator(pipe: Any, folder: Path, prompts: int) -> dict[str, Any]:
+def save_generator(pipe: Any, folder: Path, prompts: int, guidance: float = 5.0) -> dict[str, Any]:
     """The pipeline in float16 safetensors, tokenizer and scheduler included.
 
     Returns what storing in float16 costs: PSNR between images of the float32 weights and of
-    the saved ones loaded back (both computed in float32), over ``prompts`` held-out prompts.
+    the saved ones loaded back (both computed in float32), over ``prompts`` held-out prompts,
+    and the bytes the folder takes.
     """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging
 
     from accelopt.measure.metrics import psnr
+    from accelopt.pipelines import call_defaults
 
     def images(p: Any) -> torch.Tensor:
         p.set_progress_bar_config(disable=True)
         captions = list(shapes.prompt_order("heldout")[:prompts])
         seeds = [torch.Generator().manual_seed(i) for i in range(len(captions))]
-        return p(captions, num_inference_steps=20, guidance_scale=5.0, generator=seeds,
-                 output_type="pt").images.float().cpu()  # fmt: skip
+        return p(captions, num_inference_steps=20, guidance_scale=guidance, generator=seeds,
+                 output_type="pt", **call_defaults(p)).images.float().cpu()  # fmt: skip
 
     device = pipe.device
     before = images(pipe)
@@ -314,7 +454,11 @@ def save_generator(pipe: Any, folder: Path, prompts: int) -> dict[str, Any]:
     finally:
         logging.set_verbosity(verbosity)
     values = sorted(psnr(before, images(loaded)))
-    return {"fp16_storage_psnr_db": {"min": values[0], "median": values[len(values) // 2]}}
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return {
+        "fp16_storage_psnr_db": {"min": values[0], "median": values[len(values) // 2]},
+        "folder_bytes": size,
+    }
 
 
 def save_scorer(model: Any, folder: Path) -> None:
@@ -337,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m accelopt.toy.train", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("model", choices=["generator", "scorer"])
+    parser.add_argument("model", choices=list(_MODELS))
     parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -354,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace what --out holds")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    recipe = dict(GENERATOR if args.model == "generator" else SCORER)
+    written, folder_name, train = _MODELS[args.model]
+    recipe = dict(written)
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in recipe:
@@ -363,23 +508,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             recipe[key] = type(recipe[key])(value)
         except ValueError:
             parser.error(f"recipe entry {key}={value!r}: expected {type(recipe[key]).__name__}")
-    folder = args.out / ("ToySD" if args.model == "generator" else "toy-clip")
+    if args.model == "dit":
+        try:
+            _vae_weights(str(recipe["vae"]))
+        except ValueError as err:
+            parser.error(str(err))
+    overrides = {k: v for k, v in recipe.items() if v != written[k]}
+    if overrides:
+        print(f"not the recipe: {overrides} set by --set", flush=True)
+    folder = args.out / folder_name
     if not args.force and (folder.exists() or (args.out / "train.json").exists()):
         parser.error(
             f"{args.out} already holds a trained {args.model}; pass --force to replace it"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    train = train_generator if args.model == "generator" else train_scorer
     deadline = None if args.max_seconds is None else time.perf_counter() + args.max_seconds
     model, log = train(device, args.seed, recipe, deadline)
-    if args.model == "generator":
-        log.update(save_generator(model, folder, int(recipe["storage_check_prompts"])))
-    else:
+    if args.model == "scorer":
         save_scorer(model, folder)
+    else:
+        guidance = 4.5 if args.model == "dit" else 5.0  # each pipeline's study guidance
+        log.update(save_generator(model, folder, int(recipe["storage_check_prompts"]), guidance))
+    stopped = any(isinstance(v, dict) and v.get("stopped_early") for v in log.values())
     record = {
         "model": args.model,
         "seed": args.seed,
+        # The recipe as written, run to its last step: only then are these the shipped weights'.
+        "is_recipe": not overrides and not stopped,
         "recipe": recipe,
+        "overrides": overrides,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "date": time.strftime("%Y-%m-%d"),
         "versions": package_versions(["torch", "diffusers", "transformers", "open_clip_torch"]),
@@ -387,6 +544,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     (args.out / "train.json").write_text(json.dumps(record, indent=1) + "\n")
     return 0
+
+
+# Subcommand -> (its recipe as written, the folder it saves, what trains it).
+_MODELS: dict[str, tuple[dict[str, Any], str, Any]] = {
+    "generator": (GENERATOR, "ToySD", train_generator),
+    "scorer": (SCORER, "toy-clip", train_scorer),
+    "dit": (DIT, "ToyPixArt", train_dit),
+}
 
 
 if __name__ == "__main__":
