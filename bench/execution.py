@@ -37,6 +37,7 @@ SETTINGS = {  # steps, scheduler, guidance: each family's usual sampling
     "SDXL": (25, "DDIM", 7.0),
     "PixArt-Sigma": (20, "DPM-Solver++", 4.5),
     "TinySD": (10, "DDIM", 7.0),
+    "TinyPixArt": (10, "DDIM", 4.5),
 }
 PLANS: dict[str, dict[str, dict[str, Any]]] = {
     "deepcache 3/0": {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}},
@@ -51,6 +52,21 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
     "tome 0.5 + tgate 10": {
         "tome": {"ratio": 0.5, "max_downsample": 1},
         "tgate": {"gate_step": 10, "sp_interval": 5, "fi_interval": 1, "warm_up": 2},
+    },
+    # Block caches at their published settings (accelopt/accelerators/{magcache,taylorseer}.py
+    # cite them): diffusers' defaults, then the MagCache repository's FLUX.1-dev setting and
+    # TaylorSeer's FLUX interval. MagCache's ratios are calibrated here on the plain pipeline.
+    "magcache 0.06/3/0.2": {
+        "magcache": {"threshold": 0.06, "max_skip_steps": 3, "retention_ratio": 0.2}
+    },
+    "magcache 0.24/5/0.1": {
+        "magcache": {"threshold": 0.24, "max_skip_steps": 5, "retention_ratio": 0.1}
+    },
+    "taylorseer 5/1/3": {
+        "taylorseer": {"cache_interval": 5, "max_order": 1, "disable_cache_before_step": 3}
+    },
+    "taylorseer 6/1/3": {
+        "taylorseer": {"cache_interval": 6, "max_order": 1, "disable_cache_before_step": 3}
     },
 }
 PROMPT = "a photograph of a lighthouse at dusk"
@@ -80,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     plans = {k: v for k, v in plans.items() if set(v) <= set(accelerators.applicable(traits))}
 
     generate = generation(pipe, args.pipe, args.batch)
+    plans = {k: calibrated(pipe, v, generate) for k, v in plans.items()}
 
     def once() -> tuple[float, torch.Tensor]:
         return timed_once(generate, pipe, args.batch)
@@ -94,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "device", "torch", "date", "command", device=pipe.device, script="execution", argv=argv
         ),
         "build_seconds": time.perf_counter() - started,
+        "configs": plans,  # as run: calibrated knobs included
         "modes": {},
         "work": {},
     }
@@ -213,6 +231,19 @@ def generation(pipe: Any, name: str, batch: int) -> Callable[[], torch.Tensor]:
         return out.images.float()
 
     return generate
+
+
+def calibrated(
+    pipe: Any, configs: dict[str, dict[str, Any]], generate: Callable[[], Any]
+) -> dict[str, dict[str, Any]]:
+    """``configs`` with each accelerator's calibrated knobs (MagCache's ratios) measured on
+    the plain pipeline by one ``generate()``, eagerly, as a study measures them."""
+    out = {}
+    for name, config in configs.items():
+        accel = accelerators.get(name)
+        knobs = accel.calibrate(pipe, generate) if accel.calibrated else {}
+        out[name] = {**config, **knobs}
+    return out
 
 
 def timed_once(generate: Callable[[], torch.Tensor], pipe: Any, batch: int) -> tuple[float, Any]:
