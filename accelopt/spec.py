@@ -61,7 +61,7 @@ class PromptSpec:
     ``batch_size`` per call, prompt i seeded with ``seed + i``.
 
     ``set`` is ``accelopt`` (the shipped prompts for real models) or ``shapes`` (captions of the
-    toy shapes, for ToySD)."""
+    toy shapes, for the toy pipelines)."""
 
     set: str = "accelopt"
     split: str = "search"
@@ -258,15 +258,17 @@ def generation_defaults(pipeline: str) -> dict[str, Any] | None:
 def _model_defaults(pipeline: str) -> dict[str, Any]:
     """Defaults that follow from a known model: resolution, guidance, prompts, metric, budget."""
     from accelopt.measure.metrics import TINY_CLIP, TOY_CLIP
-    from accelopt.pipelines import model_info
+    from accelopt.pipelines import TOY_PIPELINES, model_info
 
     info = model_info(pipeline)
     if info is None:
         return {}
-    if info.name == "ToySD":  # trained on shapes: their captions, its own scorer
+    if info.name in TOY_PIPELINES:  # trained on shapes: their captions, their own scorer
         return {
             "resolution": info.resolution,
-            "guidance": 5.0,
+            # The guidance each toy was trained to be judged at (accelopt.toy.train's generator
+            # checks): PixArt's own 4.5 for a toy DiT, 5.0 for ToySD (not SD's 7.5).
+            "guidance": _GUIDANCE[info.family] if info.family.startswith("pixart") else 5.0,
             "prompts": PromptSpec(set="shapes", count=16, batch_size=4),
             "metric": MetricSpec(TOY_CLIP, ""),
             "n_trials": 12,

@@ -194,6 +194,19 @@ def test_tiny_defaults(pipeline: str, empty_cwd: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "guidance"), [("ToySD-DDIM-50", 5.0), ("ToyPixArt-DDIM-50", 4.5)]
+)
+def test_toy_defaults(name: str, guidance: float, empty_cwd: Path) -> None:
+    """Every toy, named without a file, draws the shapes, is scored by the toy CLIP and takes
+    the guidance it was trained to be judged at."""
+    spec = load_spec(name)
+    assert spec.source == "derived from the name"
+    assert spec.metric == MetricSpec("accelopt-toy-clip", "")
+    assert spec.prompts == PromptSpec(set="shapes", split="search", count=16, batch_size=4)
+    assert (spec.resolution, spec.guidance, spec.n_trials) == (64, guidance, 12)
+
+
+@pytest.mark.parametrize(
     ("name", "resolution", "guidance"),
     [
         ("SD1.5-UniPC-25", 512, 7.5),

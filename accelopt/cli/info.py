@@ -6,7 +6,11 @@ import argparse
 
 from accelopt.cli._command import Command
 
-__all__ = ["Accelerators", "Pipelines", "Prompts", "Schedulers"]
+__all__ = ["TOY_TRAINING", "Accelerators", "Pipelines", "Prompts", "Schedulers"]
+
+# Toy pipeline -> the accelopt.toy.train subcommand that trains it (that module imports torch,
+# too slow for a listing; a test keeps the two in step).
+TOY_TRAINING = {"ToySD": "generator", "ToyPixArt": "dit"}
 
 
 class Pipelines(Command):
@@ -16,13 +20,18 @@ class Pipelines(Command):
     help = "list the pipelines accelopt knows by name"
 
     def run(self, args: argparse.Namespace) -> int:
-        from accelopt.pipelines import MODELS, TOY_PIPELINES
+        from accelopt.pipelines import MODELS, TOY_PIPELINES, toy_shipped
 
         print(f"{'name':14} {'family':13} {'resolution':>10}  weights")
         for m in MODELS:
-            built = "built from config (random, offline)"
-            toy = "trained on toy shapes, shipped with accelopt"
-            source = m.hub_id or (toy if m.name in TOY_PIPELINES else built)
+            source = m.hub_id or "built from config (random, offline)"
+            if m.name in TOY_PIPELINES:  # a toy is named before its training run ships
+                source = "trained on toy shapes, " + (
+                    "shipped with accelopt"
+                    if toy_shipped(m.name)
+                    else f"not shipped yet (train: python -m accelopt.toy.train "
+                    f"{TOY_TRAINING[m.name]} --out DIR)"
+                )
             print(f"{m.name:14} {m.family:13} {m.resolution:>10}  {source}")
         print("\nAlso accepted: any diffusers hub id (org/name) or local pipeline folder.")
         return 0

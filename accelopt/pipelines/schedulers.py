@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,5 +58,24 @@ def set_scheduler(pipe: Pipeline, name: str) -> SchedulerInfo:
 
     info = resolve_scheduler(name)
     cls = getattr(diffusers, info.class_name)
-    pipe.scheduler = cls.from_config(pipe.scheduler.config, **info.overrides)
+    pipe.scheduler = cls.from_config(_source_config(pipe.scheduler.config), **info.overrides)
     return info
+
+
+def _source_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A pipeline's scheduler config as the source of another scheduler class: a config that
+    never asked for clipping does not get it.
+
+    A key the config lacks takes the new class's default, and DDIM's ``clip_sample`` defaults
+    to True, clipping the predicted x0 to [-1, 1]: a habit of pixel-space DDPMs, wrong for the
+    latents every pipeline here denoises. PixArt's config (DPM-Solver++, which has no such
+    option) and SDXL-shaped Euler ones built without the key would get it; SD's and SDXL's own
+    configs say False, and diffusers' SD pipeline resets a True to False itself. A config that
+    does set it keeps its value. (Thresholding, the other output-range option, is off by
+    default in every class we build.) Generated scripts apply the same rule
+    (``accelopt.portable.script``).
+
+    >>> _source_config({"beta_schedule": "linear"})["clip_sample"]
+    False
+    """
+    return {"clip_sample": False, **config}

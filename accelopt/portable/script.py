@@ -160,7 +160,10 @@ def load(model: str, source: str | None, device: str) -> Any:
                 why += f"; download it first (hf download {model}) or pass a local pipeline folder"
             refuse(f"--model {model}: {why}")
     scheduler = getattr(diffusers, SCHEDULER)
-    pipe.scheduler = scheduler.from_config(pipe.scheduler.config, **SCHEDULER_CONFIG)
+    # As the study built it: a config that never asked DDIM to clip x0 to [-1, 1] (PixArt's,
+    # a DPM-Solver++ one) does not get DDIM's default clipping, wrong for latents.
+    config = {"clip_sample": False, **pipe.scheduler.config}
+    pipe.scheduler = scheduler.from_config(config, **SCHEDULER_CONFIG)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from accelopt.cli import main
+from accelopt.cli.info import TOY_TRAINING
 from accelopt.prompts import load_prompts
 
 COMMANDS = ("pipelines", "schedulers", "accelerators", "prompts", "run", "best", "list")
@@ -51,6 +52,29 @@ def test_pipelines(capsys: pytest.CaptureFixture[str]) -> None:
         assert model.family in rows[model.name].split()
         if model.hub_id:
             assert rows[model.name].split()[-1] == model.hub_id
+
+
+@pytest.mark.parametrize("name", ["ToySD", "ToyPixArt"])
+def test_pipelines_says_whether_a_toy_ships(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    from accelopt.pipelines import toy_shipped
+
+    assert main(["pipelines"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
+    weights = rows[name].split(None, 3)[3]
+    train = f"python -m accelopt.toy.train {TOY_TRAINING[name]} --out DIR"
+    assert weights == (
+        "trained on toy shapes, shipped with accelopt"
+        if toy_shipped(name)
+        else f"trained on toy shapes, not shipped yet (train: {train})"
+    )
+
+
+def test_the_listing_names_the_subcommand_that_trains_each_toy() -> None:
+    from accelopt.pipelines import TOY_PIPELINES
+    from accelopt.toy import train
+
+    saved = {folder: command for command, (_, folder, _) in train._MODELS.items()}
+    assert {name: saved[name] for name in TOY_PIPELINES} == TOY_TRAINING
 
 
 def test_schedulers(capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,6 +34,7 @@ from accelopt.pipelines import (
     toy_folder,
     toy_shipped,
 )
+from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.pipelines.tiny import TINY_RESOLUTION
 from accelopt.testing import make_entry
 
@@ -134,6 +135,28 @@ def test_every_shipped_model_loads_as_generated(model: str) -> None:
     ours, expected = denoiser(pipe).state_dict(), denoiser(theirs).state_dict()
     assert list(ours) == list(expected)
     assert all(torch.equal(ours[k], expected[k]) for k in ours)
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "DPM-Solver++"])
+def test_a_script_builds_the_scheduler_its_study_built(tmp_path: Path, scheduler: str) -> None:
+    """From a folder whose scheduler config is PixArt's (DPM-Solver++, which has no
+    ``clip_sample``), the script's scheduler is the study's: DDIM does not clip x0."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    saved = load_pipeline("TinyPixArt")
+    saved.scheduler = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=1e-4,
+                                                  beta_end=0.02)  # fmt: skip
+    saved.save_pretrained(tmp_path)
+    entry = make_entry("TinyPixArt", scheduler, 4, {"tgate": ACCELERATORS["tgate"]},
+                       generation=GENERATION)  # fmt: skip
+    with as_module(render_script(entry), "generated_folder") as script:
+        pipe = script.load(str(tmp_path), str(tmp_path), "cpu")
+    study = load_pipeline(str(tmp_path))  # what a study of that folder runs
+    set_scheduler(study, scheduler)
+    assert type(pipe.scheduler) is type(study.scheduler)
+    ours, theirs = ({k: v for k, v in p.scheduler.config.items() if not k.startswith("_")}
+                    for p in (pipe, study))  # fmt: skip
+    assert ours == theirs and ours["clip_sample"] is False  # not diffusers' bookkeeping
 
 
 @pytest.mark.parametrize(

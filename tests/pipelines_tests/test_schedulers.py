@@ -3,6 +3,9 @@ pipeline."""
 
 from __future__ import annotations
 
+import types
+from typing import Any
+
 import pytest
 
 from accelopt.errors import AccelOptError
@@ -129,3 +132,37 @@ def test_dpm_solver_timesteps_unique() -> None:
     pipe.scheduler.set_timesteps(50)
     timesteps = pipe.scheduler.timesteps.tolist()
     assert len(timesteps) == len(set(timesteps)) == 50
+
+
+def _pixart_config_pipe() -> Any:
+    """A pipeline holding PixArt's own scheduler config: DPM-Solver++ on linear betas (no
+    ``clip_sample``: DPMSolverMultistepScheduler has no such option)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    return types.SimpleNamespace(scheduler=scheduler)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_config_that_never_asked_for_clipping_does_not_clip(name: str) -> None:
+    pipe = _pixart_config_pipe()
+    assert "clip_sample" not in pipe.scheduler.config
+    set_scheduler(pipe, name)
+    assert pipe.scheduler.config.get("clip_sample", False) is False  # DDIM's default is True
+    assert pipe.scheduler.config.get("thresholding", False) is False
+    assert pipe.scheduler.config.beta_schedule == "linear"
+
+
+@pytest.mark.parametrize("model", ["TinyPixArt", "TinySD"])
+def test_ddim_keeps_what_the_config_says_about_clipping(model: str) -> None:
+    """TinyPixArt and TinySD carry SD's config (clip_sample False): the DDIM built is the one
+    diffusers builds from it, key for key; a config that asks for clipping keeps it."""
+    from diffusers import DDIMScheduler
+
+    pipe = tiny_pipeline(model)
+    expected = dict(DDIMScheduler.from_config(pipe.scheduler.config).config)
+    set_scheduler(pipe, "DDIM")
+    assert dict(pipe.scheduler.config) == expected and expected["clip_sample"] is False
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True)
+    set_scheduler(pipe, "DDIM")
+    assert pipe.scheduler.config.clip_sample is True
