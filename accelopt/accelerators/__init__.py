@@ -17,7 +17,14 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
-from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference
+from accelopt.accelerators._base import (
+    APPLIED,
+    Accelerator,
+    Param,
+    Patch,
+    PipeTraits,
+    Reference,
+)
 from accelopt.accelerators._snapshot import Snapshot
 from accelopt.accelerators.deepcache import DeepCache, DeepCacheConfig
 from accelopt.accelerators.magcache import MagCache, MagCacheConfig
@@ -221,7 +228,7 @@ class Accelerated:
         return f"Accelerated({type(self.pipe).__name__}, {self.configs})"
 
 
-_ACTIVE: WeakKeyDictionary[Any, Accelerated] = WeakKeyDictionary()
+_ACTIVE: WeakKeyDictionary[Any, Accelerated] = APPLIED
 
 
 def _configs(configs: Mapping[str, Any], traits: PipeTraits, steps: int | None) -> dict[str, Any]:

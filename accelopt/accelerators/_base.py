@@ -7,13 +7,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
+from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
 from accelopt.errors import AccelOptError, choices
 
-__all__ = ["Accelerator", "Param", "Patch", "PipeTraits", "Reference"]
+__all__ = ["APPLIED", "Accelerator", "Param", "Patch", "PipeTraits", "Reference"]
 
 C = TypeVar("C")
+
+# The accelerators applied to each pipeline (``accelopt.accelerators.apply`` fills it, ``active``
+# reads it). It lives below every method's module so that a method may ask whether a pipeline is
+# plain (MagCache calibrates only a plain one) without importing the package that imports it.
+APPLIED: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
 
 
 @dataclass(frozen=True)

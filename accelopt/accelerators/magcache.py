@@ -23,7 +23,15 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
-from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference, in_range
+from accelopt.accelerators._base import (
+    APPLIED,
+    Accelerator,
+    Param,
+    Patch,
+    PipeTraits,
+    Reference,
+    in_range,
+)
 from accelopt.errors import AccelOptError
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.magcache import (
@@ -168,9 +176,7 @@ def calibrate(pipe: Pipeline, **call: Any) -> tuple[float, ...]:
 
 
 def _measure(pipe: Pipeline, generate: Callable[[], Any]) -> tuple[float, ...]:
-    from accelopt import accelerators
-
-    if accelerators.active(pipe) is not None:
+    if APPLIED.get(pipe) is not None:
         raise AccelOptError("magcache calibrates the plain pipeline: remove its accelerators")
     try:
         mag_blocks(pipe.transformer)
