@@ -86,7 +86,7 @@ def test_build_refuses_a_target_the_pipeline_cannot_take() -> None:
         Space.build(PIXART, 10, ("deepcache",))
     assert str(info.value) == (
         "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate, magcache, "
-        "taylorseer"
+        "taylorseer, fbcache, dbcache"
     )
 
 
