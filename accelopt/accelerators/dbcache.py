@@ -6,16 +6,18 @@ accelopt's own implementation of cache-dit 1.5.3's DBCache (github.com/vipshop/c
 arithmetic and where it differs are in ``accelopt.portable.dbcache``, which generated scripts
 carry verbatim and FirstBlockCache (``accelopt.accelerators.fbcache``) shares. cache-dit itself
 is not wrapped: it patches the pipeline's class ``__call__`` and leaves statistics attributes
-behind, and decides inside a dozen ``torch.compiler.disable`` regions per call.
+behind, and decides in many ``torch.compiler.disable`` regions per call (every accessor of its
+context is one).
 
 The knobs keep cache-dit's ``DBCacheConfig`` names and defaults: ``Fn_compute_blocks`` 8,
 ``Bn_compute_blocks`` 0, ``residual_diff_threshold`` 0.08, ``max_warmup_steps`` 8,
 ``max_cached_steps`` and ``max_continuous_cached_steps`` -1 (no cap). cache-dit's optional
 TaylorSeer calibrator on top, its warm-up interval and its static step masks are not offered
 now. Which calls reuse depends on a value read from the device after the first blocks, once
-per call: under ``torch.compile`` the forward breaks there into one graph before and one per
-outcome after; CUDA graphs are refused (``accelopt.execution.REFUSED``), since accelopt
-captures the whole forward as one graph and would have to split it at the decision.
+per call, its one graph break under ``torch.compile`` (what that does to the whole forward
+compiled: ``accelopt.portable.dbcache``); CUDA graphs are refused
+(``accelopt.execution.REFUSED``), since accelopt captures the whole forward as one graph and
+would have to split it at the decision.
 
 The search ranges, from cache-dit's published runs (docs/user_guide/DBCACHE_DESIGN.md:
 FLUX.1-dev 28 steps F1B0 at 0.08 and 0.20, F8B8 at 0.12 and 0.15, F12B12 at 0.20, F8B12 at

@@ -32,9 +32,13 @@ Where this differs from upstream, by design:
 
 - What a call may do (step 2) is decided in the transformer's forward pre-hook, on the host;
   the change is computed and read in one function that ``torch.compiler.disable`` keeps out of
-  compiled code (``_judge``). Under ``torch.compile`` dynamo breaks the graph there and compiles
-  what follows once per outcome (reuse or compute); cache-dit decides in a dozen
-  ``torch.compiler.disable`` regions per call and diffusers in one per hooked block. A CUDA
+  compiled code (``_judge``): the one graph break of a call, where cache-dit decides in many
+  ``torch.compiler.disable`` regions per call and diffusers in one per hooked block. With each
+  block compiled on its own (regional kernels), the block that decides breaks there and what
+  follows compiles once per outcome (reuse or compute). With the whole forward compiled, the
+  break falls inside the forward's loop over the blocks, where dynamo (torch 2.14) cannot
+  resume: at a deciding call it runs the forward itself eagerly and compiles each block's call
+  as a frame of its own; a computing call (warm-up, capped) stays one graph. A CUDA
   graph cannot read a device value in the middle of its replay: capturing this needs the
   forward split into graphs at the decision, which accelopt does not build yet
   (``accelopt.execution.REFUSED``).

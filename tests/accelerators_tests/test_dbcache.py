@@ -1,13 +1,17 @@
 """DBCache on a four-block TinyPixArt (accelopt/accelerators/dbcache.py): every knob changes the
 images, a reusing call runs only its first and last blocks, compiled runs give eager's images
 with the decision as their one graph break, and CUDA graphs refuse it (and FirstBlockCache,
-the same mechanism) by name. The rule worked by hand is tests/portable_tests/test_dbcache.py's;
-the contract every accelerator keeps, test_accelerators.py's (on TinyPixArt's two blocks).
+the same mechanism) by name. The rule worked by hand is
+tests/portable_tests/test_dbcache_rule.py's; the contract every accelerator keeps,
+test_accelerators.py's (on TinyPixArt's two blocks).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+import accelopt
 from accelopt import accelerators, execution
 from accelopt._types import Pipeline
 from accelopt.accelerators import DBCacheConfig, FBCacheConfig, PipeTraits
@@ -28,11 +33,11 @@ from accelopt.trial.space import Space
 
 STEPS = 8
 BLOCKS = 4
+CHECKOUT = Path(accelopt.__file__).resolve().parents[1]
 BASE = DBCacheConfig(1, 1, 0.2, 1, -1, -1)
 
 
-@pytest.fixture(scope="module")
-def deep() -> Pipeline:
+def four_blocks() -> Pipeline:
     """TinyPixArt with four transformer blocks (seeded): room for first, middle and last ones."""
     from diffusers import PixArtTransformer2DModel
 
@@ -42,6 +47,11 @@ def deep() -> Pipeline:
     pipe.transformer = PixArtTransformer2DModel.from_config(config, num_layers=BLOCKS).eval()
     set_scheduler(pipe, "DDIM")
     return pipe
+
+
+@pytest.fixture(scope="module")
+def deep() -> Pipeline:
+    return four_blocks()
 
 
 @contextmanager
@@ -123,26 +133,19 @@ def test_regional_kernels_match_eager_and_a_new_threshold_compiles_nothing(
     assert told == ["dbcache 1 1 compute", "dbcache 1 1 decides"]
 
 
-def test_the_whole_forward_breaks_only_at_the_decision(deep: Pipeline) -> None:
-    """``torch.compile`` of the transformer's forward: eager's images; graphs for a computing
-    call, and for a deciding one up to the decision and after it per outcome (the frames around
-    the block that decides resume there too), none for another threshold; its only graph break
-    is the function that reads the change (diffusers' FirstBlockCache broke a tiny FLUX's
-    forward 6 times: FINDINGS)."""
+def whole_forward_check() -> None:
+    """Run by the test below in a process of its own: dynamo keeps what it compiled (and what it
+    gave up on) per code object for the process, so this would change what other tests'
+    transformer forwards compile, and theirs what this one does."""
     from torch._dynamo.utils import counters
 
+    deep = four_blocks()
     net = deep.transformer
     whole = torch.compile(type(net).forward.__get__(net), backend="eager", dynamic=False)
-    # Frames compiled by an earlier test would be reused, their breaks not traced again.
-    torch._dynamo.reset()
-    counters["graph_break"].clear()
     made = []
     for threshold in (0.2, 0.1):
         config = dataclasses.replace(BASE, residual_diff_threshold=threshold)
-        with (
-            torch._dynamo.config.patch(recompile_limit=64),
-            accelerators.apply(deep, {"dbcache": config}, steps=STEPS),
-        ):
+        with accelerators.apply(deep, {"dbcache": config}, steps=STEPS):
             eager = render(deep, steps=STEPS)
             before = _graphs()
             net.forward = whole
@@ -155,6 +158,23 @@ def test_the_whole_forward_breaks_only_at_the_decision(deep: Pipeline) -> None:
     assert made[0] > 0 and made[1] == 0, made
     reasons = list(counters["graph_break"])
     assert len(reasons) == 1 and "_judge" in reasons[0], reasons
+
+
+def test_the_whole_forward_breaks_only_at_the_decision() -> None:
+    """``torch.compile`` of the transformer's forward: eager's images bit for bit, graphs made
+    for the first threshold and none for another, and one graph break, at the function that
+    reads the change (diffusers' FirstBlockCache broke a tiny FLUX's forward 6 times:
+    FINDINGS). The break falls in the forward's loop over the blocks, which dynamo cannot
+    resume inside: at a deciding call it runs the forward itself eagerly and compiles each
+    block's call as a frame of its own."""
+    here = Path(__file__).parent
+    code = f"import sys; sys.path.insert(0, {str(here)!r}); import test_dbcache as t; "
+    code += "t.whole_forward_check()"
+    pythonpath = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize(

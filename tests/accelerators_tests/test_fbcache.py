@@ -1,6 +1,6 @@
 """FirstBlockCache on TinyPixArt (accelopt/accelerators/fbcache.py): what diffusers' hook
 computes, bit for bit, and its threshold is no dead knob. The rule worked by hand is
-tests/portable_tests/test_dbcache.py's; compile and the refusal under CUDA graphs,
+tests/portable_tests/test_dbcache_rule.py's; compile and the refusal under CUDA graphs,
 test_dbcache.py's (one mechanism); the contract every accelerator keeps, test_accelerators.py's.
 """
 
