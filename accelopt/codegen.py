@@ -217,6 +217,8 @@ HEADER_NAMES = (
     "TGATE",
     "MAGCACHE",
     "TAYLORSEER",
+    "FBCACHE",
+    "DBCACHE",
     "DEFAULT_PROMPTS",
 )
 
@@ -316,6 +318,8 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
         "TGATE": acc.get("tgate"),
         "MAGCACHE": acc.get("magcache"),  # its calibrated ratios with it, as data
         "TAYLORSEER": acc.get("taylorseer"),
+        "FBCACHE": acc.get("fbcache"),
+        "DBCACHE": acc.get("dbcache"),
         "DEFAULT_PROMPTS": list(prompts) or _example_prompts(gen.get("prompt_set"), toy),
     }
 
@@ -419,7 +423,7 @@ def _needs_accelopt(values: Mapping[str, Any]) -> str:
 # ---- the code every script carries: accelopt.portable ---------------------------------------
 
 # accelopt.portable's modules, in the order scripts carry them, above the body.
-PORTABLE = ("buffers", "graphs", "deepcache", "tgate", "magcache", "taylorseer")
+PORTABLE = ("buffers", "graphs", "deepcache", "tgate", "magcache", "taylorseer", "dbcache")
 # accelopt.portable's module that is the script's own code, after the header and PORTABLE.
 BODY = "script"
 

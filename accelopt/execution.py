@@ -79,10 +79,19 @@ GRAPH_MODES = ("compile", "cuda-graphs")
 # inductor (regional), or PyTorch's own (cuda-graphs only: capture without compiling).
 KERNELS = ("inductor", "regional", "eager")
 
-# (mode, accelerator) -> why that accelerator cannot run under that mode. Empty today: DeepCache
-# and T-GATE keep their caches in owned buffers and decide per call in hooks, and ToMe's merge
-# is one static shape per ratio. A method that cannot keep that contract is declared here.
-REFUSED: dict[tuple[str, str], str] = {}
+# (mode, accelerator) -> why that accelerator cannot run under that mode. DeepCache, T-GATE,
+# MagCache and TaylorSeer keep their caches in owned buffers and decide per call in hooks, and
+# ToMe's merge is one static shape per ratio. A method that cannot keep that contract is
+# declared here: FirstBlockCache and DBCache decide after their first blocks, from a value read
+# off the device (accelopt.portable.dbcache), which one captured graph cannot do; compile
+# breaks the graph there.
+REFUSED: dict[tuple[str, str], str] = {
+    ("cuda-graphs", name): (
+        "decides per call from a device value (its residual threshold); capturing it needs the "
+        "forward split at the decision, not built yet"
+    )
+    for name in ("fbcache", "dbcache")
+}
 
 # (mode, "accelerator.knob", value) -> why that value cannot run under that mode.
 REFUSED_VALUES: dict[tuple[str, str, Any], str] = {

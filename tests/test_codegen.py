@@ -615,6 +615,8 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
         "TGATE": {"gate_step": 10},
         "MAGCACHE": None,
         "TAYLORSEER": None,
+        "FBCACHE": None,
+        "DBCACHE": None,
         "DEFAULT_PROMPTS": [load_prompts("heldout", 1, "accelopt")[0].text],
     }
 
@@ -664,6 +666,8 @@ def test_toy_scripts_find_the_model_shipped_with_accelopt() -> None:
         ("PixArt-Sigma", ("tgate",)),
         ("PixArt-Sigma", ("magcache",)),
         ("PixArt-Sigma", ("taylorseer",)),
+        ("PixArt-Sigma", ("fbcache",)),
+        ("PixArt-Sigma", ("dbcache",)),
         ("./my-finetune", ("tgate",)),  # no loader to pick: any pipeline with attention
         ("SDXL", ()),
     ],
@@ -675,11 +679,15 @@ def test_header_values_carry_the_stored_accelerators(
     valid = {"deepcache": {"cache_interval": 3}, "tgate": {"gate_step": 7, "warm_up": 1},
              "tome": {"ratio": 0.5, "max_downsample": 2},
              "magcache": {"threshold": 0.12, "ratios": ratios},
-             "taylorseer": {"cache_interval": 4, "max_order": 2, "modules": "blocks"}}  # fmt: skip
+             "taylorseer": {"cache_interval": 4, "max_order": 2, "modules": "blocks"},
+             "fbcache": {"threshold": 0.08},
+             "dbcache": {"Fn_compute_blocks": 4, "Bn_compute_blocks": 2,
+                         "residual_diff_threshold": 0.12, "max_warmup_steps": 4,
+                         "max_continuous_cached_steps": 3}}  # fmt: skip
     acc = {name: valid[name] for name in accelerators}
     entry = make_entry(model, "DDIM", 25, acc)
     values = header_values(entry)
-    for name in ("deepcache", "tome", "tgate", "magcache", "taylorseer"):
+    for name in ("deepcache", "tome", "tgate", "magcache", "taylorseer", "fbcache", "dbcache"):
         assert values[name.upper()] == acc.get(name)
     # Its calibrated ratios are data: rendered as literals that read back to the same floats.
     assert read_header(render_script(entry))["MAGCACHE"] == acc.get("magcache")

@@ -163,7 +163,8 @@ def test_unknown_target_lists_valid_accelerators() -> None:
     with pytest.raises(AccelOptError) as info:
         parse_name("SDXL-DDIM-25-fastcache")
     assert str(info.value) == (
-        "unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache, taylorseer"
+        "unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache, taylorseer, "
+        "fbcache, dbcache"
     )
 
 
@@ -477,7 +478,7 @@ ALLOWED_TOP = (
         (
             'targets = ["fastcache"]\n',
             "targets: unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache, "
-            "taylorseer",
+            "taylorseer, fbcache, dbcache",
         ),
         ("targets = 3\n", "targets must be a list of accelerator names, got 3"),
         (
@@ -486,7 +487,8 @@ ALLOWED_TOP = (
         ),
         (
             "targets = []\n",
-            "targets: no accelerator named; valid: deepcache, tome, tgate, magcache, taylorseer",
+            "targets: no accelerator named; valid: deepcache, tome, tgate, magcache, taylorseer, "
+            "fbcache, dbcache",
         ),
         (
             'dtype = "float8"\n',

@@ -26,7 +26,9 @@ from accelopt.accelerators._base import (
     Reference,
 )
 from accelopt.accelerators._snapshot import Snapshot
+from accelopt.accelerators.dbcache import DBCache, DBCacheConfig
 from accelopt.accelerators.deepcache import DeepCache, DeepCacheConfig
+from accelopt.accelerators.fbcache import FBCache, FBCacheConfig
 from accelopt.accelerators.magcache import MagCache, MagCacheConfig
 from accelopt.accelerators.taylorseer import TaylorSeer, TaylorSeerConfig
 from accelopt.accelerators.tgate import TGate, TGateConfig, apply_with_deepcache
@@ -38,7 +40,9 @@ __all__ = [
     "PLANS",
     "Accelerated",
     "Accelerator",
+    "DBCacheConfig",
     "DeepCacheConfig",
+    "FBCacheConfig",
     "MagCacheConfig",
     "Param",
     "PipeTraits",
@@ -60,7 +64,8 @@ __all__ = [
 ]
 
 ACCELERATORS: dict[str, Accelerator[Any]] = {
-    a.name: a for a in (DeepCache(), ToMe(), TGate(), MagCache(), TaylorSeer())
+    a.name: a
+    for a in (DeepCache(), ToMe(), TGate(), MagCache(), TaylorSeer(), FBCache(), DBCache())
 }
 
 Configs = Mapping[str, Any]
@@ -91,8 +96,12 @@ PLANS: dict[frozenset[str], tuple[Step, ...]] = {
     frozenset({"magcache"}): (_single("magcache"),),
     # TaylorSeer alone: with T-GATE, what a forecast of gated attention means is not declared.
     frozenset({"taylorseer"}): (_single("taylorseer"),),
+    # FirstBlockCache and DBCache alone: with T-GATE, which attention a reusing call gates is
+    # not declared (its middle blocks run none).
+    frozenset({"fbcache"}): (_single("fbcache"),),
+    frozenset({"dbcache"}): (_single("dbcache"),),
 }
-# canonical order for names: deepcache, tome, tgate, magcache, taylorseer
+# canonical order for names: deepcache, tome, tgate, magcache, taylorseer, fbcache, dbcache
 ORDER = tuple(ACCELERATORS)
 
 

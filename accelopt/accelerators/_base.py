@@ -50,13 +50,16 @@ class PipeTraits:
     transformer blocks; ToMe's ``max_downsample`` only matters through them. ``branches``: the
     DeepCache branch ids whose shallow steps compute distinct images, the smallest of each (on
     a UNet with one layer per block, id 2 computes id 1's); empty when not read from a UNet,
-    and then every id counts.
+    and then every id counts. ``transformer_blocks``: how many blocks a transformer's stack
+    has (PixArt-Sigma 28), what DBCache's first and last compute blocks are cut to; 0 when not
+    read from a transformer, and then any count is taken.
     """
 
     family: str
     down_blocks: int = 0
     attention_downsamples: tuple[int, ...] = ()
     branches: tuple[int, ...] = ()
+    transformer_blocks: int = 0
 
     @property
     def has_unet(self) -> bool:
@@ -69,7 +72,8 @@ class PipeTraits:
         family = family_of(pipe)
         unet = getattr(pipe, "unet", None)
         if unet is None:
-            return cls(family)
+            blocks = getattr(getattr(pipe, "transformer", None), "transformer_blocks", None)
+            return cls(family, transformer_blocks=len(blocks or ()))
         levels = {2**i for i, b in enumerate(unet.down_blocks) if getattr(b, "attentions", None)}
         levels |= {
             2**i for i, b in enumerate(reversed(unet.up_blocks)) if hasattr(b, "attentions")

@@ -10,6 +10,15 @@ compute the same images bit for bit, so a study measures only one of them. Taylo
 its full call or forecast, what it caches and the Taylor order; a configuration with no forecast
 at all has none (its images are plain).
 
+FirstBlockCache and DBCache decide per call from a value read off the device after their first
+blocks, so which calls reuse is not known without the model: their part of a call that may
+reuse is ``(name, "decided per call", *knobs)``, naming every knob that decides (a cap no run
+can reach written as -1, as it decides), and of a warm-up call ``(name, "compute")``. Two such
+configurations have equal schedules only when they decide alike by construction (same
+threshold, first and last blocks, warm-up and caps), and neither does at least the work of the
+other (``does_at_least``): a lower threshold may still reuse more, since what it computes
+changes what it compares. One that can never reuse has no part (its images are plain).
+
 >>> calls = Calls.of(pipe.scheduler, steps=20)
 >>> schedule({"deepcache": DeepCacheConfig(3, 0)}, calls)[:2]
 ((('deepcache', 'full'),), (('deepcache', 0, 'shallow'),))
@@ -23,6 +32,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from accelopt.accelerators import dbcache, fbcache
 from accelopt.accelerators.tome import merge_structure
 from accelopt.portable.deepcache import Schedule
 from accelopt.portable.magcache import MagSchedule
@@ -80,6 +90,11 @@ def schedule(
     merge = merge_structure(tome) if tome is not None and tome.ratio else None
     mag = _mag_schedule(configs.get("magcache"), calls)
     forecasts = _forecasts(configs.get("taylorseer"), len(calls.timesteps))
+    decided = [
+        _decided(module.decision(configs[name]), len(calls.timesteps))
+        for module, name in ((fbcache, "fbcache"), (dbcache, "dbcache"))
+        if name in configs
+    ]
     found: list[Hashable] = []
     for _ in calls.timesteps:
         parts: list[Hashable] = []
@@ -99,6 +114,7 @@ def schedule(
             parts.append(mag.structure())
         if forecasts is not None:
             parts.append(forecasts[len(found)])
+        parts.extend(each[len(found)] for each in decided if each is not None)
         found.append(tuple(parts))
     return tuple(found)
 
@@ -130,6 +146,17 @@ def _forecasts(config: Any, calls: int) -> list[Hashable] | None:
         forecast.decide()
         found.append(forecast.structure())
     return found if forecast.fulls < calls else None
+
+
+def _decided(decision: Any, calls: int) -> list[Hashable] | None:
+    """FirstBlockCache's or DBCache's part of each call (see the module docstring); None where
+    no call can reuse: every call computes, the plain pipeline's images."""
+    knobs = decision.deciding_knobs(calls)
+    if knobs is None:
+        return None
+    first = knobs[3]  # the warm-up: these calls always compute
+    return [(decision.name, "compute") if i < first
+            else (decision.name, "decided per call", *knobs) for i in range(calls)]  # fmt: skip
 
 
 def digest(steps: tuple[Hashable, ...]) -> str:
@@ -181,6 +208,9 @@ def _covers(mine: Any, theirs: Any) -> bool:
         if kind == "magcache" and a[1] == "skip" and b[1] != "skip":
             return False
         if kind == "taylorseer" and not _forecasts_at_least(a, b):
+            return False
+        # Decided per call on the device: only an equal part is known to do the same work.
+        if kind in ("fbcache", "dbcache") and a != b:
             return False
     return True
 

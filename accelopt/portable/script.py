@@ -30,6 +30,7 @@ from diffusers import DiffusionPipeline
 
 # The script carries these modules verbatim above this body, so these imports are left out.
 from accelopt.portable.buffers import Buffers
+from accelopt.portable.dbcache import Decision, cache_middle_blocks
 from accelopt.portable.deepcache import Schedule, cache_deep_features
 from accelopt.portable.graphs import Regions, Replayer
 from accelopt.portable.magcache import MagSchedule, cache_block_residuals
@@ -53,6 +54,8 @@ TOME: dict[str, Any] | None = None
 TGATE: dict[str, Any] | None = None
 MAGCACHE: dict[str, Any] | None = None  # with its calibrated "ratios", one per denoiser call
 TAYLORSEER: dict[str, Any] | None = None
+FBCACHE: dict[str, Any] | None = None
+DBCACHE: dict[str, Any] | None = None
 DEFAULT_PROMPTS: list[str] = []
 
 
@@ -230,10 +233,11 @@ class Patches:
 
 
 class Accelerated:
-    """The stored accelerators: ToMe through its upstream API (first), DeepCache, T-GATE and
-    MagCache through the graph-safe schedules above (together, the gate drives DeepCache's).
-    Applied once; ``switch(False)`` leaves the plain pipeline, ``switch(True)`` puts them
-    back."""
+    """The stored accelerators: ToMe through its upstream API (first), DeepCache, T-GATE,
+    MagCache and TaylorSeer through the graph-safe schedules above (together, the gate drives
+    DeepCache's), FirstBlockCache and DBCache through their per-call decision (eager and
+    compile only). Applied once; ``switch(False)`` leaves the plain pipeline, ``switch(True)``
+    puts them back."""
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -242,6 +246,7 @@ class Accelerated:
         self.gate: Gate | None = None
         self.mag: MagSchedule | None = None
         self.forecast: Forecast | None = None
+        self.decision: Decision | None = None
         self.patches = Patches(self.net, self.apply)
 
     def apply(self) -> None:
@@ -286,6 +291,28 @@ class Accelerated:
                 TAYLORSEER["modules"],
             )
             forecast_modules(self.net, self.forecast, Buffers())
+        # Decided per call from a value read off the device (alone: no combination declared).
+        # A knob the entry does not store (a study searches no cap on the cached steps) takes
+        # the upstream default: diffusers' for FirstBlockCache, cache-dit's for DBCache.
+        if FBCACHE is not None:
+            threshold = FBCACHE.get("threshold", 0.05)
+            self.decision = Decision("fbcache", 1, 0, threshold, strict=False)
+        if DBCACHE is not None:
+            knobs = {"Fn_compute_blocks": 8, "Bn_compute_blocks": 0,
+                     "residual_diff_threshold": 0.08, "max_warmup_steps": 8,
+                     "max_cached_steps": -1, "max_continuous_cached_steps": -1,
+                     **DBCACHE}  # fmt: skip
+            self.decision = Decision(
+                "dbcache",
+                knobs["Fn_compute_blocks"],
+                knobs["Bn_compute_blocks"],
+                knobs["residual_diff_threshold"],
+                knobs["max_warmup_steps"],
+                knobs["max_cached_steps"],
+                knobs["max_continuous_cached_steps"],
+            )
+        if self.decision is not None:
+            cache_middle_blocks(pipe.transformer, self.decision, Buffers())
 
     def switch(self, on: bool) -> None:
         """The accelerators on (``True``) or the plain pipeline (``False``)."""
@@ -324,13 +351,25 @@ class Accelerated:
                 "disable_cache_before_step": self.forecast.before,
                 "modules": self.forecast.modules,
             }
+        decision = self.decision
+        if decision is not None and decision.name == "fbcache":
+            out["fbcache"] = {"threshold": decision.threshold}
+        elif decision is not None:
+            out["dbcache"] = {
+                "Fn_compute_blocks": decision.fn,
+                "Bn_compute_blocks": decision.bn,
+                "residual_diff_threshold": decision.threshold,
+                "max_warmup_steps": decision.warmup,
+                "max_cached_steps": decision.max_cached,
+                "max_continuous_cached_steps": decision.max_continuous,
+            }
         return out
 
     def structure(self) -> tuple[Hashable, ...]:
         """What the next denoiser call computes: calls with equal structures share a graph."""
         if not self.patches.on:
             return ("plain",)
-        parts = (self.schedule, self.gate, self.mag, self.forecast)
+        parts = (self.schedule, self.gate, self.mag, self.forecast, self.decision)
         return tuple(s.structure() for s in parts if s is not None)
 
     def __call__(self, **kwargs: Any) -> Any:
@@ -350,6 +389,8 @@ class Accelerated:
             self.mag.reset()
         if self.forecast is not None:  # TaylorSeer counts a generation's calls too
             self.forecast.reset()
+        if self.decision is not None:  # each generation starts with nothing kept
+            self.decision.reset()
         return self.pipe(**kwargs)
 
 
@@ -430,6 +471,13 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     check_device(args.device)
+    decided = "fbcache" if FBCACHE is not None else "dbcache" if DBCACHE is not None else None
+    if args.execution == "cuda-graphs" and decided is not None:
+        refuse(
+            f"--execution cuda-graphs: {decided} decides per call from a device value (its "
+            f"residual threshold), which a captured graph cannot read; use --execution eager or "
+            f"compile"
+        )
     if args.execution == "cuda-graphs" and not args.device.startswith("cuda"):
         refuse(f"--execution cuda-graphs needs a CUDA device, not {args.device}")
     if args.warmup < 0:

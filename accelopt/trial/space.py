@@ -48,6 +48,15 @@ FASTER: dict[str, int] = {
     "taylorseer.max_order": -1,  # a lower order sums fewer factors
     "taylorseer.disable_cache_before_step": -1,
     "taylorseer.modules": 0,  # a named choice: no order
+    "fbcache.threshold": +1,  # a larger change may reuse: more calls skip the rest
+    "dbcache.Fn_compute_blocks": -1,  # fewer blocks always computed
+    "dbcache.Bn_compute_blocks": -1,
+    "dbcache.residual_diff_threshold": +1,
+    "dbcache.max_warmup_steps": -1,
+    # -1 (no cap) is the fastest, then the larger caps: no order of the values; the space lists
+    # -1 first, which is what fastest() takes for a knob without one.
+    "dbcache.max_continuous_cached_steps": 0,
+    "dbcache.max_cached_steps": 0,
 }
 # The knob that switches each accelerator off, and its off value (None: the step count).
 PRIMARY: dict[str, tuple[str, Any]] = {
@@ -56,6 +65,8 @@ PRIMARY: dict[str, tuple[str, Any]] = {
     "tgate": ("gate_step", None),
     "magcache": ("max_skip_steps", 0),
     "taylorseer": ("cache_interval", 1),
+    "fbcache": ("threshold", 0.0),
+    "dbcache": ("residual_diff_threshold", 0.0),
 }
 
 

@@ -15,7 +15,9 @@ from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.accelerators import (
     PLANS,
+    DBCacheConfig,
     DeepCacheConfig,
+    FBCacheConfig,
     MagCacheConfig,
     PipeTraits,
     TaylorSeerConfig,
@@ -41,6 +43,11 @@ REAL = {
     "magcache": MagCacheConfig(0.3, 2, 0.2, (1.0, 0.96, 0.95, 0.99, 0.99, 1.0, 1.0, 1.0)),
     # Full calls 0, 1, 3, 6 at orders 0, 1, 2, 2; forecasts at orders 1 and 2 between.
     "taylorseer": TaylorSeerConfig(cache_interval=3, max_order=2, disable_cache_before_step=2),
+    # TinyPixArt's first block changes its residual by 0.04-0.16 per call (8 steps): some calls
+    # reuse under each scheduler (tests/accelerators_tests/test_dbcache.py shows which).
+    "fbcache": FBCacheConfig(threshold=0.1),
+    # Its two blocks leave one first block and no last one; a warm-up and a cap of 2 in a row.
+    "dbcache": DBCacheConfig(1, 0, 0.16, max_warmup_steps=2, max_continuous_cached_steps=2),
 }
 FAMILIES = {"TinySD": "sd", "TinySDXL": "sdxl", "TinyPixArt": "pixart-alpha"}
 SCHEDULERS = ("DDIM", "DPM-Solver++", "UniPC")
@@ -56,6 +63,7 @@ CASES = [
 SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attention_scores",
          "taylorseer": "attention_scores"}  # fmt: skip
 SKIPS["magcache"] = "attention_calls"  # whole blocks: two attention calls each
+SKIPS["fbcache"] = SKIPS["dbcache"] = "attention_calls"  # the middle blocks
 
 
 def configs(plan: tuple[str, ...], which: str = "real") -> dict[str, object]:
@@ -82,9 +90,9 @@ def case(request: pytest.FixtureRequest, tiny: Callable[[str], Pipeline]) -> Cas
 
 
 def test_cases_cover_every_plan_pipeline_and_scheduler() -> None:
-    # 7 plans on each UNet pipeline, T-GATE, MagCache and TaylorSeer alone on PixArt, each
-    # under three schedulers.
-    assert len(CASES) == (7 + 7 + 3) * 3
+    # 7 plans on each UNet pipeline, T-GATE, MagCache, TaylorSeer, FirstBlockCache and DBCache
+    # alone on PixArt, each under three schedulers.
+    assert len(CASES) == (7 + 7 + 5) * 3
 
 
 @pytest.mark.parametrize("case", CASES, indirect=True)
@@ -327,6 +335,57 @@ def test_thirty_cycles_leave_no_growth(
             "tgate+magcache is not a declared combination; combinations: deepcache+tome, "
             "deepcache+tgate, tome+tgate, deepcache+tome+tgate",
         ),
+        (
+            "TinySD",
+            {"dbcache": {}},
+            "dbcache cannot accelerate a sd pipeline; it can take: deepcache, tome, tgate",
+        ),
+        (
+            "TinyPixArt",
+            {"dbcache": {}},  # cache-dit's defaults: F8 on two blocks
+            "dbcache.Fn_compute_blocks=8 is out of range; valid: 1..1 (a middle block must be "
+            "left to skip)",
+        ),
+        (
+            "TinyPixArt",
+            {"dbcache": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 1}},
+            "dbcache.Bn_compute_blocks=1 is out of range; valid: 0..0 (a middle block must be "
+            "left to skip)",
+        ),
+        (
+            "TinyPixArt",
+            {"dbcache": {"Fn_compute_blocks": 1, "residual_diff_threshold": 1.0}},
+            "dbcache.residual_diff_threshold=1.0 is out of range; valid: 0.0 up to 1.0 "
+            "exclusive (cache-dit's range: at 1 or more it reuses every call it may without "
+            "reading the change)",
+        ),
+        (
+            "TinyPixArt",
+            {"dbcache": {"Fn_compute_blocks": 1, "max_warmup_steps": -1}},
+            "dbcache.max_warmup_steps=-1 is out of range; valid: 0..8",
+        ),
+        (
+            "TinyPixArt",
+            {"dbcache": {"Fn_compute_blocks": 1, "max_continuous_cached_steps": -2}},
+            "dbcache.max_continuous_cached_steps=-2 is out of range; valid: -1..8 (-1: no cap)",
+        ),
+        (
+            "TinyPixArt",
+            {"dbcache": {"Fn_compute_blocks": 1.0}},
+            "dbcache.Fn_compute_blocks must be int, got 1.0",
+        ),
+        (
+            "TinyPixArt",
+            {"fbcache": {"threshold": 1.5}},
+            "fbcache.threshold=1.5 is out of range; valid: 0.0..1.0",
+        ),
+        ("TinyPixArt", {"fbcache": {"threshold": "0.1"}}, "fbcache.threshold must be float"),
+        (
+            "TinyPixArt",
+            {"fbcache": {}, "dbcache": {"Fn_compute_blocks": 1}},
+            "fbcache+dbcache is not a declared combination",
+        ),
+        ("TinyPixArt", {"tgate": {}, "fbcache": {}}, "tgate+fbcache is not a declared"),
     ],
 )
 def test_bad_input_is_refused_before_patching(

@@ -17,7 +17,14 @@ import pytest
 
 from accelopt import accelerators
 from accelopt._types import Pipeline
-from accelopt.accelerators import DeepCacheConfig, TaylorSeerConfig, TGateConfig, ToMeConfig
+from accelopt.accelerators import (
+    DBCacheConfig,
+    DeepCacheConfig,
+    FBCacheConfig,
+    TaylorSeerConfig,
+    TGateConfig,
+    ToMeConfig,
+)
 from accelopt.accelerators.schedules import Calls, digest, does_at_least, schedule
 from accelopt.pipelines.schedulers import SCHEDULERS, set_scheduler
 from accelopt.portable.deepcache import skipped_modules
@@ -356,3 +363,99 @@ def test_taylorseer_equal_schedules_are_equal_images(tiny: Callable[[str], Pipel
             images[n] = render(pipe, steps=STEPS)
     assert (images[5] == images[6]).all()
     assert not (images[5] == images[4]).all()
+
+
+# FirstBlockCache and DBCache: decided per call on the device, so no host-known schedule.
+
+DECIDED = "decided per call"
+DB_BASE = DBCacheConfig(1, 0, 0.1, max_warmup_steps=2)
+
+
+def _db(**change: Any) -> dict[str, Any]:
+    return {"dbcache": dataclasses.replace(DB_BASE, **change)}
+
+
+def test_decided_caches_name_every_deciding_knob() -> None:
+    """Warm-up calls compute; every later call is decided per call and names the knobs that
+    decide it, so configurations that differ in any of them differ in every deciding call."""
+    steps = schedule(_db(), CALLS)
+    assert steps[:2] == ((("dbcache", "compute"),),) * 2
+    assert steps[2:] == ((("dbcache", DECIDED, 1, 0, 0.1, 2, -1, -1),),) * 8
+    fb = schedule({"fbcache": FBCacheConfig(0.1)}, CALLS)
+    decided = ("fbcache", DECIDED, 1, 0, 0.1, 1, -1, -1)  # its first call: nothing to compare
+    assert fb == ((("fbcache", "compute"),),) + ((decided,),) * 9
+    changes = [{"residual_diff_threshold": t} for t in (0.08, 0.12, 0.1000001)] + [
+        {"Fn_compute_blocks": 2}, {"Bn_compute_blocks": 1}, {"max_warmup_steps": 3},
+        {"max_cached_steps": 4}, {"max_continuous_cached_steps": 2},
+    ]  # fmt: skip
+    digests = {digest(schedule(_db(**c), CALLS)) for c in changes}
+    assert len(digests) == len(changes) and digest(steps) not in digests
+    assert digest(fb) != digest(schedule(_db(max_warmup_steps=0), CALLS))  # <= against <
+
+
+@pytest.mark.parametrize(
+    "same",
+    [
+        {"max_cached_steps": 8},  # 8 calls after the warm-up: a cap of 8 never binds
+        {"max_continuous_cached_steps": 99},
+        {"max_cached_steps": 8, "max_continuous_cached_steps": 8},
+    ],
+)
+def test_a_cap_no_run_can_reach_decides_as_no_cap(same: dict[str, Any]) -> None:
+    assert schedule(_db(**same), CALLS) == schedule(_db(), CALLS)
+    assert schedule(_db(max_cached_steps=7), CALLS) != schedule(_db(), CALLS)
+
+
+@pytest.mark.parametrize(
+    "off",
+    [
+        {"residual_diff_threshold": 0.0},
+        {"max_cached_steps": 0},
+        {"max_continuous_cached_steps": 0},
+        {"max_warmup_steps": 10},  # every call warms up
+    ],
+)
+def test_a_decided_cache_that_cannot_reuse_is_the_plain_schedule(off: dict[str, Any]) -> None:
+    assert schedule(_db(**off), CALLS) == ((),) * 10
+    assert schedule({"fbcache": FBCacheConfig(0.0)}, CALLS) == ((),) * 10
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs"),
+    [
+        (_db(residual_diff_threshold=0.08), _db()),  # a lower threshold: not known to do more
+        (_db(), _db(residual_diff_threshold=0.08)),
+        (_db(max_warmup_steps=4), _db()),  # a longer warm-up either
+        (_db(Fn_compute_blocks=2), _db()),
+        ({"fbcache": FBCacheConfig(0.05)}, {"fbcache": FBCacheConfig(0.1)}),
+    ],
+)
+def test_no_decided_configuration_covers_another(
+    mine: dict[str, Any], theirs: dict[str, Any]
+) -> None:
+    """What a call computes depends on what earlier ones did: a lower threshold may still reuse
+    more, so no work order is claimed (the dominance skip never skips one for another)."""
+    assert not does_at_least(schedule(mine, CALLS), schedule(theirs, CALLS))
+    assert does_at_least(schedule(mine, CALLS), schedule(mine, CALLS))
+
+
+def test_decided_equal_schedules_are_equal_images(tiny: Callable[[str], Pipeline]) -> None:
+    """TinyPixArt, 8 calls, warm-up 2: caps of 6 and more never bind, one schedule, the same
+    images as no cap; a different threshold is another schedule and other images."""
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, "DDIM")
+    calls = Calls.of(pipe.scheduler, STEPS)
+    base = DBCacheConfig(1, 0, 0.2, max_warmup_steps=2)
+    configs = {
+        "none": base,
+        "cap 6": dataclasses.replace(base, max_cached_steps=6),
+        "0.1": dataclasses.replace(base, residual_diff_threshold=0.1),
+    }
+    digests = {k: digest(schedule({"dbcache": c}, calls)) for k, c in configs.items()}
+    assert digests["none"] == digests["cap 6"] != digests["0.1"]
+    images = {}
+    for key, config in configs.items():
+        with accelerators.apply(pipe, {"dbcache": config}, steps=STEPS):
+            images[key] = render(pipe, steps=STEPS)
+    assert (images["none"] == images["cap 6"]).all()
+    assert not (images["none"] == images["0.1"]).all()

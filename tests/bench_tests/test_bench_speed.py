@@ -50,6 +50,10 @@ def test_unet_configurations_published_raw_combinations_then_range_ends() -> Non
         "(accelerators.applicable: deepcache, tome, tgate)",
         "taylorseer": "taylorseer cannot accelerate a sd pipeline "
         "(accelerators.applicable: deepcache, tome, tgate)",
+        "fbcache": "fbcache cannot accelerate a sd pipeline "
+        "(accelerators.applicable: deepcache, tome, tgate)",
+        "dbcache": "dbcache cannot accelerate a sd pipeline "
+        "(accelerators.applicable: deepcache, tome, tgate)",
     }
     assert "tome 0.5 md1 (published)" in _labels(SD15, 20)
 

@@ -125,7 +125,12 @@ def test_pixart_lists_the_block_caches_and_refuses_an_undeclared_combination(
     out = capsys.readouterr().out
     space = _space(out)
     assert space["magcache.max_skip_steps"] == ["1", "2", "3", "4", "5", "6"]
-    assert {key.split(".")[0] for key in space} == {"tgate", "magcache", "taylorseer"}
+    assert {key.split(".")[0] for key in space} == {
+        "tgate", "magcache", "taylorseer", "fbcache", "dbcache"
+    }  # fmt: skip
+    assert space["fbcache.threshold"][:3] == ["0.04", "0.05", "0.06"]
+    assert space["dbcache.Fn_compute_blocks"] == ["1"]  # TinyPixArt's two blocks
+    assert space["dbcache.max_continuous_cached_steps"][0] == "-1"
     assert "magcache.ratios" not in space  # calibrated per study, never searched
     # One column for the values, after the longest name.
     rows = [line for line in out.splitlines() if line.startswith("  ")]

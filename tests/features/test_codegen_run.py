@@ -6,6 +6,7 @@ and produce the images accelopt produces with the same configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import accelopt
+from accelopt import accelerators
 from accelopt.cli import main
 from accelopt.codegen import read_header, render_script
 from accelopt.export import entries_for
@@ -34,10 +36,12 @@ STUDIES = {
     "TinyPixArt": "TinyPixArt-DDIM-10-tgate",
 }
 # More methods on a pipeline already above: (pipeline, study). MagCache's script carries the
-# study's calibrated ratios as data.
+# study's calibrated ratios as data; FirstBlockCache's and DBCache's decide per call.
 MORE_STUDIES = [
     ("TinyPixArt", "TinyPixArt-DDIM-10-magcache"),
     ("TinyPixArt", "TinyPixArt-DDIM-10-taylorseer"),
+    ("TinyPixArt", "TinyPixArt-DDIM-10-fbcache"),
+    ("TinyPixArt", "TinyPixArt-DDIM-10-dbcache"),
 ]
 
 
@@ -86,6 +90,11 @@ def test_export_codegen_run_matches_accelopt(
         assert len(stored["magcache"]["ratios"]) == 10
     if "taylorseer" in stored:
         assert applied["taylorseer"] == stored["taylorseer"]
+    for name in ("fbcache", "dbcache"):  # a knob the study did not search: upstream's default
+        if name in stored:
+            assert {k: applied[name][k] for k in stored[name]} == stored[name]
+            default = dataclasses.asdict(accelerators.get(name).config())
+            assert applied[name] == {**default, **stored[name]}
     assert set(applied) == set(stored)
     assert len(list((tmp_path / "png").glob("*.png"))) == len(PROMPTS)
 
@@ -251,6 +260,33 @@ def test_a_compile_mode_script_runs_on_the_cpu_and_matches_eager(tmp_path: Path)
     compiled, eager = np.load(array), entry_images(folder, entry, PROMPTS)
     assert compiled.shape == eager.shape == (2, TINY_RESOLUTION, TINY_RESOLUTION, 3)
     assert float(np.abs(compiled - eager).max()) < COMPILE_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "acc",
+    [{"fbcache": {"threshold": 0.1}},
+     {"dbcache": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0, "residual_diff_threshold": 0.1,
+                  "max_warmup_steps": 2, "max_cached_steps": -1,
+                  "max_continuous_cached_steps": -1}}],
+)  # fmt: skip
+def test_a_decided_cache_script_refuses_cuda_graphs_in_one_line(
+    acc: dict[str, dict[str, object]], tmp_path: Path
+) -> None:
+    """Its entry runs eagerly; asked for CUDA graphs, the script refuses by name before it
+    loads anything (and before the device: the reason holds on any machine)."""
+    script = tmp_path / "generated.py"
+    script.write_text(render_script(make_entry("TinyPixArt", "DDIM", 10, acc)))
+    result = subprocess.run(
+        [sys.executable, str(script), "--execution", "cuda-graphs", "--device", "cpu"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    (name,) = acc
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"generated.py: error: --execution cuda-graphs: {name} decides per call from a device "
+        f"value (its residual threshold), which a captured graph cannot read; use --execution "
+        f"eager or compile\n"
+    )
 
 
 HOSTILE = ['"""; open("pwned", "w"); """', "\x1b[2J\r\nforged",

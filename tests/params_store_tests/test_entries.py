@@ -23,6 +23,9 @@ def refused(entry: dict[str, Any], key: str | None = None) -> str:
 # MagCache as export writes it: its knobs and the study's calibrated ratios, one per call.
 MAGCACHE = {"threshold": 0.12, "max_skip_steps": 2, "retention_ratio": 0.2,
             "ratios": [1.0] + [0.98] * 24}  # fmt: skip
+# DBCache as a study exports it: the searched knobs (no cap on the cached steps is searched).
+DBCACHE = {"Fn_compute_blocks": 8, "Bn_compute_blocks": 8, "residual_diff_threshold": 0.12,
+           "max_warmup_steps": 4, "max_continuous_cached_steps": 3}  # fmt: skip
 
 
 def test_an_exported_entry_passes() -> None:
@@ -30,6 +33,10 @@ def test_an_exported_entry_passes() -> None:
         make_entry(),
         make_entry("TinySD", "DDIM", 10, {"tome": {"ratio": 0.5}}),
         make_entry("PixArt-Sigma", "DDIM", 25, {"magcache": MAGCACHE}),
+        make_entry("PixArt-Sigma", "DDIM", 25, {"dbcache": DBCACHE}),
+        make_entry(
+            "PixArt-Sigma", "DDIM", 25, {"fbcache": {"threshold": 0.08}}, execution="compile"
+        ),
     ):
         check_entry(entry["key"], entry)
 
@@ -96,6 +103,28 @@ def test_the_pipeline_must_be_the_model_it_loads() -> None:
             {"tgate": {"gate_step": 10}, "magcache": MAGCACHE},
             "tgate+magcache is not a declared combination; combinations: deepcache+tome",
         ),
+        ("SDXL", {"dbcache": DBCACHE}, "dbcache cannot accelerate"),
+        (  # PixArt-Sigma's 28 blocks: 8 last ones leave room for 19 first ones at most
+            "PixArt-Sigma",
+            {"dbcache": {**DBCACHE, "Fn_compute_blocks": 20}},
+            "dbcache.Fn_compute_blocks=20 is out of range; valid: 1..19 (a middle block",
+        ),
+        (
+            "PixArt-Sigma",
+            {"dbcache": {**DBCACHE, "residual_diff_threshold": 1}},
+            "dbcache.residual_diff_threshold=1 is out of range; valid: 0.0 up to 1.0 exclusive",
+        ),
+        (
+            "PixArt-Sigma",
+            {"dbcache": {**DBCACHE, "max_cached_steps": -2}},
+            "dbcache.max_cached_steps=-2 is out of range; valid: -1..25 (-1: no cap)",
+        ),
+        ("PixArt-Sigma", {"fbcache": {"threshold": 2.0}}, "fbcache.threshold=2.0 is out of range"),
+        (
+            "PixArt-Sigma",
+            {"fbcache": {"threshold": 0.08}, "dbcache": DBCACHE},
+            "fbcache+dbcache is not a declared combination",
+        ),
     ],
 )
 def test_settings_accelopt_refuses_are_never_used(
@@ -115,6 +144,16 @@ def test_a_random_partition_under_cuda_graphs_is_refused() -> None:
         make_entry("SDXL", "DDIM", 25, tome, execution="cuda-graphs")
     )
     check_entry(*_keyed(make_entry("SDXL", "DDIM", 25, tome)))
+
+
+@pytest.mark.parametrize(
+    "acc", [{"fbcache": {"threshold": 0.08}}, {"dbcache": DBCACHE}], ids=lambda a: next(iter(a))
+)
+def test_a_decided_cache_under_cuda_graphs_is_refused_by_name(acc: dict[str, Any]) -> None:
+    (name,) = acc
+    assert f"{name} cannot run under execution mode cuda-graphs: decides per call" in refused(
+        make_entry("PixArt-Sigma", "DDIM", 25, acc, execution="cuda-graphs")
+    )
 
 
 def _keyed(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:

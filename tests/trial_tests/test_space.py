@@ -4,6 +4,7 @@ of trials a finished one already dominates. Traits are built by hand: no pipelin
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -86,7 +87,7 @@ def test_build_refuses_a_target_the_pipeline_cannot_take() -> None:
         Space.build(PIXART, 10, ("deepcache",))
     assert str(info.value) == (
         "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate, magcache, "
-        "taylorseer"
+        "taylorseer, fbcache, dbcache"
     )
 
 
@@ -577,3 +578,33 @@ def test_an_accelerator_slower_than_plain_alone_at_its_fastest_has_lost() -> Non
     # Named targets are the user's to keep.
     fixed = Space.build(SD, 10, ("deepcache", "tome"))
     assert lost_accelerator(with_tome, done, fixed) is None
+
+
+def test_decided_caches_are_skipped_only_as_the_same_decisions() -> None:
+    """FirstBlockCache and DBCache have no host-known schedule (schedules.schedule names every
+    deciding knob): another threshold is measured, whichever way it goes, even beside a feasible
+    trial; a cap no run can reach is the same schedule as no cap, and is skipped."""
+    from accelopt import accelerators
+    from accelopt.accelerators.schedules import Calls, schedule
+
+    calls = Calls(tuple(float(t) for t in range(999, 0, -100)), 1, 10)
+
+    def schedule_of(configs: Mapping[str, Mapping[str, Any]]) -> tuple[Any, ...]:
+        built = {n: accelerators.get(n).config(k) for n, k in configs.items()}
+        return schedule(built, calls)
+
+    def db(**knobs: Any) -> dict[str, dict[str, Any]]:
+        base = {"Fn_compute_blocks": 1, "residual_diff_threshold": 0.1, "max_warmup_steps": 2}
+        return {"dbcache": {**base, **knobs}}
+
+    feasible = finished(3, db(), feasible=True, speedup=1.4)
+    for threshold in (0.08, 0.12):
+        assert dominating_trial(db(residual_diff_threshold=threshold), [feasible],
+                                schedule_of=schedule_of) is None  # fmt: skip
+    assert dominating_trial(db(max_warmup_steps=4), [feasible], schedule_of=schedule_of) is None
+    found = dominating_trial(db(max_cached_steps=9), [feasible], schedule_of=schedule_of)
+    assert found == (feasible, "computes what trial 3 computed at every step (same schedule)")
+    fb = finished(4, {"fbcache": {"threshold": 0.1}}, feasible=True)
+    for threshold in (0.05, 0.2):
+        candidate = {"fbcache": {"threshold": threshold}}
+        assert dominating_trial(candidate, [fb], schedule_of=schedule_of) is None

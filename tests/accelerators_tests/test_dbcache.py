@@ -1,0 +1,244 @@
+"""DBCache on a four-block TinyPixArt (accelopt/accelerators/dbcache.py): every knob changes the
+images, a reusing call runs only its first and last blocks, compiled runs give eager's images
+with the decision as their one graph break, and CUDA graphs refuse it (and FirstBlockCache,
+the same mechanism) by name. The rule worked by hand is
+tests/portable_tests/test_dbcache_rule.py's; the contract every accelerator keeps,
+test_accelerators.py's (on TinyPixArt's two blocks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import accelopt
+from accelopt import accelerators, execution
+from accelopt._types import Pipeline
+from accelopt.accelerators import DBCacheConfig, FBCacheConfig, PipeTraits
+from accelopt.errors import AccelOptError
+from accelopt.pipelines.schedulers import set_scheduler
+from accelopt.spec import load_spec
+from accelopt.testing import render, tiny_pipeline
+from accelopt.trial.space import Space
+
+STEPS = 8
+BLOCKS = 4
+CHECKOUT = Path(accelopt.__file__).resolve().parents[1]
+BASE = DBCacheConfig(1, 1, 0.2, 1, -1, -1)
+
+
+def four_blocks() -> Pipeline:
+    """TinyPixArt with four transformer blocks (seeded): room for first, middle and last ones."""
+    from diffusers import PixArtTransformer2DModel
+
+    pipe = tiny_pipeline("TinyPixArt")
+    torch.manual_seed(0)
+    config = pipe.transformer.config
+    pipe.transformer = PixArtTransformer2DModel.from_config(config, num_layers=BLOCKS).eval()
+    set_scheduler(pipe, "DDIM")
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def deep() -> Pipeline:
+    return four_blocks()
+
+
+@contextmanager
+def blocks_run(pipe: Pipeline) -> Iterator[list[list[int]]]:
+    """Per transformer call, the blocks whose self-attention ran, in order."""
+    runs: list[list[int]] = []
+    net = pipe.transformer
+    handles = [net.register_forward_pre_hook(lambda *_: runs.append([]))]
+    for i, block in enumerate(net.transformer_blocks):
+        handles.append(block.attn1.register_forward_pre_hook(lambda *_, i=i: runs[-1].append(i)))
+    try:
+        yield runs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_every_knob_changes_the_images(deep: Pipeline) -> None:
+    """From F1B1 at 0.2 with one warm-up call, a change of any one knob gives other images."""
+    changes: dict[str, Any] = {
+        "Fn_compute_blocks": 2,
+        "Bn_compute_blocks": 0,
+        "residual_diff_threshold": 0.1,
+        "max_warmup_steps": 3,
+        "max_cached_steps": 2,
+        "max_continuous_cached_steps": 1,
+    }
+    assert set(changes) == {f.name for f in dataclasses.fields(DBCacheConfig)}
+    images = {}
+    for knob, value in {"base": None, **changes}.items():
+        config = BASE if value is None else dataclasses.replace(BASE, **{knob: value})
+        with accelerators.apply(deep, {"dbcache": config}, steps=STEPS):
+            images[knob] = render(deep, steps=STEPS)
+    for knob in changes:
+        assert not np.array_equal(images[knob], images["base"]), knob
+
+
+@pytest.mark.parametrize(("fn", "bn"), [(1, 1), (2, 0), (1, 2)])
+def test_a_reusing_call_runs_its_first_and_last_blocks_only(
+    deep: Pipeline, fn: int, bn: int
+) -> None:
+    """The first call and the warm-up compute every block; later calls either compute all or
+    run only blocks < Fn and >= 4 - Bn; the caps hold (at most 3 reusing calls, 2 in a row)."""
+    config = DBCacheConfig(fn, bn, 0.3, 2, 3, 2)
+    with accelerators.apply(deep, {"dbcache": config}, steps=STEPS), blocks_run(deep) as runs:
+        render(deep, steps=STEPS)
+    every = list(range(BLOCKS))
+    kept = [i for i in every if i < fn or i >= BLOCKS - bn]
+    assert runs[:2] == [every, every]
+    assert all(run in (every, kept) for run in runs)
+    reused = [run == kept for run in runs]
+    assert 0 < sum(reused) <= 3
+    assert not any(reused[i : i + 3] == [True] * 3 for i in range(len(reused)))
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_regional_kernels_match_eager_and_a_new_threshold_compiles_nothing(
+    deep: Pipeline,
+) -> None:
+    """Dynamo's "eager" backend (no C++ compiler): eager's images bit for bit; a call that
+    computes everything and one that decides are two structures, each told once; the decision
+    breaks the block that reads it, whose two continuations compile once; other thresholds only
+    pick among those graphs."""
+    made, told = [], []
+    for threshold in (0.2, 0.1, 0.3):
+        config = dataclasses.replace(BASE, residual_diff_threshold=threshold)
+        with accelerators.apply(deep, {"dbcache": config}, steps=STEPS):
+            eager = render(deep, steps=STEPS)
+            before = _graphs()
+            with execution.run(deep, "compile", told.append, kernels="regional", backend="eager"):
+                np.testing.assert_array_equal(render(deep, steps=STEPS), eager)
+            made.append(_graphs() - before)
+    assert made[0] > 0 and made[1:] == [0, 0], made
+    assert told == ["dbcache 1 1 compute", "dbcache 1 1 decides"]
+
+
+def whole_forward_check() -> None:
+    """Run by the test below in a process of its own: dynamo keeps what it compiled (and what it
+    gave up on) per code object for the process, so this would change what other tests'
+    transformer forwards compile, and theirs what this one does."""
+    from torch._dynamo.utils import counters
+
+    deep = four_blocks()
+    net = deep.transformer
+    whole = torch.compile(type(net).forward.__get__(net), backend="eager", dynamic=False)
+    made = []
+    for threshold in (0.2, 0.1):
+        config = dataclasses.replace(BASE, residual_diff_threshold=threshold)
+        with accelerators.apply(deep, {"dbcache": config}, steps=STEPS):
+            eager = render(deep, steps=STEPS)
+            before = _graphs()
+            net.forward = whole
+            try:
+                compiled = render(deep, steps=STEPS)
+            finally:
+                del net.forward
+        np.testing.assert_array_equal(compiled, eager)
+        made.append(_graphs() - before)
+    assert made[0] > 0 and made[1] == 0, made
+    reasons = list(counters["graph_break"])
+    assert len(reasons) == 1 and "_judge" in reasons[0], reasons
+
+
+def test_the_whole_forward_breaks_only_at_the_decision() -> None:
+    """``torch.compile`` of the transformer's forward: eager's images bit for bit, graphs made
+    for the first threshold and none for another, and one graph break, at the function that
+    reads the change (diffusers' FirstBlockCache broke a tiny FLUX's forward 6 times:
+    FINDINGS). The break falls in the forward's loop over the blocks, which dynamo cannot
+    resume inside: at a deciding call it runs the forward itself eagerly and compiles each
+    block's call as a frame of its own."""
+    here = Path(__file__).parent
+    code = f"import sys; sys.path.insert(0, {str(here)!r}); import test_dbcache as t; "
+    code += "t.whole_forward_check()"
+    pythonpath = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [("dbcache", DBCacheConfig(1, 0, 0.1, 1)), ("fbcache", FBCacheConfig(0.1))],
+)
+def test_cuda_graphs_refuse_them_by_name(name: str, config: Any, tmp_path: Path) -> None:
+    """The mode check alone (CPU): applied, a study's spec, its search space."""
+    pipe = tiny_pipeline("TinyPixArt")
+    refused = f"{name} cannot run under execution mode cuda-graphs: decides per call from a device"
+    with (
+        accelerators.apply(pipe, {name: config}),
+        pytest.raises(AccelOptError, match=refused),
+        execution.run(pipe, "cuda-graphs"),
+    ):
+        pass
+    assert "forward" not in vars(pipe.transformer)
+    path = tmp_path / f"TinyPixArt-DDIM-10-{name}.toml"
+    path.write_text('execution = "cuda-graphs"\n')
+    with pytest.raises(AccelOptError, match=refused):
+        load_spec(path=path)
+    traits = PipeTraits.of(pipe)
+    with pytest.raises(AccelOptError, match=refused):
+        Space.build(traits, 10, (name,), "cuda-graphs")
+    assert name not in Space.build(traits, 5, None, "cuda-graphs").names  # T-GATE can't at 5
+    assert Space.build(traits, 10, (name,), "compile").names == (name,)
+
+
+def test_off_names_no_structure_and_a_real_setting_names_its_call(deep: Pipeline) -> None:
+    off = accelerators.get("dbcache").off(STEPS)
+    with accelerators.apply(deep, {"dbcache": off}, steps=STEPS) as acc:
+        assert acc.structure() == ()
+    with accelerators.apply(deep, {"dbcache": BASE}, steps=STEPS) as acc:
+        assert acc.structure() == (("dbcache", 1, 1, "compute"),)  # before any call
+
+
+@pytest.mark.parametrize(
+    ("blocks", "steps", "expected"),
+    [
+        # PixArt's 28 blocks at 20 steps: every published range.
+        (28, 20, {"Fn_compute_blocks": (1, 2, 4, 8), "Bn_compute_blocks": (0, 2, 4, 8),
+                  "max_warmup_steps": (1, 2, 4, 8),
+                  "max_continuous_cached_steps": (-1, 1, 2, 3, 4, 6)}),
+        # ToyPixArt's 12: Fn at most 5, Bn what 4 first blocks leave; 6 steps cut the rest.
+        (12, 6, {"Fn_compute_blocks": (1, 2, 4), "Bn_compute_blocks": (0, 2, 4),
+                 "max_warmup_steps": (1, 2, 4), "max_continuous_cached_steps": (-1, 1, 2, 3, 4)}),
+        # TinyPixArt's 2: one first block, no last one.
+        (2, 10, {"Fn_compute_blocks": (1,), "Bn_compute_blocks": (0,),
+                 "max_warmup_steps": (1, 2, 4, 8),
+                 "max_continuous_cached_steps": (-1, 1, 2, 3, 4, 6)}),
+    ],
+)  # fmt: skip
+def test_the_search_space_cites_its_ranges_cut_to_the_stack_and_steps(
+    blocks: int, steps: int, expected: dict[str, tuple[int, ...]]
+) -> None:
+    traits = PipeTraits("pixart-sigma", transformer_blocks=blocks)
+    space = {k: v.values for k, v in accelerators.search_space(traits, steps, "dbcache").items()}
+    thresholds = space.pop("dbcache.residual_diff_threshold")
+    assert thresholds == (0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.32)
+    assert space == {f"dbcache.{k}": v for k, v in expected.items()}
+    with pytest.raises(AccelOptError, match="dbcache needs at least 2 steps"):
+        accelerators.search_space(traits, 1, "dbcache")
+
+
+def test_the_stack_is_read_from_the_pipeline(deep: Pipeline) -> None:
+    assert PipeTraits.of(deep).transformer_blocks == BLOCKS
+    assert PipeTraits.of(tiny_pipeline("TinySD")).transformer_blocks == 0  # a UNet
