@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import optuna
@@ -42,6 +42,7 @@ __all__ = [
     "is_finished",
     "metric_names",
     "open_study",
+    "pick_mode",
     "prepare_study",
     "spec_of",
     "study_mode",
@@ -211,10 +212,13 @@ def choose_mode(
                 seconds[mode] = time.perf_counter() - started
             measured[mode] = m.time_per_image
             compile_seconds[mode] = m.compile_seconds
-        if spec.execution != "auto":
-            chosen = spec.execution
-        else:
-            chosen = min(measured, key=measured.__getitem__) if measured else modes[0]
+        chosen = pick_mode(spec.execution, measured, spec.targets or (), default=modes[0])
+        fastest = min(measured, key=measured.__getitem__) if measured else chosen
+        if spec.execution == "auto" and chosen != fastest:
+            refused = [n for n in spec.targets or () if n not in execution.allowed(fastest, [n])]
+            log(f"{spec.name}: {fastest} is the fastest plain pipeline but cannot run "
+                f"{'+'.join(refused)}; trials run under {chosen}, speedups stay against "
+                f"{fastest}")  # fmt: skip
         record = {"mode": chosen, "baselines": measured, "compile_seconds": compile_seconds,
                   "seconds": seconds, "device": device_name(bench.device)}  # fmt: skip
         with lock():
@@ -227,6 +231,26 @@ def choose_mode(
                 f"{stored['mode']}")  # fmt: skip
     bench.mode = stored["mode"]
     return dict(stored)
+
+
+def pick_mode(
+    requested: str, measured: Mapping[str, float], targets: Iterable[str], default: str
+) -> str:
+    """The mode a study runs under: the one its spec names, or under "auto" the fastest plain
+    pipeline among the modes that can run every one of ``targets`` (``execution.REFUSED``), so
+    that a study of a method refused under the fastest mode runs under the next, against the
+    fastest baseline still, instead of stopping. ``default`` when nothing was measured.
+
+    >>> pick_mode("auto", {"eager": 3.0, "compile": 2.0, "cuda-graphs": 1.0}, ["dbcache"], "eager")
+    'compile'
+    """
+    from accelopt import execution
+
+    if requested != "auto":
+        return requested
+    names = list(targets)
+    usable = {m: t for m, t in measured.items() if len(execution.allowed(m, names)) == len(names)}
+    return min(usable or measured, key=measured.__getitem__) if measured else default
 
 
 def calibrate(

@@ -24,6 +24,7 @@ from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.spec import SamplerSpec, load_spec
 from accelopt.storage import open_storage, storage_label
 from accelopt.study.loop import run_study
+from accelopt.study.prepare import pick_mode
 from accelopt.study.results import Requirement, best_trial
 from accelopt.testing import render, tiny_pipeline
 from accelopt.trial.bench import Bench
@@ -389,3 +390,14 @@ def test_a_failed_grid_point_is_retried_once_and_one_that_fails_twice_is_listed(
     assert len(points) == 3 == len(set(points)) and first in points and second not in points
     assert main(argv) == 0  # a finished study says it again
     assert capsys.readouterr().out.splitlines()[1:3] == lines[1:3]
+
+
+def test_auto_runs_a_study_under_the_fastest_mode_that_can_run_its_targets() -> None:
+    """DBCache is refused under cuda-graphs (execution.REFUSED): under "auto" its study runs
+    under the next fastest mode, where it used to pick cuda-graphs and stop at the refusal."""
+    measured = {"eager": 0.83, "compile": 0.78, "cuda-graphs": 0.75}
+    assert pick_mode("auto", measured, ["dbcache"], "eager") == "compile"
+    assert pick_mode("auto", measured, ["magcache"], "eager") == "cuda-graphs"
+    assert pick_mode("auto", measured, [], "eager") == "cuda-graphs"
+    assert pick_mode("auto", {}, ["dbcache"], "eager") == "eager"
+    assert pick_mode("cuda-graphs", measured, ["dbcache"], "eager") == "cuda-graphs"  # checked
