@@ -28,7 +28,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,18 +226,46 @@ def train_generator(
     torch.manual_seed(seed + 1)
     text_encoder: Any = models.text_encoder(len(tokens.tokenizer))
     unet: Any = models.unet()
-    text_encoder.to(device).train()
-    unet.to(device).train()
-    ema = {"text": copy.deepcopy(text_encoder).eval(), "unet": copy.deepcopy(unet).eval()}
     # SD's training noise schedule ("scaled_linear", 1,000 steps), as the DDIM config assumes.
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+
+    def predict(noisy: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return unet(noisy, t, text_encoder(ids)[0]).sample
+
+    text, unet_ema, log = _train_denoiser(
+        device, seed, recipe, deadline, "unet", (vae, tokens, text_encoder, unet), betas, predict
+    )
+    pipe = models.build_pipeline(vae, text, tokens.tokenizer, unet_ema)
+    return pipe, {"vae": vae_log, "unet": log.record()}
+
+
+def _train_denoiser(
+    device: torch.device,
+    seed: int,
+    recipe: dict[str, Any],
+    deadline: float | None,
+    stage: str,
+    parts: tuple[Any, Tokens, Any, Any],
+    betas: torch.Tensor,
+    predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[Any, Any, _Log]:
+    """Train a text encoder and a denoiser together on the frozen VAE's latents (``parts``:
+    vae, tokens, text encoder, denoiser): epsilon prediction under the noise schedule
+    ``betas``, ``recipe["uncond"]`` of the captions dropped for guidance, clipped gradients,
+    EMA copies. ``predict(noisy, t, ids)`` runs the two. Returns the EMA text encoder, the EMA
+    denoiser and the log. Its draws come in the order ToySD's shipped run made them."""
+    vae, tokens, text_encoder, denoiser = parts
+    text_encoder.to(device).train()
+    denoiser.to(device).train()
+    ema = [copy.deepcopy(text_encoder).eval(), copy.deepcopy(denoiser).eval()]
     alphas = torch.cumprod(1 - betas, dim=0).float().to(device)
-    params = [*text_encoder.parameters(), *unet.parameters()]
+    params = [*text_encoder.parameters(), *denoiser.parameters()]
     opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=0.01)
     steps = recipe["steps"]
-    log = _Log("unet", steps, deadline)
+    log = _Log(stage, steps, deadline)
     g = torch.Generator().manual_seed(seed + 2)  # which captions are dropped, on the CPU
-    data = batches(recipe["batch"], stream="generator", seed=seed + 3, device=device)
+    data = batches(recipe["batch"], stream="generator" if stage == "unet" else stage,
+                   seed=seed + 3, device=device)  # fmt: skip
     scale = vae.config.scaling_factor
     for step, (x, captions) in zip(range(steps), data, strict=False):
         for group in opt.param_groups:
@@ -253,20 +281,18 @@ def train_generator(
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * eps
         with _autocast(device):
-            context = text_encoder(ids)[0]
-            prediction = unet(noisy, t, context).sample
+            prediction = predict(noisy, t, ids)
         loss = F.mse_loss(prediction.float(), eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(recipe["ema"], (1 + step) / (10 + step))
-        _ema_update(ema["text"], text_encoder, decay)
-        _ema_update(ema["unet"], unet, decay)
+        _ema_update(ema[0], text_encoder, decay)
+        _ema_update(ema[1], denoiser, decay)
         if not log.step(step, loss.detach()):
             break
-    pipe = models.build_pipeline(vae, ema["text"], tokens.tokenizer, ema["unet"])
-    return pipe, {"vae": vae_log, "unet": log.record()}
+    return ema[0], ema[1], log
 
 
 def _vae_weights(name: str) -> Path:
@@ -319,53 +345,24 @@ def train_dit(
     torch.manual_seed(seed + 1)
     text_encoder: Any = models.t5_encoder(len(tokens.tokenizer))
     transformer: Any = models.transformer(int(recipe["layers"]))
-    text_encoder.to(device).train()
-    transformer.to(device).train()
-    ema = {"text": copy.deepcopy(text_encoder).eval(), "dit": copy.deepcopy(transformer).eval()}
     betas = torch.linspace(*_PIXART_BETAS, 1000, dtype=torch.float64)
-    alphas = torch.cumprod(1 - betas, dim=0).float().to(device)
-    params = [*text_encoder.parameters(), *transformer.parameters()]
-    opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=0.01)
-    steps = recipe["steps"]
-    log = _Log("dit", steps, deadline)
-    g = torch.Generator().manual_seed(seed + 2)  # which captions are dropped, on the CPU
-    data = batches(recipe["batch"], stream="dit", seed=seed + 3, device=device)
-    scale = vae.config.scaling_factor
     no_micro_conditions = {"resolution": None, "aspect_ratio": None}  # as the pipeline at 64 px
-    for step, (x, captions) in zip(range(steps), data, strict=False):
-        for group in opt.param_groups:
-            group["lr"] = recipe["lr"] * _schedule(
-                step, recipe["schedule_steps"], recipe["warmup"]
-            )
-        drop = (torch.rand(len(captions), generator=g) < recipe["uncond"]).tolist()
-        ids = tokens(["" if d else c for c, d in zip(captions, drop, strict=True)])
+
+    def predict(noisy: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         mask = (ids != pad).long()
-        with torch.no_grad(), _autocast(device):
-            latents = vae.encode(x).latent_dist.sample().float() * scale
-        eps = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (len(captions),), device=device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * eps
-        with _autocast(device):
-            context = text_encoder(ids, attention_mask=mask)[0]
-            prediction = transformer(
-                noisy,
-                encoder_hidden_states=context,
-                encoder_attention_mask=mask,
-                timestep=t,
-                added_cond_kwargs=no_micro_conditions,
-            ).sample
-        loss = F.mse_loss(prediction.float(), eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(recipe["ema"], (1 + step) / (10 + step))
-        _ema_update(ema["text"], text_encoder, decay)
-        _ema_update(ema["dit"], transformer, decay)
-        if not log.step(step, loss.detach()):
-            break
-    pipe = models.build_dit_pipeline(vae, ema["text"], tokens.tokenizer, ema["dit"])
+        return transformer(
+            noisy,
+            encoder_hidden_states=text_encoder(ids, attention_mask=mask)[0],
+            encoder_attention_mask=mask,
+            timestep=t,
+            added_cond_kwargs=no_micro_conditions,
+        ).sample
+
+    text, dit, log = _train_denoiser(
+        device, seed, recipe, deadline, "dit", (vae, tokens, text_encoder, transformer), betas,
+        predict,
+    )  # fmt: skip
+    pipe = models.build_dit_pipeline(vae, text, tokens.tokenizer, dit)
     counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
               for name in ("transformer", "text_encoder", "vae")}  # fmt: skip
     return pipe, {"vae": vae_log, "dit": log.record(), "parameters": counts}
