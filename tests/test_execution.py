@@ -235,6 +235,27 @@ def test_regional_kernels_compile_blocks_once_and_leave_no_trace() -> None:
     assert "forward" not in vars(net)
 
 
+def test_tgate_modes_choose_outside_regional_blocks_and_new_modes_compile_nothing() -> None:
+    """T-GATE under regional kernels on TinySD (dynamo's "eager" backend): each attention's
+    mode is chosen outside the compiled blocks, so a configuration whose steps meet modes the
+    first never did (keep before the gate) compiles no graph; images are eager's bit for bit,
+    and leaving the mode puts T-GATE's own attention forwards back."""
+    pipe = tiny_pipeline("TinySD")
+    attention = [m for m in pipe.unet.modules() if type(m).__name__ == "Attention"]
+    made, told = [], []
+    for config in (TGateConfig(2, 2, 1, 1), TGateConfig(3, 1, 1, 0)):
+        with accelerators.apply(pipe, {"tgate": config}, steps=STEPS):
+            gated = [vars(m)["forward"] for m in attention]
+            eager = render(pipe, steps=STEPS)
+            before = _graphs()
+            with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
+                np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
+            made.append(_graphs() - before)
+            assert [vars(m)["forward"] for m in attention] == gated
+    assert made[0] > 0 and made[1] == 0, made
+    assert "tgate guided shallow compute keep" in told  # a structure the first never met
+
+
 def test_kernels_follow_the_mode_and_whether_the_pipeline_is_accelerated() -> None:
     assert execution.kernels_for("cuda-graphs", accelerated=True) == "regional"
     assert execution.kernels_for("cuda-graphs", accelerated=False) == "inductor"  # the baseline

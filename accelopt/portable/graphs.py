@@ -106,6 +106,24 @@ class Replayer:
         return Graph(graph, [x for x in static if isinstance(x, torch.Tensor)], output)
 
 
+def dispatch(route: Callable[..., Any], inner: Callable[..., Any]) -> Callable[..., Any]:
+    """A module's forward that picks in Python, at each call, what the module computes around
+    its own forward ``inner`` (T-GATE's attention: compute, keep or reuse a kept output) by
+    calling ``route(inner, *args, **kwargs)``.
+
+    Compiled inside a block, such a choice is a guard: every choice a block meets compiles the
+    block again (T-GATE's modes made 15 of a configuration's 31 graphs on TinySD). Under
+    ``Regions`` the route runs outside every compiled block and ``inner`` runs compiled on its
+    own, so a new choice compiles nothing. Eager and whole-forward compiles call it as it is.
+    """
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return route(inner, *args, **kwargs)
+
+    forward.route, forward.inner = route, inner  # type: ignore[attr-defined]
+    return forward
+
+
 class Regions:
     """Regional compilation of ``net``: inductor's kernels for each repeated block (``REGIONS``)
     and PyTorch's own for the code between them, in force only inside ``with regions.on():`` so
@@ -114,8 +132,9 @@ class Regions:
     What an accelerator changes between structures is mostly the code between the blocks
     (DeepCache skips some blocks and reads its buffers instead), so capturing a new structure's
     graph reuses blocks compiled already: it costs a capture, not a compile of the whole
-    forward. A block that does change (ToMe's merge, T-GATE's attention modes) compiles once
-    per class, shape and change, never per instance. ``backend`` is ``torch.compile``'s.
+    forward. A block that does change (ToMe's merge) compiles once per class, shape and change,
+    never per instance; a choice made per call inside a block (T-GATE's attention modes, a
+    ``dispatch`` forward) is made outside the compiled code. ``backend`` is ``torch.compile``'s.
     """
 
     def __init__(self, net: Any, backend: str = "inductor") -> None:
@@ -128,16 +147,38 @@ class Regions:
         self.compiled = [
             torch.compile(m._call_impl, dynamic=False, backend=backend) for m in self.blocks
         ]
+        self.net = net
+        self.backend = backend
 
     @contextmanager
     def on(self) -> Iterator[None]:
         """Inside the block, each repeated block runs its compiled code (how ``nn.Module``'s
-        own ``compile()`` does it); after it, what each had before."""
+        own ``compile()`` does it) and each ``dispatch`` forward routes outside it, to its
+        module's own forward compiled; after it, what each had before."""
         before = [m._compiled_call_impl for m in self.blocks]
         for module, compiled in zip(self.blocks, self.compiled, strict=True):
             module._compiled_call_impl = compiled
+        forwards = [(m, vars(m).get("forward")) for m in self.net.modules()]
+        routed = [(m, f) for m, f in forwards if hasattr(f, "route")]
+        for module, dispatch in routed:
+            module.forward = self._outside(dispatch)
         try:
             yield
         finally:
             for module, was in zip(self.blocks, before, strict=True):
                 module._compiled_call_impl = was
+            for module, dispatch in routed:
+                module.forward = dispatch
+
+    def _outside(self, dispatch: Any) -> Callable[..., Any]:
+        """``dispatch`` run eagerly (a graph break in the block that calls it) around its
+        ``inner`` compiled: one graph per shape, shared by every instance of the class."""
+        import torch
+
+        inner = torch.compile(dispatch.inner, dynamic=False, backend=self.backend)
+
+        @torch.compiler.disable
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return dispatch.route(inner, *args, **kwargs)
+
+        return forward

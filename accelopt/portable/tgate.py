@@ -37,6 +37,7 @@ from typing import Any
 
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.deepcache import skipped_modules
+from accelopt.portable.graphs import dispatch
 
 COMPUTE, KEEP, KEEP_MEAN, REUSE = "compute", "keep", "keep-mean", "reuse"
 SHALLOW, DEEP = "shallow", "deep"  # attention a DeepCache shallow step runs, or skips
@@ -219,14 +220,13 @@ def _gate(
 ) -> None:
     """Wrap ``module``'s forward to follow ``gate``; ``always``: its self-attention computes at
     every call (ToMe merges its input)."""
-    inner = module.forward
     # This module's own buffers, keyed by shape alone: under regional compiling one compiled
     # transformer block serves every instance, and a key naming the module would make dynamo
     # guard on the name and compile the block again for each instance (and again at each
     # buffer's first use).
     own = buffers.part(("tgate", name))
 
-    def forward(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+    def route(inner: Callable[..., Any], hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         context = args[0] if args else kwargs.get("encoder_hidden_states")
         cross = context is not None
         now = gate.current[group]
@@ -246,4 +246,5 @@ def _gate(
             own.store((half, hidden_states.dtype), (uncond + cond) / 2)
         return out
 
-    module.forward = forward
+    # Under regional kernels the mode is chosen outside the compiled blocks
+    module.forward = dispatch(route, module.forward)
