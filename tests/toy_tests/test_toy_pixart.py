@@ -1,4 +1,4 @@
-"""ToyPixArt: the toy DiT's architecture, its training recipe, and its study before it ships."""
+"""ToyPixArt: the toy DiT's architecture, its training recipe and its shipped weights."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from accelopt.cli import main as cli
 from accelopt.measure.metrics import TOY_CLIP
 from accelopt.pipelines import (
     call_defaults,
@@ -56,19 +56,17 @@ def test_toy_pixart_is_known_as_a_pixart_pipeline() -> None:
     assert spec.prompts.set == "shapes" and spec.metric.model == TOY_CLIP
 
 
-@pytest.mark.skipif(toy_shipped("ToyPixArt"), reason="ToyPixArt's weights ship")
-def test_toy_pixart_study_says_its_weights_are_not_shipped_yet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    storage = f"sqlite:///{tmp_path / 'x.db'}"
-    assert cli(["run", "--study", "ToyPixArt-DPM-Solver++-20", "--storage", storage]) == 2
-    *_, last = capsys.readouterr().err.strip().splitlines()
-    assert last == (
-        f"accelopt: error: ToyPixArt's trained weights are not shipped yet "
-        f"({toy_folder('ToyPixArt')} holds no model_index.json); train them with python -m "
-        f"accelopt.toy.train and put the folder there, or use ToySD"
-    )
+def test_the_shipped_toy_pixart_fits_its_budget_and_generates() -> None:
+    """The trained weights ship (accelopt/data/toy/ToyPixArt) within the size budget, load
+    through diffusers' own from_pretrained and draw a 64 px image."""
+    assert toy_shipped("ToyPixArt")
+    files = [f for f in toy_folder("ToyPixArt").rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < BUDGET
+    pipe = load_pipeline("ToyPixArt", device="cpu")
+    assert type(pipe).__name__ == "PixArtAlphaPipeline"
+    kwargs = {**call_defaults(pipe), "num_inference_steps": 2, "output_type": "np"}
+    image = pipe("two small red circles", height=64, width=64, **kwargs).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
 
 
 def test_training_captions_reach_the_transformer_as_the_pipelines_do() -> None:
