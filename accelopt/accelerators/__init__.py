@@ -37,6 +37,7 @@ from accelopt.errors import AccelOptError, choices
 
 __all__ = [
     "ACCELERATORS",
+    "NOT_DECLARED",
     "PLANS",
     "Accelerated",
     "Accelerator",
@@ -91,15 +92,31 @@ PLANS: dict[frozenset[str], tuple[Step, ...]] = {
     frozenset({"tome", "tgate"}): (_single("tome"), _single("tgate")),
     frozenset({"deepcache", "tome"}): (_single("tome"), _single("deepcache")),
     frozenset({"deepcache", "tome", "tgate"}): (_single("tome"), _deepcache_tgate),
-    # MagCache alone: with T-GATE it is not declared yet (a skipped call runs no attention, so
-    # what T-GATE keeps at such a call is undecided); check_plan refuses asking for both.
+    # The block caches alone: NOT_DECLARED says why each pairing is not.
     frozenset({"magcache"}): (_single("magcache"),),
-    # TaylorSeer alone: with T-GATE, what a forecast of gated attention means is not declared.
     frozenset({"taylorseer"}): (_single("taylorseer"),),
-    # FirstBlockCache and DBCache alone: with T-GATE, which attention a reusing call gates is
-    # not declared (its middle blocks run none).
     frozenset({"fbcache"}): (_single("fbcache"),),
     frozenset({"dbcache"}): (_single("dbcache"),),
+}
+_BLOCK_CACHES = ("magcache", "taylorseer", "fbcache", "dbcache")
+_SKIPS_ATTENTION = (
+    "runs no attention in the calls or blocks it skips, so what T-GATE keeps there is undecided, "
+    "and the halved batch after T-GATE's gate"
+)
+# Pairs a PixArt takes one by one but that no plan applies together, and why; check_plan and
+# `accelopt accelerators` say so.
+NOT_DECLARED: dict[frozenset[str], str] = {
+    frozenset({"tgate", "magcache"}): f"MagCache {_SKIPS_ATTENTION} has no calibrated ratios",
+    frozenset({"tgate", "taylorseer"}): (
+        f"TaylorSeer {_SKIPS_ATTENTION} has no history to forecast from"
+    ),
+    frozenset({"tgate", "fbcache"}): f"FirstBlockCache {_SKIPS_ATTENTION} has no kept residual",
+    frozenset({"tgate", "dbcache"}): f"DBCache {_SKIPS_ATTENTION} has no kept residual",
+    **{
+        frozenset({a, b}): "both decide which transformer calls or blocks compute: one at a time"
+        for i, a in enumerate(_BLOCK_CACHES)
+        for b in _BLOCK_CACHES[i + 1 :]
+    },
 }
 # canonical order for names: deepcache, tome, tgate, magcache, taylorseer, fbcache, dbcache
 ORDER = tuple(ACCELERATORS)
@@ -137,10 +154,16 @@ def check_plan(names: Iterable[str]) -> None:
         shown = sorted((tuple(n for n in ORDER if n in p) for p in PLANS if len(p) > 1),
                        key=lambda p: (len(p), [ORDER.index(n) for n in p]))  # fmt: skip
         valid = ", ".join("+".join(p) for p in shown)
+        why = [f"{'+'.join(_ordered(pair))}: {reason}" for pair, reason in NOT_DECLARED.items()
+               if pair <= found]  # fmt: skip
         raise AccelOptError(
-            f"{'+'.join(n for n in ORDER if n in found)} is not a declared combination; "
-            f"combinations: {valid}"
+            f"{'+'.join(_ordered(found))} is not a declared combination; combinations: {valid}"
+            + (f" (not {'; '.join(why)})" if why else "")
         )
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    return sorted(names, key=ORDER.index)
 
 
 def check_scheduler(names: Iterable[str], scheduler: str) -> None:

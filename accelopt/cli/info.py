@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 
 from accelopt.cli._command import Command
 
@@ -77,6 +78,7 @@ class Accelerators(Command):
             for scheduler, why in accel.refused_schedulers.items():
                 print(f"{'':10} refuses {scheduler}: {why}")
         print("\nCombinations: " + ", ".join("+".join(sorted(p)) for p in accelerators.PLANS))
+        _not_declared(accelerators.ACCELERATORS)
         return 0
 
     def _space(self, args: argparse.Namespace) -> int:
@@ -102,7 +104,25 @@ class Accelerators(Command):
         width = max(map(len, space), default=0)  # taylorseer.disable_cache_before_step: 36
         for key, param in space.items():
             print(f"  {key:{width}} {', '.join(map(str, param.values))}")
+        here = accelerators.applicable(traits)
+        together = [p for p in accelerators.PLANS if len(p) > 1 and p <= set(here)]
+        shown = ", ".join("+".join(n for n in here if n in p) for p in together) or "none"
+        print(f"combinations on {args.pipeline}: {shown}")
+        _not_declared(here)
         return 0
+
+
+def _not_declared(names: Iterable[str]) -> None:
+    """The pairs among ``names`` that no plan applies together, each with why."""
+    from accelopt import accelerators
+
+    order = list(accelerators.ACCELERATORS)
+    pairs = [(sorted(p, key=order.index), why) for p, why in accelerators.NOT_DECLARED.items()
+             if p <= set(names)]  # fmt: skip
+    if pairs:
+        print("not combined (why):")
+    for pair, why in pairs:
+        print(f"- {'+'.join(pair)}: {why}")
 
 
 class Prompts(Command):

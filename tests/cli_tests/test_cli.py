@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from accelopt.accelerators import NOT_DECLARED
 from accelopt.cli import main
 from accelopt.cli.info import TOY_TRAINING
 from accelopt.prompts import load_prompts
@@ -140,8 +141,25 @@ def test_pixart_lists_the_block_caches_and_refuses_an_undeclared_combination(
     captured = capsys.readouterr()
     assert captured.err == (
         "accelopt: error: tgate+magcache is not a declared combination; combinations: "
-        "deepcache+tome, deepcache+tgate, tome+tgate, deepcache+tome+tgate\n"
+        "deepcache+tome, deepcache+tgate, tome+tgate, deepcache+tome+tgate (not tgate+magcache: "
+        f"{NOT_DECLARED[frozenset({'tgate', 'magcache'})]})\n"
     )
+
+
+def test_a_pipelines_listing_says_which_accelerators_combine_and_why_others_do_not(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every pair of accelerators PixArt takes is either a declared plan or says why not."""
+    from accelopt.accelerators import PLANS
+
+    assert main(["accelerators", "--pipeline", "TinyPixArt", "--steps", "10"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "combinations on TinyPixArt: none" in out
+    reasons = dict(line[2:].split(": ", 1) for line in out if line.startswith("- "))
+    names = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache")
+    pairs = {f"{a}+{b}" for i, a in enumerate(names) for b in names[i + 1 :]}
+    assert set(reasons) == {p for p in pairs if frozenset(p.split("+")) not in PLANS}
+    assert reasons["fbcache+dbcache"] == NOT_DECLARED[frozenset({"fbcache", "dbcache"})]
 
 
 def test_inapplicable_target_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
