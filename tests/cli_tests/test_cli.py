@@ -14,6 +14,7 @@ from accelopt.accelerators import NOT_DECLARED
 from accelopt.cli import main
 from accelopt.cli.info import TOY_TRAINING
 from accelopt.prompts import load_prompts
+from accelopt.testing import default_signals
 
 COMMANDS = ("pipelines", "schedulers", "accelerators", "prompts", "run", "best", "list")
 
@@ -255,7 +256,8 @@ def test_ctrl_c_at_any_moment_of_start_up_exits_130_without_a_traceback(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), checkout])}
     command = ["-m", "accelopt"] if started.startswith("python") else [str(script)]
     run = subprocess.run([sys.executable, *command, "list"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+                         capture_output=True, text=True, timeout=120,
+                         preexec_fn=default_signals)  # fmt: skip
     assert (run.returncode, run.stderr) == (130, "accelopt: interrupted\n")
 
 

@@ -23,6 +23,7 @@ from accelopt.cli import main
 from accelopt.errors import Interrupted
 from accelopt.storage import open_storage
 from accelopt.study.launch import SUPERVISOR, serve
+from accelopt.testing import default_signals
 
 SPEC = """
 pipeline = "TinySD"
@@ -66,7 +67,8 @@ def test_a_signal_to_the_parent_stops_every_worker_at_once_and_gives_their_trial
     run = subprocess.Popen([sys.executable, "-m", "accelopt", "run", "--spec", str(spec),
                             "--workers", "2", "--n-trials", "30", "--storage", "s.journal",
                             "--quiet"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+                           stderr=subprocess.PIPE, text=True,
+                           preexec_fn=default_signals)  # fmt: skip
     storage, deadline, running = None, time.monotonic() + 300, []
     while len(running) < 2 and time.monotonic() < deadline and run.poll() is None:
         with contextlib.suppress(KeyError, FileNotFoundError):
@@ -117,7 +119,8 @@ def test_workers_never_outlive_their_parent(signum: int, code: int, tmp_path: Pa
     run = subprocess.Popen([sys.executable, "-m", "accelopt", "run", "--spec", str(spec),
                             "--workers", "2", "--n-trials", "30", "--storage", "s.journal",
                             "--quiet"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+                           stderr=subprocess.PIPE, text=True,
+                           preexec_fn=default_signals)  # fmt: skip
     assert run.stderr is not None
     pids: set[int] = set()
     for line in run.stderr:  # "[host:pid] TinyLaunch: loading TinySD (random weights) ..."
