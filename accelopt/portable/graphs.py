@@ -112,7 +112,8 @@ def dispatch(route: Callable[..., Any], inner: Callable[..., Any]) -> Callable[.
     calling ``route(inner, *args, **kwargs)``.
 
     Compiled inside a block, such a choice is a guard: every choice a block meets compiles the
-    block again (T-GATE's modes made 15 of a configuration's 31 graphs on TinySD). Under
+    block again (T-GATE's first configuration in the SD1.5 study compiled for 141.8 s on an H100
+    that way, 71.8 s with its modes routed so; docs/BENCHMARKS.md). Under
     ``Regions`` the route runs outside every compiled block and ``inner`` runs compiled on its
     own, so a new choice compiles nothing. Eager and whole-forward compiles call it as it is.
     """
@@ -160,25 +161,25 @@ class Regions:
             module._compiled_call_impl = compiled
         forwards = [(m, vars(m).get("forward")) for m in self.net.modules()]
         routed = [(m, f) for m, f in forwards if hasattr(f, "route")]
-        for module, dispatch in routed:
-            module.forward = self._outside(dispatch)
+        for module, forward in routed:
+            module.forward = self._outside(forward)
         try:
             yield
         finally:
             for module, was in zip(self.blocks, before, strict=True):
                 module._compiled_call_impl = was
-            for module, dispatch in routed:
-                module.forward = dispatch
+            for module, forward in routed:
+                module.forward = forward
 
-    def _outside(self, dispatch: Any) -> Callable[..., Any]:
-        """``dispatch`` run eagerly (a graph break in the block that calls it) around its
-        ``inner`` compiled: one graph per shape, shared by every instance of the class."""
+    def _outside(self, routed: Any) -> Callable[..., Any]:
+        """A ``dispatch`` forward's route run eagerly (a graph break in the block that calls
+        it) around its ``inner`` compiled: one graph per shape, shared by every instance."""
         import torch
 
-        inner = torch.compile(dispatch.inner, dynamic=False, backend=self.backend)
+        inner = torch.compile(routed.inner, dynamic=False, backend=self.backend)
 
         @torch.compiler.disable
         def forward(*args: Any, **kwargs: Any) -> Any:
-            return dispatch.route(inner, *args, **kwargs)
+            return routed.route(inner, *args, **kwargs)
 
         return forward

@@ -246,5 +246,5 @@ def _gate(
             own.store((half, hidden_states.dtype), (uncond + cond) / 2)
         return out
 
-    # Under regional kernels the mode is chosen outside the compiled blocks
+    # Under regional kernels the mode is chosen outside the compiled blocks.
     module.forward = dispatch(route, module.forward)
