@@ -66,6 +66,7 @@ __all__ = [
     "check_values",
     "compile_stats",
     "dynamo_warnings_asked",
+    "graph_count",
     "kernels_for",
     "modes_to_measure",
     "quiet_dynamo",
@@ -359,7 +360,8 @@ def _compiled_forward(net: Any, record: Compiled) -> Callable[..., Any]:
     return record.forward
 
 
-def _graph_count() -> int:
+def graph_count() -> int:
+    """Graphs dynamo has made in this process so far (its ``unique_graphs`` counter)."""
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
@@ -399,7 +401,7 @@ def _counting(
     told: _Told | None = None,
     *,
     per_key: bool = True,
-    graph_count: Callable[[], int] = _graph_count,
+    graph_count: Callable[[], int] = graph_count,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Callable[..., Any]:
     """``fn``, with the calls that made dynamo compile timed into ``record`` and, ``per_key``,

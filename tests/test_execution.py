@@ -134,21 +134,17 @@ def compiled() -> Iterator[tuple[Pipeline, np.ndarray, np.ndarray]]:
     yield pipe, eager, baseline
 
 
-def _graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
 def test_compiled_baseline_is_eager_within_tolerance_and_repeats(
     compiled: tuple[Pipeline, np.ndarray, np.ndarray],
 ) -> None:
     pipe, eager, baseline = compiled
     assert float(np.abs(baseline - eager).max()) < COMPILE_TOLERANCE
-    before = _graphs()
+    before = execution.graph_count()
     with execution.run(pipe, "compile") as record:
         np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
-    assert _graphs() == before  # the plain graph is kept on the UNet, not compiled again
+    assert (
+        execution.graph_count() == before
+    )  # the plain graph is kept on the UNet, not compiled again
     assert record.compiles >= 1 and record.seconds > 0
     assert "forward" not in vars(pipe.unet)  # leaving the mode restores the module
     np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
@@ -163,10 +159,10 @@ def test_deepcache_compiles_once_per_structure_and_removes_exactly(
         config = {"deepcache": DeepCacheConfig(cache_interval=interval, cache_branch_id=0)}
         with accelerators.apply(pipe, config, steps=STEPS):
             eager = render(pipe, steps=STEPS)
-            before = _graphs()
+            before = execution.graph_count()
             with execution.run(pipe, "compile", told.append):
                 results[interval] = render(pipe, steps=STEPS)
-            made.append(_graphs() - before)
+            made.append(execution.graph_count() - before)
         assert float(np.abs(results[interval] - eager).max()) < COMPILE_TOLERANCE
         assert not np.array_equal(results[interval], baseline)
     # Branch 0's full and shallow steps are two graphs, made once: intervals only pick.
@@ -189,10 +185,10 @@ def test_tgate_compiles_once_per_structure_and_off_reproduces_the_baseline(
     told: list[str] = []
     with accelerators.apply(pipe, config, steps=STEPS):
         eager = render(pipe, steps=STEPS)
-        before = _graphs()
+        before = execution.graph_count()
         with execution.run(pipe, "compile", told.append):
             gated = render(pipe, steps=STEPS)
-            made = _graphs() - before
+            made = execution.graph_count() - before
             np.testing.assert_array_equal(render(pipe, steps=STEPS), gated)
     assert float(np.abs(gated - eager).max()) < COMPILE_TOLERANCE
     assert not np.array_equal(gated, baseline)
@@ -202,11 +198,11 @@ def test_tgate_compiles_once_per_structure_and_off_reproduces_the_baseline(
         "tgate halved shallow reuse keep",
     ]
     assert made == 3
-    before = _graphs()
+    before = execution.graph_count()
     off = {"tgate": accelerators.get("tgate").off(STEPS)}
     with accelerators.apply(pipe, off, steps=STEPS), execution.run(pipe, "compile"):
         np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
-    assert _graphs() == before
+    assert execution.graph_count() == before
     with execution.run(pipe, "compile"):
         np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
 
@@ -224,11 +220,11 @@ def test_regional_kernels_compile_blocks_once_and_leave_no_trace() -> None:
         config = {"deepcache": DeepCacheConfig(cache_interval=interval, cache_branch_id=branch)}
         with accelerators.apply(pipe, config, steps=STEPS):
             eager = render(pipe, steps=STEPS)
-            before = _graphs()
+            before = execution.graph_count()
             with execution.run(pipe, "compile", kernels="regional", backend="eager") as record:
                 assert all(m._compiled_call_impl is not None for m in blocks)
                 np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
-            made.append(_graphs() - before)
+            made.append(execution.graph_count() - before)
     assert record.forward is None  # the whole forward: never compiled
     assert made[0] > 0 and made[1] == 0 and 10 * made[2] < made[0], made
     assert all(m._compiled_call_impl is None for m in net.modules())
@@ -247,10 +243,10 @@ def test_tgate_modes_choose_outside_regional_blocks_and_new_modes_compile_nothin
         with accelerators.apply(pipe, {"tgate": config}, steps=STEPS):
             gated = [vars(m)["forward"] for m in attention]
             eager = render(pipe, steps=STEPS)
-            before = _graphs()
+            before = execution.graph_count()
             with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
                 np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
-            made.append(_graphs() - before)
+            made.append(execution.graph_count() - before)
             assert [vars(m)["forward"] for m in attention] == gated
     assert made[0] > 0 and made[1] == 0, made
     assert "tgate guided shallow compute keep" in told  # a structure the first never met

@@ -144,12 +144,6 @@ def test_ratios_of_another_call_count_are_refused_at_the_first_call(
     np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
 
 
-def _graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
 def test_one_graph_per_structure_under_compile(tiny: Callable[[str], Pipeline]) -> None:
     """Under compile (each block compiled by dynamo, eager backend: no C++ compiler here) the
     images are eager's bit for bit, and a second configuration whose calls compute and skip,
@@ -164,10 +158,10 @@ def test_one_graph_per_structure_under_compile(tiny: Callable[[str], Pipeline]) 
                                              config.retention_ratio)))  # fmt: skip
         with accelerators.apply(pipe, {"magcache": config}, steps=STEPS):
             eager = render(pipe, steps=STEPS)
-            before = _graphs()
+            before = execution.graph_count()
             with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
                 compiled = render(pipe, steps=STEPS)
-            made.append(_graphs() - before)
+            made.append(execution.graph_count() - before)
         np.testing.assert_array_equal(compiled, eager)
     assert masks[0] != masks[1] and all(any(m) and not all(m) for m in masks)
     assert made[0] > 0 and made[1] == 0
@@ -189,13 +183,13 @@ def test_the_whole_forward_compiles_without_a_graph_break(
     for config in (MagCacheConfig(0.3, 2, 0.2, RATIOS), MagCacheConfig(0.06, 1, 0.1, RATIOS)):
         with accelerators.apply(pipe, {"magcache": config}, steps=STEPS):
             eager = render(pipe, steps=STEPS)
-            before = _graphs()
+            before = execution.graph_count()
             net.forward = whole
             try:
                 compiled = render(pipe, steps=STEPS)
             finally:
                 del net.forward
-            made.append(_graphs() - before)
+            made.append(execution.graph_count() - before)
         np.testing.assert_array_equal(compiled, eager)
     assert made == [2, 0]
 

@@ -99,12 +99,6 @@ def test_every_knob_changes_the_images(tiny: Callable[[str], Pipeline]) -> None:
         assert not np.array_equal(images[knob], images["base"]), knob
 
 
-def _graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
 @pytest.mark.parametrize("modules", ["attention", "blocks"])
 def test_compiled_blocks_match_eager_and_a_new_interval_compiles_nothing(
     tiny: Callable[[str], Pipeline], modules: str
@@ -122,10 +116,10 @@ def test_compiled_blocks_match_eager_and_a_new_interval_compiles_nothing(
         )
         with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
             eager = render(pipe, steps=STEPS)
-            before = _graphs()
+            before = execution.graph_count()
             with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
                 np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
-            made.append(_graphs() - before)
+            made.append(execution.graph_count() - before)
     assert made[0] > 0 and made[1:] == [0, 0], made
     assert told == [
         f"taylorseer {modules} {kind} {order}"
@@ -151,14 +145,14 @@ def test_the_whole_forward_traces_as_one_graph_per_structure(
         accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS),
     ):
         eager = render(pipe, steps=STEPS)
-        before = _graphs()
+        before = execution.graph_count()
         net.forward = whole
         try:
             compiled = render(pipe, steps=STEPS)
         finally:
             del net.forward
     np.testing.assert_array_equal(compiled, eager)
-    assert _graphs() - before == 5
+    assert execution.graph_count() - before == 5
 
 
 def test_off_and_plain_report_no_structure(tiny: Callable[[str], Pipeline]) -> None:
