@@ -154,16 +154,13 @@ def check_plan(names: Iterable[str]) -> None:
         shown = sorted((tuple(n for n in ORDER if n in p) for p in PLANS if len(p) > 1),
                        key=lambda p: (len(p), [ORDER.index(n) for n in p]))  # fmt: skip
         valid = ", ".join("+".join(p) for p in shown)
-        why = [f"{'+'.join(_ordered(pair))}: {reason}" for pair, reason in NOT_DECLARED.items()
-               if pair <= found]  # fmt: skip
+        why = [f"{'+'.join(parse_targets(pair))}: {reason}"
+               for pair, reason in NOT_DECLARED.items() if pair <= found]  # fmt: skip
+        named = "+".join(parse_targets(found))
         raise AccelOptError(
-            f"{'+'.join(_ordered(found))} is not a declared combination; combinations: {valid}"
+            f"{named} is not a declared combination; combinations: {valid}"
             + (f" (not {'; '.join(why)})" if why else "")
         )
-
-
-def _ordered(names: Iterable[str]) -> list[str]:
-    return sorted(names, key=ORDER.index)
 
 
 def check_scheduler(names: Iterable[str], scheduler: str) -> None:

@@ -116,8 +116,7 @@ def _not_declared(names: Iterable[str]) -> None:
     """The pairs among ``names`` that no plan applies together, each with why."""
     from accelopt import accelerators
 
-    order = list(accelerators.ACCELERATORS)
-    pairs = [(sorted(p, key=order.index), why) for p, why in accelerators.NOT_DECLARED.items()
+    pairs = [(accelerators.parse_targets(p), why) for p, why in accelerators.NOT_DECLARED.items()
              if p <= set(names)]  # fmt: skip
     if pairs:
         print("not combined (why):")
