@@ -356,9 +356,10 @@ def _checked(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _searched(study: optuna.Study) -> list[str]:
-    """The accelerators a study searched: those its trials drew knobs for, and any a trial
-    used (the targets of its key must hold its accelerators: ``check_entry``)."""
-    names = {k.split(".")[0] for t in study.trials for k in t.params}
+    """The accelerators a study searched: those its trials drew knobs for (``plan``, a space's
+    choice of group, is no knob), and any a trial used (the targets of its key must hold its
+    accelerators: ``check_entry``)."""
+    names = {k.split(".")[0] for t in study.trials for k in t.params if "." in k}
     used = {n for t in study.trials if isinstance(a := t.user_attrs.get("accelerators"), dict)
             for n in a}  # fmt: skip
     return sorted(names | used)

@@ -249,7 +249,7 @@ class Replay:
         configuration with ToMe runs at this times its recorded speedup (neighbours' too)."""
         space = searched_space(record)
         by_key = recorded.lookup(record)
-        grid = GridOrder(space.grid(), 0).points
+        grid = GridOrder(space.points(), 0).points
         keys = {recorded.config_key(space.configs(p)) for p in grid}
         points = {k: by_key[k] for k in sorted(keys) if k in by_key}
         if tome_factor != 1.0:  # copies: the record (and its neighbours' view of it) stays
@@ -503,7 +503,7 @@ def _skip(replay: Replay, key: str, done: Sequence[optuna.trial.FrozenTrial]) ->
 def grid(replay: Replay, seed: int) -> Iterator[Step]:
     """The seed system: every grid point in ``GridOrder``'s seeded order, with dominance skip."""
     done: list[optuna.trial.FrozenTrial] = []
-    for params in GridOrder(replay.space.grid(), seed).points:
+    for params in GridOrder(replay.space.points(), seed).points:
         key = recorded.config_key(replay.space.configs(params))
         why = _skip(replay, key, done)
         if not why:

@@ -13,6 +13,7 @@ schedules, the plain pipeline among them) x (1 + distinct ToMe merges), less the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -76,6 +77,11 @@ def main() -> None:
         set_scheduler(pipe, spec.scheduler)
         traits = PipeTraits.of(pipe)
         space = Space.build(traits, spec.steps, spec.targets, "eager", spec.scheduler)
+        if space.groups:  # a choice of groups: the schedules modelled here are T-GATE's group's
+            group = next(g for g in space.groups if "tgate" in g)
+            params = {k: p for k, p in space.params.items() if k.split(".")[0] in group}
+            name = f"{name} ({'+'.join(group)}, one of {len(space.groups)} groups)"
+            space = dataclasses.replace(space, params=params, groups=())
         calls = Calls.of(pipe.scheduler, spec.steps)
         count = distinct(space, calls, spec.guidance > 1, traits)
         size = space.size

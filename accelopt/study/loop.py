@@ -197,7 +197,7 @@ def _run_study(
                 if probed:
                     log(f"{spec.name}: first {', '.join(probed)}, each alone at its fastest: "
                         f"one slower than the plain pipeline is searched no further")  # fmt: skip
-    grid = GridOrder(space.grid(), spec.sampler.seed) if spec.sampler.name == "grid" else None
+    grid = GridOrder(space.points(), spec.sampler.seed) if spec.sampler.name == "grid" else None
 
     log(f"{spec.name}: timing the baseline twice on {bench.device} under {bench.mode} (an A/A "
         f"check) ...")  # fmt: skip

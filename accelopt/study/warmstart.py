@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial
 from accelopt._types import is_number
 from accelopt.spec import StudySpec
 from accelopt.study.results import best_trial
-from accelopt.trial.space import Space, switch
+from accelopt.trial.space import PLAN, Space, switch
 
 __all__ = [
     "LIMIT",
@@ -126,7 +126,9 @@ def translate(
     Accelerators ``space`` cannot search are dropped (nothing left: None). A space with fixed
     targets takes only a configuration of exactly those accelerators. In a space that searches
     which accelerators to use, those absent from ``config`` are switched off (their main knob at
-    its off value, the other knobs at their first value: they are not applied). Every value is
+    its off value, the other knobs at their first value: they are not applied); in a space of
+    groups, within the first group that holds every accelerator of ``config`` (none: None),
+    with its ``PLAN``. Every value is
     snapped to the nearest one the space allows (ties to the smaller); an accelerator that was on
     stays on.
 
@@ -141,8 +143,16 @@ def translate(
     if not kept:
         return None
     params: dict[str, Any] = {}
+    if len(space.groups) > 1:  # the first group that holds every accelerator kept
+        group = next((g for g in space.groups if set(kept) <= set(g)), None)
+        if group is None:
+            return None
+        params[PLAN] = "+".join(group)
+        names = set(group)
     for key, param in space.params.items():
         name, knob = key.split(".", 1)
+        if name not in names:
+            continue
         main, off_value = switch(name, space.steps)
         if name not in kept:  # only in an optional space: fixed targets all are in kept
             params[key] = off_value if knob == main else param.values[0]

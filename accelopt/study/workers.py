@@ -18,10 +18,9 @@ is ``accelopt.study.launch``'s.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,10 +85,8 @@ def released_trials(trials: Sequence[FrozenTrial]) -> set[int]:
 class GridOrder:
     """The points of a grid in an order fixed by a seed; hands out the first unused one."""
 
-    def __init__(self, grid: Mapping[str, Sequence[Any]], seed: int) -> None:
-        keys = sorted(grid)
-        self.points = [dict(zip(keys, values, strict=True))
-                       for values in itertools.product(*(grid[k] for k in keys))]  # fmt: skip
+    def __init__(self, points: Iterable[Mapping[str, Any]], seed: int) -> None:
+        self.points = [dict(p) for p in points]  # ``Space.points``
         random.Random(seed).shuffle(self.points)
 
     def next(self, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:

@@ -3,16 +3,19 @@
 With targets (``SD1.5-DDIM-20-deepcache+tgate``) a study searches those accelerators' knobs, all
 on. Without, it also searches which to use: each applicable accelerator's main knob gains its
 "off" value (DeepCache interval 1, ToMe ratio 0, T-GATE gate at the last step), and an
-accelerator whose main knob is off is not applied at all. Only the largest set of accelerators
-that combine with each other in every declared way is searched so (``_combinable``); the others
-when named.
+accelerator whose main knob is off is not applied at all. Where the applicable accelerators do
+not all combine (on PixArt T-GATE and each block cache go one at a time: ``NOT_DECLARED``), the
+space is a choice of groups (``_groups``: the largest sets that combine in every declared way),
+and each trial first draws which group it tries (the parameter ``plan``), then that group's
+knobs only: a conditional space, which TPE learns per branch and a grid walks branch by branch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from itertools import combinations, pairwise
+from itertools import combinations, pairwise, product
 from typing import Any
 
 import optuna
@@ -28,7 +31,9 @@ from accelopt._types import is_number
 from accelopt.accelerators import Param, PipeTraits
 from accelopt.errors import AccelOptError
 
-__all__ = ["Space", "dominating_trial", "lost_accelerator", "switch"]
+__all__ = ["PLAN", "Space", "dominating_trial", "lost_accelerator", "switch"]
+
+PLAN = "plan"  # the parameter that picks a group, in a space of groups: "tgate", "magcache"...
 
 # Which way each knob makes generation faster: +1 larger is faster, -1 smaller is faster.
 FASTER: dict[str, int] = {
@@ -82,6 +87,8 @@ class Space:
     # Knobs measured once per study, never searched (``Accelerator.calibrated``: MagCache's
     # ratios), by accelerator: every config that turns one on carries them.
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Two or more: a trial tries one of these sets (``PLAN``); one or none: all of ``params``.
+    groups: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
     def build(
@@ -111,11 +118,12 @@ class Space:
                 if _searchable(n, traits, steps)
                 and (scheduler is None or accelerators.follows(n, scheduler))
             ]
-            names = _combinable(execution.allowed(mode, usable))
-            if not names:
+            groups = _groups(execution.allowed(mode, usable))
+            if not groups:
                 raise AccelOptError(
                     f"no accelerator can be searched at {steps} steps under execution mode {mode}"
                 )
+            names = tuple(n for n in accelerators.ORDER if any(n in g for g in groups))
         refused = execution.REFUSED_VALUES
         params = {
             key: Param(tuple(v for v in p.values if (mode, key, v) not in refused))
@@ -126,18 +134,49 @@ class Space:
                 knob, off = switch(name, steps)
                 key = f"{name}.{knob}"
                 params[key] = Param((off, *params[key].values))
+        if targets is None and len(groups) > 1:
+            return cls(params, steps, True, groups=groups)
         return cls(params, steps, targets is None)
 
     def grid(self) -> dict[str, list[Any]]:
-        """The space as GridSampler takes it: every value of every parameter."""
+        """Every value of every parameter (of every group), by parameter."""
         return {k: list(p.values) for k, p in self.params.items()}
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every configuration of the space as flat params: the product of every value of
+        every parameter, or of a group's parameters, group by group (with its ``PLAN``)."""
+        found: list[dict[str, Any]] = []
+        for label, keys in self._branches():
+            keys = sorted(keys)  # so a seed gives the grid order it gave before groups
+            values = product(*(self.params[k].values for k in keys))
+            chosen = {PLAN: label} if label is not None else {}
+            found += [{**chosen, **dict(zip(keys, v, strict=True))} for v in values]
+        return found
 
     @property
     def size(self) -> int:
-        n = 1
-        for p in self.params.values():
-            n *= len(p.values)
-        return n
+        return sum(math.prod(len(self.params[k].values) for k in keys)
+                   for _, keys in self._branches())  # fmt: skip
+
+    def _branches(self) -> list[tuple[str | None, list[str]]]:
+        """(plan, its parameters) per group; (None, every parameter) in a space of one."""
+        if len(self.groups) < 2:
+            return [(None, list(self.params))]
+        return [("+".join(g), [k for k in self.params if k.split(".", 1)[0] in g])
+                for g in self.groups]  # fmt: skip
+
+    def group_of(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        """The accelerators ``params`` may turn on: its ``PLAN``'s group, or all of them."""
+        if len(self.groups) < 2:
+            return self.names
+        plan = params.get(PLAN)
+        found = next((g for g in self.groups if "+".join(g) == plan), None)
+        if found is None:
+            raise AccelOptError(
+                f"{PLAN} {plan!r} is not one of this space's: "
+                + ", ".join("+".join(g) for g in self.groups)
+            )
+        return found
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """What each parameter is drawn from: integers on an even step as an integer range,
@@ -153,6 +192,9 @@ class Space:
                 found[key] = IntDistribution(values[0], values[-1], step=step)
             else:
                 found[key] = CategoricalDistribution(list(values))
+        if len(self.groups) > 1:
+            found = {PLAN: CategoricalDistribution([label for label, _ in self._branches()]),
+                     **found}  # fmt: skip
         return found
 
     def adopt(self, trials: Iterable[optuna.trial.FrozenTrial]) -> Space:
@@ -173,9 +215,18 @@ class Space:
         return replace(self, stored=stored) if stored else self
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Draw every parameter from its distribution (``distributions``)."""
+        """Draw every parameter from its distribution (``distributions``); in a space of
+        groups, ``PLAN`` first and then only the chosen group's."""
         drawn: dict[str, Any] = {}
-        for key, dist in self.distributions().items():
+        distributions = self.distributions()
+        if PLAN in distributions:
+            plan = distributions.pop(PLAN)
+            assert isinstance(plan, CategoricalDistribution)
+            drawn[PLAN] = trial.suggest_categorical(PLAN, list(plan.choices))
+            group = self.group_of(drawn)
+            distributions = {k: d for k, d in distributions.items()
+                             if k.split(".", 1)[0] in group}  # fmt: skip
+        for key, dist in distributions.items():
             if isinstance(dist, IntDistribution):
                 drawn[key] = trial.suggest_int(key, dist.low, dist.high, step=dist.step)
             elif isinstance(dist, CategoricalDistribution):
@@ -195,8 +246,13 @@ class Space:
         if not self.optional:
             raise ValueError("a space of fixed targets has no accelerator to switch off")
         out: dict[str, Any] = {}
+        if len(self.groups) > 1:
+            out[PLAN] = next("+".join(g) for g in self.groups if name in g)
+        group = self.group_of(out)
         for key, p in self.params.items():
             owner, knob = key.split(".", 1)
+            if owner not in group:
+                continue
             primary, off = switch(owner, self.steps)
             if owner != name:
                 out[key] = off if knob == primary else p.values[0]
@@ -207,10 +263,16 @@ class Space:
         return out
 
     def configs(self, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        """Flat params -> ``{accelerator: {knob: value}}`` for the accelerators that are on."""
+        """Flat params -> ``{accelerator: {knob: value}}`` for the accelerators that are on
+        (in a space of groups: of its ``PLAN``'s group)."""
+        group = self.group_of(params)
         grouped: dict[str, dict[str, Any]] = {}
         for key, value in params.items():
+            if key == PLAN:
+                continue
             name, knob = key.split(".", 1)
+            if name not in group:
+                continue
             grouped.setdefault(name, {})[knob] = value
         if self.optional:
             for name in PRIMARY:
@@ -237,22 +299,27 @@ def switch(name: str, steps: int) -> tuple[str, Any]:
     return knob, steps if off is None else off
 
 
-def _combinable(
+def _groups(
     names: tuple[str, ...], plans: Collection[frozenset[str]] | None = None
-) -> tuple[str, ...]:
-    """The accelerators a space that searches which to use takes: the most of ``names`` (in
-    canonical order) whose every non-empty subset is a declared combination (``plans``, by
-    default ``accelerators.PLANS``), since the search may switch any of them off; on a tie the
-    earliest. One that would make an undeclared set (MagCache or TaylorSeer beside T-GATE) is
-    left out, and searched when named: PixArt searches T-GATE alone, as before the block caches
-    came, until a combination of T-GATE with one is declared."""
+) -> tuple[tuple[str, ...], ...]:
+    """The sets of ``names`` a space that searches which to use chooses from: the largest sets
+    whose every non-empty subset is a declared combination (``plans``, by default
+    ``accelerators.PLANS``), since the search may switch any of them off, each in canonical
+    order, the larger first, then the earlier. On SD every UNet accelerator combines: one set.
+    On PixArt T-GATE and each block cache combine with nothing: one set each, and a trial
+    tries one of them."""
     declared = accelerators.PLANS if plans is None else plans
+
+    def closed(kept: tuple[str, ...]) -> bool:
+        return all(frozenset(c) in declared
+                   for n in range(1, len(kept) + 1) for c in combinations(kept, n))  # fmt: skip
+
+    found: list[tuple[str, ...]] = []
     for size in range(len(names), 0, -1):
         for kept in combinations(names, size):  # in canonical order: the earliest set first
-            subsets = (frozenset(c) for n in range(1, size + 1) for c in combinations(kept, n))
-            if all(s in declared for s in subsets):
-                return kept
-    return ()
+            if closed(kept) and not any(set(kept) <= set(g) for g in found):
+                found.append(kept)
+    return tuple(found)
 
 
 def _searchable(name: str, traits: PipeTraits, steps: int) -> bool:

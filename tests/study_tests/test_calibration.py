@@ -44,9 +44,9 @@ def test_a_study_calibrates_once_and_every_trial_carries_the_ratios(storage: str
 
 
 def test_a_study_without_a_calibrated_accelerator_measures_none(storage: str) -> None:
-    """TinyPixArt-DDIM-10 searches T-GATE alone (MagCache does not combine with it yet):
-    nothing to calibrate, no calibration stored."""
-    spec = load_spec("TinyPixArt-DDIM-10").replace(max_score_loss=0.99)
+    """TinyPixArt-DDIM-10-tgate searches T-GATE alone: nothing to calibrate, no calibration
+    stored."""
+    spec = load_spec("TinyPixArt-DDIM-10-tgate").replace(max_score_loss=0.99)
     said: list[str] = []
     study = run_study(spec, storage=storage, n_trials=2, progress=False, log=said.append).study
     assert "calibration" not in study.user_attrs

@@ -401,3 +401,22 @@ def test_auto_runs_a_study_under_the_fastest_mode_that_can_run_its_targets() -> 
     assert pick_mode("auto", measured, [], "eager") == "cuda-graphs"
     assert pick_mode("auto", {}, ["dbcache"], "eager") == "eager"
     assert pick_mode("cuda-graphs", measured, ["dbcache"], "eager") == "cuda-graphs"  # checked
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "grid"])
+def test_a_study_of_groups_tries_one_group_per_trial(storage: str, sampler: str) -> None:
+    """TinyPixArt-DDIM-10 chooses T-GATE or one block cache per trial (``plan``): each trial
+    draws its plan's knobs only and applies at most that accelerator, and the trials try more
+    than one plan (TPE's first draws are random; the grid's order is shuffled by the seed)."""
+    spec = load_spec("TinyPixArt-DDIM-10").replace(
+        max_score_loss=0.99, sampler=SamplerSpec(sampler, 0)
+    )
+    study = run_study(spec, storage=storage, n_trials=8, progress=False, log=lambda _: None).study
+    assert len(study.trials) == 8
+    plans = set()
+    for t in study.trials:
+        plan = t.params["plan"]
+        plans.add(plan)
+        assert {k.split(".")[0] for k in t.params if k != "plan"} == {plan}
+        assert set(t.user_attrs["accelerators"]) <= {plan}
+    assert len(plans) > 1

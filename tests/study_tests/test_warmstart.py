@@ -208,9 +208,9 @@ def test_accelerators_the_pipeline_cannot_take_are_dropped(storage: Storage) -> 
     study = _new(storage, spec.name)
     starts = warm_start(study, storage, spec, _space(spec.name))
     assert [(s.source, s.params) for s in starts] == [
-        ("TinySD-DDIM-10", {"tgate.gate_step": 6, "tgate.sp_interval": 4,
+        ("TinySD-DDIM-10", {"plan": "tgate", "tgate.gate_step": 6, "tgate.sp_interval": 4,
                             "tgate.fi_interval": 3, "tgate.warm_up": 1}),
-        ("TinyPixArt-DDIM-20", {"tgate.gate_step": 6, "tgate.sp_interval": 3,
+        ("TinyPixArt-DDIM-20", {"plan": "tgate", "tgate.gate_step": 6, "tgate.sp_interval": 3,
                                 "tgate.fi_interval": 2, "tgate.warm_up": 2}),
     ]  # fmt: skip
 
@@ -246,8 +246,15 @@ def test_translate_carries_a_warm_up_over_unscaled() -> None:
         "taylorseer.cache_interval": 3,
         "taylorseer.disable_cache_before_step": 2,
     }
-    # A PixArt study that searches which to use takes T-GATE alone: nothing to start from.
-    assert translate({"taylorseer": knobs}, 50, Space.build(pixart, 20, None)) is None
+    # A PixArt study that searches which to use chooses TaylorSeer's group: the plan says so;
+    # T-GATE beside it is in no group of that space.
+    assert translate({"taylorseer": knobs}, 50, Space.build(pixart, 20, None)) == {
+        "plan": "taylorseer",
+        **params,
+    }
+    both = {"taylorseer": knobs, "tgate": {"gate_step": 10, "sp_interval": 2, "fi_interval": 1,
+                                           "warm_up": 1}}  # fmt: skip
+    assert translate(both, 50, Space.build(pixart, 20, None)) is None
 
 
 # Wired into accelopt run: a new study's first trials come from its neighbour, unless told not.

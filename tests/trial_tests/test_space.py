@@ -15,7 +15,7 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState, create_trial
 
 from accelopt.accelerators import Param, PipeTraits, search_space
 from accelopt.errors import AccelOptError
-from accelopt.trial.space import Space, _combinable, dominating_trial, lost_accelerator
+from accelopt.trial.space import PLAN, Space, _groups, dominating_trial, lost_accelerator
 
 SD = PipeTraits("sd", 3, (1, 2, 4))
 SDXL = PipeTraits("sdxl", 3, (2, 4))  # no attention at full resolution
@@ -91,14 +91,21 @@ def test_build_refuses_a_target_the_pipeline_cannot_take() -> None:
     )
 
 
-def test_build_without_targets_leaves_out_what_combines_undeclared() -> None:
-    """MagCache and TaylorSeer combine with no other accelerator yet (PLANS): a PixArt space
-    that searches which to use keeps T-GATE alone, and where T-GATE cannot be searched (5
-    steps) the first block cache in canonical order; each is searched when named; naming two
-    that no plan declares together is refused."""
-    assert Space.build(PIXART, 10, None).names == ("tgate",)
-    assert Space.build(PIXART, 5, None).names == ("magcache",)
+def test_build_without_targets_chooses_among_what_does_not_combine() -> None:
+    """T-GATE and the block caches combine with nothing on PixArt (PLANS): a space that searches
+    which to use chooses one per trial (``plan``), each in its own group, leaving out what the
+    step count or the mode cannot run (T-GATE at 5 steps; FirstBlockCache and DBCache under
+    cuda-graphs); each is searched alone when named; naming two that no plan declares together
+    is refused."""
+    every = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache")
+    space = Space.build(PIXART, 10, None)
+    assert space.names == every and space.groups == tuple((n,) for n in every)
+    assert space.distributions()[PLAN] == CategoricalDistribution(list(every))
+    assert Space.build(PIXART, 5, None).names == every[1:]
+    graphs = Space.build(PIXART, 10, None, "cuda-graphs")
+    assert graphs.groups == (("tgate",), ("magcache",), ("taylorseer",))
     assert Space.build(PIXART, 10, ("magcache",)).names == ("magcache",)
+    assert Space.build(PIXART, 10, ("magcache",)).groups == ()
     assert Space.build(PIXART, 10, ("taylorseer",)).names == ("taylorseer",)
     for pair in (("tgate", "magcache"), ("tgate", "taylorseer"), ("magcache", "taylorseer")):
         with pytest.raises(AccelOptError) as info:
@@ -106,34 +113,73 @@ def test_build_without_targets_leaves_out_what_combines_undeclared() -> None:
         assert str(info.value).startswith(f"{'+'.join(pair)} is not a declared combination; ")
 
 
+def test_a_space_of_groups_draws_a_plan_then_only_its_knobs() -> None:
+    """A trial that drew MagCache draws MagCache's knobs and nothing of T-GATE's; configs apply
+    only its group; the grid walks every group's product once; a plan not in the space is one
+    clear error."""
+    space = Space.build(PIXART, 10, None, "cuda-graphs")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [space.suggest(study.ask()) for _ in range(30)]
+    for params in drawn:
+        group = params[PLAN]
+        assert {k.split(".", 1)[0] for k in params if k != PLAN} == {group}
+    assert {p[PLAN] for p in drawn} == {"tgate", "magcache", "taylorseer"}
+    points = space.points()
+    assert (
+        len(points)
+        == space.size
+        == sum(
+            math.prod(len(space.params[k].values) for k in space.params if k.startswith(f"{n}."))
+            for n in ("tgate", "magcache", "taylorseer")
+        )
+    )
+    assert len({tuple(sorted(p.items())) for p in points}) == len(points)
+    on = {"plan": "magcache", "magcache.threshold": 0.1, "magcache.max_skip_steps": 2,
+          "magcache.retention_ratio": 0.2, "tgate.gate_step": 5}  # fmt: skip
+    assert space.configs(on) == {
+        "magcache": {"threshold": 0.1, "max_skip_steps": 2, "retention_ratio": 0.2}
+    }
+    with pytest.raises(AccelOptError, match="plan 'deepcache' is not one of this space's: "
+                                            "tgate, magcache, taylorseer"):  # fmt: skip
+        space.configs({PLAN: "deepcache"})
+
+
 PIXART_NAMES = ("tgate", "magcache", "taylorseer")
 ALONE = [frozenset({n}) for n in PIXART_NAMES]
 
 
 @pytest.mark.parametrize(
-    ("declared", "kept"),
+    ("declared", "groups"),
     [
         ([], ()),
-        (ALONE, ("tgate",)),  # today's PLANS on PixArt: the earliest alone
-        # Declaring T-GATE with MagCache makes the searched space both.
-        ([*ALONE, frozenset({"tgate", "magcache"})], ("tgate", "magcache")),
-        # The largest set wins over the earliest accelerator.
-        ([*ALONE, frozenset({"magcache", "taylorseer"})], ("magcache", "taylorseer")),
-        # A set is taken only with every subset declared: switching T-GATE off would leave
+        (ALONE, (("tgate",), ("magcache",), ("taylorseer",))),  # today's PLANS on PixArt
+        # Declaring T-GATE with MagCache makes them one group, TaylorSeer another.
+        ([*ALONE, frozenset({"tgate", "magcache"})], (("tgate", "magcache"), ("taylorseer",))),
+        # Larger groups first, each in canonical order.
+        (
+            [*ALONE, frozenset({"magcache", "taylorseer"})],
+            (("magcache", "taylorseer"), ("tgate",)),
+        ),
+        # A set is a group only with every subset declared: switching T-GATE off would leave
         # MagCache alone, undeclared here.
-        ([frozenset({"tgate"}), frozenset({"tgate", "magcache"})], ("tgate",)),
-        # All three, with every pair and single: all three.
+        ([frozenset({"tgate"}), frozenset({"tgate", "magcache"})], (("tgate",),)),
+        # Groups may share a member: T-GATE goes with either cache, the caches not together.
+        (
+            [*ALONE, frozenset({"tgate", "magcache"}), frozenset({"tgate", "taylorseer"})],
+            (("tgate", "magcache"), ("tgate", "taylorseer")),
+        ),
+        # All three, with every pair and single: one group, as on SD.
         (
             [*ALONE, frozenset(PIXART_NAMES), frozenset({"tgate", "magcache"}),
              frozenset({"tgate", "taylorseer"}), frozenset({"magcache", "taylorseer"})],
-            PIXART_NAMES,
+            (PIXART_NAMES,),
         ),
     ],
 )  # fmt: skip
-def test_a_searched_space_takes_the_largest_set_closed_under_switching_off(
-    declared: list[frozenset[str]], kept: tuple[str, ...]
+def test_groups_are_the_largest_sets_closed_under_switching_off(
+    declared: list[frozenset[str]], groups: tuple[tuple[str, ...], ...]
 ) -> None:
-    assert _combinable(PIXART_NAMES, declared) == kept
+    assert _groups(PIXART_NAMES, declared) == groups
 
 
 def test_sd_searches_every_unet_accelerator_as_before() -> None:
@@ -145,7 +191,7 @@ def test_configs_carry_the_calibrated_knobs() -> None:
     ratios = [1.0, 0.98, 0.99, 1.01, 1.0]
     space = replace(Space.build(PIXART, 5, None), calibration={"magcache": {"ratios": ratios}})
     knobs = {"threshold": 0.1, "max_skip_steps": 2, "retention_ratio": 0.2}
-    params = {f"magcache.{k}": v for k, v in knobs.items()}
+    params = {PLAN: "magcache", **{f"magcache.{k}": v for k, v in knobs.items()}}
     assert space.configs(params) == {"magcache": {**knobs, "ratios": ratios}}
     assert space.configs({**params, "magcache.max_skip_steps": 0}) == {}  # off: not applied
 
@@ -163,17 +209,6 @@ def test_build_without_targets_adds_off_values_first() -> None:
 
 def test_build_without_targets_gates_at_the_step_count() -> None:
     assert values(Space.build(SD, 25, None))["tgate.gate_step"] == (25, *range(5, 20))
-
-
-def test_build_without_targets_on_pixart_has_only_tgate() -> None:
-    space = Space.build(PIXART, 10, None)
-    assert space.grid() == {
-        "tgate.gate_step": [10, 5, 6, 7, 8, 9],
-        "tgate.sp_interval": [2, 3, 4, 5, 6, 7, 8, 9],
-        "tgate.fi_interval": [1, 2, 3, 4, 5],
-        "tgate.warm_up": [1, 2, 3],
-    }
-    assert space.optional is True
 
 
 def test_a_named_knob_is_drawn_as_a_category() -> None:
@@ -195,7 +230,6 @@ def test_build_does_not_change_the_accelerators_space() -> None:
     [
         (SD, ALL, 4 * 4 * 8 * 3 * 2 * 5 * 8 * 5 * 3),
         (SD, None, 5 * 4 * 9 * 3 * 2 * 6 * 8 * 5 * 3),
-        (PIXART, None, 6 * 8 * 5 * 3),
         (SD, ("deepcache",), 4 * 4),
     ],
 )
@@ -204,7 +238,6 @@ def test_size_is_the_product_of_value_counts(
 ) -> None:
     space = Space.build(traits, 10, targets)
     assert space.size == size
-    assert space.size == math.prod(len(v) for v in space.grid().values())
 
 
 def test_grid_returns_lists() -> None:
@@ -213,18 +246,26 @@ def test_grid_returns_lists() -> None:
     assert grid["tome.ratio"] == [0.0, *RATIOS]
 
 
-def test_grid_drives_optuna_grid_sampler() -> None:
-    space = Space.build(SD, 10, ("deepcache",))
-    study = optuna.create_study(sampler=optuna.samplers.GridSampler(space.grid(), seed=0))
-    seen = []
+def test_points_are_every_combination_of_values_once() -> None:
+    points = Space.build(SD, 10, ("deepcache",)).points()
+    pairs = sorted((p["deepcache.cache_interval"], p["deepcache.cache_branch_id"]) for p in points)
+    assert pairs == [(i, b) for i in (2, 3, 4, 5) for b in (0, 1, 2, 3)]
 
-    def objective(trial: optuna.Trial) -> float:
-        drawn = space.suggest(trial)
-        seen.append((drawn["deepcache.cache_interval"], drawn["deepcache.cache_branch_id"]))
-        return 1.0
 
-    study.optimize(objective, n_trials=space.size + 5)  # the sampler stops when the grid is done
-    assert sorted(seen) == [(i, b) for i in (2, 3, 4, 5) for b in (0, 1, 2, 3)]
+def test_enqueued_points_are_drawn_as_they_are_in_a_space_of_groups() -> None:
+    """The grid enqueues each point (``GridOrder``); a trial then draws exactly it: the plan,
+    its group's knobs and nothing else."""
+    space = Space(
+        {"tgate.gate_step": Param((10, 5)), "magcache.threshold": Param((0.1, 0.2)),
+         "magcache.max_skip_steps": Param((0, 2, 3))},
+        10, True, groups=(("tgate",), ("magcache",)),
+    )  # fmt: skip
+    points = space.points()
+    assert len(points) == space.size == 2 + 2 * 3
+    study = optuna.create_study()
+    for point in points:
+        study.enqueue_trial(point)
+        assert space.suggest(study.ask()) == point
 
 
 # --- configs ----------------------------------------------------------------------------------
@@ -279,6 +320,7 @@ def test_optional_tgate_is_off_at_the_space_step_count() -> None:
         "tgate.fi_interval": 1,
         "tgate.warm_up": 1,
     }
+    tgate = {PLAN: "tgate", **tgate}
     assert Space.build(PIXART, 9, None).configs(tgate) == {}
     assert Space.build(PIXART, 10, None).configs(tgate) == {
         "tgate": {"gate_step": 9, "sp_interval": 2, "fi_interval": 1, "warm_up": 1}
