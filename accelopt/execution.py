@@ -18,6 +18,9 @@ per structure. A new structure then costs a capture of blocks compiled already, 
 where the whole forward's compile took 51 s (SD1.5 on an H100, docs/BENCHMARKS.md), for a
 forward 3.9% slower than the whole one compiled: speedups measured so are a little below what a
 whole compile of the winner would give, never above. Generated scripts run the same kernels.
+A call that reads a device value mid-forward (FirstBlockCache's and DBCache's deciding calls)
+is never captured whole: its blocks replay one graph each, the read between two of them
+(``accelopt.portable.graphs.decides``).
 
 The order is fixed: accelerators patch the modules, then a mode compiles or captures what they
 left. A graph is made once per *structure* (what a call computes: ``Accelerated.structure()``,
@@ -82,17 +85,11 @@ KERNELS = ("inductor", "regional", "eager")
 
 # (mode, accelerator) -> why that accelerator cannot run under that mode. DeepCache, T-GATE,
 # MagCache and TaylorSeer keep their caches in owned buffers and decide per call in hooks, and
-# ToMe's merge is one static shape per ratio. A method that cannot keep that contract is
-# declared here: FirstBlockCache and DBCache decide after their first blocks, from a value read
-# off the device (accelopt.portable.dbcache), which one captured graph cannot do; compile
-# breaks the graph there.
-REFUSED: dict[tuple[str, str], str] = {
-    ("cuda-graphs", name): (
-        "decides per call from a device value (its residual threshold); capturing it needs the "
-        "forward split at the decision, not built yet"
-    )
-    for name in ("fbcache", "dbcache")
-}
+# ToMe's merge is one static shape per ratio. FirstBlockCache and DBCache decide after their
+# first blocks from a value read off the device (accelopt.portable.dbcache): under cuda-graphs
+# such a call replays block by block (``accelopt.portable.graphs.decides``). A method that
+# cannot keep the contract is declared here, with why.
+REFUSED: dict[tuple[str, str], str] = {}
 
 # (mode, "accelerator.knob", value) -> why that value cannot run under that mode.
 REFUSED_VALUES: dict[tuple[str, str, Any], str] = {
@@ -219,10 +216,10 @@ class Compiled:
     seconds: float = 0.0  # spent compiling and capturing, all told
     compiles: int = 0  # graphs inductor made (dynamo's count) for this denoiser
     captures: int = 0
-    seen: set[Hashable] = field(default_factory=set)  # keys called under compile so far
+    seen: set[Hashable] = field(default_factory=set)  # keys met under compile, or deciding
     # Per key (a structure and input signature), in the order made: what its graphs cost.
     costs: dict[Hashable, Cost] = field(default_factory=dict)
-    regions: dict[str, Regions] = field(default_factory=dict)  # by torch.compile backend
+    regions: dict[str | None, Regions] = field(default_factory=dict)  # by torch.compile backend
 
 
 _COMPILED: WeakKeyDictionary[Any, Compiled] = WeakKeyDictionary()
@@ -277,17 +274,21 @@ def run(
     _configure_dynamo()
     told = _Told(on_compile, on_compiled)
     forward = _forward(net, record, kernels)
+    blocks = None
+    if kernels == "regional" or (mode == "cuda-graphs" and kernels == "eager"):
+        # Regional kernels compile each block; PyTorch's own under cuda-graphs compile none,
+        # but replay block by block where a call decides (accelopt.portable.graphs.decides).
+        label = backend if kernels == "regional" else None
+        if label not in record.regions:  # made once: torch.compile wraps each block anew
+            record.regions[label] = Regions(net, label)
+        blocks = record.regions[label]
     if mode == "compile":
         net.forward = _counting(record, forward, acc, told)
     else:
         if next(net.parameters()).device.type != "cuda":
             raise AccelOptError("execution mode cuda-graphs needs the pipeline on a CUDA device")
-        net.forward = _Replayer(net, record, acc, told, forward, kernels)
-    regions: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    if kernels == "regional":
-        if backend not in record.regions:  # made once: torch.compile wraps each block anew
-            record.regions[backend] = Regions(net, backend)
-        regions = record.regions[backend].on()
+        net.forward = _Replayer(net, record, acc, told, forward, kernels, blocks)
+    regions = blocks.on() if blocks is not None else contextlib.nullcontext()
     try:
         # The whole block, not each call: entering catch_warnings resets every module's record
         # of warnings shown once, and a call per denoiser step would show them again each step.
@@ -449,6 +450,7 @@ class _Replayer(Replayer):
         told: _Told,
         forward: Callable[..., Any],
         kernels: str,
+        regions: Regions | None = None,
     ) -> None:
         super().__init__(
             # the capture below times and tells per key, its compiling included
@@ -457,9 +459,35 @@ class _Replayer(Replayer):
             acc.structure if acc is not None else tuple,
             record.graphs.setdefault(kernels, {}),
             record.pool,
+            regions,
         )
         self.record = record
         self.told = told
+        self.acc = acc
+
+    def piecewise(self, *args: Any, **kwargs: Any) -> Any:
+        """A deciding call, block by block (``Replayer.piecewise``); its key's first call,
+        which captures the blocks' graphs, timed into the record like a capture."""
+        key = _key(self.acc, args, kwargs)
+        if key in self.record.seen:
+            return super().piecewise(*args, **kwargs)
+        self.record.seen.add(key)
+        what = _describe(key)
+        self.told.compiling(what)
+        assert self.regions is not None
+        started, spent = time.perf_counter(), self.record.seconds
+        graphs = sum(map(len, self.regions.graphs.values()))
+        out = super().piecewise(*args, **kwargs)
+        took = time.perf_counter() - started
+        made = sum(map(len, self.regions.graphs.values())) - graphs
+        self.record.pool = self.pool
+        self.record.captures += made
+        self.record.seconds = spent + took  # compiling included once
+        cost = self.record.costs.setdefault(key, Cost(what))
+        cost.seconds += took
+        cost.graphs += made
+        self.told.compiled(what, took)
+        return out
 
     def capture(self, key: Hashable, leaves: list[Any], spec: Any) -> Graph:
         what = _describe(key)

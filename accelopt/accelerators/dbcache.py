@@ -15,9 +15,9 @@ The knobs keep cache-dit's ``DBCacheConfig`` names and defaults: ``Fn_compute_bl
 TaylorSeer calibrator on top, its warm-up interval and its static step masks are not offered
 now. Which calls reuse depends on a value read from the device after the first blocks, once
 per call, its one graph break under ``torch.compile`` (what that does to the whole forward
-compiled: ``accelopt.portable.dbcache``); CUDA graphs are refused
-(``accelopt.execution.REFUSED``), since accelopt captures the whole forward as one graph and
-would have to split it at the decision.
+compiled: ``accelopt.portable.dbcache``); under CUDA graphs a deciding call is not captured
+whole but replays block by block, the decision between two replays
+(``accelopt.portable.graphs.decides``).
 
 The search ranges, from cache-dit's published runs (docs/user_guide/DBCACHE_DESIGN.md:
 FLUX.1-dev 28 steps F1B0 at 0.08 and 0.20, F8B8 at 0.12 and 0.15, F12B12 at 0.20, F8B12 at

@@ -21,9 +21,9 @@ would still reuse at a change of exactly 0); the state is reset before every gen
 (diffusers resets it only for models with ``CacheMixin``, which PixArt's transformer lacks, and
 its pipeline opens no cache context: the hook raises "No cache context is set" there); the
 decision is made outside every graph, once per call (diffusers decides in a
-``torch.compiler.disable`` region and its other blocks' hooks read the shared state). CUDA
-graphs are refused (``accelopt.execution.REFUSED``): the decision reads a device value in the
-middle of the forward.
+``torch.compiler.disable`` region and its other blocks' hooks read the shared state). Under
+CUDA graphs a deciding call replays block by block, since the decision reads a device value in
+the middle of the forward (``accelopt.portable.graphs.decides``).
 
 The threshold's search range, from the published settings: diffusers' default 0.05;
 ParaAttention on FLUX.1-dev, 28 steps on an L20 (diffusers' docs, optimization/para_attn.md):

@@ -39,9 +39,11 @@ Where this differs from upstream, by design:
   break falls inside the forward's loop over the blocks, where dynamo (torch 2.14) cannot
   resume: at a deciding call it runs the forward itself eagerly and compiles each block's call
   as a frame of its own; a computing call (warm-up, capped) stays one graph. A CUDA
-  graph cannot read a device value in the middle of its replay: capturing this needs the
-  forward split into graphs at the decision, which accelopt does not build yet
-  (``accelopt.execution.REFUSED``).
+  graph cannot read a device value in the middle of its replay, so under CUDA graphs a call
+  that decides is not captured whole: its forward runs in Python and each block replays a
+  graph of its own (``accelopt.portable.graphs.Regions.replaying``; the wrapped blocks are
+  ``dispatch`` forwards, so the decision runs between the replays), and the read is the only
+  sync of the call. A call that computes in full (warm-up, capped) replays one graph.
 - Threshold 0 never reuses and reads nothing: cache-dit's rule. diffusers' FirstBlockCache at
   threshold 0 would still reuse at a change of exactly 0; here 0 is its off switch.
 - The kept residuals live in ``Buffers`` at fixed addresses, keyed by shape; upstream keeps
@@ -68,8 +70,9 @@ from collections.abc import Hashable
 from typing import Any
 
 from accelopt.portable.buffers import Buffers
+from accelopt.portable.graphs import DECIDES, dispatch
 
-DECIDES, COMPUTES = "decides", "compute"
+COMPUTES = "compute"
 
 
 class Decision:
@@ -119,9 +122,12 @@ class Decision:
         self.changes: list[float] = []  # the changes read in this generation, in call order
 
     def advance(self, *_: Any) -> None:
-        """Before each denoiser call (a forward pre-hook): what it may do, on the host."""
+        """Before each denoiser call (a forward pre-hook): what it may do, on the host. Kept
+        here, not in the blocks, so that a call replayed from a CUDA graph, which runs no
+        Python, counts too."""
         if not self.reuse:  # the last call computed: the run of reuses is broken
             self.streak = 0
+            self.kept = self.kept or (self.caches and self.call > 0)  # it left its residual
         call, self.call = self.call, self.call + 1
         self.reuse = False
         self.may = (
@@ -210,10 +216,9 @@ def _wrap(
     held: dict[str, Any],
     judge: Any,
 ) -> None:
-    inner = block.forward
     first_blocks = decision.fn
 
-    def forward(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+    def route(inner: Any, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         # Keyed by shape alone: one pair of residuals per batch and size.
         shape = (tuple(hidden_states.shape), hidden_states.dtype)
         if index >= first_blocks:  # a middle block
@@ -234,8 +239,8 @@ def _wrap(
                 judge(decision, buffers.load(("first", shape)), residual)
             if not decision.reuse:
                 buffers.store(("first", shape), residual)
-                decision.kept = True
                 held["middle"] = out
         return out
 
-    block.forward = forward
+    # The block's own forward runs compiled, or replays its own graph, where the route cannot.
+    block.forward = dispatch(route, block.forward)

@@ -235,9 +235,9 @@ class Patches:
 class Accelerated:
     """The stored accelerators: ToMe through its upstream API (first), DeepCache, T-GATE,
     MagCache and TaylorSeer through the graph-safe schedules above (together, the gate drives
-    DeepCache's), FirstBlockCache and DBCache through their per-call decision (eager and
-    compile only). Applied once; ``switch(False)`` leaves the plain pipeline, ``switch(True)``
-    puts them back."""
+    DeepCache's), FirstBlockCache and DBCache through their per-call decision (under
+    cuda-graphs, a deciding call replays block by block). Applied once; ``switch(False)``
+    leaves the plain pipeline, ``switch(True)`` puts them back."""
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -425,7 +425,8 @@ def execute(pipe: Any, accelerated: Accelerated, mode: str) -> None:
             return own(*args, **kwargs)
 
     device = next(net.parameters()).device
-    net.forward = Replayer(forward, device, accelerated.structure)
+    # A FirstBlockCache or DBCache call that decides replays block by block (``decides``).
+    net.forward = Replayer(forward, device, accelerated.structure, regions=regions)
 
 
 def parse_args() -> argparse.Namespace:

@@ -242,7 +242,7 @@ def pick_mode(
     fastest baseline still, instead of stopping. ``default`` when nothing was measured.
 
     >>> pick_mode("auto", {"eager": 3.0, "compile": 2.0, "cuda-graphs": 1.0}, ["dbcache"], "eager")
-    'compile'
+    'cuda-graphs'
     """
     from accelopt import execution
 

@@ -1,7 +1,7 @@
 """DBCache on a four-block TinyPixArt (accelopt/accelerators/dbcache.py): every knob changes the
 images, a reusing call runs only its first and last blocks, compiled runs give eager's images
-with the decision as their one graph break, and CUDA graphs refuse it (and FirstBlockCache,
-the same mechanism) by name. The rule worked by hand is
+with the decision as their one graph break, and under CUDA graphs a deciding call replays
+block by block (FirstBlockCache is the same mechanism). The rule worked by hand is
 tests/portable_tests/test_dbcache_rule.py's; the contract every accelerator keeps,
 test_accelerators.py's (on TinyPixArt's two blocks).
 """
@@ -9,6 +9,7 @@ test_accelerators.py's (on TinyPixArt's two blocks).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import torch
 import accelopt
 from accelopt import accelerators, execution
 from accelopt._types import Pipeline
-from accelopt.accelerators import DBCacheConfig, FBCacheConfig, PipeTraits
+from accelopt.accelerators import DBCacheConfig, PipeTraits
 from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.spec import load_spec
@@ -171,30 +172,60 @@ def test_the_whole_forward_breaks_only_at_the_decision() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize(
-    ("name", "config"),
-    [("dbcache", DBCacheConfig(1, 0, 0.1, 1)), ("fbcache", FBCacheConfig(0.1))],
-)
-def test_cuda_graphs_refuse_them_by_name(name: str, config: Any, tmp_path: Path) -> None:
-    """The mode check alone (CPU): applied, a study's spec, its search space."""
-    pipe = tiny_pipeline("TinyPixArt")
-    refused = f"{name} cannot run under execution mode cuda-graphs: decides per call from a device"
-    with (
-        accelerators.apply(pipe, {name: config}),
-        pytest.raises(AccelOptError, match=refused),
-        execution.run(pipe, "cuda-graphs"),
-    ):
-        pass
-    assert "forward" not in vars(pipe.transformer)
+@pytest.mark.parametrize("name", ["dbcache", "fbcache"])
+def test_cuda_graphs_take_them(name: str, tmp_path: Path) -> None:
+    """The mode check alone (CPU): a study's spec under cuda-graphs loads, its search space
+    holds them, and a study that searches which to use may choose them."""
+    traits = PipeTraits.of(tiny_pipeline("TinyPixArt"))
     path = tmp_path / f"TinyPixArt-DDIM-10-{name}.toml"
     path.write_text('execution = "cuda-graphs"\n')
-    with pytest.raises(AccelOptError, match=refused):
-        load_spec(path=path)
-    traits = PipeTraits.of(pipe)
-    with pytest.raises(AccelOptError, match=refused):
-        Space.build(traits, 10, (name,), "cuda-graphs")
-    assert name not in Space.build(traits, 5, None, "cuda-graphs").names  # T-GATE can't at 5
-    assert Space.build(traits, 10, (name,), "compile").names == (name,)
+    assert load_spec(path=path).execution == "cuda-graphs"
+    assert Space.build(traits, 10, (name,), "cuda-graphs").names == (name,)
+    assert (name,) in Space.build(traits, 10, None, "cuda-graphs").groups
+
+
+@pytest.mark.parametrize("backend", ["eager", None])
+def test_under_cuda_graphs_a_deciding_call_replays_block_by_block(
+    deep: Pipeline, backend: str | None
+) -> None:
+    """What cuda-graphs does, on the CPU: graphs are ``ReplayedInPython``, blocks compiled by
+    dynamo's "eager" backend (regional kernels) or not at all (PyTorch's). A call that computes
+    in full replays the whole forward's graph; a call that decides is never captured whole:
+    its forward runs in Python and each block replays a graph of its own, the decision
+    between two replays. Eager's images bit for bit; one whole graph and one graph per block,
+    captured once across generations and thresholds; a reusing call replays only its first
+    and last blocks (seen where no block is compiled)."""
+    from accelopt.portable.graphs import Regions
+    from accelopt.testing.graphs import ReplayedInPython
+
+    net = deep.transformer
+    whole: list[Any] = []
+    blocks: list[Any] = []
+    regions = Regions(net, backend)
+    regions.make_replayer = functools.partial(ReplayedInPython, captured=blocks)
+    graphs: dict[Any, Any] = {}
+    own = type(net).forward.__get__(net)
+    every = list(range(BLOCKS))
+    for threshold in (0.2, 0.3):
+        config = dataclasses.replace(BASE, residual_diff_threshold=threshold)
+        with accelerators.apply(deep, {"dbcache": config}, steps=STEPS) as acc:
+            eager = render(deep, steps=STEPS)
+            net.forward = ReplayedInPython(own, "cpu", acc.structure, graphs, regions=regions,
+                                           captured=whole)  # fmt: skip
+            try:
+                with regions.on():
+                    first = render(deep, steps=STEPS)
+                    with blocks_run(deep) as runs:  # replays only: each block ran once
+                        again = render(deep, steps=STEPS)
+            finally:
+                del net.forward
+        np.testing.assert_array_equal(first, eager)
+        np.testing.assert_array_equal(again, eager)
+        if backend is None:  # hooks added after dynamo traced a block do not run in its code
+            assert runs[0] == every and [0, BLOCKS - 1] in runs
+            assert all(run in (every, [0, BLOCKS - 1]) for run in runs)
+    assert [key[0] for key in whole] == [(("dbcache", 1, 1, "compute"),)]
+    assert len(blocks) == BLOCKS
 
 
 def test_off_names_no_structure_and_a_real_setting_names_its_call(deep: Pipeline) -> None:

@@ -265,6 +265,49 @@ def test_taylorseer_under_cuda_graphs(modules: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "applied",
+    [{"fbcache": {"threshold": 0.3}},
+     {"dbcache": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                  "residual_diff_threshold": 0.3, "max_warmup_steps": 2}}],
+    ids=["fbcache", "dbcache"],
+)  # fmt: skip
+def test_deciding_caches_under_cuda_graphs_replay_block_by_block(applied: dict[str, Any]) -> None:
+    """TinyPixArt, fp16. A call that decides replays block by block (a graph per block, the
+    read of the change between two replays), one that computes in full replays one graph: on
+    PyTorch's own kernels eager's images bit for bit, some calls reused (not the plain images),
+    a second generation repeats them and captures nothing; on regional kernels within the
+    tolerance; removal gives the plain graphs' images back."""
+    from accelopt import execution
+
+    pipe = load_pipeline("TinyPixArt", dtype="fp16", device="cuda")
+    pipe.set_progress_bar_config(disable=True)
+    plain = render(pipe, steps=STEPS)
+    with execution.run(pipe, "cuda-graphs", kernels="eager") as record:
+        plain_graphs = render(pipe, steps=STEPS)
+    with accelerators.apply(pipe, applied, steps=STEPS):
+        eager = render(pipe, steps=STEPS)
+        with execution.run(pipe, "cuda-graphs", kernels="eager"):
+            captured = render(pipe, steps=STEPS)
+            captures = record.captures
+            again = render(pipe, steps=STEPS)
+            new = record.captures - captures
+        with execution.run(pipe, "cuda-graphs"):
+            regional = render(pipe, steps=STEPS)
+    with execution.run(pipe, "cuda-graphs", kernels="eager"):
+        after = render(pipe, steps=STEPS)
+    diff = float(np.abs(regional - eager).max())
+    print(f"\nTinyPixArt {next(iter(applied))} under cuda-graphs: max |regional - eager| "
+          f"{diff:.4f}; captures {record.captures}")  # fmt: skip
+    np.testing.assert_array_equal(plain_graphs, plain)
+    np.testing.assert_array_equal(captured, eager)
+    np.testing.assert_array_equal(again, eager)
+    assert new == 0
+    assert not np.array_equal(eager, plain)
+    assert diff < GRAPH_TOLERANCE
+    np.testing.assert_array_equal(after, plain)
+
+
+@pytest.mark.parametrize(
     ("pipe_name", "applied"),
     [
         ("TinySD", {"deepcache": {"cache_interval": 3, "cache_branch_id": 0}}),

@@ -145,6 +145,21 @@ def test_structures_name_what_the_host_knows() -> None:
     assert seen == [("dbcache", 1, 0, "compute")] * 2 + [("dbcache", 1, 0, "decides")] * 2
 
 
+def test_the_host_knows_what_a_call_may_do_without_the_blocks_python() -> None:
+    """A call replayed from a CUDA graph runs no Python of the blocks: the counting pre-hook
+    alone knows that a computing call left its residual, so the next may decide (warm-up 2:
+    calls 0 and 1 compute, 2 decides), and a reset forgets it."""
+    decision = Decision("dbcache", 1, 0, 0.1, warmup=2)
+    seen = []
+    for _ in range(3):
+        decision.advance()  # no block runs: as if each call were a replayed graph
+        seen.append(decision.structure()[-1])
+    assert seen == ["compute", "compute", "decides"]
+    decision.reset()
+    decision.advance()
+    assert not decision.may
+
+
 @pytest.mark.parametrize(
     ("fn", "bn", "message"),
     [

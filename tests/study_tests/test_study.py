@@ -392,9 +392,15 @@ def test_a_failed_grid_point_is_retried_once_and_one_that_fails_twice_is_listed(
     assert capsys.readouterr().out.splitlines()[1:3] == lines[1:3]
 
 
-def test_auto_runs_a_study_under_the_fastest_mode_that_can_run_its_targets() -> None:
-    """DBCache is refused under cuda-graphs (execution.REFUSED): under "auto" its study runs
-    under the next fastest mode, where it used to pick cuda-graphs and stop at the refusal."""
+def test_auto_runs_a_study_under_the_fastest_mode_that_can_run_its_targets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An accelerator refused under cuda-graphs (execution.REFUSED; DBCache, as it once was):
+    under "auto" its study runs under the next fastest mode, instead of picking cuda-graphs and
+    stopping at the refusal."""
+    from accelopt import execution
+
+    monkeypatch.setitem(execution.REFUSED, ("cuda-graphs", "dbcache"), "a reason given here")
     measured = {"eager": 0.83, "compile": 0.78, "cuda-graphs": 0.75}
     assert pick_mode("auto", measured, ["dbcache"], "eager") == "compile"
     assert pick_mode("auto", measured, ["magcache"], "eager") == "cuda-graphs"
