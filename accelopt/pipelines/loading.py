@@ -226,7 +226,29 @@ def load_pipeline(
         pipe = _from_pretrained(info.hub_id if info else name, torch_dtype, variant)
     family_of(pipe)  # refuse unsupported classes before anyone patches them
     pipe.set_progress_bar_config(disable=True)
+    quiet_empty_fp32_warning()
     return _move(pipe, torch_device, torch_dtype)
+
+
+# diffusers 0.42.1 (ModelMixin.to) warns "There are modules in AutoencoderKL that should be kept
+# in float32: []" at every cast with a dtype, even when the list is empty, and SDXL's pipeline
+# casts its VAE to float32 and back at every fp16 generation (force_upcast): two lines per image,
+# hundreds per study, about nothing. A warning that names modules still shows.
+_EMPTY_FP32 = "that should be kept in float32: []."
+
+
+class _EmptyFp32Filter:
+    def filter(self, record: Any) -> bool:
+        return _EMPTY_FP32 not in record.getMessage()
+
+
+def quiet_empty_fp32_warning() -> None:
+    """Drop diffusers' float32 warning where it names no module (once per process)."""
+    import logging
+
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    if not any(isinstance(f, _EmptyFp32Filter) for f in logger.filters):
+        logger.addFilter(_EmptyFp32Filter())
 
 
 def _move(pipe: Pipeline, device: torch.device, dtype: torch.dtype) -> Pipeline:

@@ -358,3 +358,22 @@ def test_a_model_that_cannot_be_loaded_is_one_error_line(monkeypatch: pytest.Mon
     assert message.startswith("Cannot load model nobody/nothing: the model is not fully cached")
     assert "hf download nobody/nothing" in message and "--random-weights" in message
     assert "\n" not in message
+
+
+def test_loading_quiets_diffusers_float32_warning_where_it_names_no_module() -> None:
+    """diffusers warns at every dtype cast that no module needs float32 (SDXL's pipeline casts
+    its VAE twice per fp16 image): dropped after loading; one that names modules still shows."""
+    import logging
+
+    pipe = load_pipeline("TinySD")
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        pipe.vae.to(dtype=torch.float32)  # AutoencoderKL keeps no module in float32: []
+        logger.warning("There are modules in X that should be kept in float32: ['norm'].")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["There are modules in X that should be kept in float32: ['norm']."]
