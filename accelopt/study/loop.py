@@ -197,6 +197,11 @@ def _run_study(
                 if probed:
                     log(f"{spec.name}: first {', '.join(probed)}, each alone at its fastest: "
                         f"one slower than the plain pipeline is searched no further")  # fmt: skip
+            if spec.sampler.name != "grid":  # a space of groups: a gentle start per family
+                held = warmstart.footholds(study, space)
+                if held:
+                    log(f"{spec.name}: early, {', '.join(held)}, each alone at its mildest: "
+                        f"a feasible point per family for the search to improve on")  # fmt: skip
     grid = GridOrder(space.points(), spec.sampler.seed) if spec.sampler.name == "grid" else None
 
     log(f"{spec.name}: timing the baseline twice on {bench.device} under {bench.mode} (an A/A "

@@ -38,6 +38,7 @@ __all__ = [
     "LIMIT",
     "Neighbour",
     "Start",
+    "footholds",
     "neighbours",
     "probe",
     "summary",
@@ -239,6 +240,30 @@ def probe(study: optuna.Study, space: Space) -> list[str]:
     for name in names:
         study.enqueue_trial(space.fastest(name), user_attrs={"probe": name})
     study.set_user_attr("probes", names)
+    return names
+
+
+def footholds(study: optuna.Study, space: Space) -> list[str]:
+    """Enqueue each accelerator of a space of groups alone at its mildest (``Space.mildest``),
+    once, into a study that has measured nothing yet; returns their names. With several
+    families to choose from and a budget of a few trials each, random first draws are mostly
+    too aggressive for the quality bound (the toy DiT's default study: 1 feasible trial of 12,
+    which failed held-out, so nothing was exported; docs/BENCHMARKS.md): a gentle setting per
+    family gives the sampler a feasible point to improve on. Call it under the study's lock,
+    after ``probe``.
+
+    >>> footholds(study, space)  # doctest: +SKIP
+    ['tgate', 'magcache', 'taylorseer', 'fbcache', 'dbcache']
+    """
+    waiting = optuna.trial.TrialState.WAITING
+    if "footholds" in study.user_attrs or len(space.groups) < 2:
+        return []
+    if any(t.state != waiting for t in study.get_trials(deepcopy=False)):
+        return []
+    names = list(dict.fromkeys(key.split(".", 1)[0] for key in space.params))
+    for name in names:
+        study.enqueue_trial(space.mildest(name), user_attrs={"foothold": name})
+    study.set_user_attr("footholds", names)
     return names
 
 

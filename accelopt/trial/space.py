@@ -243,6 +243,15 @@ class Space:
         >>> space.fastest("tome")  # doctest: +SKIP
         {'deepcache.cache_interval': 1, 'tome.ratio': 0.75, ...}
         """
+        return self._alone(name, faster=True)
+
+    def mildest(self, name: str) -> dict[str, Any]:
+        """Params that apply ``name`` alone with every knob at its slower end, the gentlest
+        setting that still applies it (MagCache's lowest threshold and skip cap, DBCache's most
+        blocks computed): a foothold that a quality bound likely holds. Searched spaces only."""
+        return self._alone(name, faster=False)
+
+    def _alone(self, name: str, *, faster: bool) -> dict[str, Any]:
         if not self.optional:
             raise ValueError("a space of fixed targets has no accelerator to switch off")
         out: dict[str, Any] = {}
@@ -258,8 +267,8 @@ class Space:
                 out[key] = off if knob == primary else p.values[0]
                 continue
             on = [v for v in p.values if knob != primary or v != off]
-            faster = FASTER.get(key, 0)
-            out[key] = max(on) if faster > 0 else min(on) if faster < 0 else on[0]
+            way = FASTER.get(key, 0) * (1 if faster else -1)
+            out[key] = max(on) if way > 0 else min(on) if way < 0 else on[0]
         return out
 
     def configs(self, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

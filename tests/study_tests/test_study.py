@@ -409,11 +409,15 @@ def test_auto_runs_a_study_under_the_fastest_mode_that_can_run_its_targets(
     assert pick_mode("cuda-graphs", measured, ["dbcache"], "eager") == "cuda-graphs"  # checked
 
 
+EVERY_PIXART = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache")
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "grid"])
 def test_a_study_of_groups_tries_one_group_per_trial(storage: str, sampler: str) -> None:
     """TinyPixArt-DDIM-10 chooses T-GATE or one block cache per trial (``plan``): each trial
-    draws its plan's knobs only and applies at most that accelerator, and the trials try more
-    than one plan (TPE's first draws are random; the grid's order is shuffled by the seed)."""
+    draws its plan's knobs only and applies at most that accelerator. Under TPE the first five
+    are the footholds, each family alone at its mildest; the grid walks its shuffled points
+    and tries more than one plan too."""
     spec = load_spec("TinyPixArt-DDIM-10").replace(
         max_score_loss=0.99, sampler=SamplerSpec(sampler, 0)
     )
@@ -426,3 +430,5 @@ def test_a_study_of_groups_tries_one_group_per_trial(storage: str, sampler: str)
         assert {k.split(".")[0] for k in t.params if k != "plan"} == {plan}
         assert set(t.user_attrs["accelerators"]) <= {plan}
     assert len(plans) > 1
+    held = [t.user_attrs.get("foothold") for t in study.trials[:5]]
+    assert held == (list(EVERY_PIXART) if sampler == "tpe" else [None] * 5)

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from accelopt.accelerators import PipeTraits
 from accelopt.spec import load_spec, record_of
 from accelopt.storage import open_storage
-from accelopt.study.warmstart import neighbours, summary, translate, warm_start
+from accelopt.study.warmstart import footholds, neighbours, summary, translate, warm_start
 from accelopt.testing import tiny_pipeline
 from accelopt.trial.space import Space
 
@@ -213,6 +213,27 @@ def test_accelerators_the_pipeline_cannot_take_are_dropped(storage: Storage) -> 
         ("TinyPixArt-DDIM-20", {"plan": "tgate", "tgate.gate_step": 6, "tgate.sp_interval": 3,
                                 "tgate.fi_interval": 2, "tgate.warm_up": 2}),
     ]  # fmt: skip
+
+
+def test_footholds_start_each_family_of_a_space_of_groups_once(storage: Storage) -> None:
+    """TinyPixArt-DDIM-10 chooses among five families: each is queued once, alone at its
+    mildest, marked so; a second call, or a study that measured something, queues nothing; a
+    space of one group (SD) gets none."""
+    spec = load_spec("TinyPixArt-DDIM-10")
+    space = _space(spec.name)
+    study = _new(storage, spec.name)
+    assert footholds(study, space) == list(space.names)
+    queued = study.get_trials(deepcopy=False)
+    assert [t.system_attrs["fixed_params"] for t in queued] == [
+        space.mildest(n) for n in space.names
+    ]
+    assert [t.user_attrs["foothold"] for t in queued] == list(space.names)
+    assert footholds(study, space) == [] and len(study.trials) == len(space.names)
+    other = _new(storage, "TinyPixArt-DDIM-20")
+    other.add_trial(optuna.trial.create_trial(value=1.0))
+    assert footholds(other, space) == []
+    sd = _new(storage, "TinySD-DDIM-10")
+    assert footholds(sd, _space("TinySD-DDIM-10")) == [] and sd.trials == []
 
 
 def test_no_neighbours_enqueues_nothing(storage: Storage) -> None:

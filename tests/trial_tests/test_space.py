@@ -596,6 +596,24 @@ def test_fastest_is_one_accelerator_alone_with_every_knob_at_its_faster_end() ->
         Space.build(SD, 10, ("tome",)).fastest("tome")
 
 
+def test_mildest_is_one_accelerator_alone_with_every_knob_at_its_slower_end() -> None:
+    """The foothold a space of groups starts each family from: on PixArt the lowest MagCache
+    threshold and skip cap with the most calls kept first, DBCache's most blocks computed."""
+    space = Space.build(PIXART, 20, None)
+    magcache = space.mildest("magcache")
+    assert magcache[PLAN] == "magcache" and set(magcache) == {PLAN} | {
+        k for k in space.params if k.startswith("magcache.")
+    }
+    assert space.configs(magcache) == {
+        "magcache": {"threshold": 0.02, "max_skip_steps": 1, "retention_ratio": 0.3}
+    }
+    db = space.configs(space.mildest("dbcache"))["dbcache"]
+    assert (db["Fn_compute_blocks"], db["residual_diff_threshold"]) == (8, 0.04)
+    assert space.configs(space.mildest("tgate")) == {
+        "tgate": {"gate_step": 19, "sp_interval": 2, "fi_interval": 1, "warm_up": 3}
+    }
+
+
 def _measured(number: int, configs: dict[str, Any], speedup: float) -> FrozenTrial:
     trial = create_trial(value=speedup, user_attrs={"accelerators": configs, "speedup": speedup})
     trial.number = number
