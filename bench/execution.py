@@ -10,7 +10,8 @@ The spread is (max - min) / median over the repeats. Also recorded: compile and 
 per mode and plan (``execution.compile_stats``), the A/A spread of each mode's baseline, the
 largest latent difference of each compiled plan against the same plan run eagerly, and each
 plan's FLOP floor: the share of the plain generation's FLOPs it still computes (torch's
-``FlopCounterMode``, text encoders included), times the fastest plain baseline.
+``FlopCounterMode``, text encoders included), times the fastest plain baseline, and its
+images' PSNR against the plain pipeline's under the same mode (decoded in float32).
 Writes execution-PIPE-bB.json to --out after every row.
 """
 
@@ -68,7 +69,24 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
     "taylorseer 6/1/3": {
         "taylorseer": {"cache_interval": 6, "max_order": 1, "disable_cache_before_step": 3}
     },
-}
+    # Decided per call from the device (accelopt/accelerators/{fbcache,dbcache}.py cite them):
+    # ParaAttention's FLUX.1-dev default and its FP8 setting; cache-dit's defaults (F8B0 W8,
+    # 0.08) and its 2.66x FLUX setting (F4B0 W4 MC4, 0.12). Under cuda-graphs a deciding call
+    # replays block by block; "fbcache decides, never reuses" is that path's cost alone: a
+    # threshold no change is below, so every call from the second reads its change and computes.
+    "fbcache 0.08": {"fbcache": {"threshold": 0.08}},
+    "fbcache 0.12": {"fbcache": {"threshold": 0.12}},
+    "fbcache decides, never reuses": {"fbcache": {"threshold": 1e-9}},
+    "dbcache F8B0 0.08": {
+        "dbcache": {"Fn_compute_blocks": 8, "Bn_compute_blocks": 0,
+                    "residual_diff_threshold": 0.08, "max_warmup_steps": 8}
+    },
+    "dbcache F4B0 W4 MC4 0.12": {
+        "dbcache": {"Fn_compute_blocks": 4, "Bn_compute_blocks": 0,
+                    "residual_diff_threshold": 0.12, "max_warmup_steps": 4,
+                    "max_continuous_cached_steps": 4}
+    },
+}  # fmt: skip
 PROMPT = "a photograph of a lighthouse at dusk"
 
 
@@ -189,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
                 eager_latents[label] = latents
             else:
                 entry["max_diff_vs_eager"] = _diff(latents, eager_latents.get(label))
+            entry["psnr_vs_plain"] = image_psnr(pipe, latents, base_latents)
             row["plans"][label] = entry
             print(f"  {label}: {entry['median']:.4f} s, {entry['paired_speedup']:.2f}x paired "
                   f"(spread {100 * entry['spread']:.1f}%, compile {compiled:.0f} s, "
-                  f"diff vs eager {entry.get('max_diff_vs_eager')})", flush=True)  # fmt: skip
+                  f"diff vs eager {entry.get('max_diff_vs_eager')}, PSNR vs plain "
+                  f"{entry['psnr_vs_plain']} dB)", flush=True)  # fmt: skip
             save()
         torch.cuda.empty_cache()
     fastest = min(r["baseline"]["median"] for r in record["modes"].values())
@@ -256,6 +276,32 @@ def summary(times: list[float]) -> dict[str, Any]:
     """Median, the times, and the spread: (max - min) / median."""
     median = statistics.median(times)
     return {"median": median, "times": times, "spread": (max(times) - min(times)) / median}
+
+
+def image_psnr(pipe: Any, latents: torch.Tensor, plain: torch.Tensor) -> float | None:
+    """PSNR (dB) of the images ``latents`` decode to against ``plain``'s, both through the
+    pipeline's VAE in float32 (SDXL's overflows in fp16); the mean over the batch. None where
+    an image is not finite (random weights can overflow) or the two are equal."""
+    from accelopt.measure.metrics import psnr
+
+    vae = pipe.vae
+    dtype = vae.dtype
+    try:
+        vae.to(torch.float32)
+        with torch.no_grad():
+            images = [
+                (vae.decode(x.to(torch.float32) / vae.config.scaling_factor).sample / 2 + 0.5)
+                .clamp(0, 1)
+                .float()
+                for x in (latents, plain)
+            ]
+    finally:
+        vae.to(dtype)
+    if not all(bool(torch.isfinite(x).all()) for x in images):
+        return None
+    values = psnr(images[0], images[1])
+    finite = [v for v in values if v != float("inf")]
+    return statistics.mean(finite) if finite else None
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor | None) -> float | None:

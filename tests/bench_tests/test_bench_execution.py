@@ -16,3 +16,31 @@ def test_plans_get_their_calibrated_knobs_measured_on_the_plain_pipeline() -> No
     steps = execution.SETTINGS["TinyPixArt"][0]
     assert len(ratios) == steps and ratios[0] == 1.0 and all(r > 0 for r in ratios)
     assert got == plans  # nothing else changed, TaylorSeer has nothing to calibrate
+
+
+def test_every_plan_is_a_valid_configuration() -> None:
+    """A misspelt knob would fail on the GPU, minutes into a lent call: each plan's configs
+    build and pass their accelerator's range check here (steps as in SETTINGS)."""
+    from accelopt import accelerators
+
+    pixart = accelerators.PipeTraits("pixart-alpha", transformer_blocks=28)
+    sd = accelerators.PipeTraits("sd", 3, (1, 2, 4))
+    for configs in execution.PLANS.values():
+        for name, knobs in configs.items():
+            accel = accelerators.get(name)
+            traits = pixart if "pixart-alpha" in accel.families else sd
+            if accel.calibrated:  # measured on the GPU before timing: one ratio per call
+                knobs = {**knobs, "ratios": [1.0] * 20}
+            accel.check(accel.config(knobs), traits, 20)
+
+
+def test_image_psnr_compares_decoded_images() -> None:
+    import torch
+
+    pipe = tiny_pipeline("TinyPixArt")
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, 4, 4)
+    assert execution.image_psnr(pipe, latents, latents) is None  # equal images: no finite PSNR
+    value = execution.image_psnr(pipe, latents + 0.5, latents)
+    assert value is not None and 0 < value < 100
+    assert pipe.vae.dtype == torch.float32
