@@ -12,6 +12,8 @@ largest latent difference of each compiled plan against the same plan run eagerl
 plan's FLOP floor: the share of the plain generation's FLOPs it still computes (torch's
 ``FlopCounterMode``, text encoders included), times the fastest plain baseline, and its
 images' PSNR against the plain pipeline's under the same mode (decoded in float32).
+``--upstream`` times diffusers' own hooks at the same settings beside ours (eager and compile),
+with their latents' largest difference from ours.
 Writes execution-PIPE-bB.json to --out after every row.
 """
 
@@ -31,6 +33,7 @@ import torch
 from accelopt import accelerators, execution
 from accelopt.measure import timing
 from accelopt.pipelines import call_defaults, model_info
+from accelopt.testing.upstream import upstream_cache
 from bench import _lib
 
 SETTINGS = {  # steps, scheduler, guidance: each family's usual sampling
@@ -87,6 +90,14 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
                     "max_continuous_cached_steps": 4}
     },
 }  # fmt: skip
+# diffusers' own hooks, raw, at the settings of ours (accelopt.testing.upstream: the cache
+# context and the per-generation reset PixArt's pipeline lacks): label -> our plan's label.
+# Timed under eager and compile; a captured graph would keep the first call's decision.
+UPSTREAM = {
+    "diffusers fbcache 0.08": "fbcache 0.08",
+    "diffusers magcache 0.06/3/0.2": "magcache 0.06/3/0.2",
+    "diffusers taylorseer 5/1/3": "taylorseer 5/1/3",
+}
 PROMPT = "a photograph of a lighthouse at dusk"
 
 
@@ -97,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--modes", nargs="+", default=list(execution.MODES))
     parser.add_argument("--plans", nargs="+", default=list(PLANS))
+    parser.add_argument(
+        "--upstream", nargs="*", default=[], choices=sorted(UPSTREAM),
+        help="diffusers' hooks beside ours (their plan in --plans too)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--device", default="cuda", help="cpu only to try the script itself")
     args = parser.parse_args(argv)
@@ -153,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             done = flops()
         record["work"][label] = {"flops": done, "share": done / plain_flops}
     eager_latents: dict[str, torch.Tensor] = {}
+    our_latents: dict[tuple[str, str], torch.Tensor] = {}  # (mode, plan): beside upstream's
     for mode in args.modes:
         stats = execution.compile_stats(pipe)
         row: dict[str, Any] = {"plans": {}}
@@ -208,11 +224,50 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 entry["max_diff_vs_eager"] = _diff(latents, eager_latents.get(label))
             entry["psnr_vs_plain"] = image_psnr(pipe, latents, base_latents)
+            our_latents[(mode, label)] = latents
             row["plans"][label] = entry
             print(f"  {label}: {entry['median']:.4f} s, {entry['paired_speedup']:.2f}x paired "
                   f"(spread {100 * entry['spread']:.1f}%, compile {compiled:.0f} s, "
                   f"diff vs eager {entry.get('max_diff_vs_eager')}, PSNR vs plain "
                   f"{entry['psnr_vs_plain']} dB)", flush=True)  # fmt: skip
+            save()
+        for label in args.upstream:
+            ours = UPSTREAM[label]
+            if ours not in plans:
+                continue
+            if mode == "cuda-graphs":
+                row["plans"][label] = {"refused": "diffusers' hooks decide in Python per call, "
+                                       "inside torch.compiler.disable: one captured graph "
+                                       "would replay its first call's decision"}  # fmt: skip
+                continue
+            ((name, knobs),) = plans[ours].items()
+            with upstream_cache(pipe, name, knobs, steps) as fresh:
+                t0, s0 = time.perf_counter(), stats.seconds
+                with execution.run(pipe, mode):
+                    fresh()
+                    _, latents = once()
+                    first = time.perf_counter() - t0
+                    for _ in range(2):
+                        fresh()
+                        once()
+                compiled = stats.seconds - s0
+            plan_t, pairs = [], []
+            for _ in range(args.repeats):
+                with execution.run(pipe, mode):
+                    b, _ = once()
+                with upstream_cache(pipe, name, knobs, steps) as fresh, execution.run(pipe, mode):
+                    fresh()
+                    p, _ = once()
+                pairs.append(b / p)
+                plan_t.append(p)
+            entry = {**summary(plan_t), "paired_speedup": statistics.median(pairs),
+                     "pair_ratios": pairs, "first_call_seconds": first,
+                     "compile_seconds": compiled,
+                     "max_diff_vs_ours": _diff(latents, our_latents.get((mode, ours))),
+                     "psnr_vs_plain": image_psnr(pipe, latents, base_latents)}  # fmt: skip
+            row["plans"][label] = entry
+            print(f"  {label}: {entry['median']:.4f} s, {entry['paired_speedup']:.2f}x paired, "
+                  f"diff vs ours {entry['max_diff_vs_ours']}", flush=True)  # fmt: skip
             save()
         torch.cuda.empty_cache()
     fastest = min(r["baseline"]["median"] for r in record["modes"].values())

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-import torch
 
 from accelopt import accelerators
 from accelopt._types import Pipeline
@@ -19,32 +18,9 @@ from accelopt.accelerators import FBCacheConfig
 from accelopt.accelerators._snapshot import Snapshot
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import render
+from accelopt.testing.upstream import upstream_cache
 
 STEPS = 8
-
-
-@contextmanager
-def diffusers_hook(net: torch.nn.Module, threshold: float) -> Iterator[Callable[[], None]]:
-    """diffusers' own FirstBlockCache on ``net``, with the cache context PixArt's pipeline does
-    not open (FINDINGS); yields what resets its state between generations (a ``CacheMixin``
-    model's pipeline does that, PixArt's does not). Removed after through its registry."""
-    from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, apply_first_block_cache
-    from diffusers.hooks.hooks import CacheContext, _set_cache_context
-
-    apply_first_block_cache(net, FirstBlockCacheConfig(threshold=threshold))
-    registry = HookRegistry.check_if_exists_or_initialize(net)
-    registry.invalidate_child_registries_cache()
-
-    def fresh() -> None:
-        registry.reset_stateful_hooks()  # also clears the context: set it again
-        _set_cache_context(net, CacheContext("cond"))
-
-    fresh()
-    try:
-        yield fresh
-    finally:
-        for name in ("fbc_leader_block_hook", "fbc_block_hook"):
-            registry.remove_hook(name, recurse=True)
 
 
 @contextmanager
@@ -83,13 +59,12 @@ def test_fbcache_computes_what_diffusers_hook_does(
             render(pipe, steps=STEPS, prompts=("something else",), seed=3)
             again = render(pipe, steps=STEPS)
         snapshot = Snapshot.take(pipe)
-        with diffusers_hook(pipe.transformer, threshold) as fresh:
+        with upstream_cache(pipe, "fbcache", {"threshold": threshold}, STEPS) as fresh:
             upstream = render(pipe, steps=STEPS)
             fresh()
             render(pipe, steps=STEPS, prompts=("something else",), seed=3)
             fresh()
             upstream_again = render(pipe, steps=STEPS)
-        snapshot.restore(pipe)  # diffusers leaves an instance forward on every hooked block
         assert snapshot.matches(pipe)
         assert not np.array_equal(ours, baseline)
         np.testing.assert_array_equal(ours, upstream, err_msg=f"{threshold}")

@@ -23,6 +23,7 @@ from accelopt.pipelines import call_defaults
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.portable.magcache import mag_skip_mask
 from accelopt.testing import render
+from accelopt.testing.upstream import upstream_cache
 
 STEPS = 8
 RATIOS = (1.0, 0.96, 0.95, 0.99, 0.99, 1.0, 1.0, 1.0)
@@ -75,9 +76,6 @@ def test_magcache_computes_what_diffusers_hook_does(
     """accelopt's graph-safe MagCache against diffusers' ``apply_mag_cache`` with the same
     calibrated ratios and knobs, bit for bit (the masks agree, and a skipped call adds the same
     residual); removing diffusers' hooks by name leaves what the snapshot restores."""
-    from diffusers.hooks import HookRegistry, apply_mag_cache
-    from diffusers.hooks import MagCacheConfig as UpstreamConfig
-
     pipe = tiny("TinyPixArt")
     set_scheduler(pipe, sched)
     baseline = render(pipe, steps=STEPS)
@@ -88,17 +86,10 @@ def test_magcache_computes_what_diffusers_hook_does(
         with accelerators.apply(pipe, {"magcache": config}, steps=STEPS):
             ours = render(pipe, steps=STEPS)
         before = Snapshot.take(pipe)
-        upstream_config = UpstreamConfig(threshold=threshold, max_skip_steps=skips,
-                                         retention_ratio=retention, num_inference_steps=STEPS,
-                                         mag_ratios=list(ratios))  # fmt: skip
-        apply_mag_cache(pipe.transformer, upstream_config)
-        try:
+        knobs = {"threshold": threshold, "max_skip_steps": skips, "retention_ratio": retention,
+                 "ratios": ratios}  # fmt: skip
+        with upstream_cache(pipe, "magcache", knobs, STEPS):
             upstream = render(pipe, steps=STEPS)
-        finally:
-            registry = HookRegistry.check_if_exists_or_initialize(pipe.transformer)
-            for name in ("mag_cache_leader_block_hook", "mag_cache_block_hook"):
-                registry.remove_hook(name, recurse=True)
-            before.restore(pipe)  # upstream leaves a forward and a registry on each block
         assert before.matches(pipe)
         assert not np.array_equal(ours, baseline)
         np.testing.assert_array_equal(ours, upstream, err_msg=str(config))

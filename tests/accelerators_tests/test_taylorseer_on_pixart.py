@@ -7,8 +7,7 @@ tests/portable_tests/test_taylorseer.py's."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,42 +21,14 @@ from accelopt.accelerators._snapshot import Snapshot
 from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import render
+from accelopt.testing.upstream import TAYLORSEER_PATTERNS, upstream_cache
 
 STEPS = 8
-# diffusers' cache_identifiers for each of our choices (re.fullmatch on module names).
-PATTERNS = {
-    "attention": r"transformer_blocks\.\d+\.(attn1|attn2|ff)",
-    "blocks": r"transformer_blocks\.\d+",
-}
 # (interval, max_order, before): diffusers' defaults, reuse, order 2 from one full call, ...
 SETTINGS = [(5, 1, 3), (4, 0, 3), (3, 2, 1), (2, 1, 2)]
 
 
-@contextmanager
-def diffusers_hook(net: torch.nn.Module, config: TaylorSeerConfig) -> Iterator[None]:
-    """diffusers' own TaylorSeer hook on ``net`` (float32 factors, the cache context PixArt's
-    pipeline does not open), removed after through its registry."""
-    from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
-    from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
-
-    upstream = TaylorSeerCacheConfig(
-        cache_interval=config.cache_interval,
-        disable_cache_before_step=config.disable_cache_before_step,
-        max_order=config.max_order,
-        taylor_factors_dtype=torch.float32,
-        cache_identifiers=[PATTERNS[config.modules]],
-    )
-    apply_taylorseer_cache(net, upstream)
-    registry = HookRegistry.check_if_exists_or_initialize(net)
-    registry.invalidate_child_registries_cache()
-    _set_cache_context(net, CacheContext("cond"))
-    try:
-        yield
-    finally:
-        registry.remove_hook("taylorseer_cache", recurse=True)
-
-
-@pytest.mark.parametrize("modules", sorted(PATTERNS))
+@pytest.mark.parametrize("modules", sorted(TAYLORSEER_PATTERNS))
 @pytest.mark.parametrize("sched", ["DDIM", "DPM-Solver++", "UniPC"])
 def test_taylorseer_computes_what_diffusers_hook_does(
     tiny: Callable[[str], Pipeline], sched: str, modules: str
@@ -71,9 +42,8 @@ def test_taylorseer_computes_what_diffusers_hook_does(
         with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
             ours = render(pipe, steps=STEPS)
         snapshot = Snapshot.take(pipe)
-        with diffusers_hook(pipe.transformer, config):
+        with upstream_cache(pipe, "taylorseer", dataclasses.asdict(config), STEPS):
             upstream = render(pipe, steps=STEPS)
-        snapshot.restore(pipe)  # diffusers leaves an instance forward on every hooked module
         assert snapshot.matches(pipe)
         np.testing.assert_array_equal(ours, upstream, err_msg=str(config))
 
