@@ -188,20 +188,7 @@ def _run_study(
         total = int(study.user_attrs.get("budget") or space.size)
         study.set_user_attr("budget", total)
         if warm_start:  # a new study's first worker only
-            starts = warmstart.warm_start(study, backend, spec, space)
-            if starts:
-                log(f"{spec.name}: {warmstart.summary(starts)}")
-            # Where a new structure costs a compile, learn first which accelerators can win.
-            if bench.mode != "eager" and spec.sampler.name != "grid":
-                probed = warmstart.probe(study, space)
-                if probed:
-                    log(f"{spec.name}: first {', '.join(probed)}, each alone at its fastest: "
-                        f"one slower than the plain pipeline is searched no further")  # fmt: skip
-            if spec.sampler.name != "grid":  # a space of groups: a gentle start per family
-                held = warmstart.footholds(study, space)
-                if held:
-                    log(f"{spec.name}: early, {', '.join(held)}, each alone at its mildest: "
-                        f"a feasible point per family for the search to improve on")  # fmt: skip
+            _queue_first(study, backend, spec, space, bench.mode, log)
     grid = GridOrder(space.points(), spec.sampler.seed) if spec.sampler.name == "grid" else None
 
     log(f"{spec.name}: timing the baseline twice on {bench.device} under {bench.mode} (an A/A "
@@ -221,6 +208,32 @@ def _run_study(
     with lock():  # all its workers' so far: the last to end stores the whole study's
         study.set_user_attr("compile_cost", compile_cost(study))
     return outcome_of(study, ran, False, requirement)
+
+
+def _queue_first(
+    study: optuna.Study,
+    backend: optuna.storages.BaseStorage,
+    spec: StudySpec,
+    space: Space,
+    mode: str,
+    log: Callable[[str], None],
+) -> None:
+    """What a new study measures first, queued under its lock: its neighbours' answers (warm
+    start); where a new structure costs a compile, each accelerator alone at its fastest, to
+    learn which can win; in a space of groups, each family alone at its mildest."""
+    starts = warmstart.warm_start(study, backend, spec, space)
+    if starts:
+        log(f"{spec.name}: {warmstart.summary(starts)}")
+    if spec.sampler.name == "grid":  # the grid walks every point in its own order
+        return
+    probed = warmstart.probe(study, space) if mode != "eager" else []
+    if probed:
+        log(f"{spec.name}: first {', '.join(probed)}, each alone at its fastest: one slower "
+            f"than the plain pipeline is searched no further")  # fmt: skip
+    held = warmstart.footholds(study, space)
+    if held:
+        log(f"{spec.name}: early, {', '.join(held)}, each alone at its mildest: a feasible "
+            f"point per family for the search to improve on")  # fmt: skip
 
 
 def _time_baseline(

@@ -149,10 +149,19 @@ def test_a_random_partition_under_cuda_graphs_is_refused() -> None:
 @pytest.mark.parametrize(
     "acc", [{"fbcache": {"threshold": 0.08}}, {"dbcache": DBCACHE}], ids=lambda a: next(iter(a))
 )
-def test_a_decided_cache_under_cuda_graphs_is_refused_by_name(acc: dict[str, Any]) -> None:
+def test_an_accelerator_its_mode_refuses_is_refused_by_name(
+    acc: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FirstBlockCache and DBCache run under cuda-graphs (a deciding call replays block by
+    block): their entries pass; one a mode refuses (``execution.REFUSED``) is refused."""
+    from accelopt import execution
+
     (name,) = acc
-    assert f"{name} cannot run under execution mode cuda-graphs: decides per call" in refused(
-        make_entry("PixArt-Sigma", "DDIM", 25, acc, execution="cuda-graphs")
+    entry = make_entry("PixArt-Sigma", "DDIM", 25, acc, execution="cuda-graphs")
+    check_entry(entry["key"], entry)
+    monkeypatch.setitem(execution.REFUSED, ("cuda-graphs", name), "a reason given here")
+    assert f"{name} cannot run under execution mode cuda-graphs: a reason given here" in refused(
+        entry
     )
 
 
