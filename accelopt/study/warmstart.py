@@ -22,7 +22,7 @@ warm start: 2 configurations from SD1.5-UniPC-20, SD1.5-DDIM-25
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,16 +231,7 @@ def probe(study: optuna.Study, space: Space) -> list[str]:
     >>> probe(study, space)  # doctest: +SKIP
     ['deepcache', 'tome', 'tgate']
     """
-    waiting = optuna.trial.TrialState.WAITING
-    if "probes" in study.user_attrs or not space.optional:
-        return []
-    if any(t.state != waiting for t in study.get_trials(deepcopy=False)):
-        return []
-    names = list(dict.fromkeys(key.split(".", 1)[0] for key in space.params))
-    for name in names:
-        study.enqueue_trial(space.fastest(name), user_attrs={"probe": name})
-    study.set_user_attr("probes", names)
-    return names
+    return _queue_alone(study, space, "probe", space.fastest) if space.optional else []
 
 
 def footholds(study: optuna.Study, space: Space) -> list[str]:
@@ -255,15 +246,24 @@ def footholds(study: optuna.Study, space: Space) -> list[str]:
     >>> footholds(study, space)  # doctest: +SKIP
     ['tgate', 'magcache', 'taylorseer', 'fbcache', 'dbcache']
     """
+    return _queue_alone(study, space, "foothold", space.mildest) if len(space.groups) > 1 else []
+
+
+def _queue_alone(
+    study: optuna.Study, space: Space, kind: str, params: Callable[[str], dict[str, Any]]
+) -> list[str]:
+    """Each accelerator of ``space`` alone, as ``params(name)``, queued once into a study that
+    has measured nothing yet, each trial marked ``kind``; the study keeps the names under
+    ``kind`` + "s", so a resumed study queues none again."""
     waiting = optuna.trial.TrialState.WAITING
-    if "footholds" in study.user_attrs or len(space.groups) < 2:
+    if f"{kind}s" in study.user_attrs:
         return []
     if any(t.state != waiting for t in study.get_trials(deepcopy=False)):
         return []
     names = list(dict.fromkeys(key.split(".", 1)[0] for key in space.params))
     for name in names:
-        study.enqueue_trial(space.mildest(name), user_attrs={"foothold": name})
-    study.set_user_attr("footholds", names)
+        study.enqueue_trial(params(name), user_attrs={kind: name})
+    study.set_user_attr(f"{kind}s", names)
     return names
 
 

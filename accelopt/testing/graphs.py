@@ -19,18 +19,9 @@ class ReplayedInPython(Replayer):
     with the same list), by key.
     """
 
-    def __init__(
-        self,
-        forward: Callable[..., Any],
-        device: Any,
-        structure: Callable[[], Hashable] = tuple,
-        graphs: dict[Hashable, Graph] | None = None,
-        pool: Any = "cpu",
-        regions: Any = None,
-        *,
-        captured: list[Hashable] | None = None,
-    ) -> None:
-        super().__init__(forward, device, structure, graphs, pool, regions)
+    def __init__(self, *args: Any, captured: list[Hashable] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("pool", "cpu")  # a CPU has no graph memory pool: any token serves
+        super().__init__(*args, **kwargs)
         self.captured = [] if captured is None else captured
 
     def capture(self, key: Hashable, leaves: list[Any], spec: Any) -> Graph:

@@ -13,7 +13,14 @@ from optuna.trial import TrialState
 from accelopt.accelerators import PipeTraits
 from accelopt.spec import load_spec, record_of
 from accelopt.storage import open_storage
-from accelopt.study.warmstart import footholds, neighbours, summary, translate, warm_start
+from accelopt.study.warmstart import (
+    footholds,
+    neighbours,
+    probe,
+    summary,
+    translate,
+    warm_start,
+)
 from accelopt.testing import tiny_pipeline
 from accelopt.trial.space import Space
 
@@ -234,6 +241,22 @@ def test_footholds_start_each_family_of_a_space_of_groups_once(storage: Storage)
     assert footholds(other, space) == []
     sd = _new(storage, "TinySD-DDIM-10")
     assert footholds(sd, _space("TinySD-DDIM-10")) == [] and sd.trials == []
+
+
+def test_probes_queue_each_accelerator_alone_at_its_fastest_once(storage: Storage) -> None:
+    """TinySD-DDIM-10 searches which to use: each of DeepCache, ToMe and T-GATE is queued
+    once at its fastest, marked so, after any warm start; a space of fixed targets gets none."""
+    space = _space("TinySD-DDIM-10")
+    study = _new(storage, "TinySD-DDIM-10")
+    assert probe(study, space) == ["deepcache", "tome", "tgate"]
+    queued = study.get_trials(deepcopy=False)
+    assert [t.system_attrs["fixed_params"] for t in queued] == [
+        space.fastest(n) for n in ("deepcache", "tome", "tgate")
+    ]
+    assert [t.user_attrs["probe"] for t in queued] == ["deepcache", "tome", "tgate"]
+    assert probe(study, space) == [] and len(study.trials) == 3
+    fixed = _new(storage, "TinySD-DDIM-10-deepcache")
+    assert probe(fixed, _space("TinySD-DDIM-10-deepcache")) == [] and fixed.trials == []
 
 
 def test_no_neighbours_enqueues_nothing(storage: Storage) -> None:
