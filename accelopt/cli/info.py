@@ -108,6 +108,13 @@ class Accelerators(Command):
         together = [p for p in accelerators.PLANS if len(p) > 1 and p <= set(here)]
         shown = ", ".join("+".join(n for n in here if n in p) for p in together) or "none"
         print(f"combinations on {args.pipeline}: {shown}")
+        if not args.targets:
+            from accelopt.trial.space import Space
+
+            groups = Space.build(traits, args.steps, None).groups
+            if groups:
+                tried = " | ".join("+".join(g) for g in groups)
+                print(f"a study without targets tries one per trial (plan): {tried}")
         _not_declared(here)
         return 0
 

@@ -156,6 +156,10 @@ def test_a_pipelines_listing_says_which_accelerators_combine_and_why_others_do_n
     assert main(["accelerators", "--pipeline", "TinyPixArt", "--steps", "10"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "combinations on TinyPixArt: none" in out
+    assert (
+        "a study without targets tries one per trial (plan): "
+        "tgate | magcache | taylorseer | fbcache | dbcache"
+    ) in out
     reasons = dict(line[2:].split(": ", 1) for line in out if line.startswith("- "))
     names = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache")
     pairs = {f"{a}+{b}" for i, a in enumerate(names) for b in names[i + 1 :]}
