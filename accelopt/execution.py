@@ -46,7 +46,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Mut
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from accelopt import accelerators
@@ -223,6 +223,7 @@ class Compiled:
 
 
 _COMPILED: WeakKeyDictionary[Any, Compiled] = WeakKeyDictionary()
+T = TypeVar("T")
 
 
 def compile_stats(pipe: Pipeline) -> Compiled:
@@ -472,14 +473,28 @@ class _Replayer(Replayer):
         if key in self.record.seen:
             return super().piecewise(*args, **kwargs)
         self.record.seen.add(key)
+        regions = self.regions
+        assert regions is not None
+
+        def replay() -> tuple[Any, int]:
+            before = sum(map(len, regions.graphs.values()))
+            out = super(_Replayer, self).piecewise(*args, **kwargs)
+            return out, sum(map(len, regions.graphs.values())) - before
+
+        return self._made(key, replay)
+
+    def capture(self, key: Hashable, leaves: list[Any], spec: Any) -> Graph:
+        return self._made(key, lambda: (super(_Replayer, self).capture(key, leaves, spec), 1))
+
+    def _made(self, key: Hashable, make: Callable[[], tuple[T, int]]) -> T:
+        """``make()``'s result; what it returns with it, the CUDA graphs it captured, and the
+        seconds it took (compiling included once) go into the record and ``key``'s cost, and
+        ``told`` hears before and after."""
         what = _describe(key)
         self.told.compiling(what)
-        assert self.regions is not None
         started, spent = time.perf_counter(), self.record.seconds
-        graphs = sum(map(len, self.regions.graphs.values()))
-        out = super().piecewise(*args, **kwargs)
+        out, made = make()
         took = time.perf_counter() - started
-        made = sum(map(len, self.regions.graphs.values())) - graphs
         self.record.pool = self.pool
         self.record.captures += made
         self.record.seconds = spent + took  # compiling included once
@@ -488,18 +503,3 @@ class _Replayer(Replayer):
         cost.graphs += made
         self.told.compiled(what, took)
         return out
-
-    def capture(self, key: Hashable, leaves: list[Any], spec: Any) -> Graph:
-        what = _describe(key)
-        self.told.compiling(what)
-        started, spent = time.perf_counter(), self.record.seconds
-        graph = super().capture(key, leaves, spec)
-        took = time.perf_counter() - started
-        self.record.pool = self.pool
-        self.record.captures += 1
-        self.record.seconds = spent + took  # compiling included once
-        cost = self.record.costs.setdefault(key, Cost(what))
-        cost.seconds += took
-        cost.graphs += 1
-        self.told.compiled(what, took)
-        return graph
