@@ -20,11 +20,13 @@ Writes execution-PIPE-bB.json to --out after every row.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,29 +198,14 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:
                 row["plans"][label] = {"refused": str(err)}
                 continue
-            s0, t0 = stats.seconds, time.perf_counter()
-            with accelerators.apply(pipe, configs, steps=steps), execution.run(pipe, mode):
-                _, latents = once()
-                first = time.perf_counter() - t0
-                once()
-                once()
-                compiled = stats.seconds - s0
-            plan_t = []
-            pairs = []
-            for _ in range(args.repeats):
-                with execution.run(pipe, mode):
-                    b, _ = once()
-                with accelerators.apply(pipe, configs, steps=steps), execution.run(pipe, mode):
-                    p, _ = once()
-                pairs.append(b / p)
-                plan_t.append(p)
-            entry = {
-                **summary(plan_t),
-                "paired_speedup": statistics.median(pairs),
-                "pair_ratios": pairs,
-                "first_call_seconds": first,
-                "compile_seconds": compiled,
-            }
+            entry, latents = timed_plan(
+                pipe,
+                mode,
+                args.repeats,
+                once,
+                functools.partial(accelerated, pipe, configs, steps),
+            )
+            compiled = entry["compile_seconds"]
             if mode == "eager":
                 eager_latents[label] = latents
             else:
@@ -241,30 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                                        "would replay its first call's decision"}  # fmt: skip
                 continue
             ((name, knobs),) = plans[ours].items()
-            with upstream_cache(pipe, name, knobs, steps) as fresh:
-                t0, s0 = time.perf_counter(), stats.seconds
-                with execution.run(pipe, mode):
-                    fresh()
-                    _, latents = once()
-                    first = time.perf_counter() - t0
-                    for _ in range(2):
-                        fresh()
-                        once()
-                compiled = stats.seconds - s0
-            plan_t, pairs = [], []
-            for _ in range(args.repeats):
-                with execution.run(pipe, mode):
-                    b, _ = once()
-                with upstream_cache(pipe, name, knobs, steps) as fresh, execution.run(pipe, mode):
-                    fresh()
-                    p, _ = once()
-                pairs.append(b / p)
-                plan_t.append(p)
-            entry = {**summary(plan_t), "paired_speedup": statistics.median(pairs),
-                     "pair_ratios": pairs, "first_call_seconds": first,
-                     "compile_seconds": compiled,
-                     "max_diff_vs_ours": _diff(latents, our_latents.get((mode, ours))),
-                     "psnr_vs_plain": image_psnr(pipe, latents, base_latents)}  # fmt: skip
+            entry, latents = timed_plan(
+                pipe, mode, args.repeats, once,
+                functools.partial(upstream_cache, pipe, name, knobs, steps),
+            )  # fmt: skip
+            entry["max_diff_vs_ours"] = _diff(latents, our_latents.get((mode, ours)))
+            entry["psnr_vs_plain"] = image_psnr(pipe, latents, base_latents)
             row["plans"][label] = entry
             print(f"  {label}: {entry['median']:.4f} s, {entry['paired_speedup']:.2f}x paired, "
                   f"diff vs ours {entry['max_diff_vs_ours']}", flush=True)  # fmt: skip
@@ -283,6 +252,55 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(json.dumps({m: r["baseline"]["median"] for m, r in record["modes"].items()}))
     return 0
+
+
+def timed_plan(
+    pipe: Any,
+    mode: str,
+    repeats: int,
+    once: Callable[[], tuple[float, torch.Tensor]],
+    applied: Callable[[], contextlib.AbstractContextManager[Callable[[], None]]],
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """One plan under ``mode``: its first call (compiling or capturing) and two warm-ups, then
+    ``repeats`` alternated pairs of the plain pipeline and the plan. ``applied()`` puts the
+    plan on (``accelerated``, ``upstream_cache``) and yields what starts each generation afresh.
+    Returns the plan's timings and paired speedup, and its first generation's latents."""
+    stats = execution.compile_stats(pipe)
+    s0, t0 = stats.seconds, time.perf_counter()
+    with applied() as fresh, execution.run(pipe, mode):
+        fresh()
+        _, latents = once()
+        first = time.perf_counter() - t0
+        for _ in range(2):
+            fresh()
+            once()
+        compiled = stats.seconds - s0
+    plan_t, pairs = [], []
+    for _ in range(repeats):
+        with execution.run(pipe, mode):
+            b, _ = once()
+        with applied() as fresh, execution.run(pipe, mode):
+            fresh()
+            p, _ = once()
+        pairs.append(b / p)
+        plan_t.append(p)
+    entry = {
+        **summary(plan_t),
+        "paired_speedup": statistics.median(pairs),
+        "pair_ratios": pairs,
+        "first_call_seconds": first,
+        "compile_seconds": compiled,
+    }
+    return entry, latents
+
+
+@contextlib.contextmanager
+def accelerated(
+    pipe: Any, configs: dict[str, dict[str, Any]], steps: int
+) -> Iterator[Callable[[], None]]:
+    """accelopt's accelerators on ``pipe``; each generation resets them itself."""
+    with accelerators.apply(pipe, configs, steps=steps):
+        yield lambda: None
 
 
 def generation(pipe: Any, name: str, batch: int) -> Callable[[], torch.Tensor]:
