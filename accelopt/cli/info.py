@@ -109,11 +109,11 @@ class Accelerators(Command):
         shown = ", ".join("+".join(n for n in here if n in p) for p in together) or "none"
         print(f"combinations on {args.pipeline}: {shown}")
         if not args.targets:
-            from accelopt.trial.space import Space
+            from accelopt.trial.space import Space, plan_of
 
             groups = Space.build(traits, args.steps, None).groups
             if groups:
-                tried = " | ".join("+".join(g) for g in groups)
+                tried = " | ".join(map(plan_of, groups))
                 print(f"a study without targets tries one per trial (plan): {tried}")
         _not_declared(here)
         return 0

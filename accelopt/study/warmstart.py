@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial
 from accelopt._types import is_number
 from accelopt.spec import StudySpec
 from accelopt.study.results import best_trial
-from accelopt.trial.space import PLAN, Space, switch
+from accelopt.trial.space import PLAN, Space, plan_of, switch
 
 __all__ = [
     "LIMIT",
@@ -137,7 +137,7 @@ def translate(
     ...                      "warm_up": 2}}, 20, Space.build(traits, 10, ["tgate"]))
     {'tgate.gate_step': 7, 'tgate.sp_interval': 3, 'tgate.fi_interval': 2, 'tgate.warm_up': 2}
     """
-    names = {key.split(".", 1)[0] for key in space.params}
+    names = set(space.names)
     if not space.optional and set(config) != names:
         return None
     kept = {name: knobs for name, knobs in config.items() if name in names}
@@ -148,7 +148,7 @@ def translate(
         group = next((g for g in space.groups if set(kept) <= set(g)), None)
         if group is None:
             return None
-        params[PLAN] = "+".join(group)
+        params[PLAN] = plan_of(group)
         names = set(group)
     for key, param in space.params.items():
         name, knob = key.split(".", 1)
@@ -260,11 +260,10 @@ def _queue_alone(
         return []
     if any(t.state != waiting for t in study.get_trials(deepcopy=False)):
         return []
-    names = list(dict.fromkeys(key.split(".", 1)[0] for key in space.params))
-    for name in names:
+    for name in space.names:
         study.enqueue_trial(params(name), user_attrs={kind: name})
-    study.set_user_attr(f"{kind}s", names)
-    return names
+    study.set_user_attr(f"{kind}s", list(space.names))
+    return list(space.names)
 
 
 def summary(starts: list[Start]) -> str:

@@ -31,9 +31,19 @@ from accelopt._types import is_number
 from accelopt.accelerators import Param, PipeTraits
 from accelopt.errors import AccelOptError
 
-__all__ = ["PLAN", "Space", "dominating_trial", "lost_accelerator", "switch"]
+__all__ = ["PLAN", "Space", "dominating_trial", "lost_accelerator", "plan_of", "switch"]
 
 PLAN = "plan"  # the parameter that picks a group, in a space of groups: "tgate", "magcache"...
+
+
+def plan_of(group: Iterable[str]) -> str:
+    """The ``PLAN`` value that picks ``group``: its names joined by "+" (stored in trials).
+
+    >>> plan_of(("deepcache", "tgate"))
+    'deepcache+tgate'
+    """
+    return "+".join(group)
+
 
 # Which way each knob makes generation faster: +1 larger is faster, -1 smaller is faster.
 FASTER: dict[str, int] = {
@@ -162,7 +172,7 @@ class Space:
         """(plan, its parameters) per group; (None, every parameter) in a space of one."""
         if len(self.groups) < 2:
             return [(None, list(self.params))]
-        return [("+".join(g), [k for k in self.params if k.split(".", 1)[0] in g])
+        return [(plan_of(g), [k for k in self.params if k.split(".", 1)[0] in g])
                 for g in self.groups]  # fmt: skip
 
     def group_of(self, params: Mapping[str, Any]) -> tuple[str, ...]:
@@ -170,11 +180,11 @@ class Space:
         if len(self.groups) < 2:
             return self.names
         plan = params.get(PLAN)
-        found = next((g for g in self.groups if "+".join(g) == plan), None)
+        found = next((g for g in self.groups if plan_of(g) == plan), None)
         if found is None:
             raise AccelOptError(
                 f"{PLAN} {plan!r} is not one of this space's: "
-                + ", ".join("+".join(g) for g in self.groups)
+                + ", ".join(map(plan_of, self.groups))
             )
         return found
 
@@ -256,7 +266,7 @@ class Space:
             raise ValueError("a space of fixed targets has no accelerator to switch off")
         out: dict[str, Any] = {}
         if len(self.groups) > 1:
-            out[PLAN] = next("+".join(g) for g in self.groups if name in g)
+            out[PLAN] = next(plan_of(g) for g in self.groups if name in g)
         group = self.group_of(out)
         for key, p in self.params.items():
             owner, knob = key.split(".", 1)
