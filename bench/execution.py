@@ -198,13 +198,19 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:
                 row["plans"][label] = {"refused": str(err)}
                 continue
-            entry, latents = timed_plan(
-                pipe,
-                mode,
-                args.repeats,
-                once,
-                functools.partial(accelerated, pipe, configs, steps),
-            )
+            try:
+                entry, latents = timed_plan(
+                    pipe,
+                    mode,
+                    args.repeats,
+                    once,
+                    functools.partial(accelerated, pipe, configs, steps),
+                )
+            except Exception as err:  # one plan's failure is a row, not the end of the table
+                row["plans"][label] = {"failed": f"{type(err).__name__}: {err}"}
+                print(f"  {label}: failed: {type(err).__name__}: {err}", flush=True)
+                save()
+                continue
             compiled = entry["compile_seconds"]
             if mode == "eager":
                 eager_latents[label] = latents
