@@ -2,8 +2,11 @@
 
 Upstream packages undo only part of what they do: DeepCache leaves every wrapped module with an
 instance ``forward``, T-GATE never unpatches and leaves ``cache`` tensors, tomesd leaves
-``_tome_info``. The accelerators call upstream's own undo first; the snapshot then puts back every
-module class, instance attribute and hook table exactly as it was, and ``matches`` proves it.
+``_tome_info``; cache-dit's ``disable_cache`` leaves an instance ``forward``, statistics on the
+block list and the block list moved to the end of its parent's children. The accelerators call
+upstream's own undo first; the snapshot then puts back every module class, instance attribute,
+hook table and the order of each module's children exactly as it was, each module found by its
+name, and ``matches`` proves it.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ class _ModuleState:
     attrs: frozenset[str]
     forward: Any  # the instance-level forward, if the module had one
     hooks: tuple[frozenset[int], ...]
+    children: tuple[str, ...]  # in registration order: named_modules and state_dict follow it
 
     @classmethod
     def of(cls, module: nn.Module) -> _ModuleState:
         hooks = tuple(frozenset(getattr(module, t, {})) for t in _HOOK_TABLES)
-        return cls(type(module), frozenset(vars(module)), vars(module).get("forward"), hooks)
+        attrs, forward = frozenset(vars(module)), vars(module).get("forward")
+        return cls(type(module), attrs, forward, hooks, tuple(module._modules))
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,20 @@ class Snapshot:
         return cls(frozenset(vars(pipe)), tuple(_named_states(pipe)))
 
     def restore(self, pipe: Pipeline) -> None:
-        """Put back classes, instance attributes and hook tables; leave parameters alone."""
+        """Put back classes, instance attributes, hook tables and children's order; leave
+        parameters alone. A module is found by its name, so upstream that re-registers a child
+        (its names then come in another order) gets each module's own state back."""
         for name in set(vars(pipe)) - self.pipe_attrs:
             delattr(pipe, name)
-        for module, state in zip(_modules(pipe), (s for _, s in self.modules), strict=True):
+        states = dict(self.modules)
+        for name, module in _named_modules(pipe):
+            state = states.get(name)
+            if state is None:
+                continue  # a module upstream added: matches() tells
+            children = module._modules
+            if tuple(children) != state.children and set(children) == set(state.children):
+                for key in state.children:  # in place: move each to the end, in order
+                    children[key] = children.pop(key)
             if type(module) is not state.cls:
                 module.__class__ = state.cls
             for attr in set(vars(module)) - state.attrs:
@@ -70,10 +85,6 @@ class Snapshot:
 
     def matches(self, pipe: Pipeline) -> bool:
         return self == Snapshot.take(pipe)
-
-
-def _modules(pipe: Pipeline) -> list[nn.Module]:
-    return [m for _, m in _named_modules(pipe)]
 
 
 def _named_modules(pipe: Pipeline) -> list[tuple[str, nn.Module]]:

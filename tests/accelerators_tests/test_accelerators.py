@@ -172,6 +172,27 @@ def test_removal_leaves_no_upstream_residue(tiny: Callable[[str], Pipeline]) -> 
         assert not {"forward", "cache", "_tome_info"} & set(vars(module))
 
 
+def test_the_snapshot_puts_back_a_child_registered_again(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    """What cache-dit's ``disable_cache`` leaves: the block list registered again (now last
+    among the transformer's children), statistics on it, an instance ``forward``. Each module's
+    state is found by name, so the blocks after the moved list get their own back."""
+    pipe = tiny("TinyPixArt")
+    net = pipe.transformer
+    before = Snapshot.take(pipe)
+    order = list(net._modules)
+    blocks = net.transformer_blocks
+    del net.transformer_blocks
+    net.transformer_blocks = blocks
+    blocks._cached_steps = [1, 2]
+    net.forward = net.forward
+    assert list(net._modules) != order and not before.matches(pipe)
+    before.restore(pipe)
+    assert list(net._modules) == order
+    assert before.matches(pipe)
+
+
 def _footprint(pipe: Pipeline) -> tuple[int, int, int]:
     modules = list(denoiser(pipe).modules()) + list(pipe.text_encoder.modules())
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
