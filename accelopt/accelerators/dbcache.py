@@ -4,10 +4,13 @@ change of the first blocks' residual decides whether the middle ones are skipped
 accelopt's own implementation of cache-dit 1.5.3's DBCache (github.com/vipshop/cache-dit;
 ``caching/cache_blocks/pattern_base.py`` and ``caching/cache_contexts/``): the rule, its
 arithmetic and where it differs are in ``accelopt.portable.dbcache``, which generated scripts
-carry verbatim and FirstBlockCache (``accelopt.accelerators.fbcache``) shares. cache-dit itself
-is not wrapped: it patches the pipeline's class ``__call__`` and leaves statistics attributes
-behind, and decides in many ``torch.compiler.disable`` regions per call (every accessor of its
-context is one).
+carry verbatim and FirstBlockCache (``accelopt.accelerators.fbcache``) shares. It computes
+cache-dit's images bit for bit (tests/accelerators_tests/test_dbcache.py, cache-dit being the
+test extra's reference). cache-dit itself is not wrapped: it patches the pipeline's class
+``__call__``, and its ``disable_cache`` leaves an instance ``forward`` on the transformer,
+statistics on the block list and the block list moved to the end of the transformer's children;
+and it decides in many ``torch.compiler.disable`` regions per call (every accessor of its
+context is one), which no CUDA graph can hold.
 
 The knobs keep cache-dit's ``DBCacheConfig`` names and defaults: ``Fn_compute_blocks`` 8,
 ``Bn_compute_blocks`` 0, ``residual_diff_threshold`` 0.08, ``max_warmup_steps`` 8,

@@ -1,6 +1,6 @@
-"""diffusers' own block-cache hooks on a PixArt transformer, as a user would run them raw: the
-reference our caches are tested against bit for bit, and the upstream rows of the GPU table
-(bench/execution.py).
+"""diffusers' own block-cache hooks and cache-dit's DBCache on a PixArt pipeline, as a user would
+run them raw: the references our caches are tested against bit for bit, and the upstream rows of
+the GPU table (bench/execution.py).
 
 diffusers 0.42.1 needs two things on PixArt that its pipeline does not do (FINDINGS): a cache
 context (the hooks raise "No cache context is set" without one; PixArt's transformer is no
@@ -9,6 +9,12 @@ context (the hooks raise "No cache context is set" without one; PixArt's transfo
 TaylorSeer's default module patterns match nothing on PixArt, so the patterns are given.
 Removal goes through the hooks' registry by name; diffusers then still leaves an instance
 ``forward`` and a registry on each hooked module, which a ``Snapshot`` taken before puts back.
+
+cache-dit 1.5.3 (``pip install cache-dit==1.5.3``, the test extra) patches the pipeline's class
+``__call__``, which refreshes its context at every generation; ``disable_cache`` puts the class
+back but leaves an instance ``forward`` on the transformer, its statistics on the block list and
+the block list moved to the end of the transformer's children: the ``Snapshot`` puts those back.
+Its log says at INFO what it patched and, per generation, its statistics; it is kept to warnings.
 """
 
 from __future__ import annotations
@@ -31,17 +37,22 @@ _HOOKS = {
     "magcache": ("mag_cache_leader_block_hook", "mag_cache_block_hook"),
     "taylorseer": ("taylorseer_cache",),
 }
-METHODS = tuple(_HOOKS)
+METHODS = (*_HOOKS, "dbcache")  # dbcache: cache-dit's
 
 
 @contextmanager
 def upstream_cache(
     pipe: Pipeline, name: str, knobs: Mapping[str, Any], steps: int
 ) -> Iterator[Callable[[], None]]:
-    """diffusers' hook for ``name`` (``METHODS``) on ``pipe``'s transformer with our knobs
-    (MagCache's calibrated ``ratios`` included), its cache context set; yields what starts a
-    generation afresh (reset the hooks' state, set the context again: call it between
-    generations). On exit the hooks are removed and the pipeline restored exactly."""
+    """Upstream's ``name`` (``METHODS``) on ``pipe`` with our knobs (MagCache's calibrated
+    ``ratios`` included): diffusers' hook on the transformer, its cache context set, or
+    cache-dit's DBCache on the pipeline. Yields what starts a generation afresh (diffusers: reset
+    the hooks' state, set the context again; cache-dit refreshes by itself): call it between
+    generations. On exit the cache is removed and the pipeline restored exactly."""
+    if name == "dbcache":
+        with _cache_dit(pipe, knobs, steps) as refresh:
+            yield refresh
+        return
     from diffusers.hooks import HookRegistry
     from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
@@ -90,3 +101,31 @@ def _apply(net: Any, name: str, knobs: Mapping[str, Any], steps: int) -> None:
             cache_identifiers=[TAYLORSEER_PATTERNS[knobs.get("modules", "attention")]],
         )
         hooks.apply_taylorseer_cache(net, taylor)
+
+
+@contextmanager
+def _cache_dit(
+    pipe: Pipeline, knobs: Mapping[str, Any], steps: int
+) -> Iterator[Callable[[], None]]:
+    import logging
+
+    import cache_dit
+    from cache_dit import logger as logs
+
+    # Each cache-dit module logs through its own logger (not propagated) into one handler.
+    handler = logs._default_handler or logging.NullHandler()
+    level = handler.level
+    handler.setLevel(logging.WARNING)
+    pipe_class = type(pipe)
+    call = pipe_class.__call__
+    snapshot = Snapshot.take(pipe)
+    config = cache_dit.DBCacheConfig(**knobs, num_inference_steps=steps)
+    cache_dit.enable_cache(pipe, cache_config=config)
+    try:
+        yield lambda: None
+    finally:
+        cache_dit.disable_cache(pipe)
+        snapshot.restore(pipe)
+        handler.setLevel(level)
+        if pipe_class.__call__ is not call:  # cache-dit's own undo: checked, not repaired
+            raise RuntimeError(f"cache-dit left {pipe_class.__name__}.__call__ patched")

@@ -1,7 +1,8 @@
 """DBCache on a four-block TinyPixArt (accelopt/accelerators/dbcache.py): every knob changes the
 images, a reusing call runs only its first and last blocks, compiled runs give eager's images
 with the decision as their one graph break, and under CUDA graphs a deciding call replays
-block by block (FirstBlockCache is the same mechanism). The rule worked by hand is
+block by block (FirstBlockCache is the same mechanism), and cache-dit's own DBCache computes
+the same images bit for bit. The rule worked by hand is
 tests/portable_tests/test_dbcache_rule.py's; the contract every accelerator keeps,
 test_accelerators.py's (on TinyPixArt's two blocks).
 """
@@ -26,10 +27,12 @@ import accelopt
 from accelopt import accelerators, execution
 from accelopt._types import Pipeline
 from accelopt.accelerators import DBCacheConfig, PipeTraits
+from accelopt.accelerators._snapshot import Snapshot
 from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.spec import load_spec
 from accelopt.testing import render, tiny_pipeline
+from accelopt.testing.upstream import upstream_cache
 from accelopt.trial.space import Space
 
 STEPS = 8
@@ -106,6 +109,36 @@ def test_a_reusing_call_runs_its_first_and_last_blocks_only(
     reused = [run == kept for run in runs]
     assert 0 < sum(reused) <= 3
     assert not any(reused[i : i + 3] == [True] * 3 for i in range(len(reused)))
+
+
+@pytest.mark.parametrize("sched", ["DDIM", "DPM-Solver++"])
+def test_dbcache_computes_what_cache_dit_does(deep: Pipeline, sched: str) -> None:
+    """Ours against cache-dit 1.5.3's ``enable_cache`` at the same knobs, bit for bit, two
+    generations each (cache-dit refreshes its context per generation; ours starts empty), every
+    setting reusing some calls and not all; after ``disable_cache`` and the snapshot the
+    pipeline is as it was (cache-dit alone leaves a moved block list, statistics and a
+    ``forward``: accelopt.testing.upstream)."""
+    pytest.importorskip("cache_dit")
+    set_scheduler(deep, sched)
+    before = Snapshot.take(deep)
+    for config in (
+        BASE,
+        DBCacheConfig(2, 0, 0.12, 2, -1, 2),
+        DBCacheConfig(1, 2, 0.3, 3, 3, -1),
+    ):
+        with accelerators.apply(deep, {"dbcache": config}, steps=STEPS):
+            with blocks_run(deep) as runs:
+                ours = render(deep, steps=STEPS)
+            again = render(deep, steps=STEPS)
+        reused = [len(run) < BLOCKS for run in runs]
+        assert any(reused) and not all(reused), (config, runs)
+        with upstream_cache(deep, "dbcache", dataclasses.asdict(config), STEPS) as fresh:
+            upstream = render(deep, steps=STEPS)
+            fresh()
+            upstream_again = render(deep, steps=STEPS)
+        assert Snapshot.take(deep) == before
+        np.testing.assert_array_equal(ours, upstream, err_msg=f"{config}")
+        np.testing.assert_array_equal(again, upstream_again, err_msg=f"{config}")
 
 
 def test_regional_kernels_match_eager_and_a_new_threshold_compiles_nothing(
