@@ -12,8 +12,8 @@ largest latent difference of each compiled plan against the same plan run eagerl
 plan's FLOP floor: the share of the plain generation's FLOPs it still computes (torch's
 ``FlopCounterMode``, text encoders included), times the fastest plain baseline, and its
 images' PSNR against the plain pipeline's under the same mode (decoded in float32).
-``--upstream`` times diffusers' own hooks at the same settings beside ours (eager and compile),
-with their latents' largest difference from ours.
+``--upstream`` times diffusers' own hooks and cache-dit's DBCache at the same settings beside
+ours (eager and compile), with their latents' largest difference from ours.
 Writes execution-PIPE-bB.json to --out after every row.
 """
 
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from accelopt import accelerators, execution
+from accelopt.errors import AccelOptError
 from accelopt.measure import timing
 from accelopt.pipelines import call_defaults, model_info
 from accelopt.testing.upstream import upstream_cache
@@ -92,13 +93,16 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
                     "max_continuous_cached_steps": 4}
     },
 }  # fmt: skip
-# diffusers' own hooks, raw, at the settings of ours (accelopt.testing.upstream: the cache
-# context and the per-generation reset PixArt's pipeline lacks): label -> our plan's label.
-# Timed under eager and compile; a captured graph would keep the first call's decision.
+# diffusers' own hooks and cache-dit's DBCache, raw, at the settings of ours
+# (accelopt.testing.upstream: the cache context and the per-generation reset PixArt's pipeline
+# lacks): label -> our plan's label. Timed under eager and compile; a captured graph would
+# keep the first call's decision.
 UPSTREAM = {
     "diffusers fbcache 0.08": "fbcache 0.08",
     "diffusers magcache 0.06/3/0.2": "magcache 0.06/3/0.2",
     "diffusers taylorseer 5/1/3": "taylorseer 5/1/3",
+    "cache-dit dbcache F8B0 0.08": "dbcache F8B0 0.08",
+    "cache-dit dbcache F4B0 W4 MC4 0.12": "dbcache F4B0 W4 MC4 0.12",
 }
 PROMPT = "a photograph of a lighthouse at dusk"
 
@@ -165,9 +169,15 @@ def main(argv: list[str] | None = None) -> int:
 
     plain_flops = flops()
     record["work"]["plain"] = {"flops": plain_flops, "share": 1.0}
-    for label, configs in plans.items():
-        with accelerators.apply(pipe, configs, steps=steps):
-            done = flops()
+    for label, configs in list(plans.items()):
+        try:
+            with accelerators.apply(pipe, configs, steps=steps):
+                done = flops()
+        except AccelOptError as err:  # settings this pipeline cannot take (DBCache's F8 on 2)
+            record["work"][label] = {"refused": str(err)}
+            print(f"  {label}: refused on {args.pipe}: {err}", flush=True)
+            del plans[label]
+            continue
         record["work"][label] = {"flops": done, "share": done / plain_flops}
     eager_latents: dict[str, torch.Tensor] = {}
     our_latents: dict[tuple[str, str], torch.Tensor] = {}  # (mode, plan): beside upstream's
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             if ours not in plans:
                 continue
             if mode == "cuda-graphs":
-                row["plans"][label] = {"refused": "diffusers' hooks decide in Python per call, "
+                row["plans"][label] = {"refused": "upstream decides in Python per call, "
                                        "inside torch.compiler.disable: one captured graph "
                                        "would replay its first call's decision"}  # fmt: skip
                 continue

@@ -44,3 +44,13 @@ def test_image_psnr_compares_decoded_images() -> None:
     value = execution.image_psnr(pipe, latents + 0.5, latents)
     assert value is not None and 0 < value < 100
     assert pipe.vae.dtype == torch.float32
+
+
+def test_every_upstream_row_times_one_of_our_plans_upstream_has() -> None:
+    """An --upstream row runs upstream's cache at one plan's settings: the plan exists and is
+    one method that accelopt.testing.upstream can run raw (diffusers' hooks, cache-dit)."""
+    from accelopt.testing.upstream import METHODS
+
+    for label, ours in execution.UPSTREAM.items():
+        ((name, _),) = execution.PLANS[ours].items()
+        assert name in METHODS, label
