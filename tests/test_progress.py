@@ -255,8 +255,7 @@ def test_run_without_a_tty_shows_every_phase_in_a_bounded_number_of_lines(
         f"{STUDY}: baseline timing: 2/2 measurements in S",
         f"{STUDY}: trials: 1/3 trials ...",  # resumed: one of three done by the first run
         f"{STUDY}: trials: 2/3 trials (66%), S; best X",
-        f"{STUDY}: trials: 3/3 trials in S",
-        f"{STUDY}: loading TinySD: done in S",  # export loads the pipeline to confirm
+        f"{STUDY}: trials: 3/3 trials in S",  # export confirms on the same pipeline: no load
         f"{STUDY}: held-out confirmation ...",
         f"{STUDY}: held-out confirmation: done in S",
     ]

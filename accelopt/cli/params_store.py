@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from accelopt.export import Exported
     from accelopt.progress import Progress
     from accelopt.study.results import Requirement
+    from accelopt.trial.bench import Bench
 
 __all__ = ["Codegen", "Export", "Store", "write_export"]
 
@@ -28,9 +29,11 @@ def write_export(
     args: argparse.Namespace,
     requirement: Requirement,
     progress: Progress | None = None,
+    bench: Bench | None = None,
 ) -> Exported:
     """``accelopt.export.export`` with the export flags (``--store``, ``--format``, ``--top-k``,
-    ``--force``, ``--device``, ``--random-weights``), saying on stderr what it did."""
+    ``--force``, ``--device``, ``--random-weights``), saying on stderr what it did; ``bench``:
+    the pipeline the study just ran on, which confirms instead of one loaded anew."""
     from accelopt.export import export
     from accelopt.progress import Progress
 
@@ -48,6 +51,7 @@ def write_export(
         weights=flags.weights(args),
         progress=progress or Progress(),
         log=lambda s: print(s, file=sys.stderr),
+        bench=bench,
     )
     for line in fmt.export_lines(result):
         print(line, file=sys.stderr)

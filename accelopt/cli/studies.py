@@ -82,7 +82,9 @@ class Run(Command):
         written: list[int] | None = None
         code = 0
         if args.export:
-            result = write_export(outcome.study, args, requirement, progress)
+            # On the pipeline that ran the trials: a second one beside it, its graphs and its
+            # caches' buffers ran a GPU out of memory (PixArt-Sigma on an H100).
+            result = write_export(outcome.study, args, requirement, progress, outcome.bench)
             written, code = result.trials, 1 if result.refused else 0
         answered = self._answer(outcome, spec, requirement, codes, written)
         if fmt.under_load(outcome.study):  # the last line read: how far to trust the answer

@@ -62,7 +62,10 @@ WAIT_NOTICE = 30.0  # say why a worker waits once it has waited this long
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a run ended: the best (or requirement-meeting) trial, and whether it answers."""
+    """How a run ended: the best (or requirement-meeting) trial, and whether it answers.
+    ``bench``: what measured the trials here (None where none was loaded), so that an export
+    right after confirms on the same pipeline, its graphs and its buffers instead of loading a
+    second one beside them; the outcome holds it, and the pipeline, while it lives."""
 
     study: optuna.Study
     best: FrozenTrial | None
@@ -70,6 +73,7 @@ class Outcome:
     already_finished: bool
     requirement: Requirement
     met: bool
+    bench: Bench | None = None
 
     @property
     def exit_code(self) -> int:
@@ -207,7 +211,7 @@ def _run_study(
     ran = _work(study, objective, total, grid, lock, timeout, requirement, progress, log)
     with lock():  # all its workers' so far: the last to end stores the whole study's
         study.set_user_attr("compile_cost", compile_cost(study))
-    return outcome_of(study, ran, False, requirement)
+    return dataclasses.replace(outcome_of(study, ran, False, requirement), bench=bench)
 
 
 def _queue_first(
