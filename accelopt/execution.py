@@ -47,10 +47,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
 
 from accelopt import accelerators
 from accelopt._types import Pipeline
+from accelopt.accelerators._snapshot import COMPILED
 from accelopt.errors import AccelOptError, choices
 from accelopt.portable.graphs import Graph, Regions, Replayer, signature
 
@@ -208,7 +208,7 @@ def by_structure(costs: Iterable[Cost]) -> list[dict[str, Any]]:
 
 @dataclass
 class Compiled:
-    """What one denoiser has compiled or captured, kept across trials (see ``_COMPILED``)."""
+    """What one denoiser has compiled or captured, kept across trials (``compile_stats``)."""
 
     forward: Callable[..., Any] | None = None  # the inductor-compiled forward
     graphs: dict[str, dict[Hashable, Graph]] = field(default_factory=dict)  # by kernels
@@ -222,15 +222,23 @@ class Compiled:
     regions: dict[str | None, Regions] = field(default_factory=dict)  # by torch.compile backend
 
 
-_COMPILED: WeakKeyDictionary[Any, Compiled] = WeakKeyDictionary()
 T = TypeVar("T")
 
 
 def compile_stats(pipe: Pipeline) -> Compiled:
-    """What ``pipe``'s denoiser has compiled and captured so far, and what it cost."""
+    """What ``pipe``'s denoiser has compiled and captured so far, and what it cost.
+
+    The record lives on the denoiser itself (``COMPILED``, an attribute a ``Snapshot`` leaves
+    alone), not in a table keyed by it: the record holds the denoiser (its compiled forward,
+    its regions), so a table entry would keep every denoiser compiled in the process alive,
+    with its graphs and its caches' buffers; on the denoiser the two go together."""
     from accelopt.pipelines import denoiser
 
-    return _COMPILED.setdefault(denoiser(pipe), Compiled())
+    net = denoiser(pipe)
+    record = vars(net).get(COMPILED)
+    if record is None:
+        record = net.__dict__[COMPILED] = Compiled()
+    return record
 
 
 @contextmanager

@@ -369,3 +369,27 @@ def test_inductor_kernels_live_in_one_cache_per_host_and_user(tmp_path: Path) ->
     mine = {"XDG_CACHE_HOME": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine")}
     assert execution.use_cache_dir(env=mine) == tmp_path / "mine"
     assert mine["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_a_compiled_pipeline_dropped_takes_its_compiled_code_with_it() -> None:
+    """What a denoiser compiled lives as long as the denoiser, across removals (the next trial
+    reuses it), not as long as the process: a study's pipeline, its graphs and its caches'
+    buffers must go before an export or the next study of a sweep loads another. Last in this
+    file: a denoiser freed lets a later one reuse its blocks' graphs, which the graph counts of
+    the tests above would see."""
+    import gc
+    import weakref
+
+    pipe = tiny_pipeline("TinySD")
+    config = {"deepcache": DeepCacheConfig(2, 0)}
+    for _ in range(2):
+        with (
+            accelerators.apply(pipe, config, steps=4),
+            execution.run(pipe, "compile", kernels="regional", backend="eager") as record,
+        ):
+            render(pipe, steps=4, prompts=("a red cube", "a blue ball"))
+    assert execution.compile_stats(pipe) is record and record.regions  # kept across removals
+    net = weakref.ref(pipe.unet)
+    del pipe, record
+    gc.collect()
+    assert net() is None

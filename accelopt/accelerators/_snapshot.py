@@ -19,7 +19,12 @@ from accelopt._types import Pipeline
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Snapshot"]
+__all__ = ["COMPILED", "Snapshot"]
+
+# Where accelopt.execution keeps what a denoiser compiled and captured (its graphs, their memory
+# pool, its regions): a cache across trials, not a patch. A snapshot neither records it nor takes
+# it away, so a removal keeps the compiled graphs and a pipeline dropped takes them with it.
+COMPILED = "_accelopt_compiled"
 
 _HOOK_TABLES = (
     "_forward_hooks",
@@ -42,7 +47,7 @@ class _ModuleState:
     @classmethod
     def of(cls, module: nn.Module) -> _ModuleState:
         hooks = tuple(frozenset(getattr(module, t, {})) for t in _HOOK_TABLES)
-        attrs, forward = frozenset(vars(module)), vars(module).get("forward")
+        attrs, forward = frozenset(vars(module)) - {COMPILED}, vars(module).get("forward")
         return cls(type(module), attrs, forward, hooks, tuple(module._modules))
 
 
@@ -74,7 +79,7 @@ class Snapshot:
                     children[key] = children.pop(key)
             if type(module) is not state.cls:
                 module.__class__ = state.cls
-            for attr in set(vars(module)) - state.attrs:
+            for attr in set(vars(module)) - state.attrs - {COMPILED}:
                 del module.__dict__[attr]
             if "forward" in state.attrs:
                 module.__dict__["forward"] = state.forward
