@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -339,9 +340,9 @@ class Sweep(Command):
         def run(spec: Any) -> Any:
             outcome = run_study(spec, storage=args.storage, device=args.device,
                                 weights=flags.weights(args), progress=progress)  # fmt: skip
-            if args.export:
-                write_export(outcome.study, args, outcome.requirement, progress)
-            return outcome
+            if args.export:  # on the study's pipeline, as `run --export` does
+                write_export(outcome.study, args, outcome.requirement, progress, outcome.bench)
+            return dataclasses.replace(outcome, bench=None)  # its pipeline goes before the next
 
         rows: list[sweep.Row] = []
         try:
