@@ -7,9 +7,11 @@ Three figures (docs/BENCHMARKS.md shows them):
 1. The scorer on real held-out images: rank the true caption among 100 candidates (top-1, top-5).
 2. Generated images follow their prompts: the same retrieval on the generator's images (ToySD's
    or ToyPixArt's), baseline and accelerated, for search and held-out captions.
-3. CLIP-score loss grows with acceleration (DeepCache interval, ToMe ratio, T-GATE gate step:
-   those that apply to the generator's family) and differs from prompt to prompt: per
-   configuration, the loss on each split and its spread.
+3. CLIP-score loss grows with acceleration (DeepCache interval, ToMe ratio, T-GATE gate step;
+   on a DiT also each block cache at the settings its toy studies picked and its upstream
+   default: those that apply to the generator's family) and differs from prompt to prompt: per
+   configuration, the loss on each split and its spread. MagCache's ratios are measured first on
+   the plain pipeline with four search prompts, as a study measures them on its first batch.
 
 Images come from the pipeline's own scheduler (ToySD: DDIM; ToyPixArt: PixArt's DPM-Solver++),
 20 steps, at the guidance of its study. Without ``--pipeline``/``--scorer`` it evaluates the
@@ -34,7 +36,7 @@ from accelopt.measure.metrics import ClipScorer, prompt_losses, score_loss
 from accelopt.pipelines import call_defaults, family_of
 from accelopt.toy import shapes
 
-__all__ = ["CONFIGS", "configs_for", "generate", "main", "retrieval"]
+__all__ = ["CONFIGS", "calibrated", "configs_for", "generate", "main", "retrieval"]
 
 STEPS = 20
 GUIDANCE = 5.0  # ToySD's; a PixArt pipeline takes its own default (4.5), as its study does
@@ -49,6 +51,23 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
        for n in (2, 3, 4, 5)},
     **{f"ToMe {r}": {"tome": {"ratio": r, "max_downsample": 1}} for r in (0.25, 0.5, 0.75)},
     **{f"T-GATE gate {g}": {"tgate": {"gate_step": g, **_TGATE}} for g in (15, 10, 5, 2)},
+    # The block caches (DiTs only): what ToyPixArt's DPM-Solver++-20 studies picked and
+    # exported (docs/BENCHMARKS.md: "Block caches on ToyPixArt", "Footholds"), and each
+    # method's upstream default.
+    **{f"FirstBlockCache {t}": {"fbcache": {"threshold": t}} for t in (0.04, 0.05, 0.08)},
+    **{f"MagCache {t}/{k}/{r}": {"magcache": {"threshold": t, "max_skip_steps": k,
+                                              "retention_ratio": r}}
+       for t, k, r in ((0.02, 1, 0.3), (0.04, 4, 0.15), (0.06, 3, 0.2))},
+    "TaylorSeer 5/1/3": {"taylorseer": {"cache_interval": 5, "max_order": 1,
+                                        "disable_cache_before_step": 3}},
+    "DBCache F2B0 0.12 W2 MC1": {"dbcache": {"Fn_compute_blocks": 2, "Bn_compute_blocks": 0,
+                                             "residual_diff_threshold": 0.12,
+                                             "max_warmup_steps": 2,
+                                             "max_continuous_cached_steps": 1}},
+    "DBCache F1B0 0.24 W1": {"dbcache": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                                         "residual_diff_threshold": 0.24,
+                                         "max_warmup_steps": 1}},
+    "DBCache F8B0 0.08 W8": {"dbcache": {}},  # cache-dit's defaults
 }  # fmt: skip
 
 
@@ -92,19 +111,36 @@ def retrieval(
     return {"top1": top1 / len(captions), "top5": top5 / len(captions)}
 
 
+def _call(pipe: Any, prompts: Sequence[str], start: int = 0) -> dict[str, Any]:
+    """The evaluation's pipeline call for ``prompts``, prompt i seeded with ``start + i``."""
+    seeds = [torch.Generator().manual_seed(start + i) for i in range(len(prompts))]
+    return {"prompt": list(prompts), "num_inference_steps": STEPS,
+            "guidance_scale": _guidance(pipe), "generator": seeds, "output_type": "pt",
+            **call_defaults(pipe)}  # fmt: skip
+
+
+def calibrated(pipe: Any, configs: Mapping[str, Any], prompts: Sequence[str]) -> dict[str, Any]:
+    """``configs`` with MagCache's ratios measured on the plain pipeline over ``prompts`` where
+    they are missing (a study measures them on its first batch of search prompts)."""
+    out = dict(configs)
+    mag = out.get("magcache")
+    if mag is not None and "ratios" not in mag:
+        from accelopt.accelerators.magcache import calibrate
+
+        out["magcache"] = {**mag, "ratios": calibrate(pipe, **_call(pipe, prompts))}
+    return out
+
+
 def generate(
     pipe: Any, prompts: Sequence[str], configs: Mapping[str, Any], *, batch: int = 50
 ) -> torch.Tensor:
-    """Images (B, 3, H, W in [0, 1]) of ``prompts``, prompt i seeded with i, accelerated."""
+    """Images (B, 3, H, W in [0, 1]) of ``prompts``, prompt i seeded with i, accelerated.
+    MagCache needs its ``ratios`` (``calibrated``)."""
     out = []
     acc = accelerators.apply(pipe, configs, steps=STEPS) if configs else None
     try:
         for start in range(0, len(prompts), batch):
-            chunk = list(prompts[start : start + batch])
-            seeds = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
-            kwargs = {"prompt": chunk, "num_inference_steps": STEPS,
-                      "guidance_scale": _guidance(pipe), "generator": seeds, "output_type": "pt",
-                      **call_defaults(pipe)}  # fmt: skip
+            kwargs = _call(pipe, prompts[start : start + batch], start)
             images = acc(**kwargs).images if acc else pipe(**kwargs).images
             out.append(images.float().cpu())
     finally:
@@ -127,6 +163,7 @@ def figures(pipe: Any, scorer: ClipScorer, *, count: int = 100, real: int = 500)
     prompts = {split: _prompts(split, count) for split in REAL_SEEDS}
     baseline: dict[str, list[float]] = {}
     for name, configs in configs_for(pipe).items():
+        configs = calibrated(pipe, configs, prompts["train"][:4])
         row: dict[str, Any] = {}
         for split, texts in prompts.items():
             images = generate(pipe, texts, configs)
