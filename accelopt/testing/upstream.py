@@ -115,17 +115,19 @@ def _cache_dit(
     # Each cache-dit module logs through its own logger (not propagated) into one handler.
     handler = logs._default_handler or logging.NullHandler()
     level = handler.level
-    handler.setLevel(logging.WARNING)
     pipe_class = type(pipe)
     call = pipe_class.__call__
     snapshot = Snapshot.take(pipe)
     config = cache_dit.DBCacheConfig(**knobs, num_inference_steps=steps)
-    cache_dit.enable_cache(pipe, cache_config=config)
+    handler.setLevel(logging.WARNING)
     try:
-        yield lambda: None
+        cache_dit.enable_cache(pipe, cache_config=config)
+        try:
+            yield lambda: None
+        finally:
+            cache_dit.disable_cache(pipe)
+            snapshot.restore(pipe)
     finally:
-        cache_dit.disable_cache(pipe)
-        snapshot.restore(pipe)
         handler.setLevel(level)
-        if pipe_class.__call__ is not call:  # cache-dit's own undo: checked, not repaired
-            raise RuntimeError(f"cache-dit left {pipe_class.__name__}.__call__ patched")
+    if pipe_class.__call__ is not call:  # cache-dit's own undo: checked, not repaired
+        raise RuntimeError(f"cache-dit left {pipe_class.__name__}.__call__ patched")

@@ -52,8 +52,9 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     **{f"ToMe {r}": {"tome": {"ratio": r, "max_downsample": 1}} for r in (0.25, 0.5, 0.75)},
     **{f"T-GATE gate {g}": {"tgate": {"gate_step": g, **_TGATE}} for g in (15, 10, 5, 2)},
     # The block caches (DiTs only): what ToyPixArt's DPM-Solver++-20 studies picked and
-    # exported (docs/BENCHMARKS.md: "Block caches on ToyPixArt", "Footholds"), and each
-    # method's upstream default.
+    # exported (docs/BENCHMARKS.md: "Block caches on ToyPixArt", "Footholds"), each method's
+    # upstream default (FirstBlockCache 0.05, MagCache 0.06/3/0.2, TaylorSeer 5/1/3, DBCache
+    # F8B0 0.08 W8) and ParaAttention's FLUX setting of FirstBlockCache (0.08).
     **{f"FirstBlockCache {t}": {"fbcache": {"threshold": t}} for t in (0.04, 0.05, 0.08)},
     **{f"MagCache {t}/{k}/{r}": {"magcache": {"threshold": t, "max_skip_steps": k,
                                               "retention_ratio": r}}

@@ -118,7 +118,6 @@ def test_dbcache_computes_what_cache_dit_does(deep: Pipeline, sched: str) -> Non
     setting reusing some calls and not all; after ``disable_cache`` and the snapshot the
     pipeline is as it was (cache-dit alone leaves a moved block list, statistics and a
     ``forward``: accelopt.testing.upstream)."""
-    pytest.importorskip("cache_dit")
     set_scheduler(deep, sched)
     before = Snapshot.take(deep)
     for config in (
