@@ -126,27 +126,6 @@ def test_generated_images_follow_prompts_and_degrade_with_acceleration(toy, scor
     assert score_loss(reference, harsh) > 0.05 > score_loss(reference, mild)
 
 
-def test_block_cache_rows_are_a_dits_and_magcache_gets_its_ratios(toy) -> None:  # type: ignore[no-untyped-def]
-    """A UNet is evaluated on no block cache; on a DiT every block cache has rows, and
-    MagCache's ratios are measured on the plain pipeline (one per call) before its rows run."""
-    from accelopt.testing import tiny_pipeline
-
-    caches = {"magcache", "taylorseer", "fbcache", "dbcache"}
-    assert not any(caches & set(c) for c in evaluate.configs_for(toy).values())
-    pixart = tiny_pipeline("TinyPixArt")
-    rows = evaluate.configs_for(pixart)
-    assert caches == {name for c in rows.values() for name in c} - {"tgate"}
-    mag = rows["MagCache 0.02/1/0.3"]
-    got = evaluate.calibrated(pixart, mag, ["a red cube"])
-    ratios = got["magcache"].pop("ratios")
-    assert len(ratios) == evaluate.STEPS and ratios[0] == 1.0
-    assert (
-        got == mag
-        and evaluate.calibrated(pixart, rows["FirstBlockCache 0.05"], [])
-        == (rows["FirstBlockCache 0.05"])
-    )
-
-
 def test_training_writes_folders_the_real_loaders_read(tmp_path: Path) -> None:
     small = ["vae_steps=2", "vae_batch=4", "steps=2", "batch=4", "calibration_images=32",
              "storage_check_prompts=2"]  # fmt: skip

@@ -131,6 +131,27 @@ def test_dit_recipe_refuses_a_vae_that_does_not_ship(
 
 
 def test_evaluation_offers_a_dit_only_what_applies_to_it() -> None:
-    names = list(evaluate.configs_for(tiny_pipeline("TinyPixArt")))
-    assert names == ["baseline", *(f"T-GATE gate {g}" for g in (15, 10, 5, 2))]
-    assert len(evaluate.configs_for(tiny_pipeline("TinySD"))) == len(evaluate.CONFIGS)
+    """A DiT gets T-GATE and the block caches, a UNet DeepCache, ToMe and T-GATE; MagCache's
+    rows get their ratios measured on the plain pipeline (one per call) before they run."""
+    pixart = tiny_pipeline("TinyPixArt")
+    dit = evaluate.configs_for(pixart)
+    unet = evaluate.configs_for(tiny_pipeline("TinySD"))
+    used = {name for configs in dit.values() for name in configs}
+    assert used == {"tgate", "magcache", "taylorseer", "fbcache", "dbcache"}
+    assert {name for configs in unet.values() for name in configs} == {
+        "deepcache",
+        "tome",
+        "tgate",
+    }
+    assert set(dit) | set(unet) == set(evaluate.CONFIGS) and set(dit) & set(unet) == {
+        "baseline",
+        *(f"T-GATE gate {g}" for g in (15, 10, 5, 2)),
+    }
+    mag = dit["MagCache 0.02/1/0.3"]
+    got = evaluate.calibrated(pixart, mag, ["a red cube"])
+    ratios = got["magcache"].pop("ratios")
+    assert len(ratios) == evaluate.STEPS and ratios[0] == 1.0
+    assert got == mag
+    assert (
+        evaluate.calibrated(pixart, dit["DBCache F8B0 0.08 W8"], []) == dit["DBCache F8B0 0.08 W8"]
+    )
