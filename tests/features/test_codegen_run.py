@@ -26,6 +26,7 @@ from accelopt.params_store.file import read_store, write_entries
 from accelopt.pipelines.tiny import TINY_RESOLUTION
 from accelopt.spec import load_spec
 from accelopt.study.loop import run_study
+from accelopt.study.results import Requirement
 from accelopt.testing import entry_images, make_entry, tiny_pipeline
 
 PROMPTS = ["a red cube on a table", 'a sign that says "OPEN"']
@@ -53,7 +54,10 @@ def test_export_codegen_run_matches_accelopt(
     spec = load_spec(study_name).replace(max_score_loss=0.99)
     study = run_study(spec, storage=storage, n_trials=2, progress=False, log=lambda s: None).study
     store = tmp_path / "search_params.json"
-    write_entries(store, entries_for(study, storage))
+    # At least half the baseline's speed, not "surely faster": two trials of a tiny cache at
+    # 1.03-1.15x on a loaded CI machine may not show that (DBCache's did not, once), and what
+    # this test checks is the script, not the speed.
+    write_entries(store, entries_for(study, storage, Requirement(speedup=0.5)))
     (entry,) = read_store(store).values()
     if "tome" in entry["accelerators"]:  # the seeded random partition must be reproduced too
         entry["accelerators"]["tome"]["use_rand"] = True
