@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     plans = {k: v for k, v in plans.items() if set(v) <= set(accelerators.applicable(traits))}
 
     generate = generation(pipe, args.pipe, args.batch)
-    plans = {k: calibrated(pipe, v, generate) for k, v in plans.items()}
+    plans = {k: accelerators.calibrated(pipe, v, generate) for k, v in plans.items()}
 
     def once() -> tuple[float, torch.Tensor]:
         return timed_once(generate, pipe, args.batch)
@@ -340,19 +340,6 @@ def generation(pipe: Any, name: str, batch: int) -> Callable[[], torch.Tensor]:
         return out.images.float()
 
     return generate
-
-
-def calibrated(
-    pipe: Any, configs: dict[str, dict[str, Any]], generate: Callable[[], Any]
-) -> dict[str, dict[str, Any]]:
-    """``configs`` with each accelerator's calibrated knobs (MagCache's ratios) measured on
-    the plain pipeline by one ``generate()``, eagerly, as a study measures them."""
-    out = {}
-    for name, config in configs.items():
-        accel = accelerators.get(name)
-        knobs = accel.calibrate(pipe, generate) if accel.calibrated else {}
-        out[name] = {**config, **knobs}
-    return out
 
 
 def timed_once(generate: Callable[[], torch.Tensor], pipe: Any, batch: int) -> tuple[float, Any]:

@@ -34,7 +34,7 @@ from accelopt.pipelines import call_defaults, load_pipeline, model_info
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import make_entry
 from bench import _lib
-from bench.execution import PLANS, PROMPT, SETTINGS, calibrated, summary
+from bench.execution import PLANS, PROMPT, SETTINGS, summary
 
 LINE = re.compile(r"(\d+\.\d+) s per image, median of (\d+) \((\d+\.\d+)-(\d+\.\d+);")
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return np.asarray(out.images)
 
-    configs = calibrated(pipe, configs, generate)  # MagCache's ratios, as a study measures them
+    configs = accelerators.calibrated(pipe, configs, generate)  # MagCache's ratios
     record["configs"] = configs
 
     def measured() -> tuple[dict[str, Any], np.ndarray]:

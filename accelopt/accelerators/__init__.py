@@ -54,6 +54,7 @@ __all__ = [
     "active",
     "applicable",
     "apply",
+    "calibrated",
     "check_plan",
     "check_scheduler",
     "follows",
@@ -271,6 +272,20 @@ def _configs(configs: Mapping[str, Any], traits: PipeTraits, steps: int | None) 
         accel.check(config, traits, steps)
         built[name] = config
     return built
+
+
+def calibrated(
+    pipe: Pipeline, configs: Mapping[str, Mapping[str, Any]], generate: Callable[[], Any]
+) -> dict[str, dict[str, Any]]:
+    """``configs`` (knobs by accelerator) with the calibrated knobs (``Accelerator.calibrated``:
+    MagCache's ratios) measured where they are missing, on the plain ``pipe`` while
+    ``generate()`` runs it once per such accelerator, as a study measures them."""
+    out = {}
+    for name, knobs in configs.items():
+        accel = get(name)
+        missing = bool(accel.calibrated) and not set(accel.calibrated) <= set(knobs)
+        out[name] = {**knobs, **(accel.calibrate(pipe, generate) if missing else {})}
+    return out
 
 
 def apply(pipe: Pipeline, configs: Mapping[str, Any], *, steps: int | None = None) -> Accelerated:

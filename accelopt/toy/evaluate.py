@@ -121,15 +121,10 @@ def _call(pipe: Any, prompts: Sequence[str], start: int = 0) -> dict[str, Any]:
 
 
 def calibrated(pipe: Any, configs: Mapping[str, Any], prompts: Sequence[str]) -> dict[str, Any]:
-    """``configs`` with MagCache's ratios measured on the plain pipeline over ``prompts`` where
-    they are missing (a study measures them on its first batch of search prompts)."""
-    out = dict(configs)
-    mag = out.get("magcache")
-    if mag is not None and "ratios" not in mag:
-        from accelopt.accelerators.magcache import calibrate
-
-        out["magcache"] = {**mag, "ratios": calibrate(pipe, **_call(pipe, prompts))}
-    return out
+    """``configs`` with their calibrated knobs (MagCache's ratios) measured where missing, on
+    the plain pipeline with the evaluation's call for ``prompts`` (a study measures them on its
+    first batch of search prompts)."""
+    return accelerators.calibrated(pipe, configs, lambda: pipe(**_call(pipe, prompts)))
 
 
 def generate(
