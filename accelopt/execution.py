@@ -234,10 +234,7 @@ def compile_stats(pipe: Pipeline) -> Compiled:
     with its graphs and its caches' buffers; on the denoiser the two go together."""
     from accelopt.pipelines import denoiser
 
-    net = denoiser(pipe)
-    record = vars(net).get(COMPILED)
-    if record is None:
-        record = net.__dict__[COMPILED] = Compiled()
+    record: Compiled = vars(denoiser(pipe)).setdefault(COMPILED, Compiled())
     return record
 
 
