@@ -211,7 +211,7 @@ IMPORTS = [
     ("Import", ["statistics"]),
     ("Import", ["sys"]),
     ("Import", ["time"]),
-    ("ImportFrom", ["Callable", "Hashable", "Iterator"]),
+    ("ImportFrom", ["Callable", "Hashable", "Iterator", "Sequence"]),
     ("ImportFrom", ["contextmanager"]),
     ("ImportFrom", ["dataclass"]),
     ("ImportFrom", ["Path"]),
@@ -617,6 +617,7 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
         "TAYLORSEER": None,
         "FBCACHE": None,
         "DBCACHE": None,
+        "PAB": None,
         "DEFAULT_PROMPTS": [load_prompts("heldout", 1, "accelopt")[0].text],
     }
 
@@ -813,6 +814,27 @@ def test_scripts_carry_the_portable_modules_verbatim_and_what_they_import(name: 
     for module, _ in imported(ast.parse(own)):
         if module is not None and module.startswith("accelopt"):
             assert module in carried_before  # its names are already in the script
+
+
+def test_the_portable_modules_define_each_name_once() -> None:
+    """A script carries them into one namespace, where a name two of them define would be the
+    later one's everywhere (PAB's rule, once named as T-GATE's ``modes``, broke T-GATE)."""
+    sources = [
+        resources.files("accelopt.portable").joinpath(f"{name}.py").read_text("utf-8")
+        for name in PORTABLE
+    ]
+    defined: dict[str, int] = {}
+    for i, source in enumerate([*sources, script_body()[1]]):
+        for stmt in ast.parse(source).body:
+            if isinstance(stmt, ast.FunctionDef | ast.ClassDef):
+                names = [stmt.name]
+            elif isinstance(stmt, ast.Assign | ast.AnnAssign):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            else:
+                continue
+            for name in names:
+                assert defined.setdefault(name, i) == i, name
 
 
 def test_the_body_is_accelopt_portable_script_below_its_header() -> None:
