@@ -219,6 +219,7 @@ HEADER_NAMES = (
     "TAYLORSEER",
     "FBCACHE",
     "DBCACHE",
+    "PAB",
     "DEFAULT_PROMPTS",
 )
 
@@ -320,6 +321,7 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
         "TAYLORSEER": acc.get("taylorseer"),
         "FBCACHE": acc.get("fbcache"),
         "DBCACHE": acc.get("dbcache"),
+        "PAB": acc.get("pab"),
         "DEFAULT_PROMPTS": list(prompts) or _example_prompts(gen.get("prompt_set"), toy),
     }
 
@@ -423,7 +425,7 @@ def _needs_accelopt(values: Mapping[str, Any]) -> str:
 # ---- the code every script carries: accelopt.portable ---------------------------------------
 
 # accelopt.portable's modules, in the order scripts carry them, above the body.
-PORTABLE = ("buffers", "graphs", "deepcache", "tgate", "magcache", "taylorseer", "dbcache")
+PORTABLE = ("buffers", "graphs", "deepcache", "tgate", "magcache", "taylorseer", "dbcache", "pab")
 # accelopt.portable's module that is the script's own code, after the header and PORTABLE.
 BODY = "script"
 

@@ -92,6 +92,12 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
                     "residual_diff_threshold": 0.12, "max_warmup_steps": 4,
                     "max_continuous_cached_steps": 4}
     },
+    # Pyramid Attention Broadcast (accelopt/accelerators/pab.py cites them): diffusers'
+    # documented example (self-attention every 2 calls, timesteps 100-800), and with
+    # cross-attention every 6 calls, the middle of the paper's ablation.
+    "pab 2/1 100-800": {"pab": {"spatial_attention_block_skip_range": 2}},
+    "pab 2/6 100-800": {"pab": {"spatial_attention_block_skip_range": 2,
+                                "cross_attention_block_skip_range": 6}},
 }  # fmt: skip
 # diffusers' own hooks and cache-dit's DBCache, raw, at the settings of ours
 # (accelopt.testing.upstream: the cache context and the per-generation reset PixArt's pipeline
@@ -101,6 +107,7 @@ UPSTREAM = {
     "diffusers fbcache 0.08": "fbcache 0.08",
     "diffusers magcache 0.06/3/0.2": "magcache 0.06/3/0.2",
     "diffusers taylorseer 5/1/3": "taylorseer 5/1/3",
+    "diffusers pab 2/6 100-800": "pab 2/6 100-800",
     "cache-dit dbcache F8B0 0.08": "dbcache F8B0 0.08",
     "cache-dit dbcache F4B0 W4 MC4 0.12": "dbcache F4B0 W4 MC4 0.12",
 }

@@ -30,6 +30,7 @@ from accelopt.accelerators.dbcache import DBCache, DBCacheConfig
 from accelopt.accelerators.deepcache import DeepCache, DeepCacheConfig
 from accelopt.accelerators.fbcache import FBCache, FBCacheConfig
 from accelopt.accelerators.magcache import MagCache, MagCacheConfig
+from accelopt.accelerators.pab import PAB, PABConfig
 from accelopt.accelerators.taylorseer import TaylorSeer, TaylorSeerConfig
 from accelopt.accelerators.tgate import TGate, TGateConfig, apply_with_deepcache
 from accelopt.accelerators.tome import ToMe, ToMeConfig
@@ -45,6 +46,7 @@ __all__ = [
     "DeepCacheConfig",
     "FBCacheConfig",
     "MagCacheConfig",
+    "PABConfig",
     "Param",
     "PipeTraits",
     "Reference",
@@ -67,7 +69,7 @@ __all__ = [
 
 ACCELERATORS: dict[str, Accelerator[Any]] = {
     a.name: a
-    for a in (DeepCache(), ToMe(), TGate(), MagCache(), TaylorSeer(), FBCache(), DBCache())
+    for a in (DeepCache(), ToMe(), TGate(), MagCache(), TaylorSeer(), FBCache(), DBCache(), PAB())
 }
 
 Configs = Mapping[str, Any]
@@ -98,8 +100,10 @@ PLANS: dict[frozenset[str], tuple[Step, ...]] = {
     frozenset({"taylorseer"}): (_single("taylorseer"),),
     frozenset({"fbcache"}): (_single("fbcache"),),
     frozenset({"dbcache"}): (_single("dbcache"),),
+    frozenset({"pab"}): (_single("pab"),),
 }
-_BLOCK_CACHES = ("magcache", "taylorseer", "fbcache", "dbcache")
+_BLOCK_CACHES = {"magcache": "MagCache", "taylorseer": "TaylorSeer", "fbcache": "FirstBlockCache",
+                 "dbcache": "DBCache"}  # fmt: skip
 _SKIPS_ATTENTION = (
     "runs no attention in the calls or blocks it skips, so what T-GATE keeps there is undecided, "
     "and the halved batch after T-GATE's gate"
@@ -116,10 +120,18 @@ NOT_DECLARED: dict[frozenset[str], str] = {
     **{
         frozenset({a, b}): "both decide which transformer calls or blocks compute: one at a time"
         for i, a in enumerate(_BLOCK_CACHES)
-        for b in _BLOCK_CACHES[i + 1 :]
+        for b in tuple(_BLOCK_CACHES)[i + 1 :]
+    },
+    frozenset({"tgate", "pab"}): "both decide what each attention computes at each call: one "
+    "at a time",
+    **{
+        frozenset({cache, "pab"}): f"{title} runs no attention in the calls or blocks it skips "
+        "or forecasts, so what PAB reuses there is undecided"
+        for cache, title in _BLOCK_CACHES.items()
     },
 }
-# canonical order for names: deepcache, tome, tgate, magcache, taylorseer, fbcache, dbcache
+# canonical order for names: deepcache, tome, tgate, magcache, taylorseer, fbcache, dbcache,
+# pab
 ORDER = tuple(ACCELERATORS)
 
 

@@ -8,7 +8,8 @@ accelerators' own per-call state machines (``accelopt.portable``: the code their
 the scheduler's number of calls, without a model. Two configurations with equal schedules
 compute the same images bit for bit, so a study measures only one of them. TaylorSeer's part is
 its full call or forecast, what it caches and the Taylor order; a configuration with no forecast
-at all has none (its images are plain).
+at all has none (its images are plain). PAB's is what its cross- and self-attention do (compute,
+keep or reuse), at the timesteps the scheduler gives each call.
 
 FirstBlockCache and DBCache decide per call from a value read off the device after their first
 blocks, so which calls reuse is not known without the model: their part of a call that may
@@ -36,6 +37,7 @@ from accelopt.accelerators import dbcache, fbcache
 from accelopt.accelerators.tome import merge_structure
 from accelopt.portable.deepcache import Schedule
 from accelopt.portable.magcache import MagSchedule
+from accelopt.portable.pab import REUSE, Broadcast
 from accelopt.portable.taylorseer import Forecast
 from accelopt.portable.tgate import Gate
 
@@ -90,6 +92,7 @@ def schedule(
     merge = merge_structure(tome) if tome is not None and tome.ratio else None
     mag = _mag_schedule(configs.get("magcache"), calls)
     forecasts = _forecasts(configs.get("taylorseer"), len(calls.timesteps))
+    broadcasts = _broadcasts(configs.get("pab"), calls)
     decided = [
         _decided(module.decision(configs[name]), len(calls.timesteps))
         for module, name in ((fbcache, "fbcache"), (dbcache, "dbcache"))
@@ -114,6 +117,8 @@ def schedule(
             parts.append(mag.structure())
         if forecasts is not None:
             parts.append(forecasts[len(found)])
+        if broadcasts is not None:
+            parts.append(broadcasts[len(found)])
         parts.extend(each[len(found)] for each in decided if each is not None)
         found.append(tuple(parts))
     return tuple(found)
@@ -148,6 +153,25 @@ def _forecasts(config: Any, calls: int) -> list[Hashable] | None:
     return found if forecast.fulls < calls else None
 
 
+def _broadcasts(config: Any, calls: Calls) -> list[Hashable] | None:
+    """PAB's structure at each call; None where no call reuses attention (skips of 1, or a
+    window no timestep falls in): every call computes the plain images then."""
+    if config is None:
+        return None
+    broadcast = Broadcast(
+        config.spatial_attention_block_skip_range,
+        config.cross_attention_block_skip_range,
+        config.timestep_skip_low,
+        config.timestep_skip_high,
+        timesteps=lambda: calls.timesteps,
+    )
+    found: list[Hashable] = []
+    for _ in calls.timesteps:
+        broadcast.decide()
+        found.append(broadcast.structure())
+    return found if any(REUSE in part for part in found) else None
+
+
 def _decided(decision: Any, calls: int) -> list[Hashable] | None:
     """FirstBlockCache's or DBCache's part of each call (see the module docstring); None where
     no call can reuse: every call computes, the plain pipeline's images."""
@@ -169,8 +193,9 @@ def does_at_least(mine: tuple[Hashable, ...], theirs: tuple[Hashable, ...]) -> b
     calls can be paired one to one with theirs so that each covers its partner (a full step
     covers every shallow one and a shallow step at a deeper branch a shallower one's; fewer
     merged tokens cover more; a guided batch covers a halved one; attention that computes covers
-    attention that reuses). Pairing, not position: DeepCache interval 2 does at least interval
-    3's work though at call 3 it is the shallow one. A TaylorSeer full call covers a forecast."""
+    attention that reuses, T-GATE's and PAB's). Pairing, not position: DeepCache interval 2
+    does at least interval 3's work though at call 3 it is the shallow one. A TaylorSeer full
+    call covers a forecast."""
     if len(mine) != len(theirs):
         return False
     covering: dict[int, int] = {}  # my call -> the call of theirs it is paired with
@@ -208,6 +233,8 @@ def _covers(mine: Any, theirs: Any) -> bool:
         if kind == "magcache" and a[1] == "skip" and b[1] != "skip":
             return False
         if kind == "taylorseer" and not _forecasts_at_least(a, b):
+            return False
+        if kind == "pab" and any(x == REUSE != y for x, y in zip(a[1:], b[1:], strict=True)):
             return False
         # Decided per call on the device: only an equal part is known to do the same work.
         if kind in ("fbcache", "dbcache") and a != b:

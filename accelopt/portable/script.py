@@ -34,6 +34,7 @@ from accelopt.portable.dbcache import Decision, cache_middle_blocks
 from accelopt.portable.deepcache import Schedule, cache_deep_features
 from accelopt.portable.graphs import Regions, Replayer
 from accelopt.portable.magcache import MagSchedule, cache_block_residuals
+from accelopt.portable.pab import Broadcast, broadcast_attention, host_timesteps
 from accelopt.portable.taylorseer import Forecast, forecast_modules
 from accelopt.portable.tgate import Gate, gate_attention, is_guided
 
@@ -56,6 +57,7 @@ MAGCACHE: dict[str, Any] | None = None  # with its calibrated "ratios", one per 
 TAYLORSEER: dict[str, Any] | None = None
 FBCACHE: dict[str, Any] | None = None
 DBCACHE: dict[str, Any] | None = None
+PAB: dict[str, Any] | None = None
 DEFAULT_PROMPTS: list[str] = []
 
 
@@ -234,8 +236,8 @@ class Patches:
 
 class Accelerated:
     """The stored accelerators: ToMe through its upstream API (first), DeepCache, T-GATE,
-    MagCache and TaylorSeer through the graph-safe schedules above (together, the gate drives
-    DeepCache's), FirstBlockCache and DBCache through their per-call decision (under
+    MagCache, TaylorSeer and PAB through the graph-safe schedules above (together, the gate
+    drives DeepCache's), FirstBlockCache and DBCache through their per-call decision (under
     cuda-graphs, a deciding call replays block by block). Applied once; ``switch(False)``
     leaves the plain pipeline, ``switch(True)`` puts them back."""
 
@@ -247,6 +249,7 @@ class Accelerated:
         self.mag: MagSchedule | None = None
         self.forecast: Forecast | None = None
         self.decision: Decision | None = None
+        self.broadcast: Broadcast | None = None
         self.patches = Patches(self.net, self.apply)
 
     def apply(self) -> None:
@@ -313,6 +316,17 @@ class Accelerated:
             )
         if self.decision is not None:
             cache_middle_blocks(pipe.transformer, self.decision, Buffers())
+        if PAB is not None:  # alone too; its timesteps read on the host from the scheduler
+            pab = {"spatial_attention_block_skip_range": 2, "cross_attention_block_skip_range": 1,
+                   "timestep_skip_low": 100, "timestep_skip_high": 800, **PAB}  # fmt: skip
+            self.broadcast = Broadcast(
+                pab["spatial_attention_block_skip_range"],
+                pab["cross_attention_block_skip_range"],
+                pab["timestep_skip_low"],
+                pab["timestep_skip_high"],
+                lambda: host_timesteps(pipe.scheduler),
+            )
+            broadcast_attention(pipe.transformer, self.broadcast, Buffers())
 
     def switch(self, on: bool) -> None:
         """The accelerators on (``True``) or the plain pipeline (``False``)."""
@@ -363,13 +377,17 @@ class Accelerated:
                 "max_cached_steps": decision.max_cached,
                 "max_continuous_cached_steps": decision.max_continuous,
             }
+        if self.broadcast is not None:
+            knobs = ("spatial_attention_block_skip_range", "cross_attention_block_skip_range",
+                     "timestep_skip_low", "timestep_skip_high")  # fmt: skip
+            out["pab"] = dict(zip(knobs, self.broadcast.config, strict=True))
         return out
 
     def structure(self) -> tuple[Hashable, ...]:
         """What the next denoiser call computes: calls with equal structures share a graph."""
         if not self.patches.on:
             return ("plain",)
-        parts = (self.schedule, self.gate, self.mag, self.forecast, self.decision)
+        parts = (self.schedule, self.gate, self.mag, self.forecast, self.decision, self.broadcast)
         return tuple(s.structure() for s in parts if s is not None)
 
     def __call__(self, **kwargs: Any) -> Any:
@@ -391,6 +409,8 @@ class Accelerated:
             self.forecast.reset()
         if self.decision is not None:  # each generation starts with nothing kept
             self.decision.reset()
+        if self.broadcast is not None:
+            self.broadcast.reset()
         return self.pipe(**kwargs)
 
 

@@ -7,6 +7,9 @@ context (the hooks raise "No cache context is set" without one; PixArt's transfo
 ``CacheMixin``, so its pipeline opens none) and a reset of the hooks' state between generations
 (a ``CacheMixin`` model's pipeline resets it; PixArt's carries it into the next generation).
 TaylorSeer's default module patterns match nothing on PixArt, so the patterns are given.
+Pyramid Attention Broadcast asks a ``current_timestep_callback``, which PixArt's pipeline cannot
+answer (it keeps no current timestep): a forward pre-hook on the transformer reads the timestep
+each call is given, the value the callback returns.
 Removal goes through the hooks' registry by name; diffusers then still leaves an instance
 ``forward`` and a registry on each hooked module, which a ``Snapshot`` taken before puts back.
 
@@ -19,11 +22,13 @@ Its log says at INFO what it patched and, per generation, its statistics; it is 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from accelopt._types import Pipeline
+from accelopt.accelerators import PABConfig
 from accelopt.accelerators._snapshot import Snapshot
 
 # diffusers' cache_identifiers for each of TaylorSeer's module choices (re.fullmatch on names).
@@ -36,6 +41,7 @@ _HOOKS = {
     "fbcache": ("fbc_leader_block_hook", "fbc_block_hook"),
     "magcache": ("mag_cache_leader_block_hook", "mag_cache_block_hook"),
     "taylorseer": ("taylorseer_cache",),
+    "pab": ("pyramid_attention_broadcast",),
 }
 METHODS = (*_HOOKS, "dbcache")  # dbcache: cache-dit's
 
@@ -60,7 +66,8 @@ def upstream_cache(
         raise ValueError(f"no upstream hook for {name!r}; known: {', '.join(METHODS)}")
     net = pipe.transformer
     snapshot = Snapshot.take(pipe)
-    _apply(net, name, knobs, steps)
+    timestep = _Timestep(net) if name == "pab" else None
+    _apply(net, name, knobs, steps, timestep)
     registry = HookRegistry.check_if_exists_or_initialize(net)
     registry.invalidate_child_registries_cache()
 
@@ -74,10 +81,28 @@ def upstream_cache(
     finally:
         for hook in _HOOKS[name]:
             registry.remove_hook(hook, recurse=True)
+        if timestep is not None:
+            timestep.handle.remove()
         snapshot.restore(pipe)
 
 
-def _apply(net: Any, name: str, knobs: Mapping[str, Any], steps: int) -> None:
+class _Timestep:
+    """The timestep of the transformer's current call, as a PAB callback reads it."""
+
+    def __init__(self, net: Any) -> None:
+        self.value = 0.0
+        self.handle = net.register_forward_pre_hook(self._read, with_kwargs=True)
+
+    def _read(self, module: Any, args: tuple, kwargs: dict) -> None:
+        self.value = float(kwargs["timestep"].flatten()[0])
+
+    def __call__(self) -> float:
+        return self.value
+
+
+def _apply(
+    net: Any, name: str, knobs: Mapping[str, Any], steps: int, timestep: Any = None
+) -> None:
     import torch
     from diffusers import hooks
 
@@ -92,6 +117,17 @@ def _apply(net: Any, name: str, knobs: Mapping[str, Any], steps: int) -> None:
             mag_ratios=list(knobs["ratios"]),
         )
         hooks.apply_mag_cache(net, mag)
+    elif name == "pab":  # the knobs not given at our defaults (diffusers' window)
+        knobs = {**dataclasses.asdict(PABConfig()), **knobs}
+        window = (knobs["timestep_skip_low"], knobs["timestep_skip_high"])
+        pab = hooks.PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=knobs["spatial_attention_block_skip_range"],
+            cross_attention_block_skip_range=knobs["cross_attention_block_skip_range"],
+            spatial_attention_timestep_skip_range=window,
+            cross_attention_timestep_skip_range=window,
+            current_timestep_callback=timestep,
+        )
+        hooks.apply_pyramid_attention_broadcast(net, pab)
     else:
         taylor = hooks.TaylorSeerCacheConfig(
             cache_interval=knobs["cache_interval"],

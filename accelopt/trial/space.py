@@ -72,6 +72,10 @@ FASTER: dict[str, int] = {
     # -1 first, which is what fastest() takes for a knob without one.
     "dbcache.max_continuous_cached_steps": 0,
     "dbcache.max_cached_steps": 0,
+    "pab.spatial_attention_block_skip_range": +1,
+    "pab.cross_attention_block_skip_range": +1,
+    "pab.timestep_skip_low": -1,  # a wider window reuses at more calls
+    "pab.timestep_skip_high": +1,
 }
 # The knob that switches each accelerator off, and its off value (None: the step count).
 PRIMARY: dict[str, tuple[str, Any]] = {
@@ -82,6 +86,7 @@ PRIMARY: dict[str, tuple[str, Any]] = {
     "taylorseer": ("cache_interval", 1),
     "fbcache": ("threshold", 0.0),
     "dbcache": ("residual_diff_threshold", 0.0),
+    "pab": ("spatial_attention_block_skip_range", 1),  # PAB broadcasts self-attention first
 }
 
 

@@ -19,6 +19,7 @@ from accelopt.accelerators import (
     DeepCacheConfig,
     FBCacheConfig,
     MagCacheConfig,
+    PABConfig,
     PipeTraits,
     TaylorSeerConfig,
     TGateConfig,
@@ -48,6 +49,9 @@ REAL = {
     "fbcache": FBCacheConfig(threshold=0.1),
     # Its two blocks leave one first block and no last one; a warm-up and a cap of 2 in a row.
     "dbcache": DBCacheConfig(1, 0, 0.16, max_warmup_steps=2, max_continuous_cached_steps=2),
+    # diffusers' window (100, 800) holds calls 1-6 of 8: self-attention reused at calls 1, 3 and
+    # 5, cross-attention at 1, 2, 4 and 5.
+    "pab": PABConfig(spatial_attention_block_skip_range=2, cross_attention_block_skip_range=3),
 }
 FAMILIES = {"TinySD": "sd", "TinySDXL": "sdxl", "TinyPixArt": "pixart-alpha"}
 SCHEDULERS = ("DDIM", "DPM-Solver++", "UniPC")
@@ -64,6 +68,7 @@ SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attent
          "taylorseer": "attention_scores"}  # fmt: skip
 SKIPS["magcache"] = "attention_calls"  # whole blocks: two attention calls each
 SKIPS["fbcache"] = SKIPS["dbcache"] = "attention_calls"  # the middle blocks
+SKIPS["pab"] = "attention_calls"  # the attention it reuses
 
 
 def configs(plan: tuple[str, ...], which: str = "real") -> dict[str, object]:
@@ -90,9 +95,9 @@ def case(request: pytest.FixtureRequest, tiny: Callable[[str], Pipeline]) -> Cas
 
 
 def test_cases_cover_every_plan_pipeline_and_scheduler() -> None:
-    # 7 plans on each UNet pipeline, T-GATE, MagCache, TaylorSeer, FirstBlockCache and DBCache
-    # alone on PixArt, each under three schedulers.
-    assert len(CASES) == (7 + 7 + 5) * 3
+    # 7 plans on each UNet pipeline, T-GATE, MagCache, TaylorSeer, FirstBlockCache, DBCache and
+    # PAB alone on PixArt, each under three schedulers.
+    assert len(CASES) == (7 + 7 + 6) * 3
 
 
 @pytest.mark.parametrize("case", CASES, indirect=True)

@@ -37,12 +37,14 @@ STUDIES = {
     "TinyPixArt": "TinyPixArt-DDIM-10-tgate",
 }
 # More methods on a pipeline already above: (pipeline, study). MagCache's script carries the
-# study's calibrated ratios as data; FirstBlockCache's and DBCache's decide per call.
+# study's calibrated ratios as data; FirstBlockCache's and DBCache's decide per call; PAB's reads
+# its timesteps from the scheduler.
 MORE_STUDIES = [
     ("TinyPixArt", "TinyPixArt-DDIM-10-magcache"),
     ("TinyPixArt", "TinyPixArt-DDIM-10-taylorseer"),
     ("TinyPixArt", "TinyPixArt-DDIM-10-fbcache"),
     ("TinyPixArt", "TinyPixArt-DDIM-10-dbcache"),
+    ("TinyPixArt", "TinyPixArt-DDIM-10-pab"),
 ]
 
 
@@ -92,8 +94,9 @@ def test_export_codegen_run_matches_accelopt(
     if "magcache" in stored:  # its ratios too, read back from the script's literals exactly
         assert applied["magcache"] == stored["magcache"]
         assert len(stored["magcache"]["ratios"]) == 10
-    if "taylorseer" in stored:
-        assert applied["taylorseer"] == stored["taylorseer"]
+    for name in ("taylorseer", "pab"):
+        if name in stored:
+            assert applied[name] == stored[name]
     for name in ("fbcache", "dbcache"):  # a knob the study did not search: upstream's default
         if name in stored:
             assert {k: applied[name][k] for k in stored[name]} == stored[name]

@@ -87,11 +87,11 @@ def test_build_refuses_a_target_the_pipeline_cannot_take() -> None:
         Space.build(PIXART, 10, ("deepcache",))
     assert str(info.value) == (
         "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate, magcache, "
-        "taylorseer, fbcache, dbcache"
+        "taylorseer, fbcache, dbcache, pab"
     )
 
 
-EVERY = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache")  # PixArt's, one at a time
+EVERY = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab")  # PixArt's, one at a time
 
 
 def test_build_without_targets_chooses_among_what_does_not_combine() -> None:
