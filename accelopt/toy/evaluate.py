@@ -69,14 +69,22 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
                                          "residual_diff_threshold": 0.24,
                                          "max_warmup_steps": 1}},
     "DBCache F8B0 0.08 W8": {"dbcache": {}},  # cache-dit's defaults
+    # PAB (accelopt/accelerators/pab.py cites them): diffusers' documented example, and with
+    # cross-attention every 6 calls, the middle of the paper's ablation.
+    "PAB 2/1 100-800": {"pab": {"spatial_attention_block_skip_range": 2}},
+    "PAB 2/6 100-800": {"pab": {"spatial_attention_block_skip_range": 2,
+                                "cross_attention_block_skip_range": 6}},
 }  # fmt: skip
 
 
-def configs_for(pipe: Any) -> dict[str, dict[str, dict[str, Any]]]:
+def configs_for(
+    pipe: Any, rows: Sequence[str] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
     """The ``CONFIGS`` whose accelerators all apply to ``pipe``'s family (a DiT takes no
-    DeepCache or ToMe), the baseline first."""
+    DeepCache or ToMe), the baseline first; ``rows``: only these, after the baseline."""
     valid = set(accelerators.applicable(family_of(pipe)))
-    return {name: c for name, c in CONFIGS.items() if set(c) <= valid}
+    keep = set(CONFIGS) if rows is None else {"baseline", *rows}
+    return {name: c for name, c in CONFIGS.items() if set(c) <= valid and name in keep}
 
 
 def _guidance(pipe: Any) -> float:
@@ -149,8 +157,16 @@ def _prompts(split: shapes.Split, count: int) -> list[str]:
     return list(shapes.prompt_order(split)[:count])
 
 
-def figures(pipe: Any, scorer: ClipScorer, *, count: int = 100, real: int = 500) -> dict[str, Any]:
-    """All three figures as one record (see the module docstring)."""
+def figures(
+    pipe: Any,
+    scorer: ClipScorer,
+    *,
+    count: int = 100,
+    real: int = 500,
+    rows: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """All three figures as one record (see the module docstring); ``rows``: only these
+    configurations (``CONFIGS``' names), after the baseline."""
     start = time.perf_counter()
     record: dict[str, Any] = {"scorer_real": {}, "generated": {}}
     for split, seed in REAL_SEEDS.items():
@@ -158,7 +174,7 @@ def figures(pipe: Any, scorer: ClipScorer, *, count: int = 100, real: int = 500)
         record["scorer_real"][split] = retrieval(scorer, images, captions, shapes.captions(split))
     prompts = {split: _prompts(split, count) for split in REAL_SEEDS}
     baseline: dict[str, list[float]] = {}
-    for name, configs in configs_for(pipe).items():
+    for name, configs in configs_for(pipe, rows).items():
         configs = calibrated(pipe, configs, prompts["train"][:4])
         row: dict[str, Any] = {}
         for split, texts in prompts.items():
@@ -214,7 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--samples", type=Path, help="also write a PNG grid of samples here")
     parser.add_argument("--force", action="store_true", help="replace --out and --samples")
+    parser.add_argument(
+        "--rows", nargs="+", metavar="NAME", help="only these configurations, after the baseline"
+    )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.rows or ()) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown row {unknown[0]!r}; valid: {', '.join(CONFIGS)}")
     existing = [p for p in (args.out, args.samples) if p is not None and p.exists()]
     if existing and not args.force:
         parser.error(f"{existing[0]} exists; pass --force to replace it")
@@ -226,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scorer": args.scorer,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "date": time.strftime("%Y-%m-%d"),
-        **figures(pipe, scorer, count=args.count),
+        **figures(pipe, scorer, count=args.count, rows=args.rows),
     }
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     if args.samples:

@@ -137,7 +137,7 @@ def test_evaluation_offers_a_dit_only_what_applies_to_it() -> None:
     dit = evaluate.configs_for(pixart)
     unet = evaluate.configs_for(tiny_pipeline("TinySD"))
     used = {name for configs in dit.values() for name in configs}
-    assert used == {"tgate", "magcache", "taylorseer", "fbcache", "dbcache"}
+    assert used == {"tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab"}
     assert {name for configs in unet.values() for name in configs} == {
         "deepcache",
         "tome",
@@ -155,3 +155,19 @@ def test_evaluation_offers_a_dit_only_what_applies_to_it() -> None:
     assert (
         evaluate.calibrated(pixart, dit["DBCache F8B0 0.08 W8"], []) == dit["DBCache F8B0 0.08 W8"]
     )
+    # --rows: the baseline and the rows named that apply
+    assert list(evaluate.configs_for(pixart, ["PAB 2/6 100-800", "DeepCache 2"])) == [
+        "baseline",
+        "PAB 2/6 100-800",
+    ]
+
+
+def test_evaluation_refuses_an_unknown_row_before_loading_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "figures.json"
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--pipeline", "nowhere", "--out", str(out), "--rows", "PAB 9/9"])
+    assert exit_.value.code == 2
+    assert "unknown row 'PAB 9/9'; valid: baseline, DeepCache 2," in capsys.readouterr().err
+    assert not out.exists()
