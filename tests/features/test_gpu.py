@@ -264,6 +264,60 @@ def test_taylorseer_under_cuda_graphs(modules: str) -> None:
     np.testing.assert_array_equal(after, plain)
 
 
+def test_pab_under_cuda_graphs() -> None:
+    """PAB on TinyPixArt, fp16, its timesteps read on the host from a CPU copy of the
+    scheduler: captured on PyTorch's own kernels, eager's images bit for bit; on inductor's
+    regional kernels within the tolerance; other skips and a wider window (the same structures)
+    capture nothing new; the off settings and removal give the plain graphs' images back."""
+    from accelopt import execution
+    from accelopt.accelerators import PABConfig
+    from accelopt.accelerators.schedules import Calls, schedule
+    from accelopt.pipelines.schedulers import set_scheduler
+
+    pipe = load_pipeline("TinyPixArt", dtype="fp16", device="cuda")
+    pipe.set_progress_bar_config(disable=True)
+    set_scheduler(pipe, "DDIM")
+    plain = render(pipe, steps=STEPS)
+    assert pipe.scheduler.timesteps.device.type == "cuda"  # so the host copy is what runs
+    with execution.run(pipe, "cuda-graphs", kernels="eager") as record:
+        plain_graphs = render(pipe, steps=STEPS)
+    config, other = PABConfig(2, 3, 100, 800), PABConfig(4, 6, 0, 1000)
+    calls = Calls.of(pipe.scheduler, STEPS)
+    assert set(schedule({"pab": other}, calls)) <= set(schedule({"pab": config}, calls))
+    with accelerators.apply(pipe, {"pab": config}, steps=STEPS):
+        eager = render(pipe, steps=STEPS)
+        with execution.run(pipe, "cuda-graphs", kernels="eager"):
+            captured, again = render(pipe, steps=STEPS), render(pipe, steps=STEPS)
+        with execution.run(pipe, "cuda-graphs"):
+            regional = render(pipe, steps=STEPS)
+    captures = record.captures
+    with (
+        accelerators.apply(pipe, {"pab": other}, steps=STEPS),
+        execution.run(pipe, "cuda-graphs", kernels="eager"),
+    ):
+        render(pipe, steps=STEPS)
+    assert record.captures == captures
+    off = accelerators.get("pab").off(STEPS)
+    with (
+        accelerators.apply(pipe, {"pab": off}, steps=STEPS),
+        execution.run(pipe, "cuda-graphs", kernels="eager"),
+    ):
+        off_images = render(pipe, steps=STEPS)
+    with execution.run(pipe, "cuda-graphs", kernels="eager"):
+        after = render(pipe, steps=STEPS)
+    diff = float(np.abs(regional - eager).max())
+    print(f"\nTinyPixArt pab under cuda-graphs: max |regional - eager| {diff:.4f}; "
+          f"max |accelerated - plain| {float(np.abs(eager - plain).max()):.4f}; "
+          f"captures {record.captures}")  # fmt: skip
+    np.testing.assert_array_equal(plain_graphs, plain)
+    np.testing.assert_array_equal(captured, eager)
+    np.testing.assert_array_equal(again, eager)
+    assert not np.array_equal(eager, plain)
+    assert diff < GRAPH_TOLERANCE
+    np.testing.assert_array_equal(off_images, plain)
+    np.testing.assert_array_equal(after, plain)
+
+
 @pytest.mark.parametrize(
     "applied",
     [{"fbcache": {"threshold": 0.3}},
