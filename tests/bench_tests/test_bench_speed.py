@@ -46,14 +46,9 @@ def test_unet_configurations_published_raw_combinations_then_range_ends() -> Non
         "tome 0.75 md4 (range end)",
     ]
     assert speed.candidates(SD15, 20)[1] == {  # a transformer's caches (PixArt's)
-        "magcache": "magcache cannot accelerate a sd pipeline "
-        "(accelerators.applicable: deepcache, tome, tgate)",
-        "taylorseer": "taylorseer cannot accelerate a sd pipeline "
-        "(accelerators.applicable: deepcache, tome, tgate)",
-        "fbcache": "fbcache cannot accelerate a sd pipeline "
-        "(accelerators.applicable: deepcache, tome, tgate)",
-        "dbcache": "dbcache cannot accelerate a sd pipeline "
-        "(accelerators.applicable: deepcache, tome, tgate)",
+        name: f"{name} cannot accelerate a sd pipeline "
+        "(accelerators.applicable: deepcache, tome, tgate)"
+        for name in ("magcache", "taylorseer", "fbcache", "dbcache", "pab")
     }
     assert "tome 0.5 md1 (published)" in _labels(SD15, 20)
 
