@@ -73,7 +73,7 @@ class _PABPatch(Patch):
             config.cross_attention_block_skip_range,
             config.timestep_skip_low,
             config.timestep_skip_high,
-            timesteps=lambda: host_timesteps(pipe.scheduler),
+            timesteps=lambda: _timesteps(pipe),
         )
         self._hook = None
         if self.broadcast.broadcasts:  # off: nothing patched, the plain pipeline's graphs
@@ -89,6 +89,13 @@ class _PABPatch(Patch):
     def remove(self) -> None:
         if self._hook is not None:
             self._hook.remove()  # the snapshot puts the attention modules' own forwards back
+
+
+def _timesteps(pipe: Pipeline) -> tuple[float, ...]:
+    try:
+        return host_timesteps(pipe.scheduler)
+    except ValueError as exc:  # a pipeline that set timesteps of its own, on the GPU
+        raise AccelOptError(f"pab: {exc}") from None
 
 
 class PAB(Accelerator[PABConfig]):
