@@ -70,10 +70,14 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
                                          "max_warmup_steps": 1}},
     "DBCache F8B0 0.08 W8": {"dbcache": {}},  # cache-dit's defaults
     # PAB (accelopt/accelerators/pab.py cites them): diffusers' documented example, and with
-    # cross-attention every 6 calls, the middle of the paper's ablation.
-    "PAB 2/1 100-800": {"pab": {"spatial_attention_block_skip_range": 2}},
-    "PAB 2/6 100-800": {"pab": {"spatial_attention_block_skip_range": 2,
-                                "cross_attention_block_skip_range": 6}},
+    # cross-attention every 6 calls, the middle of the paper's ablation; then what the toy's
+    # DPM-Solver++ PAB studies exported at 20 steps (3/8) and rejected at 20, exported at 50
+    # (4/5, timesteps 0-800).
+    **{f"PAB {s}/{c} {lo}-{hi}": {"pab": {"spatial_attention_block_skip_range": s,
+                                          "cross_attention_block_skip_range": c,
+                                          "timestep_skip_low": lo, "timestep_skip_high": hi}}
+       for s, c, lo, hi in ((2, 1, 100, 800), (2, 6, 100, 800), (3, 8, 100, 800),
+                            (4, 5, 0, 800))},
 }  # fmt: skip
 
 
