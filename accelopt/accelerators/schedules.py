@@ -166,10 +166,12 @@ def _broadcasts(config: Any, calls: Calls) -> list[Hashable] | None:
         timesteps=lambda: calls.timesteps,
     )
     found: list[Hashable] = []
+    reuses = False
     for _ in calls.timesteps:
         broadcast.decide()
+        reuses = reuses or REUSE in broadcast.current
         found.append(broadcast.structure())
-    return found if any(REUSE in part for part in found) else None
+    return found if reuses else None
 
 
 def _decided(decision: Any, calls: int) -> list[Hashable] | None:

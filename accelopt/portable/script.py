@@ -378,9 +378,9 @@ class Accelerated:
                 "max_continuous_cached_steps": decision.max_continuous,
             }
         if self.broadcast is not None:
-            knobs = ("spatial_attention_block_skip_range", "cross_attention_block_skip_range",
+            names = ("spatial_attention_block_skip_range", "cross_attention_block_skip_range",
                      "timestep_skip_low", "timestep_skip_high")  # fmt: skip
-            out["pab"] = dict(zip(knobs, self.broadcast.config, strict=True))
+            out["pab"] = dict(zip(names, self.broadcast.config, strict=True))
         return out
 
     def structure(self) -> tuple[Hashable, ...]:

@@ -187,3 +187,20 @@ def test_bad_settings_are_one_clear_error(
         accelerators.apply(pipe, {"pab": given}, steps=STEPS)
     assert message in str(err.value)
     assert Snapshot.take(pipe) == before
+
+
+def test_the_schedule_names_each_call_and_nothing_where_nothing_is_reused(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    """DDIM's 8 timesteps (876, 751, ..., 1); calls 1-6 in diffusers' window. A window no
+    timestep falls in reuses nothing: the plain pipeline's schedule, so the search measures it
+    as the plain pipeline."""
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, "DDIM")
+    calls = Calls.of(pipe.scheduler, STEPS)
+    crosses = (KEEP, REUSE, REUSE, KEEP, REUSE, REUSE, COMPUTE, COMPUTE)
+    selfs = (KEEP, REUSE, KEEP, REUSE, KEEP, REUSE, COMPUTE, COMPUTE)
+    assert schedule({"pab": PABConfig(2, 3)}, calls) == tuple(
+        (("pab", c, s),) for c, s in zip(crosses, selfs, strict=True)
+    )
+    assert schedule({"pab": PABConfig(2, 3, 0, 1)}, calls) == schedule({}, calls)
