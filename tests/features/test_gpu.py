@@ -22,6 +22,8 @@ from accelopt.accelerators import (
     PLANS,
     DeepCacheConfig,
     MagCacheConfig,
+    PABConfig,
+    TaylorSeerConfig,
     TGateConfig,
     ToMeConfig,
     applicable,
@@ -212,79 +214,40 @@ def test_magcache_under_cuda_graphs_captures_compute_and_skip_once() -> None:
     np.testing.assert_array_equal(after, graph_base)
 
 
-@pytest.mark.parametrize("modules", ["attention", "blocks"])
-def test_taylorseer_under_cuda_graphs(modules: str) -> None:
-    """TinyPixArt, fp16. Captured on PyTorch's own kernels, a TaylorSeer generation is eager's
-    bit for bit, though each new structure's call runs its forward three times (two warm-ups
-    and the replay): a full call leaves the state one run leaves. On inductor's regional
-    kernels it is within the tolerance; another interval captures nothing new; the off
+# A cache whose schedule is static (the host knows each call's structure): a setting, and
+# another whose calls use only structures the first captured.
+STATIC = {
+    "taylorseer-attention": ("taylorseer", TaylorSeerConfig(3, 2, 2, "attention"),
+                             TaylorSeerConfig(4, 2, 2, "attention")),
+    "taylorseer-blocks": ("taylorseer", TaylorSeerConfig(3, 2, 2, "blocks"),
+                          TaylorSeerConfig(4, 2, 2, "blocks")),
+    # PAB's timesteps read on the host from a CPU copy of the scheduler (they live on the GPU)
+    "pab": ("pab", PABConfig(2, 3, 100, 800), PABConfig(4, 6, 0, 1000)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(STATIC))
+def test_static_schedules_under_cuda_graphs(case: str) -> None:
+    """TinyPixArt, fp16, DDIM. Captured on PyTorch's own kernels, a generation is eager's bit
+    for bit, though each new structure's call runs its forward three times (two warm-ups and
+    the replay): a TaylorSeer full call leaves the state one run leaves. On inductor's regional
+    kernels it is within the tolerance; the other setting captures nothing new; the off
     settings and removal give the plain graphs' images back."""
     from accelopt import execution
-    from accelopt.accelerators import TaylorSeerConfig
-
-    pipe = load_pipeline("TinyPixArt", dtype="fp16", device="cuda")
-    pipe.set_progress_bar_config(disable=True)
-    plain = render(pipe, steps=STEPS)
-    with execution.run(pipe, "cuda-graphs", kernels="eager") as record:
-        plain_graphs = render(pipe, steps=STEPS)
-    config = TaylorSeerConfig(cache_interval=3, max_order=2, disable_cache_before_step=2,
-                              modules=modules)  # fmt: skip
-    with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
-        eager = render(pipe, steps=STEPS)
-        with execution.run(pipe, "cuda-graphs", kernels="eager"):
-            captured, again = render(pipe, steps=STEPS), render(pipe, steps=STEPS)
-        with execution.run(pipe, "cuda-graphs"):
-            regional = render(pipe, steps=STEPS)
-    captures = record.captures
-    other = TaylorSeerConfig(4, 2, 2, modules)  # the same structures, other calls full
-    with (
-        accelerators.apply(pipe, {"taylorseer": other}, steps=STEPS),
-        execution.run(pipe, "cuda-graphs", kernels="eager"),
-    ):
-        render(pipe, steps=STEPS)
-    assert record.captures == captures
-    off = accelerators.get("taylorseer").off(STEPS)
-    with (
-        accelerators.apply(pipe, {"taylorseer": off}, steps=STEPS),
-        execution.run(pipe, "cuda-graphs", kernels="eager"),
-    ):
-        off_images = render(pipe, steps=STEPS)
-    with execution.run(pipe, "cuda-graphs", kernels="eager"):
-        after = render(pipe, steps=STEPS)
-    diff = float(np.abs(regional - eager).max())
-    print(f"\nTinyPixArt taylorseer {modules} under cuda-graphs: max |regional - eager| "
-          f"{diff:.4f}; max |accelerated - plain| {float(np.abs(eager - plain).max()):.4f}; "
-          f"captures {record.captures}")  # fmt: skip
-    np.testing.assert_array_equal(plain_graphs, plain)
-    np.testing.assert_array_equal(captured, eager)
-    np.testing.assert_array_equal(again, eager)
-    assert not np.array_equal(eager, plain)
-    assert diff < GRAPH_TOLERANCE
-    np.testing.assert_array_equal(off_images, plain)
-    np.testing.assert_array_equal(after, plain)
-
-
-def test_pab_under_cuda_graphs() -> None:
-    """PAB on TinyPixArt, fp16, its timesteps read on the host from a CPU copy of the
-    scheduler: captured on PyTorch's own kernels, eager's images bit for bit; on inductor's
-    regional kernels within the tolerance; other skips and a wider window (the same structures)
-    capture nothing new; the off settings and removal give the plain graphs' images back."""
-    from accelopt import execution
-    from accelopt.accelerators import PABConfig
     from accelopt.accelerators.schedules import Calls, schedule
     from accelopt.pipelines.schedulers import set_scheduler
 
+    name, config, other = STATIC[case]
     pipe = load_pipeline("TinyPixArt", dtype="fp16", device="cuda")
     pipe.set_progress_bar_config(disable=True)
     set_scheduler(pipe, "DDIM")
     plain = render(pipe, steps=STEPS)
-    assert pipe.scheduler.timesteps.device.type == "cuda"  # so the host copy is what runs
+    assert pipe.scheduler.timesteps.device.type == "cuda"
+    calls = Calls.of(pipe.scheduler, STEPS)
+    assert set(schedule({name: other}, calls)) <= set(schedule({name: config}, calls))
     with execution.run(pipe, "cuda-graphs", kernels="eager") as record:
         plain_graphs = render(pipe, steps=STEPS)
-    config, other = PABConfig(2, 3, 100, 800), PABConfig(4, 6, 0, 1000)
-    calls = Calls.of(pipe.scheduler, STEPS)
-    assert set(schedule({"pab": other}, calls)) <= set(schedule({"pab": config}, calls))
-    with accelerators.apply(pipe, {"pab": config}, steps=STEPS):
+    with accelerators.apply(pipe, {name: config}, steps=STEPS):
         eager = render(pipe, steps=STEPS)
         with execution.run(pipe, "cuda-graphs", kernels="eager"):
             captured, again = render(pipe, steps=STEPS), render(pipe, steps=STEPS)
@@ -292,21 +255,21 @@ def test_pab_under_cuda_graphs() -> None:
             regional = render(pipe, steps=STEPS)
     captures = record.captures
     with (
-        accelerators.apply(pipe, {"pab": other}, steps=STEPS),
+        accelerators.apply(pipe, {name: other}, steps=STEPS),
         execution.run(pipe, "cuda-graphs", kernels="eager"),
     ):
         render(pipe, steps=STEPS)
     assert record.captures == captures
-    off = accelerators.get("pab").off(STEPS)
+    off = accelerators.get(name).off(STEPS)
     with (
-        accelerators.apply(pipe, {"pab": off}, steps=STEPS),
+        accelerators.apply(pipe, {name: off}, steps=STEPS),
         execution.run(pipe, "cuda-graphs", kernels="eager"),
     ):
         off_images = render(pipe, steps=STEPS)
     with execution.run(pipe, "cuda-graphs", kernels="eager"):
         after = render(pipe, steps=STEPS)
     diff = float(np.abs(regional - eager).max())
-    print(f"\nTinyPixArt pab under cuda-graphs: max |regional - eager| {diff:.4f}; "
+    print(f"\nTinyPixArt {case} under cuda-graphs: max |regional - eager| {diff:.4f}; "
           f"max |accelerated - plain| {float(np.abs(eager - plain).max()):.4f}; "
           f"captures {record.captures}")  # fmt: skip
     np.testing.assert_array_equal(plain_graphs, plain)
