@@ -29,7 +29,7 @@ from typing import Any
 
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.graphs import dispatch
-from accelopt.portable.tgate import COMPUTE, KEEP, REUSE
+from accelopt.portable.tgate import COMPUTE, KEEP, REUSE, attend
 
 
 def broadcast_modes(
@@ -137,14 +137,7 @@ def broadcast_attention(net: Any, broadcast: Broadcast, buffers: Buffers) -> Any
 
 def _broadcast(module: Any, own: Buffers, broadcast: Broadcast, cross: bool) -> None:
     # Keys name no module (see T-GATE's): one compiled block serves every instance.
-    def route(inner: Callable[..., Any], hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
-        mode = broadcast.current[0 if cross else 1]
-        key = (tuple(hidden_states.shape), hidden_states.dtype)
-        if mode == REUSE:
-            return own.load(key)
-        out = inner(hidden_states, *args, **kwargs)
-        if mode == KEEP:
-            own.store(key, out)
-        return out
+    def route(inner: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return attend(own, broadcast.current[0 if cross else 1], inner, *args, **kwargs)
 
     module.forward = dispatch(route, module.forward)

@@ -234,17 +234,32 @@ def _gate(
         mode = now[0 if cross else 1]
         if always and not cross:
             return inner(hidden_states, *args, **kwargs)
-        key = (tuple(hidden_states.shape), hidden_states.dtype)
-        if mode == REUSE:
-            return own.load(key)
-        out = inner(hidden_states, *args, **kwargs)
-        if mode == KEEP:
-            own.store(key, out)
-        elif mode == KEEP_MEAN:  # reused by the halved calls after the gate
-            uncond, cond = out.chunk(2)
-            half = (len(uncond), *hidden_states.shape[1:])
-            own.store((half, hidden_states.dtype), (uncond + cond) / 2)
+        if mode != KEEP_MEAN:
+            return attend(own, mode, inner, hidden_states, *args, **kwargs)
+        out = inner(hidden_states, *args, **kwargs)  # reused by the halved calls after the gate
+        uncond, cond = out.chunk(2)
+        half = (len(uncond), *hidden_states.shape[1:])
+        own.store((half, hidden_states.dtype), (uncond + cond) / 2)
         return out
 
     # Under regional kernels the mode is chosen outside the compiled blocks.
     module.forward = dispatch(route, module.forward)
+
+
+def attend(
+    own: Buffers,
+    mode: str,
+    inner: Callable[..., Any],
+    hidden_states: Any,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """An attention module's output as ``mode`` says: the one kept for this input's shape
+    (``REUSE``), else ``inner``'s, kept for later calls where ``KEEP``."""
+    key = (tuple(hidden_states.shape), hidden_states.dtype)
+    if mode == REUSE:
+        return own.load(key)
+    out = inner(hidden_states, *args, **kwargs)
+    if mode == KEEP:
+        own.store(key, out)
+    return out
