@@ -130,8 +130,7 @@ NOT_DECLARED: dict[frozenset[str], str] = {
         for cache, title in _BLOCK_CACHES.items()
     },
 }
-# canonical order for names: deepcache, tome, tgate, magcache, taylorseer, fbcache, dbcache,
-# pab
+# canonical order for names: deepcache, tome, tgate, magcache, taylorseer, fbcache, dbcache, pab
 ORDER = tuple(ACCELERATORS)
 
 
