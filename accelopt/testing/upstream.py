@@ -86,6 +86,22 @@ def upstream_cache(
         snapshot.restore(pipe)
 
 
+def ours_and_upstream(pipe: Pipeline, name: str, config: Any, steps: int) -> tuple[Any, Any]:
+    """One generation (``accelopt.testing.render``) with our ``name`` at ``config`` (its config
+    dataclass) and one with upstream's at the same knobs; asserts the pipeline is as before
+    after upstream's removal. Returns both image arrays."""
+    from accelopt import accelerators
+    from accelopt.testing.render import render
+
+    with accelerators.apply(pipe, {name: config}, steps=steps):
+        ours = render(pipe, steps=steps)
+    snapshot = Snapshot.take(pipe)
+    with upstream_cache(pipe, name, dataclasses.asdict(config), steps):
+        upstream = render(pipe, steps=steps)
+    assert snapshot.matches(pipe), f"upstream {name} left the pipeline changed"
+    return ours, upstream
+
+
 class _Timestep:
     """The timestep of the transformer's current call, as a PAB callback reads it."""
 

@@ -21,7 +21,7 @@ from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.portable.pab import COMPUTE, KEEP, REUSE, broadcast_modes, host_timesteps
 from accelopt.testing import render
-from accelopt.testing.upstream import upstream_cache
+from accelopt.testing.upstream import ours_and_upstream
 
 STEPS = 8
 # (spatial, cross, low, high): diffusers' documented example, cross-attention broadcast alone,
@@ -40,12 +40,7 @@ def test_pab_computes_what_diffusers_hook_does(
     set_scheduler(pipe, sched)
     for spatial, cross, low, high in SETTINGS:
         config = PABConfig(spatial, cross, low, high)
-        with accelerators.apply(pipe, {"pab": config}, steps=STEPS):
-            ours = render(pipe, steps=STEPS)
-        snapshot = Snapshot.take(pipe)
-        with upstream_cache(pipe, "pab", dataclasses.asdict(config), STEPS):
-            upstream = render(pipe, steps=STEPS)
-        assert snapshot.matches(pipe)
+        ours, upstream = ours_and_upstream(pipe, "pab", config, STEPS)
         np.testing.assert_array_equal(ours, upstream, err_msg=str(config))
 
 

@@ -17,11 +17,10 @@ import torch
 from accelopt import accelerators, execution
 from accelopt._types import Pipeline
 from accelopt.accelerators import TaylorSeerConfig
-from accelopt.accelerators._snapshot import Snapshot
 from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import render
-from accelopt.testing.upstream import TAYLORSEER_PATTERNS, upstream_cache
+from accelopt.testing.upstream import TAYLORSEER_PATTERNS, ours_and_upstream
 
 STEPS = 8
 # (interval, max_order, before): diffusers' defaults, reuse, order 2 from one full call, ...
@@ -39,12 +38,7 @@ def test_taylorseer_computes_what_diffusers_hook_does(
     set_scheduler(pipe, sched)
     for interval, order, before in SETTINGS:
         config = TaylorSeerConfig(interval, order, before, modules)
-        with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
-            ours = render(pipe, steps=STEPS)
-        snapshot = Snapshot.take(pipe)
-        with upstream_cache(pipe, "taylorseer", dataclasses.asdict(config), STEPS):
-            upstream = render(pipe, steps=STEPS)
-        assert snapshot.matches(pipe)
+        ours, upstream = ours_and_upstream(pipe, "taylorseer", config, STEPS)
         np.testing.assert_array_equal(ours, upstream, err_msg=str(config))
 
 
