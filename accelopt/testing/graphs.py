@@ -1,4 +1,5 @@
-"""A CUDA-graph replayer that runs on a CPU, for tests of what replays and when."""
+"""Graphs for tests on a CPU: a CUDA-graph replayer that runs there, for tests of what replays
+and when, and the denoiser's whole forward compiled as one graph per structure."""
 
 from __future__ import annotations
 
@@ -50,3 +51,35 @@ class _Rerun:
         for into, x in zip(kept, new, strict=True):
             if isinstance(into, torch.Tensor):
                 into.copy_(x)
+
+
+class WholeForward:
+    """``pipe``'s denoiser forward through ``torch.compile(fullgraph=True)`` with dynamo's
+    "eager" backend (no C++ compiler), where a graph break raises. ``render`` generates with it
+    in place of the forward and says how many graphs that made; one instance keeps dynamo's
+    cache, so a later configuration of structures met already makes none."""
+
+    def __init__(self, pipe: Any) -> None:
+        import torch
+
+        from accelopt.pipelines import denoiser
+
+        self.pipe, self.net = pipe, denoiser(pipe)
+        forward = type(self.net).forward.__get__(self.net)
+        self.compiled = torch.compile(forward, backend="eager", fullgraph=True, dynamic=False)
+
+    def render(self, steps: int) -> tuple[Any, int]:
+        """``accelopt.testing.render``'s images with the compiled forward, and the graphs made."""
+        import torch
+
+        from accelopt import execution
+        from accelopt.testing.render import render
+
+        before = execution.graph_count()
+        self.net.forward = self.compiled
+        try:
+            with torch._dynamo.config.patch(recompile_limit=64):
+                images = render(self.pipe, steps=steps)
+        finally:
+            del self.net.forward
+        return images, execution.graph_count() - before

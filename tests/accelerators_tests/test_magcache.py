@@ -23,6 +23,7 @@ from accelopt.pipelines import call_defaults
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.portable.magcache import mag_skip_mask
 from accelopt.testing import render
+from accelopt.testing.graphs import WholeForward
 from accelopt.testing.upstream import upstream_cache
 
 STEPS = 8
@@ -167,20 +168,13 @@ def test_the_whole_forward_compiles_without_a_graph_break(
     second configuration none, eager's images bit for bit."""
     pipe = tiny("TinyPixArt")
     set_scheduler(pipe, "DDIM")
-    net = pipe.transformer
-    whole = torch.compile(type(net).forward.__get__(net), backend="eager", fullgraph=True,
-                          dynamic=False)  # fmt: skip
+    whole = WholeForward(pipe)
     made = []
     for config in (MagCacheConfig(0.3, 2, 0.2, RATIOS), MagCacheConfig(0.06, 1, 0.1, RATIOS)):
         with accelerators.apply(pipe, {"magcache": config}, steps=STEPS):
             eager = render(pipe, steps=STEPS)
-            before = execution.graph_count()
-            net.forward = whole
-            try:
-                compiled = render(pipe, steps=STEPS)
-            finally:
-                del net.forward
-            made.append(execution.graph_count() - before)
+            compiled, graphs = whole.render(STEPS)
+            made.append(graphs)
         np.testing.assert_array_equal(compiled, eager)
     assert made == [2, 0]
 

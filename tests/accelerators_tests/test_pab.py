@@ -21,6 +21,7 @@ from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.portable.pab import COMPUTE, KEEP, REUSE, broadcast_modes, host_timesteps
 from accelopt.testing import render
+from accelopt.testing.graphs import WholeForward
 from accelopt.testing.upstream import ours_and_upstream
 
 STEPS = 8
@@ -113,25 +114,13 @@ def test_the_whole_forward_traces_as_one_graph_per_structure(
     graph per structure the schedule names, eager's images."""
     pipe = tiny("TinyPixArt")
     set_scheduler(pipe, "DDIM")
-    net = pipe.transformer
-    whole = torch.compile(
-        type(net).forward.__get__(net), backend="eager", fullgraph=True, dynamic=False
-    )
     config = PABConfig(2, 3)
     structures = set(schedule({"pab": config}, Calls.of(pipe.scheduler, STEPS)))
-    with (
-        torch._dynamo.config.patch(recompile_limit=64),
-        accelerators.apply(pipe, {"pab": config}, steps=STEPS),
-    ):
+    with accelerators.apply(pipe, {"pab": config}, steps=STEPS):
         eager = render(pipe, steps=STEPS)
-        before = execution.graph_count()
-        net.forward = whole
-        try:
-            compiled = render(pipe, steps=STEPS)
-        finally:
-            del net.forward
+        compiled, made = WholeForward(pipe).render(STEPS)
     np.testing.assert_array_equal(compiled, eager)
-    assert execution.graph_count() - before == len(structures) > 2
+    assert made == len(structures) > 2
 
 
 def test_host_timesteps_equal_the_pipelines_without_reading_them(

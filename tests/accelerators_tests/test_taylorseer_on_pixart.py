@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from accelopt import accelerators, execution
 from accelopt._types import Pipeline
@@ -20,6 +19,7 @@ from accelopt.accelerators import TaylorSeerConfig
 from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import render
+from accelopt.testing.graphs import WholeForward
 from accelopt.testing.upstream import TAYLORSEER_PATTERNS, ours_and_upstream
 
 STEPS = 8
@@ -99,24 +99,12 @@ def test_the_whole_forward_traces_as_one_graph_per_structure(
     hook breaks the graph at every decision), five structures, five graphs, eager's images."""
     pipe = tiny("TinyPixArt")
     set_scheduler(pipe, "DDIM")
-    net = pipe.transformer
-    whole = torch.compile(
-        type(net).forward.__get__(net), backend="eager", fullgraph=True, dynamic=False
-    )
     config = TaylorSeerConfig(cache_interval=3, max_order=2, disable_cache_before_step=2)
-    with (
-        torch._dynamo.config.patch(recompile_limit=64),
-        accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS),
-    ):
+    with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
         eager = render(pipe, steps=STEPS)
-        before = execution.graph_count()
-        net.forward = whole
-        try:
-            compiled = render(pipe, steps=STEPS)
-        finally:
-            del net.forward
+        compiled, made = WholeForward(pipe).render(STEPS)
     np.testing.assert_array_equal(compiled, eager)
-    assert execution.graph_count() - before == 5
+    assert made == 5
 
 
 def test_off_and_plain_report_no_structure(tiny: Callable[[str], Pipeline]) -> None:
