@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 
 from accelopt import accelerators
 from accelopt._types import Pipeline
+from accelopt.accelerators._base import forget
 from accelopt.accelerators._snapshot import COMPILED
 from accelopt.errors import AccelOptError, choices
 from accelopt.portable.graphs import Graph, Regions, Replayer, signature
@@ -73,6 +74,7 @@ __all__ = [
     "kernels_for",
     "modes_to_measure",
     "quiet_dynamo",
+    "release",
     "run",
     "use_cache_dir",
 ]
@@ -236,6 +238,38 @@ def compile_stats(pipe: Pipeline) -> Compiled:
 
     record: Compiled = vars(denoiser(pipe)).setdefault(COMPILED, Compiled())
     return record
+
+
+def release(pipe: Pipeline, keep: Iterable[str]) -> tuple[str, ...]:
+    """Free what the methods not in ``keep`` hold on ``pipe``'s denoiser for later trials: their
+    buffers and every captured graph of a structure that names them; the methods released.
+
+    A method's buffers and its graphs go together: a graph reads its method's buffers at fixed
+    addresses. Kept, they make a later trial of the method capture nothing new; released, it
+    captures its structures again (the regional kernels stay compiled, so that is a capture, not
+    a compile). A study of groups releases the other groups' when a trial draws its group: what
+    they keep only grows (TaylorSeer's factors for 84 modules are about 24 GiB at 1024 px).
+
+    >>> release(pipe, keep=("magcache",))  # after TaylorSeer's trials
+    ('taylorseer',)
+    """
+    from accelopt.pipelines import denoiser
+
+    keep = frozenset(keep)
+    record = compile_stats(pipe)
+    named: set[str] = set()
+    for graphs in record.graphs.values():
+        for key in [k for k in graphs if not _methods(k) <= keep]:
+            named |= _methods(key) - keep
+            del graphs[key]
+            record.costs.pop(key, None)  # a capture again is the next trial's new cost
+    return tuple(sorted(named | set(forget(denoiser(pipe), keep))))
+
+
+def _methods(key: Hashable) -> frozenset[str]:
+    """The methods a graph's key names: the first word of each part of its structure."""
+    assert isinstance(key, tuple)  # signature()'s (structure, spec, shapes)
+    return frozenset(part[0] for part in key[0])
 
 
 @contextmanager

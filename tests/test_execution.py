@@ -8,7 +8,7 @@ GPU-only: tests/features/test_gpu.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import pytest
 
 from accelopt import accelerators, execution
 from accelopt._types import Pipeline
-from accelopt.accelerators import DeepCacheConfig, TGateConfig
+from accelopt.accelerators import DeepCacheConfig, PABConfig, TaylorSeerConfig, TGateConfig
 from accelopt.cli import main
 from accelopt.errors import AccelOptError
 from accelopt.portable.graphs import REGIONS
@@ -369,6 +369,53 @@ def test_inductor_kernels_live_in_one_cache_per_host_and_user(tmp_path: Path) ->
     mine = {"XDG_CACHE_HOME": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine")}
     assert execution.use_cache_dir(env=mine) == tmp_path / "mine"
     assert mine["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_release_frees_other_methods_buffers_and_the_graphs_that_read_them(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    """What a study of groups does when a trial draws another group: the other methods' buffers
+    go, with every graph of a structure naming them (a captured graph reads its method's
+    buffers at fixed addresses; CUDA graphs are injected here as keys); the kept method's and
+    the plain pipeline's stay, and a released method applied again computes the same images."""
+    import gc
+    import weakref
+
+    from accelopt.accelerators._base import kept
+    from accelopt.portable.graphs import Graph
+
+    pipe = tiny("TinyPixArt")
+    configs = {"taylorseer": {"taylorseer": TaylorSeerConfig(2, 1, 1)},
+               "pab": {"pab": PABConfig(spatial_attention_block_skip_range=2)}}  # fmt: skip
+    first = {}
+    for name, config in configs.items():
+        with accelerators.apply(pipe, config, steps=STEPS):
+            first[name] = render(pipe, steps=STEPS)
+    net = pipe.transformer
+    seer, pab = weakref.ref(kept(net, "taylorseer")), kept(net, "pab")
+    assert seer().saved and pab.saved  # type: ignore[union-attr]
+    keys = {
+        name: ((structure,) if structure else (), "spec", ())
+        for name, structure in (("plain", None), ("taylorseer", ("taylorseer", "blocks", 1)),
+                                ("pab", ("pab", "reuse", "compute")))
+    }  # fmt: skip
+    record = execution.compile_stats(pipe)
+    graphs = record.graphs.setdefault("regional", {})
+    try:
+        graphs.update({key: Graph(None, [], None) for key in keys.values()})
+        record.costs[keys["taylorseer"]] = execution.Cost("taylorseer blocks 1", 1.0, 1)
+
+        assert execution.release(pipe, keep=("pab",)) == ("taylorseer",)
+        gc.collect()
+        assert seer() is None and kept(net, "pab") is pab
+        assert keys["taylorseer"] not in graphs and keys["taylorseer"] not in record.costs
+        assert {keys["plain"], keys["pab"]} <= set(graphs)
+        assert execution.release(pipe, keep=("pab",)) == ()
+    finally:
+        for key in keys.values():
+            graphs.pop(key, None)
+    with accelerators.apply(pipe, configs["taylorseer"], steps=STEPS):
+        np.testing.assert_array_equal(render(pipe, steps=STEPS), first["taylorseer"])
 
 
 def test_a_compiled_pipeline_dropped_takes_its_compiled_code_with_it() -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
 from accelopt.errors import AccelOptError, choices
+from accelopt.portable.buffers import Buffers
 
-__all__ = ["APPLIED", "Accelerator", "Param", "Patch", "PipeTraits", "Reference"]
+__all__ = ["APPLIED", "Accelerator", "Param", "Patch", "PipeTraits", "Reference", "forget", "kept"]
 
 C = TypeVar("C")
 
@@ -20,6 +21,28 @@ C = TypeVar("C")
 # reads it). It lives below every method's module so that a method may ask whether a pipeline is
 # plain (MagCache calibrates only a plain one) without importing the package that imports it.
 APPLIED: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
+
+# What each method keeps on a denoiser for later calls, by method name: a graph captured for one
+# of its structures reads and writes these addresses, so they outlive the patch that first
+# filled them (the next trial of the method reuses them and its graphs), and they go only
+# together with those graphs (``accelopt.execution.release``).
+_KEPT: WeakKeyDictionary[Any, dict[str, Buffers]] = WeakKeyDictionary()
+
+
+def kept(net: Any, name: str) -> Buffers:
+    """The buffers method ``name`` keeps on denoiser ``net``, made at its first apply."""
+    return _KEPT.setdefault(net, {}).setdefault(name, Buffers())
+
+
+def forget(net: Any, keep: Iterable[str]) -> tuple[str, ...]:
+    """Drop the buffers of every method not in ``keep`` from ``net``; the methods dropped.
+
+    Only ``accelopt.execution.release`` calls it, with the graphs that read them."""
+    held = _KEPT.get(net, {})
+    dropped = tuple(sorted(set(held) - set(keep)))
+    for name in dropped:
+        del held[name]
+    return dropped
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,17 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
-from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference, in_range
+from accelopt.accelerators._base import (
+    Accelerator,
+    Param,
+    Patch,
+    PipeTraits,
+    Reference,
+    in_range,
+    kept,
+)
 from accelopt.errors import AccelOptError
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.dbcache import Decision, cache_middle_blocks
@@ -79,10 +86,6 @@ class DBCacheConfig:
     max_warmup_steps: int = 8
     max_cached_steps: int = -1
     max_continuous_cached_steps: int = -1
-
-
-# One set of buffers per transformer and method, shared by its applications (see MagCache's).
-_BUFFERS: WeakKeyDictionary[Any, Buffers] = WeakKeyDictionary()
 
 
 class DecisionPatch(Patch):
@@ -191,4 +194,4 @@ class DBCache(Accelerator[DBCacheConfig]):
 
     def apply(self, pipe: Pipeline, config: DBCacheConfig, traits: PipeTraits) -> Patch:
         net = pipe.transformer
-        return DecisionPatch(pipe, decision(config), _BUFFERS.setdefault(net, Buffers()))
+        return DecisionPatch(pipe, decision(config), kept(net, "dbcache"))

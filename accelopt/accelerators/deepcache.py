@@ -27,12 +27,18 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
-from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference, in_range
+from accelopt.accelerators._base import (
+    Accelerator,
+    Param,
+    Patch,
+    PipeTraits,
+    Reference,
+    in_range,
+    kept,
+)
 from accelopt.errors import AccelOptError
-from accelopt.portable.buffers import Buffers
 from accelopt.portable.deepcache import Schedule, cache_deep_features
 
 __all__ = ["DeepCache", "DeepCacheConfig", "apply_driven"]
@@ -49,15 +55,10 @@ class DeepCacheConfig:
     cache_branch_id: int = 0
 
 
-# One set of buffers per UNet, shared by every application to it: a graph captured for a branch
-# reads and writes these addresses, so they must outlive the patch that first filled them.
-_BUFFERS: WeakKeyDictionary[Any, Buffers] = WeakKeyDictionary()
-
-
 class _DeepCachePatch(Patch):
     def __init__(self, unet: Any, config: DeepCacheConfig, counted: bool = True) -> None:
         self.schedule = Schedule(config.cache_interval, config.cache_branch_id)
-        buffers = _BUFFERS.setdefault(unet, Buffers())
+        buffers = kept(unet, "deepcache")
         self._hook = cache_deep_features(unet, self.schedule, buffers, counted=counted)
 
     def reset(self, call: Mapping[str, Any]) -> None:

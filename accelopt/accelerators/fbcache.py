@@ -36,14 +36,19 @@ models whose changes run larger (thresholds do not transfer between models).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
-from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference, in_range
+from accelopt.accelerators._base import (
+    Accelerator,
+    Param,
+    Patch,
+    PipeTraits,
+    Reference,
+    in_range,
+    kept,
+)
 from accelopt.accelerators.dbcache import DecisionPatch
 from accelopt.errors import AccelOptError
-from accelopt.portable.buffers import Buffers
 from accelopt.portable.dbcache import Decision
 
 __all__ = ["FBCache", "FBCacheConfig"]
@@ -57,9 +62,6 @@ class FBCacheConfig:
     reuses the rest of the stack's residual (diffusers' default 0.05; 0 = off)."""
 
     threshold: float = 0.05
-
-
-_BUFFERS: WeakKeyDictionary[Any, Buffers] = WeakKeyDictionary()
 
 
 def decision(config: FBCacheConfig) -> Decision:
@@ -101,4 +103,4 @@ class FBCache(Accelerator[FBCacheConfig]):
 
     def apply(self, pipe: Pipeline, config: FBCacheConfig, traits: PipeTraits) -> Patch:
         net = pipe.transformer
-        return DecisionPatch(pipe, decision(config), _BUFFERS.setdefault(net, Buffers()))
+        return DecisionPatch(pipe, decision(config), kept(net, "fbcache"))

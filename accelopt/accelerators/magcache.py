@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
 from accelopt.accelerators._base import (
@@ -31,9 +30,9 @@ from accelopt.accelerators._base import (
     PipeTraits,
     Reference,
     in_range,
+    kept,
 )
 from accelopt.errors import AccelOptError
-from accelopt.portable.buffers import Buffers
 from accelopt.portable.magcache import (
     MagSchedule,
     cache_block_residuals,
@@ -67,11 +66,6 @@ class MagCacheConfig:
     ratios: tuple[float, ...] = ()
 
 
-# One set of buffers per transformer, shared by every application to it: a graph captured for
-# the compute structure writes the residual there and the skip structure reads it.
-_BUFFERS: WeakKeyDictionary[Any, Buffers] = WeakKeyDictionary()
-
-
 class _MagCachePatch(Patch):
     def __init__(self, pipe: Pipeline, config: MagCacheConfig) -> None:
         net = pipe.transformer
@@ -83,7 +77,7 @@ class _MagCachePatch(Patch):
             calls=lambda: len(pipe.scheduler.timesteps),
         )
         try:
-            cache_block_residuals(net, self.schedule, _BUFFERS.setdefault(net, Buffers()),
+            cache_block_residuals(net, self.schedule, kept(net, "magcache"),
                                   counted=False)  # fmt: skip
         except ValueError as exc:
             raise AccelOptError(f"magcache: {exc}") from None

@@ -31,12 +31,18 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
-from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference, in_range
+from accelopt.accelerators._base import (
+    Accelerator,
+    Param,
+    Patch,
+    PipeTraits,
+    Reference,
+    in_range,
+    kept,
+)
 from accelopt.errors import AccelOptError
-from accelopt.portable.buffers import Buffers
 from accelopt.portable.pab import Broadcast, broadcast_attention, host_timesteps
 
 __all__ = ["PAB", "PABConfig"]
@@ -61,10 +67,6 @@ class PABConfig:
     timestep_skip_high: int = 800
 
 
-# One set of buffers per transformer, shared by every application to it (see DeepCache's).
-_BUFFERS: WeakKeyDictionary[Any, Buffers] = WeakKeyDictionary()
-
-
 class _PABPatch(Patch):
     def __init__(self, pipe: Pipeline, config: PABConfig) -> None:
         net = pipe.transformer
@@ -77,7 +79,7 @@ class _PABPatch(Patch):
         )
         self._hook = None
         if self.broadcast.broadcasts:  # off: nothing patched, the plain pipeline's graphs
-            buffers = _BUFFERS.setdefault(net, Buffers())
+            buffers = kept(net, "pab")
             self._hook = broadcast_attention(net, self.broadcast, buffers)
 
     def reset(self, call: Mapping[str, Any]) -> None:

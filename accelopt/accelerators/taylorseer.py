@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
 from accelopt.accelerators._base import (
@@ -43,10 +42,10 @@ from accelopt.accelerators._base import (
     PipeTraits,
     Reference,
     in_range,
+    kept,
     one_of,
 )
 from accelopt.errors import AccelOptError
-from accelopt.portable.buffers import Buffers
 from accelopt.portable.taylorseer import (
     MAX_TAYLOR_ORDER,
     TAYLORSEER_MODULES,
@@ -72,10 +71,6 @@ class TaylorSeerConfig:
     modules: str = "attention"
 
 
-# One set of buffers per denoiser, shared by every application to it (see DeepCache's).
-_BUFFERS: WeakKeyDictionary[Any, Buffers] = WeakKeyDictionary()
-
-
 class _TaylorSeerPatch(Patch):
     def __init__(self, pipe: Pipeline, config: TaylorSeerConfig) -> None:
         from accelopt.pipelines import denoiser
@@ -88,7 +83,7 @@ class _TaylorSeerPatch(Patch):
             config.modules,
         )
         try:
-            self._hook = forecast_modules(net, self.forecast, _BUFFERS.setdefault(net, Buffers()))
+            self._hook = forecast_modules(net, self.forecast, kept(net, "taylorseer"))
         except ValueError as exc:
             raise AccelOptError(f"taylorseer: {exc}") from None
 

@@ -22,12 +22,18 @@ import inspect
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
-from weakref import WeakKeyDictionary
 
 from accelopt._types import Pipeline
-from accelopt.accelerators._base import Accelerator, Param, Patch, PipeTraits, Reference, in_range
+from accelopt.accelerators._base import (
+    Accelerator,
+    Param,
+    Patch,
+    PipeTraits,
+    Reference,
+    in_range,
+    kept,
+)
 from accelopt.errors import AccelOptError
-from accelopt.portable.buffers import Buffers
 from accelopt.portable.tgate import Gate, gate_attention, is_guided
 
 if TYPE_CHECKING:
@@ -51,10 +57,6 @@ class TGateConfig:
     warm_up: int = 2
 
 
-# One set of buffers per denoiser, shared by every application to it (see DeepCache's).
-_BUFFERS: WeakKeyDictionary[Any, Buffers] = WeakKeyDictionary()
-
-
 class _TGatePatch(Patch):
     def __init__(self, pipe: Pipeline, config: TGateConfig, deepcache: Any = None) -> None:
         from accelopt.pipelines import denoiser
@@ -69,7 +71,7 @@ class _TGatePatch(Patch):
             deepcache=deepcache,
         )
         try:
-            self._handles = gate_attention(net, self.gate, _BUFFERS.setdefault(net, Buffers()))
+            self._handles = gate_attention(net, self.gate, kept(net, "tgate"))
         except ValueError as exc:
             raise AccelOptError(f"tgate: {exc}") from None
         self.net = net

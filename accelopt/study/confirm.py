@@ -28,11 +28,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from accelopt import accelerators
+from accelopt import accelerators, execution
 from accelopt.measure.constraints import quality_text
 from accelopt.measure.metrics import score_loss
 from accelopt.measure.timing import interval_text
 from accelopt.trial.bench import Bench
+from accelopt.trial.space import PLAN
 
 __all__ = [
     "SEED_OFFSET",
@@ -130,6 +131,8 @@ def confirm(
     results = []
     for trial in todo:
         configs = trial.user_attrs["accelerators"]
+        if PLAN in trial.params:  # a study of groups: as its trials did (``Objective``)
+            execution.release(heldout.pipe, keep=accelerators.parse_targets(trial.params[PLAN]))
         try:
             with accelerators.apply(heldout.pipe, configs, steps=spec.steps):
                 m = heldout.measure()

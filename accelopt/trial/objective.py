@@ -126,7 +126,8 @@ class Objective:
             self.time_baseline()
         self.trials_since_baseline += 1
         started = self.clock()
-        configs = self.space.configs(self.space.suggest(trial))
+        params = self.space.suggest(trial)
+        configs = self.space.configs(params)
         trial.set_user_attr("accelerators", configs)
         if not configs:
             trial.set_user_attr("skipped", "no accelerator on: that is the baseline")
@@ -158,6 +159,10 @@ class Objective:
         paired, pairing, pair_compiling = None, 0.0, 0.0
         # What this trial compiles and captures, the timing pairs' too (their batch may be a
         # shape the quality pass never ran): the denoiser's record before and after.
+        if len(self.space.groups) > 1:  # what the other groups keep for later trials only grows
+            released = execution.release(pipe, keep=self.space.group_of(params))
+            if released:
+                trial.set_user_attr("released", list(released))
         compiled = execution.compile_stats(pipe)
         spent, known = compiled.seconds, set(compiled.costs)
         try:

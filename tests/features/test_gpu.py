@@ -281,6 +281,49 @@ def test_static_schedules_under_cuda_graphs(case: str) -> None:
     np.testing.assert_array_equal(after, plain)
 
 
+def test_released_methods_give_back_their_memory_and_capture_again_to_the_same_images() -> None:
+    """TinyPixArt, fp16, DDIM, on PyTorch's own kernels: TaylorSeer's buffers and graphs,
+    released when a study of groups moves to PAB, give their memory back to the allocator;
+    TaylorSeer applied again captures its structures again and gives its first images bit for
+    bit; PAB's graphs, kept, capture nothing new."""
+    from accelopt import execution
+    from accelopt.pipelines.schedulers import set_scheduler
+
+    pipe = load_pipeline("TinyPixArt", dtype="fp16", device="cuda")
+    pipe.set_progress_bar_config(disable=True)
+    set_scheduler(pipe, "DDIM")
+    seer, pab = {"taylorseer": TaylorSeerConfig(3, 2, 2, "attention")}, {"pab": PABConfig(2, 3)}
+
+    def generate(configs: dict[str, Any]) -> tuple[np.ndarray, int]:
+        with (
+            accelerators.apply(pipe, configs, steps=STEPS),
+            execution.run(pipe, "cuda-graphs", kernels="eager") as record,
+        ):
+            before = record.captures
+            images = render(pipe, steps=STEPS)
+        return images, record.captures - before
+
+    first, captured = generate(seer)
+    generate(pab)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    held = torch.cuda.memory_allocated()
+    assert execution.release(pipe, keep=("pab",)) == ("taylorseer",)
+    torch.cuda.empty_cache()
+    freed = held - torch.cuda.memory_allocated()
+    again, recaptured = generate(seer)
+    assert execution.release(pipe, keep=("pab",)) == ("taylorseer",)
+    _, pab_captures = generate(pab)
+    print(
+        f"\nTaylorSeer released: {freed / 2**20:.1f} MiB back; captures {captured} first, "
+        f"{recaptured} again"
+    )
+    assert freed > 0
+    assert recaptured == captured > 0
+    np.testing.assert_array_equal(again, first)
+    assert pab_captures == 0
+
+
 @pytest.mark.parametrize(
     "applied",
     [{"fbcache": {"threshold": 0.3}},

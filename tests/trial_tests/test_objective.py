@@ -236,3 +236,40 @@ def test_an_accelerator_that_loses_alone_at_its_fastest_is_searched_no_further(
     assert last.user_attrs["skipped"].startswith("tome lost: alone at its fastest (ratio 0.75")
     # The probes were measured, then the baseline was not re-timed, and the lost one never ran.
     assert bench.measured[1:] == [frozenset({n}) for n in ("deepcache", "tome", "tgate")]
+
+
+def test_a_trial_of_another_group_releases_what_the_groups_before_it_keep(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    """In a space of groups (TinyPixArt: one method per plan) a measured trial first releases
+    the buffers, and the graphs that read them, of every method outside its plan; it records
+    which. Within a plan nothing is released: its next trial reuses them."""
+    spec = load_spec("TinyPixArt-DDIM-10").replace(
+        warmup=0, prompts=PromptSpec(count=2, batch_size=2), timing=TimingSpec(pairs=0)
+    )
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, spec.scheduler)
+    bench = Bench(spec, pipe, FakeScorer(pipe, [10.0] * 8), torch.device("cpu"))  # type: ignore[arg-type]
+    space = Space.build(bench.traits, spec.steps, None)
+    assert len(space.groups) > 2
+    execution.release(pipe, keep=())  # the session's pipeline: what other tests kept is theirs
+    objective = Objective(bench, space, [10.0, 10.0])
+    objective.time_baseline()
+    study = optuna.create_study(direction="maximize")
+    seer = {"plan": "taylorseer", "taylorseer.max_order": 1, "taylorseer.modules": "blocks",
+            "taylorseer.disable_cache_before_step": 1}  # fmt: skip
+    pab = {"plan": "pab", "pab.spatial_attention_block_skip_range": 2,
+           "pab.cross_attention_block_skip_range": 1, "pab.timestep_skip_low": 100,
+           "pab.timestep_skip_high": 800}  # fmt: skip
+    trials = [seer | {"taylorseer.cache_interval": 2}, pab]
+    trials += [seer | {"taylorseer.cache_interval": n} for n in (3, 4)]
+    for params in trials:
+        study.enqueue_trial(params)
+    study.optimize(objective, n_trials=4)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert [t.user_attrs.get("released") for t in study.trials] == [
+        None,
+        ["taylorseer"],
+        ["pab"],
+        None,
+    ]
