@@ -25,6 +25,7 @@ callers that import them from codegen.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import math
 import os
@@ -314,15 +315,34 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
         if pixart
         else {},
         "EXECUTION": _execution(entry),
-        "DEEPCACHE": acc.get("deepcache"),
-        "TOME": acc.get("tome"),
-        "TGATE": acc.get("tgate"),
-        "MAGCACHE": acc.get("magcache"),  # its calibrated ratios with it, as data
-        "TAYLORSEER": acc.get("taylorseer"),
-        "FBCACHE": acc.get("fbcache"),
-        "DBCACHE": acc.get("dbcache"),
-        "PAB": acc.get("pab"),
+        "DEEPCACHE": _knobs("deepcache", acc),
+        "TOME": _knobs("tome", acc),
+        "TGATE": _knobs("tgate", acc),
+        "MAGCACHE": _knobs("magcache", acc),  # its calibrated ratios with it, as data
+        "TAYLORSEER": _knobs("taylorseer", acc),
+        "FBCACHE": _knobs("fbcache", acc),
+        "DBCACHE": _knobs("dbcache", acc),
+        "PAB": _knobs("pab", acc),
         "DEFAULT_PROMPTS": list(prompts) or _example_prompts(gen.get("prompt_set"), toy),
+    }
+
+
+def _knobs(name: str, applied: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Method ``name``'s knobs in the entry, every one of its config's filled in: a script states
+    each value it runs with and keeps no default of its own (an entry stores what its study
+    searched, and a hand-written one may name only the knob it changes).
+
+    >>> _knobs("tgate", {"tgate": {"gate_step": 8}})
+    {'gate_step': 8, 'sp_interval': 5, 'fi_interval': 1, 'warm_up': 2}
+    """
+    from accelopt import accelerators
+
+    if name not in applied:
+        return None
+    config = accelerators.get(name).config(applied[name])
+    return {
+        f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
+        for f in dataclasses.fields(config)
     }
 
 

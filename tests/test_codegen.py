@@ -8,6 +8,7 @@ tests/params_store_tests/test_query.py's.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import random
 from importlib import resources
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from accelopt import accelerators
 from accelopt.codegen import (
     BODY,
     HEADER_NAMES,
@@ -612,7 +614,7 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
         "EXECUTION": "eager",
         "DEEPCACHE": None,
         "TOME": None,
-        "TGATE": {"gate_step": 10},
+        "TGATE": {"gate_step": 10, "sp_interval": 5, "fi_interval": 1, "warm_up": 2},
         "MAGCACHE": None,
         "TAYLORSEER": None,
         "FBCACHE": None,
@@ -660,7 +662,7 @@ def test_toy_scripts_find_the_model_shipped_with_accelopt() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "accelerators"),
+    ("model", "names"),
     [
         ("SD1.5", ("deepcache", "tgate")),
         ("TinySD", ("tgate", "tome")),
@@ -673,9 +675,7 @@ def test_toy_scripts_find_the_model_shipped_with_accelopt() -> None:
         ("SDXL", ()),
     ],
 )
-def test_header_values_carry_the_stored_accelerators(
-    model: str, accelerators: tuple[str, ...]
-) -> None:
+def test_header_values_carry_the_stored_accelerators(model: str, names: tuple[str, ...]) -> None:
     ratios = [1.0, 0.1 + 0.2, *[0.975] * 23]  # 0.30000000000000004 must come back exactly
     valid = {"deepcache": {"cache_interval": 3}, "tgate": {"gate_step": 7, "warm_up": 1},
              "tome": {"ratio": 0.5, "max_downsample": 2},
@@ -685,13 +685,40 @@ def test_header_values_carry_the_stored_accelerators(
              "dbcache": {"Fn_compute_blocks": 4, "Bn_compute_blocks": 2,
                          "residual_diff_threshold": 0.12, "max_warmup_steps": 4,
                          "max_continuous_cached_steps": 3}}  # fmt: skip
-    acc = {name: valid[name] for name in accelerators}
+    acc = {name: valid[name] for name in names}
     entry = make_entry(model, "DDIM", 25, acc)
     values = header_values(entry)
-    for name in ("deepcache", "tome", "tgate", "magcache", "taylorseer", "fbcache", "dbcache"):
-        assert values[name.upper()] == acc.get(name)
+    for name in accelerators.ORDER:  # what the entry stores, every other knob its default
+        fields = dataclasses.fields(accelerators.get(name).config_cls)
+        defaults = {f.name: list(f.default) if f.default == () else f.default for f in fields}
+        assert values[name.upper()] == ({**defaults, **acc[name]} if name in acc else None)
     # Its calibrated ratios are data: rendered as literals that read back to the same floats.
-    assert read_header(render_script(entry))["MAGCACHE"] == acc.get("magcache")
+    assert read_header(render_script(entry))["MAGCACHE"] == values["MAGCACHE"]
+
+
+def test_the_script_reads_every_knob_from_its_header_with_no_default_of_its_own() -> None:
+    """Each ``NAME["knob"]`` the carried script reads is a field of that method's config (the
+    header states every field: ``_knobs``), and it reads none with ``NAME.get(knob, default)``:
+    a default there could differ from accelopt's, and the script would run another setting."""
+    from accelopt.portable import script
+
+    headers = {name.upper(): name for name in accelerators.ORDER}
+    read: dict[str, set[str]] = {}
+    defaults = []
+    for node in ast.walk(ast.parse(Path(script.__file__).read_text())):
+        if not isinstance(node, ast.Subscript | ast.Attribute):
+            continue
+        name = node.value.id if isinstance(node.value, ast.Name) else None
+        if name in headers and isinstance(node, ast.Subscript):
+            assert isinstance(node.slice, ast.Constant), ast.unparse(node)
+            read.setdefault(name, set()).add(node.slice.value)
+        elif name in headers and isinstance(node, ast.Attribute) and node.attr == "get":
+            defaults.append(ast.unparse(node))
+    assert defaults == []
+    assert set(read) == set(headers)
+    for header, knobs in read.items():
+        fields = dataclasses.fields(accelerators.get(headers[header]).config_cls)
+        assert knobs <= {f.name for f in fields}, header
 
 
 @pytest.mark.parametrize(

@@ -262,7 +262,7 @@ class Accelerated:
                 pipe,
                 ratio=TOME["ratio"],
                 max_downsample=TOME["max_downsample"],
-                use_rand=TOME.get("use_rand", False),
+                use_rand=TOME["use_rand"],
             )
         if DEEPCACHE is not None:
             self.schedule = Schedule(DEEPCACHE["cache_interval"], DEEPCACHE["cache_branch_id"])
@@ -282,7 +282,7 @@ class Accelerated:
                 MAGCACHE["threshold"],
                 MAGCACHE["max_skip_steps"],
                 MAGCACHE["retention_ratio"],
-                MAGCACHE.get("ratios", ()),
+                MAGCACHE["ratios"],
                 lambda: len(pipe.scheduler.timesteps),
             )
             cache_block_residuals(pipe.transformer, self.mag, Buffers())
@@ -295,35 +295,26 @@ class Accelerated:
             )
             forecast_modules(self.net, self.forecast, Buffers())
         # Decided per call from a value read off the device (alone: no combination declared).
-        # A knob the entry does not store (a study searches no cap on the cached steps) takes
-        # the upstream default: diffusers' for FirstBlockCache, cache-dit's for DBCache.
         if FBCACHE is not None:
-            threshold = FBCACHE.get("threshold", 0.05)
-            self.decision = Decision("fbcache", 1, 0, threshold, strict=False)
+            self.decision = Decision("fbcache", 1, 0, FBCACHE["threshold"], strict=False)
         if DBCACHE is not None:
-            knobs = {"Fn_compute_blocks": 8, "Bn_compute_blocks": 0,
-                     "residual_diff_threshold": 0.08, "max_warmup_steps": 8,
-                     "max_cached_steps": -1, "max_continuous_cached_steps": -1,
-                     **DBCACHE}  # fmt: skip
             self.decision = Decision(
                 "dbcache",
-                knobs["Fn_compute_blocks"],
-                knobs["Bn_compute_blocks"],
-                knobs["residual_diff_threshold"],
-                knobs["max_warmup_steps"],
-                knobs["max_cached_steps"],
-                knobs["max_continuous_cached_steps"],
+                DBCACHE["Fn_compute_blocks"],
+                DBCACHE["Bn_compute_blocks"],
+                DBCACHE["residual_diff_threshold"],
+                DBCACHE["max_warmup_steps"],
+                DBCACHE["max_cached_steps"],
+                DBCACHE["max_continuous_cached_steps"],
             )
         if self.decision is not None:
             cache_middle_blocks(pipe.transformer, self.decision, Buffers())
         if PAB is not None:  # alone too; its timesteps read on the host from the scheduler
-            pab = {"spatial_attention_block_skip_range": 2, "cross_attention_block_skip_range": 1,
-                   "timestep_skip_low": 100, "timestep_skip_high": 800, **PAB}  # fmt: skip
             self.broadcast = Broadcast(
-                pab["spatial_attention_block_skip_range"],
-                pab["cross_attention_block_skip_range"],
-                pab["timestep_skip_low"],
-                pab["timestep_skip_high"],
+                PAB["spatial_attention_block_skip_range"],
+                PAB["cross_attention_block_skip_range"],
+                PAB["timestep_skip_low"],
+                PAB["timestep_skip_high"],
                 lambda: host_timesteps(pipe.scheduler),
             )
             broadcast_attention(pipe.transformer, self.broadcast, Buffers())
@@ -345,7 +336,7 @@ class Accelerated:
             out["tome"] = {k: info["args"][k] for k in ("ratio", "max_downsample", "use_rand")}
             if info["args"]["use_rand"]:
                 assert TOME is not None  # only ToMe's patch leaves _tome_info
-                out["tome"]["seed"] = TOME.get("seed", 0)
+                out["tome"]["seed"] = TOME["seed"]
         if self.gate is not None:
             out["tgate"] = dict(
                 zip(
@@ -395,9 +386,9 @@ class Accelerated:
         # ToMe's random partition draws from a generator seeded anew.
         if not self.patches.on:
             return self.pipe(**kwargs)
-        if TOME is not None and TOME.get("use_rand", False):
+        if TOME is not None and TOME["use_rand"]:
             device = next(self.pipe.unet.parameters()).device
-            generator = torch.Generator(device).manual_seed(TOME.get("seed", 0))
+            generator = torch.Generator(device).manual_seed(TOME["seed"])
             self.pipe.unet._tome_info["args"]["generator"] = generator
         if self.schedule is not None:
             self.schedule.reset()

@@ -101,7 +101,7 @@ def test_codegen_reads_a_seed_file_and_says_so(
     assert f"read 2 usable entries of 2 from {path} (seed layout)" in capsys.readouterr().err
     header = read_header(out.read_text())
     assert header["DEEPCACHE"] == {"cache_interval": 3, "cache_branch_id": 0}
-    assert header["TOME"] == {"ratio": 0.5, "max_downsample": 2}
+    assert header["TOME"] == {"ratio": 0.5, "max_downsample": 2, "use_rand": False, "seed": 0}
     assert header["TGATE"] is None
     assert header["MODEL"] == "stabilityai/stable-diffusion-xl-base-1.0"
     assert (header["RESOLUTION"], header["GUIDANCE"]) == (1024, 5.0)  # accelopt's SDXL defaults
