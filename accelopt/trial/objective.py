@@ -157,12 +157,12 @@ class Objective:
         # Over the budget is no reason to stop a pareto trial: its loss is an objective.
         check = self.over_budget if self.bench.spec.early_stop and not self.pareto else None
         paired, pairing, pair_compiling = None, 0.0, 0.0
-        # What this trial compiles and captures, the timing pairs' too (their batch may be a
-        # shape the quality pass never ran): the denoiser's record before and after.
         if len(self.space.groups) > 1:  # what the other groups keep for later trials only grows
             released = execution.release(pipe, keep=self.space.group_of(params))
             if released:
                 trial.set_user_attr("released", list(released))
+        # What this trial compiles and captures, the timing pairs' too (their batch may be a
+        # shape the quality pass never ran): the denoiser's record before and after.
         compiled = execution.compile_stats(pipe)
         spent, known = compiled.seconds, set(compiled.costs)
         try:
