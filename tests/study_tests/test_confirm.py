@@ -56,6 +56,11 @@ class Scorer(PixelEmbeddings):
         return [HELDOUT[interval]] * len(prompts)
 
 
+class Flat(PixelEmbeddings):
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> list[float]:
+        return [10.0] * len(prompts)
+
+
 def _study(tmp_path: Path) -> tuple[optuna.Study, str]:
     url = str(tmp_path / "studies.journal")
     study = optuna.create_study(study_name=SPEC.name, storage=open_storage(url)[0],
@@ -170,3 +175,34 @@ def test_run_export_says_when_the_searchs_best_is_not_what_it_stored(
             "CLIP score loss <= 2%; the store holds trial 1 for this study") in out  # fmt: skip
     (entry,) = json.loads(store.read_text())["entries"].values()
     assert entry["study"]["trial"] == 1
+
+
+def test_candidates_of_another_group_release_what_the_one_before_kept(
+    tmp_path: Path, tiny: Callable[[str], Pipeline]
+) -> None:
+    """In a study of groups each candidate first releases what the other groups' methods keep
+    (as the search's trials do): after TaylorSeer's candidate and PAB's, only PAB's remain."""
+    from optuna.distributions import CategoricalDistribution
+
+    from accelopt import execution
+
+    spec = load_spec("TinyPixArt-DDIM-10").replace(
+        warmup=0, prompts=PromptSpec(count=2, batch_size=2)
+    )
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, spec.scheduler)
+    execution.release(pipe, keep=())  # the session's pipeline: what other tests kept is theirs
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("spec", record_of(spec))
+    plans = {"taylorseer": {"cache_interval": 2, "max_order": 1, "disable_cache_before_step": 1},
+             "pab": {"spatial_attention_block_skip_range": 2}}  # fmt: skip
+    for (plan, knobs), speedup in zip(plans.items(), (2.0, 1.5), strict=True):
+        attrs = {"accelerators": {plan: knobs}, "speedup": speedup, "feasible": True,
+                 "score_loss": 0.0, "time_per_image": 1 / speedup}  # fmt: skip
+        study.add_trial(optuna.trial.create_trial(
+            value=speedup, params={"plan": plan}, user_attrs=attrs,
+            distributions={"plan": CategoricalDistribution(list(plans))},
+        ))  # fmt: skip
+    bench = Bench(spec, pipe, Flat(), torch.device("cpu"))  # type: ignore[arg-type]
+    assert [r.trial for r in confirm(study, bench, k=2)] == [0, 1]
+    assert execution.release(pipe, keep=("pab",)) == ()  # TaylorSeer's went before PAB's ran
