@@ -283,6 +283,7 @@ def _execution(entry: Mapping[str, Any]) -> str:
 
 def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict[str, Any]:
     """The script's header, from a store entry."""
+    from accelopt import accelerators
     from accelopt.params_store.check import check_entry
     from accelopt.pipelines import TINY_PIPELINES, TOY_PIPELINES, model_info, resolve_dtype
     from accelopt.pipelines.schedulers import resolve_scheduler
@@ -315,14 +316,8 @@ def header_values(entry: Mapping[str, Any], prompts: Iterable[str] = ()) -> dict
         if pixart
         else {},
         "EXECUTION": _execution(entry),
-        "DEEPCACHE": _knobs("deepcache", acc),
-        "TOME": _knobs("tome", acc),
-        "TGATE": _knobs("tgate", acc),
-        "MAGCACHE": _knobs("magcache", acc),  # its calibrated ratios with it, as data
-        "TAYLORSEER": _knobs("taylorseer", acc),
-        "FBCACHE": _knobs("fbcache", acc),
-        "DBCACHE": _knobs("dbcache", acc),
-        "PAB": _knobs("pab", acc),
+        # One per method (MagCache's with its calibrated ratios, as data), None where unused.
+        **{name.upper(): _knobs(name, acc) for name in accelerators.ORDER},
         "DEFAULT_PROMPTS": list(prompts) or _example_prompts(gen.get("prompt_set"), toy),
     }
 
