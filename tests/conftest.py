@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from accelopt import accelerators
+from accelopt import accelerators, execution
 from accelopt._types import Pipeline
 from accelopt.testing import tiny_pipeline
 
@@ -68,8 +68,9 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def tiny() -> Callable[[str], Pipeline]:
-    """Tiny pipelines by name, built once per session, handed out unaccelerated and with the
-    scheduler they were built with, whatever the test before did to them."""
+    """Tiny pipelines by name, built once per session, handed out unaccelerated, keeping no
+    method's buffers or graphs, and with the scheduler they were built with, whatever the test
+    before did to them."""
     built: dict[str, tuple[Pipeline, object]] = {}
 
     def get(name: str) -> Pipeline:
@@ -78,6 +79,7 @@ def tiny() -> Callable[[str], Pipeline]:
             built[name] = pipe, pipe.scheduler
         pipe, scheduler = built[name]
         accelerators.remove(pipe)  # a failed test must not leak patches into the next
+        execution.release(pipe, keep=())  # nor what its methods kept for later calls
         pipe.scheduler = scheduler  # nor its set_scheduler: PNDM fails at the 2 steps of some
         return pipe
 

@@ -385,7 +385,6 @@ def test_release_frees_other_methods_buffers_and_the_graphs_that_read_them(
     from accelopt.portable.graphs import Graph
 
     pipe = tiny("TinyPixArt")
-    execution.release(pipe, keep=())  # the session's pipeline: what other tests kept is theirs
     configs = {"taylorseer": {"taylorseer": TaylorSeerConfig(2, 1, 1)},
                "pab": {"pab": PABConfig(spatial_attention_block_skip_range=2)}}  # fmt: skip
     first = {}

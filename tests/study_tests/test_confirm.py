@@ -191,7 +191,6 @@ def test_candidates_of_another_group_release_what_the_one_before_kept(
     )
     pipe = tiny("TinyPixArt")
     set_scheduler(pipe, spec.scheduler)
-    execution.release(pipe, keep=())  # the session's pipeline: what other tests kept is theirs
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("spec", record_of(spec))
     plans = {"taylorseer": {"cache_interval": 2, "max_order": 1, "disable_cache_before_step": 1},

@@ -252,7 +252,6 @@ def test_a_trial_of_another_group_releases_what_the_groups_before_it_keep(
     bench = Bench(spec, pipe, FakeScorer(pipe, [10.0] * 8), torch.device("cpu"))  # type: ignore[arg-type]
     space = Space.build(bench.traits, spec.steps, None)
     assert len(space.groups) > 2
-    execution.release(pipe, keep=())  # the session's pipeline: what other tests kept is theirs
     objective = Objective(bench, space, [10.0, 10.0])
     objective.time_baseline()
     study = optuna.create_study(direction="maximize")
