@@ -221,6 +221,7 @@ HEADER_NAMES = (
     "FBCACHE",
     "DBCACHE",
     "PAB",
+    "FASTERCACHE",
     "DEFAULT_PROMPTS",
 )
 
@@ -440,7 +441,17 @@ def _needs_accelopt(values: Mapping[str, Any]) -> str:
 # ---- the code every script carries: accelopt.portable ---------------------------------------
 
 # accelopt.portable's modules, in the order scripts carry them, above the body.
-PORTABLE = ("buffers", "graphs", "deepcache", "tgate", "magcache", "taylorseer", "dbcache", "pab")
+PORTABLE = (
+    "buffers",
+    "graphs",
+    "deepcache",
+    "tgate",
+    "magcache",
+    "taylorseer",
+    "dbcache",
+    "pab",
+    "fastercache",
+)
 # accelopt.portable's module that is the script's own code, after the header and PORTABLE.
 BODY = "script"
 

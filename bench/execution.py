@@ -98,6 +98,12 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
     "pab 2/1 100-800": {"pab": {"spatial_attention_block_skip_range": 2}},
     "pab 2/6 100-800": {"pab": {"spatial_attention_block_skip_range": 2,
                                 "cross_attention_block_skip_range": 6}},
+    # FasterCache (accelopt/accelerators/fastercache.py cites them): diffusers' defaults (the
+    # unconditional half every 5 calls below timestep 641, self-attention every 2 below 681),
+    # and its documented example (the window to 781, weight 0.3).
+    "fastercache 5/2": {"fastercache": {}},
+    "fastercache 5/2 781 w0.3": {"fastercache": {"unconditional_batch_timestep_skip_high": 781,
+                                                 "attention_weight": 0.3}},
 }  # fmt: skip
 # diffusers' own hooks and cache-dit's DBCache, raw, at the settings of ours
 # (accelopt.testing.upstream: the cache context and the per-generation reset PixArt's pipeline
@@ -108,6 +114,7 @@ UPSTREAM = {
     "diffusers magcache 0.06/3/0.2": "magcache 0.06/3/0.2",
     "diffusers taylorseer 5/1/3": "taylorseer 5/1/3",
     "diffusers pab 2/6 100-800": "pab 2/6 100-800",
+    "diffusers fastercache 5/2": "fastercache 5/2",
     "cache-dit dbcache F8B0 0.08": "dbcache F8B0 0.08",
     "cache-dit dbcache F4B0 W4 MC4 0.12": "dbcache F4B0 W4 MC4 0.12",
 }

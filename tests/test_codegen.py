@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from accelopt import accelerators
+from accelopt.accelerators import FasterCacheConfig
 from accelopt.codegen import (
     BODY,
     HEADER_NAMES,
@@ -32,6 +33,7 @@ from accelopt.codegen import (
 from accelopt.errors import AccelOptError
 from accelopt.pipelines import MODELS, TOY_PIPELINES, model_info, toy_shipped
 from accelopt.pipelines.schedulers import SCHEDULERS, resolve_scheduler
+from accelopt.portable.fastercache import FASTER_KNOBS
 from accelopt.prompts import load_prompts
 from accelopt.testing import make_entry
 
@@ -213,7 +215,7 @@ IMPORTS = [
     ("Import", ["statistics"]),
     ("Import", ["sys"]),
     ("Import", ["time"]),
-    ("ImportFrom", ["Callable", "Hashable", "Iterator", "Sequence"]),
+    ("ImportFrom", ["Callable", "Hashable", "Iterator", "Mapping", "Sequence"]),
     ("ImportFrom", ["contextmanager"]),
     ("ImportFrom", ["dataclass"]),
     ("ImportFrom", ["Path"]),
@@ -620,6 +622,7 @@ def test_header_values_exact_for_sdxl_tgate() -> None:
         "FBCACHE": None,
         "DBCACHE": None,
         "PAB": None,
+        "FASTERCACHE": None,
         "DEFAULT_PROMPTS": [load_prompts("heldout", 1, "accelopt")[0].text],
     }
 
@@ -705,7 +708,10 @@ def test_the_script_reads_every_knob_from_its_header_with_no_default_of_its_own(
     headers = {name.upper(): name for name in accelerators.ORDER}
     read: dict[str, set[str]] = {}
     defaults = []
+    whole = set()  # given whole to a schedule that reads each knob (FasterCache's FASTER_KNOBS)
     for node in ast.walk(ast.parse(Path(script.__file__).read_text())):
+        if isinstance(node, ast.Call):
+            whole |= {a.id for a in node.args if isinstance(a, ast.Name) and a.id in headers}
         if not isinstance(node, ast.Subscript | ast.Attribute):
             continue
         name = node.value.id if isinstance(node.value, ast.Name) else None
@@ -715,10 +721,12 @@ def test_the_script_reads_every_knob_from_its_header_with_no_default_of_its_own(
         elif name in headers and isinstance(node, ast.Attribute) and node.attr == "get":
             defaults.append(ast.unparse(node))
     assert defaults == []
-    assert set(read) == set(headers)
+    assert whole == {"FASTERCACHE"} and set(read) | whole == set(headers)
     for header, knobs in read.items():
         fields = dataclasses.fields(accelerators.get(headers[header]).config_cls)
         assert knobs <= {f.name for f in fields}, header
+    # Every field, in the config's order: the schedule takes them by position.
+    assert tuple(f.name for f in dataclasses.fields(FasterCacheConfig)) == FASTER_KNOBS
 
 
 @pytest.mark.parametrize(

@@ -164,7 +164,7 @@ def test_unknown_target_lists_valid_accelerators() -> None:
         parse_name("SDXL-DDIM-25-fastcache")
     assert str(info.value) == (
         "unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache, taylorseer, "
-        "fbcache, dbcache, pab"
+        "fbcache, dbcache, pab, fastercache"
     )
 
 
@@ -478,7 +478,7 @@ ALLOWED_TOP = (
         (
             'targets = ["fastcache"]\n',
             "targets: unknown accelerator 'fastcache'; valid: deepcache, tome, tgate, magcache, "
-            "taylorseer, fbcache, dbcache, pab",
+            "taylorseer, fbcache, dbcache, pab, fastercache",
         ),
         ("targets = 3\n", "targets must be a list of accelerator names, got 3"),
         (
@@ -488,7 +488,7 @@ ALLOWED_TOP = (
         (
             "targets = []\n",
             "targets: no accelerator named; valid: deepcache, tome, tgate, magcache, taylorseer, "
-            "fbcache, dbcache, pab",
+            "fbcache, dbcache, pab, fastercache",
         ),
         (
             'dtype = "float8"\n',

@@ -28,6 +28,7 @@ from accelopt.accelerators._base import (
 from accelopt.accelerators._snapshot import Snapshot
 from accelopt.accelerators.dbcache import DBCache, DBCacheConfig
 from accelopt.accelerators.deepcache import DeepCache, DeepCacheConfig
+from accelopt.accelerators.fastercache import FasterCache, FasterCacheConfig
 from accelopt.accelerators.fbcache import FBCache, FBCacheConfig
 from accelopt.accelerators.magcache import MagCache, MagCacheConfig
 from accelopt.accelerators.pab import PAB, PABConfig
@@ -45,6 +46,7 @@ __all__ = [
     "DBCacheConfig",
     "DeepCacheConfig",
     "FBCacheConfig",
+    "FasterCacheConfig",
     "MagCacheConfig",
     "PABConfig",
     "Param",
@@ -69,7 +71,17 @@ __all__ = [
 
 ACCELERATORS: dict[str, Accelerator[Any]] = {
     a.name: a
-    for a in (DeepCache(), ToMe(), TGate(), MagCache(), TaylorSeer(), FBCache(), DBCache(), PAB())
+    for a in (
+        DeepCache(),
+        ToMe(),
+        TGate(),
+        MagCache(),
+        TaylorSeer(),
+        FBCache(),
+        DBCache(),
+        PAB(),
+        FasterCache(),
+    )
 }
 
 Configs = Mapping[str, Any]
@@ -101,6 +113,7 @@ PLANS: dict[frozenset[str], tuple[Step, ...]] = {
     frozenset({"fbcache"}): (_single("fbcache"),),
     frozenset({"dbcache"}): (_single("dbcache"),),
     frozenset({"pab"}): (_single("pab"),),
+    frozenset({"fastercache"}): (_single("fastercache"),),
 }
 _BLOCK_CACHES = {"magcache": "MagCache", "taylorseer": "TaylorSeer", "fbcache": "FirstBlockCache",
                  "dbcache": "DBCache"}  # fmt: skip
@@ -129,8 +142,18 @@ NOT_DECLARED: dict[frozenset[str], str] = {
         "or forecasts, so what PAB reuses there is undecided"
         for cache, title in _BLOCK_CACHES.items()
     },
+    frozenset({"tgate", "fastercache"}): "both cut the batch of guidance to its conditional "
+    "half, T-GATE for good after its gate, FasterCache at some calls: one at a time",
+    frozenset({"pab", "fastercache"}): "both decide what each self-attention computes at each "
+    "call: one at a time",
+    **{
+        frozenset({cache, "fastercache"}): f"{title} runs no self-attention in the calls or "
+        "blocks it skips or forecasts, so what FasterCache extrapolates from there is undecided"
+        for cache, title in _BLOCK_CACHES.items()
+    },
 }
-# canonical order for names: deepcache, tome, tgate, magcache, taylorseer, fbcache, dbcache, pab
+# canonical order for names: deepcache, tome, tgate, magcache, taylorseer, fbcache, dbcache, pab,
+# fastercache
 ORDER = tuple(ACCELERATORS)
 
 

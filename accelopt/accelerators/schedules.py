@@ -9,7 +9,9 @@ the scheduler's number of calls, without a model. Two configurations with equal 
 compute the same images bit for bit, so a study measures only one of them. TaylorSeer's part is
 its full call or forecast, what it caches and the Taylor order; a configuration with no forecast
 at all has none (its images are plain). PAB's is what its cross- and self-attention do (compute,
-keep or reuse), at the timesteps the scheduler gives each call.
+keep or reuse), at the timesteps the scheduler gives each call. FasterCache's is whether the
+call's batch is halved, what its self-attention does, and in a halved call the scales of the
+kept frequency differences (they change the images, not the graph).
 
 FirstBlockCache and DBCache decide per call from a value read off the device after their first
 blocks, so which calls reuse is not known without the model: their part of a call that may
@@ -33,9 +35,10 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from accelopt.accelerators import dbcache, fbcache
+from accelopt.accelerators import dbcache, fastercache, fbcache
 from accelopt.accelerators.tome import merge_structure
 from accelopt.portable.deepcache import Schedule
+from accelopt.portable.fastercache import EXTRAPOLATE, GUIDED, HALVED
 from accelopt.portable.magcache import MagSchedule
 from accelopt.portable.pab import REUSE, Broadcast
 from accelopt.portable.taylorseer import Forecast
@@ -93,6 +96,7 @@ def schedule(
     mag = _mag_schedule(configs.get("magcache"), calls)
     forecasts = _forecasts(configs.get("taylorseer"), len(calls.timesteps))
     broadcasts = _broadcasts(configs.get("pab"), calls)
+    fasters = _fasters(configs.get("fastercache"), calls, guided)
     decided = [
         _decided(module.decision(configs[name]), len(calls.timesteps))
         for module, name in ((fbcache, "fbcache"), (dbcache, "dbcache"))
@@ -119,6 +123,8 @@ def schedule(
             parts.append(forecasts[len(found)])
         if broadcasts is not None:
             parts.append(broadcasts[len(found)])
+        if fasters is not None:
+            parts.append(fasters[len(found)])
         parts.extend(each[len(found)] for each in decided if each is not None)
         found.append(tuple(parts))
     return tuple(found)
@@ -174,6 +180,21 @@ def _broadcasts(config: Any, calls: Calls) -> list[Hashable] | None:
     return found if reuses else None
 
 
+def _fasters(config: Any, calls: Calls, guided: bool) -> list[Hashable] | None:
+    """FasterCache's part of each call; None where no call halves its batch (a skip of 1, a
+    window no timestep falls in, or no guidance): every call computes the plain images then."""
+    if config is None:
+        return None
+    faster = fastercache.faster(config, timesteps=lambda: calls.timesteps)
+    faster.reset(guided=guided)
+    found: list[Hashable] = []
+    for _ in calls.timesteps:
+        faster.decide()
+        halved = faster.current[0] == HALVED
+        found.append((*faster.structure(), *faster.scales()) if halved else faster.structure())
+    return found if any(batch == HALVED for batch, _ in faster.plan) else None
+
+
 def _decided(decision: Any, calls: int) -> list[Hashable] | None:
     """FirstBlockCache's or DBCache's part of each call (see the module docstring); None where
     no call can reuse: every call computes, the plain pipeline's images."""
@@ -195,9 +216,9 @@ def does_at_least(mine: tuple[Hashable, ...], theirs: tuple[Hashable, ...]) -> b
     calls can be paired one to one with theirs so that each covers its partner (a full step
     covers every shallow one and a shallow step at a deeper branch a shallower one's; fewer
     merged tokens cover more; a guided batch covers a halved one; attention that computes covers
-    attention that reuses, T-GATE's and PAB's). Pairing, not position: DeepCache interval 2
-    does at least interval 3's work though at call 3 it is the shallow one. A TaylorSeer full
-    call covers a forecast."""
+    attention that reuses, T-GATE's and PAB's, or FasterCache's that extrapolates). Pairing,
+    not position: DeepCache interval 2 does at least interval 3's work though at call 3 it is
+    the shallow one. A TaylorSeer full call covers a forecast."""
     if len(mine) != len(theirs):
         return False
     covering: dict[int, int] = {}  # my call -> the call of theirs it is paired with
@@ -237,6 +258,12 @@ def _covers(mine: Any, theirs: Any) -> bool:
         if kind == "taylorseer" and not _forecasts_at_least(a, b):
             return False
         if kind == "pab" and any(x == REUSE != y for x, y in zip(a[1:], b[1:], strict=True)):
+            return False
+        # A guided batch covers a halved one, and an attention computed one extrapolated.
+        if kind == "fastercache" and (
+            (a[1], b[1]) == (HALVED, GUIDED)
+            or (a[2].startswith(EXTRAPOLATE) and not b[2].startswith(EXTRAPOLATE))
+        ):
             return False
         # Decided per call on the device: only an equal part is known to do the same work.
         if kind in ("fbcache", "dbcache") and a != b:

@@ -32,6 +32,7 @@ from diffusers import DiffusionPipeline
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.dbcache import Decision, cache_middle_blocks
 from accelopt.portable.deepcache import Schedule, cache_deep_features
+from accelopt.portable.fastercache import FASTER_KNOBS, Faster, faster_attention
 from accelopt.portable.graphs import Regions, Replayer
 from accelopt.portable.magcache import MagSchedule, cache_block_residuals
 from accelopt.portable.pab import Broadcast, broadcast_attention, host_timesteps
@@ -58,6 +59,7 @@ TAYLORSEER: dict[str, Any] | None = None
 FBCACHE: dict[str, Any] | None = None
 DBCACHE: dict[str, Any] | None = None
 PAB: dict[str, Any] | None = None
+FASTERCACHE: dict[str, Any] | None = None
 DEFAULT_PROMPTS: list[str] = []
 
 
@@ -236,10 +238,10 @@ class Patches:
 
 class Accelerated:
     """The stored accelerators: ToMe through its upstream API (first), DeepCache, T-GATE,
-    MagCache, TaylorSeer and PAB through the graph-safe schedules above (together, the gate
-    drives DeepCache's), FirstBlockCache and DBCache through their per-call decision (under
-    cuda-graphs, a deciding call replays block by block). Applied once; ``switch(False)``
-    leaves the plain pipeline, ``switch(True)`` puts them back."""
+    MagCache, TaylorSeer, PAB and FasterCache through the graph-safe schedules above (together,
+    the gate drives DeepCache's), FirstBlockCache and DBCache through their per-call decision
+    (under cuda-graphs, a deciding call replays block by block). Applied once;
+    ``switch(False)`` leaves the plain pipeline, ``switch(True)`` puts them back."""
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -250,6 +252,7 @@ class Accelerated:
         self.forecast: Forecast | None = None
         self.decision: Decision | None = None
         self.broadcast: Broadcast | None = None
+        self.faster: Faster | None = None
         self.patches = Patches(self.net, self.apply)
 
     def apply(self) -> None:
@@ -318,6 +321,9 @@ class Accelerated:
                 lambda: host_timesteps(pipe.scheduler),
             )
             broadcast_attention(pipe.transformer, self.broadcast, Buffers())
+        if FASTERCACHE is not None:  # alone too; its timesteps read on the host, as PAB's
+            self.faster = Faster(FASTERCACHE, lambda: host_timesteps(pipe.scheduler))
+            faster_attention(pipe.transformer, self.faster, Buffers())
 
     def switch(self, on: bool) -> None:
         """The accelerators on (``True``) or the plain pipeline (``False``)."""
@@ -372,13 +378,23 @@ class Accelerated:
             names = ("spatial_attention_block_skip_range", "cross_attention_block_skip_range",
                      "timestep_skip_low", "timestep_skip_high")  # fmt: skip
             out["pab"] = dict(zip(names, self.broadcast.config, strict=True))
+        if self.faster is not None:
+            out["fastercache"] = dict(zip(FASTER_KNOBS, self.faster.config, strict=True))
         return out
 
     def structure(self) -> tuple[Hashable, ...]:
         """What the next denoiser call computes: calls with equal structures share a graph."""
         if not self.patches.on:
             return ("plain",)
-        parts = (self.schedule, self.gate, self.mag, self.forecast, self.decision, self.broadcast)
+        parts = (
+            self.schedule,
+            self.gate,
+            self.mag,
+            self.forecast,
+            self.decision,
+            self.broadcast,
+            self.faster,
+        )
         return tuple(s.structure() for s in parts if s is not None)
 
     def __call__(self, **kwargs: Any) -> Any:
@@ -402,6 +418,8 @@ class Accelerated:
             self.decision.reset()
         if self.broadcast is not None:
             self.broadcast.reset()
+        if self.faster is not None:  # without guidance there is no half to rebuild
+            self.faster.reset(guided=is_guided(self.net, kwargs["guidance_scale"]))
         return self.pipe(**kwargs)
 
 

@@ -7,9 +7,9 @@ context (the hooks raise "No cache context is set" without one; PixArt's transfo
 ``CacheMixin``, so its pipeline opens none) and a reset of the hooks' state between generations
 (a ``CacheMixin`` model's pipeline resets it; PixArt's carries it into the next generation).
 TaylorSeer's default module patterns match nothing on PixArt, so the patterns are given.
-Pyramid Attention Broadcast asks a ``current_timestep_callback``, which PixArt's pipeline cannot
-answer (it keeps no current timestep): a forward pre-hook on the transformer reads the timestep
-each call is given, the value the callback returns.
+Pyramid Attention Broadcast and FasterCache ask a ``current_timestep_callback``, which PixArt's
+pipeline cannot answer (it keeps no current timestep): a forward pre-hook on the transformer
+reads the timestep each call is given, the value the callback returns.
 Removal goes through the hooks' registry by name; diffusers then still leaves an instance
 ``forward`` and a registry on each hooked module, which a ``Snapshot`` taken before puts back.
 
@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from accelopt._types import Pipeline
-from accelopt.accelerators import PABConfig
+from accelopt.accelerators import FasterCacheConfig, PABConfig
 from accelopt.accelerators._snapshot import Snapshot
 
 # diffusers' cache_identifiers for each of TaylorSeer's module choices (re.fullmatch on names).
@@ -42,6 +42,7 @@ _HOOKS = {
     "magcache": ("mag_cache_leader_block_hook", "mag_cache_block_hook"),
     "taylorseer": ("taylorseer_cache",),
     "pab": ("pyramid_attention_broadcast",),
+    "fastercache": ("faster_cache_denoiser", "faster_cache_block"),
 }
 METHODS = (*_HOOKS, "dbcache")  # dbcache: cache-dit's
 
@@ -66,7 +67,7 @@ def upstream_cache(
         raise ValueError(f"no upstream hook for {name!r}; known: {', '.join(METHODS)}")
     net = pipe.transformer
     snapshot = Snapshot.take(pipe)
-    timestep = _Timestep(net) if name == "pab" else None
+    timestep = _Timestep(net) if name in ("pab", "fastercache") else None
     _apply(net, name, knobs, steps, timestep)
     registry = HookRegistry.check_if_exists_or_initialize(net)
     registry.invalidate_child_registries_cache()
@@ -144,6 +145,27 @@ def _apply(
             current_timestep_callback=timestep,
         )
         hooks.apply_pyramid_attention_broadcast(net, pab)
+    elif name == "fastercache":  # the knobs not given at our defaults (diffusers' own)
+        knobs = {**dataclasses.asdict(FasterCacheConfig()), **knobs}
+        weight = knobs["attention_weight"]
+        faster = hooks.FasterCacheConfig(
+            spatial_attention_block_skip_range=knobs["spatial_attention_block_skip_range"],
+            spatial_attention_timestep_skip_range=(
+                knobs["spatial_attention_timestep_skip_low"],
+                knobs["spatial_attention_timestep_skip_high"],
+            ),
+            unconditional_batch_skip_range=knobs["unconditional_batch_skip_range"],
+            unconditional_batch_timestep_skip_range=(
+                knobs["unconditional_batch_timestep_skip_low"],
+                knobs["unconditional_batch_timestep_skip_high"],
+            ),
+            alpha_low_frequency=knobs["alpha_low_frequency"],
+            alpha_high_frequency=knobs["alpha_high_frequency"],
+            attention_weight_callback=lambda _: weight,
+            current_timestep_callback=timestep,
+            tensor_format="BCHW",  # PixArt's latents: no frames
+        )
+        hooks.apply_faster_cache(net, faster)
     else:
         taylor = hooks.TaylorSeerCacheConfig(
             cache_interval=knobs["cache_interval"],

@@ -78,6 +78,11 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
                                           "timestep_skip_low": lo, "timestep_skip_high": hi}}
        for s, c, lo, hi in ((2, 1, 100, 800), (2, 6, 100, 800), (3, 8, 100, 800),
                             (4, 5, 0, 800))},
+    # FasterCache (accelopt/accelerators/fastercache.py cites them): diffusers' defaults, and
+    # its documented example (a wider window for the unconditional half, weight 0.3).
+    "FasterCache 5/2": {"fastercache": {}},
+    "FasterCache 5/2 781 w0.3": {"fastercache": {"unconditional_batch_timestep_skip_high": 781,
+                                                 "attention_weight": 0.3}},
 }  # fmt: skip
 
 

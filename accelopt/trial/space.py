@@ -76,6 +76,13 @@ FASTER: dict[str, int] = {
     "pab.cross_attention_block_skip_range": +1,
     "pab.timestep_skip_low": -1,  # a wider window reuses at more calls
     "pab.timestep_skip_high": +1,
+    "fastercache.unconditional_batch_skip_range": +1,
+    "fastercache.unconditional_batch_timestep_skip_high": +1,  # a wider window halves more
+    "fastercache.spatial_attention_block_skip_range": +1,
+    "fastercache.spatial_attention_timestep_skip_high": +1,
+    "fastercache.attention_weight": 0,  # the same work at any weight or scale
+    "fastercache.alpha_low_frequency": 0,
+    "fastercache.alpha_high_frequency": 0,
 }
 # The knob that switches each accelerator off, and its off value (None: the step count).
 PRIMARY: dict[str, tuple[str, Any]] = {
@@ -87,6 +94,7 @@ PRIMARY: dict[str, tuple[str, Any]] = {
     "fbcache": ("threshold", 0.0),
     "dbcache": ("residual_diff_threshold", 0.0),
     "pab": ("spatial_attention_block_skip_range", 1),  # PAB broadcasts self-attention first
+    "fastercache": ("unconditional_batch_skip_range", 1),  # no halved call: nothing reused
 }
 
 

@@ -17,6 +17,7 @@ from accelopt.accelerators import (
     PLANS,
     DBCacheConfig,
     DeepCacheConfig,
+    FasterCacheConfig,
     FBCacheConfig,
     MagCacheConfig,
     PABConfig,
@@ -52,6 +53,9 @@ REAL = {
     # diffusers' window (100, 800) holds calls 1-6 of 8: self-attention reused at calls 1, 3 and
     # 5, cross-attention at 1, 2, 4 and 5.
     "pab": PABConfig(spatial_attention_block_skip_range=2, cross_attention_block_skip_range=3),
+    # diffusers' defaults: DDIM's 8 calls halve the batch at calls 2, 3, 4, 6 and 7 (timesteps
+    # below 641, not call 5) and extrapolate self-attention at 3 and 7.
+    "fastercache": FasterCacheConfig(),
 }
 FAMILIES = {"TinySD": "sd", "TinySDXL": "sdxl", "TinyPixArt": "pixart-alpha"}
 SCHEDULERS = ("DDIM", "DPM-Solver++", "UniPC")
@@ -69,6 +73,7 @@ SKIPS = {"deepcache": "conv_calls", "tome": "attention_scores", "tgate": "attent
 SKIPS["magcache"] = "attention_calls"  # whole blocks: two attention calls each
 SKIPS["fbcache"] = SKIPS["dbcache"] = "attention_calls"  # the middle blocks
 SKIPS["pab"] = "attention_calls"  # the attention it reuses
+SKIPS["fastercache"] = "attention_scores"  # the halved batch's and the extrapolated attention
 
 
 def configs(plan: tuple[str, ...], which: str = "real") -> dict[str, object]:
@@ -95,9 +100,9 @@ def case(request: pytest.FixtureRequest, tiny: Callable[[str], Pipeline]) -> Cas
 
 
 def test_cases_cover_every_plan_pipeline_and_scheduler() -> None:
-    # 7 plans on each UNet pipeline, T-GATE, MagCache, TaylorSeer, FirstBlockCache, DBCache and
-    # PAB alone on PixArt, each under three schedulers.
-    assert len(CASES) == (7 + 7 + 6) * 3
+    # 7 plans on each UNet pipeline, T-GATE, MagCache, TaylorSeer, FirstBlockCache, DBCache,
+    # PAB and FasterCache alone on PixArt, each under three schedulers.
+    assert len(CASES) == (7 + 7 + 7) * 3
 
 
 @pytest.mark.parametrize("case", CASES, indirect=True)
@@ -220,7 +225,8 @@ def test_thirty_cycles_leave_no_growth(
     pipe = tiny(next(n for n, f in FAMILIES.items() if set(plan) <= set(applicable(f))))
     set_scheduler(pipe, "DDIM")
     steps, cfg = 4, {**configs(plan), "tgate": TGateConfig(2, 2, 1, 1),
-                     "magcache": MagCacheConfig(0.3, 1, 0.0, (1.0,) * 4)}  # fmt: skip
+                     "magcache": MagCacheConfig(0.3, 1, 0.0, (1.0,) * 4),
+                     "fastercache": FasterCacheConfig(2)}  # fmt: skip
     cfg = {k: v for k, v in cfg.items() if k in plan}
 
     def cycle() -> None:

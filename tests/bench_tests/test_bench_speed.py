@@ -48,7 +48,7 @@ def test_unet_configurations_published_raw_combinations_then_range_ends() -> Non
     assert speed.candidates(SD15, 20)[1] == {  # a transformer's caches (PixArt's)
         name: f"{name} cannot accelerate a sd pipeline "
         "(accelerators.applicable: deepcache, tome, tgate)"
-        for name in ("magcache", "taylorseer", "fbcache", "dbcache", "pab")
+        for name in ("magcache", "taylorseer", "fbcache", "dbcache", "pab", "fastercache")
     }
     assert "tome 0.5 md1 (published)" in _labels(SD15, 20)
 

@@ -128,7 +128,7 @@ def test_pixart_lists_the_block_caches_and_refuses_an_undeclared_combination(
     space = _space(out)
     assert space["magcache.max_skip_steps"] == ["1", "2", "3", "4", "5", "6"]
     assert {key.split(".")[0] for key in space} == {
-        "tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab"
+        "tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab", "fastercache"
     }  # fmt: skip
     assert space["fbcache.threshold"][:3] == ["0.04", "0.05", "0.06"]
     assert space["dbcache.Fn_compute_blocks"] == ["1"]  # TinyPixArt's two blocks
@@ -136,7 +136,7 @@ def test_pixart_lists_the_block_caches_and_refuses_an_undeclared_combination(
     assert "magcache.ratios" not in space  # calibrated per study, never searched
     # One column for the values, after the longest name.
     rows = [line for line in out.splitlines() if line.startswith("  ")]
-    longest = "pab.spatial_attention_block_skip_range"
+    longest = "fastercache.unconditional_batch_timestep_skip_high"
     assert {len(line) - len(line[2:].split(None, 1)[1]) for line in rows} == {len(longest) + 3}
     assert main(["accelerators", "--pipeline", "TinyPixArt", "--targets", "tgate+magcache"]) == 2
     captured = capsys.readouterr()
@@ -158,10 +158,10 @@ def test_a_pipelines_listing_says_which_accelerators_combine_and_why_others_do_n
     assert "combinations on TinyPixArt: none" in out
     assert (
         "a study without targets tries one per trial (plan): "
-        "tgate | magcache | taylorseer | fbcache | dbcache | pab"
+        "tgate | magcache | taylorseer | fbcache | dbcache | pab | fastercache"
     ) in out
     reasons = dict(line[2:].split(": ", 1) for line in out if line.startswith("- "))
-    names = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab")
+    names = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab", "fastercache")
     pairs = {f"{a}+{b}" for i, a in enumerate(names) for b in names[i + 1 :]}
     assert set(reasons) == {p for p in pairs if frozenset(p.split("+")) not in PLANS}
     assert reasons["fbcache+dbcache"] == NOT_DECLARED[frozenset({"fbcache", "dbcache"})]

@@ -37,14 +37,15 @@ STUDIES = {
     "TinyPixArt": "TinyPixArt-DDIM-10-tgate",
 }
 # More methods on a pipeline already above: (pipeline, study). MagCache's script carries the
-# study's calibrated ratios as data; FirstBlockCache's and DBCache's decide per call; PAB's reads
-# its timesteps from the scheduler.
+# study's calibrated ratios as data; FirstBlockCache's and DBCache's decide per call; PAB's and
+# FasterCache's read their timesteps from the scheduler.
 MORE_STUDIES = [
     ("TinyPixArt", "TinyPixArt-DDIM-10-magcache"),
     ("TinyPixArt", "TinyPixArt-DDIM-10-taylorseer"),
     ("TinyPixArt", "TinyPixArt-DDIM-10-fbcache"),
     ("TinyPixArt", "TinyPixArt-DDIM-10-dbcache"),
     ("TinyPixArt", "TinyPixArt-DDIM-10-pab"),
+    ("TinyPixArt", "TinyPixArt-DDIM-10-fastercache"),
 ]
 
 
@@ -97,7 +98,9 @@ def test_export_codegen_run_matches_accelopt(
     for name in ("taylorseer", "pab"):
         if name in stored:
             assert applied[name] == stored[name]
-    for name in ("fbcache", "dbcache"):  # a knob the study did not search: upstream's default
+    # A knob the study did not search (DBCache's caps, FasterCache's windows' lower edges):
+    # upstream's default.
+    for name in ("fbcache", "dbcache", "fastercache"):
         if name in stored:
             assert {k: applied[name][k] for k in stored[name]} == stored[name]
             default = dataclasses.asdict(accelerators.get(name).config())

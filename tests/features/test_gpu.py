@@ -21,6 +21,7 @@ from accelopt._types import Pipeline
 from accelopt.accelerators import (
     PLANS,
     DeepCacheConfig,
+    FasterCacheConfig,
     MagCacheConfig,
     PABConfig,
     TaylorSeerConfig,
@@ -223,6 +224,9 @@ STATIC = {
                           TaylorSeerConfig(4, 2, 2, "blocks")),
     # PAB's timesteps read on the host from a CPU copy of the scheduler (they live on the GPU)
     "pab": ("pab", PABConfig(2, 3, 100, 800), PABConfig(4, 6, 0, 1000)),
+    # FasterCache's too; the other window leaves call 1 guided, whose structure call 2 has
+    "fastercache": ("fastercache", FasterCacheConfig(2, -1, 1000, 3, -1, 1000),
+                    FasterCacheConfig(2, -1, 700, 3, -1, 1000)),
 }  # fmt: skip
 
 

@@ -137,7 +137,7 @@ def test_evaluation_offers_a_dit_only_what_applies_to_it() -> None:
     dit = evaluate.configs_for(pixart)
     unet = evaluate.configs_for(tiny_pipeline("TinySD"))
     used = {name for configs in dit.values() for name in configs}
-    assert used == {"tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab"}
+    assert used == {"tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab", "fastercache"}
     assert {name for configs in unet.values() for name in configs} == {
         "deepcache",
         "tome",

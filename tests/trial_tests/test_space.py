@@ -87,11 +87,12 @@ def test_build_refuses_a_target_the_pipeline_cannot_take() -> None:
         Space.build(PIXART, 10, ("deepcache",))
     assert str(info.value) == (
         "deepcache cannot accelerate a pixart-alpha pipeline; it can take: tgate, magcache, "
-        "taylorseer, fbcache, dbcache, pab"
+        "taylorseer, fbcache, dbcache, pab, fastercache"
     )
 
 
-EVERY = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab")  # PixArt's, one at a time
+# PixArt's, one at a time
+EVERY = ("tgate", "magcache", "taylorseer", "fbcache", "dbcache", "pab", "fastercache")
 
 
 def test_build_without_targets_chooses_among_what_does_not_combine() -> None:
