@@ -258,10 +258,15 @@ def main(argv: list[str] | None = None) -> int:
                                        "would replay its first call's decision"}  # fmt: skip
                 continue
             ((name, knobs),) = plans[ours].items()
-            entry, latents = timed_plan(
-                pipe, mode, args.repeats, once,
-                functools.partial(upstream_cache, pipe, name, knobs, steps),
-            )  # fmt: skip
+            try:
+                entry, latents = timed_plan(
+                    pipe, mode, args.repeats, once,
+                    functools.partial(upstream_cache, pipe, name, knobs, steps),
+                )  # fmt: skip
+            except AccelOptError as err:  # diffusers' FasterCache wraps the forward itself
+                row["plans"][label] = {"refused": str(err)}
+                print(f"  {label}: refused: {err}", flush=True)
+                continue
             entry["max_diff_vs_ours"] = _diff(latents, our_latents.get((mode, ours)))
             entry["psnr_vs_plain"] = image_psnr(pipe, latents, base_latents)
             row["plans"][label] = entry
