@@ -253,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             if ours not in plans:
                 continue
             if mode == "cuda-graphs":
-                row["plans"][label] = {"refused": "upstream decides in Python per call, "
-                                       "inside torch.compiler.disable: one captured graph "
-                                       "would replay its first call's decision"}  # fmt: skip
+                row["plans"][label] = {"refused": "upstream decides in Python per call: one "
+                                       "captured graph would replay its first call's "
+                                       "decision"}  # fmt: skip
                 continue
             ((name, knobs),) = plans[ours].items()
             try:

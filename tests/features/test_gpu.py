@@ -128,10 +128,11 @@ GRAPH_PLANS: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
 @pytest.mark.parametrize("plan", sorted(GRAPH_PLANS))
 def test_cuda_graphs_keep_the_contract(arch: Arch, plan: str) -> None:
     """Under cuda-graphs: the graph baseline repeats bit for bit, removing the accelerators gives
-    it back exactly and their off settings the plain pipeline on the same regional kernels, the
-    accelerated output repeats and stays within the measured tolerance of the same
-    configuration run eagerly, and a change of schedule only (DeepCache's interval, T-GATE's
-    self-attention interval) replays the graphs already captured."""
+    it back exactly and their off settings the plain pipeline on the same regional kernels (with
+    T-GATE, within the tolerance: see below), the accelerated output repeats and stays within
+    the measured tolerance of the same configuration run eagerly, and a change of schedule only
+    (DeepCache's interval, T-GATE's self-attention interval) replays the graphs already
+    captured."""
     from accelopt import execution
 
     pipe, resolution, max_downsample, _, _ = arch
@@ -168,7 +169,14 @@ def test_cuda_graphs_keep_the_contract(arch: Arch, plan: str) -> None:
     np.testing.assert_array_equal(again, first)
     assert diff < GRAPH_TOLERANCE
     np.testing.assert_array_equal(after, graph_base)
-    np.testing.assert_array_equal(off_images, regional_base)
+    if "tgate" not in configs:
+        np.testing.assert_array_equal(off_images, regional_base)
+    else:
+        # T-GATE off still routes its attention (its schedule is read from the scheduler at the
+        # first call: applying cannot tell it is off), which splits each compiled block at its
+        # attention: other kernels, so not the same images bit for bit (SD1.5 on an H100: at
+        # most 0.0039 apart, docs/GPU_CHECK.md).
+        assert float(np.abs(off_images - regional_base).max()) < GRAPH_TOLERANCE
 
 
 # Largest pixel difference of a graph-replayed (inductor) generation against eager, fp16:
