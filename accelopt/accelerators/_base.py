@@ -13,7 +13,18 @@ from accelopt._types import Pipeline
 from accelopt.errors import AccelOptError, choices
 from accelopt.portable.buffers import Buffers
 
-__all__ = ["APPLIED", "Accelerator", "Param", "Patch", "PipeTraits", "Reference", "forget", "kept"]
+__all__ = [
+    "APPLIED",
+    "HOST_TIMESTEPS",
+    "Accelerator",
+    "Param",
+    "Patch",
+    "PipeTraits",
+    "Reference",
+    "forget",
+    "host_timesteps_of",
+    "kept",
+]
 
 C = TypeVar("C")
 
@@ -43,6 +54,26 @@ def forget(net: Any, keep: Iterable[str]) -> tuple[str, ...]:
     for name in dropped:
         del held[name]
     return dropped
+
+
+# What the step-valued knobs of a method that reads each call's timestep on the host count
+# (PAB's and FasterCache's ``Accelerator.counts``).
+HOST_TIMESTEPS = (
+    "denoiser calls since the generation began, as diffusers counts them (PNDM's 20 steps are 29 "
+    "calls), each at its scheduler timestep, read on the host"
+)
+
+
+def host_timesteps_of(pipe: Pipeline, method: str) -> tuple[float, ...]:
+    """``pipe``'s scheduler timesteps, one per denoiser call, read on the host
+    (``accelopt.portable.pab.host_timesteps``); a pipeline that set timesteps of its own on the
+    GPU is one ``AccelOptError`` naming ``method``."""
+    from accelopt.portable.pab import host_timesteps
+
+    try:
+        return host_timesteps(pipe.scheduler)
+    except ValueError as exc:
+        raise AccelOptError(f"{method}: {exc}") from None
 
 
 @dataclass(frozen=True)

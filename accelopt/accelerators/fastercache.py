@@ -41,17 +41,18 @@ from typing import Any
 
 from accelopt._types import Pipeline
 from accelopt.accelerators._base import (
+    HOST_TIMESTEPS,
     Accelerator,
     Param,
     Patch,
     PipeTraits,
     Reference,
+    host_timesteps_of,
     in_range,
     kept,
 )
 from accelopt.errors import AccelOptError
 from accelopt.portable.fastercache import Faster, faster_attention
-from accelopt.portable.pab import host_timesteps
 from accelopt.portable.tgate import is_guided
 
 __all__ = ["FasterCache", "FasterCacheConfig", "faster"]
@@ -95,7 +96,7 @@ class _FasterCachePatch(Patch):
     def __init__(self, pipe: Pipeline, config: FasterCacheConfig) -> None:
         net = pipe.transformer
         self.net = net
-        self.faster = faster(config, timesteps=lambda: _timesteps(pipe))
+        self.faster = faster(config, timesteps=lambda: host_timesteps_of(pipe, "fastercache"))
         default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
         self.default_guidance = 1.0 if default is None else default.default
         self._handles: list[Any] = []
@@ -114,21 +115,11 @@ class _FasterCachePatch(Patch):
             handle.remove()  # the snapshot puts the attention modules' own forwards back
 
 
-def _timesteps(pipe: Pipeline) -> tuple[float, ...]:
-    try:
-        return host_timesteps(pipe.scheduler)
-    except ValueError as exc:  # a pipeline that set timesteps of its own, on the GPU
-        raise AccelOptError(f"fastercache: {exc}") from None
-
-
 class FasterCache(Accelerator[FasterCacheConfig]):
     name = "fastercache"
     config_cls = FasterCacheConfig
     families = frozenset({"pixart-alpha", "pixart-sigma"})
-    counts = (
-        "denoiser calls since the generation began, as diffusers counts them (PNDM's 20 steps "
-        "are 29 calls), each at its scheduler timestep, read on the host"
-    )
+    counts = HOST_TIMESTEPS
     references = (
         Reference(
             "FasterCache: Training-Free Video Diffusion Model Acceleration with High Quality "

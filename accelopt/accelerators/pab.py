@@ -34,16 +34,18 @@ from typing import Any
 
 from accelopt._types import Pipeline
 from accelopt.accelerators._base import (
+    HOST_TIMESTEPS,
     Accelerator,
     Param,
     Patch,
     PipeTraits,
     Reference,
+    host_timesteps_of,
     in_range,
     kept,
 )
 from accelopt.errors import AccelOptError
-from accelopt.portable.pab import Broadcast, broadcast_attention, host_timesteps
+from accelopt.portable.pab import Broadcast, broadcast_attention
 
 __all__ = ["PAB", "PABConfig"]
 
@@ -75,7 +77,7 @@ class _PABPatch(Patch):
             config.cross_attention_block_skip_range,
             config.timestep_skip_low,
             config.timestep_skip_high,
-            timesteps=lambda: _timesteps(pipe),
+            timesteps=lambda: host_timesteps_of(pipe, "pab"),
         )
         self._hook = None
         if self.broadcast.broadcasts:  # off: nothing patched, the plain pipeline's graphs
@@ -93,21 +95,11 @@ class _PABPatch(Patch):
             self._hook.remove()  # the snapshot puts the attention modules' own forwards back
 
 
-def _timesteps(pipe: Pipeline) -> tuple[float, ...]:
-    try:
-        return host_timesteps(pipe.scheduler)
-    except ValueError as exc:  # a pipeline that set timesteps of its own, on the GPU
-        raise AccelOptError(f"pab: {exc}") from None
-
-
 class PAB(Accelerator[PABConfig]):
     name = "pab"
     config_cls = PABConfig
     families = frozenset({"pixart-alpha", "pixart-sigma"})
-    counts = (
-        "denoiser calls since the generation began, as diffusers counts them (PNDM's 20 steps "
-        "are 29 calls), each at its scheduler timestep, read on the host"
-    )
+    counts = HOST_TIMESTEPS
     references = (
         Reference(
             "Real-Time Video Generation with Pyramid Attention Broadcast (Zhao et al.; 2024)",
