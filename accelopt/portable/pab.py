@@ -58,12 +58,12 @@ def host_timesteps(scheduler: Any) -> tuple[float, ...]:
         probe.set_timesteps(scheduler.num_inference_steps)
     except (TypeError, ValueError) as exc:
         raise ValueError(
-            f"PAB reads the timesteps on the host from a {type(scheduler).__name__} set up "
+            f"the timesteps are read on the host from a {type(scheduler).__name__} set up "
             f"from its config, which needs what the pipeline gave it: {exc}"
         ) from None
     if len(probe.timesteps) != len(timesteps):
         raise ValueError(
-            f"PAB reads the timesteps on the host from a {type(scheduler).__name__} set up "
+            f"the timesteps are read on the host from a {type(scheduler).__name__} set up "
             f"from its config: {len(probe.timesteps)} of them, where the pipeline set "
             f"{len(timesteps)} (timesteps or sigmas of its own)"
         )

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from accelopt import accelerators, execution
 from accelopt._types import Pipeline
 from accelopt.accelerators import FasterCacheConfig
+from accelopt.accelerators._base import host_timesteps_of
 from accelopt.accelerators._snapshot import Snapshot
 from accelopt.accelerators.schedules import Calls, does_at_least, schedule
 from accelopt.errors import AccelOptError
@@ -234,3 +236,20 @@ def test_a_call_run_three_times_leaves_the_same_state(tiny: Callable[[str], Pipe
         finally:
             del net.forward
     np.testing.assert_array_equal(thrice, once)
+
+
+def test_timesteps_the_host_cannot_read_are_one_error_naming_the_method(
+    tiny: Callable[[str], Pipeline],
+) -> None:
+    """A pipeline that set timesteps of its own where they live off the host ("meta" here):
+    FasterCache's first call stops with one error that says whose and why."""
+    pipe = tiny("TinyPixArt")
+    set_scheduler(pipe, "DDIM")
+    pipe.scheduler.set_timesteps(STEPS)
+    pipe.scheduler.timesteps = torch.zeros(3, device="meta")
+    with pytest.raises(AccelOptError) as err:
+        host_timesteps_of(pipe, "fastercache")
+    assert str(err.value) == (
+        "fastercache: the timesteps are read on the host from a DDIMScheduler set up from its "
+        "config: 8 of them, where the pipeline set 3 (timesteps or sigmas of its own)"
+    )
