@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = [
     "PipeTraits",
     "Reference",
     "forget",
+    "guided_by",
     "host_timesteps_of",
     "kept",
 ]
@@ -74,6 +76,17 @@ def host_timesteps_of(pipe: Pipeline, method: str) -> tuple[float, ...]:
         return host_timesteps(pipe.scheduler)
     except ValueError as exc:
         raise AccelOptError(f"{method}: {exc}") from None
+
+
+def guided_by(pipe: Pipeline, net: Any) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a generation called with these keyword arguments batches unconditional and
+    conditional halves (``accelopt.portable.tgate.is_guided``): its ``guidance_scale``, or the
+    pipeline call's default where it gives none."""
+    from accelopt.portable.tgate import is_guided
+
+    default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
+    fallback = 1.0 if default is None else default.default
+    return lambda call: is_guided(net, call.get("guidance_scale", fallback))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ PixArt's self-attention is ``attn1`` of each of its transformer blocks (diffuser
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,13 +46,13 @@ from accelopt.accelerators._base import (
     Patch,
     PipeTraits,
     Reference,
+    guided_by,
     host_timesteps_of,
     in_range,
     kept,
 )
 from accelopt.errors import AccelOptError
 from accelopt.portable.fastercache import Faster, faster_attention
-from accelopt.portable.tgate import is_guided
 
 __all__ = ["FasterCache", "FasterCacheConfig", "faster"]
 
@@ -95,17 +94,14 @@ def faster(config: FasterCacheConfig, timesteps: Callable[[], Sequence[float]]) 
 class _FasterCachePatch(Patch):
     def __init__(self, pipe: Pipeline, config: FasterCacheConfig) -> None:
         net = pipe.transformer
-        self.net = net
         self.faster = faster(config, timesteps=lambda: host_timesteps_of(pipe, "fastercache"))
-        default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
-        self.default_guidance = 1.0 if default is None else default.default
+        self.guided = guided_by(pipe, net)
         self._handles: list[Any] = []
         if self.faster.halves:  # off: nothing patched, the plain pipeline's graphs
             self._handles = faster_attention(net, self.faster, kept(net, "fastercache"))
 
     def reset(self, call: Mapping[str, Any]) -> None:
-        guidance = call.get("guidance_scale", self.default_guidance)
-        self.faster.reset(guided=is_guided(self.net, guidance))
+        self.faster.reset(guided=self.guided(call))
 
     def structure(self) -> Hashable:
         return self.faster.structure() if self._handles else None

@@ -18,7 +18,6 @@ differs by design:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,11 +29,12 @@ from accelopt.accelerators._base import (
     Patch,
     PipeTraits,
     Reference,
+    guided_by,
     in_range,
     kept,
 )
 from accelopt.errors import AccelOptError
-from accelopt.portable.tgate import Gate, gate_attention, is_guided
+from accelopt.portable.tgate import Gate, gate_attention
 
 if TYPE_CHECKING:
     from accelopt.accelerators.deepcache import DeepCacheConfig
@@ -74,13 +74,10 @@ class _TGatePatch(Patch):
             self._handles = gate_attention(net, self.gate, kept(net, "tgate"))
         except ValueError as exc:
             raise AccelOptError(f"tgate: {exc}") from None
-        self.net = net
-        default = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
-        self.default_guidance = 1.0 if default is None else default.default
+        self.guided = guided_by(pipe, net)
 
     def reset(self, call: Mapping[str, Any]) -> None:
-        guidance = call.get("guidance_scale", self.default_guidance)
-        self.gate.reset(guided=is_guided(self.net, guidance))
+        self.gate.reset(guided=self.guided(call))
 
     def structure(self) -> Hashable:
         return self.gate.structure()

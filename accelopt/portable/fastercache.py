@@ -47,7 +47,7 @@ from typing import Any
 
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.graphs import dispatch
-from accelopt.portable.tgate import COMPUTE, KEEP
+from accelopt.portable.tgate import COMPUTE, KEEP, halve, sample_batch
 
 GUIDED, HALVED = "guided", "halved"  # the batch a call runs: both halves, or the conditional
 # What a self-attention does besides T-GATE's COMPUTE and KEEP: keep a generation's first
@@ -181,8 +181,7 @@ class Faster:
         self.decide()
         if self.current[0] != HALVED:
             return None
-        sample = args[0] if args else kwargs["hidden_states"]
-        return _conditional((args, kwargs), int(sample.shape[0]))
+        return halve((args, kwargs), sample_batch(args, kwargs), half=1)
 
     def rebuild(self, module: Any, args: tuple, output: Any) -> Any:
         """After each denoiser call (a forward hook): a halved call's unconditional half,
@@ -190,8 +189,6 @@ class Faster:
         import torch
 
         batch, _ = self.current
-        if not self.guided or not self.halves:
-            return None
         states = output if isinstance(output, torch.Tensor) else output[0]
         if batch == GUIDED:
             if HALVED in (b for b, _ in self.plan[self.calls :]):
@@ -213,19 +210,6 @@ class Faster:
             return (states, *output[1:])
         output.sample = states
         return output
-
-
-def _conditional(tree: Any, batch: int) -> Any:
-    """Every tensor in ``tree`` with the sample's batch, cut to its second (conditional) half."""
-    import torch
-    from torch.utils._pytree import tree_map
-
-    def cut(x: Any) -> Any:
-        if isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == batch:
-            return x[batch // 2 :]
-        return x
-
-    return tree_map(cut, tree)
 
 
 _MASKS: dict[tuple[int, int, Any], Any] = {}

@@ -92,7 +92,7 @@ class Gate:
         self.decide()
         if not self.halved:
             return None
-        return _halve((args, kwargs), _batch(args, kwargs))
+        return halve((args, kwargs), sample_batch(args, kwargs))
 
     def decide(self) -> None:
         """What the next call computes: every per-call choice, and nothing else (this alone
@@ -149,20 +149,21 @@ class Gate:
         return ("tgate", "halved" if self.halved else "guided", *parts)
 
 
-def _batch(args: tuple, kwargs: dict) -> int:
+def sample_batch(args: tuple, kwargs: dict) -> int:
     """The batch of the denoiser's sample: its first argument."""
     sample = args[0] if args else next(iter(kwargs.values()))
     return int(sample.shape[0])
 
 
-def _halve(tree: Any, batch: int) -> Any:
-    """Every tensor in ``tree`` with the sample's batch, cut to its first half."""
+def halve(tree: Any, batch: int, half: int = 0) -> Any:
+    """Every tensor in ``tree`` with the sample's batch, cut to its first half (``half`` 0: the
+    unconditional one, which T-GATE passes on) or its second (1: the conditional one)."""
     import torch
     from torch.utils._pytree import tree_map
 
     def cut(x: Any) -> Any:
         if isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == batch:
-            return x[: batch // 2]
+            return x[batch // 2 :] if half else x[: batch // 2]
         return x
 
     return tree_map(cut, tree)
