@@ -5,7 +5,7 @@ from __future__ import annotations
 from accelopt.pipelines.tiny import TINY_PIPELINES, tiny_pipeline
 from accelopt.pipelines.tokenizers import clip_tokenizer, t5_tokenizer
 from accelopt.testing.entries import entry_images, make_entry
-from accelopt.testing.render import render
+from accelopt.testing.render import ignored_knobs, render
 from accelopt.testing.signals import default_signals
 from accelopt.testing.work import WorkCounter
 
@@ -15,6 +15,7 @@ __all__ = [
     "clip_tokenizer",
     "default_signals",
     "entry_images",
+    "ignored_knobs",
     "make_entry",
     "render",
     "t5_tokenizer",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from accelopt._types import Pipeline
 
-__all__ = ["render"]
+__all__ = ["ignored_knobs", "render"]
 
 
 def render(
@@ -38,3 +40,23 @@ def render(
         **call_defaults(pipe),
     )
     return np.asarray(out.images)
+
+
+def ignored_knobs(
+    pipe: Pipeline, name: str, base: Any, changes: Mapping[str, Any], steps: int = 8
+) -> list[str]:
+    """The knobs in ``changes`` (knob -> another value) whose change alone, from accelerator
+    ``name``'s config ``base``, leaves ``render``'s images bit for bit as they were: knobs the
+    method ignores there. ``[]`` when every one changes the images."""
+    from accelopt import accelerators
+
+    def images(config: Any) -> np.ndarray:
+        with accelerators.apply(pipe, {name: config}, steps=steps):
+            return render(pipe, steps=steps)
+
+    first = images(base)
+    return [
+        knob
+        for knob, value in changes.items()
+        if np.array_equal(images(dataclasses.replace(base, **{knob: value})), first)
+    ]

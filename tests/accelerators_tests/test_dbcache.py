@@ -31,7 +31,7 @@ from accelopt.accelerators._snapshot import Snapshot
 from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.spec import load_spec
-from accelopt.testing import render, tiny_pipeline
+from accelopt.testing import ignored_knobs, render, tiny_pipeline
 from accelopt.testing.upstream import upstream_cache
 from accelopt.trial.space import Space
 
@@ -84,13 +84,7 @@ def test_every_knob_changes_the_images(deep: Pipeline) -> None:
         "max_continuous_cached_steps": 1,
     }
     assert set(changes) == {f.name for f in dataclasses.fields(DBCacheConfig)}
-    images = {}
-    for knob, value in {"base": None, **changes}.items():
-        config = BASE if value is None else dataclasses.replace(BASE, **{knob: value})
-        with accelerators.apply(deep, {"dbcache": config}, steps=STEPS):
-            images[knob] = render(deep, steps=STEPS)
-    for knob in changes:
-        assert not np.array_equal(images[knob], images["base"]), knob
+    assert ignored_knobs(deep, "dbcache", BASE, changes, STEPS) == []
 
 
 @pytest.mark.parametrize(("fn", "bn"), [(1, 1), (2, 0), (1, 2)])
