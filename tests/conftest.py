@@ -66,6 +66,15 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
+@pytest.fixture
+def fresh_dynamo() -> None:
+    """Dynamo forgets what this process compiled, so a test that counts the graphs it makes
+    ("the first setting compiles, the next ones nothing") counts its own, whatever test ran
+    before it in the same worker (PAB's blocks and DBCache's share code and shapes). Only for
+    tests on dynamo's "eager" backend, where compiling again costs seconds."""
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def tiny() -> Callable[[str], Pipeline]:
     """Tiny pipelines by name, built once per session, handed out unaccelerated, keeping no

@@ -134,6 +134,7 @@ def test_dbcache_computes_what_cache_dit_does(deep: Pipeline, sched: str) -> Non
         np.testing.assert_array_equal(again, upstream_again, err_msg=f"{config}")
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_regional_kernels_match_eager_and_a_new_threshold_compiles_nothing(
     deep: Pipeline,
 ) -> None:

@@ -119,6 +119,7 @@ def test_without_guidance_every_call_computes_the_plain_images(
     assert schedule({"fastercache": config}, calls, guided=False) == schedule({}, calls)
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compiled_blocks_match_eager_and_new_knobs_compile_nothing(
     tiny: Callable[[str], Pipeline],
 ) -> None:

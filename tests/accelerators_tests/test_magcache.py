@@ -136,6 +136,7 @@ def test_ratios_of_another_call_count_are_refused_at_the_first_call(
     np.testing.assert_array_equal(render(pipe, steps=STEPS), baseline)
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_one_graph_per_structure_under_compile(tiny: Callable[[str], Pipeline]) -> None:
     """Under compile (each block compiled by dynamo, eager backend: no C++ compiler here) the
     images are eager's bit for bit, and a second configuration whose calls compute and skip,

@@ -80,6 +80,7 @@ def test_modes_follow_diffusers_rule_by_hand() -> None:
     assert broadcast_modes(timesteps, 1, 0, 1000) == (COMPUTE,) * 7
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compiled_blocks_match_eager_and_new_knobs_compile_nothing(
     tiny: Callable[[str], Pipeline],
 ) -> None:

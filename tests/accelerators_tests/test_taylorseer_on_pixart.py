@@ -58,6 +58,7 @@ def test_every_knob_changes_the_images(tiny: Callable[[str], Pipeline]) -> None:
 
 
 @pytest.mark.parametrize("modules", ["attention", "blocks"])
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compiled_blocks_match_eager_and_a_new_interval_compiles_nothing(
     tiny: Callable[[str], Pipeline], modules: str
 ) -> None:
