@@ -13,7 +13,9 @@ plan's FLOP floor: the share of the plain generation's FLOPs it still computes (
 ``FlopCounterMode``, text encoders included), times the fastest plain baseline, and its
 images' PSNR against the plain pipeline's under the same mode (decoded in float32).
 ``--upstream`` times diffusers' own hooks and cache-dit's DBCache at the same settings beside
-ours (eager and compile), with their latents' largest difference from ours.
+ours (eager and compile), with their latents' largest difference from ours. One more generation
+of each of our plans times what runs outside its compiled or captured forward: the denoiser's
+own forward hooks (``hooks_timed``; FasterCache's halving and spectral rebuild, T-GATE's).
 Writes execution-PIPE-bB.json to --out after every row.
 """
 
@@ -35,7 +37,7 @@ import torch
 from accelopt import accelerators, execution
 from accelopt.errors import AccelOptError
 from accelopt.measure import timing
-from accelopt.pipelines import call_defaults, model_info
+from accelopt.pipelines import call_defaults, denoiser, model_info
 from accelopt.testing.upstream import upstream_cache
 from bench import _lib
 
@@ -246,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {label}: {entry['median']:.4f} s, {entry['paired_speedup']:.2f}x paired "
                   f"(spread {100 * entry['spread']:.1f}%, compile {compiled:.0f} s, "
                   f"diff vs eager {entry.get('max_diff_vs_eager')}, PSNR vs plain "
-                  f"{entry['psnr_vs_plain']} dB)", flush=True)  # fmt: skip
+                  f"{entry['psnr_vs_plain']} dB, hooks {_hooks(entry['hooks'])})",
+                  flush=True)  # fmt: skip
             save()
         for label in args.upstream:
             ours = UPSTREAM[label]
@@ -299,7 +302,8 @@ def timed_plan(
     """One plan under ``mode``: its first call (compiling or capturing) and two warm-ups, then
     ``repeats`` alternated pairs of the plain pipeline and the plan. ``applied()`` puts the
     plan on (``accelerated``, ``upstream_cache``) and yields what starts each generation afresh.
-    Returns the plan's timings and paired speedup, and its first generation's latents."""
+    Returns the plan's timings and paired speedup, what its denoiser's hooks took in one more
+    generation (``hooks_timed``), and its first generation's latents."""
     stats = execution.compile_stats(pipe)
     s0, t0 = stats.seconds, time.perf_counter()
     with applied() as fresh, execution.run(pipe, mode):
@@ -310,6 +314,9 @@ def timed_plan(
             fresh()
             once()
         compiled = stats.seconds - s0
+        with hooks_timed(denoiser(pipe)) as hooks:  # after the warm-ups: no capture inside
+            fresh()
+            once()
     plan_t, pairs = [], []
     for _ in range(repeats):
         with execution.run(pipe, mode):
@@ -325,6 +332,7 @@ def timed_plan(
         "pair_ratios": pairs,
         "first_call_seconds": first,
         "compile_seconds": compiled,
+        "hooks": hooks,
     }
     return entry, latents
 
@@ -336,6 +344,57 @@ def accelerated(
     """accelopt's accelerators on ``pipe``; each generation resets them itself."""
     with accelerators.apply(pipe, configs, steps=steps):
         yield lambda: None
+
+
+@contextlib.contextmanager
+def hooks_timed(net: torch.nn.Module) -> Iterator[dict[str, Any]]:
+    """Time ``net``'s own forward hooks while the block runs: the work a plan does outside the
+    compiled or captured forward, which execution modes leave to Python around it. Yields a
+    record that is complete when the block ends: ``calls``, ``host_seconds`` (the wall time
+    inside the hooks) and, on a GPU, ``device_seconds`` (CUDA events around each hook: the
+    stretch of the stream its kernels and launches take). The hooks are put back as they were.
+    Hooks on the blocks inside ``net`` (MagCache's measurement) are not counted.
+
+    >>> with hooks_timed(pipe.transformer) as spent:  # doctest: +SKIP
+    ...     generate()
+    >>> spent["calls"]  # doctest: +SKIP
+    40
+    """
+    spent: dict[str, Any] = {"calls": 0, "host_seconds": 0.0}
+    cuda = next(net.parameters()).device.type == "cuda"
+    events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def timed(hook: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(True)
+                start.record()
+            t0 = time.perf_counter()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                spent["host_seconds"] += time.perf_counter() - t0
+                spent["calls"] += 1
+                if cuda:
+                    end.record()
+                    events.append((start, end))
+
+        return call
+
+    tables = (net._forward_pre_hooks, net._forward_hooks)
+    saved = [dict(table) for table in tables]
+    for table in tables:
+        for key, hook in table.items():
+            table[key] = timed(hook)
+    try:
+        yield spent
+    finally:
+        for table, old in zip(tables, saved, strict=True):
+            for key in table.keys() & old.keys():
+                table[key] = old[key]
+        if cuda:
+            torch.cuda.synchronize()
+            spent["device_seconds"] = sum(s.elapsed_time(e) for s, e in events) / 1000
 
 
 def generation(pipe: Any, name: str, batch: int) -> Callable[[], torch.Tensor]:
@@ -397,6 +456,12 @@ def image_psnr(pipe: Any, latents: torch.Tensor, plain: torch.Tensor) -> float |
     values = psnr(images[0], images[1])
     finite = [v for v in values if v != float("inf")]
     return statistics.mean(finite) if finite else None
+
+
+def _hooks(spent: dict[str, Any]) -> str:
+    device = spent.get("device_seconds")
+    on_device = "" if device is None else f", {1000 * device:.1f} ms on the device"
+    return f"{spent['calls']} calls, {1000 * spent['host_seconds']:.1f} ms on the host{on_device}"
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor | None) -> float | None:

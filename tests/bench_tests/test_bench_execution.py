@@ -55,3 +55,25 @@ def test_every_upstream_row_times_one_of_our_plans_upstream_has() -> None:
     for label, ours in execution.UPSTREAM.items():
         ((name, _),) = execution.PLANS[ours].items()
         assert name in METHODS, label
+
+
+def test_hooks_timed_counts_each_hook_call_and_changes_nothing() -> None:
+    """FasterCache's halving and rebuild run in the transformer's forward hooks: one pre-hook
+    and one hook per denoiser call. Timing them leaves the images and the hooks as they were."""
+    import torch
+
+    pipe = tiny_pipeline("TinyPixArt")
+    generate = execution.generation(pipe, "TinyPixArt", batch=1)
+    steps = execution.SETTINGS["TinyPixArt"][0]
+    net = pipe.transformer
+    with execution.hooks_timed(net) as spent:
+        plain = generate()
+    assert spent["calls"] == 0 and "device_seconds" not in spent  # the CPU: no CUDA events
+    with accelerators.apply(pipe, execution.PLANS["fastercache 5/2"], steps=steps):
+        hooks = (dict(net._forward_pre_hooks), dict(net._forward_hooks))
+        untimed = generate()
+        with execution.hooks_timed(net) as spent:
+            timed = generate()
+        assert (dict(net._forward_pre_hooks), dict(net._forward_hooks)) == hooks
+    assert spent["calls"] == 2 * steps and spent["host_seconds"] > 0
+    assert torch.equal(timed, untimed) and not torch.equal(timed, plain)
