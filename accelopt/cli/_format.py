@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from accelopt.export import Exported, Withheld
+    from accelopt.spec import StudySpec
 
 __all__ = [
     "compile_cost",
@@ -27,6 +28,7 @@ __all__ = [
     "never_measured",
     "not_exported",
     "quality",
+    "random_scorer",
     "speedup_text",
     "stopped_trials",
     "under_load",
@@ -210,3 +212,15 @@ def interrupted(name: str, finished: bool) -> str:
         return "accelopt: interrupted; finished trials are stored, run again to resume"
     return (f"accelopt: interrupted, but study {name} was finished by then; nothing to resume "
             f"(accelopt best --study {name} shows its answer)")  # fmt: skip
+
+
+def random_scorer(spec: StudySpec, weights: str) -> str:
+    """What ``run`` says before a study on random weights whose only bound is the CLIP score
+    loss: nothing can be downloaded for its scorer either, so that bound holds a random model's
+    opinion; a fidelity bound to the plain images is what holds there. Empty otherwise."""
+    if weights != "random" or len(spec.bounds()) > 1:
+        return ""
+    return (f"accelopt: {spec.name} on random weights scores its images with a random CLIP "
+            f"model too, so the score loss bounds noise, not quality; add a fidelity bound to "
+            f"the plain pipeline's images (--min-psnr 30, --min-ssim, --max-lpips) to bound "
+            f"what the accelerators change")  # fmt: skip

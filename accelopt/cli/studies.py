@@ -68,6 +68,8 @@ class Run(Command):
         given = (f"max_score_loss = {spec.max_score_loss:g} in the spec" if args.max_score_loss
                  is None else f"--max-score-loss {args.max_score_loss:g}")  # fmt: skip
         flags.warn_loss_budget(spec.max_score_loss, given)
+        if note := fmt.random_scorer(spec, flags.weights(args)):
+            print(note, file=sys.stderr)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         gpus = assign_gpus(args.workers, args.gpus, args.device)
         progress = Progress(enabled=not args.quiet)  # bars on a terminal, sparse lines elsewhere

@@ -466,6 +466,28 @@ def test_a_loss_budget_over_ten_percent_runs_with_one_warning(  # type: ignore[n
     assert capsys.readouterr().err == "accelopt: error: stopped by the test\n"  # 10%: no word
 
 
+RANDOM_SCORER = (
+    "accelopt: TinySD-DDIM-10 on random weights scores its images with a random CLIP model too, "
+    "so the score loss bounds noise, not quality; add a fidelity bound to the plain pipeline's "
+    "images (--min-psnr 30, --min-ssim, --max-lpips) to bound what the accelerators change\n"
+)
+
+
+def test_random_weights_bounded_by_the_score_loss_alone_say_it_bounds_noise(  # type: ignore[no-untyped-def]
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = _stop_before_running(monkeypatch)
+    stopped = "accelopt: error: stopped by the test\n"
+    assert main(["run", "--study", "TinySD-DDIM-10", "--random-weights", "--quiet"]) == 2
+    assert capsys.readouterr().err == RANDOM_SCORER + stopped
+    bounded = ["run", "--study", "TinySD-DDIM-10", "--random-weights", "--min-psnr", "30"]
+    assert main([*bounded, "--quiet"]) == 2
+    assert capsys.readouterr().err == stopped
+    assert seen[1].constraints.psnr_min == 30.0
+    assert main(["run", "--study", "TinySD-DDIM-10", "--quiet"]) == 2  # its own weights
+    assert capsys.readouterr().err == stopped
+
+
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
