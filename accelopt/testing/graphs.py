@@ -1,9 +1,10 @@
 """Graphs for tests on a CPU: a CUDA-graph replayer that runs there, for tests of what replays
-and when, and the denoiser's whole forward compiled as one graph per structure."""
+and when, the denoiser's whole forward compiled as one graph per structure, and what regional
+kernels compile for a method's settings."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from accelopt.portable.graphs import Graph, Replayer
@@ -83,3 +84,30 @@ class WholeForward:
         finally:
             del self.net.forward
         return images, execution.graph_count() - before
+
+
+def regional_compiles(
+    pipe: Any, name: str, configs: Iterable[Any], steps: int
+) -> tuple[list[int], list[str]]:
+    """Accelerator ``name`` at each of ``configs`` in turn, eagerly, then under compile with
+    regional kernels on dynamo's "eager" backend (no C++ compiler): asserts that each gives
+    eager's images bit for bit. Returns the graphs each setting made (``execution.graph_count``
+    before and after) and the structures the mode was told of, in order: a method whose knobs
+    only pick among structures makes graphs for its first setting and none for the others.
+    Start from a dynamo that forgot earlier compiles (tests' ``fresh_dynamo`` fixture)."""
+    import numpy as np
+
+    from accelopt import accelerators, execution
+    from accelopt.testing.render import render
+
+    made: list[int] = []
+    told: list[str] = []
+    for config in configs:
+        with accelerators.apply(pipe, {name: config}, steps=steps):
+            eager = render(pipe, steps=steps)
+            before = execution.graph_count()
+            with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
+                compiled = render(pipe, steps=steps)
+            made.append(execution.graph_count() - before)
+        np.testing.assert_array_equal(compiled, eager, err_msg=f"{name} at {config}")
+    return made, told

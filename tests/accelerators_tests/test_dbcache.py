@@ -32,6 +32,7 @@ from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.spec import load_spec
 from accelopt.testing import ignored_knobs, render, tiny_pipeline
+from accelopt.testing.graphs import regional_compiles
 from accelopt.testing.upstream import upstream_cache
 from accelopt.trial.space import Space
 
@@ -142,15 +143,8 @@ def test_regional_kernels_match_eager_and_a_new_threshold_compiles_nothing(
     computes everything and one that decides are two structures, each told once; the decision
     breaks the block that reads it, whose two continuations compile once; other thresholds only
     pick among those graphs."""
-    made, told = [], []
-    for threshold in (0.2, 0.1, 0.3):
-        config = dataclasses.replace(BASE, residual_diff_threshold=threshold)
-        with accelerators.apply(deep, {"dbcache": config}, steps=STEPS):
-            eager = render(deep, steps=STEPS)
-            before = execution.graph_count()
-            with execution.run(deep, "compile", told.append, kernels="regional", backend="eager"):
-                np.testing.assert_array_equal(render(deep, steps=STEPS), eager)
-            made.append(execution.graph_count() - before)
+    configs = [dataclasses.replace(BASE, residual_diff_threshold=t) for t in (0.2, 0.1, 0.3)]
+    made, told = regional_compiles(deep, "dbcache", configs, STEPS)
     assert made[0] > 0 and made[1:] == [0, 0], made
     assert told == ["dbcache 1 1 compute", "dbcache 1 1 decides"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from accelopt import accelerators, execution
+from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.accelerators import FasterCacheConfig
 from accelopt.accelerators._base import host_timesteps_of
@@ -32,7 +32,7 @@ from accelopt.portable.fastercache import (
     faster_plan,
 )
 from accelopt.testing import ignored_knobs, render
-from accelopt.testing.graphs import WholeForward
+from accelopt.testing.graphs import WholeForward, regional_compiles
 from accelopt.testing.upstream import ours_and_upstream
 
 STEPS = 8
@@ -128,19 +128,12 @@ def test_compiled_blocks_match_eager_and_new_knobs_compile_nothing(
     and other skips, windows and scales only pick among them."""
     pipe = tiny("TinyPixArt")
     set_scheduler(pipe, "DDIM")
-    made: list[int] = []
-    told: list[str] = []
-    for config in (
+    configs = (
         FasterCacheConfig(2, -1, 1000, 3, -1, 1000),
         FasterCacheConfig(3, -1, 1000, 2, -1, 1000, 0.3, 1.0, 1.2),
         FasterCacheConfig(2, 100, 900, 2, -1, 800, 0.5, 1.2, 1.0),
-    ):
-        with accelerators.apply(pipe, {"fastercache": config}, steps=STEPS):
-            eager = render(pipe, steps=STEPS)
-            before = execution.graph_count()
-            with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
-                np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
-            made.append(execution.graph_count() - before)
+    )
+    made, told = regional_compiles(pipe, "fastercache", configs, STEPS)
     assert made[0] > 0 and made[1:] == [0, 0], made
     assert len(told) == len(set(told)) and all(t.startswith("fastercache ") for t in told), told
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from accelopt import accelerators, execution
+from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.accelerators import MagCacheConfig
 from accelopt.accelerators._snapshot import Snapshot
@@ -23,7 +23,7 @@ from accelopt.pipelines import call_defaults
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.portable.magcache import mag_skip_mask
 from accelopt.testing import render
-from accelopt.testing.graphs import WholeForward
+from accelopt.testing.graphs import WholeForward, regional_compiles
 from accelopt.testing.upstream import upstream_cache
 
 STEPS = 8
@@ -143,19 +143,11 @@ def test_one_graph_per_structure_under_compile(tiny: Callable[[str], Pipeline]) 
     the same two structures, makes no new graph: the knobs only pick which one a call runs."""
     pipe = tiny("TinyPixArt")
     set_scheduler(pipe, "DDIM")
-    made: list[int] = []
-    told: list[str] = []
-    masks = []
-    for config in (MagCacheConfig(0.3, 2, 0.2, RATIOS), MagCacheConfig(0.06, 1, 0.1, RATIOS)):
-        masks.append(mag_skip_mask(RATIOS, *(config.threshold, config.max_skip_steps,
-                                             config.retention_ratio)))  # fmt: skip
-        with accelerators.apply(pipe, {"magcache": config}, steps=STEPS):
-            eager = render(pipe, steps=STEPS)
-            before = execution.graph_count()
-            with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
-                compiled = render(pipe, steps=STEPS)
-            made.append(execution.graph_count() - before)
-        np.testing.assert_array_equal(compiled, eager)
+    configs = (MagCacheConfig(0.3, 2, 0.2, RATIOS), MagCacheConfig(0.06, 1, 0.1, RATIOS))
+    masks = [
+        mag_skip_mask(RATIOS, c.threshold, c.max_skip_steps, c.retention_ratio) for c in configs
+    ]
+    made, told = regional_compiles(pipe, "magcache", configs, STEPS)
     assert masks[0] != masks[1] and all(any(m) and not all(m) for m in masks)
     assert made[0] > 0 and made[1] == 0
     assert told == ["magcache compute", "magcache skip"]

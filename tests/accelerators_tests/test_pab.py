@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from accelopt import accelerators, execution
+from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.accelerators import PABConfig
 from accelopt.accelerators._snapshot import Snapshot
@@ -21,7 +21,7 @@ from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.portable.pab import COMPUTE, KEEP, REUSE, broadcast_modes, host_timesteps
 from accelopt.testing import ignored_knobs, render
-from accelopt.testing.graphs import WholeForward
+from accelopt.testing.graphs import WholeForward, regional_compiles
 from accelopt.testing.upstream import ours_and_upstream
 
 STEPS = 8
@@ -89,15 +89,8 @@ def test_compiled_blocks_match_eager_and_new_knobs_compile_nothing(
     them."""
     pipe = tiny("TinyPixArt")
     set_scheduler(pipe, "DDIM")
-    made: list[int] = []
-    told: list[str] = []
-    for config in (PABConfig(2, 3), PABConfig(3, 2, 0, 1000), PABConfig(4, 4, 200, 900)):
-        with accelerators.apply(pipe, {"pab": config}, steps=STEPS):
-            eager = render(pipe, steps=STEPS)
-            before = execution.graph_count()
-            with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
-                np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
-            made.append(execution.graph_count() - before)
+    configs = (PABConfig(2, 3), PABConfig(3, 2, 0, 1000), PABConfig(4, 4, 200, 900))
+    made, told = regional_compiles(pipe, "pab", configs, STEPS)
     assert made[0] > 0 and made[1:] == [0, 0], made
     assert len(told) == len(set(told)) and all(t.startswith("pab ") for t in told), told
 

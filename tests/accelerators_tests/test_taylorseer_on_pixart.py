@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from accelopt import accelerators, execution
+from accelopt import accelerators
 from accelopt._types import Pipeline
 from accelopt.accelerators import TaylorSeerConfig
 from accelopt.errors import AccelOptError
 from accelopt.pipelines.schedulers import set_scheduler
 from accelopt.testing import ignored_knobs, render
-from accelopt.testing.graphs import WholeForward
+from accelopt.testing.graphs import WholeForward, regional_compiles
 from accelopt.testing.upstream import TAYLORSEER_PATTERNS, ours_and_upstream
 
 STEPS = 8
@@ -67,18 +67,11 @@ def test_compiled_blocks_match_eager_and_a_new_interval_compiles_nothing(
     forecasts' orders 1 and 2), and other intervals only pick among them."""
     pipe = tiny("TinyPixArt")
     set_scheduler(pipe, "DDIM")
-    made: list[int] = []
-    told: list[str] = []
-    for interval in (3, 2, 4):
-        config = TaylorSeerConfig(
-            interval, max_order=2, disable_cache_before_step=2, modules=modules
-        )
-        with accelerators.apply(pipe, {"taylorseer": config}, steps=STEPS):
-            eager = render(pipe, steps=STEPS)
-            before = execution.graph_count()
-            with execution.run(pipe, "compile", told.append, kernels="regional", backend="eager"):
-                np.testing.assert_array_equal(render(pipe, steps=STEPS), eager)
-            made.append(execution.graph_count() - before)
+    configs = [
+        TaylorSeerConfig(interval, max_order=2, disable_cache_before_step=2, modules=modules)
+        for interval in (3, 2, 4)
+    ]
+    made, told = regional_compiles(pipe, "taylorseer", configs, STEPS)
     assert made[0] > 0 and made[1:] == [0, 0], made
     assert told == [
         f"taylorseer {modules} {kind} {order}"
