@@ -139,6 +139,11 @@ def _withheld_line(study: str, w: Withheld, threshold: float) -> str:
             f"export it anyway")  # fmt: skip
 
 
+# A store key read back is printed up to this many characters: one naming all seven PixArt
+# families runs to 128, and 120 cut it mid-name.
+KEY_TEXT = 300
+
+
 def export_lines(result: Exported) -> list[str]:
     """What an export says (on stderr): frontier unconfirmed, the trials withheld (the first
     three), then what was written where, or why nothing was."""
@@ -155,17 +160,18 @@ def export_lines(result: Exported) -> list[str]:
     if result.created is not None:
         lines.append(f"created folder {printable(str(result.created), 300)}/ for the params store")
     for key, entry in result.entries.items():
+        shown = printable(key, KEY_TEXT)
         if key in result.left_out:
-            lines.append(f"left out {key}: the seed layout has no slot for a time requirement "
+            lines.append(f"left out {shown}: the seed layout has no slot for a time requirement "
                          f"or a random ToMe partition")  # fmt: skip
             continue
         if "frontier" in entry:  # searched, never confirmed: no choice to explain
             lines.append(
-                f"exported {printable(key, 120)} (a frontier of "
+                f"exported {shown} (a frontier of "
                 f"{len(entry['frontier'])}) -> {result.store} ({result.layout} layout)"
             )
             continue
-        lines.append(f"exported {printable(key, 120)} -> {result.store} ({result.layout} "
+        lines.append(f"exported {shown} -> {result.store} ({result.layout} "
                      f"layout): trial {entry['study']['trial']}, {ranked_by(entry)}")  # fmt: skip
     return lines
 

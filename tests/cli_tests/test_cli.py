@@ -838,3 +838,26 @@ def test_the_end_line_and_best_json_say_what_compiling_cost_the_study(  # type: 
         f"TinySD-DDIM-10: ran 1 trials (2 in the study); compiling and capturing took 212 s "
         f"of {total['seconds']:.0f} s ({100 * total['share']:.0f}%)"
     )
+
+
+def test_export_lines_give_a_seven_family_key_whole_and_escape_a_stored_one() -> None:
+    """An export of PixArt's default study writes a key naming all seven families (128
+    characters): its line gives it whole. A key is read back from storage anyone can write to:
+    a left-out one is escaped too."""
+    from pathlib import Path
+
+    from accelopt.cli._format import export_lines
+    from accelopt.export import Exported
+
+    families = ["dbcache", "fastercache", "fbcache", "magcache", "pab", "taylorseer", "tgate"]
+    key = str(("ToyPixArt", "DPM-Solver++", "20", None, 0.02, families))
+    hostile = "('x\x1b[2J',)"
+    result = Exported(
+        "S", Path("store.json"), "seed", {key: {"frontier": [{}, {}]}, hostile: {}},
+        left_out=(hostile,),
+    )  # fmt: skip
+    assert export_lines(result) == [
+        f"exported {key} (a frontier of 2) -> store.json (seed layout)",
+        "left out ('x\\x1b[2J',): the seed layout has no slot for a time requirement or a "
+        "random ToMe partition",
+    ]
