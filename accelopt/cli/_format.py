@@ -139,11 +139,6 @@ def _withheld_line(study: str, w: Withheld, threshold: float) -> str:
             f"export it anyway")  # fmt: skip
 
 
-# A store key read back is printed up to this many characters: one naming all seven PixArt
-# families runs to 128, and 120 cut it mid-name.
-KEY_TEXT = 300
-
-
 def export_lines(result: Exported) -> list[str]:
     """What an export says (on stderr): frontier unconfirmed, the trials withheld (the first
     three), then what was written where, or why nothing was."""
@@ -160,7 +155,7 @@ def export_lines(result: Exported) -> list[str]:
     if result.created is not None:
         lines.append(f"created folder {printable(str(result.created), 300)}/ for the params store")
     for key, entry in result.entries.items():
-        shown = printable(key, KEY_TEXT)
+        shown = printable(key)
         if key in result.left_out:
             lines.append(f"left out {shown}: the seed layout has no slot for a time requirement "
                          f"or a random ToMe partition")  # fmt: skip

@@ -114,7 +114,7 @@ class Store(Command):
 
         read, entries, problems = read_usable(args.store)
         for key in entries:
-            print(f"ok       {printable(key, 120)}")
+            print(f"ok       {printable(key)}")
         for key, why in problems:
             print(f"skipped  {key}: {why}")
         shown = printable(str(store_path(args.store)))
@@ -177,7 +177,7 @@ class Codegen(Command):
                 m = entry["measured"]
                 point = (f"; frontier point: trial {(entry.get('study') or {}).get('trial')}, "
                          f"{m['speedup']:.2f}x, {fmt.quality(m)}")  # fmt: skip
-            print(f"wrote {printable(str(path))} ({printable(entry['key'], 120)}{point})")
+            print(f"wrote {printable(str(path))} ({printable(entry['key'])}{point})")
         # After the answers: an unmet request stays one line of error.
         print(f"read {len(entries)} usable entries of {len(read.entries) + len(read.problems)} "
               f"from {printable(str(store))} ({read.layout} layout)", file=sys.stderr)  # fmt: skip

@@ -163,7 +163,7 @@ class InvalidEntry(AccelOptError):
     """A store entry accelopt will not use; the message names its key and what is wrong."""
 
     def __init__(self, key: Any, why: str) -> None:
-        super().__init__(f"store entry {printable(key, 120)}: {why}")
+        super().__init__(f"store entry {printable(key)}: {why}")
         self.key = key
         self.why = why
 
@@ -185,7 +185,7 @@ def check_entry(key: Any, entry: Any) -> None:
         where = ".".join(str(p) for p in first["loc"] if p not in _UNION_MEMBERS)
         raise InvalidEntry(key, f"{where}: {first['msg']}") from None
     if parsed.key != key:
-        raise InvalidEntry(key, f"its own key is {printable(parsed.key, 120)}, not the store's")
+        raise InvalidEntry(key, f"its own key is {printable(parsed.key)}, not the store's")
     _check_meaning(key, parsed)
 
 
@@ -199,7 +199,7 @@ def usable_entries(
         try:
             check_entry(key, entry)
         except InvalidEntry as err:
-            bad.append((printable(key, 120), err.why))
+            bad.append((printable(key), err.why))
         else:
             good[key] = entry
     return good, bad

@@ -135,7 +135,7 @@ def read_params_file(path: Path) -> ParamsFile:
         try:
             entries[key] = _entry(path, key, params)
         except AccelOptError as err:
-            problems.append((printable(key, 120), str(err)))
+            problems.append((printable(key), str(err)))
     return ParamsFile(layout, entries, problems)
 
 
