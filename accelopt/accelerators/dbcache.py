@@ -14,9 +14,11 @@ context is one), which no CUDA graph can hold.
 
 The knobs keep cache-dit's ``DBCacheConfig`` names and defaults: ``Fn_compute_blocks`` 8,
 ``Bn_compute_blocks`` 0, ``residual_diff_threshold`` 0.08, ``max_warmup_steps`` 8,
-``max_cached_steps`` and ``max_continuous_cached_steps`` -1 (no cap). cache-dit's optional
-TaylorSeer calibrator on top, its warm-up interval and its static step masks are not offered
-now. Which calls reuse depends on a value read from the device after the first blocks, once
+``max_cached_steps`` and ``max_continuous_cached_steps`` -1 (no cap), and no calibrator:
+``taylorseer_order`` 0. cache-dit's TaylorSeer calibrator on top (``taylorseer_order`` 1 or 2,
+its ``TaylorSeerCalibratorConfig``; on the middle residual) forecasts what a reusing call adds
+(``accelopt.portable.dbcache``); its warm-up interval and its static step masks are not
+offered. Which calls reuse depends on a value read from the device after the first blocks, once
 per call, its one graph break under ``torch.compile`` (what that does to the whole forward
 compiled: ``accelopt.portable.dbcache``); under CUDA graphs a deciding call is not captured
 whole but replays block by block, the decision between two replays
@@ -38,6 +40,10 @@ or W8 and MC 2-6; its README's configs always run M0, no cap on the cached steps
   (the first call has nothing to compare with). Cut below the call count.
 - ``max_continuous_cached_steps`` no cap (-1, listed first: the fastest), 1, 2, 3, 4, 6 (MC2-MC6
   published); ``max_cached_steps`` is not searched.
+- ``taylorseer_order`` 0 (no calibrator), 1, 2: cache-dit's default order is 1 and its docs
+  recommend 1 or 2 ("higher values ... longer computation time"); its README's TaylorSeer
+  examples pair it with DBCache at F1B0 and F8B0 (``DBCacheConfig`` with
+  ``calibrator_config=TaylorSeerCalibratorConfig(taylorseer_order=1)``).
 
 Step-valued knobs count denoiser calls (``counts``).
 """
@@ -61,6 +67,7 @@ from accelopt.accelerators._base import (
 from accelopt.errors import AccelOptError
 from accelopt.portable.buffers import Buffers
 from accelopt.portable.dbcache import Decision, cache_middle_blocks
+from accelopt.portable.taylorseer import MAX_TAYLOR_ORDER
 
 __all__ = ["DBCache", "DBCacheConfig", "DecisionPatch", "check_threshold"]
 
@@ -69,6 +76,7 @@ LAST_BLOCKS = (0, 2, 4, 8)
 THRESHOLDS = (0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.32)
 WARMUPS = (1, 2, 4, 8)
 CONTINUOUS = (-1, 1, 2, 3, 4, 6)
+ORDERS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,8 @@ class DBCacheConfig:
     first blocks' residual below which a call reuses the middle blocks' residual (0 = off);
     ``max_warmup_steps``: calls that always compute first; ``max_cached_steps`` /
     ``max_continuous_cached_steps``: at most this many reusing calls per generation / in a row
-    (-1: no cap)."""
+    (-1: no cap); ``taylorseer_order``: cache-dit's TaylorSeer calibrator, the order of the
+    forecast a reusing call adds (0: none, the last computing call's residual)."""
 
     Fn_compute_blocks: int = 8
     Bn_compute_blocks: int = 0
@@ -86,6 +95,7 @@ class DBCacheConfig:
     max_warmup_steps: int = 8
     max_cached_steps: int = -1
     max_continuous_cached_steps: int = -1
+    taylorseer_order: int = 0
 
 
 class DecisionPatch(Patch):
@@ -120,6 +130,7 @@ def decision(config: DBCacheConfig) -> Decision:
         config.max_warmup_steps,
         config.max_cached_steps,
         config.max_continuous_cached_steps,
+        config.taylorseer_order,
     )
 
 
@@ -164,6 +175,7 @@ class DBCache(Accelerator[DBCacheConfig]):
             "max_warmup_steps": Param(tuple(v for v in WARMUPS if v < steps)),
             # A cap no run of reuses can reach (steps - 1 of them at most) is no cap.
             "max_continuous_cached_steps": Param(tuple(v for v in CONTINUOUS if v < steps - 1)),
+            "taylorseer_order": Param(ORDERS),
         }
 
     def off(self, steps: int) -> DBCacheConfig:
@@ -191,6 +203,8 @@ class DBCache(Accelerator[DBCacheConfig]):
         in_range(self.name, "max_warmup_steps", config.max_warmup_steps, 0, longest)
         for key in ("max_cached_steps", "max_continuous_cached_steps"):
             in_range(self.name, key, getattr(config, key), -1, longest, "-1: no cap")
+        in_range(self.name, "taylorseer_order", config.taylorseer_order, 0, MAX_TAYLOR_ORDER,
+                 "0: no calibrator")  # fmt: skip
 
     def apply(self, pipe: Pipeline, config: DBCacheConfig, traits: PipeTraits) -> Patch:
         net = pipe.transformer

@@ -57,7 +57,22 @@ Where this differs from upstream, by design:
 - Not offered: cache-dit's ``warmup_interval``, ``steps_computation_mask``,
   ``max_accumulated_residual_diff_threshold``, separate-CFG counting, its extra options
   (``l1_hidden_states_diff_threshold``, ``important_condition_threshold``,
-  ``downsample_factor``) and the TaylorSeer calibrator on top (out of scope for now).
+  ``downsample_factor``) and its calibrators other than TaylorSeer's on the residual.
+
+DBCache's TaylorSeer calibrator (``order`` above 0; cache-dit's ``TaylorSeerCalibratorConfig``,
+``caching/cache_contexts/calibrators/taylorseer.py``, on the middle blocks' residual): a
+reusing call adds a Taylor forecast of that residual instead of the last one kept. cache-dit
+updates a ladder of differences at each computing call ``c`` (level ``i + 1`` is level ``i``
+minus the previous computing call's level ``i``, over the calls between them; only where the
+previous one had level ``i`` and its step counter, which runs one call behind the call index
+because its state is made at the first update, is above 1, that is ``c >= 3``) and forecasts
+``sum_i level_i * elapsed**i / i!`` with ``elapsed`` the calls since the last computing one.
+Here the residuals of the last ``order + 1`` computing calls are kept in as many buffers, the
+one a call writes named by how many computed before it (a computing call captured whole knows
+it on the host, part of its structure), and the ladder is rebuilt from them, with cache-dit's
+arithmetic in its order, when a call reuses: that call runs its middle blocks in Python (a
+deciding call, see above), so nothing of the forecast is inside a graph. Without a derivative
+(fewer than two computing calls from call 3 on) the forecast is the last residual: DBCache's.
 
 What a call computes is ``Decision.structure()``: every block (``compute``, the warm-up's and
 the capped calls') or the first blocks and then a decision (``decides``). Which calls reuse is
@@ -66,7 +81,8 @@ known only after their first blocks ran, so a configuration has no host-known sc
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import math
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from accelopt.portable.buffers import Buffers
@@ -82,6 +98,7 @@ class Decision:
     that always compute first / last; ``threshold``: the relative change below which a call
     reuses (0: never); ``warmup``: calls that always compute first; ``max_cached`` /
     ``max_continuous``: at most this many reusing calls per generation / in a row (-1: no cap);
+    ``order``: DBCache's TaylorSeer calibrator (0: none; the module docstring);
     ``strict``: reuse when the change is below the threshold (cache-dit), else when it is not
     above it (diffusers' FirstBlockCache).
     """
@@ -95,6 +112,7 @@ class Decision:
         warmup: int = 0,
         max_cached: int = -1,
         max_continuous: int = -1,
+        order: int = 0,
         *,
         strict: bool = True,
     ) -> None:
@@ -103,6 +121,7 @@ class Decision:
         self.threshold = threshold
         self.warmup = warmup
         self.max_cached, self.max_continuous = max_cached, max_continuous
+        self.order = order
         self.strict = strict
         self.reset()
 
@@ -120,6 +139,8 @@ class Decision:
         self.may = False  # this call may reuse (step 2)
         self.reuse = False  # this call reuses (step 3)
         self.changes: list[float] = []  # the changes read in this generation, in call order
+        self.computed: list[int] = []  # the calls of this generation that ran the middle blocks
+        self.slot = 0  # where this call keeps its middle residual if it computes (``order``)
 
     def advance(self, *_: Any) -> None:
         """Before each denoiser call (a forward pre-hook): what it may do, on the host. Kept
@@ -128,6 +149,9 @@ class Decision:
         if not self.reuse:  # the last call computed: the run of reuses is broken
             self.streak = 0
             self.kept = self.kept or (self.caches and self.call > 0)  # it left its residual
+            if self.call > 0:
+                self.computed.append(self.call - 1)
+        self.slot = len(self.computed) % (self.order + 1)
         call, self.call = self.call, self.call + 1
         self.reuse = False
         self.may = (
@@ -147,12 +171,39 @@ class Decision:
             self.streak += 1
 
     def structure(self) -> Hashable:
-        return (self.name, self.fn, self.bn, DECIDES if self.may else COMPUTES)
+        if self.may:
+            return (self.name, self.fn, self.bn, DECIDES)
+        if self.order:  # a computing call writes the buffer its slot names
+            return (self.name, self.fn, self.bn, COMPUTES, self.slot)
+        return (self.name, self.fn, self.bn, COMPUTES)
+
+    def forecast(self, kept: Callable[[int], Any]) -> Any:
+        """What a reusing call adds with the TaylorSeer calibrator: the forecast of the middle
+        residual from the last ``order + 1`` computing calls' (``kept(slot)``), with cache-dit's
+        ladder and sum in its order of operations (the module docstring)."""
+        calls = self.computed[-(self.order + 1) :]
+        first = len(self.computed) - len(calls)
+        ladder: list[Any] = []
+        previous = 0
+        for k, call in enumerate(calls):
+            rung = [kept((first + k) % (self.order + 1))]
+            if ladder and call - 1 > 1:  # cache-dit's step counter: one behind the call
+                window = call - previous
+                for i in range(min(self.order, len(ladder))):
+                    rung.append((rung[i] - ladder[i]) / window)
+            ladder, previous = rung, call
+        elapsed = self.call - 1 - calls[-1]
+        output: Any = 0
+        for i, derivative in enumerate(ladder):
+            output += (1 / math.factorial(i)) * derivative * (elapsed**i)
+        return output
 
     def deciding_knobs(self, calls: int) -> tuple[Any, ...] | None:
         """The knobs that decide a generation of ``calls`` calls, each written so that values
         deciding alike are equal (a cap no run can reach is -1; warm-up 0 is 1: the first call
-        computes anyway); None when no call can reuse (its images are the plain pipeline's)."""
+        computes anyway); None when no call can reuse (its images are the plain pipeline's).
+        The calibrator's order ends the tuple where it is on (a study's stored schedules of
+        DBCache without it keep their digests)."""
         first = max(self.warmup, 1)
         if not self.caches or first >= calls:
             return None
@@ -162,7 +213,8 @@ class Decision:
             return -1 if value >= room else value
 
         caps = (cap(self.max_cached), cap(self.max_continuous))
-        return (self.fn, self.bn, self.threshold, first, *caps)
+        calibrated = (self.order,) if self.order else ()
+        return (self.fn, self.bn, self.threshold, first, *caps, *calibrated)
 
 
 def stack_blocks(net: Any, fn: int, bn: int) -> list[Any]:
@@ -223,12 +275,17 @@ def _wrap(
         shape = (tuple(hidden_states.shape), hidden_states.dtype)
         if index >= first_blocks:  # a middle block
             if decision.reuse:
+                if index == last and decision.order:  # in Python: a deciding call's
+                    return hidden_states + decision.forecast(
+                        lambda slot: buffers.load(("middle", shape, slot))
+                    )
                 if index == last:
                     return hidden_states + buffers.load(("middle", shape))
                 return hidden_states
             out = inner(hidden_states, *args, **kwargs)
             if index == last:
-                buffers.store(("middle", shape), out - held.pop("middle"))
+                key = ("middle", shape, decision.slot) if decision.order else ("middle", shape)
+                buffers.store(key, out - held.pop("middle"))
             return out
         if index == 0:
             held["input"] = hidden_states

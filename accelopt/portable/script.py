@@ -309,6 +309,7 @@ class Accelerated:
                 DBCACHE["max_warmup_steps"],
                 DBCACHE["max_cached_steps"],
                 DBCACHE["max_continuous_cached_steps"],
+                DBCACHE["taylorseer_order"],
             )
         if self.decision is not None:
             cache_middle_blocks(pipe.transformer, self.decision, Buffers())
@@ -373,6 +374,7 @@ class Accelerated:
                 "max_warmup_steps": decision.warmup,
                 "max_cached_steps": decision.max_cached,
                 "max_continuous_cached_steps": decision.max_continuous,
+                "taylorseer_order": decision.order,
             }
         if self.broadcast is not None:
             names = ("spatial_attention_block_skip_range", "cross_attention_block_skip_range",

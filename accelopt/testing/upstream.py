@@ -192,10 +192,17 @@ def _cache_dit(
     pipe_class = type(pipe)
     call = pipe_class.__call__
     snapshot = Snapshot.take(pipe)
+    knobs = dict(knobs)
+    order = knobs.pop("taylorseer_order", 0)  # a calibrator of its own config in cache-dit
     config = cache_dit.DBCacheConfig(**knobs, num_inference_steps=steps)
+    calibrator = {}
+    if order:
+        calibrator["calibrator_config"] = cache_dit.TaylorSeerCalibratorConfig(
+            taylorseer_order=order
+        )
     handler.setLevel(logging.WARNING)
     try:
-        cache_dit.enable_cache(pipe, cache_config=config)
+        cache_dit.enable_cache(pipe, cache_config=config, **calibrator)
         try:
             yield lambda: None
         finally:

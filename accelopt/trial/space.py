@@ -72,6 +72,8 @@ FASTER: dict[str, int] = {
     # -1 first, which is what fastest() takes for a knob without one.
     "dbcache.max_continuous_cached_steps": 0,
     "dbcache.max_cached_steps": 0,
+    # The forecast changes what later calls decide: no order of the values by speed.
+    "dbcache.taylorseer_order": 0,
     "pab.spatial_attention_block_skip_range": +1,
     "pab.cross_attention_block_skip_range": +1,
     "pab.timestep_skip_low": -1,  # a wider window reuses at more calls

@@ -75,17 +75,21 @@ def blocks_run(pipe: Pipeline) -> Iterator[list[list[int]]]:
 
 
 def test_every_knob_changes_the_images(deep: Pipeline) -> None:
-    """From F1B1 at 0.2 with one warm-up call, a change of any one knob gives other images."""
+    """From F1B1 at 0.2 with four warm-up calls, a change of any one knob gives other images.
+    (The calibrator needs the warm-up: its first difference is taken at call 3, so after one
+    warm-up call every reusing call adds the last residual, as without it.)"""
+    base = dataclasses.replace(BASE, max_warmup_steps=4)
     changes: dict[str, Any] = {
         "Fn_compute_blocks": 2,
         "Bn_compute_blocks": 0,
-        "residual_diff_threshold": 0.1,
-        "max_warmup_steps": 3,
+        "residual_diff_threshold": 0.05,
+        "max_warmup_steps": 2,
         "max_cached_steps": 2,
         "max_continuous_cached_steps": 1,
+        "taylorseer_order": 1,
     }
     assert set(changes) == {f.name for f in dataclasses.fields(DBCacheConfig)}
-    assert ignored_knobs(deep, "dbcache", BASE, changes, STEPS) == []
+    assert ignored_knobs(deep, "dbcache", base, changes, STEPS) == []
 
 
 @pytest.mark.parametrize(("fn", "bn"), [(1, 1), (2, 0), (1, 2)])
@@ -112,13 +116,17 @@ def test_dbcache_computes_what_cache_dit_does(deep: Pipeline, sched: str) -> Non
     generations each (cache-dit refreshes its context per generation; ours starts empty), every
     setting reusing some calls and not all; after ``disable_cache`` and the snapshot the
     pipeline is as it was (cache-dit alone leaves a moved block list, statistics and a
-    ``forward``: accelopt.testing.upstream)."""
+    ``forward``: accelopt.testing.upstream). The last two put cache-dit's TaylorSeer calibrator
+    on top (its ``calibrator_config``), orders 1 and 2, with computing calls between reusing
+    ones: a forecast across calls that reused."""
     set_scheduler(deep, sched)
     before = Snapshot.take(deep)
     for config in (
         BASE,
         DBCacheConfig(2, 0, 0.12, 2, -1, 2),
         DBCacheConfig(1, 2, 0.3, 3, 3, -1),
+        DBCacheConfig(1, 1, 0.2, 3, -1, 1, taylorseer_order=1),
+        DBCacheConfig(2, 0, 0.12, 3, -1, 2, taylorseer_order=2),
     ):
         with accelerators.apply(deep, {"dbcache": config}, steps=STEPS):
             with blocks_run(deep) as runs:
@@ -149,6 +157,18 @@ def test_regional_kernels_match_eager_and_a_new_threshold_compiles_nothing(
     assert told == ["dbcache 1 1 compute", "dbcache 1 1 decides"]
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_with_the_calibrator_a_computing_call_names_the_buffer_it_writes() -> None:
+    """TaylorSeer on top at order 2 keeps three residuals: each of the warm-up's computing
+    calls writes the one its slot names, a structure of its own (a graph captured whole reads
+    no Python), then calls decide; regional kernels give eager's images and another threshold
+    compiles nothing. (A pipeline of its own: the shared one was told of "decides" before.)"""
+    configs = [DBCacheConfig(1, 1, t, 4, -1, -1, taylorseer_order=2) for t in (0.3, 0.2)]
+    made, told = regional_compiles(four_blocks(), "dbcache", configs, STEPS)
+    assert made[0] > 0 and made[1] == 0, made
+    assert told == [*(f"dbcache 1 1 compute {slot}" for slot in range(3)), "dbcache 1 1 decides"]
+
+
 def whole_forward_check() -> None:
     """Run by the test below in a process of its own: dynamo keeps what it compiled (and what it
     gave up on) per code object for the process, so this would change what other tests'
@@ -159,8 +179,8 @@ def whole_forward_check() -> None:
     net = deep.transformer
     whole = torch.compile(type(net).forward.__get__(net), backend="eager", dynamic=False)
     made = []
-    for threshold in (0.2, 0.1):
-        config = dataclasses.replace(BASE, residual_diff_threshold=threshold)
+    calibrated = DBCacheConfig(1, 1, 0.3, 4, -1, -1, taylorseer_order=2)
+    for config in (BASE, dataclasses.replace(BASE, residual_diff_threshold=0.1), calibrated):
         with accelerators.apply(deep, {"dbcache": config}, steps=STEPS):
             eager = render(deep, steps=STEPS)
             before = execution.graph_count()
@@ -172,6 +192,7 @@ def whole_forward_check() -> None:
         np.testing.assert_array_equal(compiled, eager)
         made.append(execution.graph_count() - before)
     assert made[0] > 0 and made[1] == 0, made
+    assert made[2] > 0  # the calibrator's computing calls: one graph per residual buffer
     reasons = list(counters["graph_break"])
     assert len(reasons) == 1 and "_judge" in reasons[0], reasons
 
@@ -182,7 +203,8 @@ def test_the_whole_forward_breaks_only_at_the_decision() -> None:
     reads the change (diffusers' FirstBlockCache broke a tiny FLUX's forward 6 times:
     FINDINGS). The break falls in the forward's loop over the blocks, which dynamo cannot
     resume inside: at a deciding call it runs the forward itself eagerly and compiles each
-    block's call as a frame of its own."""
+    block's call as a frame of its own. With the calibrator on top too: its forecast is added
+    at reusing calls, which run eagerly, and breaks nothing."""
     here = Path(__file__).parent
     code = f"import sys; sys.path.insert(0, {str(here)!r}); import test_dbcache as t; "
     code += "t.whole_forward_check()"
@@ -215,7 +237,8 @@ def test_under_cuda_graphs_a_deciding_call_replays_block_by_block(
     its forward runs in Python and each block replays a graph of its own, the decision
     between two replays. Eager's images bit for bit; one whole graph and one graph per block,
     captured once across generations and thresholds; a reusing call replays only its first
-    and last blocks (seen where no block is compiled)."""
+    and last blocks (seen where no block is compiled). With the calibrator on top, a whole
+    graph for each residual buffer the warm-up writes, and the same block graphs."""
     from accelopt.portable.graphs import Regions
     from accelopt.testing.graphs import ReplayedInPython
 
@@ -227,8 +250,8 @@ def test_under_cuda_graphs_a_deciding_call_replays_block_by_block(
     graphs: dict[Any, Any] = {}
     own = type(net).forward.__get__(net)
     every = list(range(BLOCKS))
-    for threshold in (0.2, 0.3):
-        config = dataclasses.replace(BASE, residual_diff_threshold=threshold)
+    calibrated = DBCacheConfig(1, 1, 0.3, 4, -1, -1, taylorseer_order=2)
+    for config in (BASE, dataclasses.replace(BASE, residual_diff_threshold=0.3), calibrated):
         with accelerators.apply(deep, {"dbcache": config}, steps=STEPS) as acc:
             eager = render(deep, steps=STEPS)
             net.forward = ReplayedInPython(own, "cpu", acc.structure, graphs, regions=regions,
@@ -245,7 +268,8 @@ def test_under_cuda_graphs_a_deciding_call_replays_block_by_block(
         if backend is None:  # hooks added after dynamo traced a block do not run in its code
             assert runs[0] == every and [0, BLOCKS - 1] in runs
             assert all(run in (every, [0, BLOCKS - 1]) for run in runs)
-    assert [key[0] for key in whole] == [(("dbcache", 1, 1, "compute"),)]
+    slots = [(("dbcache", 1, 1, "compute", slot),) for slot in range(3)]  # the calibrator's
+    assert [key[0] for key in whole] == [(("dbcache", 1, 1, "compute"),), *slots]
     assert len(blocks) == BLOCKS
 
 
@@ -263,14 +287,17 @@ def test_off_names_no_structure_and_a_real_setting_names_its_call(deep: Pipeline
         # PixArt's 28 blocks at 20 steps: every published range.
         (28, 20, {"Fn_compute_blocks": (1, 2, 4, 8), "Bn_compute_blocks": (0, 2, 4, 8),
                   "max_warmup_steps": (1, 2, 4, 8),
-                  "max_continuous_cached_steps": (-1, 1, 2, 3, 4, 6)}),
+                  "max_continuous_cached_steps": (-1, 1, 2, 3, 4, 6),
+                  "taylorseer_order": (0, 1, 2)}),
         # ToyPixArt's 12: Fn at most 5, Bn what 4 first blocks leave; 6 steps cut the rest.
         (12, 6, {"Fn_compute_blocks": (1, 2, 4), "Bn_compute_blocks": (0, 2, 4),
-                 "max_warmup_steps": (1, 2, 4), "max_continuous_cached_steps": (-1, 1, 2, 3, 4)}),
+                 "max_warmup_steps": (1, 2, 4), "max_continuous_cached_steps": (-1, 1, 2, 3, 4),
+                 "taylorseer_order": (0, 1, 2)}),
         # TinyPixArt's 2: one first block, no last one.
         (2, 10, {"Fn_compute_blocks": (1,), "Bn_compute_blocks": (0,),
                  "max_warmup_steps": (1, 2, 4, 8),
-                 "max_continuous_cached_steps": (-1, 1, 2, 3, 4, 6)}),
+                 "max_continuous_cached_steps": (-1, 1, 2, 3, 4, 6),
+                 "taylorseer_order": (0, 1, 2)}),
     ],
 )  # fmt: skip
 def test_the_search_space_cites_its_ranges_cut_to_the_stack_and_steps(
