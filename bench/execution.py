@@ -94,6 +94,18 @@ PLANS: dict[str, dict[str, dict[str, Any]]] = {
                     "residual_diff_threshold": 0.12, "max_warmup_steps": 4,
                     "max_continuous_cached_steps": 4}
     },
+    # With cache-dit's TaylorSeer calibrator on top (order 1, its default), where random
+    # weights reuse at all (the 2026-12-07 study found reuse at 0.2-0.32), beside the same
+    # setting without it: what the forecast costs and changes.
+    "dbcache F1B0 W4 0.32": {
+        "dbcache": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                    "residual_diff_threshold": 0.32, "max_warmup_steps": 4}
+    },
+    "dbcache F1B0 W4 0.32 T1": {
+        "dbcache": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                    "residual_diff_threshold": 0.32, "max_warmup_steps": 4,
+                    "taylorseer_order": 1}
+    },
     # Pyramid Attention Broadcast (accelopt/accelerators/pab.py cites them): diffusers'
     # documented example (self-attention every 2 calls, timesteps 100-800), and with
     # cross-attention every 6 calls, the middle of the paper's ablation.
@@ -119,6 +131,7 @@ UPSTREAM = {
     "diffusers fastercache 5/2": "fastercache 5/2",
     "cache-dit dbcache F8B0 0.08": "dbcache F8B0 0.08",
     "cache-dit dbcache F4B0 W4 MC4 0.12": "dbcache F4B0 W4 MC4 0.12",
+    "cache-dit dbcache F1B0 W4 0.32 T1": "dbcache F1B0 W4 0.32 T1",
 }
 PROMPT = "a photograph of a lighthouse at dusk"
 

@@ -340,8 +340,13 @@ def test_released_methods_give_back_their_memory_and_capture_again_to_the_same_i
     "applied",
     [{"fbcache": {"threshold": 0.3}},
      {"dbcache": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
-                  "residual_diff_threshold": 0.3, "max_warmup_steps": 2}}],
-    ids=["fbcache", "dbcache"],
+                  "residual_diff_threshold": 0.3, "max_warmup_steps": 2}},
+     # cache-dit's TaylorSeer calibrator on top: the warm-up's whole graphs write the residual
+     # buffers their slots name, with no Python in a replay to pick one
+     {"dbcache": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                  "residual_diff_threshold": 0.3, "max_warmup_steps": 4,
+                  "taylorseer_order": 2}}],
+    ids=["fbcache", "dbcache", "dbcache-taylorseer"],
 )  # fmt: skip
 def test_deciding_caches_under_cuda_graphs_replay_block_by_block(applied: dict[str, Any]) -> None:
     """TinyPixArt, fp16. A call that decides replays block by block (a graph per block, the
