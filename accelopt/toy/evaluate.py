@@ -69,6 +69,16 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
                                          "residual_diff_threshold": 0.24,
                                          "max_warmup_steps": 1}},
     "DBCache F8B0 0.08 W8": {"dbcache": {}},  # cache-dit's defaults
+    # The same three with cache-dit's TaylorSeer calibrator on top at its default order, 1.
+    "DBCache F2B0 0.12 W2 MC1 T1": {"dbcache": {"Fn_compute_blocks": 2, "Bn_compute_blocks": 0,
+                                                "residual_diff_threshold": 0.12,
+                                                "max_warmup_steps": 2,
+                                                "max_continuous_cached_steps": 1,
+                                                "taylorseer_order": 1}},
+    "DBCache F1B0 0.24 W1 T1": {"dbcache": {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0,
+                                            "residual_diff_threshold": 0.24,
+                                            "max_warmup_steps": 1, "taylorseer_order": 1}},
+    "DBCache F8B0 0.08 W8 T1": {"dbcache": {"taylorseer_order": 1}},
     # PAB (accelopt/accelerators/pab.py cites them): diffusers' documented example, and with
     # cross-attention every 6 calls, the middle of the paper's ablation; then what the toy's
     # DPM-Solver++ PAB studies exported at 20 steps (3/8) and rejected at 20, exported at 50
