@@ -275,17 +275,16 @@ def _wrap(
         shape = (tuple(hidden_states.shape), hidden_states.dtype)
         if index >= first_blocks:  # a middle block
             if decision.reuse:
-                if index == last and decision.order:  # in Python: a deciding call's
+                if index != last:
+                    return hidden_states
+                if decision.order:  # in Python: a deciding call's
                     return hidden_states + decision.forecast(
                         lambda slot: buffers.load(("middle", shape, slot))
                     )
-                if index == last:
-                    return hidden_states + buffers.load(("middle", shape))
-                return hidden_states
+                return hidden_states + buffers.load(("middle", shape, 0))  # the one slot
             out = inner(hidden_states, *args, **kwargs)
             if index == last:
-                key = ("middle", shape, decision.slot) if decision.order else ("middle", shape)
-                buffers.store(key, out - held.pop("middle"))
+                buffers.store(("middle", shape, decision.slot), out - held.pop("middle"))
             return out
         if index == 0:
             held["input"] = hidden_states
